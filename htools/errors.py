@@ -1,0 +1,82 @@
+"""Named exceptions.
+
+``HtoolsError`` and its subclasses are *user* errors: the CLI prints their
+one-line ``str()`` and exits 1.  Anything else is a bug and keeps its traceback.
+Every error that concerns data names the shard URL, and where known the sample
+key and the byte offset, so a user can find the bad bytes.
+"""
+
+from __future__ import annotations
+
+
+class HtoolsError(Exception):
+    """A user-facing error whose message is one clear line."""
+
+
+class PatternError(HtoolsError, ValueError):
+    """A malformed shard-set pattern."""
+
+    def __init__(self, pattern: str, why: str):
+        self.pattern = pattern
+        self.why = why
+        super().__init__(f"bad shard pattern {pattern!r}: {why}")
+
+
+class StorageError(HtoolsError, OSError):
+    """A storage operation failed (after retries, if the fault was transient)."""
+
+    def __init__(self, url: str, why: str, status: int | None = None):
+        self.url = url
+        self.why = why
+        self.status = status
+        super().__init__(why)
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.url}: {self.why}{status}"
+
+    def __reduce__(self):  # keep pickling (Dask ships errors between processes)
+        return (type(self), (self.url, self.why, self.status))
+
+
+class NotFound(StorageError, FileNotFoundError):
+    """The object or file does not exist."""
+
+
+class ShardError(HtoolsError):
+    """Bad data in a shard: names the URL, and where known the member/key and offset."""
+
+    def __init__(self, url: str, why: str, *, key: str | None = None,
+                 member: str | None = None, offset: int | None = None):
+        self.url = url
+        self.why = why
+        self.key = key
+        self.member = member
+        self.offset = offset
+        super().__init__(why)
+
+    def __str__(self) -> str:
+        where = [self.url or "<stream>"]
+        if self.member is not None:
+            where.append(f"member {self.member!r}")
+        if self.key is not None:
+            where.append(f"key {self.key!r}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        return f"{', '.join(where)}: {self.why}"
+
+    def __reduce__(self):
+        return (_rebuild_shard_error, (type(self), self.url, self.why, self.key,
+                                       self.member, self.offset))
+
+
+def _rebuild_shard_error(cls, url, why, key, member, offset):
+    return cls(url, why, key=key, member=member, offset=offset)
+
+
+class TarFormatError(ShardError):
+    """A corrupt or truncated tar stream, or a field repeated within a sample."""
+
+
+class ScriptError(HtoolsError):
+    """The user's script is unusable (syntax error, missing function) or raised."""
