@@ -1,0 +1,199 @@
+"""Shard-set notation, for inputs and outputs alike.
+
+Forms (combine freely; ``::`` joins several patterns into one list):
+
+``prefix@N.suffix``
+    N shards numbered from 0, zero-padded to the width of N as written:
+    ``Volume_@1000.tgz`` -> ``Volume_0000.tgz`` ... ``Volume_0999.tgz``;
+    ``x-@0010.tar`` -> ``x-0000.tar`` ... ``x-0009.tar``.  Only the last path
+    component is searched, so ``http://user:pw@host/`` is never mistaken for it.
+``{000..147}``, ``{a,b,c}``, ``{a..e}``
+    brace ranges and lists as in WebDataset (several groups, nested groups).
+    Numeric ranges are padded to the width of the wider bound when either bound
+    has a leading zero.
+``@list:FILE``
+    a local text file with one URL (or pattern) per line; blank lines and lines
+    starting with ``#`` are ignored.
+``prefix-%06d.tar``
+    an *open-ended* numbered output pattern (``--maxcount``/``--maxsize``):
+    see :func:`numbered`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from .errors import PatternError
+
+_AT = re.compile(r"@(\d+)")
+_RANGE = re.compile(r"^(-?\w+)\.\.(-?\w+)$")
+_PRINTF = re.compile(r"%(0?)(\d*)d")
+
+
+def expand(pattern: str) -> list[str]:
+    """Expand a shard-set pattern into the list of URLs it names."""
+    if not pattern or not pattern.strip():
+        raise PatternError(pattern, "empty pattern")
+    urls: list[str] = []
+    for part in pattern.split("::"):
+        part = part.strip()
+        if not part:
+            raise PatternError(pattern, "empty element in '::' list")
+        if part.startswith("@list:"):
+            urls.extend(_read_list(part[len("@list:"):], pattern))
+        elif part.startswith("pipe:"):
+            urls.append(part)  # a shell command is never expanded
+        else:
+            for braced in _expand_braces(part, pattern):
+                urls.extend(_expand_at(braced, pattern))
+    return urls
+
+
+def expand_all(patterns: list[str] | tuple[str, ...] | str) -> list[str]:
+    """Expand one pattern or several, in order."""
+    if isinstance(patterns, str):
+        return expand(patterns)
+    out: list[str] = []
+    for p in patterns:
+        out.extend(expand(p))
+    return out
+
+
+def is_numbered(pattern: str) -> bool:
+    """True for an open-ended output pattern such as ``out-%06d.tar``."""
+    return bool(_PRINTF.search(_basename(pattern)))
+
+
+def numbered(pattern: str, index: int) -> str:
+    """The name of output ``index`` of an open-ended pattern (``out-%06d.tar``)."""
+    if not is_numbered(pattern):
+        raise PatternError(pattern, "expected a numbered pattern such as out-%06d.tar")
+    head, sep, base = pattern.rpartition("/")
+    return head + sep + _PRINTF.sub(lambda m: f"{index:{m.group(1)}{m.group(2)}d}", base, count=1)
+
+
+def output_urls(pattern: str, count: int) -> list[str]:
+    """Exactly ``count`` output names from a pattern, or a clear error if it names another count."""
+    if is_numbered(pattern):
+        return [numbered(pattern, i) for i in range(count)]
+    urls = expand(pattern)
+    if len(urls) != count:
+        raise PatternError(pattern, f"names {len(urls)} outputs but {count} are needed")
+    return urls
+
+
+def count_of(pattern: str) -> int | None:
+    """How many outputs a pattern names, or None for an open-ended numbered pattern."""
+    return None if is_numbered(pattern) else len(expand(pattern))
+
+
+def _basename(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def _read_list(path: str, pattern: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln.strip() for ln in f]
+    except OSError as e:
+        raise PatternError(pattern, f"cannot read list file: {e.strerror or e}") from None
+    urls: list[str] = []
+    for ln in lines:
+        if ln and not ln.startswith("#"):
+            urls.extend(expand(ln))
+    if not urls:
+        raise PatternError(pattern, "list file names no shards")
+    return urls
+
+
+def _expand_at(url: str, pattern: str) -> list[str]:
+    head, sep, base = url.rpartition("/")
+    matches = list(_AT.finditer(base))
+    if not matches:
+        return [url]
+    if len(matches) > 1:
+        raise PatternError(pattern, "more than one @N in one name")
+    m = matches[0]
+    digits = m.group(1)
+    n = int(digits)
+    if n <= 0:
+        raise PatternError(pattern, "@N needs N >= 1")
+    width = len(digits)
+    prefix, suffix = head + sep + base[: m.start()], base[m.end():]
+    return [f"{prefix}{i:0{width}d}{suffix}" for i in range(n)]
+
+
+def _expand_braces(s: str, pattern: str) -> list[str]:
+    return list(_braces(s, pattern))
+
+
+def _braces(s: str, pattern: str) -> Iterator[str]:
+    start = s.find("{")
+    close = s.find("}")
+    if start < 0:
+        if close >= 0:
+            raise PatternError(pattern, "unbalanced braces: '}' without '{'")
+        yield s
+        return
+    if 0 <= close < start:
+        raise PatternError(pattern, "unbalanced braces: '}' without '{'")
+    end = _matching_brace(s, start, pattern)
+    head, body, tail = s[:start], s[start + 1:end], s[end + 1:]
+    alternatives = _alternatives(body, pattern)
+    tails = list(_braces(tail, pattern))
+    for alt in alternatives:
+        for expanded in _braces(alt, pattern):
+            for t in tails:
+                yield head + expanded + t
+
+
+def _matching_brace(s: str, start: int, pattern: str) -> int:
+    depth = 0
+    for i in range(start, len(s)):
+        if s[i] == "{":
+            depth += 1
+        elif s[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise PatternError(pattern, "unbalanced braces: '{' without '}'")
+
+
+def _alternatives(body: str, pattern: str) -> list[str]:
+    """The choices inside one brace group: a range ``a..b`` or a comma list."""
+    parts, depth, cur = [], 0, []
+    for ch in body:
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        depth += ch == "{"
+        depth -= ch == "}"
+        cur.append(ch)
+    parts.append("".join(cur))
+    if len(parts) > 1:
+        return parts
+    m = _RANGE.match(body)
+    if not m:
+        raise PatternError(pattern, f"'{{{body}}}' is neither a range a..b nor a list a,b")
+    return _range(m.group(1), m.group(2), pattern)
+
+
+def _range(lo: str, hi: str, pattern: str) -> list[str]:
+    if _is_int(lo) and _is_int(hi):
+        a, b = int(lo), int(hi)
+        if a > b:
+            raise PatternError(pattern, f"range {{{lo}..{hi}}} runs backwards")
+        padded = any(len(x.lstrip("-")) > 1 and x.lstrip("-").startswith("0") for x in (lo, hi))
+        width = max(len(lo), len(hi)) if padded else 0
+        return [f"{i:0{width}d}" for i in range(a, b + 1)]
+    if len(lo) == 1 and len(hi) == 1 and lo.isalpha() and hi.isalpha():
+        if ord(lo) > ord(hi):
+            raise PatternError(pattern, f"range {{{lo}..{hi}}} runs backwards")
+        return [chr(c) for c in range(ord(lo), ord(hi) + 1)]
+    raise PatternError(pattern, f"bad range {{{lo}..{hi}}}")
+
+
+def _is_int(s: str) -> bool:
+    return s.lstrip("-").isdigit()
