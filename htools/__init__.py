@@ -1,0 +1,24 @@
+"""htools: map-reduce over sharded tar datasets (WebDataset format) on Dask.
+
+The command-line tools are thin layers over these functions::
+
+    import htools
+    htools.map_shards("data-@100.tar", "out-@100.tar", "script.py")
+    htools.extract("out-@100.tar", fields=["cls"], count=10)
+    htools.upload("photos/", "s3://bucket/photos-@16.tar")
+
+Each takes the CLI's options (``client=``, ``cluster=``, ``workers=``,
+``resume=``, ``overwrite=``, ``max_errors=``, ``storage_options=`` ...) and
+returns a :class:`~htools.summary.JobSummary`.
+"""
+
+from __future__ import annotations
+
+from .errors import HtoolsError, NotFound, PatternError, ScriptError, ShardError, StorageError
+from .extract import extract
+from .mapper import map_shards
+from .summary import JobSummary
+
+__all__ = ["map_shards", "extract", "JobSummary", "HtoolsError", "NotFound", "PatternError",
+           "ScriptError", "ShardError", "StorageError"]
+__version__ = "0.1.0"

@@ -1,0 +1,45 @@
+"""htextract: fields, field-name sets, or value counts of every sample."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..extract import ExtractSpec, run
+from .common import finish, make_run_options, run_options, user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs")
+@click.option("-f", "--fields", default="__key__", show_default=True,
+              help="Comma-separated fields to extract (__key__, __url__, cls, txt ...).")
+@click.option("-K", "--field-names", is_flag=True, help="List each sample's set of field names.")
+@click.option("--count", type=click.IntRange(1), default=None, metavar="N",
+              help="Print the N most common values (count<TAB>value) instead of rows.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv",
+              show_default=True)
+@click.option("--binary", type=click.Choice(["length", "base64"]), default="length",
+              show_default=True, help="How non-text fields are shown.")
+@click.option("--to-dir", metavar="DIR", default=None,
+              help="Write the selected fields as files DIR/KEY.FIELD instead of rows.")
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
+              help="Where rows go (default stdout).")
+@run_options
+@user_errors
+def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, **kw) -> None:
+    """Extract fields of every sample of INPUTS (a shard set), in shard order.
+
+    \b
+    Examples:
+      htextract 'data-{000..099}.tar' -f __key__,cls
+      htextract 'data-@100.tar' -f cls --count 20
+    """
+    opts = make_run_options(kw)
+    spec = ExtractSpec(tuple(f for f in fields.split(",") if f), field_names,
+                               count or 0, fmt, binary, to_dir)
+    summary = run(inputs, spec, opts, output)
+    output.flush()
+    if output is not sys.stdout:
+        output.close()
+    finish(summary, opts)

@@ -1,0 +1,308 @@
+"""Running one Dask task per shard: which cluster, submission, progress, summary.
+
+* ``cluster=None`` starts an embedded ``LocalCluster`` of worker processes (one
+  per core unless ``workers`` says otherwise) that lives as long as the job.
+* ``cluster="host:8786"`` / ``"tcp://host:8786"`` (or ``$HTOOLS_SCHEDULER``)
+  connects to a running ``dask scheduler``.
+* ``cluster="k8s://NAME?workers=N&image=..."`` creates or connects to a
+  Kubernetes cluster through dask-kubernetes (see :mod:`htools.kube`).
+* ``client=`` (Python API) uses a ``Client`` the caller already has.
+
+Task functions are top-level, take plain arguments and return a
+:class:`~htools.summary.ShardResult` dict; they never touch the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import storage
+from .errors import HtoolsError
+from .summary import JobSummary, ShardResult
+
+SCHEDULER_ENV = "HTOOLS_SCHEDULER"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options every command shares (the CLI's common flags)."""
+
+    cluster: str | None = None
+    workers: int | None = None
+    retries: int = 2
+    quiet: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+    max_errors: int = 0
+    summary: str | None = None
+    storage_options: dict | None = None
+    client: Any = field(default=None, compare=False, repr=False)
+
+    def with_(self, **kw) -> RunOptions:
+        return replace(self, **kw)
+
+
+@dataclass
+class Task:
+    """One unit of work: a top-level function, its keyword arguments, and what it writes."""
+
+    fn: Callable[..., dict]
+    kwargs: dict
+    input: str | list[str] = ""
+    output: str = ""  # "" when the task writes nothing checked for resume
+
+
+# ---------------------------------------------------------------- clusters --
+
+def cluster_address(cluster: str | None) -> str | None:
+    address = cluster or os.environ.get(SCHEDULER_ENV) or None
+    if address and "://" not in address:
+        address = "tcp://" + address
+    return address
+
+
+@contextlib.contextmanager
+def connect(opts: RunOptions) -> Iterator[Any]:
+    """A ``distributed.Client`` for the job, closing whatever this call created."""
+    if opts.client is not None:
+        yield opts.client
+        return
+    import dask
+    from distributed import Client, LocalCluster
+
+    address = cluster_address(opts.cluster)
+    if address and address.startswith("k8s://"):
+        from . import kube
+
+        with kube.cluster(address, quiet=opts.quiet) as cluster, Client(cluster) as client:
+            yield client
+        return
+    if address:
+        try:
+            client = Client(address, timeout="20s")
+        except OSError as e:
+            raise HtoolsError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+        with client:
+            yield client
+        return
+    n = opts.workers or os.cpu_count() or 1
+    with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
+                          "distributed.worker.daemon": False}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address="127.0.0.1:0", host="127.0.0.1",
+                               silence_logs=40)
+        with cluster, Client(cluster) as client:
+            yield client
+
+
+def _announce(client: Any, opts: RunOptions) -> None:
+    if opts.quiet:
+        return
+    link = getattr(client, "dashboard_link", None)
+    nworkers = len(client.scheduler_info().get("workers", {}))
+    msg = f"htools: {nworkers} workers"
+    if link:
+        msg += f", dashboard at {link}"
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- outputs --
+
+def existing_outputs(outputs: list[str], options: dict | None) -> set[str]:
+    """Which of ``outputs`` already exist (checked concurrently: object stores are slow)."""
+    urls = [u for u in outputs if u]
+    if not urls:
+        return set()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        flags = list(pool.map(lambda u: storage.exists(u, options), urls))
+    return {u for u, f in zip(urls, flags) if f}
+
+
+def plan_outputs(tasks: list[Task], opts: RunOptions) -> set[str]:
+    """Outputs to skip (``--resume``), or refuse to start if outputs exist."""
+    if opts.overwrite:
+        return set()
+    present = existing_outputs([t.output for t in tasks], opts.storage_options)
+    if present and not opts.resume:
+        listed = sorted(present)
+        shown = ", ".join(storage.redact(u) for u in listed[:3])
+        more = f" and {len(listed) - 3} more" if len(listed) > 3 else ""
+        raise HtoolsError(f"{len(listed)} output(s) already exist ({shown}{more}); "
+                          "use --resume to skip them or --overwrite to replace them")
+    return present
+
+
+def print_plan(tasks: list[Task], skip: set[str], out=sys.stdout) -> None:
+    for t in tasks:
+        src = t.input if isinstance(t.input, str) else " + ".join(t.input)
+        mark = "  (exists, skipped)" if t.output in skip else ""
+        print(f"{storage.redact(src)} -> {storage.redact(t.output)}{mark}", file=out)
+
+
+# --------------------------------------------------------------- running ---
+
+def run(tool: str, tasks: list[Task], opts: RunOptions, *,
+        on_result: Callable[[int, dict], None] | None = None,
+        ordered: bool = False, check_outputs: bool = True) -> JobSummary:
+    """Run ``tasks`` (one per shard) and return the job summary.
+
+    ``on_result(index, result)`` is called as results arrive -- in task order
+    when ``ordered`` (results that arrive early wait, and at most a window of
+    tasks runs ahead, so memory stays bounded).
+    """
+    summary = JobSummary(tool=tool, shards_total=len(tasks), max_errors=opts.max_errors)
+    skip = plan_outputs(tasks, opts) if check_outputs else set()
+    if opts.dry_run:
+        print_plan(tasks, skip)
+        return summary.finish()
+    todo: list[tuple[int, Task]] = []
+    for i, t in enumerate(tasks):
+        if t.output and t.output in skip:
+            r = ShardResult(input=t.input, output=t.output, status="skipped").as_dict()
+            summary.add(r)
+            if on_result:
+                on_result(i, r)
+        else:
+            todo.append((i, t))
+    if todo:
+        with connect(opts) as client:
+            _announce(client, opts)
+            _execute(client, tool, todo, opts, summary, on_result, ordered)
+    return summary.finish()
+
+
+def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
+    from distributed import as_completed
+
+    job = uuid.uuid4().hex[:8]
+    nworkers = max(len(client.scheduler_info().get("workers", {})), 1)
+    window = len(todo) if not ordered else 2 * nworkers + 2
+    bar = _progress(len(todo), opts)
+    pending: dict[int, dict] = {}
+    next_emit = 0  # position in ``todo`` of the next result to hand on (ordered mode)
+    submitted = 0
+    position: dict[str, int] = {}
+
+    def submit(pos: int):
+        i, t = todo[pos]
+        key = f"{tool}-{job}-{i:06d}"
+        position[key] = pos
+        return client.submit(t.fn, key=key, pure=False, retries=opts.retries, **t.kwargs)
+
+    ac = as_completed()
+    while submitted < min(window, len(todo)):
+        ac.add(submit(submitted))
+        submitted += 1
+    widget = _notebook_progress(ac)
+    try:
+        for fut in ac:
+            pos = position.pop(fut.key)
+            i, t = todo[pos]
+            result = _result_of(fut, t)
+            fut.release()
+            summary.add(result)
+            bar.update(result)
+            if ordered:
+                pending[pos] = result
+                while next_emit in pending:
+                    r = pending.pop(next_emit)
+                    if on_result:
+                        on_result(todo[next_emit][0], r)
+                    next_emit += 1
+            elif on_result:
+                on_result(i, result)
+            while submitted < len(todo) and (submitted - next_emit < window or not ordered):
+                ac.add(submit(submitted))
+                submitted += 1
+    finally:
+        bar.close()
+        del widget
+
+
+def _result_of(fut, task: Task) -> dict:
+    """A task's result dict; a task that raised (or whose workers kept dying) is a failed shard."""
+    try:
+        return fut.result()
+    except Exception as e:  # KilledWorker, an htools bug, a lost scheduler connection
+        r = ShardResult(input=task.input, output=task.output)
+        r.fail(f"{type(e).__name__}: {e}")
+        return r.as_dict()
+
+
+class _Bar:
+    """A tqdm bar on stderr: shards done/total, samples/s, MB/s, ETA."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.samples = 0
+        self.bytes = 0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="shard", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, r: dict) -> None:
+        if self.bar is None:
+            return
+        self.samples += r["samples_read"]
+        self.bytes += r["bytes_in"]
+        elapsed = max(self.bar.format_dict.get("elapsed", 0.0), 1e-6)
+        self.bar.set_postfix_str(f"{self.samples / elapsed:,.0f} samples/s, "
+                                 f"{self.bytes / elapsed / 1e6:,.1f} MB/s", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(total: int, opts: RunOptions) -> _Bar:
+    return _Bar(total, enabled=not opts.quiet and sys.stderr.isatty() and not _in_notebook())
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except Exception:
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def _notebook_progress(ac) -> Any:
+    """Dask's progress widget when running in a Jupyter kernel."""
+    if not _in_notebook():
+        return None
+    try:
+        from distributed import progress
+
+        return progress(list(ac.futures), notebook=True, multi=False)
+    except Exception:  # no ipywidgets: the summary still prints
+        return None
+
+
+def report(summary: JobSummary, opts: RunOptions) -> JobSummary:
+    """Print the one-line summary (and failures) on stderr; write ``--summary`` JSON."""
+    if opts.summary:
+        summary.write_json(opts.summary)
+    if opts.dry_run:
+        return summary
+    for f in summary.failures[:20]:
+        print(f"htools: FAILED {storage.redact(str(f['input']))}: {f['error']}", file=sys.stderr)
+    if len(summary.failures) > 20:
+        print(f"htools: ... and {len(summary.failures) - 20} more failed shards", file=sys.stderr)
+    for e in summary.errors[:10]:
+        print(f"htools: sample error {storage.redact(e['url'])} key {e['key']!r}: {e['error']}",
+              file=sys.stderr)
+    print(summary.line(), file=sys.stderr, flush=True)
+    return summary

@@ -1,0 +1,173 @@
+"""htextract: pull fields, field-name sets, or value counts out of every shard.
+
+Each task renders its shard's rows (TSV or JSON lines) or counts its values;
+the client writes rows in shard order as shards finish in order, holding at
+most a small window of shards in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import posixpath
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from . import engine, shards, storage, tario
+from .engine import RunOptions, Task, report
+from .errors import HtoolsError
+from .streams import Counting
+from .summary import JobSummary, ShardResult
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """What to pull out of each sample."""
+
+    fields: tuple[str, ...] = ("__key__",)
+    field_names: bool = False  # -K: the set of field names of each sample
+    count: int = 0  # --count N: the N most common values
+    format: str = "tsv"  # tsv | jsonl
+    binary: str = "length"  # length | base64
+    to_dir: str | None = None  # --to-dir: write the selected fields as files
+
+
+def render_value(value, binary: str):
+    """Text stays text; bytes that are not UTF-8 become their length or base64."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        text = bytes(value).decode("utf-8")
+        if "\x00" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
+    return base64.b64encode(value).decode("ascii") if binary == "base64" else len(value)
+
+
+def _tsv_cell(v) -> str:
+    if v is None:
+        return ""
+    s = str(v)
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def row_values(sample: dict, spec: ExtractSpec) -> list:
+    if spec.field_names:
+        names = sorted(k for k in sample if not k.startswith("__"))
+        return [sample["__key__"], ",".join(names)]
+    return [render_value(sample.get(f), spec.binary) for f in spec.fields]
+
+
+def format_row(values: list, spec: ExtractSpec) -> str:
+    if spec.format == "jsonl":
+        names = ("__key__", "fields") if spec.field_names else spec.fields
+        return json.dumps(dict(zip(names, values)), ensure_ascii=False)
+    return "\t".join(_tsv_cell(v) for v in values)
+
+
+def safe_member_path(key: str, field: str) -> str:
+    """``key.field`` as a relative path that cannot escape the target directory."""
+    name = f"{key}.{field}"
+    norm = posixpath.normpath(name)
+    if (name.startswith("/") or norm.startswith("../") or norm == ".." or "\\" in name
+            or "/../" in f"/{name}/" or "\x00" in name):
+        raise HtoolsError(f"refusing to write {name!r}: it would escape the target directory")
+    return norm
+
+
+def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None) -> dict:
+    """Task: the rows (or value counts) of one shard, plus the usual counts."""
+    result = ShardResult(input=input)
+    t0 = time.perf_counter()
+    rows: list[str] = []
+    counts: Counter = Counter()
+    try:
+        for sample in _samples(input, options, result):
+            values = row_values(sample, spec)
+            if spec.to_dir:
+                _write_files(sample, spec, options, result)
+            if spec.count:
+                counts[tuple(v if not isinstance(v, list) else tuple(v) for v in values)] += 1
+            elif not spec.to_dir:
+                rows.append(format_row(values, spec))
+            result.samples_mapped += 1
+            result.samples_written += 1
+    except HtoolsError as e:
+        result.fail(str(e))
+        rows, counts = [], Counter()
+    result.extra = {"rows": rows, "counts": [[list(k), n] for k, n in counts.items()]}
+    result.seconds = round(time.perf_counter() - t0, 4)
+    return result.as_dict()
+
+
+def _samples(url: str, options, result: ShardResult) -> Iterator[dict]:
+    with storage.open_read(url, options) as raw:
+        stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), url)
+        for sample in tario.read_samples(stream, url):
+            result.samples_read += 1
+            yield sample
+
+
+def _write_files(sample: dict, spec: ExtractSpec, options, result: ShardResult) -> None:
+    fields = [f for f in spec.fields if not f.startswith("__")] or \
+        [f for f in sample if not f.startswith("__")]
+    for f in fields:
+        if f not in sample:
+            continue
+        rel = safe_member_path(sample["__key__"], f)
+        with storage.open_write(storage.join(spec.to_dir, rel), options) as out:
+            out.write(bytes(sample[f]) if not isinstance(sample[f], str) else sample[f].encode())
+        result.bytes_out += len(sample[f])
+
+
+def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
+    if spec.format not in ("tsv", "jsonl"):
+        raise HtoolsError(f"unknown format {spec.format!r}: use tsv or jsonl")
+    if spec.binary not in ("length", "base64"):
+        raise HtoolsError(f"unknown binary rendering {spec.binary!r}: use length or base64")
+    kw = {"spec": spec, "options": storage.resolve_options(opts.storage_options)}
+    return [Task(extract_shard, {"input": u, **kw}, input=u) for u in shards.expand_all(inputs)]
+
+
+def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
+            format: str = "tsv", binary: str = "length", to_dir: str | None = None,
+            out: IO[str] | None = None, **options) -> JobSummary:
+    """Extract fields of every sample of ``inputs``; rows go to ``out`` (default stdout).
+
+    With ``count=N`` the N most common values are written instead, and also
+    returned in ``summary.extra["counts"]`` as ``[[values, n], ...]``.
+    """
+    opts = RunOptions(**options)
+    if isinstance(fields, str):
+        fields = tuple(f for f in fields.split(",") if f)
+    spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
+    return report(run(inputs, spec, opts, out or sys.stdout), opts)
+
+
+def run(inputs, spec: ExtractSpec, opts: RunOptions, out: IO[str]) -> JobSummary:
+    """Run the job, writing rows in shard order as they arrive; then the counts."""
+    tasks = plan(inputs, spec, opts)
+    counts: Counter = Counter()
+
+    def on_result(_i: int, r: dict) -> None:
+        rows = r.get("extra", {}).get("rows", [])
+        if rows:
+            out.write("\n".join(rows) + "\n")
+            out.flush()
+        for values, n in r.get("extra", {}).get("counts", []):
+            counts[tuple(tuple(v) if isinstance(v, list) else v for v in values)] += n
+        r.pop("extra", None)
+
+    summary = engine.run("htextract", tasks, opts, on_result=on_result, ordered=True,
+                         check_outputs=False)
+    if spec.count:
+        top = counts.most_common(spec.count)
+        for values, n in top:
+            out.write(f"{n}\t" + "\t".join(_tsv_cell(v) for v in values) + "\n")
+        summary.extra["counts"] = [[list(v), n] for v, n in top]
+    return summary

@@ -1,0 +1,170 @@
+"""htmapper: run a user's ``process_sample`` over every sample of every shard.
+
+One task per input shard writes one output shard, atomically: a shard whose
+task fails leaves no output, so a retried or resumed shard never duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from . import engine, shards, storage, tario
+from .engine import RunOptions, Task, report
+from .errors import HtoolsError, ScriptError
+from .script import Script, user_traceback
+from .streams import Counting
+from .summary import JobSummary, ShardResult
+
+
+class _TooManyErrors(HtoolsError):
+    pass
+
+
+def expose_key(sample: dict) -> dict:
+    """The sample as the script sees it: ``key`` mirrors ``__key__`` unless a real field has that name."""
+    if "key" not in sample:
+        sample["key"] = sample["__key__"]
+        sample["__key_alias__"] = True
+    return sample
+
+
+def outputs_of(result, sample: dict) -> list[dict]:
+    """Normalise what ``process_sample`` returned into a list of output samples."""
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        items = [result]
+        expanded = False
+    elif isinstance(result, Iterable) and not isinstance(result, (str, bytes)):
+        items = list(result)
+        expanded = True
+    else:
+        raise ScriptError(f"process_sample returned {type(result).__name__}; "
+                          "expected a dict, None, or a list of dicts")
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ScriptError(f"process_sample returned a list holding {type(item).__name__}; "
+                              "expected dicts")
+        out.append(_with_key(item, sample, n if expanded and len(items) > 1 else None))
+    return out
+
+
+def _with_key(item: dict, sample: dict, n: int | None) -> dict:
+    item = dict(item)
+    aliased = sample.get("__key_alias__", False)
+    key = item.pop("__key__", None)
+    if aliased and "key" in item:
+        alias = item.pop("key")
+        key = key if key is not None else alias
+    if key is None:
+        key = sample["__key__"] if n is None else f"{sample['__key__']}-{n}"
+    if isinstance(key, (bytes, bytearray)):
+        key = bytes(key).decode("utf-8")
+    item["__key__"] = str(key)
+    item.pop("__key_alias__", None)
+    item.pop("__url__", None)
+    return item
+
+
+def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str,
+                max_errors: int) -> Iterator[dict]:
+    """Apply ``fn`` to each sample, counting; yields the output samples."""
+    for sample in samples:
+        result.samples_read += 1
+        key = sample["__key__"]
+        try:
+            outs = outputs_of(fn(expose_key(sample)), sample)
+        except Exception as e:  # the user's code raised: name shard and key
+            result.sample_error(url, key, f"{type(e).__name__}: {e}", user_traceback(e))
+            if result.sample_errors > max_errors:
+                raise _TooManyErrors(
+                    f"{storage.redact(url)}: process_sample raised on key {key!r}: "
+                    f"{type(e).__name__}: {e}\n{user_traceback(e)}") from None
+            continue
+        if not outs:
+            result.samples_dropped += 1
+            continue
+        result.samples_mapped += 1
+        yield from outs
+
+
+def map_shard(input: str, output: str, script: Script | FunctionScript, *, options: dict | None = None,
+              max_errors: int = 0, mtime: float | None = 0) -> dict:
+    """Task: read ``input``, map every sample through the script, write ``output``."""
+    result = ShardResult(input=input, output=output)
+    t0 = time.perf_counter()
+    try:
+        fn = script.load().process_sample
+        with storage.open_read(input, options) as raw:
+            samples = tario.read_samples(
+                tario.open_stream_reader(Counting(raw, result, "bytes_in"), input), input)
+            with storage.open_write(output, options) as out, \
+                    tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
+                                    mtime=mtime) as writer:
+                for s in map_samples(samples, fn, result, input, max_errors):
+                    _write(writer, s, input)
+                    result.samples_written += 1
+    except HtoolsError as e:
+        result.fail(str(e))
+    result.seconds = round(time.perf_counter() - t0, 4)
+    return result.as_dict()
+
+
+def _write(writer, sample: dict, url: str) -> None:
+    try:
+        writer.write(sample)
+    except (TypeError, ValueError) as e:
+        raise ScriptError(f"{storage.redact(url)}: cannot write output sample "
+                          f"{sample.get('__key__')!r}: {e}") from None
+
+
+def plan(inputs, outputs: str, script: Script, opts: RunOptions, *,
+         mtime: float | None = 0) -> list[Task]:
+    """One task per input shard; outputs pair with inputs in order."""
+    ins = shards.expand_all(inputs)
+    outs = shards.output_urls(outputs, len(ins))
+    dupes = len(set(outs)) != len(outs)
+    if dupes:
+        raise HtoolsError(f"output pattern {outputs!r} names the same output twice")
+    clash = set(ins) & set(outs)
+    if clash:
+        raise HtoolsError(f"output {storage.redact(sorted(clash)[0])} is also an input")
+    kw = {"script": script, "options": storage.resolve_options(opts.storage_options),
+          "max_errors": opts.max_errors, "mtime": mtime}
+    return [Task(map_shard, {"input": i, "output": o, **kw}, input=i, output=o)
+            for i, o in zip(ins, outs)]
+
+
+def load_script(script, require=("process_sample",)) -> Script | FunctionScript:
+    """A script path, a :class:`Script`, or (Python API) a plain function."""
+    if isinstance(script, (Script, FunctionScript)):
+        return script
+    if callable(script):
+        return FunctionScript(script)
+    return Script.from_path(script, require=require)
+
+
+@dataclass(frozen=True)
+class FunctionScript:
+    """A Python function used as ``process_sample`` (shipped by cloudpickle)."""
+
+    process_sample: Callable
+
+    def load(self) -> FunctionScript:
+        return self
+
+
+def map_shards(inputs, outputs: str, script, *, mtime: float | None = 0, **options) -> JobSummary:
+    """Run ``process_sample`` from ``script`` over every sample of every input shard.
+
+    ``script`` is a path to a script, a :class:`~htools.script.Script`, or a
+    function.  ``options`` are those of :class:`~htools.engine.RunOptions`
+    (``client=``, ``cluster=``, ``workers=``, ``resume=``, ``max_errors=`` ...).
+    Returns the job summary; ``summary.ok`` tells whether every shard succeeded.
+    """
+    opts = RunOptions(**options)
+    tasks = plan(inputs, outputs, load_script(script), opts, mtime=mtime)
+    return report(engine.run("htmapper", tasks, opts), opts)

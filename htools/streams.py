@@ -1,0 +1,49 @@
+"""Small stream wrappers shared by the task functions."""
+
+from __future__ import annotations
+
+from .summary import ShardResult
+
+
+class Counting:
+    """A pass-through stream that adds the bytes it moves to ``result.<attr>``."""
+
+    def __init__(self, raw, result: ShardResult, attr: str):
+        self.raw = raw
+        self.result = result
+        self.attr = attr
+
+    def _add(self, n: int) -> None:
+        setattr(self.result, self.attr, getattr(self.result, self.attr) + n)
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.raw.read(n)
+        self._add(len(b))
+        return b
+
+    def readinto(self, buf) -> int:
+        n = self.raw.readinto(buf) or 0
+        self._add(n)
+        return n
+
+    def write(self, b) -> int:
+        self.raw.write(b)
+        n = len(b)
+        self._add(n)
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False

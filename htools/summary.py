@@ -1,0 +1,131 @@
+"""Per-shard results and the job summary.
+
+Every task returns a :class:`ShardResult` as a plain dict.  For each shard,
+``samples_read == samples_mapped + samples_dropped + samples_failed``: a sample
+read is either mapped (it produced zero or more output samples), dropped by the
+script (``None``), or failed.  When a whole shard fails, its output is absent
+and every sample read from it counts as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MAX_LISTED_ERRORS = 100
+COUNTERS = ("samples_read", "samples_mapped", "samples_written", "samples_dropped",
+            "samples_failed", "sample_errors", "bytes_in", "bytes_out")
+
+
+@dataclass
+class ShardResult:
+    """What one task did with one shard (or one output partition)."""
+
+    input: str | list[str] = ""
+    output: str = ""
+    status: str = "ok"  # ok | skipped | failed
+    samples_read: int = 0
+    samples_mapped: int = 0
+    samples_written: int = 0
+    samples_dropped: int = 0
+    samples_failed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    sample_errors: int = 0  # samples whose processing raised (counted against --max-errors)
+    seconds: float = 0.0
+    error: str | None = None
+    errors: list[dict] = field(default_factory=list)  # per-sample: url, key, error, traceback
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def sample_error(self, url: str, key: str, error: str, tb: str = "") -> None:
+        self.samples_failed += 1
+        self.sample_errors += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append({"url": url, "key": key, "error": error, "traceback": tb})
+
+    def fail(self, error: str) -> None:
+        """The whole shard failed: its output is absent, every sample read is failed."""
+        self.status = "failed"
+        self.error = error
+        self.samples_failed = self.samples_read - self.samples_dropped
+        self.samples_mapped = 0
+        self.samples_written = 0
+        self.bytes_out = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class JobSummary:
+    """The whole job: shard counts, sample counts that add up, bytes, seconds."""
+
+    tool: str
+    shards_total: int = 0
+    shards_done: int = 0
+    shards_skipped: int = 0
+    shards_failed: int = 0
+    samples_read: int = 0
+    samples_mapped: int = 0
+    samples_written: int = 0
+    samples_dropped: int = 0
+    samples_failed: int = 0
+    sample_errors: int = 0
+    max_errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)  # failed shards: input, output, error
+    errors: list[dict] = field(default_factory=list)  # failed samples (first MAX_LISTED_ERRORS)
+    extra: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time, repr=False)
+
+    def add(self, r: dict) -> None:
+        if r["status"] == "skipped":
+            self.shards_skipped += 1
+            return
+        if r["status"] == "failed":
+            self.shards_failed += 1
+            self.failures.append({"input": r["input"], "output": r["output"], "error": r["error"]})
+        else:
+            self.shards_done += 1
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + r[name])
+        room = MAX_LISTED_ERRORS - len(self.errors)
+        if room > 0:
+            self.errors.extend(r["errors"][:room])
+
+    @property
+    def ok(self) -> bool:
+        return (self.shards_failed == 0 and self.sample_errors <= self.max_errors
+                and self.shards_done + self.shards_skipped == self.shards_total)
+
+    def finish(self) -> JobSummary:
+        self.seconds = round(time.time() - self.started, 3)
+        return self
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("started")
+        d["ok"] = self.ok
+        return d
+
+    def line(self) -> str:
+        mb_in, mb_out = self.bytes_in / 1e6, self.bytes_out / 1e6
+        parts = [
+            f"{self.tool}: {'ok' if self.ok else 'FAILED'}",
+            f"shards {self.shards_done} done, {self.shards_skipped} skipped, "
+            f"{self.shards_failed} failed of {self.shards_total}",
+            f"samples {self.samples_read} read, {self.samples_written} written, "
+            f"{self.samples_dropped} dropped, {self.samples_failed} failed",
+            f"{mb_in:.1f} MB in, {mb_out:.1f} MB out",
+            f"{self.seconds:.1f}s",
+        ]
+        return "; ".join(parts)
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.as_dict(), f, indent=2)
+            f.write("\n")
