@@ -17,8 +17,9 @@ from __future__ import annotations
 from .errors import HtoolsError, NotFound, PatternError, ScriptError, ShardError, StorageError
 from .extract import extract
 from .mapper import map_shards
+from .upload import upload
 from .summary import JobSummary
 
-__all__ = ["map_shards", "extract", "JobSummary", "HtoolsError", "NotFound", "PatternError",
+__all__ = ["map_shards", "extract", "upload", "JobSummary", "HtoolsError", "NotFound", "PatternError",
            "ScriptError", "ShardError", "StorageError"]
 __version__ = "0.1.0"

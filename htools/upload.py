@@ -1,0 +1,302 @@
+"""htupload: turn a local dataset into sharded tars at any supported URL.
+
+Sources:
+
+* a local **directory tree**: files are grouped into samples by the WebDataset
+  key rule (``a/n01.jpg`` + ``a/n01.cls`` -> sample ``a/n01``), whatever order
+  the directory lists them in;
+* a **list file** (``@files:LIST``, or any existing local file that is not a tar):
+  one local path per line, grouped the same way (keys are the paths as written);
+* existing **tar shards** (any shard-set pattern): samples are re-sharded, in
+  order, after a counting pre-pass that reads each input once.
+
+Outputs: ``@N`` (or any pattern naming N URLs) splits into exactly N shards
+balanced by sample count; an open-ended numbered pattern (``out-%06d.tar``)
+starts a new shard whenever ``--maxcount`` samples or ``--maxsize`` bytes would
+be exceeded.  One Dask task writes each output shard, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import engine, shards, storage, tario
+from .engine import RunOptions, Task, report
+from .errors import HtoolsError
+from .streams import Counting
+from .summary import JobSummary, ShardResult
+
+TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.zst", ".tzst")
+
+
+@dataclass(frozen=True)
+class FileSample:
+    key: str
+    files: tuple[tuple[str, str], ...]  # (field, local path)
+    size: int  # bytes in the tar, headers included
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples ``[start, stop)`` of one input shard."""
+
+    url: str
+    start: int
+    stop: int
+
+
+def tar_size(sizes) -> int:
+    """Bytes a sample's members take in a tar: a header and padded data each."""
+    return sum(512 + (n + 511) // 512 * 512 for n in sizes)
+
+
+# ------------------------------------------------------------ local files --
+
+def scan_directory(root: str) -> list[FileSample]:
+    """Every regular file below ``root``, grouped into samples by key (sorted by key)."""
+    if not os.path.isdir(root):
+        raise HtoolsError(f"{root}: not a directory")
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            paths.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
+    return group_files(paths, root)
+
+
+def scan_list(list_file: str) -> list[FileSample]:
+    """Paths from a list file, one per line; keys are the paths as written."""
+    try:
+        with open(list_file, encoding="utf-8") as f:
+            lines = [ln.strip() for ln in f]
+    except OSError as e:
+        raise HtoolsError(f"cannot read list file {list_file}: {e.strerror or e}") from None
+    base = os.path.dirname(os.path.abspath(list_file))
+    paths = []
+    for ln in lines:
+        if ln and not ln.startswith("#"):
+            full = ln if os.path.isabs(ln) else os.path.join(base, ln)
+            paths.append((ln.lstrip("./").lstrip("/") if ln.startswith(("./", "/")) else ln, full))
+    return group_files(paths, list_file)
+
+
+def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:
+    groups: dict[str, dict[str, str]] = {}
+    for rel, full in paths:
+        key, field = tario.split_key(rel)
+        if not field or field.startswith("_") or os.path.basename(rel).startswith("."):
+            continue  # no extension: not a sample member; hidden files are skipped
+        fields = groups.setdefault(key, {})
+        if field in fields:
+            raise HtoolsError(f"{where}: {rel!r} appears twice")
+        fields[field] = full
+    samples = []
+    for key in sorted(groups):
+        files = tuple(sorted(groups[key].items()))
+        try:
+            size = tar_size(os.path.getsize(p) for _, p in files)
+        except OSError as e:
+            raise HtoolsError(f"{e.filename}: {e.strerror}") from None
+        samples.append(FileSample(key, files, size))
+    if not samples:
+        raise HtoolsError(f"{where}: no files to upload (a member needs an extension, "
+                          "like n01.jpg)")
+    return samples
+
+
+def write_file_shard(output: str, samples: list[FileSample], *, options: dict | None = None,
+                     mtime: float | None = 0) -> dict:
+    """Task: write local files, grouped into samples, as one shard."""
+    result = ShardResult(input=f"{len(samples)} samples", output=output)
+    t0 = time.perf_counter()
+    try:
+        with storage.open_write(output, options) as out, \
+                tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
+                                mtime=mtime) as w:
+            for s in samples:
+                sample = {"__key__": s.key}
+                for field, path in s.files:
+                    sample[field] = _read_local(path)
+                    result.bytes_in += len(sample[field])
+                result.samples_read += 1
+                w.write(sample)
+                result.samples_mapped += 1
+                result.samples_written += 1
+    except HtoolsError as e:
+        result.fail(str(e))
+    result.seconds = round(time.perf_counter() - t0, 4)
+    return result.as_dict()
+
+
+def _read_local(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise HtoolsError(f"{path}: {e.strerror or e}") from None
+
+
+# -------------------------------------------------------------- tar input --
+
+def count_shard(input: str, *, options: dict | None = None) -> dict:
+    """Task (pre-pass): the tar size of every sample of one input shard."""
+    result = ShardResult(input=input)
+    sizes: list[int] = []
+    try:
+        with storage.open_read(input, options) as raw:
+            stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), input)
+            for sample in tario.read_samples(stream, input):
+                sizes.append(tar_size(len(v) for k, v in sample.items()
+                                      if not k.startswith("_")))
+                result.samples_read += 1
+                result.samples_mapped += 1
+    except HtoolsError as e:
+        result.fail(str(e))
+    result.extra = {"sizes": sizes}
+    return result.as_dict()
+
+
+def write_tar_shard(output: str, segments: list[Segment], *, options: dict | None = None,
+                    mtime: float | None = 0) -> dict:
+    """Task: copy samples ``[start, stop)`` of each segment's input into one shard."""
+    result = ShardResult(input=[s.url for s in segments], output=output)
+    t0 = time.perf_counter()
+    try:
+        with storage.open_write(output, options) as out, \
+                tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
+                                mtime=mtime) as w:
+            for sample in _segment_samples(segments, options, result):
+                result.samples_read += 1
+                w.write(sample)
+                result.samples_mapped += 1
+                result.samples_written += 1
+    except HtoolsError as e:
+        result.fail(str(e))
+    result.seconds = round(time.perf_counter() - t0, 4)
+    return result.as_dict()
+
+
+def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]:
+    for seg in segments:
+        with storage.open_read(seg.url, options) as raw:
+            stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), seg.url)
+            for i, sample in enumerate(tario.read_samples(stream, seg.url)):
+                if i >= seg.stop:
+                    break
+                if i >= seg.start:
+                    yield sample
+
+
+# -------------------------------------------------------------- planning --
+
+def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
+                 maxsize: int | None) -> list[tuple[int, int]]:
+    """Split items (with tar sizes) into ``[start, stop)`` ranges, one per output."""
+    total = len(sizes)
+    if n is not None:
+        base, extra = divmod(total, n)
+        bounds, start = [], 0
+        for i in range(n):
+            stop = start + base + (i < extra)
+            bounds.append((start, stop))
+            start = stop
+        return bounds
+    if not maxcount and not maxsize:
+        raise HtoolsError("an open-ended output pattern needs --maxcount or --maxsize")
+    bounds, start, count, size = [], 0, 0, 1024  # the end-of-archive blocks
+    for i, s in enumerate(sizes):
+        if count and ((maxcount and count + 1 > maxcount) or (maxsize and size + s > maxsize)):
+            bounds.append((start, i))
+            start, count, size = i, 0, 1024
+        count += 1
+        size += s
+    if count or not bounds:
+        bounds.append((start, total))
+    return bounds
+
+
+def source_kind(source: str) -> str:
+    if source.startswith("@files:"):
+        return "list"
+    if os.path.isdir(source):
+        return "dir"
+    if os.path.isfile(source) and not source.endswith(TAR_SUFFIXES):
+        return "list"
+    return "tars"
+
+
+def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = None,
+         maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
+         mtime: float | None = 0) -> list[Task]:
+    n = shards.count_of(outputs)
+    if n is not None and (maxcount or maxsize):
+        raise HtoolsError(f"{outputs!r} names exactly {n} outputs; use a numbered pattern "
+                          "such as out-%06d.tar with --maxcount/--maxsize")
+    options = storage.resolve_options(opts.storage_options)
+    kind = source_kind(source)
+    if kind == "tars":
+        if shuffle:
+            raise HtoolsError("--shuffle re-orders files of a directory or list; to shuffle "
+                              "samples of existing tar shards use htshuffle")
+        return _plan_tars(source, outputs, n, maxcount, maxsize, opts, options, mtime)
+    samples = scan_list(source.removeprefix("@files:")) if kind == "list" \
+        else scan_directory(source)
+    if shuffle:
+        random.Random(seed).shuffle(samples)
+    bounds = split_counts([s.size for s in samples], n, maxcount, maxsize)
+    outs = shards.output_urls(outputs, len(bounds))
+    return [Task(write_file_shard, {"output": o, "samples": samples[a:b], "options": options,
+                                    "mtime": mtime}, input=f"{source} [{a}:{b}]", output=o)
+            for o, (a, b) in zip(outs, bounds)]
+
+
+def _plan_tars(source, outputs, n, maxcount, maxsize, opts, options, mtime) -> list[Task]:
+    inputs = shards.expand(source)
+    sizes: dict[int, dict] = {}
+    counts = engine.run("htupload-count",
+                        [Task(count_shard, {"input": u, "options": options}, input=u)
+                         for u in inputs], opts.with_(dry_run=False), check_outputs=False,
+                        on_result=lambda i, r: sizes.__setitem__(i, r))
+    if not counts.ok:
+        failed = counts.failures[0]
+        raise HtoolsError(f"cannot read input {storage.redact(str(failed['input']))}: "
+                          f"{failed['error']}")
+    flat: list[int] = []
+    owners: list[tuple[str, int]] = []  # (input url, offset of its first sample in flat)
+    for i, url in enumerate(inputs):
+        owners.append((url, len(flat)))
+        flat.extend(sizes[i]["extra"]["sizes"])
+    bounds = split_counts(flat, n, maxcount, maxsize)
+    outs = shards.output_urls(outputs, len(bounds))
+    tasks = []
+    for o, (a, b) in zip(outs, bounds):
+        segs = [Segment(url, max(a - first, 0), min(b - first, len(sizes[i]["extra"]["sizes"])))
+                for i, (url, first) in enumerate(owners)
+                if first < b and first + len(sizes[i]["extra"]["sizes"]) > a]
+        tasks.append(Task(write_tar_shard, {"output": o, "segments": segs, "options": options,
+                                            "mtime": mtime},
+                          input=[s.url for s in segs], output=o))
+    return tasks
+
+
+def upload(source: str, outputs: str, *, maxcount: int | None = None,
+           maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
+           mtime: float | None = 0, **options) -> JobSummary:
+    """Shard a local directory, a list file of paths, or existing tar shards into ``outputs``."""
+    opts = RunOptions(**options)
+    return report(run(source, outputs, opts, maxcount=maxcount, maxsize=maxsize,
+                      shuffle=shuffle, seed=seed, mtime=mtime), opts)
+
+
+def run(source: str, outputs: str, opts: RunOptions, **kw) -> JobSummary:
+    """Plan and run; tar sources share one cluster between the counting pass and the copy."""
+    if source_kind(source) != "tars" or opts.dry_run:
+        return engine.run("htupload", plan(source, outputs, opts, **kw), opts)
+    with engine.connect(opts) as client:
+        opts = opts.with_(client=client)
+        return engine.run("htupload", plan(source, outputs, opts, **kw), opts)
