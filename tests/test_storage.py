@@ -1,0 +1,346 @@
+"""htools.storage against every backend (local files, nginx, moto S3, GCS emulator),
+plus pipe:/-, retries of transient faults, 4xx and unreachable servers."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import multiprocessing
+import os
+import pickle
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from htools import storage
+from htools.errors import NotFound, StorageError
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTOOLS_RETRIES", "3")
+    monkeypatch.setenv("HTOOLS_RETRY_BACKOFF", "0.01")
+    monkeypatch.delenv("HTOOLS_STORAGE_OPTIONS", raising=False)
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def put(url: str, data: bytes, options=None) -> None:
+    with storage.open_write(url, options) as w:
+        w.write(data)
+
+
+def listing_or_empty(url: str, options=None) -> list[str]:
+    try:
+        return storage.listdir(url, options)
+    except NotFound:
+        return []
+
+
+# --------------------------------------------------------------------------- every backend
+
+def test_round_trip_streamed(storage_backend):
+    b = storage_backend
+    data = payload((5 << 20) + 12345)
+    url = b.url("deep/dir/shard-000000.tar")
+    with storage.open_write(url, b.options) as w:
+        for i in range(0, len(data), 300_001):
+            assert w.write(data[i:i + 300_001]) == len(data[i:i + 300_001])
+        assert w.tell() == len(data)
+    assert storage.exists(url, b.options)
+    assert storage.size(url, b.options) == len(data)
+    got = bytearray()
+    with storage.open_read(url, b.options) as f:
+        while chunk := f.read(1 << 18):
+            got += chunk
+    assert got == data
+    buf = bytearray(1000)
+    with storage.open_read(url, b.options) as f:
+        assert f.readinto(buf) == 1000
+    assert buf == data[:1000]
+
+
+def test_abort_leaves_nothing_and_nothing_visible_while_writing(storage_backend):
+    b = storage_backend
+    url = b.url("atomic.tar")
+    with pytest.raises(RuntimeError, match="boom"):
+        with storage.open_write(url, b.options) as w:
+            w.write(payload(18 << 20))  # more than one S3 part / GCS chunk
+            assert not storage.exists(url, b.options)
+            raise RuntimeError("boom")
+    assert not storage.exists(url, b.options)
+    assert listing_or_empty(b.base, b.options) == []
+
+
+def test_commit_and_abort_methods(storage_backend):
+    b = storage_backend
+    url = b.url("x.bin")
+    w = storage.open_write(url, b.options)
+    w.write(b"first")
+    assert not storage.exists(url, b.options)
+    w.commit()
+    assert storage.read_range(url, 0, 100, b.options) == b"first"
+    w = storage.open_write(url, b.options)
+    w.write(b"second version")
+    w.abort()
+    assert storage.read_range(url, 0, 100, b.options) == b"first"  # old object untouched
+    with pytest.raises(ValueError):
+        w.write(b"more")
+    put(b.url("empty"), b"", b.options)
+    assert storage.size(b.url("empty"), b.options) == 0
+
+
+def test_object_operations(storage_backend):
+    b = storage_backend
+    data = payload(100_000, seed=1)
+    for name in ("d/x1", "d/x2", "d/sub/y"):
+        put(b.url(name), data, b.options)
+    x1 = b.url("d/x1")
+    assert storage.exists(x1, b.options)
+    assert not storage.exists(b.url("d/nope"), b.options)
+    assert storage.size(x1, b.options) == len(data)
+    assert storage.read_range(x1, 10, 20, b.options) == data[10:20]
+    assert storage.read_range(x1, 99_990, 200_000, b.options) == data[99_990:]
+    assert storage.read_range(x1, 5, 5, b.options) == b""
+    with storage.open_range(x1, 1000, 90_000, b.options) as f:
+        assert f.read() == data[1000:90_000]
+    with storage.open_range(x1, 50_000, None, b.options) as f:
+        assert f.read(10) == data[50_000:50_010]
+    assert storage.listdir(b.url("d"), b.options) == [b.url("d/sub"), x1, b.url("d/x2")]
+    assert storage.listdir(b.url("d/"), b.options) == [b.url("d/sub"), x1, b.url("d/x2")]
+    storage.delete(x1, b.options)
+    assert not storage.exists(x1, b.options)
+    storage.delete(x1, b.options)  # missing_ok
+    with pytest.raises(NotFound):
+        storage.delete(x1, b.options, missing_ok=False)
+    storage.delete_prefix(b.url("d"), b.options)
+    assert not storage.exists(b.url("d/sub/y"), b.options)
+    assert not storage.exists(b.url("d/x2"), b.options)
+    storage.delete_prefix(b.url("d"), b.options)  # already gone: fine
+
+
+def test_not_found_names_the_url(storage_backend):
+    b = storage_backend
+    url = b.url("missing/shard.tar")
+    with pytest.raises(NotFound) as info:
+        with storage.open_read(url, b.options) as f:
+            f.read()
+    assert url in str(info.value)
+    with pytest.raises(NotFound):
+        storage.size(url, b.options)
+    with pytest.raises(NotFound):
+        storage.read_range(url, 0, 10, b.options)
+
+
+def _read_all(url: str, options) -> bytes:
+    with storage.open_read(url, options) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_works_in_worker_processes(storage_backend, method):
+    b = storage_backend
+    data = payload(300_000, seed=2)
+    url = b.url("w.bin")
+    put(url, data, b.options)  # the parent has a cached filesystem now
+    ctx = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        got = pool.submit(_read_all, url, pickle.loads(pickle.dumps(b.options))).result(60)
+    assert got == data
+
+
+# --------------------------------------------------------------------------- options, names
+
+def test_protocol_and_join():
+    assert storage.protocol("/a/b.tar") == "file"
+    assert storage.protocol("file:///a/b.tar") == "file"
+    assert storage.protocol("https://h/x") == "http"
+    assert storage.protocol("s3://b/k") == "s3"
+    assert storage.protocol("gs://b/k") == "gs"
+    assert storage.protocol("pipe:cat x") == "pipe"
+    assert storage.protocol("-") == "stdio"
+    with pytest.raises(StorageError):
+        storage.protocol("ftp://h/x")
+    assert storage.join("s3://b/p/", "x.tar") == "s3://b/p/x.tar"
+    assert storage.join("http://h/p", "x.tar") == "http://h/p/x.tar"
+    assert storage.join("/tmp/p", "x.tar") == "/tmp/p/x.tar"
+
+
+def test_resolve_options_merges_env(monkeypatch):
+    monkeypatch.setenv("HTOOLS_STORAGE_OPTIONS",
+                       json.dumps({"s3": {"endpoint_url": "http://e", "key": "k"}}))
+    got = storage.resolve_options({"s3": {"key": "k2"}, "gcs": {"token": "anon"}})
+    assert got == {"s3": {"endpoint_url": "http://e", "key": "k2"}, "gs": {"token": "anon"}}
+    assert pickle.loads(pickle.dumps(got)) == got
+    monkeypatch.setenv("HTOOLS_STORAGE_OPTIONS", "{not json")
+    with pytest.raises(StorageError):
+        storage.resolve_options()
+
+
+def test_redact_hides_credentials():
+    assert storage.redact("http://user:s3cret@host:8080/a/b") == "http://host:8080/a/b"
+    assert storage.redact("https://tok@host/a") == "https://host/a"
+    assert storage.redact("s3://bucket/key") == "s3://bucket/key"
+    assert storage.redact("pipe:curl -s http://u:pw@h/x") == "pipe:curl -s http://h/x"
+
+
+# --------------------------------------------------------------------------- pipe:, -
+
+def test_pipe_round_trip(tmp_path):
+    data = payload(3 << 20, seed=3)
+    target = tmp_path / "out.bin"
+    with storage.open_write(f"pipe:cat > {target}") as w:
+        w.write(data)
+    assert target.read_bytes() == data
+    assert _read_all(f"pipe:cat {target}", None) == data
+
+
+def test_pipe_failure_names_the_command(tmp_path):
+    with pytest.raises(StorageError, match="status 3") as info:
+        _read_all("pipe:echo hi; exit 3", None)
+    assert "exit 3" in str(info.value)
+    with pytest.raises(StorageError, match="status 4"):
+        with storage.open_write("pipe:cat > /dev/null; exit 4") as w:
+            w.write(b"x")
+    with pytest.raises(StorageError):
+        storage.exists("pipe:true")
+
+
+def test_stdin_stdout():
+    code = ("from htools import storage\n"
+            "data = storage.open_read('-').read()\n"
+            "with storage.open_write('-') as w: w.write(data[::-1])\n")
+    out = subprocess.run([sys.executable, "-c", code], input=b"abc\x00def", capture_output=True,
+                         check=True, timeout=60)
+    assert out.stdout == b"fed\x00cba"
+
+
+# --------------------------------------------------------------------------- HTTP specifics
+
+def test_http_move_mode(nginx_server):
+    opts = {"http": {"put_mode": "move"}}
+    url = f"{nginx_server.url}/move-mode/a.tar"
+    data = payload(3 << 20, seed=4)
+    with pytest.raises(RuntimeError):
+        with storage.open_write(url, opts) as w:
+            w.write(data)
+            raise RuntimeError("stop")
+    assert listing_or_empty(f"{nginx_server.url}/move-mode") == []
+    with storage.open_write(url, opts) as w:
+        w.write(data)
+        assert listing_or_empty(f"{nginx_server.url}/move-mode") == []
+    assert _read_all(url, None) == data
+    assert storage.listdir(f"{nginx_server.url}/move-mode") == [url]
+
+
+def test_http_wrong_auth_is_4xx_not_retried(nginx_auth_server):
+    s = nginx_auth_server
+    log = s.prefix / "access.log"
+    before = log.read_text().count('"PUT ')
+    url = f"http://{s.user}:wrong@127.0.0.1:{s.port}/auth/x.tar"
+    with pytest.raises(StorageError) as info:
+        with storage.open_write(url) as w:
+            w.write(b"x" * 1000)
+    assert info.value.status == 401
+    assert "wrong" not in str(info.value)
+    assert "/auth/x.tar" in str(info.value)
+    assert log.read_text().count('"PUT ') == before + 1
+    # right credentials, from the URL and from options
+    put(f"http://{s.user}:{s.password}@127.0.0.1:{s.port}/auth/x.tar", b"ok")
+    auth = {"http": {"auth": {"user": s.user, "password": s.password}}}
+    put(f"{s.url}/auth/y.tar", b"ok", auth)
+    assert _read_all(f"{s.url}/auth/x.tar", None) == b"ok"  # reads need no auth
+
+
+class _FaultyHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.blob`` with Range; ``server.faults`` lists what the next
+    requests do: "drop" (half the body, then hang up), "503", or "ok"."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        server.requests.append(self.headers.get("Range"))
+        fault = server.faults.pop(0) if server.faults else "ok"
+        blob = server.blob
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+        if fault == "503":
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = blob[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", '"v1"')
+        self.end_headers()
+        if fault == "drop":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def faulty_server() -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaultyHandler)
+    server.blob = payload(2 << 20, seed=5)
+    server.faults = []
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_read_resumes_after_drop_and_503(faulty_server):
+    s = faulty_server
+    s.faults = ["drop", "503", "drop", "ok"]
+    url = f"http://127.0.0.1:{s.server_address[1]}/blob"
+    assert _read_all(url, None) == s.blob
+    assert len(s.requests) == 4
+    assert s.requests[0] is None and s.requests[1].startswith("bytes=")
+    assert int(s.requests[-1].split("=")[1].split("-")[0]) > len(s.blob) // 2
+
+
+def test_http_retries_are_bounded(faulty_server):
+    s = faulty_server
+    s.faults = ["503"] * 50
+    url = f"http://127.0.0.1:{s.server_address[1]}/blob"
+    with pytest.raises(StorageError) as info:
+        _read_all(url, None)
+    assert info.value.status == 503
+    assert len(s.requests) == 4  # 1 + HTOOLS_RETRIES=3
+
+
+def test_unreachable_server_names_the_url():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://user:pw@127.0.0.1:{port}/shard.tar"
+    for op in (lambda: _read_all(url, None), lambda: storage.exists(url),
+               lambda: storage.open_write(url)):
+        with pytest.raises(StorageError) as info:
+            op()
+        text = str(info.value)
+        assert f"127.0.0.1:{port}/shard.tar" in text and "pw" not in text
+        assert "gave up after 4 attempts" in text
