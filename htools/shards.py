@@ -21,6 +21,7 @@ Forms (combine freely; ``::`` joins several patterns into one list):
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 
@@ -51,13 +52,21 @@ def expand(pattern: str) -> list[str]:
 
 
 def expand_all(patterns: list[str] | tuple[str, ...] | str) -> list[str]:
-    """Expand one pattern or several, in order."""
+    """Expand one pattern or several, in order; local paths become absolute.
+
+    Absolute paths matter because tasks run in worker processes whose working
+    directory is not the user's.
+    """
     if isinstance(patterns, str):
-        return expand(patterns)
-    out: list[str] = []
-    for p in patterns:
-        out.extend(expand(p))
-    return out
+        patterns = [patterns]
+    return [absolute(u) for p in patterns for u in expand(p)]
+
+
+def absolute(url: str) -> str:
+    """A plain relative path made absolute; URLs, ``pipe:`` and ``-`` unchanged."""
+    if url == "-" or url.startswith("pipe:") or re.match(r"^[a-zA-Z][\w+.-]*://", url):
+        return url
+    return os.path.abspath(url)
 
 
 def is_numbered(pattern: str) -> bool:
@@ -76,8 +85,8 @@ def numbered(pattern: str, index: int) -> str:
 def output_urls(pattern: str, count: int) -> list[str]:
     """Exactly ``count`` output names from a pattern, or a clear error if it names another count."""
     if is_numbered(pattern):
-        return [numbered(pattern, i) for i in range(count)]
-    urls = expand(pattern)
+        return [absolute(numbered(pattern, i)) for i in range(count)]
+    urls = expand_all(pattern)
     if len(urls) != count:
         raise PatternError(pattern, f"names {len(urls)} outputs but {count} are needed")
     return urls

@@ -64,7 +64,7 @@ def scan_directory(root: str) -> list[FileSample]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
         for name in filenames:
-            full = os.path.join(dirpath, name)
+            full = os.path.abspath(os.path.join(dirpath, name))
             paths.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
     return group_files(paths, root)
 
@@ -256,7 +256,7 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
 
 
 def _plan_tars(source, outputs, n, maxcount, maxsize, opts, options, mtime) -> list[Task]:
-    inputs = shards.expand(source)
+    inputs = shards.expand_all(source)
     sizes: dict[int, dict] = {}
     counts = engine.run("htupload-count",
                         [Task(count_shard, {"input": u, "options": options}, input=u)

@@ -73,8 +73,17 @@ def test_missing_list_file(tmp_path):
 def test_numbered_and_output_urls():
     assert shards.is_numbered("s3://b/out-%06d.tar")
     assert shards.numbered("s3://b/out-%06d.tar", 12) == "s3://b/out-000012.tar"
-    assert shards.output_urls("o-%03d.tar", 2) == ["o-000.tar", "o-001.tar"]
-    assert shards.output_urls("o-@3.tar", 3) == ["o-0.tar", "o-1.tar", "o-2.tar"]
+    assert shards.output_urls("s3://b/o-%03d.tar", 2) == ["s3://b/o-000.tar", "s3://b/o-001.tar"]
+    assert shards.output_urls("gs://b/o-@3.tar", 3) == ["gs://b/o-0.tar", "gs://b/o-1.tar",
+                                                         "gs://b/o-2.tar"]
     with pytest.raises(PatternError, match="names 3 outputs but 4 are needed"):
         shards.output_urls("o-@3.tar", 4)
     assert shards.count_of("o-@7.tar") == 7 and shards.count_of("o-%d.tar") is None
+
+
+def test_local_paths_become_absolute_for_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shards.expand_all("d/x-@2.tar") == [f"{tmp_path}/d/x-0.tar", f"{tmp_path}/d/x-1.tar"]
+    assert shards.output_urls("o-%d.tar", 1) == [f"{tmp_path}/o-0.tar"]
+    for url in ("http://h/a.tar", "s3://b/a.tar", "file:///a.tar", "pipe:cat a.tar", "-"):
+        assert shards.expand_all(url) == [url]
