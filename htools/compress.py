@@ -165,9 +165,62 @@ def open_stream_reader(raw: BinaryIO, url: str = "") -> BinaryIO:
     if kind == "gzip":
         return _gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if kind == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
-            raw, read_across_frames=True, closefd=False)
+        return io.BufferedReader(_ZstdReader(raw), _ZSTD_CHUNK)  # type: ignore[return-value]
     return raw
+
+
+_ZSTD_CHUNK = 1 << 20
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompress a stream of zstd frames; a stream that ends inside a frame is an EOFError.
+
+    (``ZstdDecompressor.stream_reader`` reports a truncated frame as a clean EOF,
+    which would turn a truncated ``.tar.zst`` into a shorter, valid-looking tar.)
+    """
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__()
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._pending = memoryview(b"")
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        while not self._pending:
+            if self._eof:
+                return 0
+            chunk = self._raw.read(_ZSTD_CHUNK)
+            if not chunk:
+                self._eof = True
+                if self._in_frame:
+                    raise EOFError("truncated zstd stream: it ends inside a frame")
+                return 0
+            self._pending = memoryview(self._decompress(chunk))
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            self._in_frame = True
+            out.append(self._dobj.decompress(chunk))
+            if not self._dobj.eof:
+                break
+            chunk = self._dobj.unused_data  # the next frame starts here
+            self._dobj = self._dctx.decompressobj()
+            self._in_frame = False
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def close(self) -> None:  # never closes the raw stream
+        super().close()
 
 
 class _NoClose(io.RawIOBase):

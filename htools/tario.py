@@ -431,8 +431,8 @@ def read_samples(stream: BinaryIO, url: str = "", *,
     to continue, false (or ``handler=None``) to re-raise.  Continuing after a
     repeated field drops that sample (all its members); continuing after a
     stream error (corrupt or truncated tar, undecodable compression, a storage
-    error) drops the sample in progress and ends the stream, which cannot be
-    resynchronised.
+    error) ends the stream, which cannot be resynchronised: the sample in
+    progress is yielded only if the error names a member of another key.
     """
     members = _Scanner(stream, url).members()
     sample: dict | None = None
@@ -459,7 +459,10 @@ def read_samples(stream: BinaryIO, url: str = "", *,
     except Exception as exc:
         if getattr(exc, "_htools_handled", False) or handler is None or not handler(exc):
             raise
-        return
+        # The sample in progress is complete if the failing member belongs to another key.
+        member = getattr(exc, "member", None)
+        if sample is None or member is None or split_key(member)[0] == key:
+            return
     if sample is not None:
         yield sample
 
