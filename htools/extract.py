@@ -36,17 +36,26 @@ class ExtractSpec:
     to_dir: str | None = None  # --to-dir: write the selected fields as files
 
 
-def render_value(value, binary: str):
-    """Text stays text; bytes that are not UTF-8 become their length or base64."""
+# Fields that hold text by WebDataset convention (the last extension decides).
+TEXT_FIELDS = {"txt", "text", "cls", "cls2", "index", "inx", "id", "json", "jsn", "jsonl",
+               "tsv", "csv", "html", "xml", "yaml", "yml", "key", "url", "md", "label"}
+_CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r"}
+
+
+def render_value(value, binary: str, field: str = ""):
+    """Text fields as text; other bytes as text only if they are printable UTF-8,
+    else as their length (or base64)."""
     if value is None or isinstance(value, str):
         return value
+    raw = bytes(value)
     try:
-        text = bytes(value).decode("utf-8")
-        if "\x00" not in text:
-            return text
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        pass
-    return base64.b64encode(value).decode("ascii") if binary == "base64" else len(value)
+        text = None
+    if text is not None and (field.rsplit(".", 1)[-1] in TEXT_FIELDS
+                             or not _CONTROL.intersection(text)):
+        return text
+    return base64.b64encode(raw).decode("ascii") if binary == "base64" else len(raw)
 
 
 def _tsv_cell(v) -> str:
@@ -60,7 +69,7 @@ def row_values(sample: dict, spec: ExtractSpec) -> list:
     if spec.field_names:
         names = sorted(k for k in sample if not k.startswith("__"))
         return [sample["__key__"], ",".join(names)]
-    return [render_value(sample.get(f), spec.binary) for f in spec.fields]
+    return [render_value(sample.get(f), spec.binary, f) for f in spec.fields]
 
 
 def format_row(values: list, spec: ExtractSpec) -> str:

@@ -6,4 +6,4 @@ import os
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-pytest_plugins = ["servers"]
+pytest_plugins = ["servers", "cluster"]
