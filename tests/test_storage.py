@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -252,6 +253,10 @@ def test_http_wrong_auth_is_4xx_not_retried(nginx_auth_server):
     assert info.value.status == 401
     assert "wrong" not in str(info.value)
     assert "/auth/x.tar" in str(info.value)
+    deadline = time.monotonic() + 5  # nginx logs a request when it is finalised
+    while log.read_text().count('"PUT ') < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
     assert log.read_text().count('"PUT ') == before + 1
     # right credentials, from the URL and from options
     put(f"http://{s.user}:{s.password}@127.0.0.1:{s.port}/auth/x.tar", b"ok")
@@ -344,3 +349,29 @@ def test_unreachable_server_names_the_url():
         text = str(info.value)
         assert f"127.0.0.1:{port}/shard.tar" in text and "pw" not in text
         assert "gave up after 4 attempts" in text
+
+
+def test_http_aborted_upload_leaves_no_temp_file(nginx_server):
+    # What atomic HTTP writes rely on: nginx spools a PUT body under
+    # client_body_temp_path and renames it into place only once complete; a dropped
+    # upload is discarded, temp file included.
+    body_temp = nginx_server.prefix / "body_temp"
+    url = f"{nginx_server.url}/dropped/a.tar"
+    w = storage.open_write(url)
+    w.write(payload(4 << 20, seed=6))
+    assert not storage.exists(url)
+    w.abort()
+    deadline = time.monotonic() + 5
+    while any(body_temp.rglob("*")) and any(p.is_file() for p in body_temp.rglob("*")):
+        assert time.monotonic() < deadline, list(body_temp.rglob("*"))
+        time.sleep(0.02)
+    assert not (nginx_server.root / "dropped").exists()
+
+
+def test_http_credentials_from_netrc(nginx_auth_server, tmp_path, monkeypatch):
+    s = nginx_auth_server
+    (tmp_path / ".netrc").write_text(f"machine 127.0.0.1 login {s.user} password {s.password}\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    put(f"{s.url}/auth/netrc.tar", b"via netrc")
+    assert _read_all(f"{s.url}/auth/netrc.tar", None) == b"via netrc"
