@@ -51,6 +51,7 @@ BLOCK = 512
 RECORD = 10240  # GNU tar pads the archive to a multiple of 20 blocks
 CHUNK = 1 << 20  # reader buffer size
 FLUSH = 1 << 20  # writer buffer size
+DIRECT = 64 << 10  # writer: values this large are written to the stream directly
 MAX_OCTAL_SIZE = 8**11 - 1  # the largest size an 11-digit octal field holds
 
 _ZERO_BLOCK = bytes(BLOCK)
@@ -561,6 +562,7 @@ class TarWriter:
         self.samples_written = 0
         self.closed = False
         self._out = bytearray()
+        self._suffixes: dict[str, tuple[bytes, int, bool]] = {}
         self._reg = self._template(b"0", mode, user, group)
         self._pax = self._template(b"x", mode, user, group)
         self._reg_sum = sum(self._reg)
@@ -630,29 +632,40 @@ class TarWriter:
         """Write one sample; returns the number of (uncompressed) tar bytes written."""
         if self.closed:
             raise ValueError("write to a closed TarWriter")
-        url = self.url
-        key = _check_key(sample.get("__key__"), url)
+        key = _check_key(sample.get("__key__"), self.url)
+        kb = key.encode("utf-8", "surrogateescape")
+        short_key = len(kb) < 100 and kb.isascii()
+        ksum = (adler32(kb) & 0xFFFF) - 1 if short_key else 0  # exact: at most 99 bytes
+        try:
+            fields = sorted(sample)
+        except TypeError:
+            raise SampleFormatError(self.url, "field names must be str", key=key) from None
         out = self._out
         start = len(out)
         flushed = 0
-        fields = sorted(f for f in sample if not (isinstance(f, str) and f.startswith("_")))
+        members = 0
+        suffixes = self._suffixes
+        template, tsum = self._reg, self._reg_sum
         for field in fields:
-            _check_field(field, key, url)
+            if field[:1] == "_":
+                continue
+            suffix = suffixes.get(field) or self._suffix(field, key)
             value = sample[field]
-            if isinstance(value, str):
-                value = value.encode("utf-8")
-            elif not isinstance(value, (bytes, bytearray, memoryview)):
-                raise SampleFormatError(
-                    url, f"field {field!r} is a {type(value).__name__}; expected bytes or str",
-                    key=key)
-            size = value.nbytes if isinstance(value, memoryview) else len(value)
-            name = key + "." + field
-            nb = name.encode("utf-8", "surrogateescape")
-            if len(nb) <= 100 and size <= MAX_OCTAL_SIZE and nb.isascii():
-                self._header(out, nb, size)
+            if type(value) is not bytes:
+                value = self._as_bytes(value, field, key)
+            size = len(value)
+            nb = kb + suffix[0]
+            if short_key and suffix[2] and len(nb) <= 100 and size <= MAX_OCTAL_SIZE:
+                o = len(out)
+                out += template
+                out[o:o + len(nb)] = nb
+                size_f = b"%011o" % size
+                out[o + 124:o + 135] = size_f
+                total = tsum + ksum + suffix[1] + (adler32(size_f) & 0xFFFF) - 1
+                out[o + 148:o + 155] = b"%06o\0" % total
             else:
-                self._long_header(out, name, nb, size)
-            if size >= FLUSH:
+                self._long_header(out, key + "." + field, nb, size)
+            if size >= DIRECT:  # big values go straight to the stream, uncopied
                 flushed += len(out) - start + size
                 self.stream.write(out)
                 self.stream.write(value)
@@ -661,7 +674,8 @@ class TarWriter:
             else:
                 out += value
             out += _ZEROS[:-size % BLOCK]
-        if not fields:
+            members += 1
+        if not members:
             return 0
         n = flushed + len(out) - start
         if len(out) >= FLUSH:
@@ -670,6 +684,28 @@ class TarWriter:
         self.bytes_written += n
         self.samples_written += 1
         return n
+
+    def _suffix(self, field: str, key: str) -> tuple[bytes, int, bool]:
+        """Validate a field name; cache (b".field", its byte sum, is ASCII)."""
+        _check_field(field, key, self.url)
+        fb = b"." + field.encode("utf-8", "surrogateescape")
+        entry = (fb, sum(fb), fb.isascii())
+        if len(self._suffixes) > 4096:
+            self._suffixes.clear()
+        self._suffixes[field] = entry
+        return entry
+
+    def _as_bytes(self, value: Any, field: str, key: str) -> Any:
+        """str -> UTF-8; bytearray/memoryview as they are (as bytes); others are an error."""
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, (bytes, bytearray)):
+            return value
+        if isinstance(value, memoryview):
+            return value if value.format == "B" and value.ndim == 1 else value.cast("B")
+        raise SampleFormatError(
+            self.url, f"field {field!r} is a {type(value).__name__}; expected bytes or str",
+            key=key)
 
     def flush(self) -> None:
         """Hand buffered bytes to the (compressing) stream."""
