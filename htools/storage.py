@@ -26,6 +26,7 @@ redacted URL.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -95,7 +96,7 @@ def resolve_options(options: Options | None = None) -> dict[str, dict[str, Any]]
             raise StorageError("storage options", "must map a protocol to a dict of options")
         for proto, opts in layer.items():
             key = _OPTION_ALIASES.get(proto, proto)
-            merged.setdefault(key, {}).update(json.loads(json.dumps(dict(opts or {}))))
+            merged.setdefault(key, {}).update(copy.deepcopy(dict(opts or {})))
     return merged
 
 
@@ -557,6 +558,8 @@ def read_range(url: str, start: int, end: int, options: Options | None = None) -
             raise NotFound(redact(url), "no such object", 404)
         return b""
     proto = protocol(url)
+    if proto == "http":
+        return httpstore.read_range(url, start, end, _opts(url, options))
     if proto in ("s3", "gs"):
         fs = _filesystem(proto, _opts(url, options))
         with _fs_errors(url):

@@ -289,6 +289,8 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
             return
         body = blob[start:]
         self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(blob) - 1}/{len(blob)}")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", '"v1"')
         self.end_headers()
@@ -375,3 +377,21 @@ def test_http_credentials_from_netrc(nginx_auth_server, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     put(f"{s.url}/auth/netrc.tar", b"via netrc")
     assert _read_all(f"{s.url}/auth/netrc.tar", None) == b"via netrc"
+
+
+def test_file_urls(tmp_path):
+    base = f"file://{tmp_path}/fu"
+    put(f"{base}/a.bin", b"abc")
+    assert storage.exists(f"{base}/a.bin") and storage.size(f"{base}/a.bin") == 3
+    assert storage.listdir(base) == [f"{base}/a.bin"]
+    assert (tmp_path / "fu" / "a.bin").read_bytes() == b"abc"
+    storage.delete_prefix(base)
+    assert not (tmp_path / "fu").exists()
+
+
+def test_http_read_range_retries_short_body(faulty_server):
+    s = faulty_server
+    s.faults = ["drop", "503"]
+    url = f"http://127.0.0.1:{s.server_address[1]}/blob"
+    assert storage.read_range(url, 1000, 600_000) == s.blob[1000:600_000]
+    assert len(s.requests) == 3 and all(r == "bytes=1000-599999" for r in s.requests)
