@@ -131,7 +131,7 @@ def plan_outputs(tasks: list[Task], opts: RunOptions) -> set[str]:
     if opts.overwrite:
         return set()
     present = existing_outputs([t.output for t in tasks], opts.storage_options)
-    if present and not opts.resume:
+    if present and not opts.resume and not opts.dry_run:
         listed = sorted(present)
         shown = ", ".join(storage.redact(u) for u in listed[:3])
         more = f" and {len(listed) - 3} more" if len(listed) > 3 else ""
@@ -140,10 +140,12 @@ def plan_outputs(tasks: list[Task], opts: RunOptions) -> set[str]:
     return present
 
 
-def print_plan(tasks: list[Task], skip: set[str], out=sys.stdout) -> None:
+def print_plan(tasks: list[Task], skip: set[str], resume: bool, out=sys.stdout) -> None:
     for t in tasks:
         src = t.input if isinstance(t.input, str) else " + ".join(t.input)
-        mark = "  (exists, skipped)" if t.output in skip else ""
+        mark = ""
+        if t.output in skip:
+            mark = "  (exists, skipped)" if resume else "  (exists: needs --resume or --overwrite)"
         print(f"{storage.redact(src)} -> {storage.redact(t.output)}{mark}", file=out)
 
 
@@ -161,7 +163,7 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
     summary = JobSummary(tool=tool, shards_total=len(tasks), max_errors=opts.max_errors)
     skip = plan_outputs(tasks, opts) if check_outputs else set()
     if opts.dry_run:
-        print_plan(tasks, skip)
+        print_plan(tasks, skip, opts.resume)
         return summary.finish()
     todo: list[tuple[int, Task]] = []
     for i, t in enumerate(tasks):

@@ -1,0 +1,195 @@
+"""Bad inputs and bad luck: every failure is named clearly, exits non-zero, and loses
+or duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import make_shards, ok, read_wds, run
+
+
+def script(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "script.py"
+    p.write_text(body)
+    return p
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_shards(tmp_path / "in", shards=3, per_shard=20)
+
+
+RAISES = """
+def process_sample(sample):
+    if sample["__key__"] == "s1/k0003":
+        raise ValueError("cannot handle this one")
+    return sample
+"""
+
+
+def test_script_error_names_shard_and_key_and_leaves_no_output(tmp_path, data):
+    p = run("htmapper", "-p", script(tmp_path, RAISES), tmp_path / "in" / "data-@3.tar",
+            tmp_path / "out" / "o-@3.tar", "--workers", "2")
+    assert p.returncode == 1
+    assert "data-1.tar" in p.stderr and "'s1/k0003'" in p.stderr
+    assert "ValueError: cannot handle this one" in p.stderr
+    assert 'raise ValueError("cannot handle this one")' in p.stderr  # the user's traceback
+    assert "shards 2 done, 0 skipped, 1 failed of 3" in p.stderr
+    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outs == ["o-0.tar", "o-2.tar"]  # no partial output, no temp file left
+    assert len(read_wds([tmp_path / "out" / "o-0.tar", tmp_path / "out" / "o-2.tar"])) == 40
+
+
+def test_max_errors_goes_on_and_counts(tmp_path, data):
+    summary = tmp_path / "s.json"
+    ok(run("htmapper", "-p", script(tmp_path, RAISES), tmp_path / "in" / "data-@3.tar",
+           tmp_path / "out" / "o-@3.tar", "--workers", "2", "--max-errors", "1",
+           "--summary", summary))
+    js = json.loads(summary.read_text())
+    assert js["ok"] and js["samples_read"] == 60 and js["samples_written"] == 59
+    assert js["samples_failed"] == 1 and js["sample_errors"] == 1
+    assert js["errors"][0]["key"] == "s1/k0003" and js["errors"][0]["url"].endswith("data-1.tar")
+    got = read_wds(sorted((tmp_path / "out").glob("o-*.tar")))
+    assert sorted(s["__key__"] for s in got) == sorted(k for k in data if k != "s1/k0003")
+    assert all(s == data[s["__key__"]] for s in got)
+
+
+def test_missing_input_shard(tmp_path, data):
+    (tmp_path / "in" / "data-1.tar").unlink()
+    p = run("htmapper", "-p", script(tmp_path, "def process_sample(s):\n    return s\n"),
+            tmp_path / "in" / "data-@3.tar", tmp_path / "out" / "o-@3.tar", "--workers", "2")
+    assert p.returncode == 1
+    assert f"FAILED {tmp_path}/in/data-1.tar" in p.stderr
+    assert "no such file" in p.stderr.lower() or "not found" in p.stderr.lower()
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["o-0.tar", "o-2.tar"]
+
+
+def test_corrupt_shard_is_named_with_offset(tmp_path, data):
+    bad = tmp_path / "in" / "data-1.tar"
+    import tarfile
+
+    with tarfile.open(bad) as tf:
+        header = tf.getmembers()[7].offset
+    raw = bytearray(bad.read_bytes())
+    raw[header + 3] ^= 0x20  # a letter of the member name: the header checksum no longer matches
+    bad.write_bytes(bytes(raw))
+    p = run("htmapper", "-p", script(tmp_path, "def process_sample(s):\n    return s\n"),
+            tmp_path / "in" / "data-@3.tar", tmp_path / "out" / "o-@3.tar", "--workers", "2")
+    assert p.returncode == 1
+    assert "data-1.tar" in p.stderr and f"offset {header}" in p.stderr
+    assert "checksum" in p.stderr
+    assert not (tmp_path / "out" / "o-1.tar").exists()
+
+
+def test_truncated_shard(tmp_path, data):
+    bad = tmp_path / "in" / "data-2.tar"
+    bad.write_bytes(bad.read_bytes()[:5000])
+    p = run("htextract", tmp_path / "in" / "data-@3.tar", "--workers", "1")
+    assert p.returncode == 1
+    assert "data-2.tar" in p.stderr and "truncated" in p.stderr.lower()
+
+
+def test_unreachable_server_fails_clearly_and_quickly(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens
+    t0 = time.monotonic()
+    p = run("htextract", f"http://127.0.0.1:{port}/data-@2.tar", "--workers", "1",
+            env=dict(__import__("os").environ, HTOOLS_RETRIES="2"))
+    assert p.returncode == 1
+    assert f"127.0.0.1:{port}/data-0.tar" in p.stderr
+    assert time.monotonic() - t0 < 60
+
+
+def test_unreachable_scheduler(tmp_path, data):
+    p = run("htextract", tmp_path / "in" / "data-@3.tar", "-c", "127.0.0.1:1")
+    assert p.returncode == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in p.stderr
+
+
+def test_bad_scripts_fail_before_any_task(tmp_path, data):
+    for body, why in [("def process_sample(s)\n    return s\n", "syntax error at line 1"),
+                      ("def process(s):\n    return s\n", "does not define process_sample()")]:
+        t0 = time.monotonic()
+        p = run("htmapper", "-p", script(tmp_path, body), tmp_path / "in" / "data-@3.tar",
+                tmp_path / "out" / "o-@3.tar")
+        assert p.returncode == 1 and why in p.stderr
+        assert "workers" not in p.stderr  # no cluster was started
+        assert time.monotonic() - t0 < 15
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_outputs_refused_then_resume_finishes(tmp_path, data):
+    identity = script(tmp_path, "def process_sample(s):\n    return s\n")
+    missing = tmp_path / "in" / "data-1.tar"
+    kept = missing.read_bytes()
+    missing.unlink()  # an interrupted job: shard 1 never got done
+    assert run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
+               tmp_path / "out" / "o-@3.tar", "--workers", "2").returncode == 1
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    assert sorted(before) == ["o-0.tar", "o-2.tar"]
+    missing.write_bytes(kept)
+
+    p = run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
+            tmp_path / "out" / "o-@3.tar", "--workers", "2")
+    assert p.returncode == 1 and "2 output(s) already exist" in p.stderr
+    assert "--resume" in p.stderr
+
+    p = run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
+            tmp_path / "out" / "o-@3.tar", "--workers", "2", "--dry-run", "--resume")
+    assert p.returncode == 0 and "(exists, skipped)" in p.stdout and "o-1.tar" in p.stdout
+    assert len(p.stdout.splitlines()) == 3
+    assert not (tmp_path / "out" / "o-1.tar").exists()
+
+    p = ok(run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
+               tmp_path / "out" / "o-@3.tar", "--workers", "2", "--resume"))
+    assert "shards 1 done, 2 skipped, 0 failed of 3" in p.stderr
+    assert {n: (tmp_path / "out" / n).stat().st_mtime_ns for n in before} == before
+    got = read_wds(sorted((tmp_path / "out").glob("o-*.tar")))
+    assert sorted(s["__key__"] for s in got) == sorted(data)
+
+    ok(run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
+           tmp_path / "out" / "o-@3.tar", "--workers", "2", "--overwrite"))
+
+
+KILLS_ITS_WORKER = """
+import os, signal
+MARK = {mark!r}
+
+def process_sample(sample):
+    if sample["__key__"] == "s1/k0010" and not os.path.exists(MARK):
+        open(MARK, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-shard
+    return sample
+"""
+
+
+@pytest.mark.parametrize("where", ["embedded", "scheduler"])
+def test_worker_killed_mid_job_writes_every_sample_once(tmp_path, data, where, request):
+    mark = tmp_path / "killed"
+    args = ["--workers", "2"] if where == "embedded" else \
+        ["-c", request.getfixturevalue("dask_cluster").address]
+    p = ok(run("htmapper", "-p", script(tmp_path, KILLS_ITS_WORKER.format(mark=str(mark))),
+               tmp_path / "in" / "data-@3.tar", tmp_path / "out" / "o-@3.tar", *args))
+    assert mark.exists()  # a worker really died
+    assert "shards 3 done" in p.stderr
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["o-0.tar", "o-1.tar", "o-2.tar"]
+    got = read_wds(sorted((tmp_path / "out").glob("o-*.tar")))
+    assert sorted(s["__key__"] for s in got) == sorted(data)  # exactly once each
+    assert all(s == data[s["__key__"]] for s in got)
+
+
+def test_expansion_gives_distinct_keys(tmp_path, data):
+    body = ("def process_sample(s):\n"
+            "    return [{'jpg': s['jpg']}, {'jpg': s['jpg'][::-1]}]\n")
+    p = ok(run("htmapper", "-p", script(tmp_path, body), tmp_path / "in" / "data-0.tar",
+               tmp_path / "out" / "o.tar", "--workers", "1"))
+    assert "20 read, 40 written" in p.stderr
+    got = read_wds([tmp_path / "out" / "o.tar"])
+    assert [s["__key__"] for s in got[:2]] == ["s0/k0000-0", "s0/k0000-1"]
+    assert got[1]["jpg"] == data["s0/k0000"]["jpg"][::-1]
