@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import multiprocessing
-import os
 import pickle
 import random
 import subprocess
@@ -15,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -282,8 +280,8 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
-        if fault == "503":
-            self.send_response(503)
+        if fault in ("503", "403"):
+            self.send_response(int(fault))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -395,3 +393,13 @@ def test_http_read_range_retries_short_body(faulty_server):
     url = f"http://127.0.0.1:{s.server_address[1]}/blob"
     assert storage.read_range(url, 1000, 600_000) == s.blob[1000:600_000]
     assert len(s.requests) == 3 and all(r == "bytes=1000-599999" for r in s.requests)
+
+
+def test_http_read_4xx_is_not_retried(faulty_server):
+    s = faulty_server
+    s.faults = ["403"] * 10
+    url = f"http://127.0.0.1:{s.server_address[1]}/blob"
+    with pytest.raises(StorageError) as info:
+        _read_all(url, None)
+    assert info.value.status == 403 and "/blob" in str(info.value)
+    assert len(s.requests) == 1
