@@ -674,15 +674,13 @@ class HTTPWriter(Writer):
         raise _status_error(self._t, "PUT", resp.status, resp.reason)
 
     def _write(self, data: memoryview) -> None:
-        if len(self._buf) + data.nbytes < CHUNK:
-            self._buf += data
-            return
-        if self._buf:
-            self._buf += data
+        if len(self._buf) + data.nbytes >= CHUNK and self._buf:
             self._send_chunk(self._buf)
             self._buf = bytearray()
+        if data.nbytes >= CHUNK:
+            self._send_chunk(data)  # big writes go out as they are, no copy
         else:
-            self._send_chunk(data)
+            self._buf += data
 
     def _send_chunk(self, data: bytes | bytearray | memoryview) -> None:
         sock = self._conn.sock
@@ -720,7 +718,10 @@ class HTTPWriter(Writer):
         finally:
             self._conn.close()
         if resp.status >= 300:
-            raise _status_error(target(self.url, self._opts), "PUT", resp.status, resp.reason)
+            error = _status_error(target(self.url, self._opts), "PUT", resp.status, resp.reason)
+            if isinstance(error, Transient):  # the body is gone: cannot retry here
+                error = StorageError(self.name, error.why, error.status)
+            raise error
         if self._mode == "move":
             move(self._tmp_url, self.url, self._opts)
 

@@ -300,6 +300,22 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+    def do_PUT(self):
+        server = self.server
+        server.requests.append("PUT")
+        fault = server.faults.pop(0) if server.faults else "ok"
+        body = bytearray()
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+        self.rfile.readline()
+        if fault == "ok":
+            server.blob = bytes(body)
+        self.send_response(201 if fault == "ok" else int(fault))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 @pytest.fixture
 def faulty_server() -> Iterator[http.server.ThreadingHTTPServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaultyHandler)
@@ -403,3 +419,15 @@ def test_http_read_4xx_is_not_retried(faulty_server):
         _read_all(url, None)
     assert info.value.status == 403 and "/blob" in str(info.value)
     assert len(s.requests) == 1
+
+
+def test_http_put_to_a_plain_server_and_5xx_at_commit(faulty_server):
+    s = faulty_server
+    url = f"http://127.0.0.1:{s.server_address[1]}/up"
+    data = payload(3 << 20, seed=7)
+    put(url, data)
+    assert s.blob == data
+    s.faults = ["500"]
+    with pytest.raises(StorageError) as info:
+        put(url, b"y" * 10)
+    assert info.value.status == 500 and s.requests.count("PUT") == 2
