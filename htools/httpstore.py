@@ -210,7 +210,7 @@ class Target:
     port: int
     path: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    timeout: float = 300.0
+    timeout: float = 60.0   # per socket operation (connect, each send/recv), not total
     verify: bool = True
 
     def with_path(self, path: str) -> Target:
@@ -248,7 +248,7 @@ def target(url: str, opts: Mapping[str, Any] | None = None) -> Target:
         headers["Authorization"] = f"Basic {token}"
     path = _quote_path(parts.path) + (f"?{parts.query}" if parts.query else "")
     return Target(url=url, https=https, host=parts.hostname, port=port, path=path,
-                  headers=headers, timeout=float(opts.get("timeout", 300.0)),
+                  headers=headers, timeout=float(opts.get("timeout", 60.0)),
                   verify=bool(opts.get("verify", True)))
 
 

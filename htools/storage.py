@@ -7,7 +7,8 @@ URLs: plain paths and ``file://``, ``http(s)://`` (nginx WebDAV), ``s3://bucket/
     {"s3": {"endpoint_url": ..., "key": ..., "secret": ...},   # -> s3fs.S3FileSystem
      "gs": {"endpoint_url": ..., "token": "anon"},             # -> gcsfs.GCSFileSystem
      "http": {"headers": {...}, "auth": {"user": ..., "password": ...},
-              "put_mode": "direct" | "move", "retries": 5, "backoff": 0.5},
+              "put_mode": "direct" | "move", "retries": 5, "backoff": 0.5,
+              "timeout": 60, "verify": True},
      "file": {"fsync": True}}
 
 merged over ``HTOOLS_STORAGE_OPTIONS`` (JSON) by :func:`resolve_options`.
