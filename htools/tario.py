@@ -354,9 +354,9 @@ class _Scanner:
                 if i < 0:
                     i = 100
                 name = h[:i].decode("utf-8", "surrogateescape")
-                if h[345] or h[i - 1] == 0x2F or (h[0] == 0x2E and h[1] == 0x2F):
+                if not i or h[345] or h[i - 1] == 0x2F or (h[0] == 0x2E and h[1] == 0x2F):
                     name = _header_name(h)
-                    if not name or name[-1:] == "/":  # v7 directory
+                    if not name or name[-1:] == "/":  # v7 directory, or no name at all
                         pos, end = self.skip_data(pos, end, size, name, hoff)
                         continue
                 need = BLOCK + size + (-size % BLOCK)
@@ -640,12 +640,9 @@ class TarWriter:
             fields = sorted(sample)
         except TypeError:
             raise SampleFormatError(self.url, "field names must be str", key=key) from None
-        out = self._out
-        start = len(out)
-        flushed = 0
-        members = 0
+        # Check every field before writing any, so a bad sample leaves no partial members.
+        items = []
         suffixes = self._suffixes
-        template, tsum = self._reg, self._reg_sum
         for field in fields:
             if field[:1] == "_":
                 continue
@@ -653,6 +650,14 @@ class TarWriter:
             value = sample[field]
             if type(value) is not bytes:
                 value = self._as_bytes(value, field, key)
+            items.append((field, suffix, value))
+        if not items:
+            return 0
+        out = self._out
+        start = len(out)
+        flushed = 0
+        template, tsum = self._reg, self._reg_sum
+        for field, suffix, value in items:
             size = len(value)
             nb = kb + suffix[0]
             if short_key and suffix[2] and len(nb) <= 100 and size <= MAX_OCTAL_SIZE:
@@ -674,9 +679,6 @@ class TarWriter:
             else:
                 out += value
             out += _ZEROS[:-size % BLOCK]
-            members += 1
-        if not members:
-            return 0
         n = flushed + len(out) - start
         if len(out) >= FLUSH:
             self.stream.write(out)

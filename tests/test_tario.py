@@ -367,13 +367,19 @@ def test_writer_counters_return_values_and_raw_stream_left_open():
     ({"__key__": "/abs", "txt": b"x"}, "starts with '/'"),
     ({"__key__": "k", "a/b": b"x"}, "bad field name"),
     ({"__key__": "k", "": b"x"}, "bad field name"),
-    ({"__key__": "k", "n": 3}, "is a int; expected bytes or str"),
+    ({"__key__": "k", "a": b"ok", "n": 3}, "is a int; expected bytes or str"),
+    ({"__key__": "k", "a": b"ok", 7: b"x"}, "field names must be str"),
 ])
 def test_writer_rejects_bad_samples(sample, why):
+    buf = io.BytesIO()
+    writer = tario.TarWriter(buf, url="bad.tar")
+    writer.write({"__key__": "good", "txt": b"fine"})
     with pytest.raises(tario.SampleFormatError, match=why) as info:
-        tario.TarWriter(io.BytesIO(), url="bad.tar").write(sample)
+        writer.write(sample)
     assert isinstance(info.value, TarFormatError) and isinstance(info.value, ValueError)
     assert str(info.value).startswith("bad.tar")
+    writer.close()  # the bad sample left nothing behind
+    assert members_of(buf.getvalue()) == {"good.txt": b"fine"}
 
 
 # --------------------------------------------------------------------------- determinism
