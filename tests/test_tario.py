@@ -213,6 +213,41 @@ def test_read_base256_size_and_signed_checksum():
     assert members_of(bytes(data)) == {"\udce9.bin": b"hello"}
 
 
+def _fix_checksum(data: bytearray, at: int) -> None:
+    block = data[at:at + 512]
+    block[148:156] = b" " * 8
+    data[at + 148:at + 156] = b"%06o\0 " % sum(block)
+
+
+def test_read_pax_size_overrides_header_size():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("big.bin")
+        info.size = 5
+        info.pax_headers = {"size": "5", "path": "renamed/big.bin"}
+        tf.addfile(info, io.BytesIO(b"12345"))
+        info = tarfile.TarInfo("next.txt")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"ok"))
+    data = bytearray(buf.getvalue())
+    ustar = 1024  # pax header block + its records block, then the member's own header
+    assert data[ustar + 156:ustar + 157] == b"0"
+    data[ustar + 124:ustar + 136] = b"00000000000\0"  # as when the size needs pax
+    _fix_checksum(data, ustar)
+    assert members_of(bytes(data)) == {"renamed/big.bin": b"12345", "next.txt": b"ok"}
+
+
+def test_writer_uses_pax_size_for_huge_members():
+    writer = tario.TarWriter(io.BytesIO())
+    out = bytearray()
+    writer._long_header(out, "k.bin", b"k.bin", 8**11)
+    assert len(out) == 3 * 512 and out[156:157] == b"x"
+    records = tario._parse_pax(bytes(out[512:1024]).rstrip(b"\0"), "u", 0)
+    assert records == {"size": str(8**11)}
+    header = tarfile.TarInfo.frombuf(bytes(out[1024:]), "utf-8", "surrogateescape")
+    assert (header.name, header.size) == ("k.bin", 0)
+
+
 def test_read_across_buffer_boundaries_and_big_members():
     rng = random.Random(5)
     sizes = [rng.choice([0, 1, 511, 512, 513, 4000, 70000]) for _ in range(200)]
