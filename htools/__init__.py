@@ -18,8 +18,10 @@ from .errors import HtoolsError, NotFound, PatternError, ScriptError, ShardError
 from .extract import extract
 from .mapper import map_shards
 from .upload import upload
+from .shuffle import shuffle
+from .sort import sort
 from .summary import JobSummary
 
-__all__ = ["map_shards", "extract", "upload", "JobSummary", "HtoolsError", "NotFound", "PatternError",
+__all__ = ["map_shards", "extract", "upload", "shuffle", "sort", "JobSummary", "HtoolsError", "NotFound", "PatternError",
            "ScriptError", "ShardError", "StorageError"]
 __version__ = "0.1.0"

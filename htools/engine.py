@@ -83,6 +83,7 @@ def connect(opts: RunOptions) -> Iterator[Any]:
         from . import kube
 
         with kube.cluster(address, quiet=opts.quiet) as cluster, Client(cluster) as client:
+            _announce(client, opts)
             yield client
         return
     if address:
@@ -91,6 +92,7 @@ def connect(opts: RunOptions) -> Iterator[Any]:
         except OSError as e:
             raise HtoolsError(f"cannot reach the Dask scheduler at {address}: {e}") from None
         with client:
+            _announce(client, opts)
             yield client
         return
     n = opts.workers or os.cpu_count() or 1
@@ -100,6 +102,7 @@ def connect(opts: RunOptions) -> Iterator[Any]:
                                dashboard_address="127.0.0.1:0", host="127.0.0.1",
                                silence_logs=40)
         with cluster, Client(cluster) as client:
+            _announce(client, opts)
             yield client
 
 
@@ -176,7 +179,6 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
             todo.append((i, t))
     if todo:
         with connect(opts) as client:
-            _announce(client, opts)
             _execute(client, tool, todo, opts, summary, on_result, ordered)
     return summary.finish()
 

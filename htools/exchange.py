@@ -1,0 +1,410 @@
+"""The (MS)² two-stage exchange under htshuffle and htsort.
+
+Stage 1 -- *map and partition* (one task per input shard): read samples (through
+the optional ``process_sample``), give each a sort key and a bucket, buffer up to
+the memory budget, and on spill sort every bucket's buffer and write one *run
+file*: all buckets back to back, then a footer index.  N inputs give about N run
+files, never N x M small ones.
+
+Stage 2 -- *merge and write* (one task per output): an output owns a contiguous
+range of buckets, which is one contiguous byte range in every run file.  It
+range-reads that slice of every run that stage 1's results list, k-way merges
+the sorted streams, hands each group of equal keys to the reduce (if any), and
+writes its shard atomically.
+
+Buckets are finer than outputs (``BUCKETS_PER_OUTPUT`` each); once stage 1 has
+counted every bucket, the planner groups buckets into outputs by count, so the
+outputs are balanced even when the splitters were rough.  Equal keys always
+share a bucket, so a group is never split across outputs.
+
+A run file::
+
+    [bucket 0 records][bucket 1 records] ... [index][u64 index length][MAGIC]
+
+Each record is a msgpack array ``[sort_key, sample]``; the index is msgpack
+``{"offsets": B+1 u64 (bytes), "counts": B u64 (bytes)}``.  Run names carry a
+per-attempt random part, so a retried stage-1 task never overwrites a run that
+another attempt listed; stage 2 reads only runs its inputs name.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import os
+import random
+import resource
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+import msgpack
+import numpy as np
+
+from . import storage, tario
+from .errors import HtoolsError, ScriptError
+from .mapper import map_samples
+from .script import Script, user_traceback
+from .streams import Counting
+from .summary import ShardResult
+
+MAGIC = b"HTRUN001"
+FOOTER = struct.Struct("<Q8s")
+RECORD_OVERHEAD = 160  # Python bytes of a buffered record beyond its payload
+BUCKETS_PER_OUTPUT = 16
+MAX_BUCKETS = 1 << 16
+READ_BUFFER = 256 << 10  # per run stream in stage 2
+SCRATCH_OPTIONS = {"file": {"fsync": False}}
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """How a sample gets its sort key (htsort) or a random one (htshuffle)."""
+
+    mode: str = "random"  # random | field | script
+    field: str = "__key__"
+    type: str = "str"  # str | int | float
+    reverse: bool = False
+    seed: int = 0
+
+    def key_fn(self, script) -> Callable[[dict], object]:
+        if self.mode == "script":
+            fn = script.load().sort_key
+            return fn
+        conv = {"str": _as_str, "int": lambda v: int(_as_str(v)),
+                "float": lambda v: float(_as_str(v))}[self.type]
+        name = self.field
+
+        def key_of(sample: dict):
+            try:
+                value = sample[name]
+            except KeyError:
+                raise ScriptError(f"sample has no field {name!r} to sort by") from None
+            try:
+                return conv(value)
+            except ValueError:
+                raise ScriptError(f"field {name!r} = {_as_str(value)[:40]!r} is not "
+                                  f"{'an' if self.type == 'int' else 'a'} {self.type}") from None
+
+        return key_of
+
+
+def _as_str(v) -> str:
+    return v if isinstance(v, str) else bytes(v).decode("utf-8")
+
+
+@dataclass(frozen=True)
+class StageOne:
+    """Everything a stage-1 task needs (shipped to every task)."""
+
+    scratch: str
+    buckets: int
+    key: KeySpec
+    splitters: tuple = ()
+    script: object | None = None  # Script with process_sample / sort_key, or None
+    memory: int = 256 << 20
+    max_errors: int = 0
+    options: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ stage 1 --
+
+def _bucket_fn(spec: StageOne) -> Callable[[object], int]:
+    """Buckets are key ranges, so a run's slice of consecutive buckets is itself sorted."""
+    b = spec.buckets
+    if spec.key.mode == "random":  # keys are uniform in [0, 2**63): the top bits pick
+        return lambda k: (k * b) >> 63
+    splitters = list(spec.splitters)
+    if spec.key.reverse:
+        return lambda k: b - 1 - bisect.bisect_right(splitters, k)
+    return lambda k: bisect.bisect_right(splitters, k)
+
+
+def partition_shard(input: str, index: int, spec: StageOne) -> dict:
+    """Stage-1 task: samples of one input shard -> sorted run files in scratch."""
+    result = ShardResult(input=input)
+    t0 = time.perf_counter()
+    rss0 = _rss()
+    runs: list[dict] = []
+    try:
+        samples = _input_samples(input, spec, result)
+        rng = random.Random(f"{spec.key.seed}:{index}")
+        key_of = _random_key(rng) if spec.key.mode == "random" else spec.key.key_fn(spec.script)
+        bucket_of = _bucket_fn(spec)
+        buffers: list[list] = [[] for _ in range(spec.buckets)]
+        held = 0
+        spill = 0
+        for sample in samples:
+            sample.pop("__url__", None)
+            try:
+                k = key_of(sample)
+            except Exception as e:
+                _sample_failed(result, input, sample, e, spec.max_errors)
+                continue
+            packed = msgpack.packb([k, sample], use_bin_type=True)
+            buffers[bucket_of(k)].append((k, packed))
+            held += len(packed) + RECORD_OVERHEAD
+            if held >= spec.memory:
+                runs.append(write_run(buffers, spec, index, spill))
+                spill += 1
+                held = 0
+        if held or not runs:
+            runs.append(write_run(buffers, spec, index, spill))
+    except HtoolsError as e:
+        for r in runs:  # this attempt's runs are useless now
+            storage.delete(r["url"], SCRATCH_OPTIONS)
+        result.fail(str(e))
+        runs = []
+    result.extra = {"runs": runs, "rss_start": rss0, "peak_rss": _peak_rss()}
+    result.seconds = round(time.perf_counter() - t0, 4)
+    return result.as_dict()
+
+
+def _random_key(rng: random.Random) -> Callable[[dict], int]:
+    return lambda _s: rng.getrandbits(63)
+
+
+def _sample_failed(result: ShardResult, url: str, sample: dict, e: Exception,
+                   max_errors: int) -> None:
+    key = sample.get("__key__", "?")
+    result.sample_error(url, key, f"{type(e).__name__}: {e}", user_traceback(e))
+    if result.sample_errors > max_errors:
+        raise ScriptError(f"{storage.redact(url)}: cannot key sample {key!r}: "
+                          f"{type(e).__name__}: {e}") from None
+
+
+def _input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
+    with storage.open_read(url, spec.options) as raw:
+        stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), url)
+        samples = tario.read_samples(stream, url)
+        if spec.script is not None and _defines(spec.script, "process_sample"):
+            fn = spec.script.load().process_sample
+            yield from map_samples(samples, fn, result, url, spec.max_errors)
+        else:
+            for s in samples:
+                result.samples_read += 1
+                result.samples_mapped += 1
+                yield s
+
+
+def _defines(script, name: str) -> bool:
+    return hasattr(script, "defines") and script.defines(name) or \
+        not hasattr(script, "defines") and hasattr(script.load(), name)
+
+
+def write_run(buffers: list[list], spec: StageOne, index: int, spill: int) -> dict:
+    """Sort each bucket's buffer, write them back to back plus the index; empty the buffers."""
+    url = storage.join(spec.scratch, f"run-{index:06d}-{spill:04d}-{uuid.uuid4().hex[:8]}.bin")
+    offsets = np.zeros(len(buffers) + 1, dtype=np.uint64)
+    counts = np.zeros(len(buffers), dtype=np.uint64)
+    pos = 0
+    with storage.open_write(url, SCRATCH_OPTIONS) as out:
+        for b, buf in enumerate(buffers):
+            offsets[b] = pos
+            if buf:
+                buf.sort(key=itemgetter(0), reverse=spec.key.reverse)  # stable: input order kept
+                for _k, packed in buf:
+                    out.write(packed)
+                    pos += len(packed)
+                counts[b] = len(buf)
+                buf.clear()
+        offsets[-1] = pos
+        index_bytes = msgpack.packb({"offsets": offsets.tobytes(), "counts": counts.tobytes()})
+        out.write(index_bytes)
+        out.write(FOOTER.pack(len(index_bytes), MAGIC))
+    size = pos + len(index_bytes) + FOOTER.size
+    return {"url": url, "size": size, "counts": counts.tobytes()}
+
+
+# ------------------------------------------------------------------ stage 2 --
+
+def read_index(url: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    tail = storage.read_range(url, size - FOOTER.size, size, SCRATCH_OPTIONS)
+    n, magic = FOOTER.unpack(tail)
+    if magic != MAGIC:
+        raise HtoolsError(f"{storage.redact(url)}: not an htools run file (bad footer)")
+    idx = msgpack.unpackb(storage.read_range(url, size - FOOTER.size - n, size - FOOTER.size,
+                                             SCRATCH_OPTIONS))
+    return (np.frombuffer(idx["offsets"], dtype=np.uint64),
+            np.frombuffer(idx["counts"], dtype=np.uint64))
+
+
+def run_records(url: str, start: int, end: int) -> Iterator[list]:
+    """The ``[sort_key, sample]`` records of bytes [start, end) of a run, streamed."""
+    if end <= start:
+        return
+    with storage.open_range(url, start, end, SCRATCH_OPTIONS) as f:
+        unpacker = msgpack.Unpacker(f, raw=False, read_size=READ_BUFFER,
+                                    max_buffer_size=0, strict_map_key=False)
+        yield from unpacker
+
+
+@dataclass(frozen=True)
+class StageTwo:
+    """What a stage-2 task needs besides its own output and bucket range."""
+
+    reverse: bool = False
+    reduce: object | None = None  # a script with reduce_samples, or None
+    merge: bool = False  # join samples with equal __key__ (htsort --merge)
+    max_errors: int = 0
+    mtime: float | None = 0
+    options: dict = field(default_factory=dict)
+
+
+def merge_partition(output: str, runs: list[dict], first: int, last: int,
+                    spec: StageTwo) -> dict:
+    """Stage-2 task: buckets [first, last) of every run -> one sorted output shard."""
+    result = ShardResult(input=f"buckets {first}..{last - 1}", output=output)
+    t0 = time.perf_counter()
+    rss0 = _rss()
+    try:
+        streams = []
+        for run in runs:
+            offsets, _counts = read_index(run["url"], run["size"])
+            streams.append(run_records(run["url"], int(offsets[first]), int(offsets[last])))
+        merged = heapq.merge(*streams, key=itemgetter(0), reverse=spec.reverse)
+        with storage.open_write(output, spec.options) as out, \
+                tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
+                                mtime=spec.mtime) as writer:
+            previous = None
+            for sample in _reduced(merged, spec, result, output):
+                if sample["__key__"] == previous:
+                    raise HtoolsError(
+                        f"{storage.redact(output)}: two adjacent samples share the key "
+                        f"{previous!r}; a tar reader would join them: use --merge or a "
+                        "reduce_samples() to combine samples with equal keys")
+                previous = sample["__key__"]
+                writer.write(sample)
+                result.samples_written += 1
+    except HtoolsError as e:
+        result.fail(str(e))
+    result.extra = {"rss_start": rss0, "peak_rss": _peak_rss()}
+    result.seconds = round(time.perf_counter() - t0, 4)
+    return result.as_dict()
+
+
+def _reduced(records: Iterator[list], spec: StageTwo, result: ShardResult,
+             output: str) -> Iterator[dict]:
+    """Records -> samples: as they come, or one group of equal keys at a time."""
+    if spec.reduce is None and not spec.merge:
+        for _k, sample in records:
+            result.samples_read += 1
+            result.samples_mapped += 1
+            yield sample
+        return
+    groups = itertools.groupby(records, key=itemgetter(0))
+    fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
+    for key, group in groups:
+        samples = [s for _k, s in group]
+        result.samples_read += len(samples)
+        if spec.merge:
+            samples = merge_by_key(samples, output)
+        if fn is None:
+            result.samples_mapped += len(samples)
+            yield from samples
+            continue
+        try:
+            out = fn(key, samples)
+        except Exception as e:
+            result.sample_error(output, str(key), f"{type(e).__name__}: {e}", user_traceback(e))
+            if result.sample_errors > spec.max_errors:
+                raise ScriptError(f"reduce_samples raised on key {key!r}: {type(e).__name__}: "
+                                  f"{e}\n{user_traceback(e)}") from None
+            continue
+        outs = [] if out is None else [out] if isinstance(out, dict) else list(out)
+        if not outs:
+            result.samples_dropped += len(samples)
+            continue
+        result.samples_mapped += len(samples)
+        for o in outs:
+            o = dict(o)
+            o.setdefault("__key__", str(key) if len(outs) == 1 else None)
+            if o["__key__"] is None:
+                raise ScriptError(f"reduce_samples returned several samples for key {key!r} "
+                                  "without a __key__ for each")
+            yield o
+
+
+def merge_by_key(samples: list[dict], output: str) -> list[dict]:
+    """Join samples with equal ``__key__`` (in order); a field with two values is an error."""
+    joined: dict[str, dict] = {}
+    for s in samples:
+        into = joined.setdefault(s["__key__"], {"__key__": s["__key__"]})
+        for f, v in s.items():
+            if f in into and into[f] != v:
+                raise HtoolsError(f"--merge: key {s['__key__']!r} has two different values "
+                                  f"for field {f!r}")
+            into[f] = v
+    return list(joined.values())
+
+
+# ---------------------------------------------------------------- planning --
+
+def group_buckets(counts: np.ndarray, outputs: int | None, maxcount: int | None
+                  ) -> list[tuple[int, int]]:
+    """Contiguous bucket ranges, one per output, balanced by sample count."""
+    b = len(counts)
+    cum = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    total = int(cum[-1])
+    if outputs is None:
+        outputs = max(1, -(-total // maxcount))
+    bounds = [0]
+    for j in range(1, outputs):
+        target = total * j / outputs
+        cut = int(np.searchsorted(cum, target, side="left"))
+        if cut > 0 and target - cum[cut - 1] < cum[cut] - target:
+            cut -= 1  # the nearer boundary
+        bounds.append(min(max(cut, bounds[-1]), b))
+    bounds.append(b)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def pick_splitters(keys: list, buckets: int, reverse: bool = False) -> tuple:
+    """``buckets - 1`` quantiles of the sampled keys (ascending)."""
+    if not keys or buckets <= 1:
+        return ()
+    keys = sorted(keys)
+    n = len(keys)
+    return tuple(keys[min(n - 1, (i * n) // buckets)] for i in range(1, buckets))
+
+
+def sample_keys(input: str, index: int, spec: StageOne, limit: int) -> dict:
+    """Pre-pass task (htsort): a reservoir sample of the sort keys of one shard."""
+    result = ShardResult(input=input)
+    rng = random.Random(f"splitters:{spec.key.seed}:{index}")
+    key_of = spec.key.key_fn(spec.script)
+    reservoir: list = []
+    seen = 0
+    try:
+        for sample in _input_samples(input, spec, result):
+            try:
+                k = key_of(sample)
+            except Exception:
+                continue  # stage 1 reports it
+            seen += 1
+            if len(reservoir) < limit:
+                reservoir.append(k)
+            else:
+                j = rng.randrange(seen)
+                if j < limit:
+                    reservoir[j] = k
+    except HtoolsError as e:
+        result.fail(str(e))
+    result.extra = {"keys": reservoir}
+    return result.as_dict()
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
