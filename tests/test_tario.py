@@ -619,7 +619,7 @@ def test_round_trip_property():
         lambda s: st.dictionaries(fields, st.binary(max_size=1500), min_size=1, max_size=4)
         .map(lambda d: {**s, **d}))
 
-    @hypothesis.settings(max_examples=150, deadline=None)
+    @hypothesis.settings(max_examples=60, deadline=None)
     @hypothesis.given(st.lists(sample, max_size=6), st.sampled_from([".tar", ".tgz", ".tar.zst"]))
     def check(samples, suffix):
         # adjacent samples with one key would merge on read: make keys distinct
