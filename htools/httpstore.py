@@ -45,6 +45,10 @@ SOCKET_BUFFER = 4 << 20    # SO_RCVBUF / SO_SNDBUF of streaming connections
 CONTINUE_WAIT = 1.0        # seconds to wait for "100 Continue" before sending anyway
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
+USER_ENV, PASSWORD_ENV = "HTOOLS_HTTP_USER", "HTOOLS_HTTP_PASSWORD"
+AUTH_HINT = ("; credentials missing or rejected (give them as http://USER:PASSWORD@host/..., "
+             f"in ~/.netrc, in ${USER_ENV}/${PASSWORD_ENV}, or as storage option "
+             "http.auth)")
 
 
 def redact(url: str) -> str:
@@ -254,12 +258,17 @@ def target(url: str, opts: Mapping[str, Any] | None = None) -> Target:
 
 def _credentials(user: str | None, password: str | None, auth: Any,
                  host: str) -> tuple[str, str] | None:
+    """Basic-auth credentials, first found wins: the URL's ``user:password@``, the
+    ``auth`` option, ``$HTOOLS_HTTP_USER``/``$HTOOLS_HTTP_PASSWORD``, ``~/.netrc``."""
     if user is not None:
         return unquote(user), unquote(password or "")
     if auth:
         if isinstance(auth, Mapping):
             return str(auth.get("user", "")), str(auth.get("password", ""))
         return str(auth[0]), str(auth[1])
+    env_user = os.environ.get(USER_ENV)
+    if env_user:
+        return env_user, os.environ.get(PASSWORD_ENV, "")
     try:
         found = netrc.netrc().authenticators(host)
     except (OSError, netrc.NetrcParseError):
@@ -317,6 +326,8 @@ def _release(t: Target, conn: http.client.HTTPConnection) -> None:
 def _status_error(t: Target, method: str, status: int, reason: str) -> Exception:
     """The exception for a non-success status: Transient, NotFound or StorageError."""
     why = f"{method} failed: {status} {reason}".strip()
+    if status == 401:
+        why += AUTH_HINT
     if status in TRANSIENT_STATUS:
         return Transient(why, status)
     if status == 404:
