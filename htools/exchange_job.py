@@ -184,6 +184,7 @@ def _combine(tool: str, s1: JobSummary, s2: JobSummary | None, one: StageOne) ->
                  "buckets": one.buckets}
     if mem:
         out.extra["peak_rss"] = max(m.get("peak_rss", 0) for m in mem)
+        out.extra["rss_start_min"] = min(m.get("rss_start", 0) for m in mem)
     return out
 
 
