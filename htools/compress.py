@@ -245,16 +245,20 @@ class _NoClose(io.RawIOBase):
 
 
 def open_stream_writer(raw: BinaryIO, url: str = "", level: int | None = None, *,
-                       compress: str | None = "auto") -> BinaryIO:
+                       compress: str | bool | None = "auto") -> BinaryIO:
     """A stream that compresses into ``raw``: by ``url`` suffix when ``compress="auto"``.
 
-    ``compress`` may also be ``"gzip"``, ``"zstd"`` or ``None``/``"none"`` (plain).
+    ``compress`` may also be ``"gzip"``, ``"zstd"``, ``None``/``False``/``"none"``
+    (plain) or ``True`` (gzip unless the suffix says zstd).
     ``level`` is codec-specific: isal gzip takes 0-3 (default 2; larger values are
     clamped to 3), stdlib gzip 0-9, zstd 1-22 (default 3).  Closing the returned
     stream finishes compression and never closes ``raw``.
     """
-    kind = compression_for(url) if compress == "auto" else compress
-    if kind in (None, "none", "", "tar"):
+    if compress is True:  # webdataset's spelling: compress, gzip unless the suffix says zstd
+        kind = compression_for(url) or "gzip"
+    else:
+        kind = compression_for(url) if compress == "auto" else compress
+    if kind in (None, False, "none", "", "tar"):
         return _NoClose(raw)  # type: ignore[return-value]
     if kind in ("gzip", "gz"):
         lo, hi = _GZIP_LEVELS

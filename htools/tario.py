@@ -551,7 +551,7 @@ class TarWriter:
     """
 
     def __init__(self, stream: BinaryIO, *, url: str = "", mtime: float | None = 0,
-                 compress: str | None = "auto", user: str = "", group: str = "",
+                 compress: str | bool | None = "auto", user: str = "", group: str = "",
                  mode: int = 0o644, level: int | None = None, close_raw: bool = False):
         self.url = url
         self.raw = stream
