@@ -178,8 +178,11 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
         else:
             todo.append((i, t))
     if todo:
-        with connect(opts) as client:
-            _execute(client, tool, todo, opts, summary, on_result, ordered)
+        try:
+            with connect(opts) as client:
+                _execute(client, tool, todo, opts, summary, on_result, ordered)
+        finally:  # a worker killed mid-write can leave a hidden temp file behind
+            storage.remove_partials([t.output for _i, t in todo], opts.storage_options)
     return summary.finish()
 
 

@@ -47,7 +47,7 @@ from htools.httpstore import Writer, redact
 
 __all__ = [
     "Options", "Writer", "open_read", "open_write", "exists", "size", "read_range",
-    "open_range", "delete", "delete_prefix", "listdir", "join", "protocol",
+    "open_range", "delete", "delete_prefix", "listdir", "remove_partials", "join", "protocol",
     "resolve_options", "redact",
 ]
 
@@ -321,7 +321,7 @@ def _local_errors(url: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise NotFound(url, "no such file", 404) from None
+        raise NotFound(url, "no such file") from None
     except IsADirectoryError:
         raise StorageError(url, "is a directory") from None
     except PermissionError as exc:
@@ -623,6 +623,34 @@ def delete_prefix(url: str, options: Options | None = None) -> None:
                 os.unlink(path)
         return None
     raise _no_stream_ops(url, "delete_prefix()")
+
+
+def remove_partials(urls: list[str], options: Options | None = None) -> int:
+    """Delete what writers of ``urls`` left behind when their process was killed.
+
+    Only local writes leave anything visible (the hidden ``.NAME.tmp-*`` file of
+    :class:`_LocalWriter`); HTTP direct PUTs, S3 multipart and GCS resumable
+    uploads never show a partial object.  Returns how many files were removed.
+    """
+    by_folder: dict[str, set[str]] = {}
+    for url in urls:
+        if url and protocol(url) == "file":
+            folder, base = os.path.split(_local_path(url))
+            by_folder.setdefault(folder or ".", set()).add(f".{base}.tmp-")
+    removed = 0
+    for folder, prefixes in by_folder.items():
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(tuple(prefixes)):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 def listdir(url: str, options: Options | None = None) -> list[str]:

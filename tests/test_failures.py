@@ -178,6 +178,7 @@ def test_worker_killed_mid_job_writes_every_sample_once(tmp_path, data, where, r
                tmp_path / "in" / "data-@3.tar", tmp_path / "out" / "o-@3.tar", *args))
     assert mark.exists()  # a worker really died
     assert "shards 3 done" in p.stderr
+    # the killed attempt's temp file is cleaned up, the retry's output committed once
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["o-0.tar", "o-1.tar", "o-2.tar"]
     got = read_wds(sorted((tmp_path / "out").glob("o-*.tar")))
     assert sorted(s["__key__"] for s in got) == sorted(data)  # exactly once each
