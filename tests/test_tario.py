@@ -63,7 +63,9 @@ def tarfile_regular(data: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         for m in tf:
             if m.isreg():
-                out[m.name.removeprefix("./")] = tf.extractfile(m).read()  # type: ignore[union-attr]
+                member = tf.extractfile(m)
+                assert member is not None
+                out[m.name.removeprefix("./")] = member.read()
     return out
 
 
@@ -161,7 +163,8 @@ def test_read_gnu_tar_v7(tmp_path):
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
 def test_read_python_tarfile(fmt):
     rng = random.Random(3)
-    names = ["k/s1.jpg", "k/s1.txt", "k/s2.jpg", "x" * 150 + "/s3.bin", "y/" + "z" * 98 + ".b", "w" * 98 + ".c"]
+    names = ["k/s1.jpg", "k/s1.txt", "k/s2.jpg", "x" * 150 + "/s3.bin",
+             "y/" + "z" * 98 + ".b", "w" * 98 + ".c"]  # 100-byte name fields: no NUL
     if fmt != tarfile.USTAR_FORMAT:
         names += [UTF8_NAME, "q" * 300 + ".long"]
     files = {n: rng.randbytes(rng.randrange(0, 3000)) for n in names}
