@@ -165,11 +165,12 @@ def open_stream_reader(raw: BinaryIO, url: str = "") -> BinaryIO:
     if kind == "gzip":
         return _gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if kind == "zstd":
-        return io.BufferedReader(_ZstdReader(raw), _ZSTD_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_ZstdReader(raw), _ZSTD_BUFFER)  # type: ignore[return-value]
     return raw
 
 
-_ZSTD_CHUNK = 1 << 20
+_ZSTD_CHUNK = 256 << 10  # compressed bytes per decompress call (output stays cache-sized)
+_ZSTD_BUFFER = 1 << 20
 
 
 class _ZstdReader(io.RawIOBase):
