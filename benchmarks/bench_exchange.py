@@ -1,0 +1,310 @@
+"""htshuffle / htsort against the baselines of issue #4, on the same samples.
+
+    .venv/bin/python benchmarks/bench_exchange.py [--gb 2] [--kib 16] [--quick] [--dir DIR]
+
+Every figure is a ratio ``baseline seconds / htools seconds`` measured in this run
+(> 1: htools is faster).  What each baseline does:
+
+* **copy once** -- two processes (the same 2 cores as the 2 Dask workers) read every
+  input shard with htools' codec and write it back out: one read + one write of the
+  data, no exchange.  An exchange reads and writes everything twice (runs in
+  scratch), so its floor is 0.5.
+* **dask P2P** -- the same samples as a pandas DataFrame (``key`` str, ``cls`` and
+  ``bin`` bytes columns), one uncompressed parquet file per input shard in scratch.
+  Timed: ``dd.read_parquet`` -> ``.shuffle(on="key", shuffle_method="p2p")`` (or
+  ``.sort_values("key", shuffle_method="p2p")``) -> ``.to_parquet`` (uncompressed),
+  on a fresh 2-worker LocalCluster like htools'.  Both sides read every byte from
+  scratch files and write every byte to output files; P2P spills to worker-local
+  disk as htools spills runs to scratch.  Hash partitioning of random keys is
+  dask's random shuffle (rows keep their order inside a partition, where
+  htshuffle also shuffles inside each output).
+* **webdataset loop** -- one process: ``wds.WebDataset(urls).shuffle(N)`` ->
+  ``wds.ShardWriter`` (a local shuffle buffer of N samples, not a global shuffle).
+* **GNU sort** -- ``LC_ALL=C sort --parallel=2`` of a TSV of the keys alone: the
+  key-only floor, no payload moves.
+
+Peak worker memory is ``peak_rss - rss_start_min`` of the tasks (htools) or the
+growth of the workers' peak RSS over their RSS at start (baselines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from htools import storage, tario
+
+SHARD_MB = 32  # input shard size: the shard count grows with the data
+
+
+# ------------------------------------------------------------------ data --
+
+def shard_count(gb: float) -> int:
+    return max(4, round(gb * 1024 / SHARD_MB))
+
+
+def make_dataset(folder: str, gb: float, sample_kib: int, seed: int = 0) -> list[str]:
+    """Shards of samples with a random hex ``__key__``, a ``bin`` payload and a ``cls``."""
+    os.makedirs(folder, exist_ok=True)
+    n = shard_count(gb)
+    size = sample_kib << 10
+    per_shard = max(1, int(gb * (1 << 30) / size / n))
+    rng = random.Random(seed)
+    blob = os.urandom(size + 4096)
+    urls = []
+    for s in range(n):
+        url = os.path.join(folder, f"in-{s:04d}.tar")
+        with open(url, "wb") as f, tario.TarWriter(f) as w:
+            for i in range(per_shard):
+                at = rng.randrange(4096)
+                w.write({"__key__": f"{rng.getrandbits(64):016x}", "bin": blob[at:at + size],
+                         "cls": str(i % 10).encode()})
+        urls.append(url)
+    return urls
+
+
+def total_bytes(urls: list[str]) -> int:
+    return sum(os.path.getsize(u) for u in urls)
+
+
+def samples_of(url: str):
+    with storage.open_read(url) as raw:
+        for s in tario.read_samples(tario.open_stream_reader(raw, url), url):
+            s.pop("__url__", None)
+            yield s
+
+
+def to_parquet(urls: list[str], folder: str) -> str:
+    """The same samples as parquet, one uncompressed file per input shard (untimed)."""
+    import pandas as pd
+
+    os.makedirs(folder, exist_ok=True)
+    for i, url in enumerate(urls):
+        rows = list(samples_of(url))
+        df = pd.DataFrame({"key": [r["__key__"] for r in rows],
+                           "cls": [r["cls"] for r in rows], "bin": [r["bin"] for r in rows]})
+        df.to_parquet(os.path.join(folder, f"part-{i:04d}.parquet"), compression=None,
+                      index=False)
+    return folder
+
+
+def keys_tsv(urls: list[str], path: str) -> str:
+    with open(path, "w") as f:
+        for i, url in enumerate(urls):
+            for s in samples_of(url):
+                f.write(f"{s['__key__']}\t{i}\n")
+    return path
+
+
+# -------------------------------------------------------------- clusters --
+
+@contextlib.contextmanager
+def cluster(workers: int = 2):
+    """A fresh LocalCluster (so each worker's lifetime peak RSS is this job's)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=40) as c, Client(c) as client:
+        client.run(lambda: None)
+        yield client
+
+
+def _rss_now() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _rss_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker_growth(client, start: int) -> int:
+    return max(client.run(_rss_peak).values()) - start
+
+
+def summary_growth(summary) -> int:
+    return summary.extra.get("peak_rss", 0) - summary.extra.get("rss_start_min", 0)
+
+
+# -------------------------------------------------------------- htools side --
+
+def htools_job(kind: str, inputs: list[str], out: str, memory: int | None = None,
+               workers: int = 2) -> tuple[float, int]:
+    """Seconds and peak worker memory growth of one htshuffle / htsort on a fresh cluster."""
+    import htools
+
+    fn = htools.shuffle if kind == "shuffle" else htools.sort
+    pattern = os.path.join(out, f"out-@{len(inputs):04d}.tar")
+    with cluster(workers) as client:
+        t0 = time.perf_counter()
+        summary = fn(inputs, pattern, client=client, quiet=True, overwrite=True, memory=memory)
+        elapsed = time.perf_counter() - t0
+    if not summary.ok:
+        sys.exit(f"ht{kind} failed: {summary.failures[:1]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return elapsed, summary_growth(summary)
+
+
+# ------------------------------------------------------------- baselines --
+
+def _copy_one(args: tuple[str, str]) -> None:
+    url, out = args
+    with storage.open_read(url) as raw, storage.open_write(out) as dst, \
+            tario.TarWriter(dst) as w:
+        for s in tario.read_samples(tario.open_stream_reader(raw, url), url):
+            s.pop("__url__", None)
+            w.write(s)
+
+
+def copy_once(inputs: list[str], out: str, procs: int = 2) -> float:
+    """Read + write every shard once with htools' codec, ``procs`` processes."""
+    os.makedirs(out, exist_ok=True)
+    jobs = [(u, os.path.join(out, os.path.basename(u))) for u in inputs]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(procs) as pool:
+        pool.map(_copy_one, jobs[:procs])  # warm the processes (imports) before the clock
+        t0 = time.perf_counter()
+        pool.map(_copy_one, jobs, chunksize=1)
+        elapsed = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return elapsed
+
+
+def dask_p2p(kind: str, parquet_dir: str, out: str, partitions: int) -> tuple[float, int]:
+    """read_parquet -> P2P shuffle or sort_values -> to_parquet, on a fresh 2-worker cluster."""
+    import dask.dataframe as dd
+
+    with cluster(2) as client:
+        start = min(client.run(_rss_now).values())
+        t0 = time.perf_counter()
+        df = dd.read_parquet(parquet_dir)
+        if kind == "shuffle":
+            df = df.shuffle(on="key", npartitions=partitions, shuffle_method="p2p")
+        else:
+            df = df.sort_values("key", npartitions=partitions, shuffle_method="p2p")
+        df.to_parquet(out, compression=None, write_index=False, schema=_schema())
+        elapsed = time.perf_counter() - t0
+        growth = worker_growth(client, start)
+    shutil.rmtree(out, ignore_errors=True)
+    return elapsed, growth
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("key", pa.string()), ("cls", pa.binary()), ("bin", pa.binary())])
+
+
+def wds_loop(inputs: list[str], out: str, buffer: int, outputs: int) -> tuple[float, int]:
+    """One process: webdataset read -> shuffle buffer -> ShardWriter.  Seconds, RSS growth."""
+    import webdataset as wds
+
+    os.makedirs(out, exist_ok=True)
+    n = sum(1 for _ in samples_of(inputs[0])) * len(inputs)
+    rss0 = _rss_now()
+    t0 = time.perf_counter()
+    ds = wds.WebDataset(inputs, shardshuffle=False, empty_check=False).shuffle(buffer)
+    with wds.ShardWriter(os.path.join(out, "out-%04d.tar"), maxcount=-(-n // outputs),
+                         verbose=0, encoder=False) as sink:
+        for s in ds:
+            sink.write({k: v for k, v in s.items() if k == "__key__" or not k.startswith("_")})
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return elapsed, max(0, _rss_peak() - rss0)
+
+
+def gnu_sort(tsv: str, out: str) -> float:
+    env = {**os.environ, "LC_ALL": "C"}
+    t0 = time.perf_counter()
+    subprocess.run(["sort", "--parallel=2", "-S", "512M", "-t", "\t", "-k1,1", tsv, "-o", out],
+                   check=True, env=env)
+    elapsed = time.perf_counter() - t0
+    os.remove(out)
+    return elapsed
+
+
+# ------------------------------------------------------------------- main --
+
+def compare(work: str, inputs: list[str], buffer: int = 4096) -> list[dict]:
+    """Rows of issue #4 on one dataset (the growth rows come from :func:`growth`)."""
+    mb = total_bytes(inputs) / 1e6
+    n = len(inputs)
+    pq = to_parquet(inputs, os.path.join(work, "parquet"))
+    tsv = keys_tsv(inputs, os.path.join(work, "keys.tsv"))
+    shuf, shuf_mem = htools_job("shuffle", inputs, os.path.join(work, "hs"))
+    srt, srt_mem = htools_job("sort", inputs, os.path.join(work, "ht"))
+    copy = copy_once(inputs, os.path.join(work, "copy"))
+    p2p_s, p2p_s_mem = dask_p2p("shuffle", pq, os.path.join(work, "p2p-s"), n)
+    p2p_o, p2p_o_mem = dask_p2p("sort", pq, os.path.join(work, "p2p-o"), n)
+    loop, loop_mem = wds_loop(inputs, os.path.join(work, "wds"), buffer, n)
+    floor = gnu_sort(tsv, os.path.join(work, "keys.sorted"))
+    shutil.rmtree(pq, ignore_errors=True)
+    os.remove(tsv)
+    return [
+        row("htshuffle vs copy once (2 procs, htools codec)", shuf, copy, ">= 0.4", shuf_mem,
+            None, mb),
+        row("htshuffle vs dask P2P shuffle", shuf, p2p_s, ">= 1.0", shuf_mem, p2p_s_mem, mb),
+        row(f"htshuffle vs webdataset shuffle({buffer}) loop", shuf, loop, ">= 2", shuf_mem,
+            loop_mem, mb),
+        row("htsort vs dask P2P sort_values", srt, p2p_o, ">= 1.0", srt_mem, p2p_o_mem, mb),
+        row("htsort vs GNU sort of the keys (key-only floor)", srt, floor, "floor", srt_mem,
+            None, mb),
+    ]
+
+
+def row(name: str, ours: float, base: float, goal: str, mem: int | None,
+        base_mem: int | None, mb: float) -> dict:
+    return {"operation": name, "htools_s": ours, "baseline_s": base, "ratio": base / ours,
+            "goal": goal, "mem": mem, "base_mem": base_mem, "mb": mb}
+
+
+def growth(work: str, sizes: list[float], sample_kib: int, memory: int) -> list[dict]:
+    """htsort with a fixed --memory at each size: seconds and peak worker memory growth."""
+    out = []
+    for gb in sizes:
+        inputs = make_dataset(os.path.join(work, f"g{gb}"), gb, sample_kib, seed=1)
+        mb = total_bytes(inputs) / 1e6
+        seconds, mem = htools_job("sort", inputs, os.path.join(work, "g-out"), memory=memory)
+        out.append({"gb": gb, "mb": mb, "seconds": seconds, "mem": mem, "shards": len(inputs)})
+        shutil.rmtree(os.path.dirname(inputs[0]), ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gb", type=float, default=2.0)
+    ap.add_argument("--kib", type=int, default=16)
+    ap.add_argument("--memory-mb", type=int, default=64, help="htsort budget for the growth rows")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dir", default=None)
+    a = ap.parse_args()
+    gb = 0.03 if a.quick else a.gb
+    work = a.dir or tempfile.mkdtemp(prefix="bench-exchange-")
+    try:
+        inputs = make_dataset(os.path.join(work, "in"), gb, a.kib)
+        rows = compare(work, inputs)
+        print(f"bench_exchange: {len(inputs)} shards, {rows[0]['mb']:.0f} MB of {a.kib} KiB samples")
+        for r in rows:
+            print(f"{r['operation']:52} {r['ratio']:6.2f}  goal {r['goal']:7}"
+                  f" {r['htools_s']:.1f}s vs {r['baseline_s']:.1f}s")
+        sizes = [gb / 4, gb / 2, gb, gb * 2]
+        for g in growth(work, sizes, a.kib, a.memory_mb << 20):
+            print(f"htsort {g['mb']:.0f} MB: {g['seconds']:.1f}s, peak worker memory "
+                  f"{g['mem'] / 2**20:.0f} MiB")
+    finally:
+        if not a.dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
