@@ -502,10 +502,11 @@ def _check_key(key: Any, url: str) -> str:
 
 
 def _check_field(field: Any, key: str, url: str) -> None:
-    if not isinstance(field, str) or not field or "/" in field or "\0" in field:
+    """Field names are str without '/' or NUL.  The empty field is a member named
+    exactly the key (a dotless member on read), so such shards pass through."""
+    if not isinstance(field, str) or "/" in field or "\0" in field:
         raise SampleFormatError(
-            url, f"bad field name {field!r}: must be a non-empty str without '/' or NUL",
-            key=key)
+            url, f"bad field name {field!r}: must be a str without '/' or NUL", key=key)
 
 
 def _pax_records(records: dict[str, str]) -> bytes:
@@ -690,7 +691,7 @@ class TarWriter:
     def _suffix(self, field: str, key: str) -> tuple[bytes, int, bool]:
         """Validate a field name; cache (b".field", its byte sum, is ASCII)."""
         _check_field(field, key, self.url)
-        fb = b"." + field.encode("utf-8", "surrogateescape")
+        fb = b"." + field.encode("utf-8", "surrogateescape") if field else b""
         entry = (fb, sum(fb), fb.isascii())
         if len(self._suffixes) > 4096:
             self._suffixes.clear()

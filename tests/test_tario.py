@@ -404,7 +404,6 @@ def test_writer_counters_return_values_and_raw_stream_left_open():
     ({"__key__": "dir/", "txt": b"x"}, "empty basename"),
     ({"__key__": "/abs", "txt": b"x"}, "starts with '/'"),
     ({"__key__": "k", "a/b": b"x"}, "bad field name"),
-    ({"__key__": "k", "": b"x"}, "bad field name"),
     ({"__key__": "k", "a": b"ok", "n": 3}, "is a int; expected bytes or str"),
     ({"__key__": "k", "a": b"ok", 7: b"x"}, "field names must be str"),
 ])
@@ -636,3 +635,24 @@ def test_round_trip_property():
         assert [without_meta(s) for s in got] == uniq
 
     check()
+
+
+def test_dotless_members_pass_through_as_the_empty_field(tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "README").write_bytes(b"no extension")
+    (src / "d" / "n1.txt").write_bytes(b"t")
+    subprocess.run(["tar", "-cf", str(tmp_path / "in.tar"), "-C", str(src), "d/README",
+                    "d/n1.txt"], check=True)
+    with open(tmp_path / "in.tar", "rb") as f:
+        samples = list(tario.read_samples(f, "in.tar"))
+    assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples] == [
+        ("d/README", [""]), ("d/n1", ["txt"])]
+    buf = io.BytesIO()
+    with tario.TarWriter(buf) as w:
+        for s in samples:
+            w.write(s)
+    buf.seek(0)
+    again = list(tario.read_samples(buf, "out.tar"))
+    assert [{k: v for k, v in s.items() if k != "__url__"} for s in again] == \
+        [{k: v for k, v in s.items() if k != "__url__"} for s in samples]
