@@ -88,7 +88,7 @@ def connect(opts: RunOptions) -> Iterator[Any]:
         return
     if address:
         try:
-            client = Client(address, timeout="20s")
+            client = Client(address, timeout=os.environ.get("HTOOLS_CONNECT_TIMEOUT", "20s"))
         except OSError as e:
             raise HtoolsError(f"cannot reach the Dask scheduler at {address}: {e}") from None
         with client:

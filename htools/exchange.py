@@ -48,7 +48,7 @@ import numpy as np
 from . import storage, tario
 from .errors import HtoolsError, ScriptError
 from .mapper import map_samples
-from .script import Script, user_traceback
+from .script import user_traceback
 from .streams import Counting
 from .summary import ShardResult
 

@@ -113,16 +113,27 @@ def write_file_shard(output: str, samples: list[FileSample], *, options: dict | 
                      mtime: float | None = 0) -> dict:
     """Task: write local files, grouped into samples, as one shard."""
     result = ShardResult(input=f"{len(samples)} samples", output=output)
+    return _write_shard(output, _file_samples(samples, result), result, options, mtime)
+
+
+def _file_samples(samples: list[FileSample], result: ShardResult) -> Iterator[dict]:
+    for s in samples:
+        sample = {"__key__": s.key}
+        for field, path in s.files:
+            sample[field] = _read_local(path)
+            result.bytes_in += len(sample[field])
+        yield sample
+
+
+def _write_shard(output: str, samples: Iterator[dict], result: ShardResult,
+                 options: dict | None, mtime: float | None) -> dict:
+    """Copy ``samples`` into the shard ``output``, counting; a failure leaves no output."""
     t0 = time.perf_counter()
     try:
         with storage.open_write(output, options) as out, \
                 tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
                                 mtime=mtime) as w:
-            for s in samples:
-                sample = {"__key__": s.key}
-                for field, path in s.files:
-                    sample[field] = _read_local(path)
-                    result.bytes_in += len(sample[field])
+            for sample in samples:
                 result.samples_read += 1
                 w.write(sample)
                 result.samples_mapped += 1
@@ -165,20 +176,8 @@ def write_tar_shard(output: str, segments: list[Segment], *, options: dict | Non
                     mtime: float | None = 0) -> dict:
     """Task: copy samples ``[start, stop)`` of each segment's input into one shard."""
     result = ShardResult(input=[s.url for s in segments], output=output)
-    t0 = time.perf_counter()
-    try:
-        with storage.open_write(output, options) as out, \
-                tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
-                                mtime=mtime) as w:
-            for sample in _segment_samples(segments, options, result):
-                result.samples_read += 1
-                w.write(sample)
-                result.samples_mapped += 1
-                result.samples_written += 1
-    except HtoolsError as e:
-        result.fail(str(e))
-    result.seconds = round(time.perf_counter() - t0, 4)
-    return result.as_dict()
+    return _write_shard(output, _segment_samples(segments, options, result), result, options,
+                        mtime)
 
 
 def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]:

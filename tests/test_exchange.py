@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -42,25 +41,6 @@ def write_shard(path: Path, samples: list[dict]) -> None:
 
 
 # ------------------------------------------------------------ CLI, real setups --
-
-@pytest.fixture(params=["embedded", "scheduler"])
-def cluster_args(request) -> list[str]:
-    if request.param == "embedded":
-        return ["--workers", "2"]
-    return ["-c", request.getfixturevalue("dask_cluster").address]
-
-
-@pytest.fixture(params=["file", "http"])
-def place(request, tmp_path) -> tuple[str, Path]:
-    if request.param == "file":
-        d = tmp_path / "store"
-        d.mkdir()
-        return str(d) + "/", d
-    nginx = request.getfixturevalue("nginx_server")
-    sub = uuid.uuid4().hex[:8]
-    (Path(nginx.root) / sub).mkdir()
-    return f"{nginx.url}/{sub}/", Path(nginx.root) / sub
-
 
 def test_shuffle_and_sort_cli(tmp_path, cluster_args, place):
     base, local = place

@@ -107,7 +107,8 @@ def test_unreachable_server_fails_clearly_and_quickly(tmp_path):
 
 
 def test_unreachable_scheduler(tmp_path, data):
-    p = run("htextract", tmp_path / "in" / "data-@3.tar", "-c", "127.0.0.1:1")
+    p = run("htextract", tmp_path / "in" / "data-@3.tar", "-c", "127.0.0.1:1",
+            env=dict(__import__("os").environ, HTOOLS_CONNECT_TIMEOUT="2s"))
     assert p.returncode == 1
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in p.stderr
 

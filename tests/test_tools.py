@@ -6,35 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
-from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from helpers import BIN, make_shards, ok, read_wds, run
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "thumbnails.py"
-
-
-@pytest.fixture(params=["embedded", "scheduler"])
-def cluster_args(request) -> list[str]:
-    if request.param == "embedded":
-        return ["--workers", "2"]
-    return ["-c", request.getfixturevalue("dask_cluster").address]
-
-
-@pytest.fixture(params=["file", "http"])
-def place(request, tmp_path) -> tuple[str, Path]:
-    """(base URL the tools write to, local folder where those bytes land)."""
-    if request.param == "file":
-        d = tmp_path / "store"
-        d.mkdir()
-        return str(d) + "/", d
-    nginx = request.getfixturevalue("nginx_server")
-    sub = uuid.uuid4().hex[:8]
-    return f"{nginx.url}/{sub}/", Path(nginx.root) / sub
 
 
 def make_images(root: Path, per_class: int = 6) -> int:
