@@ -8,7 +8,9 @@ same in the parent, in forked and in spawned Dask workers):
 * a streaming chunked PUT writer: bytes go to the socket as they are written
   (bounded memory), ``commit()`` sends the last chunk and checks the answer,
   ``abort()`` drops the connection so the server discards the partial body;
-* HEAD, ranged GET, DELETE, WebDAV MOVE and nginx JSON autoindex listings.
+* HEAD, ranged GET, DELETE, WebDAV MOVE and nginx JSON autoindex listings;
+* basic auth from the URL's ``user:password@``, the ``auth`` option,
+  ``$HTOOLS_HTTP_USER``/``$HTOOLS_HTTP_PASSWORD`` or ``~/.netrc`` (first found wins).
 
 Also holds the pieces shared with storage.py: :class:`Writer`, the retry policy
 and :func:`redact`.
