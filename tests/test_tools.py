@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 
@@ -135,3 +136,20 @@ def test_extract_refuses_names_escaping_to_dir(tmp_path):
     assert p.returncode == 1
     assert "would escape the target directory" in p.stderr
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_object_stores_end_to_end(tmp_path, s3_server, gcs_server):
+    """Options travel to the workers: upload to S3 (moto), map S3 -> GCS (emulator), extract."""
+    opts = json.dumps({**s3_server.options, **gcs_server.options})
+    sub = uuid.uuid4().hex[:8]
+    s3 = f"s3://{s3_server.bucket}/{sub}"
+    gs = f"gs://{gcs_server.bucket}/{sub}"
+    n = make_images(tmp_path / "imgs", per_class=4)
+    common = ["--workers", "2", "--storage-options", opts, "-q"]
+    ok(run("htupload", tmp_path / "imgs", f"{s3}/img-@2.tar", *common))
+    ok(run("htmapper", "-p", EXAMPLE, f"{s3}/img-@2.tar", f"{gs}/thumb-@2.tgz", *common))
+    out = ok(run("htextract", f"{gs}/thumb-@2.tgz", "-f", "cls", "--count", "5", *common))
+    assert sorted(out.stdout.splitlines()) == [f"{n // 5}\t{c}" for c in range(5)]
+    ok(run("htshuffle", f"{gs}/thumb-@2.tgz", f"{s3}/shuf-@3.tar", *common))
+    rows = ok(run("htextract", f"{s3}/shuf-@3.tar", *common)).stdout.split()
+    assert len(rows) == n and sorted(rows) != rows
