@@ -295,3 +295,27 @@ def test_memory_stays_within_budget_on_data_four_times_larger(tmp_path):
     assert js["samples_written"] == 6400
     growth = js["extra"]["peak_rss"] - js["extra"]["rss_start_min"]
     assert growth < budget + (40 << 20), f"workers grew by {growth >> 20} MiB"
+
+
+def test_missing_input_fails_before_writing_and_cleans_scratch(tmp_path):
+    make_shards(tmp_path / "in", shards=3, per_shard=10)
+    (tmp_path / "in" / "data-2.tar").unlink()
+    p = run("htshuffle", tmp_path / "in" / "data-@3.tar", tmp_path / "o" / "o-@2.tar",
+            "--scratch", tmp_path / "scratch", "--workers", "2")
+    assert p.returncode == 1
+    assert f"FAILED {tmp_path}/in/data-2.tar" in p.stderr and "no such file" in p.stderr
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    assert not list((tmp_path / "scratch").glob("**/*.bin"))
+
+
+def test_existing_outputs_refused_resume_skips(tmp_path, client):
+    make_shards(tmp_path / "in", shards=2, per_shard=10)
+    src, dst = str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar")
+    assert htools.shuffle(src, dst, client=client, quiet=True).ok
+    first = [p.read_bytes() for p in outputs(tmp_path / "o", "o")]
+    with pytest.raises(htools.HtoolsError, match="already exist"):
+        htools.shuffle(src, dst, client=client, quiet=True)
+    (tmp_path / "o" / "o-1.tar").unlink()
+    s = htools.shuffle(src, dst, client=client, quiet=True, resume=True)
+    assert s.ok and s.shards_done == 1 and s.shards_skipped == 1
+    assert [p.read_bytes() for p in outputs(tmp_path / "o", "o")] == first  # same seed, same bytes
