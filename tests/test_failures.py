@@ -225,3 +225,38 @@ def test_full_disk_names_the_output_and_leaves_no_partial_file(tmp_path, data):
     members = [int(x) for x in listing if x.isdigit()]
     assert members == [60] * len(done)  # those that exist are complete: 20 samples x 3 fields
     assert "failed of 3" in p.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path, data):
+    """On a terminal, stderr shows shards done/total, samples/s, MB/s and the dashboard."""
+    import os
+    import pty
+    import subprocess
+
+    from helpers import BIN, ENV
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    proc = subprocess.Popen([str(BIN / "htextract"), str(tmp_path / "in" / "data-@3.tar"),
+                             "--workers", "1", "-o", str(tmp_path / "rows.tsv")],
+                            stdin=slave, stdout=slave, stderr=slave, env=ENV)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert "dashboard at http://127.0.0.1:" in text
+    assert "3/3" in text and "samples/s" in text and "MB/s" in text
+    assert "htextract: ok; shards 3 done" in text
