@@ -1,0 +1,380 @@
+"""Every htools benchmark in one run (issue #6); ``benchmarks/run`` calls this.
+
+    .venv/bin/python benchmarks/suite.py [--gb 1] [--quick] [--out DIR] [--dir SCRATCH]
+
+Generates datasets of 1 KiB, 16 KiB and 128 KiB samples, runs each comparison on
+the same bytes, and writes ``DIR/README.md`` (a table: operation, htools,
+baseline, ratio, goal, peak worker memory) and ``DIR/scaling.png``.  Every ratio
+is ``baseline seconds / htools seconds`` from this run: above 1, htools is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_exchange as bx  # noqa: E402
+import bench_mapper as bm  # noqa: E402
+import bench_tario as bt  # noqa: E402
+
+REPO = HERE.parent
+KIBS = (1, 16, 128)
+MIB = 1 << 20
+
+
+# ------------------------------------------------------------- tar codec --
+
+def gnu_tar(args: list[str], cwd: str | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["tar", *args], check=True, cwd=cwd, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def best(fn, repeat: int) -> float:
+    return min(bt.best_of(fn, 1) for _ in range(repeat))
+
+
+def tar_rows(work: str, kib: int, total: int, repeat: int) -> list[dict]:
+    """htools codec vs tarfile vs GNU tar, reading and writing the same members."""
+    samples = bt.make_samples(kib << 10, total)
+    data = bt.htools_write(samples)
+    path = os.path.join(work, f"codec-{kib}.tar")
+    with open(path, "wb") as f:
+        f.write(data)
+    members = os.path.join(work, f"members-{kib}")
+    os.makedirs(members, exist_ok=True)
+    subprocess.run(["tar", "-xf", path, "-C", members], check=True)
+    mb = len(data) / 1e6
+    r_h, r_t = bt.best_of_pair(lambda: bt.htools_read(data), lambda: bt.tarfile_read(data),
+                               repeat)
+    r_g = best(lambda: gnu_tar(["-tf", path]), repeat)
+    out = os.path.join(work, f"w-{kib}.tar")
+    w_h, w_t = bt.best_of_pair(lambda: _write_file(bt.htools_write, samples, out),
+                               lambda: _write_file(bt.tarfile_write, samples, out), repeat)
+    w_g = best(lambda: gnu_tar(["-cf", out, "-C", members, "."]), repeat)
+    shutil.rmtree(members, ignore_errors=True)
+    for p in (path, out):
+        os.remove(p)
+    label = f"{kib} KiB members"
+    return [
+        row(f"tar read, {label}: htools vs Python tarfile", r_h, r_t, ">= 1", mb),
+        row(f"tar read, {label}: htools vs GNU tar -t (headers only)", r_h, r_g, "info", mb),
+        row(f"tar write, {label}: htools vs Python tarfile", w_h, w_t, ">= 1", mb),
+        row(f"tar write, {label}: htools vs GNU tar -c (from files)", w_h, w_g, "info", mb),
+    ]
+
+
+def _write_file(fn, samples: list[dict], path: str) -> None:
+    with open(path, "wb") as f:
+        fn(samples, f)
+
+
+# ---------------------------------------------------------------- mapper --
+
+def mapper_rows(work: str, inputs: list[str], kib: int) -> list[dict]:
+    n = len(inputs)
+    mb = bx.total_bytes(inputs) / 1e6
+    loop = bm.baseline_loop(inputs, os.path.join(work, "loop"))
+    shutil.rmtree(os.path.join(work, "loop"), ignore_errors=True)
+    one = bm.timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1)
+    two = bm.timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"), 2)
+    for d in ("m1", "m2"):
+        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+    return [
+        row(f"htmapper identity, {kib} KiB: 1 worker vs single-process loop", one, loop,
+            ">= 0.5", mb),
+        row(f"htmapper identity, {kib} KiB: 2 workers vs 1 worker", two, one, ">= 1.7", mb),
+    ]
+
+
+# ------------------------------------------------------------------ HTTP --
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nginx_start(work: str) -> tuple[str, str, str]:
+    root, prefix = os.path.join(work, "www"), os.path.join(work, "nginx")
+    out = subprocess.run([str(REPO / "scripts" / "nginx-start"), "--port", str(free_port()),
+                          "--root", root, "--prefix", prefix],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1], root, prefix
+
+
+def nginx_stop(prefix: str) -> None:
+    subprocess.run([str(REPO / "scripts" / "nginx-stop"), "--prefix", prefix],
+                   capture_output=True)
+
+
+def http_rows(work: str, inputs: list[str]) -> list[dict]:
+    """htmapper and htshuffle with inputs and outputs on nginx vs on local files."""
+    import htools
+
+    url, root, prefix = nginx_start(work)
+    try:
+        os.makedirs(os.path.join(root, "in"), exist_ok=True)
+        for u in inputs:
+            shutil.copy(u, os.path.join(root, "in", os.path.basename(u)))
+        remote = [f"{url}/in/{os.path.basename(u)}" for u in inputs]
+        n, mb = len(inputs), bx.total_bytes(inputs) / 1e6
+        local_m = bm.timed_mapper(inputs, os.path.join(work, "hm", f"o-@{n:04d}.tar"), 2)
+        http_m = bm.timed_mapper(remote, f"{url}/m/o-@{n:04d}.tar", 2)
+        local_s, mem_l = bx.htools_job("shuffle", inputs, os.path.join(work, "hs"))
+        http_s, mem_h = _http_shuffle(htools, remote, f"{url}/s/o-@{n:04d}.tar")
+        shutil.rmtree(os.path.join(work, "hm"), ignore_errors=True)
+    finally:
+        nginx_stop(prefix)
+    return [
+        row("htmapper 2 workers: HTTP (nginx) vs local files", http_m, local_m, ">= 0.8", mb),
+        row("htshuffle: HTTP (nginx) vs local files", http_s, local_s, ">= 0.8", mb,
+            mem=mem_h, base_mem=mem_l),
+    ]
+
+
+def _http_shuffle(htools, inputs: list[str], pattern: str) -> tuple[float, int]:
+    with bx.cluster(2) as client:
+        t0 = time.perf_counter()
+        summary = htools.shuffle(inputs, pattern, client=client, quiet=True, overwrite=True)
+        elapsed = time.perf_counter() - t0
+    if not summary.ok:
+        sys.exit(f"htshuffle over HTTP failed: {summary.failures[:1]}")
+    return elapsed, bx.summary_growth(summary)
+
+
+# ----------------------------------------------------------------- table --
+
+def row(name: str, ours: float, base: float, goal: str, mb: float, mem: int | None = None,
+        base_mem: int | None = None) -> dict:
+    return {"operation": name, "htools_s": ours, "baseline_s": base, "ratio": base / ours,
+            "goal": goal, "mem": mem, "base_mem": base_mem, "mb": mb}
+
+
+def met(r: dict) -> str:
+    goal = r["goal"]
+    if not goal.startswith(">="):
+        return ""
+    return " (met)" if r["ratio"] >= float(goal[2:]) else " (missed)"
+
+
+def mib(v: int | None) -> str:
+    return "—" if v is None else f"{v / MIB:.0f} MiB"
+
+
+def fmt_row(r: dict) -> str:
+    mem = "—" if r["mem"] is None else mib(r["mem"])
+    if r.get("base_mem") is not None:
+        mem += f" (baseline {mib(r['base_mem'])})"
+    return (f"| {r['operation']} | {r['htools_s']:.2f} s | {r['baseline_s']:.2f} s | "
+            f"{r['ratio']:.2f} | {r['goal']}{met(r)} | {mem} |")
+
+
+def growth_rows(points: list[dict]) -> list[dict]:
+    a, b = points[0], points[-1]
+    per_mb = (b["seconds"] / b["mb"]) / (a["seconds"] / a["mb"])
+    return [
+        row(f"htsort growth: seconds per MB at {b['mb']:.0f} MB vs at {a['mb']:.0f} MB "
+            "(1 = linear)", b["seconds"] / b["mb"] * a["mb"], a["seconds"], "~1 (linear)",
+            b["mb"], mem=b["mem"], base_mem=a["mem"]),
+    ]
+
+
+def plot(points: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mb = [p["mb"] for p in points]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(mb, [p["seconds"] for p in points], "o-")
+    ax1.set_xlabel("data (MB)")
+    ax1.set_ylabel("htsort seconds")
+    ax1.set_title("time (expect ~linear)")
+    ax2.plot(mb, [p["mem"] / MIB for p in points], "o-")
+    ax2.set_xlabel("data (MB)")
+    ax2.set_ylabel("peak worker memory (MiB)")
+    ax2.set_ylim(bottom=0)
+    ax2.set_title("memory (expect flat)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+METHOD = """\
+## What each comparison measures
+
+All times are wall-clock seconds of the operation alone: datasets, parquet copies,
+key files and clusters are made before the clock starts.  Dask jobs run on a fresh
+`LocalCluster` (2 worker processes, 1 thread each) per measurement, so a worker's
+lifetime peak RSS belongs to that job.
+
+* **tar read/write** -- in memory, the same members (`bench_tario.py`): htools'
+  reader/writer vs Python's `tarfile`; GNU `tar -tf` of the same file (it lists
+  headers and seeks past the data: a floor, not a like-for-like read) and
+  `tar -cf` of the same members extracted to files (page cache).  htools and
+  tarfile write to a file as GNU tar does.
+* **htmapper** -- identity script over the shards vs a single-process read/write
+  loop with htools' codec (`bench_mapper.py`); and 2 workers vs 1.
+* **htshuffle vs copy once** -- two processes read every shard with htools' codec and
+  write it back: one pass.  The exchange makes two (runs in scratch, then the
+  outputs), so its floor is 0.5.
+* **dask P2P** -- the same samples as a pandas DataFrame (`key` str, `cls` and
+  `bin` bytes), one uncompressed parquet file per input shard in scratch.  Timed:
+  `dd.read_parquet` -> `.shuffle(on="key", shuffle_method="p2p")` or
+  `.sort_values("key", shuffle_method="p2p")` -> `.to_parquet` (uncompressed), as
+  many output partitions as htools has outputs.  Both sides read every byte from
+  files and write every byte to files; P2P spills to worker-local disk as htools
+  writes runs to scratch.  Hash partitioning on random keys is dask's random
+  shuffle (rows keep their order within a partition; htshuffle also shuffles
+  within each output).
+* **webdataset loop** -- one process: `wds.WebDataset(urls).shuffle(4096)` ->
+  `wds.ShardWriter` (a local buffer of 4096 samples, not a global shuffle).
+* **GNU sort** -- `LC_ALL=C sort --parallel=2 -S 512M` of a TSV of the keys alone:
+  the key-only floor, no payload moves.  Reported for scale; no goal.
+* **HTTP** -- inputs and outputs on nginx (WebDAV PUT) on 127.0.0.1 vs local files;
+  htshuffle's scratch stays local in both.
+* **growth** -- htsort with a fixed `memory=` budget at 4 sizes (fresh cluster each).
+
+Peak worker memory: for htools, `peak_rss - rss_start_min` measured inside the
+tasks (the job summary's `extra`); for dask baselines, the workers' peak RSS minus
+their smallest RSS at start; for the webdataset loop, the process's peak RSS growth.
+"""
+
+
+def write_readme(path: str, rows: list[dict], points: list[dict], info: dict) -> None:
+    lines = [
+        "# htools benchmarks",
+        "",
+        "Generated by `benchmarks/run` (do not edit by hand; rerun it).  "
+        f"Machine: {info['machine']}.  {info['sizes']}",
+        "",
+        "Ratio = baseline seconds / htools seconds, both measured in this run "
+        "(above 1: htools is faster).",
+        "",
+        "| operation | htools | baseline | ratio | goal | peak worker memory |",
+        "|---|---|---|---|---|---|",
+        *[fmt_row(r) for r in rows],
+        "",
+        f"## htsort growth (memory budget {info['budget'] // MIB} MiB, 16 KiB samples)",
+        "",
+        "| data | input shards | seconds | s per GB | peak worker memory |",
+        "|---|---|---|---|---|",
+        *[f"| {p['mb']:.0f} MB | {p['shards']} | {p['seconds']:.2f} | "
+          f"{p['seconds'] / p['mb'] * 1000:.1f} | {mib(p['mem'])} |" for p in points],
+        "",
+        "![htsort time and peak worker memory against data size](scaling.png)",
+        "",
+        METHOD,
+        NOTES,
+        f"Total benchmark time: {info['elapsed'] / 60:.1f} min.",
+        "",
+    ]
+    Path(path).write_text("\n".join(lines))
+
+
+NOTES = """\
+## Where goals are missed, and what bounds them
+
+(See the profile notes in the section below the table in the committed README.)
+"""
+
+
+def sizes_for(gb: float, quick: bool) -> dict:
+    if quick:
+        return {"tar_mb": 2, "gb": {1: 0.005, 16: 0.02, 128: 0.02}, "growth": [0.01, 0.02],
+                "repeat": 1}
+    return {"tar_mb": 64, "gb": {1: gb / 4, 16: gb, 128: gb / 2},
+            "growth": [gb / 4, gb / 2, gb, gb * 2], "repeat": 3}
+
+
+def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
+    cfg = sizes_for(a.gb, a.quick)
+    rows: list[dict] = []
+    for kib in KIBS:
+        step(f"tar codec, {kib} KiB")
+        rows += tar_rows(work, kib, int(cfg["tar_mb"] * 1e6), cfg["repeat"])
+    data = {}
+    for kib in KIBS:
+        step(f"dataset of {kib} KiB samples, {cfg['gb'][kib]:.3g} GB")
+        data[kib] = bx.make_dataset(os.path.join(work, f"d{kib}"), cfg["gb"][kib], kib)
+    for kib in KIBS:
+        step(f"htmapper, {kib} KiB")
+        rows += mapper_rows(work, data[kib], kib)
+    step("exchange comparisons, 16 KiB")
+    rows += bx.compare(work, data[16])
+    for kib in (1, 128):
+        step(f"htshuffle vs copy once, {kib} KiB")
+        rows += copy_rows(work, data[kib], kib)
+    step("HTTP vs local")
+    rows += http_rows(work, data[16])
+    for kib in KIBS:
+        shutil.rmtree(os.path.dirname(data[kib][0]), ignore_errors=True)
+    budget = (16 if a.quick else 64) * MIB
+    step(f"htsort growth at {cfg['growth']} GB")
+    points = bx.growth(work, cfg["growth"], 16, budget)
+    rows += growth_rows(points)
+    sizes = ("Data: " + ", ".join(f"{cfg['gb'][k] * 1024:.0f} MiB of {k} KiB samples"
+                                  for k in KIBS)
+             + f" ({bx.SHARD_MB} MiB input shards); tar codec cases {cfg['tar_mb']} MB each.")
+    return rows, points, {"sizes": sizes, "budget": budget}
+
+
+def copy_rows(work: str, inputs: list[str], kib: int) -> list[dict]:
+    mb = bx.total_bytes(inputs) / 1e6
+    shuf, mem = bx.htools_job("shuffle", inputs, os.path.join(work, "cs"))
+    copy = bx.copy_once(inputs, os.path.join(work, "cc"))
+    return [bx.row(f"htshuffle vs copy once, {kib} KiB samples", shuf, copy, ">= 0.4", mem,
+                   None, mb)]
+
+
+def step(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gb", type=float, default=1.0,
+                    help="size of the 16 KiB dataset (1 KiB: a quarter, 128 KiB: a half)")
+    ap.add_argument("--quick", action="store_true", help="a tiny run that checks the harness")
+    ap.add_argument("--out", default=str(HERE), help="where README.md and scaling.png go")
+    ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    work = a.dir or tempfile.mkdtemp(prefix="htools-bench-")
+    try:
+        rows, points, info = run_all(work, a)
+    finally:
+        if not a.dir:
+            shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(a.out, exist_ok=True)
+    info.update(machine=f"{os.cpu_count()} cores, {_memory_gb()} GB RAM, "
+                        f"Python {platform.python_version()}",
+                elapsed=time.perf_counter() - t0)
+    plot(points, os.path.join(a.out, "scaling.png"))
+    write_readme(os.path.join(a.out, "README.md"), rows, points, info)
+    for r in rows:
+        print(fmt_row(r))
+
+
+def _memory_gb() -> int:
+    import psutil
+
+    return round(psutil.virtual_memory().total / 1e9)
+
+
+if __name__ == "__main__":
+    main()
