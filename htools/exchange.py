@@ -58,6 +58,8 @@ RECORD_OVERHEAD = 160  # Python bytes of a buffered record beyond its payload
 BUCKETS_PER_OUTPUT = 16
 MAX_BUCKETS = 1 << 16
 READ_BUFFER = 256 << 10  # per run stream in stage 2
+STREAM_COST = 4 << 20  # memory to budget for one open run stream (reader + unpacker buffers)
+MIN_FAN_IN, MAX_FAN_IN = 4, 64
 SCRATCH_OPTIONS = {"file": {"fsync": False}}
 
 
@@ -253,6 +255,13 @@ class StageTwo:
     max_errors: int = 0
     mtime: float | None = 0
     options: dict = field(default_factory=dict)
+    memory: int = 256 << 20
+    scratch: str = ""  # where intermediate merges go when there are many runs
+
+    @property
+    def fan_in(self) -> int:
+        """How many runs one merge pass reads at once (each stream buffers ~1-4 MiB)."""
+        return max(MIN_FAN_IN, min(MAX_FAN_IN, self.memory // STREAM_COST))
 
 
 def merge_partition(output: str, runs: list[dict], first: int, last: int,
@@ -261,12 +270,11 @@ def merge_partition(output: str, runs: list[dict], first: int, last: int,
     result = ShardResult(input=f"buckets {first}..{last - 1}", output=output)
     t0 = time.perf_counter()
     rss0 = _rss()
+    temps: list[str] = []
     try:
-        streams = []
-        for run in runs:
-            offsets, _counts = read_index(run["url"], run["size"])
-            streams.append(run_records(run["url"], int(offsets[first]), int(offsets[last])))
-        merged = heapq.merge(*streams, key=itemgetter(0), reverse=spec.reverse)
+        slices = [s for run in runs if (s := _slice(run, first, last))[2] > s[1]]
+        slices = _fan_in(slices, spec, temps)
+        merged = _merge(slices, spec.reverse)
         with storage.open_write(output, spec.options) as out, \
                 tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
                                 mtime=spec.mtime) as writer:
@@ -282,9 +290,47 @@ def merge_partition(output: str, runs: list[dict], first: int, last: int,
                 result.samples_written += 1
     except HtoolsError as e:
         result.fail(str(e))
-    result.extra = {"rss_start": rss0, "peak_rss": _peak_rss()}
+    finally:
+        for url in temps:
+            storage.delete(url, SCRATCH_OPTIONS)
+    result.extra = {"rss_start": rss0, "peak_rss": _peak_rss(), "merge_passes": len(temps)}
     result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
+
+
+def _slice(run: dict, first: int, last: int) -> tuple[str, int, int]:
+    offsets, _counts = read_index(run["url"], run["size"])
+    return run["url"], int(offsets[first]), int(offsets[last])
+
+
+def _merge(slices: list[tuple[str, int, int]], reverse: bool) -> Iterator[list]:
+    """A stable k-way merge: on equal keys, earlier slices (inputs, spills) come first."""
+    streams = [run_records(url, a, b) for url, a, b in slices]
+    return heapq.merge(*streams, key=itemgetter(0), reverse=reverse)
+
+
+def _fan_in(slices: list[tuple[str, int, int]], spec: StageTwo,
+            temps: list[str]) -> list[tuple[str, int, int]]:
+    """Merge groups of slices into intermediate runs until one pass can read them all,
+    so the number of open streams (and their buffers) stays within the budget."""
+    while len(slices) > spec.fan_in:
+        merged = []
+        for i in range(0, len(slices), spec.fan_in):
+            group = slices[i:i + spec.fan_in]
+            if len(group) == 1:
+                merged.append(group[0])
+                continue
+            url = storage.join(spec.scratch, f"merge-{uuid.uuid4().hex}.bin")
+            temps.append(url)
+            size = 0
+            with storage.open_write(url, SCRATCH_OPTIONS) as out:
+                for record in _merge(group, spec.reverse):
+                    packed = msgpack.packb(record, use_bin_type=True)
+                    out.write(packed)
+                    size += len(packed)
+            merged.append((url, 0, size))
+        slices = merged
+    return slices
 
 
 def _reduced(records: Iterator[list], spec: StageTwo, result: ShardResult,

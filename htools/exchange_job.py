@@ -90,7 +90,7 @@ def _run(spec: ExchangeSpec, inputs: list[str], n_out: int | None,
         outputs = shards.output_urls(spec.outputs, len(groups))
         two = StageTwo(reverse=spec.key.reverse, merge=spec.merge, max_errors=opts.max_errors,
                        reduce=spec.script if _has(spec.script, "reduce_samples") else None,
-                       mtime=spec.mtime, options=options)
+                       mtime=spec.mtime, options=options, memory=one.memory, scratch=scratch)
         tasks = [Task(merge_partition, {"output": o, "runs": runs, "first": a, "last": b,
                                         "spec": two}, input=f"buckets {a}..{b - 1}", output=o)
                  for o, (a, b) in zip(outputs, groups)]
