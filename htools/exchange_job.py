@@ -185,6 +185,7 @@ def _combine(tool: str, s1: JobSummary, s2: JobSummary | None, one: StageOne) ->
     if mem:
         out.extra["peak_rss"] = max(m.get("peak_rss", 0) for m in mem)
         out.extra["rss_start_min"] = min(m.get("rss_start", 0) for m in mem)
+        out.extra["intermediate_merges"] = sum(m.get("merge_passes", 0) for m in mem)
     return out
 
 

@@ -45,7 +45,7 @@ def test_quick_run_writes_every_row(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[0] in ("operation", "data"):
             continue
-        if cells[1].endswith("MB"):  # the growth table: data, shards, seconds, s/GB, memory
+        if cells[0].endswith("MB"):  # the growth table: data, shards, seconds, s/GB, memory
             float(cells[2]), float(cells[3]), float(cells[4])
             continue
         float(cells[1].removesuffix(" s")), float(cells[2].removesuffix(" s")), float(cells[3])

@@ -173,6 +173,7 @@ def test_reduce_sees_whole_groups_across_shards_and_spills(tmp_path, client):
     assert [x["__key__"] for x in got] == sorted(expected)
     js = json.loads(summary.read_text())
     assert js["samples_read"] == 1200 and js["samples_written"] == len(expected)
+    assert js["extra"]["intermediate_merges"] > 0  # more runs than one merge pass may open
 
 
 def test_merge_joins_two_sets_and_repairs_non_contiguous_tars(tmp_path, client):
