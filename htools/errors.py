@@ -8,6 +8,15 @@ key and the byte offset, so a user can find the bad bytes.
 
 from __future__ import annotations
 
+import re
+
+_USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
+
+
+def hide_credentials(text: str) -> str:
+    """``text`` with any ``user:password@`` of a URL removed."""
+    return _USERINFO.sub("", text)
+
 
 class HtoolsError(Exception):
     """A user-facing error whose message is one clear line."""
@@ -19,7 +28,8 @@ class PatternError(HtoolsError, ValueError):
     def __init__(self, pattern: str, why: str):
         self.pattern = pattern
         self.why = why
-        super().__init__(f"bad shard pattern {pattern!r}: {why}")
+        super().__init__(f"bad shard pattern {hide_credentials(pattern)!r}: "
+                         f"{hide_credentials(why)}")
 
 
 class StorageError(HtoolsError, OSError):

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from htools.errors import NotFound, StorageError
+from htools.errors import NotFound, StorageError, hide_credentials
 
 T = TypeVar("T")
 
@@ -46,7 +46,6 @@ CHUNK = 1 << 20            # PUT chunk size and read buffer size
 SOCKET_BUFFER = 4 << 20    # SO_RCVBUF / SO_SNDBUF of streaming connections
 CONTINUE_WAIT = 1.0        # seconds to wait for "100 Continue" before sending anyway
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
 USER_ENV, PASSWORD_ENV = "HTOOLS_HTTP_USER", "HTOOLS_HTTP_PASSWORD"
 AUTH_HINT = ("; credentials missing or rejected (give them as http://USER:PASSWORD@host/..., "
              f"in ~/.netrc, in ${USER_ENV}/${PASSWORD_ENV}, or as storage option "
@@ -55,7 +54,7 @@ AUTH_HINT = ("; credentials missing or rejected (give them as http://USER:PASSWO
 
 def redact(url: str) -> str:
     """``url`` without any ``user:password@`` part (safe for messages and logs)."""
-    return _USERINFO.sub("", url)
+    return hide_credentials(url)
 
 
 # --------------------------------------------------------------------------- retries

@@ -87,3 +87,9 @@ def test_local_paths_become_absolute_for_workers(tmp_path, monkeypatch):
     assert shards.output_urls("o-%d.tar", 1) == [f"{tmp_path}/o-0.tar"]
     for url in ("http://h/a.tar", "s3://b/a.tar", "file:///a.tar", "pipe:cat a.tar", "-"):
         assert shards.expand_all(url) == [url]
+
+
+def test_pattern_errors_never_show_credentials():
+    with pytest.raises(PatternError) as e:
+        shards.expand("http://user:secret@127.0.0.1/x-{5..2}.tar")
+    assert "secret" not in str(e.value) and "http://127.0.0.1/x-{5..2}.tar" in str(e.value)
