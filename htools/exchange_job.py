@@ -3,6 +3,7 @@ stage 2, clean-up, and one job summary.  htshuffle and htsort are thin plans on 
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import time
@@ -104,7 +105,9 @@ def _run(spec: ExchangeSpec, inputs: list[str], n_out: int | None,
     finally:
         try:
             storage.delete_prefix(scratch, options)
-        except HtoolsError:
+            if spec.scratch is None and scratch_root.startswith(tempfile.gettempdir()):
+                os.rmdir(scratch_root)  # the temp dir this job made for itself
+        except (HtoolsError, OSError):
             pass  # clean-up is best effort; the job's result stands
 
 

@@ -310,6 +310,10 @@ def test_missing_input_fails_before_writing_and_cleans_scratch(tmp_path):
 
 
 def test_existing_outputs_refused_resume_skips(tmp_path, client):
+    import glob
+    import tempfile
+
+    temps = set(glob.glob(f"{tempfile.gettempdir()}/htools-scratch-*"))
     make_shards(tmp_path / "in", shards=2, per_shard=10)
     src, dst = str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar")
     assert htools.shuffle(src, dst, client=client, quiet=True).ok
@@ -320,3 +324,4 @@ def test_existing_outputs_refused_resume_skips(tmp_path, client):
     s = htools.shuffle(src, dst, client=client, quiet=True, resume=True)
     assert s.ok and s.shards_done == 1 and s.shards_skipped == 1
     assert [p.read_bytes() for p in outputs(tmp_path / "o", "o")] == first  # same seed, same bytes
+    assert set(glob.glob(f"{tempfile.gettempdir()}/htools-scratch-*")) == temps  # removed
