@@ -144,18 +144,23 @@ class NginxAuthServer(NginxServer):
     password: str = "htools-test-password"
 
 
-@pytest.fixture(scope="session")
-def nginx_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxAuthServer]:
-    """nginx started with --htpasswd: writes need basic auth (user/password attributes)."""
-    base = tmp_path_factory.mktemp("nginx-auth")
+def auth_nginx(base: Path, *extra: str) -> Iterator[NginxAuthServer]:
+    """nginx with an htpasswd file for the test user: writes (and with --auth-reads, reads)
+    need basic auth."""
     root, prefix = base / "root", base / "prefix"
     root.mkdir()
     user, password = NginxAuthServer.user, NginxAuthServer.password
     htpasswd = base / "htpasswd"
     digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
     htpasswd.write_text(f"{user}:{{SHA}}{digest}\n")
-    with _nginx(root, prefix, ["--htpasswd", str(htpasswd)]) as (url, port):
+    with _nginx(root, prefix, ["--htpasswd", str(htpasswd), *extra]) as (url, port):
         yield NginxAuthServer(url=url, root=root, prefix=prefix, port=port)
+
+
+@pytest.fixture(scope="session")
+def nginx_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxAuthServer]:
+    """nginx started with --htpasswd: writes need basic auth (user/password attributes)."""
+    yield from auth_nginx(tmp_path_factory.mktemp("nginx-auth"))
 
 
 # --------------------------------------------------------------------------- moto (S3)

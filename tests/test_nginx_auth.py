@@ -5,8 +5,6 @@ redacted URL, exit non-zero, write nothing, and never print the password."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ENV, make_shards, ok, read_wds, run
-from servers import NginxAuthServer, _nginx
+from servers import NginxAuthServer, auth_nginx
 from htools import storage
 from htools.errors import StorageError
 
@@ -27,14 +25,7 @@ WRONG = "not-the-password-xyzzy"
 @pytest.fixture(scope="module")
 def nginx_read_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxAuthServer]:
     """nginx started with --htpasswd --auth-reads: every request needs credentials."""
-    base = tmp_path_factory.mktemp("nginx-read-auth")
-    root, prefix = base / "root", base / "prefix"
-    root.mkdir()
-    user, password = NginxAuthServer.user, NginxAuthServer.password
-    digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
-    (base / "htpasswd").write_text(f"{user}:{{SHA}}{digest}\n")
-    with _nginx(root, prefix, ["--htpasswd", str(base / "htpasswd"), "--auth-reads"]) as (url, port):
-        yield NginxAuthServer(url=url, root=root, prefix=prefix, port=port)
+    yield from auth_nginx(tmp_path_factory.mktemp("nginx-read-auth"), "--auth-reads")
 
 
 @pytest.fixture
