@@ -11,7 +11,7 @@ is ``baseline seconds / htools seconds`` from this run: above 1, htools is faste
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import os
 import platform
 import shutil
@@ -279,18 +279,17 @@ def write_readme(path: str, rows: list[dict], points: list[dict], info: dict) ->
         "![htsort time and peak worker memory against data size](scaling.png)",
         "",
         METHOD,
-        NOTES,
+        notes(),
         f"Total benchmark time: {info['elapsed'] / 60:.1f} min.",
         "",
     ]
     Path(path).write_text("\n".join(lines))
 
 
-NOTES = """\
-## Where goals are missed, and what bounds them
-
-(See the profile notes in the section below the table in the committed README.)
-"""
+def notes() -> str:
+    """benchmarks/NOTES.md (the analysis of the last full run), if present."""
+    path = HERE / "NOTES.md"
+    return path.read_text() if path.exists() else ""
 
 
 def sizes_for(gb: float, quick: bool) -> dict:
@@ -352,7 +351,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny run that checks the harness")
     ap.add_argument("--out", default=str(HERE), help="where README.md and scaling.png go")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite README.md and scaling.png from OUT/results.json")
     a = ap.parse_args()
+    if a.render:
+        return render(a.out)
     t0 = time.perf_counter()
     work = a.dir or tempfile.mkdtemp(prefix="htools-bench-")
     try:
@@ -364,10 +367,17 @@ def main() -> None:
     info.update(machine=f"{os.cpu_count()} cores, {_memory_gb()} GB RAM, "
                         f"Python {platform.python_version()}",
                 elapsed=time.perf_counter() - t0)
-    plot(points, os.path.join(a.out, "scaling.png"))
-    write_readme(os.path.join(a.out, "README.md"), rows, points, info)
+    Path(a.out, "results.json").write_text(json.dumps(
+        {"rows": rows, "points": points, "info": info}, indent=1))
+    render(a.out)
     for r in rows:
         print(fmt_row(r))
+
+
+def render(out: str) -> None:
+    saved = json.loads(Path(out, "results.json").read_text())
+    plot(saved["points"], os.path.join(out, "scaling.png"))
+    write_readme(os.path.join(out, "README.md"), saved["rows"], saved["points"], saved["info"])
 
 
 def _memory_gb() -> int:
