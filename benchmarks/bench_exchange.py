@@ -34,7 +34,6 @@ import contextlib
 import multiprocessing
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -114,8 +113,13 @@ def cluster(workers: int = 2):
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=40) as c, Client(c) as client:
-        client.run(lambda: None)
+        client.run(_warm)  # imports done before any clock starts, as copy_once's warm-up
         yield client
+
+
+def _warm() -> None:
+    import htools.exchange  # noqa: F401
+    import htools.mapper  # noqa: F401
 
 
 def _rss_now() -> int:
@@ -125,7 +129,17 @@ def _rss_now() -> int:
 
 
 def _rss_peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak RSS since exec (VmHWM).  Not ``ru_maxrss``: Linux carries
+    that across fork + exec, so a worker spawned by a big parent reports the parent's."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker_start(client) -> int:
+    return min(client.run(_rss_now).values())
 
 
 def worker_growth(client, start: int) -> int:
@@ -133,7 +147,17 @@ def worker_growth(client, start: int) -> int:
 
 
 def summary_growth(summary) -> int:
+    """The job summary's own figure (ru_maxrss based: see :func:`_rss_peak`)."""
     return summary.extra.get("peak_rss", 0) - summary.extra.get("rss_start_min", 0)
+
+
+def measured(dask, fn, /, *args, **kw):
+    """Seconds, worker peak-memory growth and result of ``fn`` on a fresh cluster."""
+    start = worker_start(dask)
+    t0 = time.perf_counter()
+    result = fn(*args, **kw)
+    elapsed = time.perf_counter() - t0
+    return elapsed, worker_growth(dask, start), result
 
 
 # -------------------------------------------------------------- htools side --
@@ -146,13 +170,12 @@ def htools_job(kind: str, inputs: list[str], out: str, memory: int | None = None
     fn = htools.shuffle if kind == "shuffle" else htools.sort
     pattern = os.path.join(out, f"out-@{len(inputs):04d}.tar")
     with cluster(workers) as client:
-        t0 = time.perf_counter()
-        summary = fn(inputs, pattern, client=client, quiet=True, overwrite=True, memory=memory)
-        elapsed = time.perf_counter() - t0
+        elapsed, growth, summary = measured(client, fn, inputs, pattern, client=client,
+                                            quiet=True, overwrite=True, memory=memory)
     if not summary.ok:
         sys.exit(f"ht{kind} failed: {summary.failures[:1]}")
     shutil.rmtree(out, ignore_errors=True)
-    return elapsed, summary_growth(summary)
+    return elapsed, growth
 
 
 # ------------------------------------------------------------- baselines --
@@ -184,17 +207,16 @@ def dask_p2p(kind: str, parquet_dir: str, out: str, partitions: int) -> tuple[fl
     """read_parquet -> P2P shuffle or sort_values -> to_parquet, on a fresh 2-worker cluster."""
     import dask.dataframe as dd
 
-    with cluster(2) as client:
-        start = min(client.run(_rss_now).values())
-        t0 = time.perf_counter()
+    def job() -> None:
         df = dd.read_parquet(parquet_dir)
         if kind == "shuffle":
             df = df.shuffle(on="key", npartitions=partitions, shuffle_method="p2p")
         else:
             df = df.sort_values("key", npartitions=partitions, shuffle_method="p2p")
         df.to_parquet(out, compression=None, write_index=False, schema=_schema())
-        elapsed = time.perf_counter() - t0
-        growth = worker_growth(client, start)
+
+    with cluster(2) as client:
+        elapsed, growth, _ = measured(client, job)
     shutil.rmtree(out, ignore_errors=True)
     return elapsed, growth
 
@@ -206,7 +228,14 @@ def _schema():
 
 
 def wds_loop(inputs: list[str], out: str, buffer: int, outputs: int) -> tuple[float, int]:
-    """One process: webdataset read -> shuffle buffer -> ShardWriter.  Seconds, RSS growth."""
+    """One fresh process: webdataset read -> shuffle buffer -> ShardWriter.
+    Seconds and that process's peak RSS growth."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_wds_loop, (inputs, out, buffer, outputs))
+
+
+def _wds_loop(inputs: list[str], out: str, buffer: int, outputs: int) -> tuple[float, int]:
     import webdataset as wds
 
     os.makedirs(out, exist_ok=True)

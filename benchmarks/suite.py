@@ -147,12 +147,11 @@ def http_rows(work: str, inputs: list[str]) -> list[dict]:
 
 def _http_shuffle(htools, inputs: list[str], pattern: str) -> tuple[float, int]:
     with bx.cluster(2) as client:
-        t0 = time.perf_counter()
-        summary = htools.shuffle(inputs, pattern, client=client, quiet=True, overwrite=True)
-        elapsed = time.perf_counter() - t0
+        elapsed, growth, summary = bx.measured(client, htools.shuffle, inputs, pattern,
+                                               client=client, quiet=True, overwrite=True)
     if not summary.ok:
         sys.exit(f"htshuffle over HTTP failed: {summary.failures[:1]}")
-    return elapsed, bx.summary_growth(summary)
+    return elapsed, growth
 
 
 # ----------------------------------------------------------------- table --
