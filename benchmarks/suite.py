@@ -1,6 +1,6 @@
 """Every htools benchmark in one run (issue #6); ``benchmarks/run`` calls this.
 
-    .venv/bin/python benchmarks/suite.py [--gb 1] [--quick] [--out DIR] [--dir SCRATCH]
+    .venv/bin/python benchmarks/suite.py [--gb 2] [--quick] [--out DIR] [--dir SCRATCH]
 
 Generates datasets of 1 KiB, 16 KiB and 128 KiB samples, runs each comparison on
 the same bytes, and writes ``DIR/README.md`` (a table: operation, htools,
@@ -345,7 +345,7 @@ def step(msg: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gb", type=float, default=1.0,
+    ap.add_argument("--gb", type=float, default=2.0,
                     help="size of the 16 KiB dataset (1 KiB: a quarter, 128 KiB: a half)")
     ap.add_argument("--quick", action="store_true", help="a tiny run that checks the harness")
     ap.add_argument("--out", default=str(HERE), help="where README.md and scaling.png go")
@@ -357,6 +357,7 @@ def main() -> None:
         return render(a.out)
     t0 = time.perf_counter()
     work = a.dir or tempfile.mkdtemp(prefix="htools-bench-")
+    os.makedirs(work, exist_ok=True)
     try:
         rows, points, info = run_all(work, a)
     finally:

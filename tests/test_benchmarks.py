@@ -46,7 +46,7 @@ def test_quick_run_writes_every_row(tmp_path):
         if cells[0] in ("operation", "data"):
             continue
         if cells[0].endswith("MB"):  # the growth table: data, shards, seconds, s/GB, memory
-            float(cells[2]), float(cells[3]), float(cells[4])
+            int(cells[1]), float(cells[2]), float(cells[3])
             continue
         float(cells[1].removesuffix(" s")), float(cells[2].removesuffix(" s")), float(cells[3])
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
