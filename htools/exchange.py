@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 import os
 import random
 import resource
@@ -60,7 +61,19 @@ MAX_BUCKETS = 1 << 16
 READ_BUFFER = 256 << 10  # per run stream in stage 2
 STREAM_COST = 4 << 20  # memory to budget for one open run stream (reader + unpacker buffers)
 MIN_FAN_IN, MAX_FAN_IN = 4, 64
-SCRATCH_OPTIONS = {"file": {"fsync": False}}
+
+
+def scratch_options(options: dict | None) -> dict:
+    """The job's storage options (endpoints, credentials) with no fsync for local runs:
+    a run file lives only as long as the job."""
+    options = dict(options or {})
+    options["file"] = {**options.get("file", {}), "fsync": False}
+    return options
+
+
+def pack(record) -> bytes:
+    # surrogateescape: keys of old non-UTF-8 tars arrive surrogate-escaped and must survive
+    return msgpack.packb(record, use_bin_type=True, unicode_errors="surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,7 @@ class KeySpec:
         if self.mode == "script":
             fn = script.load().sort_key
             return fn
-        conv = {"str": _as_str, "int": lambda v: int(_as_str(v)),
-                "float": lambda v: float(_as_str(v))}[self.type]
+        conv = {"str": _as_str, "int": _as_int, "float": _as_float}[self.type]
         name = self.field
 
         def key_of(sample: dict):
@@ -88,15 +100,30 @@ class KeySpec:
                 raise ScriptError(f"sample has no field {name!r} to sort by") from None
             try:
                 return conv(value)
-            except ValueError:
+            except ValueError as e:
                 raise ScriptError(f"field {name!r} = {_as_str(value)[:40]!r} is not "
-                                  f"{'an' if self.type == 'int' else 'a'} {self.type}") from None
+                                  f"{'an' if self.type == 'int' else 'a'} {self.type} "
+                                  f"sort key ({e})") from None
 
         return key_of
 
 
 def _as_str(v) -> str:
-    return v if isinstance(v, str) else bytes(v).decode("utf-8")
+    return v if isinstance(v, str) else bytes(v).decode("utf-8", "surrogateescape")
+
+
+def _as_int(v) -> int:
+    n = int(_as_str(v))
+    if not -(1 << 63) <= n < (1 << 64):
+        raise ValueError(f"{n} does not fit in 64 bits")
+    return n
+
+
+def _as_float(v) -> float:
+    x = float(_as_str(v))
+    if math.isnan(x):
+        raise ValueError("NaN has no place in a sort order")
+    return x
 
 
 @dataclass(frozen=True)
@@ -143,12 +170,13 @@ def partition_shard(input: str, index: int, spec: StageOne) -> dict:
         for sample in samples:
             sample.pop("__url__", None)
             try:
-                k = key_of(sample)
+                k = _checked_key(key_of(sample))
+                packed = pack([k, sample])
+                bucket = bucket_of(k)
             except Exception as e:
                 _sample_failed(result, input, sample, e, spec.max_errors)
                 continue
-            packed = msgpack.packb([k, sample], use_bin_type=True)
-            buffers[bucket_of(k)].append((k, packed))
+            buffers[bucket].append((k, packed))
             held += len(packed) + RECORD_OVERHEAD
             if held >= spec.memory:
                 runs.append(write_run(buffers, spec, index, spill))
@@ -158,12 +186,23 @@ def partition_shard(input: str, index: int, spec: StageOne) -> dict:
             runs.append(write_run(buffers, spec, index, spill))
     except HtoolsError as e:
         for r in runs:  # this attempt's runs are useless now
-            storage.delete(r["url"], SCRATCH_OPTIONS)
+            storage.delete(r["url"], scratch_options(spec.options))
         result.fail(str(e))
         runs = []
     result.extra = {"runs": runs, "rss_start": rss0, "peak_rss": _peak_rss()}
     result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
+
+
+def _checked_key(k):
+    """Sort keys must be str, int or float (no NaN), comparable with each other."""
+    if isinstance(k, bool) or not isinstance(k, (str, int, float)):
+        raise TypeError(f"sort key {k!r} is a {type(k).__name__}; expected str, int or float")
+    if isinstance(k, float) and math.isnan(k):
+        raise ValueError("sort key is NaN")
+    if isinstance(k, int) and not -(1 << 63) <= k < (1 << 64):
+        raise ValueError(f"sort key {k} does not fit in 64 bits")
+    return k
 
 
 def _random_key(rng: random.Random) -> Callable[[dict], int]:
@@ -204,7 +243,7 @@ def write_run(buffers: list[list], spec: StageOne, index: int, spill: int) -> di
     offsets = np.zeros(len(buffers) + 1, dtype=np.uint64)
     counts = np.zeros(len(buffers), dtype=np.uint64)
     pos = 0
-    with storage.open_write(url, SCRATCH_OPTIONS) as out:
+    with storage.open_write(url, scratch_options(spec.options)) as out:
         for b, buf in enumerate(buffers):
             offsets[b] = pos
             if buf:
@@ -219,29 +258,33 @@ def write_run(buffers: list[list], spec: StageOne, index: int, spill: int) -> di
         out.write(index_bytes)
         out.write(FOOTER.pack(len(index_bytes), MAGIC))
     size = pos + len(index_bytes) + FOOTER.size
-    return {"url": url, "size": size, "counts": counts.tobytes()}
+    return {"url": url, "size": size, "offsets": offsets.tobytes(), "counts": counts.tobytes()}
 
 
 # ------------------------------------------------------------------ stage 2 --
 
-def read_index(url: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    tail = storage.read_range(url, size - FOOTER.size, size, SCRATCH_OPTIONS)
+def read_index(url: str, size: int, options: dict | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A run file's (offsets, counts), from its footer: run files describe themselves
+    (stage 2 gets its byte ranges from stage 1's results and does not need this)."""
+    options = scratch_options(options)
+    tail = storage.read_range(url, size - FOOTER.size, size, options)
     n, magic = FOOTER.unpack(tail)
     if magic != MAGIC:
         raise HtoolsError(f"{storage.redact(url)}: not an htools run file (bad footer)")
     idx = msgpack.unpackb(storage.read_range(url, size - FOOTER.size - n, size - FOOTER.size,
-                                             SCRATCH_OPTIONS))
+                                             options))
     return (np.frombuffer(idx["offsets"], dtype=np.uint64),
             np.frombuffer(idx["counts"], dtype=np.uint64))
 
 
-def run_records(url: str, start: int, end: int) -> Iterator[list]:
+def run_records(url: str, start: int, end: int, options: dict) -> Iterator[list]:
     """The ``[sort_key, sample]`` records of bytes [start, end) of a run, streamed."""
     if end <= start:
         return
-    with storage.open_range(url, start, end, SCRATCH_OPTIONS) as f:
-        unpacker = msgpack.Unpacker(f, raw=False, read_size=READ_BUFFER,
-                                    max_buffer_size=0, strict_map_key=False)
+    with storage.open_range(url, start, end, options) as f:
+        unpacker = msgpack.Unpacker(f, raw=False, read_size=READ_BUFFER, max_buffer_size=0,
+                                    strict_map_key=False, unicode_errors="surrogateescape")
         yield from unpacker
 
 
@@ -259,22 +302,28 @@ class StageTwo:
     scratch: str = ""  # where intermediate merges go when there are many runs
 
     @property
+    def scratch_options(self) -> dict:
+        return scratch_options(self.options)
+
+    @property
     def fan_in(self) -> int:
         """How many runs one merge pass reads at once (each stream buffers ~1-4 MiB)."""
         return max(MIN_FAN_IN, min(MAX_FAN_IN, self.memory // STREAM_COST))
 
 
-def merge_partition(output: str, runs: list[dict], first: int, last: int,
+def merge_partition(output: str, slices: list[tuple[str, int, int]], count: int,
                     spec: StageTwo) -> dict:
-    """Stage-2 task: buckets [first, last) of every run -> one sorted output shard."""
-    result = ShardResult(input=f"buckets {first}..{last - 1}", output=output)
+    """Stage-2 task: this output's byte range of every run -> one sorted output shard.
+
+    ``slices`` are ``(run url, start, end)`` computed by the client from stage 1's
+    offsets, in (input, spill) order; ``count`` is how many records they hold.
+    """
+    result = ShardResult(input=f"{count} records from {len(slices)} runs", output=output)
     t0 = time.perf_counter()
     rss0 = _rss()
     temps: list[str] = []
     try:
-        slices = [s for run in runs if (s := _slice(run, first, last))[2] > s[1]]
-        slices = _fan_in(slices, spec, temps)
-        merged = _merge(slices, spec.reverse)
+        merged = _merge(_fan_in(slices, spec, temps), spec.reverse, spec.scratch_options)
         with storage.open_write(output, spec.options) as out, \
                 tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
                                 mtime=spec.mtime) as writer:
@@ -286,26 +335,23 @@ def merge_partition(output: str, runs: list[dict], first: int, last: int,
                         f"{previous!r}; a tar reader would join them: use --merge or a "
                         "reduce_samples() to combine samples with equal keys")
                 previous = sample["__key__"]
-                writer.write(sample)
-                result.samples_written += 1
+                if writer.write(sample):
+                    result.samples_written += 1
     except HtoolsError as e:
+        result.samples_read = count  # the whole partition is lost with its output
         result.fail(str(e))
     finally:
         for url in temps:
-            storage.delete(url, SCRATCH_OPTIONS)
+            storage.delete(url, spec.scratch_options)
     result.extra = {"rss_start": rss0, "peak_rss": _peak_rss(), "merge_passes": len(temps)}
     result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
 
 
-def _slice(run: dict, first: int, last: int) -> tuple[str, int, int]:
-    offsets, _counts = read_index(run["url"], run["size"])
-    return run["url"], int(offsets[first]), int(offsets[last])
-
-
-def _merge(slices: list[tuple[str, int, int]], reverse: bool) -> Iterator[list]:
+def _merge(slices: list[tuple[str, int, int]], reverse: bool, options: dict
+           ) -> Iterator[list]:
     """A stable k-way merge: on equal keys, earlier slices (inputs, spills) come first."""
-    streams = [run_records(url, a, b) for url, a, b in slices]
+    streams = [run_records(url, a, b, options) for url, a, b in slices]
     return heapq.merge(*streams, key=itemgetter(0), reverse=reverse)
 
 
@@ -323,9 +369,9 @@ def _fan_in(slices: list[tuple[str, int, int]], spec: StageTwo,
             url = storage.join(spec.scratch, f"merge-{uuid.uuid4().hex}.bin")
             temps.append(url)
             size = 0
-            with storage.open_write(url, SCRATCH_OPTIONS) as out:
-                for record in _merge(group, spec.reverse):
-                    packed = msgpack.packb(record, use_bin_type=True)
+            with storage.open_write(url, spec.scratch_options) as out:
+                for record in _merge(group, spec.reverse, spec.scratch_options):
+                    packed = pack(record)
                     out.write(packed)
                     size += len(packed)
             merged.append((url, 0, size))
@@ -346,27 +392,32 @@ def _reduced(records: Iterator[list], spec: StageTwo, result: ShardResult,
     fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
     for key, group in groups:
         samples = [s for _k, s in group]
-        result.samples_read += len(samples)
+        n = len(samples)  # records in this group: counted as mapped, dropped or failed
+        result.samples_read += n
         if spec.merge:
             samples = merge_by_key(samples, output)
         if fn is None:
-            result.samples_mapped += len(samples)
+            result.samples_mapped += n
             yield from samples
             continue
         try:
             out = fn(key, samples)
+            outs = [] if out is None else [out] if isinstance(out, dict) else list(out)
         except Exception as e:
-            result.sample_error(output, str(key), f"{type(e).__name__}: {e}", user_traceback(e))
+            result.sample_error(output, str(key), f"{type(e).__name__}: {e}", user_traceback(e),
+                                samples=n)
             if result.sample_errors > spec.max_errors:
                 raise ScriptError(f"reduce_samples raised on key {key!r}: {type(e).__name__}: "
                                   f"{e}\n{user_traceback(e)}") from None
             continue
-        outs = [] if out is None else [out] if isinstance(out, dict) else list(out)
         if not outs:
-            result.samples_dropped += len(samples)
+            result.samples_dropped += n
             continue
-        result.samples_mapped += len(samples)
+        result.samples_mapped += n
         for o in outs:
+            if not isinstance(o, dict):
+                raise ScriptError(f"reduce_samples returned {type(o).__name__} for key {key!r}; "
+                                  "expected a dict, None or a list of dicts")
             o = dict(o)
             o.setdefault("__key__", str(key) if len(outs) == 1 else None)
             if o["__key__"] is None:
@@ -453,4 +504,12 @@ def _rss() -> int:
 
 
 def _peak_rss() -> int:
+    """This process's own peak RSS (VmHWM; ru_maxrss would include what the parent had)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -88,13 +88,20 @@ def _run(spec: ExchangeSpec, inputs: list[str], n_out: int | None,
         if not s1.ok:
             return _combine(spec.tool, s1, None, one)
         groups = group_buckets(counts, n_out, spec.maxcount)
+        if n_out is None and len(groups) > buckets // 4:
+            raise HtoolsError(
+                f"{int(counts.sum())} samples at --maxcount {spec.maxcount} need {len(groups)} "
+                f"outputs, more than an open-ended pattern can balance ({buckets // 4}); "
+                f"name them instead, e.g. OUT-@{len(groups)}.tar")
         outputs = shards.output_urls(spec.outputs, len(groups))
         two = StageTwo(reverse=spec.key.reverse, merge=spec.merge, max_errors=opts.max_errors,
                        reduce=spec.script if _has(spec.script, "reduce_samples") else None,
                        mtime=spec.mtime, options=options, memory=one.memory, scratch=scratch)
-        tasks = [Task(merge_partition, {"output": o, "runs": runs, "first": a, "last": b,
-                                        "spec": two}, input=f"buckets {a}..{b - 1}", output=o)
+        tasks = [Task(merge_partition, {"output": o, "slices": slices_of(runs, a, b),
+                                        "count": int(counts[a:b].sum()), "spec": two},
+                      input=f"stage-1 runs, buckets {a}..{b - 1}", output=o)
                  for o, (a, b) in zip(outputs, groups)]
+        del runs  # the offsets of every run: the largest thing the client holds
         # Known outputs were checked before stage 1; numbered ones are checked now.
         checked = n_out is not None and not opts.resume
         mem: list[dict] = []
@@ -111,6 +118,16 @@ def _run(spec: ExchangeSpec, inputs: list[str], n_out: int | None,
             pass  # clean-up is best effort; the job's result stands
 
 
+def slices_of(runs: list[dict], first: int, last: int) -> list[tuple[str, int, int]]:
+    """The byte range of buckets [first, last) in every run that has any, in run order."""
+    out = []
+    for run in runs:
+        a, b = int(run["offsets"][first]), int(run["offsets"][last])
+        if b > a:
+            out.append((run["url"], a, b))
+    return out
+
+
 def _has(script, name: str) -> bool:
     return script is not None and hasattr(script, "defines") and script.defines(name)
 
@@ -124,6 +141,7 @@ def _stage_one(tool: str, one: StageOne, inputs: list[str], opts: RunOptions):
         runs = r["extra"].pop("runs", [])
         for run in runs:
             counts[:] += np.frombuffer(run.pop("counts"), dtype=np.uint64).astype(np.int64)
+            run["offsets"] = np.frombuffer(run["offsets"], dtype=np.uint64)
         by_input[i] = runs
         peaks.append(r["extra"])
 
@@ -174,6 +192,9 @@ def _combine(tool: str, s1: JobSummary, s2: JobSummary | None, one: StageOne) ->
         out.shards_done, out.shards_skipped = s2.shards_done, s2.shards_skipped
         out.shards_failed += s2.shards_failed
         out.samples_written = s2.samples_written
+        # stage-1 records that stage 2 dropped (reduce -> None) or lost (reduce raised, or
+        # the output failed) move out of "mapped"; read = mapped + dropped + failed holds
+        out.samples_mapped -= s2.samples_dropped + s2.samples_failed
         out.samples_dropped += s2.samples_dropped
         out.samples_failed += s2.samples_failed
         out.sample_errors += s2.sample_errors

@@ -39,8 +39,10 @@ class ShardResult:
     errors: list[dict] = field(default_factory=list)  # per-sample: url, key, error, traceback
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def sample_error(self, url: str, key: str, error: str, tb: str = "") -> None:
-        self.samples_failed += 1
+    def sample_error(self, url: str, key: str, error: str, tb: str = "", *,
+                     samples: int = 1) -> None:
+        """One failure (a sample, or a reduce group of ``samples`` records)."""
+        self.samples_failed += samples
         self.sample_errors += 1
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"url": url, "key": key, "error": error, "traceback": tb})

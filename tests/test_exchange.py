@@ -4,7 +4,9 @@ reduce over spills, --merge, determinism, edge cases, worker death, bounded memo
 from __future__ import annotations
 
 import json
+import io
 import random
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -325,3 +327,69 @@ def test_existing_outputs_refused_resume_skips(tmp_path, client):
     assert s.ok and s.shards_done == 1 and s.shards_skipped == 1
     assert [p.read_bytes() for p in outputs(tmp_path / "o", "o")] == first  # same seed, same bytes
     assert set(glob.glob(f"{tempfile.gettempdir()}/htools-scratch-*")) == temps  # removed
+
+
+def test_scratch_on_s3_uses_the_jobs_storage_options(tmp_path, s3_server, client):
+    """Run files go to S3 (moto) with the endpoint and credentials given to the job."""
+    data = make_shards(tmp_path / "in", shards=2, per_shard=15)
+    scratch = f"s3://{s3_server.bucket}/scratch-{uuid.uuid4().hex[:6]}/"
+    s = htools.sort(str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar"),
+                    scratch=scratch, storage_options=s3_server.options, client=client,
+                    quiet=True, memory=8 << 10)
+    assert s.ok, s.failures
+    assert [x["__key__"] for x in read_wds(outputs(tmp_path / "o", "o"))] == sorted(data)
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server.options["s3"])
+    assert fs.find(scratch) == []  # runs were written there, and deleted at the end
+
+
+def test_counts_add_up_with_merge_and_reduce(tmp_path, client):
+    write_shard(tmp_path / "a" / "a.tar", [{"__key__": f"k{i}", "x": b"1"} for i in range(10)])
+    write_shard(tmp_path / "b" / "b.tar", [{"__key__": f"k{i}", "y": b"2"} for i in range(10)])
+    s = htools.sort([str(tmp_path / "a" / "a.tar"), str(tmp_path / "b" / "b.tar")],
+                    str(tmp_path / "o" / "o-@2.tar"), merge=True, client=client, quiet=True)
+    assert (s.samples_read, s.samples_written, s.samples_dropped, s.samples_failed) == (20, 10, 0, 0)
+    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
+    script = tmp_path / "r.py"
+    script.write_text("def reduce_samples(key, samples):\n"
+                      "    if key == 'k3':\n        return None\n"
+                      "    if key == 'k4':\n        raise ValueError('no')\n"
+                      "    return {'n': str(len(samples))}\n")
+    s = htools.sort([str(tmp_path / "a" / "a.tar"), str(tmp_path / "b" / "b.tar")],
+                    str(tmp_path / "r" / "o-@2.tar"), script=str(script), max_errors=1,
+                    client=client, quiet=True)
+    assert s.ok
+    assert (s.samples_read, s.samples_written, s.samples_dropped, s.samples_failed) == (20, 8, 2, 2)
+    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
+
+
+def test_nan_and_non_utf8_keys(tmp_path, client):
+    write_shard(tmp_path / "in" / "f.tar", [{"__key__": "a", "v": b"1.5"}, {"__key__": "b", "v": b"nan"}])
+    s = htools.sort(str(tmp_path / "in" / "f.tar"), str(tmp_path / "o" / "o.tar"), key="v",
+                    key_type="float", client=client, quiet=True)
+    assert not s.ok and "NaN" in s.failures[0]["error"] and "'b'" in s.failures[0]["error"]
+    import tarfile
+
+    with tarfile.open(tmp_path / "in" / "latin1.tar", "w", format=tarfile.GNU_FORMAT,
+                      encoding="latin-1") as tf:
+        for name in ["caf\xe9.txt", "abc.txt"]:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tf.addfile(info, io.BytesIO(b"hi"))
+    s = htools.shuffle(str(tmp_path / "in" / "latin1.tar"), str(tmp_path / "l" / "o.tar"),
+                       client=client, quiet=True)
+    assert s.ok and s.samples_written == 2
+    names = sorted(tarfile.open(tmp_path / "l" / "o.tar", encoding="latin-1").getnames())
+    assert names == ["abc.txt", "caf\xe9.txt"]  # the original bytes came back
+
+
+def test_run_files_describe_themselves(tmp_path):
+    from htools.exchange import KeySpec, StageOne, read_index, write_run
+
+    spec = StageOne(scratch=str(tmp_path) + "/", buckets=3, key=KeySpec(mode="field"))
+    buffers = [[("a", b"\x91\xa1a")], [], [("c", b"\x91\xa1c"), ("b", b"\x91\xa1b")]]
+    run = write_run(buffers, spec, 0, 0)
+    offsets, counts = read_index(run["url"], run["size"])
+    assert list(counts) == [1, 0, 2] and list(offsets) == [0, 3, 3, 9]
+    assert open(run["url"], "rb").read()[3:9] == b"\x91\xa1b\x91\xa1c"  # bucket sorted
