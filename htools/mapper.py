@@ -26,20 +26,21 @@ def expose_key(sample: dict) -> dict:
     """The sample as the script sees it: ``key`` mirrors ``__key__`` unless a real field has that name."""
     if "key" not in sample:
         sample["key"] = sample["__key__"]
-        sample["__key_alias__"] = True
     return sample
 
 
-def outputs_of(result, sample: dict) -> list[dict]:
-    """Normalise what ``process_sample`` returned into a list of output samples."""
+def outputs_of(result, key: str, aliased: bool) -> list[dict]:
+    """Normalise what ``process_sample`` returned into a list of output samples.
+
+    ``key`` is the input's key and ``aliased`` whether the script saw it as ``key``
+    too.  An output with nothing to write (only ``_``-fields) is left out.
+    """
     if result is None:
         return []
     if isinstance(result, dict):
         items = [result]
-        expanded = False
     elif isinstance(result, Iterable) and not isinstance(result, (str, bytes)):
         items = list(result)
-        expanded = True
     else:
         raise ScriptError(f"process_sample returned {type(result).__name__}; "
                           "expected a dict, None, or a list of dicts")
@@ -48,23 +49,29 @@ def outputs_of(result, sample: dict) -> list[dict]:
         if not isinstance(item, dict):
             raise ScriptError(f"process_sample returned a list holding {type(item).__name__}; "
                               "expected dicts")
-        out.append(_with_key(item, sample, n if expanded and len(items) > 1 else None))
+        item = _with_key(item, key, aliased, n if len(items) > 1 else None)
+        if any(not f.startswith("_") for f in item):
+            out.append(item)
     return out
 
 
-def _with_key(item: dict, sample: dict, n: int | None) -> dict:
+def _with_key(item: dict, key: str, aliased: bool, n: int | None) -> dict:
+    """The output's ``__key__``: a changed ``__key__`` or ``key`` renames the sample; an
+    unchanged one (or none) keeps the input's, suffixed ``-n`` when one input gives several."""
     item = dict(item)
-    aliased = sample.get("__key_alias__", False)
-    key = item.pop("__key__", None)
+    named = item.pop("__key__", key)
     if aliased and "key" in item:
         alias = item.pop("key")
-        key = key if key is not None else alias
-    if key is None:
-        key = sample["__key__"] if n is None else f"{sample['__key__']}-{n}"
-    if isinstance(key, (bytes, bytearray)):
-        key = bytes(key).decode("utf-8")
-    item["__key__"] = str(key)
-    item.pop("__key_alias__", None)
+        alias = bytes(alias).decode("utf-8") if isinstance(alias, (bytes, bytearray)) else alias
+        if named != key and alias != key and named != alias:
+            raise ScriptError(f"process_sample returned __key__ {named!r} and key {alias!r}; "
+                              "give one of them")
+        named = named if named != key else alias
+    if isinstance(named, (bytes, bytearray)):
+        named = bytes(named).decode("utf-8")
+    if named == key and n is not None:
+        named = f"{key}-{n}"  # several outputs of one input need distinct keys
+    item["__key__"] = str(named)
     item.pop("__url__", None)
     return item
 
@@ -76,7 +83,8 @@ def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str,
         result.samples_read += 1
         key = sample["__key__"]
         try:
-            outs = outputs_of(fn(expose_key(sample)), sample)
+            aliased = "key" not in sample
+            outs = outputs_of(fn(expose_key(sample)), key, aliased)
         except Exception as e:  # the user's code raised: name shard and key
             result.sample_error(url, key, f"{type(e).__name__}: {e}", user_traceback(e))
             if result.sample_errors > max_errors:
@@ -104,18 +112,25 @@ def map_shard(input: str, output: str, script: Script | FunctionScript, *, optio
             with storage.open_write(output, options) as out, \
                     tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
                                     mtime=mtime) as writer:
+                previous = None
                 for s in map_samples(samples, fn, result, input, max_errors):
-                    _write(writer, s, input)
-                    result.samples_written += 1
+                    if s["__key__"] == previous:
+                        raise ScriptError(
+                            f"{storage.redact(input)}: two consecutive output samples share "
+                            f"the key {previous!r}; a tar reader would join them into one: "
+                            "give each output its own __key__")
+                    previous = s["__key__"]
+                    if _write(writer, s, output):
+                        result.samples_written += 1
     except HtoolsError as e:
         result.fail(str(e))
     result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
 
 
-def _write(writer, sample: dict, url: str) -> None:
+def _write(writer, sample: dict, url: str) -> int:
     try:
-        writer.write(sample)
+        return writer.write(sample)
     except (TypeError, ValueError) as e:
         raise ScriptError(f"{storage.redact(url)}: cannot write output sample "
                           f"{sample.get('__key__')!r}: {e}") from None

@@ -260,3 +260,33 @@ def test_progress_bar_on_a_terminal(tmp_path, data):
     assert "dashboard at http://127.0.0.1:" in text
     assert "3/3" in text and "samples/s" in text and "MB/s" in text
     assert "htextract: ok; shards 3 done" in text
+
+
+@pytest.mark.parametrize("body,keys,written", [
+    # copies of the input keep its key: they get -0, -1 suffixes, never a duplicate key
+    ("def process_sample(s):\n    out = []\n    for i in range(2):\n"
+     "        d = dict(s); d['txt'] = str(i).encode(); out.append(d)\n    return out\n",
+     ["s0/k0000-0", "s0/k0000-1"], 40),
+    # a changed alias renames the sample
+    ("def process_sample(s):\n    s['key'] = 'new/' + s['key']\n    return s\n",
+     ["new/s0/k0000", "new/s0/k0001"], 20),
+    # an output with only _-fields writes nothing: the input counts as dropped
+    ("def process_sample(s):\n    return {'_note': b'x'}\n", [], 0),
+])
+def test_output_keys_and_counts(tmp_path, data, body, keys, written):
+    summary = tmp_path / "s.json"
+    ok(run("htmapper", "-p", script(tmp_path, body), tmp_path / "in" / "data-0.tar",
+           tmp_path / "out" / "o.tar", "--workers", "1", "--summary", summary, "-q"))
+    got = read_wds([tmp_path / "out" / "o.tar"])
+    assert [s["__key__"] for s in got[:2]] == keys
+    js = json.loads(summary.read_text())
+    assert js["samples_written"] == written == len(got)
+    assert js["samples_dropped"] == (20 if not written else 0)
+
+
+def test_duplicate_output_keys_fail_the_shard(tmp_path, data):
+    body = "def process_sample(s):\n    return [{'__key__': 'same', 'a': b'1'}, {'__key__': 'same', 'b': b'2'}]\n"
+    p = run("htmapper", "-p", script(tmp_path, body), tmp_path / "in" / "data-0.tar",
+            tmp_path / "out" / "o.tar", "--workers", "1")
+    assert p.returncode == 1 and "share the key 'same'" in p.stderr
+    assert not (tmp_path / "out" / "o.tar").exists()
