@@ -43,7 +43,7 @@ class StorageError(HtoolsError, OSError):
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status is not None else ""
-        return f"{self.url}: {self.why}{status}"
+        return hide_credentials(f"{self.url}: {self.why}{status}")
 
     def __reduce__(self):  # keep pickling (Dask ships errors between processes)
         return (type(self), (self.url, self.why, self.status))
@@ -73,7 +73,7 @@ class ShardError(HtoolsError):
             where.append(f"key {self.key!r}")
         if self.offset is not None:
             where.append(f"offset {self.offset}")
-        return f"{', '.join(where)}: {self.why}"
+        return hide_credentials(f"{', '.join(where)}: {self.why}")
 
     def __reduce__(self):
         return (_rebuild_shard_error, (type(self), self.url, self.why, self.key,

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import hide_credentials
+
 MAX_LISTED_ERRORS = 100
 COUNTERS = ("samples_read", "samples_mapped", "samples_written", "samples_dropped",
             "samples_failed", "sample_errors", "bytes_in", "bytes_out")
@@ -57,7 +59,19 @@ class ShardResult:
         self.bytes_out = 0
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["input"] = _hide(d["input"])
+        d["output"] = hide_credentials(d["output"])
+        if d["error"]:
+            d["error"] = hide_credentials(d["error"])
+        for e in d["errors"]:
+            e["url"] = hide_credentials(e["url"])
+            e["error"] = hide_credentials(e["error"])
+        return d
+
+
+def _hide(value: str | list[str]) -> str | list[str]:
+    return hide_credentials(value) if isinstance(value, str) else [hide_credentials(v) for v in value]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from zlib import adler32
 
 from htools.compress import DECODE_ERRORS, open_stream_reader, open_stream_writer
-from htools.errors import HtoolsError, TarFormatError
+from htools.errors import HtoolsError, TarFormatError, hide_credentials
 
 __all__ = [
     "SampleFormatError",
@@ -156,7 +156,7 @@ class _Scanner:
 
     def __init__(self, stream: BinaryIO, url: str):
         self.stream = stream
-        self.url = url
+        self.url = hide_credentials(url)
         self.buf = bytearray(CHUNK)
         self.mv = memoryview(self.buf)
         self.base = 0
@@ -435,6 +435,7 @@ def read_samples(stream: BinaryIO, url: str = "", *,
     error) ends the stream, which cannot be resynchronised: the sample in
     progress is yielded only if the error names a member of another key.
     """
+    url = hide_credentials(url)  # it lands in messages and in every sample's __url__
     members = _Scanner(stream, url).members()
     sample: dict | None = None
     key: str | None = None
@@ -554,7 +555,7 @@ class TarWriter:
     def __init__(self, stream: BinaryIO, *, url: str = "", mtime: float | None = 0,
                  compress: str | bool | None = "auto", user: str = "", group: str = "",
                  mode: int = 0o644, level: int | None = None, close_raw: bool = False):
-        self.url = url
+        self.url = hide_credentials(url)
         self.raw = stream
         self.close_raw = close_raw
         self.stream = open_stream_writer(stream, url, level, compress=compress)

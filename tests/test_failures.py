@@ -290,3 +290,18 @@ def test_duplicate_output_keys_fail_the_shard(tmp_path, data):
             tmp_path / "out" / "o.tar", "--workers", "1")
     assert p.returncode == 1 and "share the key 'same'" in p.stderr
     assert not (tmp_path / "out" / "o.tar").exists()
+
+
+def test_credentials_never_reach_messages_or_summary(tmp_path, data):
+    bad = tmp_path / "in" / "data-1.tar"
+    bad.write_bytes(bad.read_bytes()[:5000])
+    summary = tmp_path / "s.json"
+    src = f"file://user:s3cret@localhost{tmp_path}/in/data-@3.tar"
+    p = run("htmapper", "-p", script(tmp_path, "def process_sample(s):\n    return s\n"), src,
+            f"file://user:s3cret@localhost{tmp_path}/out/o-@3.tar", "--workers", "1",
+            "--summary", summary)
+    assert p.returncode == 1 and "data-1.tar" in p.stderr
+    assert "s3cret" not in p.stderr + p.stdout + summary.read_text()
+    rows = ok(run("htextract", f"file://user:s3cret@localhost{tmp_path}/out/o-0.tar",
+                  "-f", "__key__,__url__", "-q", "--workers", "1"))
+    assert "s3cret" not in rows.stdout + rows.stderr and "localhost" in rows.stdout
