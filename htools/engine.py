@@ -121,7 +121,7 @@ def _announce(client: Any, opts: RunOptions) -> None:
 
 def existing_outputs(outputs: list[str], options: dict | None) -> set[str]:
     """Which of ``outputs`` already exist (checked concurrently: object stores are slow)."""
-    urls = [u for u in outputs if u]
+    urls = [u for u in outputs if u and storage.protocol(u) not in ("pipe", "stdio")]
     if not urls:
         return set()
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -141,6 +141,16 @@ def plan_outputs(tasks: list[Task], opts: RunOptions) -> set[str]:
         raise HtoolsError(f"{len(listed)} output(s) already exist ({shown}{more}); "
                           "use --resume to skip them or --overwrite to replace them")
     return present
+
+
+def refuse_stdio(tasks: list[Task]) -> None:
+    """``-`` cannot work here: tasks run in worker processes, whose stdin/stdout are not
+    the user's (a worker would read an empty stdin and report an empty shard)."""
+    for t in tasks:
+        for url in ([t.input] if isinstance(t.input, str) else t.input) + [t.output]:
+            if url == "-":
+                raise HtoolsError("'-' (stdin/stdout) is not available to Dask workers: give "
+                                  "a file or URL, or a pipe:COMMAND that workers can run")
 
 
 def print_plan(tasks: list[Task], skip: set[str], resume: bool, out=sys.stdout) -> None:
@@ -163,6 +173,7 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
     when ``ordered`` (results that arrive early wait, and at most a window of
     tasks runs ahead, so memory stays bounded).
     """
+    refuse_stdio(tasks)
     summary = JobSummary(tool=tool, shards_total=len(tasks), max_errors=opts.max_errors)
     skip = plan_outputs(tasks, opts) if check_outputs else set()
     if opts.dry_run:

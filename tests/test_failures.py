@@ -305,3 +305,12 @@ def test_credentials_never_reach_messages_or_summary(tmp_path, data):
     rows = ok(run("htextract", f"file://user:s3cret@localhost{tmp_path}/out/o-0.tar",
                   "-f", "__key__,__url__", "-q", "--workers", "1"))
     assert "s3cret" not in rows.stdout + rows.stderr and "localhost" in rows.stdout
+
+
+def test_stdin_is_refused_and_pipe_outputs_work(tmp_path, data):
+    identity = script(tmp_path, "def process_sample(s):\n    return s\n")
+    p = run("htmapper", "-p", identity, "-", tmp_path / "o.tar", "--workers", "1")
+    assert p.returncode == 1 and "'-' (stdin/stdout) is not available to Dask workers" in p.stderr
+    ok(run("htmapper", "-p", identity, tmp_path / "in" / "data-0.tar",
+           f"pipe:cat > {tmp_path}/piped.tgz", "--workers", "1", "-q"))  # gzip by suffix
+    assert len(read_wds([tmp_path / "piped.tgz"])) == 20
