@@ -314,3 +314,16 @@ def test_stdin_is_refused_and_pipe_outputs_work(tmp_path, data):
     ok(run("htmapper", "-p", identity, tmp_path / "in" / "data-0.tar",
            f"pipe:cat > {tmp_path}/piped.tgz", "--workers", "1", "-q"))  # gzip by suffix
     assert len(read_wds([tmp_path / "piped.tgz"])) == 20
+
+
+def test_max_errors_is_per_shard_and_resume_redoes_failed_shards(tmp_path, data):
+    body = ("def process_sample(s):\n"
+            "    if s['__key__'].endswith(('k0001', 'k0002')):\n"
+            "        raise ValueError('bad')\n    return s\n")
+    args = ["-p", script(tmp_path, body), tmp_path / "in" / "data-@3.tar",
+            tmp_path / "out" / "o-@3.tar", "--workers", "2"]
+    p = ok(run("htmapper", *args, "--max-errors", "2"))  # 2 per shard: every shard is within
+    assert "54 written" in p.stderr and "6 failed" in p.stderr
+    p = run("htmapper", *args, "--max-errors", "1", "--overwrite")
+    assert p.returncode == 1 and "shards 0 done, 0 skipped, 3 failed of 3" in p.stderr
+    assert not list((tmp_path / "out").glob("o-*.tar"))  # nothing a resume could skip

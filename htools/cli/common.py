@@ -43,7 +43,8 @@ def run_options(fn: Callable) -> Callable:
         click.option("--overwrite", is_flag=True, help="Replace outputs that already exist."),
         click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing."),
         click.option("--max-errors", type=click.IntRange(0), default=0, show_default=True,
-                     help="Go on past up to N failing samples (counted and listed)."),
+                     help="Let each shard go on past up to N failing samples (counted and listed); "
+                          "a shard with more fails and writes nothing."),
         click.option("--summary", "summary_file", metavar="FILE", default=None,
                      help="Also write the job summary as JSON to FILE."),
         click.option("--storage-options", callback=_storage_options, metavar="JSON",
