@@ -316,7 +316,9 @@ def report(summary: JobSummary, opts: RunOptions) -> JobSummary:
     if opts.dry_run:
         return summary
     for f in summary.failures[:20]:
-        print(f"htools: FAILED {storage.redact(str(f['input']))}: {f['error']}", file=sys.stderr)
+        src = f["input"] if isinstance(f["input"], str) else " + ".join(f["input"])
+        dst = f" -> {storage.redact(f['output'])}" if f["output"] else ""
+        print(f"htools: FAILED {storage.redact(src)}{dst}: {f['error']}", file=sys.stderr)
     if len(summary.failures) > 20:
         print(f"htools: ... and {len(summary.failures) - 20} more failed shards", file=sys.stderr)
     for e in summary.errors[:10]:

@@ -321,7 +321,12 @@ class _Scanner:
                 end = self.fill(pos, end, BLOCK)
                 pos = 0
                 if end == 0:
-                    return  # clean EOF on a header boundary
+                    if self.base + pos == 0:
+                        return  # an empty object: an empty shard
+                    # Every tar writer ends with zero blocks; without them the object
+                    # was cut short on a block boundary, and samples are missing.
+                    raise TarFormatError(url, "truncated tar: the stream ends without the "
+                                         "end-of-archive marker", offset=self.base + pos)
                 if end < BLOCK:
                     raise TarFormatError(url, "truncated tar: the stream ends inside a header",
                                          offset=self.base)

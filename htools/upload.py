@@ -193,6 +193,11 @@ def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]
 
 # -------------------------------------------------------------- planning --
 
+def _record_padded(n: int) -> int:
+    """A tar's size on disk: writers pad the archive to whole 10240-byte records."""
+    return -(-n // 10240) * 10240
+
+
 def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
                  maxsize: int | None) -> list[tuple[int, int]]:
     """Split items (with tar sizes) into ``[start, stop)`` ranges, one per output."""
@@ -209,7 +214,8 @@ def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
         raise HtoolsError("an open-ended output pattern needs --maxcount or --maxsize")
     bounds, start, count, size = [], 0, 0, 1024  # the end-of-archive blocks
     for i, s in enumerate(sizes):
-        if count and ((maxcount and count + 1 > maxcount) or (maxsize and size + s > maxsize)):
+        if count and ((maxcount and count + 1 > maxcount)
+                      or (maxsize and _record_padded(size + s) > maxsize)):
             bounds.append((start, i))
             start, count, size = i, 0, 1024
         count += 1

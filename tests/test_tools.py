@@ -153,3 +153,15 @@ def test_object_stores_end_to_end(tmp_path, s3_server, gcs_server):
     ok(run("htshuffle", f"{gs}/thumb-@2.tgz", f"{s3}/shuf-@3.tar", *common))
     rows = ok(run("htextract", f"{s3}/shuf-@3.tar", *common)).stdout.split()
     assert len(rows) == n and sorted(rows) != rows
+
+
+def test_upload_maxsize_is_a_bound_on_file_size(tmp_path):
+    src = tmp_path / "d"
+    src.mkdir()
+    for i in range(30):
+        (src / f"s{i:03d}.bin").write_bytes(bytes(1500))
+    ok(run("htupload", src, tmp_path / "o" / "u-%03d.tar", "--maxsize", "12000", "--workers", "1",
+           "-q"))
+    outs = sorted((tmp_path / "o").glob("u-*.tar"))
+    assert all(p.stat().st_size <= 12000 for p in outs)
+    assert sum(len(read_wds([p])) for p in outs) == 30
