@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import engine, shards, storage, tario
+from . import compress, engine, shards, storage, tario
 from .engine import RunOptions, Task, report
 from .errors import HtoolsError
 from .streams import Counting
@@ -47,6 +47,7 @@ class Segment:
     url: str
     start: int
     stop: int
+    offset: int | None = None  # byte offset of sample ``start`` in an uncompressed tar
 
 
 def tar_size(sizes) -> int:
@@ -155,20 +156,33 @@ def _read_local(path: str) -> bytes:
 # -------------------------------------------------------------- tar input --
 
 def count_shard(input: str, *, options: dict | None = None) -> dict:
-    """Task (pre-pass): the tar size of every sample of one input shard."""
+    """Task (pre-pass): the tar size of every sample of one input shard, and for an
+    uncompressed tar the byte offset where each sample starts (so a copy task can
+    range-read its samples instead of reading the shard from the beginning)."""
     result = ShardResult(input=input)
     sizes: list[int] = []
+    offsets: list[int] = []
     try:
         with storage.open_read(input, options) as raw:
             stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), input)
-            for sample in tario.read_samples(stream, input):
-                sizes.append(tar_size(len(v) for k, v in sample.items()
-                                      if not k.startswith("_")))
-                result.samples_read += 1
-                result.samples_mapped += 1
+            key, size, end = None, 0, 0
+            for name, data, hoff in tario.iter_members(stream, input):
+                k, field = tario.split_key(name)
+                if k != key:
+                    if key is not None:
+                        sizes.append(size)
+                    offsets.append(end)  # right after the previous sample's last member
+                    key, size = k, 0
+                if not field.startswith("_"):
+                    size += 512 + -(-len(data) // 512) * 512
+                end = hoff + 512 + -(-len(data) // 512) * 512
+            if key is not None:
+                sizes.append(size)
+        result.samples_read = result.samples_mapped = len(sizes)
     except HtoolsError as e:
         result.fail(str(e))
-    result.extra = {"sizes": sizes}
+    seekable = compress.compression_for(input) is None and storage.protocol(input) != "pipe"
+    result.extra = {"sizes": sizes, "offsets": offsets if seekable else None}
     return result.as_dict()
 
 
@@ -182,12 +196,14 @@ def write_tar_shard(output: str, segments: list[Segment], *, options: dict | Non
 
 def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]:
     for seg in segments:
-        with storage.open_read(seg.url, options) as raw:
+        skip = seg.start if seg.offset is None else 0
+        with storage.open_range(seg.url, seg.offset or 0, None, options) as raw:
             stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), seg.url)
-            for i, sample in enumerate(tario.read_samples(stream, seg.url)):
-                if i >= seg.stop:
+            samples = tario.read_samples(stream, seg.url)
+            for i, sample in enumerate(samples):
+                if i >= seg.stop - seg.start + skip:
                     break
-                if i >= seg.start:
+                if i >= skip:
                     yield sample
 
 
@@ -280,13 +296,19 @@ def _plan_tars(source, outputs, n, maxcount, maxsize, opts, options, mtime) -> l
     outs = shards.output_urls(outputs, len(bounds))
     tasks = []
     for o, (a, b) in zip(outs, bounds):
-        segs = [Segment(url, max(a - first, 0), min(b - first, len(sizes[i]["extra"]["sizes"])))
+        segs = [_segment(url, a - first, b - first, sizes[i]["extra"])
                 for i, (url, first) in enumerate(owners)
                 if first < b and first + len(sizes[i]["extra"]["sizes"]) > a]
         tasks.append(Task(write_tar_shard, {"output": o, "segments": segs, "options": options,
                                             "mtime": mtime},
                           input=[s.url for s in segs], output=o))
     return tasks
+
+
+def _segment(url: str, start: int, stop: int, counted: dict) -> Segment:
+    start, stop = max(start, 0), min(stop, len(counted["sizes"]))
+    offsets = counted["offsets"]
+    return Segment(url, start, stop, offsets[start] if offsets is not None else None)
 
 
 def upload(source: str, outputs: str, *, maxcount: int | None = None,

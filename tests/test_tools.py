@@ -165,3 +165,22 @@ def test_upload_maxsize_is_a_bound_on_file_size(tmp_path):
     outs = sorted((tmp_path / "o").glob("u-*.tar"))
     assert all(p.stat().st_size <= 12000 for p in outs)
     assert sum(len(read_wds([p])) for p in outs) == 30
+
+
+def test_reshard_one_big_tar_reads_each_byte_about_once(tmp_path):
+    import webdataset as wds
+
+    src = tmp_path / "big.tar"
+    samples = {}
+    with wds.TarWriter(str(src)) as w:
+        for i in range(100):
+            samples[f"k{i:03d}"] = {"__key__": f"k{i:03d}", "bin": bytes([i]) * (200 << 10)}
+            w.write(samples[f"k{i:03d}"])
+    summary = tmp_path / "s.json"
+    ok(run("htupload", src, tmp_path / "o" / "r-@20.tar", "--workers", "2", "-q",
+           "--summary", summary))
+    got = read_wds(sorted((tmp_path / "o").glob("r-*.tar")))
+    assert [s["__key__"] for s in got] == list(samples) and all(s == samples[s["__key__"]] for s in got)
+    # each copy task range-reads its own samples (plus read-ahead), not the file's prefix:
+    # reading prefixes would be ~10x the file
+    assert json.loads(summary.read_text())["bytes_in"] < 3 * src.stat().st_size
