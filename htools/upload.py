@@ -82,8 +82,19 @@ def scan_list(list_file: str) -> list[FileSample]:
     for ln in lines:
         if ln and not ln.startswith("#"):
             full = ln if os.path.isabs(ln) else os.path.join(base, ln)
-            paths.append((ln.lstrip("./").lstrip("/") if ln.startswith(("./", "/")) else ln, full))
+            paths.append((_list_key_path(ln, list_file), full))
     return group_files(paths, list_file)
+
+
+def _list_key_path(line: str, list_file: str) -> str:
+    """The member path a list-file line gives: without leading ``/`` and ``./``; no ``..``."""
+    path = line.lstrip("/")
+    while path.startswith("./"):
+        path = path[2:]
+    if ".." in path.split("/"):
+        raise HtoolsError(f"{list_file}: {line!r} climbs out with '..'; list paths below "
+                          "the dataset's root")
+    return path
 
 
 def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:

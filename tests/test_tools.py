@@ -184,3 +184,18 @@ def test_reshard_one_big_tar_reads_each_byte_about_once(tmp_path):
     # each copy task range-reads its own samples (plus read-ahead), not the file's prefix:
     # reading prefixes would be ~10x the file
     assert json.loads(summary.read_text())["bytes_in"] < 3 * src.stat().st_size
+
+
+def test_upload_list_file_keys(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"A")
+    (tmp_path / ".h").mkdir()
+    (tmp_path / ".h" / "b.txt").write_bytes(b"B")
+    lst = tmp_path / "files.txt"
+    lst.write_text("./d/a.txt\n.h/b.txt\n")
+    ok(run("htupload", lst, tmp_path / "o.tar", "--workers", "1", "-q"))
+    assert read_wds([tmp_path / "o.tar"]) == [{"__key__": ".h/b", "txt": b"B"},
+                                             {"__key__": "d/a", "txt": b"A"}]
+    lst.write_text("../escape.txt\n")
+    p = run("htupload", lst, tmp_path / "o2.tar", "--workers", "1")
+    assert p.returncode == 1 and "climbs out with '..'" in p.stderr
