@@ -50,11 +50,11 @@ def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
                           "a numbered pattern such as out-%06d.tar")
     known = shards.output_urls(spec.outputs, n_out) if n_out else []
     present = engine.plan_outputs([Task(len, {}, output=u) for u in known], opts)
+    if opts.dry_run:
+        return _dry_run(spec, inputs, known, present, opts)
     if known and len(present) == len(known):
         summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
         return summary.finish()
-    if opts.dry_run:
-        return _dry_run(spec, inputs, known, present, opts)
     started = time.time()
     with engine.connect(opts) as client:
         summary = _run(spec, inputs, n_out, opts.with_(client=client))

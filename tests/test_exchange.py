@@ -393,3 +393,12 @@ def test_run_files_describe_themselves(tmp_path):
     offsets, counts = read_index(run["url"], run["size"])
     assert list(counts) == [1, 0, 2] and list(offsets) == [0, 3, 3, 9]
     assert open(run["url"], "rb").read()[3:9] == b"\x91\xa1b\x91\xa1c"  # bucket sorted
+
+
+def test_dry_run_prints_the_plan_even_when_outputs_exist(tmp_path, client):
+    make_shards(tmp_path / "in", shards=2, per_shard=5)
+    src, dst = str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar")
+    assert htools.shuffle(src, dst, client=client, quiet=True).ok
+    p = run("htshuffle", src, dst, "--dry-run", "--resume")
+    assert p.returncode == 0 and p.stdout.count("(exists, skipped)") == 2
+    assert "stage 1: 2 input shards" in p.stdout
