@@ -50,7 +50,7 @@ from . import storage, tario
 from .errors import HtoolsError, ScriptError
 from .mapper import map_samples
 from .script import user_traceback
-from .streams import Counting
+from .streams import Counting, distinct_keys
 from .summary import ShardResult
 
 MAGIC = b"HTRUN001"
@@ -327,14 +327,10 @@ def merge_partition(output: str, slices: list[tuple[str, int, int]], count: int,
         with storage.open_write(output, spec.options) as out, \
                 tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
                                 mtime=spec.mtime) as writer:
-            previous = None
-            for sample in _reduced(merged, spec, result, output):
-                if sample["__key__"] == previous:
-                    raise HtoolsError(
-                        f"{storage.redact(output)}: two adjacent samples share the key "
-                        f"{previous!r}; a tar reader would join them: use --merge or a "
-                        "reduce_samples() to combine samples with equal keys")
-                previous = sample["__key__"]
+            samples = distinct_keys(_reduced(merged, spec, result, output), output,
+                                    "use --merge or a reduce_samples() to combine samples "
+                                    "with equal keys")
+            for sample in samples:
                 if writer.write(sample):
                     result.samples_written += 1
     except HtoolsError as e:

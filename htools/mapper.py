@@ -14,7 +14,7 @@ from . import engine, shards, storage, tario
 from .engine import RunOptions, Task, report
 from .errors import HtoolsError, ScriptError
 from .script import Script, user_traceback
-from .streams import Counting
+from .streams import Counting, distinct_keys
 from .summary import JobSummary, ShardResult
 
 
@@ -112,14 +112,8 @@ def map_shard(input: str, output: str, script: Script | FunctionScript, *, optio
             with storage.open_write(output, options) as out, \
                     tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
                                     mtime=mtime) as writer:
-                previous = None
-                for s in map_samples(samples, fn, result, input, max_errors):
-                    if s["__key__"] == previous:
-                        raise ScriptError(
-                            f"{storage.redact(input)}: two consecutive output samples share "
-                            f"the key {previous!r}; a tar reader would join them into one: "
-                            "give each output its own __key__")
-                    previous = s["__key__"]
+                for s in distinct_keys(map_samples(samples, fn, result, input, max_errors),
+                                       input, "give each output its own __key__"):
                     if _write(writer, s, output):
                         result.samples_written += 1
     except HtoolsError as e:

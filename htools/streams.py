@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from .errors import HtoolsError, hide_credentials
 from .summary import ShardResult
+
+
+def distinct_keys(samples: Iterator[dict], where: str, remedy: str) -> Iterator[dict]:
+    """Pass samples through, refusing two in a row with one ``__key__``: a tar reader
+    would join them into one sample (or reject the repeated fields)."""
+    previous = None
+    for sample in samples:
+        if sample["__key__"] == previous:
+            raise HtoolsError(f"{hide_credentials(where)}: two consecutive samples share the "
+                              f"key {previous!r}; a tar reader would join them: {remedy}")
+        previous = sample["__key__"]
+        yield sample
 
 
 class Counting:
