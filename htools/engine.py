@@ -194,7 +194,20 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
                 _execute(client, tool, todo, opts, summary, on_result, ordered)
         finally:  # a worker killed mid-write can leave a hidden temp file behind
             storage.remove_partials([t.output for _i, t in todo], opts.storage_options)
+        if opts.overwrite:
+            _remove_stale(summary, opts)
     return summary.finish()
+
+
+def _remove_stale(summary: JobSummary, opts: RunOptions) -> None:
+    """With --overwrite, a shard that failed must not keep its output from an earlier run:
+    a later --resume would take that stale output for this job's."""
+    for f in summary.failures:
+        if f["output"] and storage.protocol(f["output"]) not in ("pipe", "stdio"):
+            try:
+                storage.delete(f["output"], opts.storage_options)
+            except HtoolsError:
+                pass  # reported below with the failure itself
 
 
 def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
