@@ -222,7 +222,7 @@ def _input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[di
     with storage.open_read(url, spec.options) as raw:
         stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), url)
         samples = tario.read_samples(stream, url)
-        if spec.script is not None and _defines(spec.script, "process_sample"):
+        if spec.script is not None and spec.script.defines("process_sample"):
             fn = spec.script.load().process_sample
             yield from map_samples(samples, fn, result, url, spec.max_errors)
         else:
@@ -230,11 +230,6 @@ def _input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[di
                 result.samples_read += 1
                 result.samples_mapped += 1
                 yield s
-
-
-def _defines(script, name: str) -> bool:
-    return hasattr(script, "defines") and script.defines(name) or \
-        not hasattr(script, "defines") and hasattr(script.load(), name)
 
 
 def write_run(buffers: list[list], spec: StageOne, index: int, spill: int) -> dict:

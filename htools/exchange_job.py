@@ -49,7 +49,7 @@ def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
         raise HtoolsError(f"{spec.outputs!r} names exactly {n_out} outputs; --maxcount needs "
                           "a numbered pattern such as out-%06d.tar")
     known = shards.output_urls(spec.outputs, n_out) if n_out else []
-    present = engine.plan_outputs([Task(len, {}, output=u) for u in known], opts)
+    present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return _dry_run(spec, inputs, known, present, opts)
     if known and len(present) == len(known):
@@ -95,7 +95,8 @@ def _run(spec: ExchangeSpec, inputs: list[str], n_out: int | None,
                 f"name them instead, e.g. OUT-@{len(groups)}.tar")
         outputs = shards.output_urls(spec.outputs, len(groups))
         two = StageTwo(reverse=spec.key.reverse, merge=spec.merge, max_errors=opts.max_errors,
-                       reduce=spec.script if _has(spec.script, "reduce_samples") else None,
+                       reduce=spec.script if spec.script is not None
+                       and spec.script.defines("reduce_samples") else None,
                        mtime=spec.mtime, options=options, memory=one.memory, scratch=scratch)
         tasks = [Task(merge_partition, {"output": o, "slices": slices_of(runs, a, b),
                                         "count": int(counts[a:b].sum()), "spec": two},
@@ -126,10 +127,6 @@ def slices_of(runs: list[dict], first: int, last: int) -> list[tuple[str, int, i
         if b > a:
             out.append((run["url"], a, b))
     return out
-
-
-def _has(script, name: str) -> bool:
-    return script is not None and hasattr(script, "defines") and script.defines(name)
 
 
 def _stage_one(tool: str, one: StageOne, inputs: list[str], opts: RunOptions):

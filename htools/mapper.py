@@ -165,6 +165,9 @@ class FunctionScript:
     def load(self) -> FunctionScript:
         return self
 
+    def defines(self, name: str) -> bool:
+        return name == "process_sample"
+
 
 def map_shards(inputs, outputs: str, script, *, mtime: float | None = 0, **options) -> JobSummary:
     """Run ``process_sample`` from ``script`` over every sample of every input shard.
