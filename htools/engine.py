@@ -129,11 +129,11 @@ def existing_outputs(outputs: list[str], options: dict | None) -> set[str]:
     return {u for u, f in zip(urls, flags) if f}
 
 
-def plan_outputs(tasks: list[Task], opts: RunOptions) -> set[str]:
+def plan_outputs(outputs: list[str], opts: RunOptions) -> set[str]:
     """Outputs to skip (``--resume``), or refuse to start if outputs exist."""
     if opts.overwrite:
         return set()
-    present = existing_outputs([t.output for t in tasks], opts.storage_options)
+    present = existing_outputs(outputs, opts.storage_options)
     if present and not opts.resume and not opts.dry_run:
         listed = sorted(present)
         shown = ", ".join(storage.redact(u) for u in listed[:3])
@@ -175,7 +175,7 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
     """
     refuse_stdio(tasks)
     summary = JobSummary(tool=tool, shards_total=len(tasks), max_errors=opts.max_errors)
-    skip = plan_outputs(tasks, opts) if check_outputs else set()
+    skip = plan_outputs([t.output for t in tasks], opts) if check_outputs else set()
     if opts.dry_run:
         print_plan(tasks, skip, opts.resume)
         return summary.finish()
