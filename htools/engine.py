@@ -8,8 +8,12 @@
   Kubernetes cluster through dask-kubernetes (see :mod:`htools.kube`).
 * ``client=`` (Python API) uses a ``Client`` the caller already has.
 
-Task functions are top-level, take plain arguments and return a
-:class:`~htools.summary.ShardResult` dict; they never touch the client.
+Task functions are top-level, take plain arguments, run inside the task frame
+(:func:`htools.task.shard_task`) and return a :class:`~htools.summary.ShardResult`
+dict; they never touch the client.  :func:`run` keeps a bounded window of tasks in
+flight, so client and scheduler memory stay flat however many shards a job has.
+Nothing here prints a report: library functions return the :class:`JobSummary`
+(with the plan, for ``dry_run``); the CLI reports it (:mod:`htools.cli.common`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from . import storage
-from .errors import HtoolsError
+from .errors import HtoolsError, hide_credentials
 from .summary import JobSummary, ShardResult
 
 SCHEDULER_ENV = "HTOOLS_SCHEDULER"
@@ -45,6 +49,26 @@ class RunOptions:
     summary: str | None = None
     storage_options: dict | None = None
     client: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise HtoolsError("--resume and --overwrite exclude each other")
+        if self.max_errors < 0 or self.retries < 0:
+            raise HtoolsError("max_errors and retries must be >= 0")
+
+    @classmethod
+    def of(cls, options: dict) -> RunOptions:
+        """From a library function's keyword arguments (a clear error for unknown ones)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise HtoolsError(f"unknown option(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(names))}")
+        return cls(**options)
+
+    def as_kwargs(self) -> dict:
+        """The options as keyword arguments of a library function."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def with_(self, **kw) -> RunOptions:
         return replace(self, **kw)
@@ -136,7 +160,7 @@ def plan_outputs(outputs: list[str], opts: RunOptions) -> set[str]:
     present = existing_outputs(outputs, opts.storage_options)
     if present and not opts.resume and not opts.dry_run:
         listed = sorted(present)
-        shown = ", ".join(storage.redact(u) for u in listed[:3])
+        shown = ", ".join(hide_credentials(u) for u in listed[:3])
         more = f" and {len(listed) - 3} more" if len(listed) > 3 else ""
         raise HtoolsError(f"{len(listed)} output(s) already exist ({shown}{more}); "
                           "use --resume to skip them or --overwrite to replace them")
@@ -153,13 +177,16 @@ def refuse_stdio(tasks: list[Task]) -> None:
                                   "a file or URL, or a pipe:COMMAND that workers can run")
 
 
-def print_plan(tasks: list[Task], skip: set[str], resume: bool, out=sys.stdout) -> None:
+def plan_lines(tasks: list[Task], skip: set[str], resume: bool) -> list[str]:
+    """What ``dry_run`` shows: one line per task."""
+    lines = []
     for t in tasks:
         src = t.input if isinstance(t.input, str) else " + ".join(t.input)
         mark = ""
         if t.output in skip:
             mark = "  (exists, skipped)" if resume else "  (exists: needs --resume or --overwrite)"
-        print(f"{storage.redact(src)} -> {storage.redact(t.output)}{mark}", file=out)
+        lines.append(f"{hide_credentials(src)} -> {hide_credentials(t.output)}{mark}")
+    return lines
 
 
 # --------------------------------------------------------------- running ---
@@ -177,7 +204,7 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
     summary = JobSummary(tool=tool, shards_total=len(tasks), max_errors=opts.max_errors)
     skip = plan_outputs([t.output for t in tasks], opts) if check_outputs else set()
     if opts.dry_run:
-        print_plan(tasks, skip, opts.resume)
+        summary.plan = plan_lines(tasks, skip, opts.resume)
         return summary.finish()
     todo: list[tuple[int, Task]] = []
     for i, t in enumerate(tasks):
@@ -194,28 +221,26 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
                 _execute(client, tool, todo, opts, summary, on_result, ordered)
         finally:  # a worker killed mid-write can leave a hidden temp file behind
             storage.remove_partials([t.output for _i, t in todo], opts.storage_options)
-        if opts.overwrite:
-            _remove_stale(summary, opts)
     return summary.finish()
 
 
-def _remove_stale(summary: JobSummary, opts: RunOptions) -> None:
+def _remove_stale(result: dict, opts: RunOptions) -> None:
     """With --overwrite, a shard that failed must not keep its output from an earlier run:
     a later --resume would take that stale output for this job's."""
-    for f in summary.failures:
-        if f["output"] and storage.protocol(f["output"]) not in ("pipe", "stdio"):
-            try:
-                storage.delete(f["output"], opts.storage_options)
-            except HtoolsError:
-                pass  # reported below with the failure itself
+    out = result["output"]
+    if opts.overwrite and result["status"] == "failed" and out \
+            and storage.protocol(out) not in ("pipe", "stdio"):
+        try:
+            storage.delete(out, opts.storage_options)
+        except HtoolsError:
+            pass  # the failure itself is reported
 
 
 def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
     from distributed import as_completed
 
     job = uuid.uuid4().hex[:8]
-    nworkers = max(len(client.scheduler_info().get("workers", {})), 1)
-    window = len(todo) if not ordered else 2 * nworkers + 2
+    window = _window(client, ordered)
     bar = _progress(len(todo), opts)
     pending: dict[int, dict] = {}
     next_emit = 0  # position in ``todo`` of the next result to hand on (ordered mode)
@@ -239,6 +264,7 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
             i, t = todo[pos]
             result = _result_of(fut, t)
             fut.release()
+            _remove_stale(result, opts)
             summary.add(result)
             bar.update(result)
             if ordered:
@@ -250,12 +276,26 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
                     next_emit += 1
             elif on_result:
                 on_result(i, result)
-            while submitted < len(todo) and (submitted - next_emit < window or not ordered):
+            done = next_emit if ordered else submitted - ac.count()
+            while submitted < len(todo) and submitted - done < window:
                 ac.add(submit(submitted))
                 submitted += 1
     finally:
         bar.close()
         del widget
+
+
+def _window(client, ordered: bool) -> int:
+    """Tasks in flight at once: enough to keep every worker thread busy with a few
+    queued behind it, few enough that client and scheduler memory stay flat.  In
+    ``ordered`` mode, results that arrive early wait in the client, so fewer."""
+    try:
+        threads = sum(w.get("nthreads", 1)
+                      for w in client.scheduler_info().get("workers", {}).values())
+    except Exception:  # noqa: BLE001 - a scheduler that cannot say: assume one
+        threads = 1
+    threads = max(threads, 1)
+    return 2 * threads + 2 if ordered else max(16, 4 * threads)
 
 
 def _result_of(fut, task: Task) -> dict:
@@ -322,20 +362,8 @@ def _notebook_progress(ac) -> Any:
         return None
 
 
-def report(summary: JobSummary, opts: RunOptions) -> JobSummary:
-    """Print the one-line summary (and failures) on stderr; write ``--summary`` JSON."""
+def finish(summary: JobSummary, opts: RunOptions) -> JobSummary:
+    """The end of every library function: write ``--summary`` JSON if asked, return."""
     if opts.summary:
         summary.write_json(opts.summary)
-    if opts.dry_run:
-        return summary
-    for f in summary.failures[:20]:
-        src = f["input"] if isinstance(f["input"], str) else " + ".join(f["input"])
-        dst = f" -> {storage.redact(f['output'])}" if f["output"] else ""
-        print(f"htools: FAILED {storage.redact(src)}{dst}: {f['error']}", file=sys.stderr)
-    if len(summary.failures) > 20:
-        print(f"htools: ... and {len(summary.failures) - 20} more failed shards", file=sys.stderr)
-    for e in summary.errors[:10]:
-        print(f"htools: sample error {storage.redact(e['url'])} key {e['key']!r}: {e['error']}",
-              file=sys.stderr)
-    print(summary.line(), file=sys.stderr, flush=True)
     return summary

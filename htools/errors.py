@@ -90,3 +90,7 @@ class TarFormatError(ShardError):
 
 class ScriptError(HtoolsError):
     """The user's script is unusable (syntax error, missing function) or raised."""
+
+
+class TooManyErrors(HtoolsError):
+    """A shard had more failing samples than ``--max-errors`` allows: it fails whole."""

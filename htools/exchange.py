@@ -37,7 +37,6 @@ import os
 import random
 import resource
 import struct
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from .mapper import map_samples
 from .script import user_traceback
 from .streams import Counting, distinct_keys
 from .summary import ShardResult
+from .task import shard_task
 
 MAGIC = b"HTRUN001"
 FOOTER = struct.Struct("<Q8s")
@@ -155,11 +155,9 @@ def _bucket_fn(spec: StageOne) -> Callable[[object], int]:
 
 def partition_shard(input: str, index: int, spec: StageOne) -> dict:
     """Stage-1 task: samples of one input shard -> sorted run files in scratch."""
-    result = ShardResult(input=input)
-    t0 = time.perf_counter()
     rss0 = _rss()
     runs: list[dict] = []
-    try:
+    with shard_task(input, max_errors=spec.max_errors) as result:
         samples = _input_samples(input, spec, result)
         rng = random.Random(f"{spec.key.seed}:{index}")
         key_of = _random_key(rng) if spec.key.mode == "random" else spec.key.key_fn(spec.script)
@@ -174,7 +172,8 @@ def partition_shard(input: str, index: int, spec: StageOne) -> dict:
                 packed = pack([k, sample])
                 bucket = bucket_of(k)
             except Exception as e:
-                _sample_failed(result, input, sample, e, spec.max_errors)
+                result.sample_error(input, sample.get("__key__", "?"),
+                                    "cannot compute the sort key", e, user_traceback(e))
                 continue
             buffers[bucket].append((k, packed))
             held += len(packed) + RECORD_OVERHEAD
@@ -184,13 +183,11 @@ def partition_shard(input: str, index: int, spec: StageOne) -> dict:
                 held = 0
         if held or not runs:
             runs.append(write_run(buffers, spec, index, spill))
-    except HtoolsError as e:
+    if result.status == "failed":
         for r in runs:  # this attempt's runs are useless now
             storage.delete(r["url"], scratch_options(spec.options))
-        result.fail(str(e))
         runs = []
     result.extra = {"runs": runs, "rss_start": rss0, "peak_rss": _peak_rss()}
-    result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
 
 
@@ -209,22 +206,13 @@ def _random_key(rng: random.Random) -> Callable[[dict], int]:
     return lambda _s: rng.getrandbits(63)
 
 
-def _sample_failed(result: ShardResult, url: str, sample: dict, e: Exception,
-                   max_errors: int) -> None:
-    key = sample.get("__key__", "?")
-    result.sample_error(url, key, f"{type(e).__name__}: {e}", user_traceback(e))
-    if result.sample_errors > max_errors:
-        raise ScriptError(f"{storage.redact(url)}: cannot key sample {key!r}: "
-                          f"{type(e).__name__}: {e}") from None
-
-
 def _input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
     with storage.open_read(url, spec.options) as raw:
         stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), url)
         samples = tario.read_samples(stream, url)
         if spec.script is not None and spec.script.defines("process_sample"):
             fn = spec.script.load().process_sample
-            yield from map_samples(samples, fn, result, url, spec.max_errors)
+            yield from map_samples(samples, fn, result, url)
         else:
             for s in samples:
                 result.samples_read += 1
@@ -313,29 +301,28 @@ def merge_partition(output: str, slices: list[tuple[str, int, int]], count: int,
     ``slices`` are ``(run url, start, end)`` computed by the client from stage 1's
     offsets, in (input, spill) order; ``count`` is how many records they hold.
     """
-    result = ShardResult(input=f"{count} records from {len(slices)} runs", output=output)
-    t0 = time.perf_counter()
     rss0 = _rss()
     temps: list[str] = []
-    try:
-        merged = _merge(_fan_in(slices, spec, temps), spec.reverse, spec.scratch_options)
-        with storage.open_write(output, spec.options) as out, \
-                tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
-                                mtime=spec.mtime) as writer:
-            samples = distinct_keys(_reduced(merged, spec, result, output), output,
-                                    "use --merge or a reduce_samples() to combine samples "
-                                    "with equal keys")
-            for sample in samples:
-                if writer.write(sample):
-                    result.samples_written += 1
-    except HtoolsError as e:
-        result.samples_read = count  # the whole partition is lost with its output
-        result.fail(str(e))
-    finally:
-        for url in temps:
-            storage.delete(url, spec.scratch_options)
+    with shard_task(f"{count} records from {len(slices)} runs", output,
+                    max_errors=spec.max_errors) as result:
+        try:
+            merged = _merge(_fan_in(slices, spec, temps), spec.reverse, spec.scratch_options)
+            with storage.open_write(output, spec.options) as out, \
+                    tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
+                                    mtime=spec.mtime) as writer:
+                samples = distinct_keys(_reduced(merged, spec, result, output), output,
+                                        "use --merge or a reduce_samples() to combine samples "
+                                        "with equal keys")
+                for sample in samples:
+                    if writer.write(sample):
+                        result.samples_written += 1
+        except Exception:
+            result.samples_read = count  # the whole partition is lost with its output
+            raise
+        finally:
+            for url in temps:
+                storage.delete(url, spec.scratch_options)
     result.extra = {"rss_start": rss0, "peak_rss": _peak_rss(), "merge_passes": len(temps)}
-    result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
 
 
@@ -395,11 +382,8 @@ def _reduced(records: Iterator[list], spec: StageTwo, result: ShardResult,
             out = fn(key, samples)
             outs = [] if out is None else [out] if isinstance(out, dict) else list(out)
         except Exception as e:
-            result.sample_error(output, str(key), f"{type(e).__name__}: {e}", user_traceback(e),
+            result.sample_error(output, str(key), "reduce_samples raised", e, user_traceback(e),
                                 samples=n)
-            if result.sample_errors > spec.max_errors:
-                raise ScriptError(f"reduce_samples raised on key {key!r}: {type(e).__name__}: "
-                                  f"{e}\n{user_traceback(e)}") from None
             continue
         if not outs:
             result.samples_dropped += n
@@ -462,12 +446,11 @@ def pick_splitters(keys: list, buckets: int, reverse: bool = False) -> tuple:
 
 def sample_keys(input: str, index: int, spec: StageOne, limit: int) -> dict:
     """Pre-pass task (htsort): a reservoir sample of the sort keys of one shard."""
-    result = ShardResult(input=input)
     rng = random.Random(f"splitters:{spec.key.seed}:{index}")
     key_of = spec.key.key_fn(spec.script)
     reservoir: list = []
     seen = 0
-    try:
+    with shard_task(input, max_errors=spec.max_errors) as result:
         for sample in _input_samples(input, spec, result):
             try:
                 k = key_of(sample)
@@ -480,8 +463,6 @@ def sample_keys(input: str, index: int, spec: StageOne, limit: int) -> dict:
                 j = rng.randrange(seen)
                 if j < limit:
                     reservoir[j] = k
-    except HtoolsError as e:
-        result.fail(str(e))
     result.extra = {"keys": reservoir}
     return result.as_dict()
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import engine, shards, storage
 from .engine import RunOptions, Task
-from .errors import HtoolsError
+from .errors import HtoolsError, hide_credentials
 from .exchange import (BUCKETS_PER_OUTPUT, MAX_BUCKETS, KeySpec, StageOne, StageTwo,
                        group_buckets, merge_partition, partition_shard, pick_splitters,
                        sample_keys)
@@ -40,41 +40,48 @@ class ExchangeSpec:
 
 
 def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
+    """Run both stages; the summary (written to ``opts.summary`` if set) is returned."""
+    return engine.finish(_exchange(spec, opts), opts)
+
+
+def _exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     inputs = shards.expand_all(list(spec.inputs))
-    n_out = shards.count_of(spec.outputs)
+    outset = shards.OutputSet.parse(spec.outputs)
+    n_out = outset.count
     if n_out is None and not spec.maxcount:
         raise HtoolsError(f"{spec.outputs!r} is open-ended: give --maxcount, or name the "
                           "outputs with @M")
     if n_out is not None and spec.maxcount:
         raise HtoolsError(f"{spec.outputs!r} names exactly {n_out} outputs; --maxcount needs "
                           "a numbered pattern such as out-%06d.tar")
-    known = shards.output_urls(spec.outputs, n_out) if n_out else []
+    known = outset.urls(n_out) if n_out else []
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
-        return _dry_run(spec, inputs, known, present, opts)
+        return _dry_run(spec, outset, inputs, known, present)
     if known and len(present) == len(known):
         summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
         return summary.finish()
     started = time.time()
     with engine.connect(opts) as client:
-        summary = _run(spec, inputs, n_out, opts.with_(client=client))
+        summary = _run(spec, inputs, outset, opts.with_(client=client))
     summary.started = started
     return summary.finish()
 
 
-def _dry_run(spec, inputs, known, present, opts) -> JobSummary:
-    print(f"stage 1: {len(inputs)} input shards -> sorted runs in scratch")
-    outs = known or [shards.numbered(spec.outputs, 0) + " ..."]
-    for u in outs:
+def _dry_run(spec, outset, inputs, known, present) -> JobSummary:
+    summary = JobSummary(spec.tool, shards_total=len(known))
+    summary.plan.append(f"stage 1: {len(inputs)} input shards -> sorted runs in scratch")
+    for u in known or [outset.first() + " ..."]:
         mark = "  (exists, skipped)" if u in present else ""
-        print(f"stage 2: -> {storage.redact(u)}{mark}")
-    return JobSummary(spec.tool, shards_total=len(known)).finish()
+        summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")
+    return summary.finish()
 
 
-def _run(spec: ExchangeSpec, inputs: list[str], n_out: int | None,
+def _run(spec: ExchangeSpec, inputs: list[str], outset: shards.OutputSet,
          opts: RunOptions) -> JobSummary:
     client = opts.client
-    scratch_root = spec.scratch or default_scratch(opts, spec.outputs)
+    n_out = outset.count
+    scratch_root = spec.scratch or default_scratch(opts, outset)
     scratch = storage.join(scratch_root, f"{spec.tool}-{uuid.uuid4().hex[:12]}/")
     buckets = min(MAX_BUCKETS, BUCKETS_PER_OUTPUT * n_out) if n_out else DEFAULT_BUCKETS
     options = storage.resolve_options(opts.storage_options)
@@ -93,7 +100,7 @@ def _run(spec: ExchangeSpec, inputs: list[str], n_out: int | None,
                 f"{int(counts.sum())} samples at --maxcount {spec.maxcount} need {len(groups)} "
                 f"outputs, more than an open-ended pattern can balance ({buckets // 4}); "
                 f"name them instead, e.g. OUT-@{len(groups)}.tar")
-        outputs = shards.output_urls(spec.outputs, len(groups))
+        outputs = outset.urls(len(groups))
         two = StageTwo(reverse=spec.key.reverse, merge=spec.merge, max_errors=opts.max_errors,
                        reduce=spec.script if spec.script is not None
                        and spec.script.defines("reduce_samples") else None,
@@ -163,7 +170,7 @@ def _with_splitters(one: StageOne, inputs: list[str], opts: RunOptions) -> Stage
                      check_outputs=False)
     if not pre.ok:
         f = pre.failures[0]
-        raise HtoolsError(f"cannot sample keys of {storage.redact(str(f['input']))}: "
+        raise HtoolsError(f"cannot sample keys of {hide_credentials(str(f['input']))}: "
                           f"{f['error']}")
     try:
         splitters = pick_splitters(keys, one.buckets)
@@ -210,14 +217,12 @@ def _combine(tool: str, s1: JobSummary, s2: JobSummary | None, one: StageOne) ->
     return out
 
 
-def default_scratch(opts: RunOptions, outputs: str) -> str:
+def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
     """A local temp dir for the embedded cluster; else ``_htools_tmp/`` beside the outputs."""
     if opts.client is not None and engine.cluster_address(opts.cluster) is None \
             and _is_local_cluster(opts.client):
         return tempfile.mkdtemp(prefix="htools-scratch-") + "/"
-    first = shards.output_urls(outputs, 1)[0] if shards.is_numbered(outputs) \
-        else shards.expand_all(outputs)[0]
-    return first.rsplit("/", 1)[0] + "/_htools_tmp/"
+    return outset.folder() + "_htools_tmp/"
 
 
 def _is_local_cluster(client) -> bool:

@@ -11,17 +11,17 @@ import base64
 import json
 import posixpath
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
 from . import engine, shards, storage, tario
-from .engine import RunOptions, Task, report
+from .engine import RunOptions, Task
 from .errors import HtoolsError
 from .streams import Counting
 from .summary import JobSummary, ShardResult
+from .task import shard_task
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,9 @@ def safe_member_path(key: str, field: str) -> str:
 
 def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None) -> dict:
     """Task: the rows (or value counts) of one shard, plus the usual counts."""
-    result = ShardResult(input=input)
-    t0 = time.perf_counter()
     rows: list[str] = []
     counts: Counter = Counter()
-    try:
+    with shard_task(input) as result:
         for sample in _samples(input, options, result):
             values = row_values(sample, spec)
             if spec.to_dir:
@@ -106,11 +104,9 @@ def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None)
                 rows.append(format_row(values, spec))
             result.samples_mapped += 1
             result.samples_written += 1
-    except HtoolsError as e:
-        result.fail(str(e))
+    if result.status == "failed":
         rows, counts = [], Counter()
     result.extra = {"rows": rows, "counts": [[list(k), n] for k, n in counts.items()]}
-    result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
 
 
@@ -146,20 +142,17 @@ def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
 def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
             format: str = "tsv", binary: str = "length", to_dir: str | None = None,
             out: IO[str] | None = None, **options) -> JobSummary:
-    """Extract fields of every sample of ``inputs``; rows go to ``out`` (default stdout).
+    """Extract fields of every sample of ``inputs``; rows go to ``out`` (default stdout),
+    in shard order, as shards finish.
 
     With ``count=N`` the N most common values are written instead, and also
     returned in ``summary.extra["counts"]`` as ``[[values, n], ...]``.
     """
-    opts = RunOptions(**options)
+    opts = RunOptions.of(options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
     spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
-    return report(run(inputs, spec, opts, out or sys.stdout), opts)
-
-
-def run(inputs, spec: ExtractSpec, opts: RunOptions, out: IO[str]) -> JobSummary:
-    """Run the job, writing rows in shard order as they arrive; then the counts."""
+    out = out or sys.stdout
     tasks = plan(inputs, spec, opts)
     counts: Counter = Counter()
 
@@ -179,4 +172,5 @@ def run(inputs, spec: ExtractSpec, opts: RunOptions, out: IO[str]) -> JobSummary
         for values, n in top:
             out.write(f"{n}\t" + "\t".join(_tsv_cell(v) for v in values) + "\n")
         summary.extra["counts"] = [[list(v), n] for v, n in top]
-    return summary
+    out.flush()
+    return engine.finish(summary, opts)

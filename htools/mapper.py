@@ -6,20 +6,15 @@ task fails leaves no output, so a retried or resumed shard never duplicates.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 
 from . import engine, shards, storage, tario
-from .engine import RunOptions, Task, report
-from .errors import HtoolsError, ScriptError
-from .script import Script, user_traceback
+from .engine import RunOptions, Task
+from .errors import HtoolsError, ScriptError, hide_credentials
+from .script import Script, load_script, user_traceback
 from .streams import Counting, distinct_keys
 from .summary import JobSummary, ShardResult
-
-
-class _TooManyErrors(HtoolsError):
-    pass
+from .task import shard_task
 
 
 def expose_key(sample: dict) -> dict:
@@ -76,8 +71,7 @@ def _with_key(item: dict, key: str, aliased: bool, n: int | None) -> dict:
     return item
 
 
-def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str,
-                max_errors: int) -> Iterator[dict]:
+def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str) -> Iterator[dict]:
     """Apply ``fn`` to each sample, counting; yields the output samples."""
     for sample in samples:
         result.samples_read += 1
@@ -86,11 +80,7 @@ def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str,
             aliased = "key" not in sample
             outs = outputs_of(fn(expose_key(sample)), key, aliased)
         except Exception as e:  # the user's code raised: name shard and key
-            result.sample_error(url, key, f"{type(e).__name__}: {e}", user_traceback(e))
-            if result.sample_errors > max_errors:
-                raise _TooManyErrors(
-                    f"{storage.redact(url)}: process_sample raised on key {key!r}: "
-                    f"{type(e).__name__}: {e}\n{user_traceback(e)}") from None
+            result.sample_error(url, key, "process_sample raised", e, user_traceback(e))
             continue
         if not outs:
             result.samples_dropped += 1
@@ -99,12 +89,10 @@ def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str,
         yield from outs
 
 
-def map_shard(input: str, output: str, script: Script | FunctionScript, *, options: dict | None = None,
+def map_shard(input: str, output: str, script: Script, *, options: dict | None = None,
               max_errors: int = 0, mtime: float | None = 0) -> dict:
     """Task: read ``input``, map every sample through the script, write ``output``."""
-    result = ShardResult(input=input, output=output)
-    t0 = time.perf_counter()
-    try:
+    with shard_task(input, output, max_errors=max_errors) as result:
         fn = script.load().process_sample
         with storage.open_read(input, options) as raw:
             samples = tario.read_samples(
@@ -112,13 +100,10 @@ def map_shard(input: str, output: str, script: Script | FunctionScript, *, optio
             with storage.open_write(output, options) as out, \
                     tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
                                     mtime=mtime) as writer:
-                for s in distinct_keys(map_samples(samples, fn, result, input, max_errors),
+                for s in distinct_keys(map_samples(samples, fn, result, input),
                                        input, "give each output its own __key__"):
                     if _write(writer, s, output):
                         result.samples_written += 1
-    except HtoolsError as e:
-        result.fail(str(e))
-    result.seconds = round(time.perf_counter() - t0, 4)
     return result.as_dict()
 
 
@@ -126,7 +111,7 @@ def _write(writer, sample: dict, url: str) -> int:
     try:
         return writer.write(sample)
     except (TypeError, ValueError) as e:
-        raise ScriptError(f"{storage.redact(url)}: cannot write output sample "
+        raise ScriptError(f"{hide_credentials(url)}: cannot write output sample "
                           f"{sample.get('__key__')!r}: {e}") from None
 
 
@@ -134,49 +119,28 @@ def plan(inputs, outputs: str, script: Script, opts: RunOptions, *,
          mtime: float | None = 0) -> list[Task]:
     """One task per input shard; outputs pair with inputs in order."""
     ins = shards.expand_all(inputs)
-    outs = shards.output_urls(outputs, len(ins))
-    dupes = len(set(outs)) != len(outs)
-    if dupes:
+    outs = shards.OutputSet.parse(outputs).urls(len(ins))
+    if len(set(outs)) != len(outs):
         raise HtoolsError(f"output pattern {outputs!r} names the same output twice")
     clash = set(ins) & set(outs)
     if clash:
-        raise HtoolsError(f"output {storage.redact(sorted(clash)[0])} is also an input")
+        raise HtoolsError(f"output {hide_credentials(sorted(clash)[0])} is also an input")
     kw = {"script": script, "options": storage.resolve_options(opts.storage_options),
           "max_errors": opts.max_errors, "mtime": mtime}
     return [Task(map_shard, {"input": i, "output": o, **kw}, input=i, output=o)
             for i, o in zip(ins, outs)]
 
 
-def load_script(script, require=("process_sample",)) -> Script | FunctionScript:
-    """A script path, a :class:`Script`, or (Python API) a plain function."""
-    if isinstance(script, (Script, FunctionScript)):
-        return script
-    if callable(script):
-        return FunctionScript(script)
-    return Script.from_path(script, require=require)
-
-
-@dataclass(frozen=True)
-class FunctionScript:
-    """A Python function used as ``process_sample`` (shipped by cloudpickle)."""
-
-    process_sample: Callable
-
-    def load(self) -> FunctionScript:
-        return self
-
-    def defines(self, name: str) -> bool:
-        return name == "process_sample"
-
-
-def map_shards(inputs, outputs: str, script, *, mtime: float | None = 0, **options) -> JobSummary:
+def map_shards(inputs, outputs: str, script, *, mtime: float | None = 0,
+               **options) -> JobSummary:
     """Run ``process_sample`` from ``script`` over every sample of every input shard.
 
     ``script`` is a path to a script, a :class:`~htools.script.Script`, or a
     function.  ``options`` are those of :class:`~htools.engine.RunOptions`
     (``client=``, ``cluster=``, ``workers=``, ``resume=``, ``max_errors=`` ...).
-    Returns the job summary; ``summary.ok`` tells whether every shard succeeded.
+    Returns the job summary (``summary.ok``: every shard succeeded); prints nothing.
     """
-    opts = RunOptions(**options)
-    tasks = plan(inputs, outputs, load_script(script), opts, mtime=mtime)
-    return report(engine.run("htmapper", tasks, opts), opts)
+    opts = RunOptions.of(options)
+    tasks = plan(inputs, outputs, load_script(script, require=("process_sample",)), opts,
+                 mtime=mtime)
+    return engine.finish(engine.run("htmapper", tasks, opts), opts)

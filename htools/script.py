@@ -1,10 +1,13 @@
-"""Loading a user script and shipping it to workers.
+"""Loading a user script and shipping it to workers: one type, :class:`Script`.
 
-A script travels as *source text* (workers may share no filesystem with the
+A script file travels as *source text* (workers may share no filesystem with the
 client) and is executed once per worker process; its optional ``init()`` runs
-right after, so a model is loaded once per process, not once per shard.
-The client checks the script before any task runs: it must compile and define
-the functions the tool needs.  Nothing of the user's code runs on the client.
+right after, so a model is loaded once per process, not once per shard.  A plain
+Python function (the Python API's ``script=fn``) travels by cloudpickle and acts
+as ``process_sample``.  :func:`load_script` is the one way in: a path, a function
+or a ready :class:`Script`.  The client checks the script before any task runs:
+it must compile and define the functions the tool needs.  Nothing of the user's
+code runs on the client.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import sys
 import threading
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ScriptError
 
@@ -25,13 +30,33 @@ _loaded: dict[str, types.ModuleType] = {}
 _lock = threading.Lock()
 
 
+def load_script(script: str | os.PathLike | Callable | Script, *, require: tuple[str, ...] = (),
+                one_of: tuple[str, ...] = ()) -> Script:
+    """A :class:`Script` from a path, a function (used as ``process_sample``) or a Script."""
+    if isinstance(script, Script):
+        return script
+    if callable(script):
+        if "process_sample" not in require + one_of:
+            raise ScriptError("a function can only serve as process_sample(); give a script "
+                              "file for " + ", ".join(n + "()" for n in require or one_of))
+        return Script.from_function(script)
+    return Script.from_path(script, require=require, one_of=one_of)
+
+
 @dataclass(frozen=True)
 class Script:
-    """A user script as source text plus the file name shown in tracebacks."""
+    """A user script as source text plus the file name shown in tracebacks, or a
+    function that serves as ``process_sample``."""
 
     source: str
     filename: str = "<script>"
     digest: str = field(default="", compare=False)
+    function: Callable | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_function(cls, fn: Callable) -> Script:
+        name = getattr(fn, "__name__", "function")
+        return cls("", f"<function {name}>", function=fn)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, require: tuple[str, ...] = (),
@@ -57,10 +82,15 @@ class Script:
         return cls(source, filename, digest)
 
     def defines(self, name: str) -> bool:
+        if self.function is not None:
+            return name == "process_sample"
         return name in _top_level_names(self.source, self.filename)
 
-    def load(self) -> types.ModuleType:
-        """The script's module in this process, executed (and ``init()`` run) once."""
+    def load(self) -> Any:
+        """The script's module in this process, executed (and ``init()`` run) once
+        (for a function: a namespace whose ``process_sample`` is the function)."""
+        if self.function is not None:
+            return types.SimpleNamespace(process_sample=self.function)
         key = self.digest or hashlib.sha256(self.source.encode()).hexdigest()[:16]
         mod = _loaded.get(key)
         if mod is not None:

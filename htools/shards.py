@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from .errors import PatternError
 
@@ -84,12 +85,45 @@ def numbered(pattern: str, index: int) -> str:
 
 def output_urls(pattern: str, count: int) -> list[str]:
     """Exactly ``count`` output names from a pattern, or a clear error if it names another count."""
-    if is_numbered(pattern):
-        return [absolute(numbered(pattern, i)) for i in range(count)]
-    urls = expand_all(pattern)
-    if len(urls) != count:
-        raise PatternError(pattern, f"names {len(urls)} outputs but {count} are needed")
-    return urls
+    return OutputSet.parse(pattern).urls(count)
+
+
+@dataclass(frozen=True)
+class OutputSet:
+    """An output pattern parsed once: a fixed list of URLs (``out-@16.tar``, braces,
+    a plain URL) or an open-ended numbered pattern (``out-%06d.tar``)."""
+
+    pattern: str
+    fixed: tuple[str, ...] | None  # None: open-ended
+
+    @classmethod
+    def parse(cls, pattern: str) -> OutputSet:
+        if is_numbered(pattern):
+            numbered(pattern, 0)  # a malformed numbered pattern fails here, not later
+            return cls(pattern, None)
+        return cls(pattern, tuple(expand_all(pattern)))
+
+    @property
+    def count(self) -> int | None:
+        """How many outputs the pattern names; None when open-ended."""
+        return None if self.fixed is None else len(self.fixed)
+
+    def urls(self, count: int) -> list[str]:
+        """Exactly ``count`` output URLs, or a clear error if the pattern names another count."""
+        if self.fixed is None:
+            return [absolute(numbered(self.pattern, i)) for i in range(count)]
+        if len(self.fixed) != count:
+            raise PatternError(self.pattern, f"names {len(self.fixed)} outputs but {count} "
+                               "are needed")
+        return list(self.fixed)
+
+    def first(self) -> str:
+        """The first output's URL (for an open-ended pattern, number 0)."""
+        return self.fixed[0] if self.fixed is not None else absolute(numbered(self.pattern, 0))
+
+    def folder(self) -> str:
+        """The directory (URL prefix) the outputs go to, with a trailing ``/``."""
+        return self.first().rsplit("/", 1)[0] + "/"
 
 
 def count_of(pattern: str) -> int | None:

@@ -1,10 +1,14 @@
 """Per-shard results and the job summary.
 
-Every task returns a :class:`ShardResult` as a plain dict.  For each shard,
+Every task returns a :class:`ShardResult` as a plain dict (made by the task frame,
+:func:`htools.task.shard_task`).  For each shard,
 ``samples_read == samples_mapped + samples_dropped + samples_failed``: a sample
 read is either mapped (it produced zero or more output samples), dropped by the
 script (``None``), or failed.  When a whole shard fails, its output is absent
 and every sample read from it counts as failed.
+
+The summary stays compact however many shards a job has: counters, plus the first
+``MAX_LISTED_FAILURES`` failed shards and ``MAX_LISTED_ERRORS`` failed samples.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import hide_credentials
+from .errors import TooManyErrors, hide_credentials
 
 MAX_LISTED_ERRORS = 100
+MAX_LISTED_FAILURES = 100
 COUNTERS = ("samples_read", "samples_mapped", "samples_written", "samples_dropped",
             "samples_failed", "sample_errors", "bytes_in", "bytes_out")
 
@@ -38,21 +43,30 @@ class ShardResult:
     sample_errors: int = 0  # samples whose processing raised (counted against --max-errors)
     seconds: float = 0.0
     error: str | None = None
+    traceback: str = ""  # of an unexpected exception (an htools bug) that failed the shard
     errors: list[dict] = field(default_factory=list)  # per-sample: url, key, error, traceback
     extra: dict[str, Any] = field(default_factory=dict)
+    max_errors: int = field(default=0, repr=False)  # the shard's budget of failing samples
 
-    def sample_error(self, url: str, key: str, error: str, tb: str = "", *,
+    def sample_error(self, url: str, key: str, what: str, exc: BaseException, tb: str = "", *,
                      samples: int = 1) -> None:
-        """One failure (a sample, or a reduce group of ``samples`` records)."""
+        """Count one failing sample (or a reduce group of ``samples`` records) whose
+        ``what`` ("process_sample raised", ...) raised ``exc``.  Past the shard's
+        ``max_errors`` budget this raises :class:`TooManyErrors`: the shard fails."""
+        error = f"{type(exc).__name__}: {exc}"
         self.samples_failed += samples
         self.sample_errors += 1
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"url": url, "key": key, "error": error, "traceback": tb})
+        if self.sample_errors > self.max_errors:
+            detail = f"\n{tb}" if tb else ""
+            raise TooManyErrors(f"{hide_credentials(url)}: {what} on key {key!r}: {error}{detail}")
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, traceback: str = "") -> None:
         """The whole shard failed: its output is absent, every sample read is failed."""
         self.status = "failed"
         self.error = error
+        self.traceback = traceback
         self.samples_failed = self.samples_read - self.samples_dropped
         self.samples_mapped = 0
         self.samples_written = 0
@@ -60,6 +74,7 @@ class ShardResult:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        del d["max_errors"]
         d["input"] = _hide(d["input"])
         d["output"] = hide_credentials(d["output"])
         if d["error"]:
@@ -93,9 +108,10 @@ class JobSummary:
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
-    failures: list[dict] = field(default_factory=list)  # failed shards: input, output, error
+    failures: list[dict] = field(default_factory=list)  # first failed shards: input, output, error
     errors: list[dict] = field(default_factory=list)  # failed samples (first MAX_LISTED_ERRORS)
     extra: dict[str, Any] = field(default_factory=dict)
+    plan: list[str] = field(default_factory=list)  # with dry_run: what would run
     started: float = field(default_factory=time.time, repr=False)
 
     def add(self, r: dict) -> None:
@@ -104,7 +120,9 @@ class JobSummary:
             return
         if r["status"] == "failed":
             self.shards_failed += 1
-            self.failures.append({"input": r["input"], "output": r["output"], "error": r["error"]})
+            if len(self.failures) < MAX_LISTED_FAILURES:
+                self.failures.append({"input": r["input"], "output": r["output"],
+                                      "error": r["error"], "traceback": r.get("traceback", "")})
         else:
             self.shards_done += 1
         for name in COUNTERS:

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import compress, engine, shards, storage, tario
-from .engine import RunOptions, Task, report
-from .errors import HtoolsError
+from .engine import RunOptions, Task
+from .errors import HtoolsError, hide_credentials
 from .streams import Counting
 from .summary import JobSummary, ShardResult
+from .task import shard_task
 
 TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.zst", ".tzst")
 
@@ -124,8 +124,9 @@ def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:
 def write_file_shard(output: str, samples: list[FileSample], *, options: dict | None = None,
                      mtime: float | None = 0) -> dict:
     """Task: write local files, grouped into samples, as one shard."""
-    result = ShardResult(input=f"{len(samples)} samples", output=output)
-    return _write_shard(output, _file_samples(samples, result), result, options, mtime)
+    with shard_task(f"{len(samples)} samples", output) as result:
+        _write_shard(output, _file_samples(samples, result), result, options, mtime)
+    return result.as_dict()
 
 
 def _file_samples(samples: list[FileSample], result: ShardResult) -> Iterator[dict]:
@@ -138,22 +139,15 @@ def _file_samples(samples: list[FileSample], result: ShardResult) -> Iterator[di
 
 
 def _write_shard(output: str, samples: Iterator[dict], result: ShardResult,
-                 options: dict | None, mtime: float | None) -> dict:
+                 options: dict | None, mtime: float | None) -> None:
     """Copy ``samples`` into the shard ``output``, counting; a failure leaves no output."""
-    t0 = time.perf_counter()
-    try:
-        with storage.open_write(output, options) as out, \
-                tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
-                                mtime=mtime) as w:
-            for sample in samples:
-                result.samples_read += 1
-                w.write(sample)
-                result.samples_mapped += 1
-                result.samples_written += 1
-    except HtoolsError as e:
-        result.fail(str(e))
-    result.seconds = round(time.perf_counter() - t0, 4)
-    return result.as_dict()
+    with storage.open_write(output, options) as out, \
+            tario.TarWriter(Counting(out, result, "bytes_out"), url=output, mtime=mtime) as w:
+        for sample in samples:
+            result.samples_read += 1
+            w.write(sample)
+            result.samples_mapped += 1
+            result.samples_written += 1
 
 
 def _read_local(path: str) -> bytes:
@@ -170,10 +164,9 @@ def count_shard(input: str, *, options: dict | None = None) -> dict:
     """Task (pre-pass): the tar size of every sample of one input shard, and for an
     uncompressed tar the byte offset where each sample starts (so a copy task can
     range-read its samples instead of reading the shard from the beginning)."""
-    result = ShardResult(input=input)
     sizes: list[int] = []
     offsets: list[int] = []
-    try:
+    with shard_task(input) as result:
         with storage.open_read(input, options) as raw:
             stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), input)
             key, size, end = None, 0, 0
@@ -190,8 +183,6 @@ def count_shard(input: str, *, options: dict | None = None) -> dict:
             if key is not None:
                 sizes.append(size)
         result.samples_read = result.samples_mapped = len(sizes)
-    except HtoolsError as e:
-        result.fail(str(e))
     seekable = compress.compression_for(input) is None and storage.protocol(input) != "pipe"
     result.extra = {"sizes": sizes, "offsets": offsets if seekable else None}
     return result.as_dict()
@@ -200,9 +191,10 @@ def count_shard(input: str, *, options: dict | None = None) -> dict:
 def write_tar_shard(output: str, segments: list[Segment], *, options: dict | None = None,
                     mtime: float | None = 0) -> dict:
     """Task: copy samples ``[start, stop)`` of each segment's input into one shard."""
-    result = ShardResult(input=[s.url for s in segments], output=output)
-    return _write_shard(output, _segment_samples(segments, options, result), result, options,
-                        mtime)
+    with shard_task([s.url for s in segments], output) as result:
+        _write_shard(output, _segment_samples(segments, options, result), result, options,
+                     mtime)
+    return result.as_dict()
 
 
 def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]:
@@ -265,7 +257,8 @@ def source_kind(source: str) -> str:
 def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = None,
          maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
          mtime: float | None = 0) -> list[Task]:
-    n = shards.count_of(outputs)
+    outset = shards.OutputSet.parse(outputs)
+    n = outset.count
     if n is not None and (maxcount or maxsize):
         raise HtoolsError(f"{outputs!r} names exactly {n} outputs; use a numbered pattern "
                           "such as out-%06d.tar with --maxcount/--maxsize")
@@ -275,19 +268,19 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
         if shuffle:
             raise HtoolsError("--shuffle re-orders files of a directory or list; to shuffle "
                               "samples of existing tar shards use htshuffle")
-        return _plan_tars(source, outputs, n, maxcount, maxsize, opts, options, mtime)
+        return _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime)
     samples = scan_list(source.removeprefix("@files:")) if kind == "list" \
         else scan_directory(source)
     if shuffle:
         random.Random(seed).shuffle(samples)
     bounds = split_counts([s.size for s in samples], n, maxcount, maxsize)
-    outs = shards.output_urls(outputs, len(bounds))
+    outs = outset.urls(len(bounds))
     return [Task(write_file_shard, {"output": o, "samples": samples[a:b], "options": options,
                                     "mtime": mtime}, input=f"{source} [{a}:{b}]", output=o)
             for o, (a, b) in zip(outs, bounds)]
 
 
-def _plan_tars(source, outputs, n, maxcount, maxsize, opts, options, mtime) -> list[Task]:
+def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime) -> list[Task]:
     inputs = shards.expand_all(source)
     sizes: dict[int, dict] = {}
     counts = engine.run("htupload-count",
@@ -296,15 +289,15 @@ def _plan_tars(source, outputs, n, maxcount, maxsize, opts, options, mtime) -> l
                         on_result=lambda i, r: sizes.__setitem__(i, r))
     if not counts.ok:
         failed = counts.failures[0]
-        raise HtoolsError(f"cannot read input {storage.redact(str(failed['input']))}: "
+        raise HtoolsError(f"cannot read input {hide_credentials(str(failed['input']))}: "
                           f"{failed['error']}")
     flat: list[int] = []
     owners: list[tuple[str, int]] = []  # (input url, offset of its first sample in flat)
     for i, url in enumerate(inputs):
         owners.append((url, len(flat)))
         flat.extend(sizes[i]["extra"]["sizes"])
-    bounds = split_counts(flat, n, maxcount, maxsize)
-    outs = shards.output_urls(outputs, len(bounds))
+    bounds = split_counts(flat, outset.count, maxcount, maxsize)
+    outs = outset.urls(len(bounds))
     tasks = []
     for o, (a, b) in zip(outs, bounds):
         segs = [_segment(url, a - first, b - first, sizes[i]["extra"])
@@ -325,16 +318,16 @@ def _segment(url: str, start: int, stop: int, counted: dict) -> Segment:
 def upload(source: str, outputs: str, *, maxcount: int | None = None,
            maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
            mtime: float | None = 0, **options) -> JobSummary:
-    """Shard a local directory, a list file of paths, or existing tar shards into ``outputs``."""
-    opts = RunOptions(**options)
-    return report(run(source, outputs, opts, maxcount=maxcount, maxsize=maxsize,
-                      shuffle=shuffle, seed=seed, mtime=mtime), opts)
-
-
-def run(source: str, outputs: str, opts: RunOptions, **kw) -> JobSummary:
-    """Plan and run; tar sources share one cluster between the counting pass and the copy."""
+    """Shard a local directory, a list file of paths, or existing tar shards into
+    ``outputs``; returns the job summary, prints nothing.  Tar sources share one
+    cluster between the counting pass and the copy."""
+    opts = RunOptions.of(options)
+    kw = {"maxcount": maxcount, "maxsize": maxsize, "shuffle": shuffle, "seed": seed,
+          "mtime": mtime}
     if source_kind(source) != "tars" or opts.dry_run:
-        return engine.run("htupload", plan(source, outputs, opts, **kw), opts)
-    with engine.connect(opts) as client:
-        opts = opts.with_(client=client)
-        return engine.run("htupload", plan(source, outputs, opts, **kw), opts)
+        summary = engine.run("htupload", plan(source, outputs, opts, **kw), opts)
+    else:
+        with engine.connect(opts) as client:
+            copy = opts.with_(client=client)
+            summary = engine.run("htupload", plan(source, outputs, copy, **kw), copy)
+    return engine.finish(summary, opts)

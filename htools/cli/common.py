@@ -1,4 +1,6 @@
-"""Options every command shares, and the one way a command reports and exits."""
+"""What every command shares: the run flags (declared once, turned into
+:class:`RunOptions` in one place), option declarations used by several commands,
+and the one way a command reports its summary and exits."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from collections.abc import Callable
 
 import click
 
-from ..engine import RunOptions, report
-from ..errors import HtoolsError
+from ..engine import RunOptions
+from ..errors import HtoolsError, hide_credentials
 from ..summary import JobSummary
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def _storage_options(ctx, param, value: str | None) -> dict | None:
@@ -29,60 +33,120 @@ def _storage_options(ctx, param, value: str | None) -> dict | None:
     return opts
 
 
-def run_options(fn: Callable) -> Callable:
-    """The flags every htools command takes."""
-    decorators = [
-        click.option("-c", "--cluster", metavar="ADDRESS", envvar="HTOOLS_SCHEDULER",
-                     help="Dask scheduler (host:8786, tcp://host:8786) or k8s://NAME?workers=N; "
-                          "default: an embedded local cluster. Env: HTOOLS_SCHEDULER."),
-        click.option("--workers", type=click.IntRange(1), default=None,
-                     help="Worker processes of the embedded cluster (default: one per core)."),
-        click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
-                     help="Times a task is retried when its worker dies."),
-        click.option("--resume", is_flag=True, help="Skip outputs that already exist."),
-        click.option("--overwrite", is_flag=True, help="Replace outputs that already exist."),
-        click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing."),
-        click.option("--max-errors", type=click.IntRange(0), default=0, show_default=True,
-                     help="Let each shard go on past up to N failing samples (counted and listed); "
-                          "a shard with more fails and writes nothing."),
-        click.option("--summary", "summary_file", metavar="FILE", default=None,
-                     help="Also write the job summary as JSON to FILE."),
-        click.option("--storage-options", callback=_storage_options, metavar="JSON",
-                     envvar="HTOOLS_STORAGE_OPTIONS",
-                     help='Per-protocol fsspec options, e.g. {"s3": {"endpoint_url": "..."}} '
-                          "(or @file.json). Env: HTOOLS_STORAGE_OPTIONS."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bar or chatter."),
-    ]
-    for d in reversed(decorators):
+def parse_bytes(ctx, param, value: str | None) -> int | None:
+    if value is None:
+        return None
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    v = value.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if v and v[-1] in units:
+            return int(float(v[:-1]) * units[v[-1]])
+        return int(v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size like 512M or 2G") from None
+
+
+# (RunOptions field, click option) -- the one declaration of each shared flag
+RUN_FLAGS: list[tuple[str, Callable]] = [
+    ("cluster", click.option(
+        "-c", "--cluster", "cluster", metavar="ADDRESS", envvar="HTOOLS_SCHEDULER",
+        help="Dask scheduler (host:8786, tcp://host:8786) or k8s://NAME?workers=N; "
+             "default: an embedded local cluster. Env: HTOOLS_SCHEDULER.")),
+    ("workers", click.option(
+        "--workers", "workers", type=click.IntRange(1), default=None,
+        help="Worker processes of the embedded cluster (default: one per core).")),
+    ("retries", click.option(
+        "--retries", "retries", type=click.IntRange(0), default=2, show_default=True,
+        help="Times a task is retried when its worker dies.")),
+    ("resume", click.option("--resume", "resume", is_flag=True,
+                            help="Skip outputs that already exist.")),
+    ("overwrite", click.option("--overwrite", "overwrite", is_flag=True,
+                               help="Replace outputs that already exist.")),
+    ("dry_run", click.option("--dry-run", "dry_run", is_flag=True,
+                             help="Print the plan; touch nothing.")),
+    ("max_errors", click.option(
+        "--max-errors", "max_errors", type=click.IntRange(0), default=0, show_default=True,
+        help="Let each shard go on past up to N failing samples (counted and listed); "
+             "a shard with more fails and writes nothing.")),
+    ("summary", click.option("--summary", "summary", metavar="FILE", default=None,
+                             help="Also write the job summary as JSON to FILE.")),
+    ("storage_options", click.option(
+        "--storage-options", "storage_options", callback=_storage_options, metavar="JSON",
+        envvar="HTOOLS_STORAGE_OPTIONS",
+        help='Per-protocol options, e.g. {"s3": {"endpoint_url": "..."}} '
+             "(or @file.json). Env: HTOOLS_STORAGE_OPTIONS.")),
+    ("quiet", click.option("-q", "--quiet", "quiet", is_flag=True,
+                           help="No progress bar or chatter.")),
+]
+
+# Options several commands take, declared once.
+mtime_option = click.option("--mtime", type=float, default=0, show_default=True,
+                            help="mtime of written members (fixed, so outputs are reproducible).")
+seed_option = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seed of the random choices (same seed, same outputs).")
+maxcount_option = click.option(
+    "--maxcount", type=click.IntRange(1), default=None,
+    help="At most N samples per output (with a numbered pattern like out-%06d.tar).")
+
+
+def exchange_options(fn: Callable) -> Callable:
+    """Flags of htshuffle and htsort."""
+    for d in reversed([
+        maxcount_option,
+        click.option("--memory", callback=parse_bytes, default=None, metavar="BYTES",
+                     help="Memory budget per task (512M, 2G); default: a quarter of a "
+                          "worker's memory limit. Larger data spills to scratch."),
+        click.option("--scratch", metavar="URL", default=None,
+                     help="Where intermediate runs go (default: a temp dir for the embedded "
+                          "cluster, else _htools_tmp/ beside the outputs)."),
+        mtime_option,
+    ]):
         fn = d(fn)
     return fn
 
 
-def make_run_options(kw: dict) -> RunOptions:
-    """Pop the shared flags from a command's keyword arguments."""
-    if kw.get("resume") and kw.get("overwrite"):
-        raise click.UsageError("--resume and --overwrite exclude each other")
-    return RunOptions(
-        cluster=kw.pop("cluster"), workers=kw.pop("workers"), retries=kw.pop("retries"),
-        resume=kw.pop("resume"), overwrite=kw.pop("overwrite"), dry_run=kw.pop("dry_run"),
-        max_errors=kw.pop("max_errors"), summary=kw.pop("summary_file"),
-        storage_options=kw.pop("storage_options"), quiet=kw.pop("quiet"))
-
-
-def finish(summary: JobSummary, opts: RunOptions) -> None:
-    """Report the summary and exit: 0 only if every shard succeeded."""
-    report(summary, opts)
-    sys.exit(0 if summary.ok or opts.dry_run else 1)
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Turn htools' user errors into one clear line and exit status 1."""
+def command(fn: Callable) -> click.Command:
+    """The outermost decorator of every htools command: adds the shared run flags
+    (after the command's own options), hands them to ``fn`` as ``opts`` (a
+    RunOptions), and turns an :class:`HtoolsError` into one clear line, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kw):
         try:
-            return fn(*args, **kw)
+            opts = RunOptions(**{name: kw.pop(name) for name, _ in RUN_FLAGS})
+            return fn(*args, opts=opts, **kw)
         except HtoolsError as e:
             raise click.ClickException(str(e)) from None
 
-    return wrapper
+    def shared() -> None: ...
+    for _name, option in reversed(RUN_FLAGS):
+        shared = option(shared)
+    # click lists decorator params in reverse order of application: putting the shared
+    # ones first in the list shows them after the command's own options in --help
+    wrapper.__click_params__ = shared.__click_params__ + getattr(fn, "__click_params__", [])
+    return click.command(context_settings=CONTEXT)(wrapper)
+
+
+def report(summary: JobSummary, opts: RunOptions, err=None) -> None:
+    """The plan (dry run), or the failures and the one-line summary, on stderr."""
+    err = err or sys.stderr
+    if opts.dry_run:
+        for line in summary.plan:
+            print(line)
+        return
+    for f in summary.failures[:20]:
+        src = f["input"] if isinstance(f["input"], str) else " + ".join(f["input"])
+        dst = f" -> {hide_credentials(f['output'])}" if f["output"] else ""
+        print(f"htools: FAILED {hide_credentials(src)}{dst}: {f['error']}", file=err)
+    if summary.shards_failed > 20:
+        print(f"htools: ... and {summary.shards_failed - 20} more failed shards", file=err)
+    for e in summary.errors[:10]:
+        print(f"htools: sample error {hide_credentials(e['url'])} key {e['key']!r}: "
+              f"{e['error']}", file=err)
+    print(summary.line(), file=err, flush=True)
+
+
+def finish(summary: JobSummary, opts: RunOptions) -> None:
+    """Report the summary and exit: 0 only if every shard succeeded (or a dry run)."""
+    report(summary, opts)
+    sys.exit(0 if summary.ok or opts.dry_run else 1)

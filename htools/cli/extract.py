@@ -6,11 +6,11 @@ import sys
 
 import click
 
-from ..extract import ExtractSpec, run
-from .common import finish, make_run_options, run_options, user_errors
+from ..extract import extract
+from .common import command, finish
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command
 @click.argument("inputs")
 @click.option("-f", "--fields", default="__key__", show_default=True,
               help="Comma-separated fields to extract (__key__, __url__, cls, txt ...).")
@@ -25,9 +25,7 @@ from .common import finish, make_run_options, run_options, user_errors
               help="Write the selected fields as files DIR/KEY.FIELD instead of rows.")
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
               help="Where rows go (default stdout).")
-@run_options
-@user_errors
-def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, **kw) -> None:
+def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, opts) -> None:
     """Extract fields of every sample of INPUTS (a shard set), in shard order.
 
     \b
@@ -35,11 +33,8 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, **kw) 
       htextract 'data-{000..099}.tar' -f __key__,cls
       htextract 'data-@100.tar' -f cls --count 20
     """
-    opts = make_run_options(kw)
-    spec = ExtractSpec(tuple(f for f in fields.split(",") if f), field_names,
-                               count or 0, fmt, binary, to_dir)
-    summary = run(inputs, spec, opts, output)
-    output.flush()
+    summary = extract(inputs, fields=fields, field_names=field_names, count=count or 0,
+                      format=fmt, binary=binary, to_dir=to_dir, out=output, **opts.as_kwargs())
     if output is not sys.stdout:
         output.close()
     finish(summary, opts)

@@ -4,31 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ..exchange_job import run_exchange
-from ..mapper import load_script
-from ..shuffle import shuffle_spec
-from .common import finish, make_run_options, run_options, user_errors
-from .exchange_options import exchange_options
+from ..shuffle import shuffle
+from .common import command, exchange_options, finish, seed_option
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command
 @click.argument("inputs")
 @click.argument("outputs")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="Optional process_sample(sample) applied before shuffling.")
 @exchange_options
-@run_options
-@user_errors
-def main(inputs, outputs, seed, script_path, maxcount, memory, scratch, mtime, **kw) -> None:
+def main(inputs, outputs, seed, script_path, maxcount, memory, scratch, mtime, opts) -> None:
     """Shuffle every sample of INPUTS into OUTPUTS (out-@M.tar, or out-%06d.tar with --maxcount).
 
     \b
     Example:
       htshuffle 's3://b/train-{0000..0999}.tar' 's3://b/shuffled-@1000.tar' --seed 7
     """
-    opts = make_run_options(kw)
-    script = load_script(script_path) if script_path else None
-    spec = shuffle_spec(inputs, outputs, seed=seed, maxcount=maxcount, script=script,
-                        memory=memory, scratch=scratch, mtime=mtime)
-    finish(run_exchange(spec, opts), opts)
+    finish(shuffle(inputs, outputs, seed=seed, maxcount=maxcount, script=script_path,
+                   memory=memory, scratch=scratch, mtime=mtime, **opts.as_kwargs()), opts)

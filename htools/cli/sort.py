@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..exchange_job import run_exchange
-from ..sort import load, sort_spec
-from .common import finish, make_run_options, run_options, user_errors
-from .exchange_options import exchange_options
+from ..sort import sort
+from .common import command, exchange_options, finish
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("--key", default=None, metavar="FIELD",
               help="Sort by this field's text (default __key__).")
@@ -22,10 +20,8 @@ from .exchange_options import exchange_options
 @click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="May define process_sample, sort_key(sample), reduce_samples(key, samples).")
 @exchange_options
-@run_options
-@user_errors
 def main(patterns, key, key_type, reverse, merge, script_path, maxcount, memory, scratch,
-         mtime, **kw) -> None:
+         mtime, opts) -> None:
     """Sort every sample of INPUTS... into OUTPUTS (the last argument).
 
     \b
@@ -35,9 +31,6 @@ def main(patterns, key, key_type, reverse, merge, script_path, maxcount, memory,
     """
     if len(patterns) < 2:
         raise click.UsageError("give INPUTS... and OUTPUTS")
-    opts = make_run_options(kw)
-    script = load(script_path) if script_path else None
-    spec = sort_spec(patterns[:-1], patterns[-1], key=key, key_type=key_type, reverse=reverse,
-                     merge=merge, script=script, maxcount=maxcount, memory=memory,
-                     scratch=scratch, mtime=mtime)
-    finish(run_exchange(spec, opts), opts)
+    finish(sort(list(patterns[:-1]), patterns[-1], key=key, key_type=key_type, reverse=reverse,
+                merge=merge, script=script_path, maxcount=maxcount, memory=memory,
+                scratch=scratch, mtime=mtime, **opts.as_kwargs()), opts)
