@@ -8,7 +8,6 @@ import io
 import os
 import random
 import re
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -16,11 +15,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from htools import compress, tario
+from htools import compress, tarformat, tario, tarread
 from htools.errors import TarFormatError
 
-GNU_TAR = shutil.which("tar")
-needs_tar = pytest.mark.skipif(GNU_TAR is None, reason="GNU tar not installed")
+from helpers import require_module, require_tool
+
 
 LONG_DIR = "d" * 60 + "/" + "e" * 60  # > 100 bytes with a file name: prefix or longname
 UTF8_NAME = "données/ünïcødé-名前.txt"
@@ -130,14 +129,13 @@ def test_split_key(name, expected):
 # --------------------------------------------------------------------------- reading
 
 
-@needs_tar
 @pytest.mark.parametrize("fmt", ["gnu", "oldgnu", "pax", "posix", "ustar"])
 @pytest.mark.parametrize("dot", [True, False], ids=["C-dot", "names"])
-def test_read_gnu_tar(tmp_path, fmt, dot):
+def test_read_gnu_tar(tmp_path, fmt, dot, gnu_tar):
     files = make_tree(tmp_path / "src")
     archive = tmp_path / "x.tar"
     what = ["."] if dot else sorted(os.listdir(tmp_path / "src"))
-    proc = subprocess.run([GNU_TAR, f"--format={fmt}", "-cf", str(archive),
+    proc = subprocess.run([gnu_tar, f"--format={fmt}", "-cf", str(archive),
                            "-C", str(tmp_path / "src"), *what], capture_output=True)
     if fmt == "ustar":  # ustar cannot store the long symlink target: tar warns, skips it
         assert proc.returncode in (0, 2), proc.stderr
@@ -149,13 +147,12 @@ def test_read_gnu_tar(tmp_path, fmt, dot):
     assert got == tarfile_regular(data)
 
 
-@needs_tar
-def test_read_gnu_tar_v7(tmp_path):
+def test_read_gnu_tar_v7(tmp_path, gnu_tar):
     files = {"a/n01.jpg": os.urandom(2000), "a/n01.txt": b"hi", "b/e.x": b""}
     for name, data in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
-    subprocess.run([GNU_TAR, "--format=v7", "-cf", str(tmp_path / "x.tar"), "-C",
+    subprocess.run([gnu_tar, "--format=v7", "-cf", str(tmp_path / "x.tar"), "-C",
                     str(tmp_path), "a", "b"], check=True)
     assert members_of((tmp_path / "x.tar").read_bytes()) == files  # v7 dirs end in "/"
 
@@ -190,7 +187,7 @@ def test_read_python_tarfile(fmt):
 
 
 def test_read_webdataset_writer(tmp_path):
-    wds = pytest.importorskip("webdataset")
+    wds = require_module("webdataset")
     samples = sample_set(15)
     path = tmp_path / "w.tar"
     with wds.TarWriter(str(path), encoder=False) as w:
@@ -242,10 +239,9 @@ def test_read_pax_size_overrides_header_size():
 
 def test_writer_uses_pax_size_for_huge_members():
     writer = tario.TarWriter(io.BytesIO())
-    out = bytearray()
-    writer._long_header(out, "k.bin", b"k.bin", 8**11)
+    out = writer._long_header("k.bin", b"k.bin", 8**11)
     assert len(out) == 3 * 512 and out[156:157] == b"x"
-    records = tario._parse_pax(bytes(out[512:1024]).rstrip(b"\0"), "u", 0)
+    records = tarformat.parse_pax(bytes(out[512:1024]).rstrip(b"\0"), "u", 0)
     assert records == {"size": str(8**11)}
     header = tarfile.TarInfo.frombuf(bytes(out[1024:]), "utf-8", "surrogateescape")
     assert (header.name, header.size) == ("k.bin", 0)
@@ -254,7 +250,7 @@ def test_writer_uses_pax_size_for_huge_members():
 def test_read_across_buffer_boundaries_and_big_members():
     rng = random.Random(5)
     sizes = [rng.choice([0, 1, 511, 512, 513, 4000, 70000]) for _ in range(200)]
-    sizes += [tario.CHUNK - 512, tario.CHUNK, 3 * tario.CHUNK + 17]
+    sizes += [tarread.CHUNK - 512, tarread.CHUNK, 3 * tarread.CHUNK + 17]
     samples = [{"__key__": f"k{i:04d}", "bin": rng.randbytes(s)} for i, s in enumerate(sizes)]
     data = written(samples)
     for stream in (io.BytesIO(data), Trickle(data, 777), Trickle(data, 100_000)):
@@ -311,11 +307,10 @@ def test_read_samples_groups_consecutive_members():
 # --------------------------------------------------------------------------- writing
 
 
-@needs_tar
 @pytest.mark.parametrize("suffix", [".tar", ".tgz", ".tar.zst"])
-def test_written_tar_read_by_gnu_tar(tmp_path, suffix):
-    if suffix == ".tar.zst" and shutil.which("zstd") is None:
-        pytest.skip("zstd binary not installed")
+def test_written_tar_read_by_gnu_tar(tmp_path, suffix, gnu_tar):
+    if suffix == ".tar.zst":
+        require_tool("zstd")
     samples = sample_set(10)
     samples.append({"__key__": f"{LONG_DIR}/{'g' * 80}", "txt": "prefix split"})  # > 100 bytes
     samples.append({"__key__": "p" * 200 + "/" + "q" * 120, "txt": "pax path"})  # > 255
@@ -323,7 +318,7 @@ def test_written_tar_read_by_gnu_tar(tmp_path, suffix):
     path = tmp_path / f"out{suffix}"
     with open(path, "wb") as f:
         tario.write_samples(f, samples, url=str(path), user="htools", group="data")
-    listing = subprocess.run([GNU_TAR, "-tvf", str(path)], capture_output=True, check=True,
+    listing = subprocess.run([gnu_tar, "-tvf", str(path)], capture_output=True, check=True,
                              text=True).stdout.splitlines()
     expected = {f"{s['__key__']}.{f}": (v.encode() if isinstance(v, str) else v)
                 for s in samples for f, v in s.items() if not f.startswith("_")}
@@ -334,14 +329,14 @@ def test_written_tar_read_by_gnu_tar(tmp_path, suffix):
     assert names == set(expected)
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run([GNU_TAR, "-xf", str(path), "-C", str(out)], check=True)
+    subprocess.run([gnu_tar, "-xf", str(path), "-C", str(out)], check=True)
     for name, data in expected.items():
         assert (out / name).read_bytes() == data
 
 
 @pytest.mark.parametrize("suffix", [".tar", ".tgz"])
 def test_written_tar_read_by_webdataset(tmp_path, suffix):
-    wds = pytest.importorskip("webdataset")
+    wds = require_module("webdataset")
     samples = sample_set(12)
     samples.append({"__key__": "p" * 200 + "/" + "q" * 120, "txt": b"pax path"})
     samples.append({"__key__": "données/ünï-名前", "txt": b"utf-8 name"})
@@ -527,12 +522,12 @@ def test_error_truncated_member_and_header():
     with pytest.raises(TarFormatError, match=r"^t.tar, offset 1024: truncated tar: the stream "
                                              r"ends inside a header"):
         list(tario.read_samples(io.BytesIO(data[:1024 + 100]), "t.tar"))
-    big = written([{"__key__": "big", "bin": os.urandom(3 * tario.CHUNK)}])
+    big = written([{"__key__": "big", "bin": os.urandom(3 * tarread.CHUNK)}])
     with pytest.raises(TarFormatError, match=r"member 'big.bin', offset 0: truncated member"):
-        list(tario.iter_members(Trickle(big[:2 * tario.CHUNK], 50_000), "t.tar"))
+        list(tario.iter_members(Trickle(big[:2 * tarread.CHUNK], 50_000), "t.tar"))
 
 
-def test_error_repeated_field_and_handler():
+def test_error_repeated_field():
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         for name in ("a.txt", "b.txt", "b.jpg", "b.txt", "c.txt"):
@@ -544,22 +539,21 @@ def test_error_repeated_field_and_handler():
         list(tario.read_samples(io.BytesIO(data), "r.tar"))
     assert str(info.value) == ("r.tar, member 'b.txt', key 'b', offset 3072: "
                                "field 'txt' repeated within one sample")
-    seen: list[BaseException] = []
-    got = list(tario.read_samples(io.BytesIO(data), "r.tar",
-                                  handler=lambda e: seen.append(e) or True))
-    assert [s["__key__"] for s in got] == ["a", "c"]  # the bad sample is dropped
-    assert len(seen) == 1 and seen[0].key == "b"
+    got = []
     with pytest.raises(TarFormatError):
-        list(tario.read_samples(io.BytesIO(data), "r.tar", handler=lambda e: False))
+        for sample in tario.read_samples(io.BytesIO(data), "r.tar"):
+            got.append(sample["__key__"])
+    assert got == ["a"]  # complete samples before the error; none of the bad one
 
 
-def test_error_handler_on_truncated_stream_stops_reading():
+def test_error_truncated_stream_stops_reading():
     data = _two_member_tar()
-    seen: list[BaseException] = []
-    got = list(tario.read_samples(io.BytesIO(data[:1024 + 600]), "t.tar",
-                                  handler=lambda e: seen.append(e) or True))
-    assert [s["__key__"] for s in got] == ["s1"]
-    assert "truncated" in str(seen[0])
+    got = []
+    with pytest.raises(TarFormatError, match="member 's2.txt', offset 1024: truncated"):
+        for sample in tario.read_samples(io.BytesIO(data[:1024 + 600]), "t.tar"):
+            got.append(sample["__key__"])
+    # s1 is complete but is yielded only when the next key starts, which never does
+    assert got == []
 
 
 def test_error_garbage_input():
@@ -610,7 +604,7 @@ def test_errors_pickle():
 
 
 def test_round_trip_property():
-    hypothesis = pytest.importorskip("hypothesis")
+    hypothesis = require_module("hypothesis")
     st = hypothesis.strategies
 
     segment = st.text(st.characters(blacklist_characters="./\0", blacklist_categories=("Cs",)),
@@ -658,3 +652,58 @@ def test_dotless_members_pass_through_as_the_empty_field(tmp_path):
     again = list(tario.read_samples(buf, "out.tar"))
     assert [{k: v for k, v in s.items() if k != "__url__"} for s in again] == \
         [{k: v for k, v in s.items() if k != "__url__"} for s in samples]
+
+
+# --------------------------------------------------------------------------- pinned bytes
+
+
+def pinned_samples() -> list[dict]:
+    """Every header shape the writer makes, values of every accepted type, and enough
+    data to cross the writer's flush threshold."""
+    rng = random.Random(11)
+    return [
+        {"__key__": "s0001", "jpg": rng.randbytes(1000), "cls": "7"},  # short; str value
+        {"__key__": "s0002", "": b"dotless", "txt": ""},  # the empty field; empty value
+        {"__key__": LONG_DIR + "/s0003", "json": b"{}"},  # ustar prefix split
+        {"__key__": "a" * 160 + "/s0004", "txt": b"p"},  # prefix too long: pax path
+        {"__key__": "x" * 120, "bin": b"no slash"},  # no '/' to split at: pax path
+        {"__key__": "k" * 99, "x": b"."},  # short key, name of 101 bytes: pax path
+        {"__key__": UTF8_NAME.removesuffix(".txt"), "txt": "é"},  # non-ASCII key: pax path
+        {"__key__": "a/s0008", "ünï": b"u"},  # non-ASCII field: pax path
+        {"__key__": "big/s0009", "bin": rng.randbytes(70_000), "cls": b"1",  # > 64 KiB
+         "__url__": "ignored", "_private": b"not written"},
+        {"__key__": "s0010", "a": bytearray(b"ba"), "b": memoryview(b"mv")},
+    ] + [{"__key__": f"bulk/s{i:04d}", "dat": rng.randbytes(rng.randrange(0, 5000))}
+         for i in range(400)]
+
+
+# sha256 of the uncompressed tar written for pinned_samples(): refactors must keep it.
+PINNED_TAR = {
+    "default": "caf01d48aeee3b8c83e34b5b17071e76e741f8112dacf8aa124229034fc593b8",
+    "custom": "3161a4260c5aa21ffeb2884442d0e16f22921b8aa97766b5c401d4b633cf9184",
+}
+# gzip bytes also depend on the codec library: pinned for the backend they were made with.
+PINNED_GZIP = {("isal", "1.9.1"): {
+    "default": "a6bdb61a7e022f6c6e80e3890300af516c849d52bbce1fefc31a9ad91db5b0be",
+    "custom": "10ec125ca4b9891bcbc2f02d4f6b5b287b152ff53de61aad5d66b7fa55c997a8",
+}}
+
+
+@pytest.mark.parametrize("which", ["default", "custom"])
+def test_writer_bytes_are_pinned(which):
+    import hashlib
+
+    kw = {} if which == "default" else {"mtime": 1234567890, "user": "üser", "group": "grp",
+                                        "mode": 0o600}
+    buf = io.BytesIO()
+    counts = tario.write_samples(buf, pinned_samples(), url="pin.tar", **kw)
+    plain = buf.getvalue()
+    assert hashlib.sha256(plain).hexdigest() == PINNED_TAR[which]
+    assert counts == (410, len(plain))
+    gz = io.BytesIO()
+    tario.write_samples(gz, pinned_samples(), url="pin.tgz", **kw)
+    assert compress.open_stream_reader(io.BytesIO(gz.getvalue()), "pin.tgz").read() == plain
+    version = getattr(__import__(compress.GZIP_BACKEND), "__version__", "")
+    pinned = PINNED_GZIP.get((compress.GZIP_BACKEND, version))
+    if pinned is not None:
+        assert hashlib.sha256(gz.getvalue()).hexdigest() == pinned[which]

@@ -1,0 +1,313 @@
+"""Streaming tar writer of WebDataset samples (see :mod:`htools.tario`).
+
+Every header comes from one encoder, :class:`_Header`: a template with fixed
+mode/uid/gid/mtime/owner, so the same samples give the same bytes.  Names that
+do not fit the 100-byte name field use the ustar prefix split, else a pax
+``path`` record (so do non-ASCII names); members of 8 GiB and more get a pax
+``size`` record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+from htools.compress import open_stream_writer
+from htools.errors import TarFormatError, hide_credentials
+from htools.tarformat import (
+    BLOCK,
+    MAX_OCTAL_SIZE,
+    RECORD,
+    USTAR_POSIX,
+    byte_sum,
+    pax_records,
+)
+
+FLUSH = 1 << 20  # writer buffer size
+DIRECT = 64 << 10  # values this large are written to the stream directly
+
+_ZEROS = bytes(RECORD)
+_NUL = b"\0"
+
+
+class SampleFormatError(TarFormatError, ValueError):
+    """A sample that cannot be written as tar members (bad key, field or value)."""
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def _check_key(key: Any, url: str) -> str:
+    if isinstance(key, (bytes, bytearray)):
+        key = bytes(key).decode("utf-8", "surrogateescape")
+    if not isinstance(key, str) or not key:
+        raise SampleFormatError(url, "sample has no __key__ (a non-empty str)",
+                                key=key if isinstance(key, str) else None)
+    base = key[key.rfind("/") + 1:]
+    if not base:
+        raise SampleFormatError(url, "sample key ends with '/' (empty basename)", key=key)
+    if "." in base:
+        raise SampleFormatError(
+            url, "sample key has a '.' in its basename; readers (htools, webdataset) would "
+            "split its member names at that dot", key=key)
+    if "\0" in key or key.startswith(("/", "./")):
+        raise SampleFormatError(url, "sample key starts with '/' or './' or contains NUL",
+                                key=key)
+    return key
+
+
+def _check_field(field: Any, key: str, url: str) -> None:
+    """Field names are str without '/' or NUL.  The empty field is a member named
+    exactly the key (a dotless member on read), so such shards pass through."""
+    if not isinstance(field, str) or "/" in field or "\0" in field:
+        raise SampleFormatError(
+            url, f"bad field name {field!r}: must be a str without '/' or NUL", key=key)
+
+
+# --------------------------------------------------------------------------- headers
+
+
+class _Header:
+    """Encodes ustar headers of one type flag around a fixed template."""
+
+    def __init__(self, kind: bytes, mode: int, mtime: int, user: str, group: str):
+        h = bytearray(BLOCK)
+        h[100:108] = b"%07o\0" % (mode & 0o7777)
+        h[108:116] = b"%07o\0" % 0
+        h[116:124] = b"%07o\0" % 0
+        h[136:148] = b"%011o\0" % (mtime & MAX_OCTAL_SIZE)
+        h[148:156] = b"        "  # the checksum counts its own field as spaces
+        h[156:157] = kind
+        h[257:265] = USTAR_POSIX
+        h[265:297] = user.encode("utf-8")[:31].ljust(32, _NUL)
+        h[297:329] = group.encode("utf-8")[:31].ljust(32, _NUL)
+        h[329:337] = b"%07o\0" % 0
+        h[337:345] = b"%07o\0" % 0
+        # Name, size digits, checksum and prefix are filled in per member.
+        self.sum = sum(h)
+        self.mode_to_size = bytes(h[100:124])
+        self.size_end_to_chk = bytes(h[135:148])
+        self.type_to_prefix = bytes(h[156:345])
+        self.tail = bytes(h[500:])
+
+    def encode(self, name: bytes, size: int, prefix: bytes = b"") -> bytes:
+        """A header block for ``name`` (at most 100 bytes) and ``prefix`` (at most 155
+        bytes); ``size`` is written as 0 beyond the octal field (a pax record holds it)."""
+        size_f = b"%011o" % (size if size <= MAX_OCTAL_SIZE else 0)
+        total = self.sum + byte_sum(name) + byte_sum(size_f)  # each field < 256 bytes
+        if prefix:
+            total += byte_sum(prefix)
+        return b"".join((name.ljust(100, _NUL), self.mode_to_size, size_f, self.size_end_to_chk,
+                         b"%06o\0 " % total, self.type_to_prefix, prefix.ljust(155, _NUL),
+                         self.tail))
+
+
+def _ustar_split(name: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, name) for the ustar prefix field, or None if the name does not fit."""
+    if len(name) > 256:
+        return None
+    i = name.find(b"/")
+    while i >= 0:
+        if i <= 155 and len(name) - i - 1 <= 100:
+            return (name[:i], name[i + 1:]) if i + 1 < len(name) else None
+        if i > 155:
+            return None
+        i = name.find(b"/", i + 1)
+    return None
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class TarWriter:
+    """Write samples as a tar stream (optionally compressed) onto ``stream``.
+
+    ``compress="auto"`` chooses the codec from the ``url`` suffix; or give
+    ``"gzip"``, ``"zstd"`` or ``None``.  ``mtime`` is the members' mtime (``None``
+    = now, taken once).  Members of a sample are written in sorted field order;
+    fields starting with ``_`` (``__key__``, ``__url__``, private fields) are not
+    written.  Values are bytes-like or str (UTF-8).  A sample without writable
+    fields writes nothing and is not counted.
+
+    ``bytes_written`` counts uncompressed tar bytes; ``samples_written`` samples.
+    :meth:`close` (also on leaving the ``with`` block) writes the end-of-archive
+    blocks, pads to a 10240-byte record like GNU tar and finishes compression;
+    it closes ``stream`` only when ``close_raw=True``.
+    """
+
+    def __init__(self, stream: BinaryIO, *, url: str = "", mtime: float | None = 0,
+                 compress: str | bool | None = "auto", user: str = "", group: str = "",
+                 mode: int = 0o644, level: int | None = None, close_raw: bool = False):
+        self.url = hide_credentials(url)
+        self.raw = stream
+        self.close_raw = close_raw
+        self.stream = open_stream_writer(stream, url, level, compress=compress)
+        self.mtime = int(time.time() if mtime is None else mtime)
+        self.bytes_written = 0
+        self.samples_written = 0
+        self.closed = False
+        self._out = bytearray()
+        self._suffixes: dict[str, bytes] = {}
+        self._reg = _Header(b"0", mode, self.mtime, user, group)
+        self._pax = _Header(b"x", mode, self.mtime, user, group)
+
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, sample: dict) -> int:
+        """Write one sample; returns the number of (uncompressed) tar bytes written."""
+        if self.closed:
+            raise ValueError("write to a closed TarWriter")
+        key = _check_key(sample.get("__key__"), self.url)
+        kb = key.encode("utf-8", "surrogateescape")
+        items = self._items(sample, key)
+        if not items:
+            return 0
+        out = self._out
+        start = len(out)
+        flushed = 0
+        encode = self._reg.encode
+        for field, suffix, value in items:
+            size = len(value)
+            nb = kb + suffix
+            if len(nb) <= 100 and size <= MAX_OCTAL_SIZE and nb.isascii():
+                out += encode(nb, size)  # what _long_header() would write, sooner
+            else:
+                out += self._long_header(key + "." + field, nb, size)
+            if size >= DIRECT:  # big values go straight to the stream, uncopied
+                flushed += len(out) - start + size
+                self.stream.write(out)
+                self.stream.write(value)
+                out = self._out = bytearray()
+                start = 0
+            else:
+                out += value
+            out += _ZEROS[:-size % BLOCK]
+        n = flushed + len(out) - start
+        if len(out) >= FLUSH:
+            self.stream.write(out)
+            self._out = bytearray()
+        self.bytes_written += n
+        self.samples_written += 1
+        return n
+
+    def _items(self, sample: dict, key: str) -> list[tuple[str, bytes, Any]]:
+        """(field, suffix, value) to write, sorted; every field is checked before any
+        is written, so a bad sample leaves no partial members."""
+        try:
+            fields = sorted(sample)
+        except TypeError:
+            raise SampleFormatError(self.url, "field names must be str", key=key) from None
+        items = []
+        suffixes = self._suffixes
+        for field in fields:
+            if field[:1] == "_":
+                continue
+            suffix = suffixes.get(field)
+            if suffix is None:
+                suffix = self._suffix(field, key)
+            value = sample[field]
+            if type(value) is not bytes:
+                value = self._as_bytes(value, field, key)
+            items.append((field, suffix, value))
+        return items
+
+    def _long_header(self, name: str, nb: bytes, size: int) -> bytes:
+        """Headers for a name that needs the ustar prefix or a pax record, or a huge size."""
+        records: dict[str, str] = {}
+        prefix = b""
+        short = nb
+        if len(nb) > 100 or not nb.isascii():
+            split = _ustar_split(nb) if nb.isascii() else None
+            if split is not None:
+                prefix, short = split
+            else:
+                records["path"] = name
+                short = name.encode("ascii", "replace")[:100]
+        if size > MAX_OCTAL_SIZE:
+            records["size"] = str(size)
+        header = self._reg.encode(short, size, prefix)
+        if not records:
+            return header
+        payload = pax_records(records)
+        return b"".join((self._pax.encode(b"././@PaxHeader", len(payload)), payload,
+                         _ZEROS[:-len(payload) % BLOCK], header))
+
+    def _suffix(self, field: str, key: str) -> bytes:
+        """Validate a field name; cache b".field" (b"" for the empty field)."""
+        _check_field(field, key, self.url)
+        fb = b"." + field.encode("utf-8", "surrogateescape") if field else b""
+        if len(self._suffixes) > 4096:
+            self._suffixes.clear()
+        self._suffixes[field] = fb
+        return fb
+
+    def _as_bytes(self, value: Any, field: str, key: str) -> Any:
+        """str -> UTF-8; bytearray/memoryview as they are (as bytes); others are an error."""
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, (bytes, bytearray)):
+            return value
+        if isinstance(value, memoryview):
+            return value if value.format == "B" and value.ndim == 1 else value.cast("B")
+        raise SampleFormatError(
+            self.url, f"field {field!r} is a {type(value).__name__}; expected bytes or str",
+            key=key)
+
+    def write_encoded(self, data: bytes | bytearray | memoryview) -> int:
+        """Write one sample already encoded as tar members (by a TarWriter with the same
+        settings: the exchange keeps samples this way); returns its byte count."""
+        if self.closed:
+            raise ValueError("write to a closed TarWriter")
+        n = len(data)
+        if n >= DIRECT:
+            if self._out:
+                self.stream.write(self._out)
+                self._out = bytearray()
+            self.stream.write(data)
+        else:
+            self._out += data
+            if len(self._out) >= FLUSH:
+                self.stream.write(self._out)
+                self._out = bytearray()
+        self.bytes_written += n
+        self.samples_written += 1
+        return n
+
+    def flush(self) -> None:
+        """Hand buffered bytes to the (compressing) stream."""
+        if self._out:
+            self.stream.write(self._out)
+            self._out = bytearray()
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Write the end-of-archive marker, finish compression, flush (close raw if asked)."""
+        if self.closed:
+            return
+        self.closed = True
+        total = self.bytes_written + 2 * BLOCK
+        tail = 2 * BLOCK + (-total % RECORD)
+        self._out += _ZEROS[:tail]
+        self.bytes_written += tail
+        self.stream.write(self._out)
+        self._out = bytearray()
+        self.stream.close()
+        flush = getattr(self.raw, "flush", None)
+        if flush is not None and not getattr(self.raw, "closed", False):
+            flush()
+        if self.close_raw:
+            self.raw.close()
+
+
+def write_samples(stream: BinaryIO, samples: Iterable[dict], **kw: Any) -> tuple[int, int]:
+    """Write ``samples`` with a :class:`TarWriter` (``kw`` passed on); returns
+    (samples written, uncompressed bytes written)."""
+    with TarWriter(stream, **kw) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return writer.samples_written, writer.bytes_written
