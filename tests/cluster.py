@@ -1,9 +1,10 @@
-"""A real Dask cluster for the tests: `dask scheduler` + 2 `dask worker` processes,
-started and stopped by the project's own scripts/cluster-start and cluster-stop."""
+"""Where the tests' jobs run: the one switch between the embedded cluster and a real
+Dask cluster (``cluster_args``), and that real cluster (``dask_cluster``): `dask
+scheduler` + 2 `dask worker` processes, started and stopped by the project's own
+scripts/cluster-start and cluster-stop."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,10 @@ from pathlib import Path
 import pytest
 
 from servers import REPO, free_port
+
+#: The two places a CLI job can run; ``cluster_args`` is parametrised over them.
+WHERE = ("embedded", "scheduler")
+WORKERS = 2
 
 
 @dataclass
@@ -25,15 +30,23 @@ class DaskCluster:
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
     d = tmp_path_factory.mktemp("dask-cluster")
     port = free_port()
-    env = dict(os.environ, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
-    try:
-        out = subprocess.run([str(REPO / "scripts" / "cluster-start"), "--workers", "2",
-                              "--port", str(port), "--dir", str(d)], env=env,
+    try:  # the processes inherit os.environ, which conftest.py gave helpers.TEST_ENV
+        out = subprocess.run([str(REPO / "scripts" / "cluster-start"), "--workers", str(WORKERS),
+                              "--port", str(port), "--dir", str(d)],
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             logs = "\n".join(p.read_text()[-2000:] for p in d.glob("*.log"))
             pytest.fail(f"cluster-start failed:\n{out.stdout}\n{out.stderr}\n{logs}")
-        yield DaskCluster(f"tcp://127.0.0.1:{port}", d, 2)
+        yield DaskCluster(f"tcp://127.0.0.1:{port}", d, WORKERS)
     finally:
         subprocess.run([str(REPO / "scripts" / "cluster-stop"), "--dir", str(d)],
                        capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=WHERE)
+def cluster_args(request: pytest.FixtureRequest) -> list[str]:
+    """CLI flags that run a job on the embedded cluster (``--workers 2``) or on the real
+    scheduler of ``dask_cluster`` (``-c ADDRESS``, two worker processes)."""
+    if request.param == "embedded":
+        return ["--workers", str(WORKERS)]
+    return ["-c", request.getfixturevalue("dask_cluster").address]

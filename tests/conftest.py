@@ -1,24 +1,21 @@
-"""Shared fixtures.  Real servers (nginx, moto, gcp-storage-emulator) live in servers.py."""
+"""Shared fixtures.  Real servers (nginx, moto, gcp-storage-emulator) live in servers.py,
+the Dask cluster and the embedded-vs-scheduler switch (``cluster_args``) in cluster.py,
+and the environment every process needs in helpers.TEST_ENV (set here, once)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+from helpers import TEST_ENV, require_tool
+
+os.environ.update(TEST_ENV)  # before anything imports gcsfs; every child inherits it
 
 pytest_plugins = ["servers", "cluster"]
-
-
-@pytest.fixture(params=["embedded", "scheduler"])
-def cluster_args(request) -> list[str]:
-    """CLI flags for the embedded cluster, or for a real scheduler with two workers."""
-    if request.param == "embedded":
-        return ["--workers", "2"]
-    return ["-c", request.getfixturevalue("dask_cluster").address]
 
 
 @pytest.fixture(params=["file", "http"])
@@ -32,3 +29,15 @@ def place(request, tmp_path) -> tuple[str, Path]:
     sub = uuid.uuid4().hex[:8]
     (Path(nginx.root) / sub).mkdir()
     return f"{nginx.url}/{sub}/", Path(nginx.root) / sub
+
+
+@pytest.fixture(scope="session")
+def gnu_tar() -> str:
+    """The path of GNU tar (scripts/setup installs Debian's tar): an independent reader
+    and writer of tar files.  Missing, or another tar, fails the test."""
+    tar = require_tool("tar")
+    version = subprocess.run([tar, "--version"], capture_output=True, text=True,
+                             check=False).stdout
+    if "GNU tar" not in version:
+        pytest.fail(f"{tar} is not GNU tar: run scripts/setup", pytrace=False)
+    return tar

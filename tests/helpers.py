@@ -1,23 +1,66 @@
-"""Helpers for end-to-end tests: make data with independent writers, run the CLI
-as a user would, read results back with independent readers (webdataset, GNU tar)."""
+"""Helpers for the tests: the one environment every process they start gets, the tools
+scripts/setup installs (a missing one FAILS the test: a broken set-up must not pass as
+skips), data made with independent writers, the CLI run as a user would, and results
+read back with independent readers (webdataset, GNU tar)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
-import webdataset as wds
+import pytest
 
 BIN = Path(sys.executable).parent
-ENV = dict(os.environ, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+
+#: The environment every process of the tests needs, Dask workers included: without
+#: it gcsfs stalls for 60 s per bucket against the GCS emulator.  conftest.py puts it
+#: into os.environ once, at import, so every child process inherits it; this is the
+#: only place it is spelled.
+TEST_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a process a test starts: os.environ, TEST_ENV, then ``extra``."""
+    return {**os.environ, **TEST_ENV, **extra}
+
+
+ENV = child_env()
+
+# Debian puts some daemons (nginx) in sbin, which a non-root PATH may lack.
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def require_tool(name: str) -> str:
+    """The path of a program that scripts/setup installs (Debian packages, or the .venv);
+    when it is missing the test fails and says how to fix it."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), str(BIN), *_SBIN])
+    found = shutil.which(name, path=search)
+    if found is None:
+        pytest.fail(f"scripts/setup installs {name}; it is missing: run scripts/setup",
+                    pytrace=False)
+    return found
+
+
+def require_module(name: str) -> ModuleType:
+    """A Python package of the `test` extra in pyproject.toml (scripts/setup installs it);
+    when it cannot be imported the test fails and says how to fix it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        pytest.fail(f"scripts/setup installs {name}; it is missing ({e}): run scripts/setup",
+                    pytrace=False)
 
 
 def make_shards(folder: Path, shards: int = 4, per_shard: int = 25, seed: int = 0,
                 name: str = "data") -> dict[str, dict]:
     """Write shards with webdataset's own TarWriter; return key -> sample."""
+    wds = require_module("webdataset")
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     samples = {}
@@ -34,6 +77,7 @@ def make_shards(folder: Path, shards: int = 4, per_shard: int = 25, seed: int = 
 
 def read_wds(paths) -> list[dict]:
     """All samples of local tar files, read by the webdataset package."""
+    wds = require_module("webdataset")
     paths = [str(p) for p in paths]
     out = []
     for sample in wds.WebDataset(paths, shardshuffle=False, empty_check=False):

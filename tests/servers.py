@@ -1,7 +1,8 @@
 """Real storage servers for the tests (a pytest plugin, loaded from conftest.py).
 
 Session fixtures start each server once, on 127.0.0.1 and a free port, and stop it
-at the end (process group killed in ``finally``):
+at the end (process group killed in ``finally``).  Each inherits os.environ, which
+conftest.py gave helpers.TEST_ENV (the GCS emulator and gcsfs need it):
 
 * ``nginx_server``  — nginx through scripts/nginx-start / scripts/nginx-stop;
   ``.url``, ``.root``, ``.prefix``.
@@ -37,8 +38,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "htools-test"
 START_TIMEOUT = 60.0
-
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 def free_port() -> int:
@@ -214,8 +213,7 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSServer]:
     log = tmp_path_factory.mktemp("gcs") / "gcs.log"
     port = free_port()
     proc = _spawn([_venv_bin("gcp-storage-emulator"), "start", "--host", "127.0.0.1",
-                   "--port", str(port), "--in-memory"], log,
-                  env={"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"})
+                   "--port", str(port), "--in-memory"], log)
     try:
         _wait_until(lambda: _answers(port), proc, "gcp-storage-emulator", log)
         endpoint = f"http://127.0.0.1:{port}"

@@ -170,13 +170,10 @@ def process_sample(sample):
 """
 
 
-@pytest.mark.parametrize("where", ["embedded", "scheduler"])
-def test_worker_killed_mid_job_writes_every_sample_once(tmp_path, data, where, request):
+def test_worker_killed_mid_job_writes_every_sample_once(tmp_path, data, cluster_args):
     mark = tmp_path / "killed"
-    args = ["--workers", "2"] if where == "embedded" else \
-        ["-c", request.getfixturevalue("dask_cluster").address]
     p = ok(run("htmapper", "-p", script(tmp_path, KILLS_ITS_WORKER.format(mark=str(mark))),
-               tmp_path / "in" / "data-@3.tar", tmp_path / "out" / "o-@3.tar", *args))
+               tmp_path / "in" / "data-@3.tar", tmp_path / "out" / "o-@3.tar", *cluster_args))
     assert mark.exists()  # a worker really died
     assert "shards 3 done" in p.stderr
     # the killed attempt's temp file is cleaned up, the retry's output committed once

@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from helpers import ENV, run
+from helpers import ENV, child_env, require_tool, run
 from htools import kube, storage
 from servers import free_port
 
@@ -178,11 +178,8 @@ def test_job_talks_to_the_scheduler_service_and_nginx():
 
 @pytest.fixture(scope="module")
 def rendered() -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl is not installed")
-    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([require_tool("kubectl"), "kustomize", str(K8S)], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -236,9 +233,7 @@ def test_k8s_nginx_conf_is_the_rendered_template():
 
 
 def test_k8s_nginx_conf_passes_nginx_t(tmp_path):
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.access(nginx, os.X_OK):
-        pytest.skip("nginx is not installed")
+    nginx = require_tool("nginx")
     conf = (K8S / "nginx" / "nginx.conf").read_text()
     conf = conf.replace("/var/lib/htools-nginx", str(tmp_path / "state"))
     conf = conf.replace("/data", str(tmp_path / "data"))
@@ -301,14 +296,12 @@ def test_compose_file():
 def test_nginx_entrypoint_runs_the_template(tmp_path):
     """The container's entrypoint, run here without Docker (paths from the environment):
     it renders the template through scripts/nginx-start and serves PUT/GET."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.access(nginx, os.X_OK):
-        pytest.skip("nginx is not installed")
+    require_tool("nginx")  # scripts/nginx-start runs it
     base = Path(tempfile.mkdtemp(prefix="htools-entrypoint-"))
     base.chmod(0o755)  # as root the workers run as www-data: they must reach the data dir
     port = free_port()
-    env = dict(os.environ, HTOOLS_HOME=str(REPO), DATA=str(base / "data"),
-               STATE=str(base / "state"), PORT=str(port), LISTEN="127.0.0.1")
+    env = child_env(HTOOLS_HOME=str(REPO), DATA=str(base / "data"),
+                    STATE=str(base / "state"), PORT=str(port), LISTEN="127.0.0.1")
     if os.getuid() == 0:
         try:
             import pwd

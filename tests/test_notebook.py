@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+from helpers import require_module
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "examples" / "tour.ipynb"
@@ -18,10 +17,12 @@ NOTEBOOK = REPO / "examples" / "tour.ipynb"
 
 @pytest.mark.timeout(240)
 def test_tour_notebook_runs(tmp_path, monkeypatch):
+    nbformat = require_module("nbformat")
+    nbclient = require_module("nbclient")
+    require_module("ipykernel")  # the kernel that runs the notebook
     # The native "python3" kernel of jupyter_client is the Python running this test
     # (ipykernel importable here), so the notebook sees this venv's htools.
     monkeypatch.setenv("HTOOLS_EXAMPLES", str(REPO / "examples"))
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / ".ipython"))
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -1,0 +1,167 @@
+"""htools.engine.run on a real in-process Dask cluster (threads, no worker processes):
+every task's result reaches the summary, ``ordered`` hands results on in task order
+even when they finish out of order, a task that raises becomes a failed shard, existing
+outputs are refused unless resumed (then skipped), and ``-`` is refused.
+
+Uses only engine.run, RunOptions (client, resume, overwrite, retries), Task and
+plan_outputs.  Task functions are top-level, as Dask needs."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from htools.engine import RunOptions, Task, plan_outputs, run
+from htools.errors import HtoolsError
+from htools.summary import ShardResult
+
+# Events shared by the tasks of one test: the workers are threads of this process.
+_EVENTS: dict[str, threading.Event] = {}
+_FINISHED: dict[str, list[int]] = {}
+_LOCK = threading.Lock()
+
+
+def count_task(index: int, output: str = "", run_id: str = "") -> dict:
+    """Reads ``index + 1`` samples, maps them all; records when it finished."""
+    r = ShardResult(input=f"in-{index}.tar", output=output, samples_read=index + 1,
+                    samples_mapped=index + 1, samples_written=index + 1, bytes_in=10 * index)
+    if run_id:
+        with _LOCK:
+            _FINISHED[run_id].append(index)
+        _EVENTS[run_id].set()
+    return r.as_dict()
+
+
+def late_first_task(run_id: str) -> dict:
+    """Task 0: finishes only after some later task has finished (bounded wait, so a
+    scheduler that ran everything on one thread fails the test instead of hanging it)."""
+    _EVENTS[run_id].wait(timeout=30)
+    return count_task(0, run_id=run_id)
+
+
+def raising_task(index: int) -> dict:
+    raise RuntimeError(f"boom in task {index}")
+
+
+def must_not_run(output: str) -> dict:
+    raise AssertionError(f"ran the task of an existing output {output}")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, \
+            Client(cluster) as c:
+        yield c
+
+
+def opts(client, **kw) -> RunOptions:
+    return RunOptions(client=client, quiet=True, retries=0, **kw)
+
+
+# ------------------------------------------------------------------ results --
+
+def test_every_result_reaches_the_summary(client):
+    tasks = [Task(count_task, {"index": i}, input=f"in-{i}.tar") for i in range(12)]
+    seen: dict[int, dict] = {}
+    s = run("t", tasks, opts(client), on_result=lambda i, r: seen.setdefault(i, r))
+    assert s.ok and (s.shards_total, s.shards_done, s.shards_failed) == (12, 12, 0)
+    assert s.samples_read == s.samples_written == sum(i + 1 for i in range(12))
+    assert s.bytes_in == 10 * sum(range(12))
+    assert sorted(seen) == list(range(12))
+    assert all(seen[i]["input"] == f"in-{i}.tar" for i in seen)
+
+
+def test_ordered_results_arrive_in_task_order(client):
+    run_id = uuid.uuid4().hex
+    _EVENTS[run_id], _FINISHED[run_id] = threading.Event(), []
+    n = 10
+    tasks = [Task(late_first_task, {"run_id": run_id}, input="in-0.tar")]
+    tasks += [Task(count_task, {"index": i, "run_id": run_id}, input=f"in-{i}.tar")
+              for i in range(1, n)]
+    order: list[int] = []
+    results: list[dict] = []
+
+    def on_result(i: int, r: dict) -> None:
+        order.append(i)
+        results.append(r)
+
+    s = run("t", tasks, opts(client), on_result=on_result, ordered=True)
+    finished = _FINISHED.pop(run_id)
+    del _EVENTS[run_id]
+    assert finished[0] != 0 and sorted(finished) == list(range(n))  # really out of order
+    assert order == list(range(n))
+    assert [r["input"] for r in results] == [f"in-{i}.tar" for i in range(n)]
+    assert s.ok and s.shards_done == n and s.samples_read == sum(range(1, n + 1))
+
+
+def test_a_task_that_raises_is_a_failed_shard(client, tmp_path):
+    out = str(tmp_path / "o-1.tar")
+    tasks = [Task(count_task, {"index": 0}, input="in-0.tar"),
+             Task(raising_task, {"index": 1}, input="in-1.tar", output=out),
+             Task(count_task, {"index": 2}, input="in-2.tar")]
+    got: dict[int, dict] = {}
+    s = run("t", tasks, opts(client), on_result=lambda i, r: got.setdefault(i, r))
+    assert not s.ok and (s.shards_done, s.shards_failed) == (2, 1)
+    (failure,) = s.failures
+    assert failure["input"] == "in-1.tar" and failure["output"] == out
+    assert "RuntimeError" in failure["error"] and "boom in task 1" in failure["error"]
+    assert got[1]["status"] == "failed" and got[0]["status"] == got[2]["status"] == "ok"
+    assert s.samples_read == 1 + 3  # the failed task read nothing that it reported
+
+
+# ------------------------------------------------------------------ outputs --
+
+def existing(tmp_path, *names: str) -> list[str]:
+    urls = []
+    for name in names:
+        p = tmp_path / name
+        p.write_bytes(b"done before")
+        urls.append(str(p))
+    return urls
+
+
+def test_plan_outputs_refuses_existing_outputs_unless_told(tmp_path):
+    present = existing(tmp_path, "o-0.tar", "o-2.tar")
+    outputs = [present[0], str(tmp_path / "o-1.tar"), present[1], ""]
+    with pytest.raises(HtoolsError) as info:
+        plan_outputs(outputs, RunOptions())
+    message = str(info.value)
+    assert message.startswith("2 output(s) already exist") and "--resume" in message
+    assert "o-0.tar" in message and "o-1.tar" not in message
+    assert plan_outputs(outputs, RunOptions(resume=True)) == set(present)
+    assert plan_outputs(outputs, RunOptions(overwrite=True)) == set()
+    assert plan_outputs([str(tmp_path / "new.tar")], RunOptions()) == set()
+
+
+def test_run_refuses_existing_outputs_before_running_anything(client, tmp_path):
+    (out,) = existing(tmp_path, "o-0.tar")
+    tasks = [Task(must_not_run, {"output": out}, input="in-0.tar", output=out)]
+    with pytest.raises(HtoolsError, match="already exist"):
+        run("t", tasks, opts(client))
+
+
+def test_resume_skips_existing_outputs(client, tmp_path):
+    (done,) = existing(tmp_path, "o-1.tar")
+    outs = [str(tmp_path / f"o-{i}.tar") for i in range(3)]
+    tasks = [Task(count_task, {"index": i, "output": o}, input=f"in-{i}.tar", output=o)
+             for i, o in enumerate(outs)]
+    tasks[1] = Task(must_not_run, {"output": done}, input="in-1.tar", output=done)
+    got: dict[int, dict] = {}
+    s = run("t", tasks, opts(client, resume=True), on_result=lambda i, r: got.setdefault(i, r))
+    assert s.ok and (s.shards_done, s.shards_skipped, s.shards_failed) == (2, 1, 0)
+    assert got[1]["status"] == "skipped" and got[1]["output"] == done
+    assert s.samples_read == 1 + 3  # the skipped shard counts no samples
+    assert (tmp_path / "o-1.tar").read_bytes() == b"done before"
+
+
+def test_stdio_is_refused(client, tmp_path):
+    for task in (Task(must_not_run, {"output": "-"}, input="in.tar", output="-"),
+                 Task(must_not_run, {"output": "x"}, input="-", output=str(tmp_path / "x")),
+                 Task(must_not_run, {"output": "x"}, input=["a.tar", "-"])):
+        with pytest.raises(HtoolsError, match=r"'-' \(stdin/stdout\) is not available"):
+            run("t", [task], opts(client))

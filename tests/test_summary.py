@@ -1,0 +1,211 @@
+"""htools.summary on its own: a shard's counts and a job's add up (every sample read is
+mapped, dropped or failed), skipped and failed shards are counted apart, the lists of
+errors stay capped, and nothing a user sees (JSON, the summary line) shows credentials."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from htools.errors import HtoolsError
+from htools.summary import MAX_LISTED_ERRORS, MAX_LISTED_FAILURES, JobSummary, ShardResult
+
+SECRET_URL = "s3://alice:s3cret@bucket/in-0.tar"
+
+
+def adds_up(r) -> bool:
+    """The invariant of a shard (a ShardResult) or of a job (its summary dict)."""
+    d = r if isinstance(r, dict) else r.__dict__
+    return d["samples_read"] == d["samples_mapped"] + d["samples_dropped"] + d["samples_failed"]
+
+
+def shard(read: int, mapped: int, dropped: int, written: int | None = None, *,
+          name: str = "in-0.tar", **kw) -> ShardResult:
+    r = ShardResult(input=name, output="out-" + name, samples_read=read, samples_mapped=mapped,
+                    samples_dropped=dropped, samples_written=mapped if written is None else written,
+                    bytes_in=100 * read, bytes_out=90 * mapped, **kw)
+    return r
+
+
+def boom(n: int = 0) -> ValueError:
+    return ValueError(f"bad value {n}")
+
+
+# ------------------------------------------------------------------ one shard --
+
+def test_sample_errors_within_the_budget_are_counted_and_listed():
+    r = shard(read=10, mapped=6, dropped=2, max_errors=2)
+    r.sample_error("in-0.tar", "k1", "process_sample raised", boom(1), "tb one")
+    r.sample_error("in-0.tar", "k2", "process_sample raised", boom(2))
+    assert (r.samples_failed, r.sample_errors, r.status) == (2, 2, "ok")
+    assert adds_up(r)
+    assert r.errors == [
+        {"url": "in-0.tar", "key": "k1", "error": "ValueError: bad value 1", "traceback": "tb one"},
+        {"url": "in-0.tar", "key": "k2", "error": "ValueError: bad value 2", "traceback": ""}]
+
+
+def test_a_sample_error_past_the_budget_fails_the_shard_naming_url_and_key():
+    r = shard(read=3, mapped=1, dropped=0, max_errors=1)
+    r.sample_error(SECRET_URL, "k1", "process_sample raised", boom(1))
+    with pytest.raises(HtoolsError) as info:
+        r.sample_error(SECRET_URL, "k2", "process_sample raised", boom(2), "  File x, line 3")
+    message = str(info.value)
+    assert "s3://bucket/in-0.tar" in message and "s3cret" not in message
+    assert "process_sample raised on key 'k2': ValueError: bad value 2" in message
+    assert message.endswith("File x, line 3")
+    assert r.sample_errors == 2 and r.samples_failed == 2  # the one over the budget counts too
+
+
+def test_no_budget_means_the_first_sample_error_fails():
+    r = shard(read=1, mapped=0, dropped=0)
+    with pytest.raises(HtoolsError):
+        r.sample_error("u.tar", "k", "reduce_samples raised", boom())
+
+
+def test_a_reduce_group_counts_all_its_records():
+    r = shard(read=9, mapped=4, dropped=0, max_errors=5)
+    r.sample_error("o.tar", "grp", "reduce_samples raised", boom(), samples=5)
+    assert (r.samples_failed, r.sample_errors) == (5, 1) and adds_up(r)
+
+
+def test_listed_sample_errors_are_capped_but_all_counted():
+    n = MAX_LISTED_ERRORS + 25
+    r = shard(read=n, mapped=0, dropped=0, max_errors=n)
+    for i in range(n):
+        r.sample_error("in-0.tar", f"k{i}", "process_sample raised", boom(i))
+    assert r.sample_errors == n and r.samples_failed == n and adds_up(r)
+    assert len(r.errors) == MAX_LISTED_ERRORS
+    assert r.errors[-1]["key"] == f"k{MAX_LISTED_ERRORS - 1}"  # the first ones are kept
+
+
+def test_a_failed_shard_writes_nothing_and_every_sample_read_is_failed():
+    r = shard(read=10, mapped=5, dropped=2, written=7, max_errors=3)
+    r.sample_error("in-0.tar", "k9", "process_sample raised", boom())
+    r.fail("in-0.tar: truncated tar", "Traceback ...")
+    assert r.status == "failed" and r.error == "in-0.tar: truncated tar"
+    assert r.traceback == "Traceback ..."
+    assert (r.samples_mapped, r.samples_written, r.bytes_out) == (0, 0, 0)
+    assert r.samples_dropped == 2 and r.samples_failed == 8 and adds_up(r)
+    assert r.bytes_in == 1000  # what was read stays counted
+
+
+def test_shard_as_dict_hides_credentials_everywhere():
+    r = ShardResult(input=[SECRET_URL, "http://u:pw@host/b.tar"],
+                    output="gs://bob:hunter2@b/out.tar", samples_read=2, max_errors=5)
+    r.sample_error(SECRET_URL, "k", "process_sample raised",
+                   ValueError("cannot open s3://alice:s3cret@bucket/x"))
+    r.fail(f"{SECRET_URL}: gone")
+    d = r.as_dict()
+    text = json.dumps(d)
+    for secret in ("s3cret", "alice", "pw@", "hunter2"):
+        assert secret not in text, secret
+    assert d["input"] == ["s3://bucket/in-0.tar", "http://host/b.tar"]
+    assert d["output"] == "gs://b/out.tar"
+    assert d["errors"][0]["url"] == "s3://bucket/in-0.tar"
+    assert "max_errors" not in d  # a task's budget is not part of its result
+    assert ShardResult(input=SECRET_URL).as_dict()["input"] == "s3://bucket/in-0.tar"
+
+
+# ----------------------------------------------------------------------- a job --
+
+def job_of(results: list[ShardResult], total: int | None = None) -> JobSummary:
+    s = JobSummary("htmapper", shards_total=len(results) if total is None else total)
+    for r in results:
+        s.add(r.as_dict())
+    return s.finish()
+
+
+def test_job_counts_add_up_over_done_skipped_and_failed_shards():
+    done = shard(read=10, mapped=7, dropped=3, written=12, name="a.tar")  # 7 mapped gave 12
+    with_errors = shard(read=5, mapped=3, dropped=1, name="b.tar", max_errors=1)
+    with_errors.sample_error("b.tar", "kb", "process_sample raised", boom())
+    failed = shard(read=4, mapped=2, dropped=1, name="c.tar")
+    failed.fail("c.tar: truncated")
+    skipped = ShardResult(input="d.tar", output="out-d.tar", status="skipped")
+    s = job_of([done, with_errors, failed, skipped])
+    assert (s.shards_total, s.shards_done, s.shards_skipped, s.shards_failed) == (4, 2, 1, 1)
+    assert s.samples_read == 19 and s.samples_written == 12 + 3
+    assert s.samples_dropped == 3 + 1 + 1 and s.samples_failed == 1 + 3
+    assert s.samples_mapped == 7 + 3 and s.sample_errors == 1
+    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
+    assert s.bytes_in == 1900 and s.bytes_out == 90 * (7 + 3)
+    assert not s.ok
+    assert s.failures == [{"input": "c.tar", "output": "out-c.tar", "error": "c.tar: truncated",
+                           "traceback": ""}]
+    assert [e["key"] for e in s.errors] == ["kb"]
+
+
+def test_skipped_shards_count_no_samples():
+    skipped = ShardResult(input="a.tar", output="o.tar", status="skipped", samples_read=99)
+    s = job_of([skipped, shard(read=2, mapped=2, dropped=0)])
+    assert s.ok and (s.shards_done, s.shards_skipped) == (1, 1) and s.samples_read == 2
+
+
+def test_ok_needs_every_shard_accounted_for():
+    assert job_of([shard(read=1, mapped=1, dropped=0)]).ok
+    assert not job_of([shard(read=1, mapped=1, dropped=0)], total=2).ok  # a result is missing
+    assert job_of([], total=0).ok
+
+
+def test_listed_sample_errors_are_capped_across_shards():
+    results = []
+    for i in range(3):
+        r = shard(read=MAX_LISTED_ERRORS // 2 + 1, mapped=0, dropped=0, name=f"s{i}.tar",
+                  max_errors=MAX_LISTED_ERRORS)
+        for j in range(r.samples_read):
+            r.sample_error(r.input, f"{i}/{j}", "process_sample raised", boom())
+        results.append(r)
+    s = job_of(results)
+    assert len(s.errors) == MAX_LISTED_ERRORS  # the first ones, in order
+    assert s.errors[0]["key"] == "0/0" and s.errors[-1]["key"].startswith("1/")
+    assert s.sample_errors == s.samples_failed == 3 * (MAX_LISTED_ERRORS // 2 + 1)
+
+
+def test_listed_failed_shards_are_capped_but_all_counted():
+    results = []
+    for i in range(MAX_LISTED_FAILURES + 3):
+        r = shard(read=2, mapped=1, dropped=1, name=f"s{i}.tar")
+        r.fail(f"s{i}.tar: broken")
+        results.append(r)
+    s = job_of(results + [shard(read=1, mapped=1, dropped=0)])
+    assert s.shards_failed == MAX_LISTED_FAILURES + 3 and s.shards_done == 1
+    assert len(s.failures) == MAX_LISTED_FAILURES
+    assert s.failures[0]["error"] == "s0.tar: broken"
+    assert s.samples_failed == MAX_LISTED_FAILURES + 3
+    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
+
+
+def test_summary_line():
+    ok = job_of([shard(read=1000, mapped=900, dropped=100, written=1800)])
+    ok.seconds, ok.bytes_in, ok.bytes_out = 2.0, 3_500_000, 12_000_000
+    assert ok.line() == ("htmapper: ok; shards 1 done, 0 skipped, 0 failed of 1; "
+                         "samples 1000 read, 1800 written, 100 dropped, 0 failed; "
+                         "3.5 MB in, 12.0 MB out; 2.0s")
+    failed = shard(read=3, mapped=3, dropped=0)
+    failed.fail("x")
+    line = job_of([failed, ShardResult(status="skipped")], total=3).line()
+    assert line.startswith("htmapper: FAILED; shards 0 done, 1 skipped, 1 failed of 3; "
+                           "samples 3 read, 0 written, 0 dropped, 3 failed")
+
+
+def test_as_dict_and_write_json(tmp_path):
+    failed = ShardResult(input=SECRET_URL, output="s3://alice:s3cret@bucket/o.tar", samples_read=1)
+    failed.fail(f"{SECRET_URL}: no such key")
+    s = job_of([failed, shard(read=2, mapped=1, dropped=1)])
+    s.extra["peak_rss"] = 123
+    d = s.as_dict()
+    assert d["ok"] is False and "started" not in d and d["extra"] == {"peak_rss": 123}
+    assert d["failures"][0]["input"] == "s3://bucket/in-0.tar"
+    path = tmp_path / "summary.json"
+    s.write_json(str(path))
+    text = path.read_text()
+    assert text.endswith("}\n") and "s3cret" not in text
+    assert json.loads(text) == d
+    assert d["samples_read"] == d["samples_mapped"] + d["samples_dropped"] + d["samples_failed"]
+
+
+def test_finish_records_the_elapsed_time():
+    s = JobSummary("htsort")
+    s.started -= 1.5
+    assert s.finish() is s and 1.5 <= s.seconds < 60
