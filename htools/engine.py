@@ -76,12 +76,22 @@ class RunOptions:
 
 @dataclass
 class Task:
-    """One unit of work: a top-level function, its keyword arguments, and what it writes."""
+    """One unit of work: a top-level function, its keyword arguments, and what it writes.
 
-    fn: Callable[..., dict]
+    Most tasks handle one shard and return one result dict.  A task that writes several
+    small outputs (``outputs``) returns a list with one result per output, in order;
+    each counts as a shard of the job.
+    """
+
+    fn: Callable[..., dict | list[dict]]
     kwargs: dict
     input: str | list[str] = ""
     output: str = ""  # "" when the task writes nothing checked for resume
+    outputs: list[str] | None = None  # a multi-output task's outputs (not resume-checked)
+
+    @property
+    def shards(self) -> int:
+        return len(self.outputs) if self.outputs is not None else 1
 
 
 # ---------------------------------------------------------------- clusters --
@@ -171,7 +181,8 @@ def refuse_stdio(tasks: list[Task]) -> None:
     """``-`` cannot work here: tasks run in worker processes, whose stdin/stdout are not
     the user's (a worker would read an empty stdin and report an empty shard)."""
     for t in tasks:
-        for url in ([t.input] if isinstance(t.input, str) else t.input) + [t.output]:
+        for url in ([t.input] if isinstance(t.input, str) else t.input) + [t.output] \
+                + (t.outputs or []):
             if url == "-":
                 raise HtoolsError("'-' (stdin/stdout) is not available to Dask workers: give "
                                   "a file or URL, or a pipe:COMMAND that workers can run")
@@ -201,7 +212,8 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
     tasks runs ahead, so memory stays bounded).
     """
     refuse_stdio(tasks)
-    summary = JobSummary(tool=tool, shards_total=len(tasks), max_errors=opts.max_errors)
+    summary = JobSummary(tool=tool, shards_total=sum(t.shards for t in tasks),
+                         max_errors=opts.max_errors)
     skip = plan_outputs([t.output for t in tasks], opts) if check_outputs else set()
     if opts.dry_run:
         summary.plan = plan_lines(tasks, skip, opts.resume)
@@ -220,7 +232,8 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
             with connect(opts) as client:
                 _execute(client, tool, todo, opts, summary, on_result, ordered)
         finally:  # a worker killed mid-write can leave a hidden temp file behind
-            storage.remove_partials([t.output for _i, t in todo], opts.storage_options)
+            storage.remove_partials([u for _i, t in todo for u in [t.output, *(t.outputs or [])]],
+                                    opts.storage_options)
     return summary.finish()
 
 
@@ -241,7 +254,7 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
 
     job = uuid.uuid4().hex[:8]
     window = _window(client, ordered)
-    bar = _progress(len(todo), opts)
+    bar = _progress(sum(t.shards for _i, t in todo), opts)
     pending: dict[int, dict] = {}
     next_emit = 0  # position in ``todo`` of the next result to hand on (ordered mode)
     submitted = 0
@@ -262,20 +275,22 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
         for fut in ac:
             pos = position.pop(fut.key)
             i, t = todo[pos]
-            result = _result_of(fut, t)
+            results = _results_of(fut, t)
             fut.release()
-            _remove_stale(result, opts)
-            summary.add(result)
-            bar.update(result)
+            for result in results:
+                _remove_stale(result, opts)
+                summary.add(result)
+                bar.update(result)
             if ordered:
-                pending[pos] = result
+                pending[pos] = results
                 while next_emit in pending:
-                    r = pending.pop(next_emit)
-                    if on_result:
-                        on_result(todo[next_emit][0], r)
+                    for r in pending.pop(next_emit):
+                        if on_result:
+                            on_result(todo[next_emit][0], r)
                     next_emit += 1
             elif on_result:
-                on_result(i, result)
+                for result in results:
+                    on_result(i, result)
             done = next_emit if ordered else submitted - ac.count()
             while submitted < len(todo) and submitted - done < window:
                 ac.add(submit(submitted))
@@ -298,14 +313,19 @@ def _window(client, ordered: bool) -> int:
     return 2 * threads + 2 if ordered else max(16, 4 * threads)
 
 
-def _result_of(fut, task: Task) -> dict:
-    """A task's result dict; a task that raised (or whose workers kept dying) is a failed shard."""
+def _results_of(fut, task: Task) -> list[dict]:
+    """A task's result dicts; a task that raised (or whose workers kept dying) fails
+    every shard it had."""
     try:
-        return fut.result()
-    except Exception as e:  # KilledWorker, an htools bug, a lost scheduler connection
-        r = ShardResult(input=task.input, output=task.output)
-        r.fail(f"{type(e).__name__}: {e}")
-        return r.as_dict()
+        result = fut.result()
+        return result if isinstance(result, list) else [result]
+    except Exception as e:  # KilledWorker, a lost scheduler connection
+        failed = []
+        for out in task.outputs if task.outputs is not None else [task.output]:
+            r = ShardResult(input=task.input, output=out)
+            r.fail(f"{type(e).__name__}: {e}")
+            failed.append(r.as_dict())
+        return failed
 
 
 class _Bar:

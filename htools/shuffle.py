@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from .engine import RunOptions
-from .exchange import KeySpec
-from .exchange_job import ExchangeSpec, run_exchange
+from .exchange import ExchangeSpec, KeySpec, run_exchange
 from .script import load_script
 from .summary import JobSummary
 
 
 def shuffle(inputs, outputs: str, *, seed: int = 0, maxcount: int | None = None,
             script=None, memory: int | None = None, scratch: str | None = None,
-            mtime: float | None = 0, **options) -> JobSummary:
+            mtime: float | None = 0, fan_in: int | None = None,
+            **options) -> JobSummary:
     """Shuffle every sample of ``inputs`` into ``outputs`` (``@M``, or ``%06d`` with
     ``maxcount``).  Same seed, inputs and outputs give byte-identical outputs.
     ``script`` (a path or a function) may define ``process_sample``, applied first.
@@ -21,5 +21,6 @@ def shuffle(inputs, outputs: str, *, seed: int = 0, maxcount: int | None = None,
     spec = ExchangeSpec("htshuffle", inputs, outputs, KeySpec(mode="random", seed=seed),
                         script=load_script(script, require=("process_sample",))
                         if script is not None else None,
-                        maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime)
+                        maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime,
+                        fan_in=fan_in)
     return run_exchange(spec, opts)

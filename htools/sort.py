@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from .engine import RunOptions
 from .errors import HtoolsError
-from .exchange import KeySpec
-from .exchange_job import ExchangeSpec, run_exchange
+from .exchange import ExchangeSpec, KeySpec, run_exchange
 from .script import load_script
 from .summary import JobSummary
 
@@ -15,7 +14,8 @@ SCRIPT_FUNCTIONS = ("process_sample", "sort_key", "reduce_samples")
 def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
          reverse: bool = False, merge: bool = False, script=None,
          maxcount: int | None = None, memory: int | None = None, scratch: str | None = None,
-         mtime: float | None = 0, **options) -> JobSummary:
+         mtime: float | None = 0, fan_in: int | None = None,
+         **options) -> JobSummary:
     """Sort every sample of ``inputs`` (one pattern or several) into ``outputs``.
 
     ``script`` (a path, or a function used as ``process_sample``) may define
@@ -36,5 +36,6 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
     keyspec = KeySpec(mode="script" if by_script else "field", field=key or "__key__",
                       type=key_type, reverse=reverse)
     spec = ExchangeSpec("htsort", inputs, outputs, keyspec, script=script, merge=merge,
-                        maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime)
+                        maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime,
+                        fan_in=fan_in)
     return run_exchange(spec, opts)

@@ -261,16 +261,13 @@ def reduce_samples(key, samples):
 
 
 @pytest.mark.parametrize("body", [KILL_IN_STAGE_1, KILL_IN_STAGE_2], ids=["stage1", "stage2"])
-@pytest.mark.parametrize("where", ["embedded", "scheduler"])
-def test_worker_killed_in_each_stage_result_still_exact(tmp_path, body, where, request):
+def test_worker_killed_in_each_stage_result_still_exact(tmp_path, body, cluster_args):
     data = make_shards(tmp_path / "in", shards=3, per_shard=20)
     mark = tmp_path / "killed"
     script = tmp_path / "s.py"
     script.write_text(body.format(mark=str(mark)))
-    args = ["--workers", "2"] if where == "embedded" else \
-        ["-c", request.getfixturevalue("dask_cluster").address]
     ok(run("htsort", tmp_path / "in" / "data-@3.tar", tmp_path / "o" / "o-@2.tar", "-p", script,
-           "--scratch", tmp_path / "scratch", *args, "-q"))
+           "--scratch", tmp_path / "scratch", *cluster_args, "-q"))
     assert mark.exists()
     got = read_wds(outputs(tmp_path / "o", "o"))
     assert [x["__key__"] for x in got] == sorted(data)
@@ -382,17 +379,6 @@ def test_nan_and_non_utf8_keys(tmp_path, client):
     assert s.ok and s.samples_written == 2
     names = sorted(tarfile.open(tmp_path / "l" / "o.tar", encoding="latin-1").getnames())
     assert names == ["abc.txt", "caf\xe9.txt"]  # the original bytes came back
-
-
-def test_run_files_describe_themselves(tmp_path):
-    from htools.exchange import KeySpec, StageOne, read_index, write_run
-
-    spec = StageOne(scratch=str(tmp_path) + "/", buckets=3, key=KeySpec(mode="field"))
-    buffers = [[("a", b"\x91\xa1a")], [], [("c", b"\x91\xa1c"), ("b", b"\x91\xa1b")]]
-    run = write_run(buffers, spec, 0, 0)
-    offsets, counts = read_index(run["url"], run["size"])
-    assert list(counts) == [1, 0, 2] and list(offsets) == [0, 3, 3, 9]
-    assert open(run["url"], "rb").read()[3:9] == b"\x91\xa1b\x91\xa1c"  # bucket sorted
 
 
 def test_dry_run_prints_the_plan_even_when_outputs_exist(tmp_path, client):

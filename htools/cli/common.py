@@ -100,6 +100,9 @@ def exchange_options(fn: Callable) -> Callable:
                      help="Where intermediate runs go (default: a temp dir for the embedded "
                           "cluster, else _htools_tmp/ beside the outputs)."),
         mtime_option,
+        click.option("--fan-in", type=click.IntRange(2), default=None, metavar="F",
+                     help="Runs one task reads at most; more runs add merge levels "
+                          "(default: from --memory, 4..256)."),
     ]):
         fn = d(fn)
     return fn

@@ -15,7 +15,8 @@ from .common import command, exchange_options, finish, seed_option
 @click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="Optional process_sample(sample) applied before shuffling.")
 @exchange_options
-def main(inputs, outputs, seed, script_path, maxcount, memory, scratch, mtime, opts) -> None:
+def main(inputs, outputs, seed, script_path, maxcount, memory, scratch, mtime, fan_in,
+         opts) -> None:
     """Shuffle every sample of INPUTS into OUTPUTS (out-@M.tar, or out-%06d.tar with --maxcount).
 
     \b
@@ -23,4 +24,5 @@ def main(inputs, outputs, seed, script_path, maxcount, memory, scratch, mtime, o
       htshuffle 's3://b/train-{0000..0999}.tar' 's3://b/shuffled-@1000.tar' --seed 7
     """
     finish(shuffle(inputs, outputs, seed=seed, maxcount=maxcount, script=script_path,
-                   memory=memory, scratch=scratch, mtime=mtime, **opts.as_kwargs()), opts)
+                   memory=memory, scratch=scratch, mtime=mtime, fan_in=fan_in,
+                   **opts.as_kwargs()), opts)

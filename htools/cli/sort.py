@@ -21,7 +21,7 @@ from .common import command, exchange_options, finish
               help="May define process_sample, sort_key(sample), reduce_samples(key, samples).")
 @exchange_options
 def main(patterns, key, key_type, reverse, merge, script_path, maxcount, memory, scratch,
-         mtime, opts) -> None:
+         mtime, fan_in, opts) -> None:
     """Sort every sample of INPUTS... into OUTPUTS (the last argument).
 
     \b
@@ -33,4 +33,5 @@ def main(patterns, key, key_type, reverse, merge, script_path, maxcount, memory,
         raise click.UsageError("give INPUTS... and OUTPUTS")
     finish(sort(list(patterns[:-1]), patterns[-1], key=key, key_type=key_type, reverse=reverse,
                 merge=merge, script=script_path, maxcount=maxcount, memory=memory,
-                scratch=scratch, mtime=mtime, **opts.as_kwargs()), opts)
+                scratch=scratch, mtime=mtime, fan_in=fan_in, **opts.as_kwargs()),
+           opts)

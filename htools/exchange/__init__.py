@@ -1,0 +1,18 @@
+"""The (MS)² exchange under htshuffle and htsort, in small modules:
+
+* :mod:`.keys`    sort keys, random keys, buckets, splitters;
+* :mod:`.runfile` the run-file format (its only owner) and sample encoding;
+* :mod:`.plan`    pure planning: fan-in, input grouping, merge levels, write chunks;
+* :mod:`.tasks`   partition (stage 1), merge (extra levels), write, key sampling;
+* :mod:`.job`     the driver: stages in order, summary, scratch clean-up.
+"""
+
+from __future__ import annotations
+
+from .job import ExchangeSpec, run_exchange
+from .keys import KeySpec, bucket_fn, pick_splitters
+from .plan import group_buckets
+from .tasks import StageOne, StageTwo
+
+__all__ = ["ExchangeSpec", "KeySpec", "StageOne", "StageTwo", "bucket_fn", "group_buckets",
+           "pick_splitters", "run_exchange"]

@@ -1,0 +1,394 @@
+"""Driving the exchange: stage 1, as many merge levels as the fan-in needs, the writes.
+
+The client plans from aggregated numbers only: each stage-1 task returns its runs'
+URLs and sizes and its sparse counts per bucket; merge and write tasks find their
+byte ranges in the runs' own offset tables.  Client memory is O(N + M + buckets).
+Scratch (``--scratch``, default a temp dir for the embedded cluster, else
+``_htools_tmp/`` beside the outputs) is deleted at the end, after failures and
+Ctrl-C too; each merge level deletes the runs it consumed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import engine, shards, storage
+from ..engine import RunOptions, Task
+from ..errors import HtoolsError, hide_credentials
+from ..script import Script
+from ..summary import JobSummary
+from . import plan
+from .keys import KeySpec, pick_splitters
+from .runfile import Run
+from .tasks import StageOne, StageTwo, merge_runs, partition, sample_keys, scratch_options, \
+    write_outputs
+
+SPLITTER_SHARDS = 32  # the pre-pass reads at most this many (random) input shards
+KEYS_PER_BUCKET = 20  # sampled keys per bucket, over all shards read
+SIZE_PROBES = 8  # input shards whose size is asked for to group small inputs
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    tool: str
+    inputs: tuple[str, ...]
+    outputs: str
+    key: KeySpec
+    script: Script | None = None  # process_sample / sort_key / reduce_samples
+    merge: bool = False
+    maxcount: int | None = None
+    memory: int | None = None
+    scratch: str | None = None
+    mtime: float | None = 0
+    fan_in: int | None = None  # runs one task reads at most (default: from --memory)
+
+
+def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
+    """Run the exchange; the summary (written to ``opts.summary`` if set) is returned."""
+    return engine.finish(_exchange(spec, opts), opts)
+
+
+def _exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
+    inputs = shards.expand_all(list(spec.inputs))
+    outset = shards.OutputSet.parse(spec.outputs)
+    n_out = outset.count
+    if n_out is None and not spec.maxcount:
+        raise HtoolsError(f"{spec.outputs!r} is open-ended: give --maxcount, or name the "
+                          "outputs with @M")
+    if n_out is not None and spec.maxcount:
+        raise HtoolsError(f"{spec.outputs!r} names exactly {n_out} outputs; --maxcount needs "
+                          "a numbered pattern such as out-%06d.tar")
+    if spec.mtime is None:  # "now", taken once: stage 1 encodes every sample's headers
+        spec = replace(spec, mtime=time.time())
+    known = outset.urls(n_out) if n_out else []
+    present = engine.plan_outputs(known, opts)
+    if opts.dry_run:
+        return _dry_run(spec, outset, inputs, known, present, opts)
+    if known and len(present) == len(known):
+        summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
+        return summary.finish()
+    started = time.time()
+    with engine.connect(opts) as client:
+        job = _Job(spec, inputs, outset, present, opts.with_(client=client))
+        try:
+            summary = job.run()
+        finally:
+            job.clean_up()
+    summary.started = started
+    return summary.finish()
+
+
+def _dry_run(spec, outset, inputs, known, present, opts) -> JobSummary:
+    summary = JobSummary(spec.tool, shards_total=len(known))
+    memory = spec.memory or 512 << 20
+    workers = opts.workers or os.cpu_count() or 1
+    group = plan.inputs_per_task(len(inputs), _shard_size(inputs, opts), memory, workers)
+    tasks = -(-len(inputs) // group)
+    fan = plan.fan_in(memory, spec.fan_in)
+    merges = plan.levels(tasks, len(known) or 1, fan, 2 * workers)
+    summary.plan.append(f"stage 1: {len(inputs)} input shards in {tasks} tasks -> sorted "
+                        "runs in scratch")
+    summary.plan.append(f"merge levels: {len(merges)} (fan-in {fan}; at least one run per "
+                        f"stage-1 task; merge tasks per level: {merges or '-'})")
+    for u in known or [outset.first() + " ..."]:
+        mark = "  (exists, skipped)" if u in present else ""
+        summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")
+    return summary.finish()
+
+
+def _shard_size(inputs: list[str], opts: RunOptions) -> float | None:
+    """The mean size of a few input shards (None when it cannot be known)."""
+    step = max(1, len(inputs) // SIZE_PROBES)
+    probes = inputs[::step][:SIZE_PROBES]
+    if any(storage.protocol(u) in ("pipe", "stdio") for u in probes):
+        return None
+    try:
+        with ThreadPoolExecutor(max_workers=len(probes)) as pool:
+            sizes = list(pool.map(lambda u: storage.size(u, opts.storage_options), probes))
+    except HtoolsError:
+        return None  # a missing input is reported by its task
+    return sum(sizes) / len(sizes)
+
+
+class _Job:
+    """One exchange on a connected client: the levels, their summaries, the scratch."""
+
+    def __init__(self, spec: ExchangeSpec, inputs: list[str], outset: shards.OutputSet,
+                 present: set[str], opts: RunOptions):
+        self.spec, self.inputs, self.outset, self.present, self.opts = \
+            spec, inputs, outset, present, opts
+        self.options = storage.resolve_options(opts.storage_options)
+        self.scratch_root = spec.scratch or default_scratch(opts, outset)
+        self.scratch = storage.join(self.scratch_root, f"{spec.tool}-{uuid.uuid4().hex[:12]}/")
+        self.memory = spec.memory or default_memory(opts.client)
+        self.workers = _threads(opts.client)
+        self.fan = plan.fan_in(self.memory, spec.fan_in)
+        self.stats: dict = {"levels": [], "fan_in": self.fan}
+
+    # ------------------------------------------------------------ the job --
+    def run(self) -> JobSummary:
+        spec, n_out = self.spec, self.outset.count
+        shuffle = spec.key.mode == "random"
+        buckets = plan.bucket_count(n_out, shuffle)
+        one = StageOne(scratch=self.scratch, buckets=buckets, key=spec.key, script=spec.script,
+                       memory=self.memory, max_errors=self.opts.max_errors,
+                       options=self.options, mtime=spec.mtime,
+                       counts=not (shuffle and n_out is not None))
+        if not shuffle:
+            one = self._with_splitters(one)
+        runs, counts, s1 = self._stage_one(one)
+        if not s1.ok:
+            return self._combine(s1, None)
+        if counts is None:  # a shuffle into @M: one bucket per output
+            groups = [(j, j + 1) for j in range(buckets)]
+        else:
+            groups = plan.group_buckets(counts, n_out, spec.maxcount)
+        if n_out is None and len(groups) > buckets // 4:
+            raise HtoolsError(
+                f"{int(counts.sum())} samples at --maxcount {spec.maxcount} need {len(groups)} "
+                f"outputs, more than an open-ended pattern can balance ({buckets // 4}); "
+                f"name them instead, e.g. OUT-@{len(groups)}.tar")
+        outputs = self.outset.urls(len(groups))
+        if n_out is None:
+            self.present = engine.plan_outputs(outputs, self.opts)
+        parts, merges = self._merge_levels([(0, len(groups), runs)], groups)
+        if merges is not None and not merges.ok:
+            return self._combine(s1, merges)
+        total = sum(r.size for r in runs)
+        s2 = self._write(parts, groups, outputs, total)
+        if merges is not None:
+            s2.extra["merge_failures"] = merges.failures
+        return self._combine(s1, s2)
+
+    def clean_up(self) -> None:
+        try:
+            storage.delete_prefix(self.scratch, self.options)
+            if self.spec.scratch is None and self.scratch_root.startswith(tempfile.gettempdir()):
+                os.rmdir(self.scratch_root)  # the temp dir this job made for itself
+        except (HtoolsError, OSError):
+            pass  # clean-up is best effort; the job's result stands
+
+    # ------------------------------------------------------------ stage 1 --
+    def _stage_one(self, one: StageOne):
+        size = _shard_size(self.inputs, self.opts)
+        group = plan.inputs_per_task(len(self.inputs), size, self.memory, self.workers)
+        chunks = [list(enumerate(self.inputs))[a:b]
+                  for a, b in plan.split(len(self.inputs), -(-len(self.inputs) // group))]
+        by_task: dict[int, list] = {}
+        counts = np.zeros(one.buckets, dtype=np.int64) if one.counts else None
+        peaks: list[dict] = []
+
+        def on_result(i: int, r: dict) -> None:
+            extra = r.pop("extra")
+            by_task[i] = extra.pop("runs", [])
+            if counts is not None and "counts" in extra:
+                idx, n = extra.pop("counts")
+                np.add.at(counts, np.frombuffer(idx, dtype=np.uint32),
+                          np.frombuffer(n, dtype=np.uint64).astype(np.int64))
+            peaks.append(extra)
+
+        tasks = [Task(partition, {"inputs": chunk, "task": t, "spec": one},
+                      input=chunk[0][1] if len(chunk) == 1 else [u for _i, u in chunk])
+                 for t, chunk in enumerate(chunks)]
+        s1 = engine.run(f"{self.spec.tool}-stage1", tasks, self.opts.with_(dry_run=False),
+                        on_result=on_result, check_outputs=False)
+        s1.shards_total = len(self.inputs)
+        s1.extra["memory"] = peaks
+        runs = [Run(url, size, 0, one.buckets)
+                for t in sorted(by_task) for url, size in by_task[t]]  # (input, spill) order
+        self.stats.update(stage1_tasks=len(tasks), inputs_per_task=group, runs=len(runs))
+        return runs, counts, s1
+
+    def _with_splitters(self, one: StageOne) -> StageOne:
+        inputs = self.inputs
+        rng = random.Random(f"splitters:{one.key.seed}")
+        chosen = sorted(rng.sample(range(len(inputs)), min(SPLITTER_SHARDS, len(inputs))))
+        limit = max(100, -(-KEYS_PER_BUCKET * one.buckets // max(len(chosen), 1)))
+        keys: list = []
+        tasks = [Task(sample_keys, {"input": inputs[i], "index": i, "spec": one, "limit": limit},
+                      input=inputs[i]) for i in chosen]
+        pre = engine.run("splitters", tasks, self.opts.with_(dry_run=False, quiet=True),
+                         on_result=lambda _i, r: keys.extend(r["extra"].pop("keys")),
+                         check_outputs=False)
+        if not pre.ok:
+            f = pre.failures[0]
+            raise HtoolsError(f"cannot sample keys of {hide_credentials(str(f['input']))}: "
+                              f"{f['error']}")
+        try:
+            splitters = pick_splitters(keys, one.buckets)
+        except TypeError as e:
+            raise HtoolsError(f"sort keys of different types cannot be compared: {e}") from None
+        return replace(one, splitters=splitters)
+
+    # ------------------------------------------------------- merge levels --
+    def _stage_two(self) -> StageTwo:
+        spec = self.spec
+        reduce = spec.script if spec.script is not None \
+            and spec.script.defines("reduce_samples") else None
+        return StageTwo(reverse=spec.key.reverse, reduce=reduce, merge=spec.merge,
+                        max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options)
+
+    def _merge_levels(self, parts: list, groups: list[tuple[int, int]]):
+        """Merge runs F at a time until no output reads more than F runs.  Returns the
+        final parts ``(first output, end output, runs)`` and the levels' summary."""
+        two = self._stage_two()
+        total: JobSummary | None = None
+        level = 0
+        while any(len(runs) > self.fan for _a, _b, runs in parts):
+            level += 1
+            tasks, slots, nxt, consumed = [], [], [], []
+            for j0, j1, runs in parts:
+                shape = plan.merge_shape(len(runs), j1 - j0, self.fan, 2 * self.workers)
+                if shape is None:
+                    nxt.append((j0, j1, runs))
+                    continue
+                consumed += runs
+                run_groups = [runs[a:b] for a, b in plan.split(len(runs), shape.groups)]
+                for pa, pb in plan.split(j1 - j0, shape.parts):
+                    oa, ob = j0 + pa, j0 + pb
+                    a, b = groups[oa][0], groups[ob - 1][1]
+                    slot: list = [None] * len(run_groups)
+                    nxt.append((oa, ob, slot))
+                    for g, grp in enumerate(run_groups):
+                        url = storage.join(self.scratch, f"level{level}-{oa:07d}-{g:05d}-"
+                                                         f"{uuid.uuid4().hex[:8]}.bin")
+                        tasks.append(Task(merge_runs, {"runs": grp, "a": a, "b": b, "url": url,
+                                                       "spec": two},
+                                          input=f"{len(grp)} runs, outputs {oa}..{ob - 1}"))
+                        slots.append((slot, g, a, b))
+
+            def on_result(i: int, r: dict, slots=slots) -> None:
+                slot, g, a, b = slots[i]
+                made = r.pop("extra").get("run")
+                if made:
+                    slot[g] = Run(made[0], made[1], a, b)
+
+            s = engine.run(f"{self.spec.tool}-merge{level}", tasks,
+                           self.opts.with_(dry_run=False), on_result=on_result,
+                           check_outputs=False)
+            self.stats["levels"].append({"tasks": len(tasks), "runs_per_task": max(
+                len(t.kwargs["runs"]) for t in tasks), "seconds": s.seconds})
+            total = s if total is None else _add(total, s)
+            if not s.ok:
+                return parts, total
+            self._delete(consumed)
+            parts = [(a, b, [r for r in runs if r is not None]) for a, b, runs in nxt]
+        return parts, total
+
+    def _delete(self, runs: list[Run]) -> None:
+        """Runs a level consumed: deleted now, so scratch holds about one copy of the data."""
+        options = scratch_options(self.options)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda r: storage.delete(r.url, options), runs))
+
+    # ------------------------------------------------------------- writes --
+    def _write(self, parts: list, groups: list[tuple[int, int]], outputs: list[str],
+               total_bytes: int) -> JobSummary:
+        two = self._stage_two()
+        per = plan.outputs_per_task(len(outputs), total_bytes, self.memory, self.workers)
+        tasks = []
+        for j0, j1, runs in parts:
+            todo = [j for j in range(j0, j1) if outputs[j] not in self.present]
+            for chunk in plan.write_chunks(todo, per):
+                outs = [(outputs[j], groups[j][0], groups[j][1]) for j in chunk]
+                tasks.append(Task(write_outputs, {"outputs": outs, "runs": runs, "spec": two},
+                                  input=f"{len(runs)} runs", outputs=[o[0] for o in outs]))
+        mem: list[dict] = []
+        s2 = engine.run(self.spec.tool, tasks, self.opts.with_(dry_run=False),
+                        on_result=lambda _i, r: mem.append(r.pop("extra", {})),
+                        check_outputs=False)
+        skipped = len(outputs) - s2.shards_total
+        s2.shards_total += skipped
+        s2.shards_skipped += skipped
+        s2.extra["memory"] = mem
+        self.stats.update(write_tasks=len(tasks), outputs_per_task=per,
+                          max_runs_per_write=max((len(t.kwargs["runs"]) for t in tasks),
+                                                 default=0))
+        return s2
+
+    # ----------------------------------------------------------- summary --
+    def _combine(self, s1: JobSummary, s2: JobSummary | None) -> JobSummary:
+        """One summary: samples read in stage 1, written at the end; failures of all."""
+        out = JobSummary(self.spec.tool, shards_total=s2.shards_total if s2 else 0,
+                         max_errors=s1.max_errors)
+        for name in ("samples_read", "samples_mapped", "samples_dropped", "samples_failed",
+                     "sample_errors", "bytes_in", "shards_failed"):
+            setattr(out, name, getattr(s1, name))
+        out.failures, out.errors = list(s1.failures), list(s1.errors)
+        mem = s1.extra.get("memory", [])
+        if s2 is not None:
+            out.shards_done, out.shards_skipped = s2.shards_done, s2.shards_skipped
+            out.shards_failed += s2.shards_failed
+            out.samples_written = s2.samples_written
+            # stage-1 records that the end dropped (reduce -> None) or lost (reduce raised,
+            # an output or a merge failed) move out of "mapped": read = mapped + dropped + failed
+            lost = s2.samples_failed
+            if s2.extra.get("memory") is None:  # a failed merge level: nothing was written
+                lost = out.samples_mapped
+                out.shards_total = max(out.shards_failed + s2.shards_failed, 1)
+            out.samples_mapped -= s2.samples_dropped + lost
+            out.samples_dropped += s2.samples_dropped
+            out.samples_failed += lost
+            out.sample_errors += s2.sample_errors
+            out.bytes_out = s2.bytes_out
+            out.failures += s2.failures
+            out.errors += s2.errors
+            mem = mem + s2.extra.get("memory", [])
+        else:
+            out.shards_total = max(out.shards_failed, 1)
+        merges = sum(level["tasks"] for level in self.stats["levels"])
+        out.extra = {"input_shards": s1.shards_total, "memory_budget": self.memory,
+                     "intermediate_merges": merges, **self.stats}
+        if mem:
+            out.extra["peak_rss"] = max(m.get("peak_rss", 0) for m in mem)
+            out.extra["rss_start_min"] = min(m.get("rss_start", 0) for m in mem)
+        return out
+
+
+def _add(a: JobSummary, b: JobSummary) -> JobSummary:
+    for name in ("shards_total", "shards_done", "shards_failed"):
+        setattr(a, name, getattr(a, name) + getattr(b, name))
+    a.failures += b.failures
+    return a
+
+
+def _threads(client) -> int:
+    try:
+        return max(1, sum(w.get("nthreads", 1)
+                          for w in client.scheduler_info().get("workers", {}).values()))
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
+    """A local temp dir for the embedded cluster; else ``_htools_tmp/`` beside the outputs."""
+    if opts.client is not None and engine.cluster_address(opts.cluster) is None \
+            and _is_local_cluster(opts.client):
+        return tempfile.mkdtemp(prefix="htools-scratch-") + "/"
+    return outset.folder() + "_htools_tmp/"
+
+
+def _is_local_cluster(client) -> bool:
+    cluster = getattr(client, "cluster", None)
+    return cluster is not None and type(cluster).__name__ == "LocalCluster"
+
+
+def default_memory(client) -> int:
+    """A quarter of the smallest worker memory limit (512 MiB when workers have none)."""
+    try:
+        limits = [w.get("memory_limit") or 0
+                  for w in client.scheduler_info().get("workers", {}).values()]
+    except Exception:  # noqa: BLE001
+        limits = []
+    limits = [m for m in limits if m]
+    if not limits:
+        return 512 << 20
+    return max(16 << 20, min(limits) // 4)

@@ -1,0 +1,432 @@
+"""The exchange's task functions: partition (stage 1), merge (each extra level),
+write (the outputs), and the key-sampling pre-pass of htsort.
+
+All are top-level, take plain arguments, run in the task frame
+(:func:`htools.task.shard_task`) and talk to each other only through run files
+(:mod:`.runfile`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import random
+import resource
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import BinaryIO
+
+import numpy as np
+
+from .. import storage, tario
+from ..errors import HtoolsError, ScriptError
+from ..mapper import map_samples
+from ..script import Script, user_traceback
+from ..streams import Counting, distinct_keys
+from ..summary import ShardResult
+from ..task import shard_task
+from .keys import KeySpec, bucket_fn, checked_key
+from .runfile import (Run, RunWriter, SampleEncoder, bucket_offsets, decode, open_slice,
+                      pack_key, raw_records, record, records)
+
+RECORD_OVERHEAD = 100  # Python bytes of a buffered record beyond its payload
+COPY_CHUNK = 1 << 20
+
+
+def scratch_options(options: dict | None) -> dict:
+    """The job's storage options (endpoints, credentials) with no fsync for local runs:
+    a run file lives only as long as the job."""
+    options = dict(options or {})
+    options["file"] = {**options.get("file", {}), "fsync": False}
+    return options
+
+
+@dataclass(frozen=True)
+class StageOne:
+    """Everything a partition task needs (shipped to every task)."""
+
+    scratch: str
+    buckets: int
+    key: KeySpec
+    splitters: tuple = ()
+    script: Script | None = None  # process_sample / sort_key, or None
+    memory: int = 256 << 20
+    max_errors: int = 0
+    options: dict = field(default_factory=dict)
+    mtime: float | None = 0
+    counts: bool = True  # return per-bucket counts (the client balances outputs by them)
+
+
+@dataclass(frozen=True)
+class StageTwo:
+    """What merge and write tasks need besides their runs and buckets."""
+
+    reverse: bool = False
+    reduce: Script | None = None  # a script with reduce_samples, or None
+    merge: bool = False  # join samples with equal __key__ (htsort --merge)
+    max_errors: int = 0
+    mtime: float | None = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def scratch_options(self) -> dict:
+        return scratch_options(self.options)
+
+
+# ------------------------------------------------------------------ stage 1 --
+
+def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
+    """Stage-1 task: samples of a few input shards -> sorted run files in scratch.
+
+    ``inputs`` are (position in the job's input list, URL).  Records are buffered per
+    bucket up to the memory budget; each spill sorts every bucket (stably) and writes
+    one run of all buckets.
+    """
+    rss0 = _rss()
+    runs: list[Run] = []
+    urls = [u for _i, u in inputs]
+    counts = np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None
+    with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result:
+        try:
+            _partition(inputs, task, spec, result, runs, counts)
+        except BaseException:
+            for r in runs:  # this attempt's runs are useless now
+                storage.delete(r.url, scratch_options(spec.options))
+            runs.clear()
+            raise
+    extra: dict = {"runs": [(r.url, r.size) for r in runs], "rss_start": rss0,
+                   "peak_rss": _peak_rss()}
+    if counts is not None and runs:
+        nz = np.flatnonzero(counts)
+        extra["counts"] = (nz.astype(np.uint32).tobytes(), counts[nz].astype(np.uint64).tobytes())
+    result.extra = extra
+    return result.as_dict()
+
+
+def _partition(inputs, task, spec: StageOne, result: ShardResult, runs: list[Run],
+               counts) -> None:
+    encoder = SampleEncoder(spec.scratch, spec.mtime)
+    bucket_of = bucket_fn(spec.key, spec.buckets, spec.splitters)
+    buffers: dict[int, list] = {}
+    held = 0
+    for index, url in inputs:
+        key_of = spec.key.key_fn(spec.script, index)
+        for sample in _input_samples(url, spec, result):
+            sample.pop("__url__", None)
+            try:
+                k = checked_key(key_of(sample))
+                rec = record(pack_key(k), sample["__key__"], encoder.encode(sample))
+                bucket = bucket_of(k)
+            except Exception as e:
+                result.sample_error(url, str(sample.get("__key__", "?")),
+                                    "cannot sort sample", e, user_traceback(e))
+                continue
+            buffers.setdefault(bucket, []).append((k, rec))
+            held += len(rec) + RECORD_OVERHEAD
+            if held >= spec.memory:
+                runs.append(_spill(buffers, spec, task, len(runs), counts))
+                held = 0
+    if buffers:
+        runs.append(_spill(buffers, spec, task, len(runs), counts))
+
+
+def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, counts) -> Run:
+    """Sort each bucket's buffer and write them back to back as one run; empty them."""
+    url = storage.join(spec.scratch, f"run-{task:06d}-{spill:04d}-{uuid.uuid4().hex[:8]}.bin")
+    with RunWriter(url, 0, spec.buckets, scratch_options(spec.options)) as w:
+        for bucket in sorted(buffers):
+            buf = buffers[bucket]
+            buf.sort(key=itemgetter(0), reverse=spec.key.reverse)  # stable: input order kept
+            w.write(bucket, b"".join(rec for _k, rec in buf), len(buf))
+            if counts is not None:
+                counts[bucket] += len(buf)
+        run = w.close()
+    buffers.clear()
+    return run
+
+
+def _input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
+    with storage.open_read(url, spec.options) as raw:
+        stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), url)
+        samples = tario.read_samples(stream, url)
+        if spec.script is not None and spec.script.defines("process_sample"):
+            yield from map_samples(samples, spec.script.load().process_sample, result, url)
+        else:
+            for s in samples:
+                result.samples_read += 1
+                result.samples_mapped += 1
+                yield s
+
+
+def sample_keys(input: str, index: int, spec: StageOne, limit: int) -> dict:
+    """Pre-pass task (htsort): a reservoir sample of the sort keys of one shard."""
+    rng = random.Random(f"splitters:{spec.key.seed}:{index}")
+    key_of = spec.key.key_fn(spec.script, index)
+    reservoir: list = []
+    seen = 0
+    with shard_task(input, max_errors=spec.max_errors) as result:
+        for sample in _input_samples(input, spec, result):
+            try:
+                k = checked_key(key_of(sample))
+            except Exception:  # noqa: BLE001 - stage 1 reports it
+                continue
+            seen += 1
+            if len(reservoir) < limit:
+                reservoir.append(k)
+            else:
+                j = rng.randrange(seen)
+                if j < limit:
+                    reservoir[j] = k
+    result.extra = {"keys": reservoir}
+    return result.as_dict()
+
+
+# ----------------------------------------------------------- reading runs --
+
+class _Cursor:
+    """One run's slice of buckets ``[a, b)``, read front to back, bucket by bucket."""
+
+    def __init__(self, run: Run, a: int, b: int, options: dict):
+        self.run = run
+        self.a = a
+        self.offsets = bucket_offsets(run, a, b, options)
+        self.pos = int(self.offsets[0])
+        end = int(self.offsets[-1])
+        self.f: BinaryIO | None = open_slice(run, self.pos, end, options) if end > self.pos \
+            else None
+
+    def length(self, bucket: int) -> int:
+        """Bytes of ``bucket`` (the cursor must stand at its start)."""
+        return int(self.offsets[bucket - self.a + 1]) - self.pos
+
+    def records(self, bucket: int) -> Iterator[tuple]:
+        n = self.length(bucket)
+        self.pos += n
+        return records(self.f, n, self.run.url)
+
+    def skip_to(self, bucket: int) -> int:
+        """Skip to the start of ``bucket``, counting the records passed over."""
+        n = int(self.offsets[bucket - self.a]) - self.pos
+        self.pos += n
+        return sum(1 for _ in raw_records(self.f, n, self.run.url)) if n > 0 else 0
+
+    def copy(self, bucket: int) -> Iterator[bytes]:
+        left = self.length(bucket)
+        self.pos += left
+        while left > 0:
+            chunk = self.f.read(min(left, COPY_CHUNK))
+            if not chunk:
+                raise HtoolsError(f"{self.run.url}: run file ends early")
+            left -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def _bucket_records(cursors: list[_Cursor], bucket: int, reverse: bool) -> Iterator[tuple]:
+    """The records of one bucket of every run, merged by key (stable: earlier runs
+    first on equal keys)."""
+    live = [c for c in cursors if c.length(bucket) > 0]
+    if not live:
+        return iter(())
+    if len(live) == 1:
+        return live[0].records(bucket)
+    return heapq.merge(*(c.records(bucket) for c in live), key=itemgetter(0), reverse=reverse)
+
+
+def _open(runs: list[Run], a: int, b: int, options: dict) -> list[_Cursor]:
+    cursors: list[_Cursor] = []
+    try:
+        for run in runs:
+            cursors.append(_Cursor(run, a, b, options))
+    except BaseException:
+        for c in cursors:
+            c.close()
+        raise
+    return cursors
+
+
+# ----------------------------------------------------------- merge levels --
+
+def merge_runs(runs: list[Run], a: int, b: int, url: str, spec: StageTwo) -> dict:
+    """Merge-level task: buckets ``[a, b)`` of ``runs`` -> one run at ``url``.  A bucket
+    found in one run only is copied as bytes; others are merged record by record."""
+    rss0 = _rss()
+    out: Run | None = None
+    with shard_task(f"{len(runs)} runs, buckets {a}..{b - 1}", url) as result:
+        options = spec.scratch_options
+        cursors = _open(runs, a, b, options)
+        try:
+            if any(c.f is not None for c in cursors):  # else: none of these buckets here
+                out = _merge_into(url, a, b, cursors, spec.reverse, options)
+        finally:
+            for c in cursors:
+                c.close()
+    return _merged(result, out, rss0)
+
+
+def _merge_into(url: str, a: int, b: int, cursors: list[_Cursor], reverse: bool,
+                options: dict) -> Run:
+    with RunWriter(url, a, b, options) as w:
+        for bucket in range(a, b):
+            live = [c for c in cursors if c.length(bucket) > 0]
+            if len(live) == 1:
+                for chunk in live[0].copy(bucket):
+                    w.write(bucket, chunk, 0)
+            elif live:
+                for rec in _bucket_records(live, bucket, reverse):
+                    w.write(bucket, rec[2], 1)
+        return w.close()
+
+
+def _merged(result: ShardResult, out: Run | None, rss0: int) -> dict:
+    result.extra = {"run": (out.url, out.size) if out else None, "rss_start": rss0,
+                    "peak_rss": _peak_rss()}
+    return result.as_dict()
+
+
+# --------------------------------------------------------------- outputs --
+
+def write_outputs(outputs: list[tuple[str, int, int]], runs: list[Run],
+                  spec: StageTwo) -> list[dict]:
+    """Write task: each ``(url, a, b)`` output gets buckets ``[a, b)`` of every run,
+    merged, reduced, written atomically.  The outputs are consecutive, so every run's
+    slice is read once, front to back.  One failed output does not fail the others."""
+    rss0 = _rss()
+    first, last = outputs[0][1], outputs[-1][2]
+    results: list[dict] = []
+    try:
+        cursors = _open(runs, first, last, spec.scratch_options)
+    except HtoolsError as e:
+        for url, _a, _b in outputs:
+            with shard_task(f"{len(runs)} runs", url) as result:
+                raise e
+            results.append(result.as_dict())
+        return results
+    try:
+        for url, a, b in outputs:
+            results.append(_write_output(url, a, b, cursors, runs, spec))
+    finally:
+        for c in cursors:
+            c.close()
+    for r in results:
+        r["extra"].update({"rss_start": rss0, "peak_rss": _peak_rss()})
+    return results
+
+
+def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[Run],
+                  spec: StageTwo) -> dict:
+    with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
+        try:
+            with storage.open_write(url, spec.options) as out, \
+                    tario.TarWriter(Counting(out, result, "bytes_out"), url=url,
+                                    mtime=spec.mtime) as writer:
+                merged = itertools.chain.from_iterable(
+                    _bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
+                samples = distinct_keys(_samples(merged, spec, result, url), url,
+                                        "use --merge or a reduce_samples() to combine samples "
+                                        "with equal keys")
+                for item in samples:
+                    if item["__tar__"]:
+                        writer.write_encoded(item["__tar__"])
+                        result.samples_written += 1
+        except BaseException:
+            # the whole output is lost: count every record it had, and move every
+            # cursor to the next output's first bucket
+            result.samples_read += sum(c.skip_to(b) for c in cursors)
+            raise
+    result.extra = {}
+    return result.as_dict()
+
+
+def _samples(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
+             url: str) -> Iterator[dict]:
+    """Records -> ``{"__key__", "__tar__"}`` items to write: as they come, or one group of
+    equal sort keys at a time through ``--merge`` / ``reduce_samples``."""
+    if spec.reduce is None and not spec.merge:
+        for _k, skey, rec, start in records_:
+            result.samples_read += 1
+            result.samples_mapped += 1
+            yield _item(skey, memoryview(rec)[start:])
+        return
+    fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
+    encoder = SampleEncoder(url, spec.mtime)
+    for key, group in itertools.groupby(records_, key=itemgetter(0)):
+        samples = [decode(bytes(memoryview(rec)[start:]), url) for _k, _s, rec, start in group]
+        for s in samples:
+            s.pop("__url__", None)
+        n = len(samples)  # records in this group: counted as mapped, dropped or failed
+        result.samples_read += n
+        if spec.merge:
+            samples = merge_by_key(samples)
+        if fn is None:
+            result.samples_mapped += n
+            for s in samples:
+                yield _item(s["__key__"], encoder.encode(s))
+            continue
+        try:
+            out = fn(key, samples)
+            outs = [] if out is None else [out] if isinstance(out, dict) else list(out)
+        except Exception as e:
+            result.sample_error(url, str(key), "reduce_samples raised", e, user_traceback(e),
+                                samples=n)
+            continue
+        if not outs:
+            result.samples_dropped += n
+            continue
+        result.samples_mapped += n
+        for o in outs:
+            if not isinstance(o, dict):
+                raise ScriptError(f"reduce_samples returned {type(o).__name__} for key {key!r}; "
+                                  "expected a dict, None or a list of dicts")
+            o = dict(o)
+            o.setdefault("__key__", str(key) if len(outs) == 1 else None)
+            if o["__key__"] is None:
+                raise ScriptError(f"reduce_samples returned several samples for key {key!r} "
+                                  "without a __key__ for each")
+            yield _item(o["__key__"], encoder.encode(o))
+
+
+def _item(skey: str, tar) -> dict:
+    """What the writer needs of a sample: its key (for distinct_keys) and its tar bytes."""
+    return {"__key__": skey, "__tar__": tar}
+
+
+def merge_by_key(samples: list[dict]) -> list[dict]:
+    """Join samples with equal ``__key__`` (in order); a field with two values is an error."""
+    joined: dict[str, dict] = {}
+    for s in samples:
+        into = joined.setdefault(s["__key__"], {"__key__": s["__key__"]})
+        for f, v in s.items():
+            if f in into and into[f] != v:
+                raise HtoolsError(f"--merge: key {s['__key__']!r} has two different values "
+                                  f"for field {f!r}")
+            into[f] = v
+    return list(joined.values())
+
+
+# ---------------------------------------------------------------- memory --
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _peak_rss() -> int:
+    """This process's own peak RSS (VmHWM; ru_maxrss would include what the parent had)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,158 @@
+"""The multi-level exchange: a small fan-in forces merge levels on small data; results
+are read back with independent readers (webdataset, GNU tar) and checked for the
+multiset, the order, stability, joins and reduce."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+import htools
+from helpers import ok, read_wds, run
+from htools.exchange import plan
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=40) as cluster, \
+            Client(cluster) as c:
+        yield c
+
+
+def write_shards(folder: Path, shards: int, per_shard: int, seed: int = 0) -> list[dict]:
+    """Shards whose samples carry a coarse ``grp`` (many equal sort keys) and their
+    position (shard, index), so stability can be checked."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"d-{s:02d}.tar")) as w:
+            for i in range(per_shard):
+                sample = {"__key__": f"s{s:02d}-{i:03d}", "grp": str(rng.randrange(7)).encode(),
+                          "pos": f"{s:02d}-{i:03d}".encode(), "bin": rng.randbytes(rng.randrange(900))}
+                w.write(sample)
+                samples.append(sample)
+    return samples
+
+
+def outputs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("o-*.tar"))
+
+
+def test_sort_through_three_merge_levels_is_sorted_stable_and_complete(tmp_path, client,
+                                                                         gnu_tar):
+    samples = write_shards(tmp_path / "in", shards=24, per_shard=12)
+    s = htools.sort(str(tmp_path / "in" / "d-@24.tar"), str(tmp_path / "o" / "o-@5.tar"),
+                    key="grp", fan_in=2, memory=4 << 10, client=client, quiet=True)
+    assert s.ok, s.failures
+    assert len(s.extra["levels"]) >= 3  # stage 1, three merge levels or more, the writes
+    assert s.extra["runs"] > 24 and s.extra["max_runs_per_write"] <= 2
+    assert all(level["runs_per_task"] <= 2 for level in s.extra["levels"])
+    got = read_wds(outputs(tmp_path / "o"))
+    assert s.samples_read == s.samples_written == len(samples) == len(got)
+    assert Counter(tuple(sorted(x.items())) for x in got) == \
+        Counter(tuple(sorted(x.items())) for x in samples)
+    # sorted by grp; equal grp keep input order (shard, then index): stability
+    assert [(x["grp"], x["pos"]) for x in got] == sorted((x["grp"], x["pos"]) for x in samples)
+    names = [n for p in outputs(tmp_path / "o") for n in subprocess.run(
+        [gnu_tar, "-tf", str(p)], capture_output=True, text=True, check=True).stdout.split()]
+    assert len(names) == 3 * len(samples)  # every member, as GNU tar sees it
+
+
+def test_shuffle_bytes_do_not_depend_on_fan_in(tmp_path, client):
+    samples = write_shards(tmp_path / "in", shards=20, per_shard=10, seed=3)
+    digests, levels = [], []
+    for fan in (2, 256):
+        dst = tmp_path / f"f{fan}"
+        s = htools.shuffle(str(tmp_path / "in" / "d-@20.tar"), str(dst / "o-@4.tar"), seed=5,
+                           fan_in=fan, memory=4 << 10, client=client, quiet=True)
+        assert s.ok and s.samples_written == len(samples)
+        digests.append([hashlib.sha256(p.read_bytes()).hexdigest() for p in outputs(dst)])
+        levels.append(len(s.extra["levels"]))
+    assert levels[0] >= 3 and levels[1] == 0 and digests[0] == digests[1]
+    got = read_wds(outputs(tmp_path / "f2"))
+    assert sorted(x["__key__"] for x in got) == sorted(x["__key__"] for x in samples)
+    assert [x["__key__"] for x in got] != sorted(x["__key__"] for x in got)  # shuffled
+
+
+REDUCE = """
+def sort_key(sample):
+    return sample["grp"].decode()
+
+def reduce_samples(key, samples):
+    return {"__key__": "g" + key, "n": str(len(samples)).encode(),
+            "first": samples[0]["pos"], "last": samples[-1]["pos"]}
+"""
+
+
+def test_reduce_and_merge_see_whole_groups_across_levels(tmp_path, client):
+    samples = write_shards(tmp_path / "in", shards=16, per_shard=10, seed=7)
+    script = tmp_path / "r.py"
+    script.write_text(REDUCE)
+    summary = tmp_path / "s.json"
+    ok(run("htsort", tmp_path / "in" / "d-@16.tar", tmp_path / "o" / "o-@3.tar", "-p", script,
+           "--fan-in", "2", "--memory", "4K", "--workers", "2", "--summary", summary, "-q"))
+    got = {x["__key__"]: x for x in read_wds(outputs(tmp_path / "o"))}
+    groups: dict[str, list[bytes]] = {}
+    for x in samples:
+        groups.setdefault(x["grp"].decode(), []).append(x["pos"])
+    assert set(got) == {"g" + g for g in groups}
+    for g, pos in groups.items():  # whole groups, in input order
+        assert got["g" + g]["n"] == str(len(pos)).encode()
+        assert (got["g" + g]["first"], got["g" + g]["last"]) == (min(pos), max(pos))
+    js = json.loads(summary.read_text())
+    assert len(js["extra"]["levels"]) >= 2
+    assert js["samples_read"] == len(samples) == js["samples_mapped"] + js["samples_dropped"]
+
+
+def test_merge_joins_across_levels(tmp_path, client):
+    keys = [f"k{i:03d}" for i in range(60)]
+    a = [{"__key__": k, "jpg": k.encode() * 3} for k in keys]
+    b = [{"__key__": k, "cls": str(i % 4).encode()} for i, k in enumerate(keys)]
+    random.Random(1).shuffle(b)
+    for name, part in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        for s in range(6):
+            with wds.TarWriter(str(tmp_path / name / f"{name}-{s}.tar")) as w:
+                for x in part[s * 10:(s + 1) * 10]:
+                    w.write(x)
+    s = htools.sort([str(tmp_path / "a" / "a-@6.tar"), str(tmp_path / "b" / "b-@6.tar")],
+                    str(tmp_path / "o" / "o-@4.tar"), merge=True, fan_in=2, memory=2 << 10,
+                    client=client, quiet=True)
+    assert s.ok and len(s.extra["levels"]) >= 2
+    got = read_wds(outputs(tmp_path / "o"))
+    assert [x["__key__"] for x in got] == keys
+    assert all(x["jpg"] == x["__key__"].encode() * 3 and "cls" in x for x in got)
+
+
+def test_planner_levels_divide_runs_by_the_fan_in():
+    assert plan.levels(10, 4, fan=16, min_tasks=4) == []
+    assert len(plan.levels(100_000, 100_000, fan=1000, min_tasks=4)) == 1
+    assert len(plan.levels(2_000_000, 100_000, fan=1000, min_tasks=4)) == 2
+    shape = plan.merge_shape(100_000, 100_000, 1000, 4)
+    assert (shape.groups, shape.parts) == (100, 100)  # 10^4 tasks of 1000 ranges each
+    assert len(plan.levels(24, 5, fan=2, min_tasks=4)) >= 3
+    assert plan.merge_shape(3, 8, 4, 4) is None
+
+
+def test_planner_groups_small_inputs_and_chunks_outputs():
+    assert plan.inputs_per_task(16_384, 10_000, 256 << 20, 2) == 16_384 // 8
+    assert plan.inputs_per_task(1000, 1 << 30, 256 << 20, 2) == 1
+    assert plan.inputs_per_task(1000, None, 256 << 20, 2) == 1
+    assert plan.write_chunks([0, 1, 2, 4, 5, 6, 7], 3) == [[0, 1, 2], [4, 5, 6], [7]]
+    assert plan.outputs_per_task(16_384, 16_384 * 1000, 256 << 20, 2) == 1024
+    assert plan.outputs_per_task(10, 10 << 30, 256 << 20, 2) == 1
+    assert plan.bucket_count(100_000, shuffle=True) == 100_000
+    assert plan.bucket_count(100_000, shuffle=False) == 100_000
+    assert plan.bucket_count(8, shuffle=False) == 128
+    assert plan.fan_in(16 << 10) == plan.MIN_FAN_IN and plan.fan_in(1 << 40) == plan.MAX_FAN_IN

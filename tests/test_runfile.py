@@ -1,0 +1,73 @@
+"""The run-file format on its own: records, bucket offsets, the footer, sample encoding."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from htools.errors import HtoolsError
+from htools.exchange import runfile
+from htools.exchange.runfile import Run, RunWriter, SampleEncoder
+
+
+def write(tmp_path, buckets: dict[int, list[tuple]], lo: int = 0, hi: int = 4) -> Run:
+    """A run of ``{bucket: [(sort key, sample key, tar bytes), ...]}``."""
+    with RunWriter(str(tmp_path / "r.bin"), lo, hi, {}) as w:
+        for b in sorted(buckets):
+            data = b"".join(runfile.record(runfile.pack_key(k), s, t) for k, s, t in buckets[b])
+            w.write(b, data, len(buckets[b]))
+        return w.close()
+
+
+def test_offsets_slice_each_bucket(tmp_path):
+    run = write(tmp_path, {0: [(1, "a", b"A")], 2: [(5, "b", b"BB"), (6, "c", b"C" * 300)]})
+    runfile.check_footer(run, {})
+    offs = runfile.bucket_offsets(run, 0, 4, {})
+    assert len(offs) == 5 and offs[1] == offs[2] == offs[3] - (offs[3] - offs[2])
+    with open(run.url, "rb") as f:
+        f.seek(int(offs[2]))
+        got = list(runfile.records(f, int(offs[3] - offs[2]), run.url))
+    assert [(k, s, bytes(rec[start:])) for k, s, rec, start in got] == \
+        [(5, "b", b"BB"), (6, "c", b"C" * 300)]
+    assert runfile.bucket_offsets(run, 2, 3, {}).tolist() == [int(offs[2]), int(offs[3])]
+    with pytest.raises(HtoolsError, match="not in this run"):
+        runfile.bucket_offsets(run, 3, 5, {})
+
+
+def test_bucket_order_is_enforced(tmp_path):
+    with pytest.raises(ValueError, match="bucket 1 written after bucket 2"):
+        with RunWriter(str(tmp_path / "r.bin"), 0, 4, {}) as w:
+            w.write(2, b"", 0)
+            w.write(1, b"", 0)
+    assert not (tmp_path / "r.bin").exists()  # aborted: nothing left behind
+
+
+def test_a_run_cut_short_is_named(tmp_path):
+    run = write(tmp_path, {1: [("k", "x", b"payload" * 10)]})
+    data = (tmp_path / "r.bin").read_bytes()
+    offs = runfile.bucket_offsets(run, 1, 2, {})
+    with pytest.raises(HtoolsError, match="ends inside a record"):
+        list(runfile.records(io.BytesIO(data[int(offs[0]):int(offs[1]) - 5]),
+                             int(offs[1] - offs[0]), run.url))
+    bad = Run(run.url, run.size, 0, 3)  # a footer naming other buckets
+    with pytest.raises(HtoolsError, match="bad footer"):
+        runfile.check_footer(bad, {})
+
+
+def test_encoded_samples_are_what_the_writer_writes(tmp_path):
+    enc = SampleEncoder("x.tar", mtime=0)
+    samples = [{"__key__": "a/1", "jpg": b"\xff" * 700, "txt": "héllo"},
+               {"__key__": "b", "_private": b"no"}]  # nothing to write
+    parts = [enc.encode(s) for s in samples]
+    assert parts[1] == b""
+    buf = io.BytesIO()
+    from htools import tario
+    with tario.TarWriter(buf, mtime=0, compress=None) as w:
+        w.write_encoded(parts[0])
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        assert tf.getnames() == ["a/1.jpg", "a/1.txt"]
+        assert tf.extractfile("a/1.txt").read() == "héllo".encode()
+    back = runfile.decode(parts[0], "x.tar")
+    assert back["jpg"] == b"\xff" * 700 and back["__key__"] == "a/1"
