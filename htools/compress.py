@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - isal is a dependency
 __all__ = [
     "DECODE_ERRORS",
     "GZIP_BACKEND",
+    "NoClose",
     "compression_for",
     "open_stream_reader",
     "open_stream_writer",
@@ -224,25 +225,31 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-class _NoClose(io.RawIOBase):
-    """Plain output: passes writes through; close() only flushes the raw stream."""
+class NoClose(io.RawIOBase):
+    """``raw`` passed through, reads and writes; ``close()`` flushes it but never closes
+    it.  For a stream whose owner closes it: stdin/stdout under a storage reader or
+    writer, and a storage writer under plain (uncompressed) output, which its ``with``
+    block commits."""
 
-    def __init__(self, raw: BinaryIO):
+    def __init__(self, raw: BinaryIO, name: str | None = None):
         super().__init__()
         self._raw = raw
-        self.write = raw.write  # type: ignore[method-assign]
+        if name is not None:
+            self.name = name
+        self.write = raw.write  # type: ignore[method-assign]  # no extra frame per write
+
+    def readable(self) -> bool:
+        return bool(getattr(self._raw, "readable", lambda: False)())
 
     def writable(self) -> bool:
-        return True
+        return bool(getattr(self._raw, "writable", lambda: False)())
 
-    def flush(self) -> None:
+    def readinto(self, b) -> int:  # type: ignore[override]
+        return self._raw.readinto(b) or 0
+
+    def flush(self) -> None:  # io's close() calls this once
         if not self.closed:
             self._raw.flush()
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.flush()
-        super().close()
 
 
 def open_stream_writer(raw: BinaryIO, url: str = "", level: int | None = None, *,
@@ -260,7 +267,7 @@ def open_stream_writer(raw: BinaryIO, url: str = "", level: int | None = None, *
     else:
         kind = compression_for(url) if compress == "auto" else compress
     if kind in (None, False, "none", "", "tar"):
-        return _NoClose(raw)  # type: ignore[return-value]
+        return NoClose(raw)  # type: ignore[return-value]
     if kind in ("gzip", "gz"):
         lo, hi = _GZIP_LEVELS
         lvl = _GZIP_DEFAULT_LEVEL if level is None else max(lo, min(hi, int(level)))

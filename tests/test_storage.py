@@ -1,8 +1,11 @@
 """htools.storage against every backend (local files, nginx, moto S3, GCS emulator),
-plus pipe:/-, retries of transient faults, 4xx and unreachable servers."""
+plus pipe:/-, the registry, retries of transient faults (one policy for every protocol,
+real faults injected over HTTP and S3), 4xx and unreachable servers."""
 
 from __future__ import annotations
 
+import errno
+import http.client
 import http.server
 import json
 import multiprocessing
@@ -12,13 +15,18 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pytest
 
 from htools import storage
 from htools.errors import NotFound, StorageError
+from htools.storage import objectstore, registry
+from htools.storage.base import Transient
 
 
 @pytest.fixture(autouse=True)
@@ -280,7 +288,7 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
-        if fault in ("503", "403"):
+        if fault.isdigit():
             self.send_response(int(fault))
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -431,3 +439,286 @@ def test_http_put_to_a_plain_server_and_5xx_at_commit(faulty_server):
     with pytest.raises(StorageError) as info:
         put(url, b"y" * 10)
     assert info.value.status == 500 and s.requests.count("PUT") == 2
+
+
+# --------------------------------------------------------------------------- registry
+
+@pytest.mark.parametrize("url, proto, backend", [
+    ("/a/b.tar", "file", "LocalBackend"),
+    ("rel/b.tar", "file", "LocalBackend"),
+    ("file:///a/b.tar", "file", "LocalBackend"),
+    ("http://h/x", "http", "HTTPBackend"),
+    ("HTTPS://h/x", "http", "HTTPBackend"),
+    ("s3://b/k", "s3", "S3Backend"),
+    ("s3a://b/k", "s3", "S3Backend"),
+    ("gs://b/k", "gs", "GCSBackend"),
+    ("gcs://b/k", "gs", "GCSBackend"),
+    ("pipe:cat x", "pipe", "PipeBackend"),
+    ("-", "stdio", "StdioBackend"),
+])
+def test_registry_picks_each_backend(url, proto, backend):
+    assert storage.protocol(url) == proto
+    found = registry.backend_for(url)
+    assert type(found).__name__ == backend
+    assert registry.backend_for(url) is found  # one instance per protocol
+
+
+def test_unknown_scheme_is_a_clear_storage_error():
+    url = "ftp://user:pw@h/x.tar"
+    for op in (lambda: storage.protocol(url), lambda: storage.exists(url),
+               lambda: storage.open_read(url), lambda: storage.open_write(url),
+               lambda: storage.delete(url)):
+        with pytest.raises(StorageError) as info:
+            op()
+        text = str(info.value)
+        assert "unsupported URL scheme 'ftp'" in text and "s3" in text and "http" in text
+        assert "pw" not in text and "ftp://h/x.tar" in text
+
+
+def test_missing_optional_package_says_what_to_pip_install(monkeypatch):
+    monkeypatch.setattr(registry, "_backends", {})
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # import s3fs -> ImportError
+    with pytest.raises(StorageError, match=r"pip install s3fs") as info:
+        storage.exists("s3://bucket/key")
+    assert "s3://bucket/key" in str(info.value)
+
+
+# --------------------------------------------------------------------------- retries, every protocol
+
+def _flaky(monkeypatch, proto: str, failures: int) -> list[int]:
+    """Make the ``proto`` backend's exists() fail ``failures`` times with Transient."""
+    calls: list[int] = []
+    found = registry.backend(proto)
+
+    def exists(url, opts):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise Transient("injected 503", 503)
+        return True
+
+    monkeypatch.setattr(found, "exists", exists)
+    return calls
+
+
+ALL_PROTOCOLS = ["file", "http", "s3", "gs", "pipe", "stdio"]
+URLS = {"file": "/x/y", "http": "http://h/y", "s3": "s3://b/y", "gs": "gs://b/y",
+        "pipe": "pipe:cat", "stdio": "-"}
+
+
+@pytest.mark.parametrize("proto", ALL_PROTOCOLS)
+def test_one_retry_wrapper_for_every_protocol(monkeypatch, proto):
+    calls = _flaky(monkeypatch, proto, failures=2)
+    assert storage.exists(URLS[proto]) is True
+    assert len(calls) == 3
+    calls = _flaky(monkeypatch, proto, failures=10)
+    with pytest.raises(StorageError) as info:
+        storage.exists(URLS[proto])
+    assert len(calls) == 4 and info.value.status == 503  # 1 + HTOOLS_RETRIES=3
+    assert "gave up after 4 attempts" in str(info.value)
+
+
+@pytest.mark.parametrize("proto", ALL_PROTOCOLS)
+def test_htools_retries_0_turns_retrying_off_everywhere(monkeypatch, proto):
+    monkeypatch.setenv("HTOOLS_RETRIES", "0")
+    calls = _flaky(monkeypatch, proto, failures=1)
+    with pytest.raises(StorageError, match="gave up after 1 attempt"):
+        storage.exists(URLS[proto])
+    assert len(calls) == 1
+    # a protocol's own options win over the environment
+    calls = _flaky(monkeypatch, proto, failures=1)
+    assert storage.exists(URLS[proto], {proto: {"retries": 1}}) is True
+    assert len(calls) == 2
+
+
+class _FaultyS3Proxy(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint in front of moto: the next request answers ``server.faults[0]``
+    (an S3 error status, or "ok" to pass it on), later ones go through."""
+
+    protocol_version = "HTTP/1.1"
+    CODES: ClassVar[dict[str, str]] = {"403": "AccessDenied", "404": "NoSuchKey", "500": "InternalError",
+                                       "503": "ServiceUnavailable"}
+
+    def log_message(self, *args):
+        pass
+
+    def _handle(self):
+        server = self.server
+        fault = server.faults.pop(0) if server.faults else "ok"
+        server.requests.append((self.command, self.headers.get("Range"), fault))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if fault != "ok":
+            error = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{self.CODES[fault]}"
+                     f"</Code><Message>injected</Message></Error>").encode()
+            self.send_response(int(fault))
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(error)
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", server.upstream, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.send_response(resp.status, resp.reason)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length",
+                                   "server", "date"):
+                self.send_header(key, value)
+        if self.command == "HEAD":
+            self.send_header("Content-Length", resp.getheader("Content-Length", "0"))
+        else:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
+
+
+@pytest.fixture
+def faulty_s3(s3_server):
+    """(proxy server, options through it): botocore's own retries off, so every fault
+    reaches htools; the test bucket of moto behind it."""
+    from urllib.parse import urlsplit
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaultyS3Proxy)
+    server.upstream = urlsplit(s3_server.endpoint).port
+    server.faults, server.requests = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    options = {"s3": {**s3_server.options["s3"],
+                      "endpoint_url": f"http://127.0.0.1:{server.server_address[1]}",
+                      "config_kwargs": {"retries": {"total_max_attempts": 1}}}}
+    try:
+        yield server, options
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class FaultTarget:
+    """A blob behind a server that answers ``server.faults`` ("503", "403", "ok", ...)
+    to the next requests, in order, and logs every request in ``server.requests``."""
+
+    url: str
+    options: dict | None
+    data: bytes
+    server: Any
+
+
+@pytest.fixture(params=["http", "s3"])
+def fault_target(request, faulty_server) -> FaultTarget:
+    if request.param == "http":
+        s = faulty_server
+        return FaultTarget(f"http://127.0.0.1:{s.server_address[1]}/blob", None, s.blob, s)
+    proxy, options = request.getfixturevalue("faulty_s3")
+    s3 = request.getfixturevalue("s3_server")
+    data = payload(300_000, seed=8)
+    url = f"s3://{s3.bucket}/{uuid.uuid4().hex[:12]}/blob"
+    put(url, data, s3.options)
+    return FaultTarget(url, options, data, proxy)
+
+
+def test_503_twice_then_ok_is_retried_on_http_and_s3(fault_target):
+    t = fault_target
+    t.server.faults = ["503", "503"]
+    assert storage.read_range(t.url, 1000, 200_000, t.options) == t.data[1000:200_000]
+    assert not t.server.faults and len(t.server.requests) >= 3
+    t.server.faults = ["503", "503"]
+    assert _read_all(t.url, t.options) == t.data
+    assert not t.server.faults
+
+
+@pytest.mark.parametrize("status", ["403", "404"])
+def test_permanent_error_is_not_retried_on_http_and_s3(fault_target, status):
+    t = fault_target
+    t.server.faults = [status]  # once only: a retry would succeed
+    with pytest.raises(StorageError) as info:
+        storage.read_range(t.url, 0, 100, t.options)
+    assert info.value.status == int(status)
+    assert isinstance(info.value, NotFound) == (status == "404")
+    assert "gave up" not in str(info.value)
+    assert storage.read_range(t.url, 0, 100, t.options) == t.data[:100]
+
+
+def test_htools_retries_0_on_http_and_s3(fault_target, monkeypatch):
+    t = fault_target
+    monkeypatch.setenv("HTOOLS_RETRIES", "0")
+    t.server.faults = ["503"]
+    with pytest.raises(StorageError, match="gave up after 1 attempt") as info:
+        storage.read_range(t.url, 0, 100, t.options)
+    assert info.value.status == 503 and len(t.server.requests) == 1
+
+
+def test_s3_read_resumes_at_the_offset_reached(faulty_s3, s3_server):
+    proxy, options = faulty_s3
+    data = payload(11 << 20, seed=9)  # more than one 8 MiB read-ahead block
+    url = f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:12]}/big"
+    put(url, data, s3_server.options)
+    proxy.faults = ["ok", "ok", "503"]  # HEAD, first GET, then the second GET fails
+    got = bytearray()
+    with storage.open_read(url, options) as f:
+        while chunk := f.read(1 << 20):
+            got += chunk
+    assert got == data
+    failed = [i for i, (_m, _r, fault) in enumerate(proxy.requests) if fault == "503"]
+    assert len(failed) == 1
+    method, where, _ = proxy.requests[failed[0]]
+    assert method == "GET" and not where.startswith("bytes=0-")
+    resumed = next(r for m, r, _f in proxy.requests[failed[0] + 1:] if m == "GET")
+    assert resumed == where  # the same bytes asked for again, not the object from 0
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (ConnectionResetError("reset"), "transient"),
+    (TimeoutError("timed out"), "transient"),
+    (FileNotFoundError("k"), "notfound"),
+    (PermissionError("no"), 403),
+    (OSError(errno.EBUSY, "slow down"), "transient"),       # s3fs: 503 / SlowDown
+    (ValueError("bad"), None),
+])
+def test_object_store_fault_classification(exc, expected):
+    got = objectstore.classify("s3://b/k", exc)
+    if expected == "transient":
+        assert isinstance(got, Transient)
+    elif expected == "notfound":
+        assert isinstance(got, NotFound)
+    else:
+        assert isinstance(got, StorageError) and not isinstance(got, NotFound)
+        assert got.status == expected
+
+
+def test_object_store_classifies_library_errors():
+    import aiohttp
+    import yarl
+    from botocore.exceptions import ClientError, EndpointConnectionError
+    from gcsfs.retry import HttpError
+
+    where = yarl.URL("http://127.0.0.1/b/k")
+    request = aiohttp.RequestInfo(where, "GET", {}, where)  # type: ignore[arg-type]
+
+    def boto(status: int, code: str) -> OSError:
+        err = OSError(errno.EIO, code)
+        err.__cause__ = ClientError({"Error": {"Code": code, "Message": code},
+                                     "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return err
+
+    transient = [boto(503, "ServiceUnavailable"), boto(500, "InternalError"), boto(429, "x"),
+                 HttpError({"code": 503, "message": "backend error"}),
+                 HttpError({"code": 429, "message": "rate"}),
+                 aiohttp.ClientResponseError(request, (), status=502),
+                 aiohttp.ServerDisconnectedError(),
+                 EndpointConnectionError(endpoint_url="http://x")]
+    for exc in transient:
+        got = objectstore.classify("gs://b/k", exc)
+        assert isinstance(got, Transient), exc
+    for exc, status in ((boto(403, "AccessDenied"), 403), (boto(400, "InvalidRequest"), 400),
+                        (HttpError({"code": 403, "message": "Forbidden"}), 403)):
+        got = objectstore.classify("gs://b/k", exc)
+        assert isinstance(got, StorageError) and got.status == status, exc

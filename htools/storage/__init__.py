@@ -1,0 +1,166 @@
+"""Storage: the one package that knows protocols.
+
+URLs: plain paths and ``file://``, ``http(s)://`` (nginx WebDAV), ``s3://bucket/key``,
+``gs://bucket/key``, ``pipe:COMMAND`` (read its stdout / write its stdin) and ``-``
+(stdin / stdout).  Options are per protocol, plain picklable dicts::
+
+    {"s3": {"endpoint_url": ..., "key": ..., "secret": ...},   # -> s3fs.S3FileSystem
+     "gs": {"endpoint_url": ..., "token": "anon"},             # -> gcsfs.GCSFileSystem
+     "http": {"headers": {...}, "auth": {"user": ..., "password": ...},
+              "put_mode": "direct" | "move", "timeout": 60, "verify": True},
+     "file": {"fsync": True}}
+
+merged over ``HTOOLS_STORAGE_OPTIONS`` (JSON) by :func:`resolve_options`.  Any
+protocol's options may also hold ``retries``, ``backoff`` and ``backoff_cap``.
+
+Writes are atomic: an object is complete or absent (local temp file + rename, HTTP
+chunked PUT spooled by nginx, S3 multipart, GCS resumable upload).  Pipes and stdout
+cannot be atomic: what was written is out.
+
+Transient faults (connection reset/refused, timeouts, HTTP 408/425/429/5xx, truncated
+bodies) are retried with exponential backoff the same way on every protocol
+(``HTOOLS_RETRIES``, ``HTOOLS_RETRY_BACKOFF``, ``HTOOLS_RETRY_CAP``, read at call time;
+``HTOOLS_RETRIES=0`` turns retrying off): every function below runs its backend call
+through :func:`~htools.storage.base.with_retries`, and readers resume at the offset
+reached.  Permanent faults (401, 403, 404, ...) are not retried.  Errors are
+:class:`~htools.errors.StorageError` / :class:`~htools.errors.NotFound` naming the URL
+without credentials.
+
+Layout: :mod:`.base` (the :class:`~.base.Backend` interface, :class:`Writer`, the retry
+policy, the resuming reader), one module per backend (:mod:`.local`, :mod:`.http`,
+:mod:`.objectstore` for s3/gs, :mod:`.pipe`) and :mod:`.registry`, which maps
+protocols to backends.  Adding a protocol takes one module with a ``Backend`` subclass
+and one line in ``registry.REGISTRY``::
+
+    "az": Entry("htools.storage.azure:AzureBackend", ("az", "abfs"), pip="adlfs"),
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, TypeVar
+
+from htools.errors import NotFound, StorageError, hide_credentials
+from htools.storage.base import CHUNK, Backend, Writer, retry_policy, with_retries
+from htools.storage.registry import OPTION_KEYS, backend, protocol
+
+__all__ = [
+    "Options", "Writer", "open_read", "open_write", "exists", "size", "read_range",
+    "open_range", "delete", "delete_prefix", "listdir", "remove_partials", "join", "protocol",
+    "resolve_options", "redact", "CHUNK",
+]
+
+T = TypeVar("T")
+Options = Mapping[str, Mapping[str, Any]]
+
+#: ``url`` without any ``user:password@`` (the same function as errors.hide_credentials)
+redact = hide_credentials
+
+
+# --------------------------------------------------------------------------- URLs, options
+
+def resolve_options(options: Options | None = None) -> dict[str, dict[str, Any]]:
+    """Per-protocol options: ``HTOOLS_STORAGE_OPTIONS`` (JSON) merged with ``options``
+    (which wins, key by key).  Plain dicts, safe to pickle to Dask workers."""
+    merged: dict[str, dict[str, Any]] = {}
+    env = os.environ.get("HTOOLS_STORAGE_OPTIONS", "").strip()
+    layers: list[Mapping[str, Any]] = []
+    if env:
+        try:
+            layers.append(json.loads(env))
+        except ValueError as exc:
+            raise StorageError("HTOOLS_STORAGE_OPTIONS", f"not valid JSON: {exc}") from None
+    if options:
+        layers.append(options)
+    for layer in layers:
+        if not isinstance(layer, Mapping):
+            raise StorageError("storage options", "must map a protocol to a dict of options")
+        for proto, opts in layer.items():
+            key = OPTION_KEYS.get(proto, proto)
+            merged.setdefault(key, {}).update(copy.deepcopy(dict(opts or {})))
+    return merged
+
+
+def join(base_url: str, name: str) -> str:
+    """``name`` inside the directory/prefix ``base_url``."""
+    if protocol(base_url) == "file" and "://" not in base_url:
+        return os.path.join(base_url, name)
+    return base_url.rstrip("/") + "/" + name.lstrip("/")
+
+
+def _run(url: str, options: Options | None, call: Callable[[Backend, dict[str, Any]], T]) -> T:
+    """``call(backend, opts)`` for the backend of ``url``, retried on Transient faults."""
+    proto = protocol(url)
+    found = backend(proto, url)
+    opts = resolve_options(options).get(proto, {})
+    return with_retries(url, retry_policy(opts), lambda: call(found, opts))
+
+
+# --------------------------------------------------------------------------- public API
+
+def open_read(url: str, options: Options | None = None) -> BinaryIO:
+    """A streaming binary reader (a context manager); NotFound if absent."""
+    return open_range(url, 0, None, options)
+
+
+def open_range(url: str, start: int, end: int | None, options: Options | None = None
+               ) -> BinaryIO:
+    """A streaming reader of bytes [start, end) (``end=None``: to the end)."""
+    start = max(0, int(start))
+    return _run(url, options, lambda b, opts: b.open_range(url, start, end, opts))
+
+
+def open_write(url: str, options: Options | None = None) -> Writer:
+    """An atomic streaming writer: committed on clean exit/``commit()``/``close()``,
+    discarded on an exception/``abort()``.  Only opening is retried."""
+    return _run(url, options, lambda b, opts: b.open_write(url, opts))
+
+
+def exists(url: str, options: Options | None = None) -> bool:
+    return _run(url, options, lambda b, opts: b.exists(url, opts))
+
+
+def size(url: str, options: Options | None = None) -> int:
+    return _run(url, options, lambda b, opts: b.size(url, opts))
+
+
+def read_range(url: str, start: int, end: int, options: Options | None = None) -> bytes:
+    """Bytes [start, end) (fewer if the object ends first)."""
+    if end <= start:
+        if not exists(url, options):
+            raise NotFound(hide_credentials(url), "no such object", 404)
+        return b""
+    return _run(url, options, lambda b, opts: b.read_range(url, start, end, opts))
+
+
+def delete(url: str, options: Options | None = None, missing_ok: bool = True) -> None:
+    _run(url, options, lambda b, opts: b.delete(url, opts, missing_ok))
+
+
+def delete_prefix(url: str, options: Options | None = None) -> None:
+    """Delete a "directory" and everything under it; absent is fine."""
+    _run(url, options, lambda b, opts: b.delete_prefix(url, opts))
+
+
+def listdir(url: str, options: Options | None = None) -> list[str]:
+    """Full URLs of the entries directly under ``url`` (sorted, no trailing ``/``)."""
+    return _run(url, options, lambda b, opts: b.listdir(url, opts))
+
+
+def remove_partials(urls: list[str], options: Options | None = None) -> int:
+    """Delete what writers of ``urls`` left behind when their process was killed.
+
+    Only local writes leave anything visible (the hidden ``.NAME.tmp-*`` file of the
+    local writer); HTTP direct PUTs, S3 multipart and GCS resumable uploads never show
+    a partial object.  Returns how many files were removed.
+    """
+    by_proto: dict[str, list[str]] = {}
+    for url in urls:
+        if url:
+            by_proto.setdefault(protocol(url), []).append(url)
+    resolved = resolve_options(options)
+    return sum(backend(proto, group[0]).remove_partials(group, resolved.get(proto, {}))
+               for proto, group in by_proto.items())

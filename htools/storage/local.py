@@ -1,0 +1,206 @@
+"""Local files: plain paths and ``file://`` URLs.
+
+Writes go to a hidden temp file ``.NAME.tmp-<uuid>`` in the target's folder, are
+fsynced (option ``file.fsync``, default true) and renamed into place on commit, so a
+file is complete or absent; a killed writer leaves the temp file, which
+:meth:`LocalBackend.remove_partials` deletes.  Readers are seekable.  Nothing here is
+retried in practice: the same retry wrapper runs, but no local error is transient.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from htools.errors import NotFound, StorageError
+from htools.storage.base import (
+    CHUNK,
+    Backend,
+    RangeReader,
+    Writer,
+    buffered,
+    retry_policy,
+)
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a plain path or ``file://`` URL."""
+    if url.startswith("file://"):
+        return unquote(urlsplit(url).path)
+    return url
+
+
+def _join(url: str, name: str) -> str:
+    if "://" not in url:
+        return os.path.join(url, name)
+    return url.rstrip("/") + "/" + name
+
+
+@contextmanager
+def _errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError:
+        raise NotFound(url, "no such file") from None
+    except IsADirectoryError:
+        raise StorageError(url, "is a directory") from None
+    except PermissionError as exc:
+        raise StorageError(url, f"permission denied: {exc.strerror}", 403) from None
+    except OSError as exc:
+        raise StorageError(url, exc.strerror or str(exc)) from None
+
+
+class _FileReader(RangeReader):
+    """Bytes [start, end) of a file, seekable."""
+
+    can_seek = True
+
+    def __init__(self, url: str, start: int, end: int | None, opts: Mapping[str, Any]):
+        self._f: BinaryIO | None = None
+        super().__init__(url, start, end, retry_policy(opts))
+
+    def _open(self) -> bool:
+        with _errors(self.url):
+            f = open(local_path(self.url), "rb", buffering=0)
+            if self._pos:
+                f.seek(self._pos)
+        self._f = f
+        return True
+
+    def _read(self, view: memoryview) -> int:
+        with _errors(self.url):
+            return self._f.readinto(view) or 0  # type: ignore[union-attr]
+
+    def _length(self) -> int:
+        with _errors(self.url):
+            return os.stat(local_path(self.url)).st_size
+
+    def _reposition(self) -> None:
+        if self._f is not None:
+            self._f.seek(self._pos)
+
+    def _drop(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class _LocalWriter(Writer):
+    """Temp file next to the target, fsync, ``os.replace`` on commit."""
+
+    def __init__(self, url: str, path: str, fsync: bool = True):
+        super().__init__(url)
+        self._path = os.path.abspath(path)
+        self._fsync = fsync
+        folder, base = os.path.split(self._path)
+        self._tmp = os.path.join(folder, f".{base}.tmp-{uuid.uuid4().hex}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self._f = open(self._tmp, "xb", buffering=CHUNK)
+        except OSError as exc:
+            raise StorageError(url, f"cannot create: {exc.strerror or exc}") from None
+
+    def _write(self, data: memoryview) -> None:
+        try:
+            self._f.write(data)
+        except OSError as exc:
+            raise StorageError(self.name, f"write failed: {exc.strerror or exc}") from None
+
+    def _commit(self) -> None:
+        try:
+            self._f.flush()
+            if self._fsync:
+                os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self._tmp, self._path)
+            if self._fsync:
+                _fsync_dir(os.path.dirname(self._path))
+        except OSError as exc:
+            raise StorageError(self.name, f"commit failed: {exc.strerror or exc}") from None
+
+    def _abort(self) -> None:
+        self._f.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class LocalBackend(Backend):
+    """Files on this machine (or a mounted filesystem)."""
+
+    def open_range(self, url: str, start: int, end: int | None,
+                   opts: Mapping[str, Any]) -> BinaryIO:
+        return buffered(_FileReader(url, start, end, opts))
+
+    def open_write(self, url: str, opts: Mapping[str, Any]) -> Writer:
+        return _LocalWriter(url, local_path(url), bool(opts.get("fsync", True)))
+
+    def exists(self, url: str, opts: Mapping[str, Any]) -> bool:
+        return os.path.exists(local_path(url))
+
+    def size(self, url: str, opts: Mapping[str, Any]) -> int:
+        with _errors(url):
+            return os.stat(local_path(url)).st_size
+
+    def delete(self, url: str, opts: Mapping[str, Any], missing_ok: bool) -> None:
+        try:
+            with _errors(url):
+                os.unlink(local_path(url))
+        except NotFound:
+            if not missing_ok:
+                raise
+
+    def delete_prefix(self, url: str, opts: Mapping[str, Any]) -> None:
+        path = local_path(url)
+        with _errors(url):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.unlink(path)
+
+    def listdir(self, url: str, opts: Mapping[str, Any]) -> list[str]:
+        with _errors(url):
+            names = os.listdir(local_path(url))
+        return sorted(_join(url, name) for name in names)
+
+    def remove_partials(self, urls: list[str], opts: Mapping[str, Any]) -> int:
+        """Delete the hidden ``.NAME.tmp-*`` files killed writers of ``urls`` left."""
+        by_folder: dict[str, set[str]] = {}
+        for url in urls:
+            folder, base = os.path.split(local_path(url))
+            by_folder.setdefault(folder or ".", set()).add(f".{base}.tmp-")
+        removed = 0
+        for folder, prefixes in by_folder.items():
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(tuple(prefixes)):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
