@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 from htools import storage
-from htools.errors import NotFound, StorageError
+from htools.errors import NotFound, StorageError, hide_credentials
 from htools.storage import objectstore, registry
 from htools.storage.base import Transient
 
@@ -192,11 +192,11 @@ def test_resolve_options_merges_env(monkeypatch):
         storage.resolve_options()
 
 
-def test_redact_hides_credentials():
-    assert storage.redact("http://user:s3cret@host:8080/a/b") == "http://host:8080/a/b"
-    assert storage.redact("https://tok@host/a") == "https://host/a"
-    assert storage.redact("s3://bucket/key") == "s3://bucket/key"
-    assert storage.redact("pipe:curl -s http://u:pw@h/x") == "pipe:curl -s http://h/x"
+def test_hide_credentials_in_urls():
+    assert hide_credentials("http://user:s3cret@host:8080/a/b") == "http://host:8080/a/b"
+    assert hide_credentials("https://tok@host/a") == "https://host/a"
+    assert hide_credentials("s3://bucket/key") == "s3://bucket/key"
+    assert hide_credentials("pipe:curl -s http://u:pw@h/x") == "pipe:curl -s http://h/x"
 
 
 # --------------------------------------------------------------------------- pipe:, -

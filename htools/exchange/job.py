@@ -96,8 +96,9 @@ def _dry_run(spec, outset, inputs, known, present, opts) -> JobSummary:
     merges = plan.levels(tasks, len(known) or 1, fan, 2 * workers)
     summary.plan.append(f"stage 1: {len(inputs)} input shards in {tasks} tasks -> sorted "
                         "runs in scratch")
-    summary.plan.append(f"merge levels: {len(merges)} (fan-in {fan}; at least one run per "
-                        f"stage-1 task; merge tasks per level: {merges or '-'})")
+    summary.plan.append(f"merge levels: {len(merges)} (fan-in {fan}: a task reads at most "
+                        f"{fan} runs, 2 range requests each; at least one run per stage-1 "
+                        f"task; merge tasks per level: {merges or '-'})")
     for u in known or [outset.first() + " ..."]:
         mark = "  (exists, skipped)" if u in present else ""
         summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")
@@ -180,7 +181,8 @@ class _Job:
     def _stage_one(self, one: StageOne):
         size = _shard_size(self.inputs, self.opts)
         group = plan.inputs_per_task(len(self.inputs), size, self.memory, self.workers)
-        chunks = [list(enumerate(self.inputs))[a:b]
+        numbered = list(enumerate(self.inputs))
+        chunks = [numbered[a:b]
                   for a, b in plan.split(len(self.inputs), -(-len(self.inputs) // group))]
         by_task: dict[int, list] = {}
         counts = np.zeros(one.buckets, dtype=np.int64) if one.counts else None
@@ -274,8 +276,9 @@ class _Job:
             s = engine.run(f"{self.spec.tool}-merge{level}", tasks,
                            self.opts.with_(dry_run=False), on_result=on_result,
                            check_outputs=False)
-            self.stats["levels"].append({"tasks": len(tasks), "runs_per_task": max(
-                len(t.kwargs["runs"]) for t in tasks), "seconds": s.seconds})
+            most = max(len(t.kwargs["runs"]) for t in tasks)
+            self.stats["levels"].append({"tasks": len(tasks), "runs_per_task": most,
+                                         "requests_per_task": 2 * most, "seconds": s.seconds})
             total = s if total is None else _add(total, s)
             if not s.ok:
                 return parts, total
@@ -309,9 +312,9 @@ class _Job:
         s2.shards_total += skipped
         s2.shards_skipped += skipped
         s2.extra["memory"] = mem
+        most = max((len(t.kwargs["runs"]) for t in tasks), default=0)
         self.stats.update(write_tasks=len(tasks), outputs_per_task=per,
-                          max_runs_per_write=max((len(t.kwargs["runs"]) for t in tasks),
-                                                 default=0))
+                          max_runs_per_write=most, requests_per_write=2 * most)
         return s2
 
     # ----------------------------------------------------------- summary --

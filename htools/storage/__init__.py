@@ -50,14 +50,11 @@ from htools.storage.registry import OPTION_KEYS, backend, protocol
 __all__ = [
     "Options", "Writer", "open_read", "open_write", "exists", "size", "read_range",
     "open_range", "delete", "delete_prefix", "listdir", "remove_partials", "join", "protocol",
-    "resolve_options", "redact", "CHUNK",
+    "resolve_options", "CHUNK",
 ]
 
 T = TypeVar("T")
 Options = Mapping[str, Mapping[str, Any]]
-
-#: ``url`` without any ``user:password@`` (the same function as errors.hide_credentials)
-redact = hide_credentials
 
 
 # --------------------------------------------------------------------------- URLs, options
