@@ -156,3 +156,34 @@ def test_planner_groups_small_inputs_and_chunks_outputs():
     assert plan.bucket_count(100_000, shuffle=False) == 100_000
     assert plan.bucket_count(8, shuffle=False) == 128
     assert plan.fan_in(16 << 10) == plan.MIN_FAN_IN and plan.fan_in(1 << 40) == plan.MAX_FAN_IN
+
+
+BAD_KEY = """
+def reduce_samples(key, samples):
+    if key == "k0137":
+        raise ValueError("cannot reduce k0137")
+    return samples[0]
+"""
+
+
+def test_one_failed_output_of_a_shared_write_task_loses_only_its_own_samples(tmp_path, client):
+    keys = [f"k{i:04d}" for i in range(320)]
+    random.Random(4).shuffle(keys)
+    (tmp_path / "in").mkdir()
+    for s in range(4):
+        with wds.TarWriter(str(tmp_path / "in" / f"d-{s}.tar")) as w:
+            for k in keys[s * 80:(s + 1) * 80]:
+                w.write({"__key__": k, "txt": k.encode()})
+    script = tmp_path / "bad.py"
+    script.write_text(BAD_KEY)
+    s = htools.sort(str(tmp_path / "in" / "d-@4.tar"), str(tmp_path / "o" / "o-@32.tar"),
+                    script=str(script), client=client, quiet=True)
+    assert s.extra["outputs_per_task"] > 1  # outputs share write tasks
+    assert (s.shards_done, s.shards_failed) == (31, 1)
+    assert "cannot reduce k0137" in s.failures[0]["error"]
+    got = [x["__key__"] for x in read_wds(outputs(tmp_path / "o"))]
+    assert got == sorted(got) and "k0137" not in got
+    lost = 320 - len(got)
+    assert 1 <= lost <= 20  # one output's worth (320 / 32 on average)
+    assert s.samples_read == 320 and s.samples_failed == lost and s.samples_written == len(got)
+    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed

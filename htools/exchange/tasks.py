@@ -187,40 +187,45 @@ def sample_keys(input: str, index: int, spec: StageOne, limit: int) -> dict:
 # ----------------------------------------------------------- reading runs --
 
 class _Cursor:
-    """One run's slice of buckets ``[a, b)``, read front to back, bucket by bucket."""
+    """One run's slice of buckets ``[a, b)``, read front to back, bucket by bucket.
+    ``pos`` is where the reader stands; ``count`` the records read or skipped so far."""
 
     def __init__(self, run: Run, a: int, b: int, options: dict):
         self.run = run
         self.a = a
         self.offsets = bucket_offsets(run, a, b, options)
         self.pos = int(self.offsets[0])
+        self.count = 0
         end = int(self.offsets[-1])
         self.f: BinaryIO | None = open_slice(run, self.pos, end, options) if end > self.pos \
             else None
 
     def length(self, bucket: int) -> int:
-        """Bytes of ``bucket`` (the cursor must stand at its start)."""
+        """Bytes of ``bucket`` left to read (all of it when the cursor is at its start)."""
         return int(self.offsets[bucket - self.a + 1]) - self.pos
 
     def records(self, bucket: int) -> Iterator[tuple]:
-        n = self.length(bucket)
-        self.pos += n
-        return records(self.f, n, self.run.url)
+        for rec in records(self.f, self.length(bucket), self.run.url):
+            self.pos += len(rec[2])
+            self.count += 1
+            yield rec
 
-    def skip_to(self, bucket: int) -> int:
+    def skip_to(self, bucket: int) -> None:
         """Skip to the start of ``bucket``, counting the records passed over."""
         n = int(self.offsets[bucket - self.a]) - self.pos
-        self.pos += n
-        return sum(1 for _ in raw_records(self.f, n, self.run.url)) if n > 0 else 0
+        if n > 0:
+            for rec in raw_records(self.f, n, self.run.url):
+                self.pos += len(rec)
+                self.count += 1
 
     def copy(self, bucket: int) -> Iterator[bytes]:
         left = self.length(bucket)
-        self.pos += left
         while left > 0:
             chunk = self.f.read(min(left, COPY_CHUNK))
             if not chunk:
                 raise HtoolsError(f"{self.run.url}: run file ends early")
             left -= len(chunk)
+            self.pos += len(chunk)
             yield chunk
 
     def close(self) -> None:
@@ -321,6 +326,7 @@ def write_outputs(outputs: list[tuple[str, int, int]], runs: list[Run],
 
 def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[Run],
                   spec: StageTwo) -> dict:
+    read_before = sum(c.count for c in cursors)
     with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
         try:
             with storage.open_write(url, spec.options) as out, \
@@ -336,9 +342,11 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
                         writer.write_encoded(item["__tar__"])
                         result.samples_written += 1
         except BaseException:
-            # the whole output is lost: count every record it had, and move every
-            # cursor to the next output's first bucket
-            result.samples_read += sum(c.skip_to(b) for c in cursors)
+            # the whole output is lost: count every record it had (read or not), and
+            # move every cursor to the next output's first bucket
+            for c in cursors:
+                c.skip_to(b)
+            result.samples_read = sum(c.count for c in cursors) - read_before
             raise
     result.extra = {}
     return result.as_dict()
