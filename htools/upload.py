@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from . import compress, engine, shards, storage, tario
 from .engine import RunOptions, Task
 from .errors import HtoolsError, hide_credentials
+from .exchange.plan import split
 from .streams import Counting
 from .summary import JobSummary, ShardResult
 from .task import shard_task
@@ -222,13 +223,7 @@ def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
     """Split items (with tar sizes) into ``[start, stop)`` ranges, one per output."""
     total = len(sizes)
     if n is not None:
-        base, extra = divmod(total, n)
-        bounds, start = [], 0
-        for i in range(n):
-            stop = start + base + (i < extra)
-            bounds.append((start, stop))
-            start = stop
-        return bounds
+        return split(total, n, allow_empty=True)
     if not maxcount and not maxsize:
         raise HtoolsError("an open-ended output pattern needs --maxcount or --maxsize")
     bounds, start, count, size = [], 0, 0, 1024  # the end-of-archive blocks

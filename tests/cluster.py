@@ -50,3 +50,15 @@ def cluster_args(request: pytest.FixtureRequest) -> list[str]:
     if request.param == "embedded":
         return ["--workers", str(WORKERS)]
     return ["-c", request.getfixturevalue("dask_cluster").address]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A Client of a fresh in-test LocalCluster (2 worker processes, 1 thread each), for
+    the Python API; one per test module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=40) as cluster, \
+            Client(cluster) as c:
+        yield c

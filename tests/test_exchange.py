@@ -17,16 +17,6 @@ import htools
 from helpers import make_shards, ok, read_wds, run
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, \
-            Client(cluster) as c:
-        yield c
-
-
 def outputs(folder: Path, prefix: str) -> list[Path]:
     return sorted(folder.glob(f"{prefix}-*.tar"))
 

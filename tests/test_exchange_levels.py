@@ -11,22 +11,11 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import webdataset as wds
 
 import htools
 from helpers import ok, read_wds, run
 from htools.exchange import plan
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, \
-            Client(cluster) as c:
-        yield c
 
 
 def write_shards(folder: Path, shards: int, per_shard: int, seed: int = 0) -> list[dict]:

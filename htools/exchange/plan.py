@@ -57,9 +57,10 @@ def inputs_per_task(n_inputs: int, shard_bytes: float | None, memory: int, worke
     return max(1, min(by_memory, by_balance))
 
 
-def split(n: int, pieces: int) -> list[tuple[int, int]]:
-    """``[0, n)`` cut into ``pieces`` contiguous, nearly equal ranges (none empty)."""
-    pieces = max(1, min(pieces, n))
+def split(n: int, pieces: int, *, allow_empty: bool = False) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``pieces`` contiguous, nearly equal ranges (none empty unless
+    ``allow_empty``: then exactly ``pieces`` ranges even when ``n`` is smaller)."""
+    pieces = max(1, pieces if allow_empty else min(pieces, n))
     base, extra = divmod(n, pieces)
     out, start = [], 0
     for i in range(pieces):
