@@ -71,3 +71,10 @@ def test_encoded_samples_are_what_the_writer_writes(tmp_path):
         assert tf.extractfile("a/1.txt").read() == "héllo".encode()
     back = runfile.decode(parts[0], "x.tar")
     assert back["jpg"] == b"\xff" * 700 and back["__key__"] == "a/1"
+
+
+def test_offsets_of_a_wide_bucket_range(tmp_path):
+    """A write task over many outputs walks every bucket of its range: all offsets come back."""
+    run = write(tmp_path, {5: [(1, "a", b"A")], 19_000: [(2, "b", b"B")]}, hi=20_000)
+    offs = runfile.bucket_offsets(run, 0, 20_000, {})
+    assert len(offs) == 20_001 and offs[5] == 0 and offs[6] == offs[19_000] > 0

@@ -150,15 +150,10 @@ def bucket_offsets(run: Run, a: int, b: int, options: dict) -> np.ndarray:
     table = run.size - FOOTER.size - 8 * (run.hi - run.lo + 1)
     if table < 0:
         raise HtoolsError(f"{hide_credentials(run.url)}: not an htools run file (too short)")
-    if b - a <= 8192:
-        raw = storage.read_range(run.url, table + 8 * (a - run.lo), table + 8 * (b - run.lo + 1),
-                                 options)
-        values = np.frombuffer(raw, dtype=np.uint64)
-    else:  # only the ends are needed for one wide range: two tiny reads
-        ends = [storage.read_range(run.url, table + 8 * (x - run.lo), table + 8 * (x - run.lo + 1),
-                                   options) for x in (a, b)]
-        values = np.frombuffer(b"".join(ends), dtype=np.uint64)
-    if len(values) not in (b - a + 1, 2) or (len(values) and int(values[-1]) > table):
+    raw = storage.read_range(run.url, table + 8 * (a - run.lo), table + 8 * (b - run.lo + 1),
+                             options)
+    values = np.frombuffer(raw, dtype=np.uint64)
+    if len(values) != b - a + 1 or int(values[-1]) > table:
         raise HtoolsError(f"{hide_credentials(run.url)}: corrupt run file (bad offsets)")
     return values
 
