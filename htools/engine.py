@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from typing import Any
 
 from . import storage
 from .errors import HtoolsError, hide_credentials
+from .storage.base import retry_policy
 from .summary import JobSummary, ShardResult
 
 SCHEDULER_ENV = "HTOOLS_SCHEDULER"
@@ -88,6 +90,9 @@ class Task:
     input: str | list[str] = ""
     output: str = ""  # "" when the task writes nothing checked for resume
     outputs: list[str] | None = None  # a multi-output task's outputs (not resume-checked)
+    # for a multi-output task: the same task for only some of its outputs (a retry of
+    # the ones that failed transiently); None runs the whole task again
+    narrow: Callable[[Task, list[str]], Task] | None = field(default=None, repr=False)
 
     @property
     def shards(self) -> int:
@@ -255,15 +260,22 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
     job = uuid.uuid4().hex[:8]
     window = _window(client, ordered)
     bar = _progress(sum(t.shards for _i, t in todo), opts)
-    pending: dict[int, dict] = {}
+    pending: dict[int, list[dict]] = {}
     next_emit = 0  # position in ``todo`` of the next result to hand on (ordered mode)
     submitted = 0
     position: dict[str, int] = {}
+    tasks = {pos: t for pos, (_i, t) in enumerate(todo)}  # narrowed when a part is retried
+    attempts: dict[int, int] = {}
+    kept: dict[int, list[dict]] = {}  # results of a task waiting for its retried part
+    policy = retry_policy({"retries": opts.retries})
 
-    def submit(pos: int):
-        i, t = todo[pos]
-        key = f"{tool}-{job}-{i:06d}"
+    def submit(pos: int, delay: float = 0.0):
+        i, t = todo[pos][0], tasks[pos]
+        key = f"{tool}-{job}-{i:06d}-{attempts.get(pos, 1)}"
         position[key] = pos
+        if delay:
+            return client.submit(_after, delay, t.fn, key=key, pure=False,
+                                 retries=opts.retries, **t.kwargs)
         return client.submit(t.fn, key=key, pure=False, retries=opts.retries, **t.kwargs)
 
     ac = as_completed()
@@ -274,9 +286,24 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
     try:
         for fut in ac:
             pos = position.pop(fut.key)
-            i, t = todo[pos]
+            i, t = todo[pos][0], tasks[pos]
             results = _results_of(fut, t)
             fut.release()
+            again = [r for r in results if r["status"] == "failed" and r.get("transient")
+                     and attempts.get(pos, 1) <= opts.retries]
+            for r in results:
+                r["attempts"] = attempts.get(pos, 1)
+            if again:  # run the shard(s) again from the input, after a backoff
+                for r in again:
+                    summary.retried(r)
+                retrying = {id(r) for r in again}
+                kept.setdefault(pos, []).extend(r for r in results if id(r) not in retrying)
+                tasks[pos] = t.narrow(t, [r["output"] for r in again]) \
+                    if t.narrow is not None and len(again) < len(results) else t
+                attempts[pos] = attempts.get(pos, 1) + 1
+                ac.add(submit(pos, _backoff(policy, attempts[pos] - 1)))
+                continue
+            results = kept.pop(pos, []) + results
             for result in results:
                 _remove_stale(result, opts)
                 summary.add(result)
@@ -298,6 +325,22 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
     finally:
         bar.close()
         del widget
+
+
+def _after(delay: float, fn: Callable, /, **kwargs) -> Any:
+    """Run ``fn`` after ``delay`` seconds (the backoff of a retried shard, spent on the
+    worker so the client keeps handing out other work)."""
+    time.sleep(delay)
+    return fn(**kwargs)
+
+
+def _backoff(policy, attempt: int) -> float:
+    """The delay before retry number ``attempt`` (1, 2, ...) of a shard."""
+    delays = policy.delays()
+    delay = 0.0
+    for _ in range(attempt):
+        delay = next(delays, delay)
+    return delay
 
 
 def _window(client, ordered: bool) -> int:

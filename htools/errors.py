@@ -32,13 +32,23 @@ class PatternError(HtoolsError, ValueError):
                          f"{hide_credentials(why)}")
 
 
-class StorageError(HtoolsError, OSError):
-    """A storage operation failed (after retries, if the fault was transient)."""
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
-    def __init__(self, url: str, why: str, status: int | None = None):
+
+class StorageError(HtoolsError, OSError):
+    """A storage operation failed (after retries, if the fault was transient).
+
+    ``transient`` says whether the same operation may succeed later (a 5xx/429/408
+    answer, a dropped connection, a short body): the shard is then worth running again
+    from its input, which is what :mod:`htools.engine` does.  401/403/404, a missing
+    bucket or a full disk are not transient."""
+
+    def __init__(self, url: str, why: str, status: int | None = None,
+                 transient: bool | None = None):
         self.url = url
         self.why = why
         self.status = status
+        self.transient = status in TRANSIENT_STATUS if transient is None else transient
         super().__init__(why)
 
     def __str__(self) -> str:
@@ -46,7 +56,7 @@ class StorageError(HtoolsError, OSError):
         return hide_credentials(f"{self.url}: {self.why}{status}")
 
     def __reduce__(self):  # keep pickling (Dask ships errors between processes)
-        return (type(self), (self.url, self.why, self.status))
+        return (type(self), (self.url, self.why, self.status, self.transient))
 
 
 class NotFound(StorageError, FileNotFoundError):

@@ -44,6 +44,8 @@ class ShardResult:
     seconds: float = 0.0
     error: str | None = None
     traceback: str = ""  # of an unexpected exception (an htools bug) that failed the shard
+    transient: bool = False  # the failure may not happen again: worth running the shard again
+    attempts: int = 1  # runs of this shard, retries of transient failures included
     errors: list[dict] = field(default_factory=list)  # per-sample: url, key, error, traceback
     extra: dict[str, Any] = field(default_factory=dict)
     max_errors: int = field(default=0, repr=False)  # the shard's budget of failing samples
@@ -62,11 +64,12 @@ class ShardResult:
             detail = f"\n{tb}" if tb else ""
             raise TooManyErrors(f"{hide_credentials(url)}: {what} on key {key!r}: {error}{detail}")
 
-    def fail(self, error: str, traceback: str = "") -> None:
+    def fail(self, error: str, traceback: str = "", transient: bool = False) -> None:
         """The whole shard failed: its output is absent, every sample read is failed."""
         self.status = "failed"
         self.error = error
         self.traceback = traceback
+        self.transient = transient
         self.samples_failed = self.samples_read - self.samples_dropped
         self.samples_mapped = 0
         self.samples_written = 0
@@ -108,11 +111,21 @@ class JobSummary:
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
+    shards_retried: int = 0  # shards run again after a transient failure (each counted once)
+    retries: list[dict] = field(default_factory=list)  # the first retries: input, output, why
     failures: list[dict] = field(default_factory=list)  # first failed shards: input, output, error
     errors: list[dict] = field(default_factory=list)  # failed samples (first MAX_LISTED_ERRORS)
     extra: dict[str, Any] = field(default_factory=dict)
     plan: list[str] = field(default_factory=list)  # with dry_run: what would run
     started: float = field(default_factory=time.time, repr=False)
+
+    def retried(self, r: dict) -> None:
+        """A transient failure of ``r``'s shard, which runs again (not counted as failed)."""
+        if r.get("attempts", 1) == 1:
+            self.shards_retried += 1
+        if len(self.retries) < MAX_LISTED_FAILURES:
+            self.retries.append({"input": r["input"], "output": r["output"],
+                                 "attempt": r.get("attempts", 1), "error": r["error"]})
 
     def add(self, r: dict) -> None:
         if r["status"] == "skipped":
@@ -156,6 +169,7 @@ class JobSummary:
             f"samples {self.samples_read} read, {self.samples_written} written, "
             f"{self.samples_dropped} dropped, {self.samples_failed} failed",
             f"{mb_in:.1f} MB in, {mb_out:.1f} MB out",
+            *([f"{self.shards_retried} shards retried"] if self.shards_retried else []),
             f"{self.seconds:.1f}s",
         ]
         return "; ".join(parts)

@@ -7,7 +7,9 @@ failed shard instead of an exception that Dask would ship back without context:
 
 * an :class:`~htools.errors.HtoolsError` (bad data, storage, the user's script, the
   ``--max-errors`` budget spent, see :meth:`ShardResult.sample_error`) becomes the
-  shard's one-line error;
+  shard's one-line error, marked ``transient`` when the same run may succeed later
+  (a storage fault whose own retries ran out, a commit that failed mid-way): the engine
+  runs such a shard again from its input;
 * any other exception is a bug in htools: the shard fails with a line that says so,
   and its traceback is kept in the result (the ``--summary`` JSON shows it).
 
@@ -37,7 +39,7 @@ def shard_task(input: str | list[str], output: str = "", *,
     try:
         yield result
     except HtoolsError as e:
-        result.fail(str(e))
+        result.fail(str(e), transient=bool(getattr(e, "transient", False)))
     except Exception as e:  # noqa: BLE001 - a bug: keep it, with its traceback
         result.fail(f"{type(e).__name__}: {e} ({BUG_HINT})", traceback.format_exc())
     result.seconds = round(time.perf_counter() - t0, 4)

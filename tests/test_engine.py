@@ -60,7 +60,7 @@ def client():
 
 
 def opts(client, **kw) -> RunOptions:
-    return RunOptions(client=client, quiet=True, retries=0, **kw)
+    return RunOptions(**{"client": client, "quiet": True, "retries": 0, **kw})
 
 
 # ------------------------------------------------------------------ results --
@@ -165,3 +165,70 @@ def test_stdio_is_refused(client, tmp_path):
                  Task(must_not_run, {"output": "x"}, input=["a.tar", "-"])):
         with pytest.raises(HtoolsError, match=r"'-' \(stdin/stdout\) is not available"):
             run("t", [task], opts(client))
+
+
+# ------------------------------------------------------------------ retries --
+
+_RUNS: dict[str, int] = {}
+
+
+def flaky_task(name: str, fails: int, status: int) -> dict:
+    """Fails like a storage fault with ``status`` the first ``fails`` times it runs."""
+    from htools.errors import StorageError
+    from htools.task import shard_task
+
+    with _LOCK:
+        _RUNS[name] = _RUNS.get(name, 0) + 1
+        n = _RUNS[name]
+    with shard_task(f"in-{name}.tar", f"out-{name}.tar") as r:
+        r.samples_read = 2
+        if n <= fails:
+            raise StorageError(f"http://h/out-{name}.tar", "PUT failed", status)
+        r.samples_mapped = r.samples_written = 2
+    return r.as_dict()
+
+
+def multi_task(names: list[str], flaky: str) -> list[dict]:
+    """One result per output; ``flaky`` fails transiently on its first run."""
+    return [flaky_task(n, 1 if n == flaky else 0, 503) for n in names]
+
+
+def narrow_multi(task: Task, outputs: list[str]) -> Task:
+    names = [n for n in task.kwargs["names"] if f"out-{n}.tar" in outputs]
+    return Task(multi_task, {**task.kwargs, "names": names},
+                outputs=[f"out-{n}.tar" for n in names], narrow=narrow_multi)
+
+
+@pytest.fixture()
+def fast_backoff(monkeypatch):
+    monkeypatch.setenv("HTOOLS_RETRY_BACKOFF", "0.01")
+
+
+def test_transient_failures_run_the_shard_again(client, fast_backoff):
+    tag = uuid.uuid4().hex[:6]
+    tasks = [Task(flaky_task, {"name": f"{tag}-{i}", "fails": i, "status": 503},
+                  input=f"in-{i}.tar") for i in range(3)]
+    s = run("t", tasks, opts(client, retries=2))
+    assert s.ok and s.shards_done == 3 and s.samples_written == 6 and s.samples_failed == 0
+    assert s.shards_retried == 2 and len(s.retries) == 3  # shard 2 was retried twice
+    assert {r["attempt"] for r in s.retries} == {1, 2} and "PUT failed" in s.retries[0]["error"]
+    assert "2 shards retried" in s.line()
+
+
+def test_retries_run_out_and_permanent_errors_are_not_retried(client, fast_backoff):
+    tag = uuid.uuid4().hex[:6]
+    tasks = [Task(flaky_task, {"name": f"{tag}-t", "fails": 5, "status": 503}, input="t"),
+             Task(flaky_task, {"name": f"{tag}-p", "fails": 1, "status": 403}, input="p")]
+    s = run("t", tasks, opts(client, retries=2))
+    assert not s.ok and s.shards_failed == 2 and s.samples_failed == 4
+    assert _RUNS[f"{tag}-t"] == 3 and _RUNS[f"{tag}-p"] == 1  # 1 + 2 retries; 403: once
+
+
+def test_a_multi_output_task_retries_only_its_failed_output(client, fast_backoff):
+    tag = uuid.uuid4().hex[:6]
+    names = [f"{tag}-{c}" for c in "abc"]
+    task = Task(multi_task, {"names": names, "flaky": names[1]},
+                outputs=[f"out-{n}.tar" for n in names], narrow=narrow_multi)
+    s = run("t", [task], opts(client, retries=1))
+    assert s.ok and s.shards_total == 3 and s.shards_done == 3 and s.shards_retried == 1
+    assert [_RUNS[n] for n in names] == [1, 2, 1]  # the others were not written twice

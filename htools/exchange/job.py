@@ -303,7 +303,8 @@ class _Job:
             for chunk in plan.write_chunks(todo, per):
                 outs = [(outputs[j], groups[j][0], groups[j][1]) for j in chunk]
                 tasks.append(Task(write_outputs, {"outputs": outs, "runs": runs, "spec": two},
-                                  input=f"{len(runs)} runs", outputs=[o[0] for o in outs]))
+                                  input=f"{len(runs)} runs", outputs=[o[0] for o in outs],
+                                  narrow=_narrow_write))
         mem: list[dict] = []
         s2 = engine.run(self.spec.tool, tasks, self.opts.with_(dry_run=False),
                         on_result=lambda _i, r: mem.append(r.pop("extra", {})),
@@ -354,6 +355,13 @@ class _Job:
             out.extra["peak_rss"] = max(m.get("peak_rss", 0) for m in mem)
             out.extra["rss_start_min"] = min(m.get("rss_start", 0) for m in mem)
         return out
+
+
+def _narrow_write(task: Task, urls: list[str]) -> Task:
+    """The write task for only ``urls`` of its outputs (a retry of those that failed)."""
+    keep = set(urls)
+    outs = [o for o in task.kwargs["outputs"] if o[0] in keep]
+    return replace(task, kwargs={**task.kwargs, "outputs": outs}, outputs=[o[0] for o in outs])
 
 
 def _add(a: JobSummary, b: JobSummary) -> JobSummary:

@@ -300,8 +300,9 @@ def _merged(result: ShardResult, out: Run | None, rss0: int) -> dict:
 def write_outputs(outputs: list[tuple[str, int, int]], runs: list[Run],
                   spec: StageTwo) -> list[dict]:
     """Write task: each ``(url, a, b)`` output gets buckets ``[a, b)`` of every run,
-    merged, reduced, written atomically.  The outputs are consecutive, so every run's
-    slice is read once, front to back.  One failed output does not fail the others."""
+    merged, reduced, written atomically.  The outputs are in bucket order, so every
+    run's slice is read once, front to back (a retry of some of them skips the others).
+    One failed output does not fail the others."""
     rss0 = _rss()
     first, last = outputs[0][1], outputs[-1][2]
     results: list[dict] = []
@@ -326,8 +327,10 @@ def write_outputs(outputs: list[tuple[str, int, int]], runs: list[Run],
 
 def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[Run],
                   spec: StageTwo) -> dict:
-    read_before = sum(c.count for c in cursors)
     with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
+        for c in cursors:  # past outputs of this task not written this time (a retry)
+            c.skip_to(a)
+        read_before = sum(c.count for c in cursors)
         try:
             with storage.open_write(url, spec.options) as out, \
                     tario.TarWriter(Counting(out, result, "bytes_out"), url=url,

@@ -23,12 +23,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from htools.errors import StorageError, hide_credentials
+from htools.errors import TRANSIENT_STATUS, StorageError, hide_credentials  # noqa: F401
 
 T = TypeVar("T")
 
 CHUNK = 1 << 20      # buffer size of readers and writers
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRY_OPTIONS = ("retries", "backoff", "backoff_cap")   # accepted in any protocol's options
 
 
@@ -73,7 +72,7 @@ class Transient(Exception):
 
     def error(self, url: str, why: str | None = None) -> StorageError:
         """The StorageError to raise when this fault is not (or no longer) retried."""
-        return StorageError(hide_credentials(url), why or self.why, self.status)
+        return StorageError(hide_credentials(url), why or self.why, self.status, transient=True)
 
 
 def with_retries(url: str, policy: RetryPolicy, attempt: Callable[[], T]) -> T:
@@ -298,7 +297,8 @@ class RangeReader(io.RawIOBase):
                 delay = next(delays, None)
                 if delay is None:
                     raise StorageError(self.name, f"read failed at offset {self._pos}: "
-                                       f"{exc.why} (gave up after {tries} attempts)") from None
+                                       f"{exc.why} (gave up after {tries} attempts)",
+                                       transient=True) from None
                 time.sleep(delay)
                 continue
             self._pos += n

@@ -307,7 +307,8 @@ class HTTPWriter(Writer):
         self._abort_quietly()
         if status == 404:
             raise NotFound(self.name, why, status)
-        raise StorageError(self.name, why, status)
+        # no answer (a dropped connection) or a 5xx/429 may go through next time
+        raise StorageError(self.name, why, status, transient=True if status is None else None)
 
     def _commit(self) -> None:
         if self._buf:
@@ -318,7 +319,8 @@ class HTTPWriter(Writer):
             resp = self._conn.getresponse()
             resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise StorageError(self.name, f"upload failed at commit: {describe(exc)}") from None
+            raise StorageError(self.name, f"upload failed at commit: {describe(exc)}",
+                               transient=True) from None
         finally:
             self._conn.close()
         if resp.status >= 300:  # a Transient here becomes a StorageError: the body is gone
