@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from . import engine, shards, storage, tario
+from . import engine, preflight, shards, storage, tario
 from .engine import RunOptions, Task
 from .errors import HtoolsError
 from .streams import Counting
@@ -154,6 +154,8 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
     out = out or sys.stdout
     tasks = plan(inputs, spec, opts)
+    preflight.check([t.input for t in tasks], [storage.join(to_dir, "x")] if to_dir else [],
+                    opts.storage_options, write=not opts.dry_run)
     counts: Counter = Counter()
 
     def on_result(_i: int, r: dict) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from . import engine, shards, storage, tario
+from . import engine, preflight, shards, storage, tario
 from .engine import RunOptions, Task
 from .errors import HtoolsError, ScriptError, hide_credentials
 from .script import Script, load_script, user_traceback
@@ -143,4 +143,6 @@ def map_shards(inputs, outputs: str, script, *, mtime: float | None = 0,
     opts = RunOptions.of(options)
     tasks = plan(inputs, outputs, load_script(script, require=("process_sample",)), opts,
                  mtime=mtime)
+    preflight.check([t.input for t in tasks], [t.output for t in tasks],
+                    opts.storage_options, write=not opts.dry_run)
     return engine.finish(engine.run("htmapper", tasks, opts), opts)

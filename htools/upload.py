@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import compress, engine, shards, storage, tario
+from . import compress, engine, preflight, shards, storage, tario
 from .engine import RunOptions, Task
 from .errors import HtoolsError, hide_credentials
 from .exchange.plan import split
@@ -319,6 +319,12 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     opts = RunOptions.of(options)
     kw = {"maxcount": maxcount, "maxsize": maxsize, "shuffle": shuffle, "seed": seed,
           "mtime": mtime}
+    outset = shards.OutputSet.parse(outputs)
+    if source_kind(source) == "tars":
+        preflight.check(shards.expand_all(source), [outset.first()], opts.storage_options,
+                        write=not opts.dry_run)
+    else:
+        preflight.check([], [outset.first()], opts.storage_options, write=not opts.dry_run)
     if source_kind(source) != "tars" or opts.dry_run:
         summary = engine.run("htupload", plan(source, outputs, opts, **kw), opts)
     else:

@@ -4,12 +4,13 @@ or duplicates nothing."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-
 from helpers import make_shards, ok, read_wds, run
 
 
@@ -59,13 +60,27 @@ def test_max_errors_goes_on_and_counts(tmp_path, data):
     assert all(s == data[s["__key__"]] for s in got)
 
 
-def test_missing_input_shard(tmp_path, data):
+def test_missing_local_input_fails_fast_before_any_cluster(tmp_path, data):
     (tmp_path / "in" / "data-1.tar").unlink()
+    t0 = time.monotonic()
     p = run("htmapper", "-p", script(tmp_path, "def process_sample(s):\n    return s\n"),
             tmp_path / "in" / "data-@3.tar", tmp_path / "out" / "o-@3.tar", "--workers", "2")
+    assert time.monotonic() - t0 < 5
+    assert p.returncode == 1 and "workers" not in p.stderr  # no cluster was started
+    assert p.stderr.strip().splitlines() == [f"Error: input {tmp_path}/in/data-1.tar does not exist"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_input_missing_on_the_server_fails_that_shard_only(tmp_path, data, nginx_server):
+    sub = nginx_server.root / f"m-{uuid.uuid4().hex[:6]}"
+    sub.mkdir()
+    for name in ("data-0.tar", "data-2.tar"):  # data-1 is not there
+        shutil.copy(tmp_path / "in" / name, sub / name)
+    base = f"{nginx_server.url}/{sub.name}"
+    p = run("htmapper", "-p", script(tmp_path, "def process_sample(s):\n    return s\n"),
+            f"{base}/data-@3.tar", tmp_path / "out" / "o-@3.tar", "--workers", "2")
     assert p.returncode == 1
-    assert f"FAILED {tmp_path}/in/data-1.tar" in p.stderr
-    assert "no such file" in p.stderr.lower() or "not found" in p.stderr.lower()
+    assert f"FAILED {base}/data-1.tar" in p.stderr and "404" in p.stderr
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["o-0.tar", "o-2.tar"]
 
 
@@ -127,14 +142,11 @@ def test_bad_scripts_fail_before_any_task(tmp_path, data):
 
 def test_existing_outputs_refused_then_resume_finishes(tmp_path, data):
     identity = script(tmp_path, "def process_sample(s):\n    return s\n")
-    missing = tmp_path / "in" / "data-1.tar"
-    kept = missing.read_bytes()
-    missing.unlink()  # an interrupted job: shard 1 never got done
-    assert run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
-               tmp_path / "out" / "o-@3.tar", "--workers", "2").returncode == 1
+    ok(run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
+           tmp_path / "out" / "o-@3.tar", "--workers", "2"))
+    (tmp_path / "out" / "o-1.tar").unlink()  # an interrupted job: shard 1 never got done
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     assert sorted(before) == ["o-0.tar", "o-2.tar"]
-    missing.write_bytes(kept)
 
     p = run("htmapper", "-p", identity, tmp_path / "in" / "data-@3.tar",
             tmp_path / "out" / "o-@3.tar", "--workers", "2")
@@ -226,15 +238,14 @@ def test_full_disk_names_the_output_and_leaves_no_partial_file(tmp_path, data):
 
 def test_progress_bar_on_a_terminal(tmp_path, data):
     """On a terminal, stderr shows shards done/total, samples/s, MB/s and the dashboard."""
+    import fcntl
     import os
     import pty
+    import struct
     import subprocess
+    import termios
 
     from helpers import BIN, ENV
-
-    import fcntl
-    import struct
-    import termios
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))

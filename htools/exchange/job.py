@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -20,10 +21,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import engine, shards, storage
+from .. import engine, preflight, shards, storage
 from ..engine import RunOptions, Task
 from ..errors import HtoolsError, hide_credentials
 from ..script import Script
+from ..storage.local import local_path
 from ..summary import JobSummary
 from . import plan
 from .keys import KeySpec, pick_splitters
@@ -69,6 +71,8 @@ def _exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     if spec.mtime is None:  # "now", taken once: stage 1 encodes every sample's headers
         spec = replace(spec, mtime=time.time())
     known = outset.urls(n_out) if n_out else []
+    preflight.check(inputs, (known or [outset.first()]) + ([spec.scratch] if spec.scratch else []),
+                    opts.storage_options, write=not opts.dry_run)
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return _dry_run(spec, outset, inputs, known, present, opts)
@@ -76,11 +80,13 @@ def _exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
         summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
         return summary.finish()
     started = time.time()
-    with engine.connect(opts) as client:
-        job = _Job(spec, inputs, outset, present, opts.with_(client=client))
-        try:
+    job = None
+    try:
+        with engine.connect(opts) as client:
+            job = _Job(spec, inputs, outset, present, opts.with_(client=client))
             summary = job.run()
-        finally:
+    finally:  # once an embedded cluster is gone: its workers write no more runs
+        if job is not None:
             job.clean_up()
     summary.started = started
     return summary.finish()
@@ -137,6 +143,8 @@ class _Job:
     # ------------------------------------------------------------ the job --
     def run(self) -> JobSummary:
         spec, n_out = self.spec, self.outset.count
+        self.shard_size = _shard_size(self.inputs, self.opts)
+        self._check_scratch_space()
         shuffle = spec.key.mode == "random"
         buckets = plan.bucket_count(n_out, shuffle)
         one = StageOne(scratch=self.scratch, buckets=buckets, key=spec.key, script=spec.script,
@@ -178,8 +186,47 @@ class _Job:
             pass  # clean-up is best effort; the job's result stands
 
     # ------------------------------------------------------------ stage 1 --
+    def _check_scratch_space(self) -> None:
+        """Refuse, before stage 1, a local scratch with less free space than the job needs.
+
+        Runs hold every sample as the tar bytes it will be written as: about the input's
+        bytes (more for compressed inputs).  Scratch holds one copy of the data at a
+        time, plus a merge level's output while that level runs (a level deletes the
+        runs it merged only once it is done), and outputs on the same file system grow
+        while the last runs are still there: two copies in those cases."""
+        if storage.protocol(self.scratch_root) != "file" or not self.shard_size:
+            return
+        folder = _existing_folder(local_path(self.scratch_root))
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return
+        n = len(self.inputs)
+        data = int(self.shard_size * n)
+        group = plan.inputs_per_task(n, self.shard_size, self.memory, self.workers)
+        tasks = -(-n // group)
+        runs = tasks * max(1, -(-int(self.shard_size * group) // self.memory))
+        levels = plan.levels(runs, self.outset.count or 1, self.fan, 2 * self.workers)
+        beside = _same_file_system(folder, self.outset.first())
+        copies = 2 if levels or beside else 1
+        if free >= copies * data:
+            return
+        if levels:
+            why = (f"with {len(levels)} merge level(s) (about {runs} runs, fan-in {self.fan}) "
+                   "it holds one copy of the data plus a level's output: 2 copies")
+        elif beside:
+            why = ("the outputs are on the same file system and grow while the runs are "
+                   "still there: 2 copies")
+        else:
+            why = "it holds every sample once as sorted runs: 1 copy"
+        raise HtoolsError(
+            f"scratch {hide_credentials(self.scratch_root)} has {_size(free)} free; this "
+            f"{self.spec.tool} needs about {_size(copies * data)} there ({n} input "
+            f"shards of about {_size(self.shard_size)} each, {_size(data)} in all, more if "
+            f"they are compressed; {why}): free space or give --scratch on a larger disk")
+
     def _stage_one(self, one: StageOne):
-        size = _shard_size(self.inputs, self.opts)
+        size = self.shard_size
         group = plan.inputs_per_task(len(self.inputs), size, self.memory, self.workers)
         numbered = list(enumerate(self.inputs))
         chunks = [numbered[a:b]
@@ -369,6 +416,34 @@ def _add(a: JobSummary, b: JobSummary) -> JobSummary:
         setattr(a, name, getattr(a, name) + getattr(b, name))
     a.failures += b.failures
     return a
+
+
+def _size(n: float) -> str:
+    """Bytes for people: ``123456789 bytes (117.7 MiB)``."""
+    n = int(n)
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n} bytes ({n / (1 << shift):.1f} {unit})"
+    return f"{n} bytes"
+
+
+def _existing_folder(path: str) -> str:
+    """``path`` or its nearest existing parent (a scratch dir may not exist yet)."""
+    path = os.path.abspath(path)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _same_file_system(folder: str, output: str) -> bool:
+    """Whether a local ``output`` lands on the file system of ``folder``."""
+    if storage.protocol(output) != "file":
+        return False
+    try:
+        return os.stat(folder).st_dev == \
+            os.stat(_existing_folder(os.path.dirname(local_path(output)) or ".")).st_dev
+    except OSError:
+        return False
 
 
 def _threads(client) -> int:

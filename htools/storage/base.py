@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -73,6 +74,27 @@ class Transient(Exception):
     def error(self, url: str, why: str | None = None) -> StorageError:
         """The StorageError to raise when this fault is not (or no longer) retried."""
         return StorageError(hide_credentials(url), why or self.why, self.status, transient=True)
+
+
+def unresolvable(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a failed host name lookup: a typo in a
+    host or endpoint does not heal with retries, so it is never transient."""
+    seen = 0
+    while exc is not None and seen < 6:
+        if isinstance(exc, socket.gaierror) and exc.errno != socket.EAI_AGAIN:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def connection_fault(url: str, why: str, exc: BaseException) -> Exception:
+    """The exception for a connection-level failure (``why`` describes it): a permanent
+    StorageError when the host name does not resolve, else :class:`Transient`."""
+    if unresolvable(exc):
+        return StorageError(hide_credentials(url), f"{why} (the host name does not resolve: "
+                            "check the URL or the endpoint)", transient=False)
+    return Transient(why)
 
 
 def with_retries(url: str, policy: RetryPolicy, attempt: Callable[[], T]) -> T:

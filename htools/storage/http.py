@@ -34,6 +34,7 @@ from htools.storage.base import (
     Transient,
     Writer,
     buffered,
+    connection_fault,
     retry_policy,
     with_retries,
 )
@@ -156,7 +157,7 @@ class _HTTPReader(RangeReader):
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise Transient(f"GET failed: {describe(exc)}") from None
+            raise connection_fault(self._t.url, f"GET failed: {describe(exc)}", exc) from None
         if resp.status == 416:  # range starts at or past the end: nothing to read
             conn.close()
             return False
@@ -184,7 +185,7 @@ class _HTTPReader(RangeReader):
             try:
                 got = resp.read(min(count, CHUNK))
             except (OSError, http.client.HTTPException) as exc:
-                raise Transient(f"GET failed: {describe(exc)}") from None
+                raise Transient(f"GET failed: {describe(exc)}") from None  # mid-body
             if not got:
                 raise Transient("short body while skipping to the resume offset")
             count -= len(got)
@@ -253,7 +254,7 @@ class HTTPWriter(Writer):
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             self.closed = True
-            raise Transient(f"PUT failed: {describe(exc)}") from None
+            raise connection_fault(self.url, f"PUT failed: {describe(exc)}", exc) from None
         return conn
 
     def _await_continue(self, conn: http.client.HTTPConnection) -> None:

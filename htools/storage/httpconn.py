@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from htools.errors import NotFound, StorageError, hide_credentials
-from htools.storage.base import TRANSIENT_STATUS, Transient
+from htools.storage.base import TRANSIENT_STATUS, Transient, connection_fault
 
 SOCKET_BUFFER = 4 << 20    # SO_RCVBUF / SO_SNDBUF of streaming connections
 USER_ENV, PASSWORD_ENV = "HTOOLS_HTTP_USER", "HTOOLS_HTTP_PASSWORD"
@@ -180,7 +180,7 @@ def request(t: Target, method: str, headers: Mapping[str, str] | None = None,
             conn.close()
             if reused:
                 continue
-            raise Transient(f"{method} failed: {describe(exc)}") from None
+            raise connection_fault(t.url, f"{method} failed: {describe(exc)}", exc) from None
         if resp.will_close:
             conn.close()
         else:

@@ -40,6 +40,7 @@ from htools.storage.base import (
     Writer,
     buffered,
     retry_policy,
+    unresolvable,
 )
 from htools.storage.httpconn import delete_once
 
@@ -116,17 +117,33 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
+def _server_reason(exc: BaseException) -> str:
+    """The server's own words for a missing object or bucket (botocore's error code and
+    message, e.g. ``NoSuchBucket: The specified bucket does not exist``), if any."""
+    for e in _chain(exc):
+        response = getattr(e, "response", None)
+        if isinstance(response, Mapping):
+            err = response.get("Error", {})
+            if err.get("Code"):
+                return f"{err['Code']}: {err.get('Message', '')}".rstrip(": ")
+    return ""
+
+
 def classify(url: str, exc: BaseException) -> Exception:
     """What an s3fs/gcsfs exception means: NotFound, Transient or StorageError."""
     name = hide_credentials(url)
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, FileNotFoundError):
-        return NotFound(name, "no such object", 404)
+        reason = _server_reason(exc)
+        return NotFound(name, f"no such object ({reason})" if reason else "no such object", 404)
     if isinstance(exc, PermissionError):
         return StorageError(name, f"permission denied: {exc}", 403)
     status = http_status(exc)
     why = f"{type(exc).__name__}: {exc}"
+    if unresolvable(exc):
+        return StorageError(name, f"{why} (the endpoint's host name does not resolve: check "
+                            "the endpoint_url storage option)", transient=False)
     if status in TRANSIENT_STATUS or (status is None and isinstance(exc, _CONNECTION_FAULTS)
                                       and not isinstance(exc, _PERMANENT)):
         return Transient(why, status)
@@ -223,7 +240,8 @@ class _ObjectWriter(Writer):
         # Best effort: an upload never completed/finalised never shows as an object.
         # S3 may keep the parts of an incomplete multipart upload until a bucket
         # lifecycle rule removes them; GCS expires unfinalised resumable sessions
-        # (its emulator does not implement cancelling them).
+        # (its emulator does not implement cancelling them).  Uploads of killed writers
+        # are aborted by remove_partials / delete_prefix (S3).
         if self._f is None:
             return
         location = getattr(self._f, "location", None)
@@ -322,6 +340,25 @@ class ObjectStoreBackend(Backend):
             except FileNotFoundError:
                 pass
             fs.invalidate_cache(path)
+        bucket, _, prefix = path.partition("/")
+        self._abort_uploads(fs, bucket, prefix + "/", lambda key: True)
+
+    def remove_partials(self, urls: list[str], opts: Mapping[str, Any]) -> int:
+        """Abort the unfinished uploads of ``urls`` that killed writers left (S3 keeps
+        their parts, unseen but stored, until aborted): one listing per folder."""
+        fs = self.filesystem(opts)
+        by_folder: dict[tuple[str, str], set[str]] = {}
+        for url in urls:
+            bucket, _, key = bucket_path(url).partition("/")
+            by_folder.setdefault((bucket, key.rpartition("/")[0]), set()).add(key)
+        return sum(self._abort_uploads(fs, bucket, folder + "/" if folder else "",
+                                       keys.__contains__)
+                   for (bucket, folder), keys in by_folder.items())
+
+    def _abort_uploads(self, fs: Any, bucket: str, prefix: str, chosen: Any) -> int:
+        """Abort the unfinished uploads under ``prefix`` whose key is ``chosen``; best
+        effort (how many were aborted)."""
+        return 0
 
     def listdir(self, url: str, opts: Mapping[str, Any]) -> list[str]:
         fs = self.filesystem(opts)
@@ -335,6 +372,24 @@ class S3Backend(ObjectStoreBackend):
     """``s3://`` (and ``s3a://``) through s3fs."""
 
     package = "s3fs"
+
+    def _abort_uploads(self, fs: Any, bucket: str, prefix: str, chosen: Any) -> int:
+        aborted, marker = 0, {}
+        try:
+            while True:
+                page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix,
+                                  **marker)
+                for upload in page.get("Uploads") or []:
+                    if chosen(upload["Key"]):
+                        fs.call_s3("abort_multipart_upload", Bucket=bucket,
+                                   Key=upload["Key"], UploadId=upload["UploadId"])
+                        aborted += 1
+                if not page.get("IsTruncated"):
+                    return aborted
+                marker = {"KeyMarker": page.get("NextKeyMarker", ""),
+                          "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+        except Exception:  # noqa: BLE001 - clean-up is best effort; the job's result stands
+            return aborted
 
     def _make(self, kwargs: dict[str, Any]) -> Any:
         return self._module.S3FileSystem(**kwargs)

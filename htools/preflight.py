@@ -1,0 +1,129 @@
+"""Checks before a job starts anything: a typo in a host, bucket or path fails in
+seconds, with one line naming the first URL that cannot be reached, before a cluster
+starts or an input is read.
+
+* every distinct host of the job's http(s) URLs, and the ``endpoint_url`` of the S3/GCS
+  storage options, must resolve (a host that does not resolve is never retried);
+* local inputs must all exist; of remote inputs the first is asked for its size;
+* the outputs' location must be writable: a local parent that is a file, or a folder
+  that cannot be made, is refused; on object stores and HTTP a tiny probe object is
+  written and deleted (a missing bucket, 401/403 come back with the server's reason).
+  ``--dry-run`` writes nothing, so it checks outputs only as far as reading goes.
+
+Probes use a short retry policy: a refused connection fails in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from . import storage
+from .errors import HtoolsError, StorageError, hide_credentials
+from .storage.local import local_path
+
+PROBE_RETRIES = {"retries": 1, "backoff": 0.2, "backoff_cap": 0.5}
+STREAMS = ("pipe", "stdio")
+
+
+class Unreachable(HtoolsError):
+    """An input or output location that the job could not use."""
+
+
+def check(inputs: Iterable[str], outputs: Iterable[str], options: dict | None, *,
+          write: bool = True) -> None:
+    """Raise :class:`Unreachable` (one line) for the first input or output that cannot
+    be reached; return quietly when all can."""
+    inputs = [u for u in inputs if u and storage.protocol(u) not in STREAMS]
+    outputs = [u for u in outputs if u and storage.protocol(u) not in STREAMS]
+    resolved = storage.resolve_options(options)
+    probe = {proto: {**resolved.get(proto, {}), **PROBE_RETRIES}
+             for proto in ("file", "http", "s3", "gs")}
+    _resolve_hosts(inputs + outputs, resolved)
+    _check_inputs(inputs, probe)
+    _check_outputs(outputs, probe, write)
+
+
+def _resolve_hosts(urls: list[str], options: dict) -> None:
+    hosts: dict[tuple[str, int], str] = {}
+    for url in urls:
+        proto = storage.protocol(url)
+        if proto == "http":
+            where = url
+        elif proto in ("s3", "gs") and options.get(proto, {}).get("endpoint_url"):
+            where = str(options[proto]["endpoint_url"])
+        else:
+            continue
+        parts = urlsplit(where)
+        if parts.hostname:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            hosts.setdefault((parts.hostname, port), url)
+    for (host, port), url in hosts.items():
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            if e.errno == socket.EAI_AGAIN:
+                continue  # a temporary lookup failure: let the job's own retries see it
+            raise Unreachable(f"{hide_credentials(url)}: the host name {host!r} does not "
+                              f"resolve ({e.strerror or e}); check the URL") from None
+
+
+def _check_inputs(inputs: list[str], options: dict) -> None:
+    local = [u for u in inputs if storage.protocol(u) == "file"]
+    missing = [u for u in local if not os.path.exists(local_path(u))]
+    if missing:
+        more = f" ({len(missing)} of {len(local)} local inputs are missing)" \
+            if len(missing) > 1 else ""
+        raise Unreachable(f"input {missing[0]} does not exist{more}")
+    remote = [u for u in inputs if storage.protocol(u) != "file"]
+    if remote:
+        try:
+            storage.size(remote[0], options)
+        except StorageError as e:
+            raise Unreachable(f"cannot read input {e}") from None
+
+
+def _check_outputs(outputs: list[str], options: dict, write: bool) -> None:
+    folders: list[str] = []
+    for url in outputs:
+        folder = url.rsplit("/", 1)[0] + "/" if "/" in url else "./"
+        if folder not in folders:
+            folders.append(folder)
+    for folder in folders:
+        if storage.protocol(folder) == "file":
+            _check_local_folder(folder)
+        elif write:
+            _probe_write(folder, options)
+            break  # one remote folder tells whether the bucket/server takes writes
+
+
+def _check_local_folder(folder: str) -> None:
+    path = local_path(folder).rstrip("/") or "/"
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise Unreachable(f"cannot write outputs under {path}: {probe} is a file, not a "
+                          "folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise Unreachable(f"cannot write outputs under {path}: {probe} is not writable")
+
+
+def _probe_write(folder: str, options: dict) -> None:
+    url = storage.join(folder, f".htools-probe-{uuid.uuid4().hex[:12]}")
+    try:
+        with storage.open_write(url, options) as out:
+            out.write(b"htools checks that it may write here\n")
+    except StorageError as e:
+        raise Unreachable(f"cannot write outputs under {hide_credentials(folder)}: "
+                          f"{e.why}" + (f" (HTTP {e.status})" if e.status else "")) from None
+    try:
+        storage.delete(url, options)
+    except StorageError:
+        pass  # written but not deletable: the job may still write; the probe stays
