@@ -26,8 +26,13 @@ def byte_sum(data: bytes | bytearray) -> int:
 
 
 def parse_pax(data: bytes, url: str, offset: int) -> dict[str, str]:
-    """pax extended header records ``"%d %s=%s\\n"``."""
-    records: dict[str, str] = {}
+    """pax extended header records ``"%d %s=%s\\n"`` (a repeated keyword: the last)."""
+    return dict(pax_items(data, url, offset))
+
+
+def pax_items(data: bytes, url: str, offset: int) -> list[tuple[str, str]]:
+    """pax extended header records in order, repeated keywords too (sparse 0.0 needs them)."""
+    items: list[tuple[str, str]] = []
     pos = 0
     n = len(data)
     while pos < n:
@@ -42,9 +47,93 @@ def parse_pax(data: bytes, url: str, offset: int) -> dict[str, str]:
         key, eq, value = data[sp + 1:end - 1].partition(b"=")
         if length <= 0 or end > n or data[end - 1] != 0x0A or not eq:
             raise TarFormatError(url, "malformed pax extended header record", offset=offset)
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        items.append((key.decode("utf-8", "surrogateescape"),
+                      value.decode("utf-8", "surrogateescape")))
         pos = end
-    return records
+    return items
+
+
+# --------------------------------------------------------------------------- GNU sparse
+#
+# GNU tar --sparse stores only the data regions of a file with holes, plus a map of
+# (offset, numbytes) regions in the real file; the holes read back as zeros.  Four
+# layouts, all read: old GNU type 'S' (map in the header at 386, then in extension
+# blocks), and pax versions 0.0 (repeated GNU.sparse.offset/numbytes records), 0.1
+# (GNU.sparse.map) and 1.0 (the map as decimal lines at the start of the data).
+# The helpers raise ValueError with the reason; the reader names URL/member/offset.
+
+SPARSE_OLD_OFFSET = 386  # the first of 4 (offset, numbytes) pairs in an 'S' header
+SPARSE_OLD_EXTENDED = 482  # flag: an extension block of 21 pairs follows
+SPARSE_OLD_REALSIZE = 483  # 12-byte real size field
+SPARSE_EXT_ENTRIES = 21
+SPARSE_EXT_EXTENDED = 504  # flag in an extension block: another one follows
+MAX_SPARSE_REGIONS = 1 << 22  # more regions than this in one map is corrupt
+
+
+def sparse_map_10(data: bytes) -> tuple[list[tuple[int, int]], int]:
+    """The pax 1.0 map at the start of a member's data: (regions, where the data starts).
+
+    ``count\\n`` then ``offset\\nnumbytes\\n`` per region, NUL-padded to a block boundary.
+    """
+    pos = 0
+
+    def number() -> int:
+        nonlocal pos
+        nl = data.find(b"\n", pos, pos + 21)  # at most 20 digits
+        digits = data[pos:nl]
+        if nl < 0 or not digits.isdigit():
+            raise ValueError(f"bad number {data[pos:pos + 20]!r} in the sparse map "
+                             "(pax 1.0)")
+        pos = nl + 1
+        return int(digits)
+
+    count = number()
+    if count > MAX_SPARSE_REGIONS or 4 * count > len(data):
+        raise ValueError(f"sparse map (pax 1.0) of {count} regions in {len(data)} bytes")
+    regions = [(number(), number()) for _ in range(count)]
+    return regions, pos + (-pos % BLOCK)
+
+
+def sparse_pairs(numbers: list[int]) -> list[tuple[int, int]]:
+    """``[o1, n1, o2, n2, ...]`` (pax 0.1's GNU.sparse.map) as regions."""
+    if len(numbers) % 2:
+        raise ValueError("sparse map with an odd count of numbers")
+    return list(zip(numbers[::2], numbers[1::2]))
+
+
+def sparse_expand(stored: bytes | memoryview, regions: list[tuple[int, int]],
+                  realsize: int) -> bytes:
+    """The real file: ``stored`` bytes laid at the regions' offsets, zeros between.
+
+    The regions must be in order, not overlap, lie within ``realsize`` and take
+    exactly the stored bytes (as GNU tar writes them).
+    """
+    if realsize < 0:
+        raise ValueError(f"negative sparse real size {realsize}")
+    view = memoryview(stored)
+    parts: list[bytes | memoryview] = []
+    at = got = 0  # end of the last region in the real file / in the stored data
+    for offset, numbytes in regions:
+        if offset < 0 or numbytes < 0 or offset + numbytes > realsize:
+            raise ValueError(f"sparse region {offset}+{numbytes} outside the real size "
+                             f"{realsize}")
+        if not numbytes:
+            continue  # GNU tar ends a map whose file ends in a hole with (realsize, 0)
+        if offset < at:
+            raise ValueError(f"sparse region at {offset} overlaps or precedes the one "
+                             f"ending at {at}")
+        if got + numbytes > len(view):
+            raise ValueError(f"sparse map needs more than the {len(view)} stored bytes")
+        if offset > at:
+            parts.append(bytes(offset - at))
+        parts.append(view[got:got + numbytes])
+        got += numbytes
+        at = offset + numbytes
+    if got != len(view):
+        raise ValueError(f"sparse map takes {got} of the {len(view)} stored bytes")
+    if at < realsize:
+        parts.append(bytes(realsize - at))
+    return b"".join(parts)
 
 
 def pax_records(records: dict[str, str]) -> bytes:

@@ -4,7 +4,8 @@ Headers are parsed by hand out of a big reusable buffer (filled with
 ``readinto``), so a member costs a few slices and no system call.  A plain
 regular member (ustar or GNU, name in the name field, octal size, no pending
 long name or pax records) takes the fast path in :meth:`_Scanner.members`;
-every other header takes the one slow path, :meth:`_Scanner.special`.
+every other header takes the one slow path, :meth:`_Scanner.special`.  GNU sparse
+members (old GNU 'S' and pax 0.0/0.1/1.0) come out as the real file, holes as zeros.
 """
 
 from __future__ import annotations
@@ -14,7 +15,21 @@ from typing import Any, BinaryIO
 
 from htools.compress import DECODE_ERRORS
 from htools.errors import HtoolsError, TarFormatError, hide_credentials
-from htools.tarformat import BLOCK, USTAR_MAGIC, byte_sum, parse_pax
+from htools.tarformat import (
+    BLOCK,
+    MAX_SPARSE_REGIONS,
+    SPARSE_EXT_ENTRIES,
+    SPARSE_EXT_EXTENDED,
+    SPARSE_OLD_EXTENDED,
+    SPARSE_OLD_OFFSET,
+    SPARSE_OLD_REALSIZE,
+    USTAR_MAGIC,
+    byte_sum,
+    pax_items,
+    sparse_expand,
+    sparse_map_10,
+    sparse_pairs,
+)
 
 CHUNK = 1 << 20  # reader buffer size
 
@@ -23,7 +38,8 @@ _REGULAR = frozenset((0x30, 0x00, 0x37))  # '0', NUL (old), '7' (contiguous)
 _T_LONGNAME, _T_LONGLINK = 0x4C, 0x4B  # GNU 'L', 'K'
 _T_PAX_GLOBAL = 0x67  # 'g'
 _PAX = frozenset((0x78, _T_PAX_GLOBAL, 0x58))  # 'x', 'g', 'X' (Solaris)
-_UNSUPPORTED = frozenset((0x53, 0x4D))  # 'S' sparse, 'M' multi-volume
+_T_SPARSE = 0x53  # old GNU 'S'
+_UNSUPPORTED = frozenset((0x4D,))  # 'M' multi-volume continuation
 _MAX_META = 1 << 24  # longname/pax payloads larger than this are corrupt
 
 
@@ -111,6 +127,8 @@ class _Scanner:
         self.longname: str | None = None
         self.pax: dict[str, str] = {}
         self.gpax: dict[str, str] = {}
+        # GNU.sparse.* pax records for the next member, all records in order (0.0 repeats)
+        self.sparse: tuple[dict[str, str], list[tuple[str, str]]] | None = None
         self.plain = True  # nothing pending: the fast path applies
 
     def _read_copy(self, out: memoryview) -> int:
@@ -195,22 +213,31 @@ class _Scanner:
             return "", None, pos, end
         if kind in _PAX:
             data, pos, end = self.meta_data(pos, end, size, hoff, "pax")
-            self.pax_header(kind, parse_pax(data, self.url, hoff), hoff)
+            self.pax_header(kind, pax_items(data, self.url, hoff), hoff)
             return "", None, pos, end
+        sparse = self.sparse
         name, size = self.pending(h, size, hoff)
+        if kind == _T_SPARSE:
+            return self.old_gnu_sparse(h, name, size, hoff, pos, end)
         if kind in _UNSUPPORTED:
             raise TarFormatError(self.url, f"unsupported tar member type {chr(kind)!r}",
                                  member=name, offset=hoff)
         if kind not in _REGULAR or not name or name[-1:] == "/":  # v7 directories too
             pos, end = self.skip_data(pos, end, size, name, hoff)
             return name, None, pos, end
+        info = None if sparse is None else self.sparse_records(*sparse, name, hoff)
         data, pos, end = self.member_data(pos, end, size, name, hoff)
+        if info is not None:
+            data = self.pax_sparse(info, data, name, hoff)
         return name, data, pos, end
 
-    def pax_header(self, kind: int, records: dict[str, str], hoff: int) -> None:
+    def pax_header(self, kind: int, items: list[tuple[str, str]], hoff: int) -> None:
+        records = dict(items)
         if any(k.startswith("GNU.sparse.") for k in records):
-            raise TarFormatError(self.url, "sparse members are not supported",
-                                 member=records.get("path"), offset=hoff)
+            if kind == _T_PAX_GLOBAL:
+                raise TarFormatError(self.url, "GNU sparse records in a global pax header",
+                                     offset=hoff)
+            self.sparse = records, items  # checked with the member's header
         if kind == _T_PAX_GLOBAL:
             self.gpax = {k: v for k, v in {**self.gpax, **records}.items() if v}
         else:
@@ -226,6 +253,11 @@ class _Scanner:
             name = self.longname
         else:
             name = _header_name(h)
+        if self.sparse is not None:
+            real = self.sparse[0].get("GNU.sparse.name")
+            if real:  # pax 0.1/1.0: the header and any path record hold a made-up name
+                name = _decode_name(real.encode("utf-8", "surrogateescape"))
+            self.sparse = None
         self.longname, self.pax = None, {}
         self.plain = not self.gpax
         if merged.get("size"):
@@ -235,6 +267,106 @@ class _Scanner:
                 raise TarFormatError(self.url, "bad pax size record", member=name,
                                      offset=hoff) from None
         return name, size
+
+    # ---- GNU sparse members
+
+    def sparse_error(self, why: str, name: str | None, hoff: int) -> TarFormatError:
+        return TarFormatError(self.url, why, member=name, offset=hoff)
+
+    def sparse_records(self, records: dict[str, str], items: list[tuple[str, str]],
+                       name: str, hoff: int) -> _PaxSparse:
+        """The sparse layout that GNU.sparse.* pax records announce for member ``name``.
+
+        Like GNU tar, ``GNU.sparse.major`` 1 means 1.0 (map in the data); else
+        ``GNU.sparse.map`` means 0.1 and repeated offset/numbytes records 0.0.
+        """
+        major, minor = records.get("GNU.sparse.major"), records.get("GNU.sparse.minor")
+        try:
+            if major is not None or minor is not None:
+                if (major, minor) != ("1", "0"):
+                    raise ValueError(f"unsupported GNU sparse version {major}.{minor}")
+                regions = None  # at the start of the member's data
+                realsize = records.get("GNU.sparse.realsize", records.get("GNU.sparse.size"))
+            else:
+                if "GNU.sparse.map" in records:
+                    text = records["GNU.sparse.map"]
+                    regions = sparse_pairs([int(x) for x in text.split(",")] if text else [])
+                else:
+                    offsets = [int(v) for k, v in items if k == "GNU.sparse.offset"]
+                    sizes = [int(v) for k, v in items if k == "GNU.sparse.numbytes"]
+                    if len(offsets) != len(sizes):
+                        raise ValueError("sparse map (pax 0.0) with unpaired "
+                                         "offset/numbytes records")
+                    regions = list(zip(offsets, sizes))
+                count = records.get("GNU.sparse.numblocks")
+                if count is not None and int(count) != len(regions):
+                    raise ValueError(f"sparse map of {len(regions)} regions, "
+                                     f"GNU.sparse.numblocks says {count}")
+                realsize = records.get("GNU.sparse.size")
+            if realsize is None:
+                raise ValueError("GNU sparse records without the real size")
+            return _PaxSparse(regions, int(realsize))
+        except ValueError as exc:
+            why = str(exc)
+            if why.startswith("invalid literal"):
+                why = f"bad number in GNU sparse pax records: {why}"
+            raise self.sparse_error(why, name, hoff) from None
+
+    def pax_sparse(self, sparse: _PaxSparse, data: bytes, name: str, hoff: int) -> bytes:
+        """The real file of a pax sparse member whose stored data is ``data``."""
+        try:
+            if sparse.regions is None:  # 1.0
+                regions, start = sparse_map_10(data)
+                if start > len(data):
+                    raise ValueError("sparse map (pax 1.0) runs past the member's data")
+                return self.expand(memoryview(data)[start:], regions, sparse.realsize)
+            return self.expand(data, sparse.regions, sparse.realsize)
+        except ValueError as exc:
+            raise self.sparse_error(str(exc), name, hoff) from None
+
+    def old_gnu_sparse(self, h: bytes, name: str, size: int, hoff: int, pos: int,
+                       end: int) -> tuple[str, bytes, int, int]:
+        """An old GNU 'S' member: map in the header, extension blocks, then the data."""
+        try:
+            realsize = _number(h[SPARSE_OLD_REALSIZE:SPARSE_OLD_REALSIZE + 12])
+            regions = _old_sparse_regions(h, SPARSE_OLD_OFFSET, 4)
+        except ValueError as exc:
+            raise self.sparse_error(f"bad sparse map in GNU sparse header: {exc}", name,
+                                    hoff) from None
+        extended = h[SPARSE_OLD_EXTENDED]
+        while extended:
+            if end - pos < 2 * BLOCK:  # the block after the one at pos
+                end = self.fill(pos, end, 2 * BLOCK)
+                pos = 0
+                if end < 2 * BLOCK:
+                    raise self.sparse_error("truncated tar: the stream ends inside a GNU "
+                                            "sparse extension header", name, hoff)
+            pos += BLOCK  # the extension block now stands where the header stood
+            block = self.mv[pos:pos + BLOCK].tobytes()
+            try:
+                regions += _old_sparse_regions(block, 0, SPARSE_EXT_ENTRIES)
+            except ValueError as exc:
+                raise self.sparse_error(f"bad sparse map in GNU sparse extension header "
+                                        f"at offset {self.base + pos}: {exc}", name,
+                                        hoff) from None
+            if len(regions) > MAX_SPARSE_REGIONS:
+                raise self.sparse_error(f"GNU sparse map of over {MAX_SPARSE_REGIONS} "
+                                        "regions", name, hoff)
+            extended = block[SPARSE_EXT_EXTENDED]
+        data, pos, end = self.member_data(pos, end, size, name, hoff)
+        try:
+            data = self.expand(data, regions, realsize)
+        except ValueError as exc:
+            raise self.sparse_error(str(exc), name, hoff) from None
+        return name, data, pos, end
+
+    @staticmethod
+    def expand(stored: bytes | memoryview, regions: list[tuple[int, int]],
+               realsize: int) -> bytes:
+        try:
+            return sparse_expand(stored, regions, realsize)
+        except MemoryError:
+            raise ValueError(f"sparse member of real size {realsize}: out of memory") from None
 
     # ---- header checks
 
@@ -379,6 +511,28 @@ class _Scanner:
         if size > _MAX_META:
             raise TarFormatError(self.url, f"{what} header of {size} bytes", offset=hoff)
         return self.member_data(pos, end, size, what, hoff)
+
+
+class _PaxSparse:
+    """A pax sparse member's layout: its regions (None for 1.0: at the start of the data)
+    and real size.  (GNU.sparse.name, the real name, is applied in ``pending``.)"""
+
+    __slots__ = ("realsize", "regions")
+
+    def __init__(self, regions: list[tuple[int, int]] | None, realsize: int):
+        self.regions = regions
+        self.realsize = realsize
+
+
+def _old_sparse_regions(block: bytes, start: int, count: int) -> list[tuple[int, int]]:
+    """Up to ``count`` (offset, numbytes) pairs of 12-byte numbers at ``start``; the map
+    ends at the first empty pair, as GNU tar reads it."""
+    regions = []
+    for pos in range(start, start + 24 * count, 24):
+        if not block[pos] and not block[pos + 12]:
+            break
+        regions.append((_number(block[pos:pos + 12]), _number(block[pos + 12:pos + 24])))
+    return regions
 
 
 # --------------------------------------------------------------------------- public

@@ -304,6 +304,240 @@ def test_read_samples_groups_consecutive_members():
     ]
 
 
+# --------------------------------------------------------------------------- GNU sparse
+
+SPARSE_FORMATS = {  # id -> GNU tar options
+    "gnu": ["--format=gnu"],
+    "oldgnu": ["--format=oldgnu"],
+    "pax-0.0": ["--format=pax", "--sparse-version=0.0"],
+    "pax-0.1": ["--format=pax", "--sparse-version=0.1"],
+    "pax-1.0": ["--format=pax", "--sparse-version=1.0"],
+}
+
+
+def make_sparse_tree(root: Path) -> dict[str, bytes]:
+    """Files with holes (made with truncate and seek writes) and plain ones; returns every
+    regular file's real bytes.  Regions are 64 KiB apart so every file system leaves holes."""
+    rng = random.Random(11)
+    layouts = {  # name -> (real size, [(offset, data length)])
+        "hole-only.bin": (3 << 20, []),
+        "two.bin": (300_000, [(100_000, 3), (250_000, 5000)]),  # ends in a hole
+        "ends-in-data.bin": (200_000, [(0, 700), (199_000, 1000)]),
+        # 5 regions: an old GNU header holds 4, the rest go to an extension block;
+        # 60: three extension blocks, and a pax 1.0 map longer than one block
+        "five.bin": (5 << 16, [(i << 16, 100 + i) for i in range(5)]),
+        "sixty.bin": (60 << 16, [((i << 16) + 512 * (i % 3), 1 + 97 * i) for i in range(60)]),
+        # stored data bigger than the reader's buffer, between holes
+        "big.bin": (3 * tarread.CHUNK, [(tarread.CHUNK // 2, tarread.CHUNK + 12345)]),
+        "deep/name/" + "n" * 120 + ".bin": (1 << 20, [(1 << 19, 10)]),  # a long name
+    }
+    files: dict[str, bytes] = {}
+    for name, (size, regions) in layouts.items():
+        real = bytearray(size)
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(size)
+            for offset, n in regions:
+                chunk = bytes(rng.randrange(1, 256) for _ in range(min(n, 64))) * (n // 64 + 1)
+                real[offset:offset + n] = chunk[:n]
+                f.seek(offset)
+                f.write(chunk[:n])
+        files[name] = bytes(real)
+    for name, data in {"plain.txt": b"not sparse\n", "empty": b""}.items():
+        (root / name).write_bytes(data)
+        files[name] = data
+    return files
+
+
+@pytest.mark.parametrize("fmt", list(SPARSE_FORMATS))
+def test_read_gnu_tar_sparse_members(tmp_path, fmt, gnu_tar):
+    files = make_sparse_tree(tmp_path / "src")
+    archive = tmp_path / "s.tar"
+    subprocess.run([gnu_tar, "--sparse", *SPARSE_FORMATS[fmt], "-cf", str(archive),
+                    "-C", str(tmp_path / "src"), "."], check=True)
+    data = archive.read_bytes()
+    assert len(data) < 4 * tarread.CHUNK  # the holes are not stored
+    theirs = []  # tarfile's (name, bytes) of each regular member, in order
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for m in tf:
+            if m.isreg():
+                theirs.append((m.name.removeprefix("./"), tf.extractfile(m).read(), m.sparse))
+    assert {n for n, _, sparse in theirs if sparse is None} == {"plain.txt", "empty"}
+    ours = [(n, d) for n, d, _ in tario.iter_members(io.BytesIO(data), "s.tar")]
+    assert dict(ours) == files  # the real names and bytes, as GNU tar extracts them
+    assert [d for _, d in ours] == [d for _, d, _ in theirs]  # byte for byte, in order
+    for (name, _), (their_name, _, _) in zip(ours, theirs):
+        # tarfile lets a pax path record override GNU.sparse.name: a 0.1 member whose
+        # name needs that record keeps GNU tar's made-up .../GNUSparseFile.<pid>/ name
+        assert name == their_name or "/GNUSparseFile." in their_name
+    got = {n: d for n, d, _ in tario.iter_members(Trickle(data, 1000), "s.tar")}
+    assert got == files
+    # and as WebDataset samples, after a regular member
+    samples = list(tario.read_samples(io.BytesIO(data), "s.tar"))
+    assert {s["__key__"] for s in samples} == {tario.split_key(n)[0] for n in files}
+
+
+def _cpython_testtar() -> Path | None:
+    """CPython's test archive (old GNU and pax 0.0/0.1/1.0 sparse members among others),
+    when this interpreter's test package ships it."""
+    try:
+        import test
+    except ImportError:
+        return None
+    base = Path(test.__file__).parent
+    for rel in ("archivetestdata/testtar.tar", "testtar.tar"):
+        if (base / rel).is_file():
+            return base / rel
+    return None
+
+
+def test_read_cpython_testtar():
+    path = _cpython_testtar()
+    if path is None:
+        pytest.skip("this Python has no test package with testtar.tar (CPython's test suite)")
+    data = path.read_bytes()
+    expected = tarfile_regular(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        sparse = [m.name for m in tf if m.sparse is not None]
+    assert len(sparse) >= 4, sparse  # gnu/sparse, gnu/sparse-0.0, -0.1, -1.0
+    got: dict[str, bytes] = {}
+    for name, payload, _ in tario.iter_members(io.BytesIO(data), str(path)):
+        got[name] = payload  # tarfile_regular keeps the last of a repeated name too
+    assert got == expected
+    assert all(expected[n] for n in sparse)
+
+
+def _set_header(data: bytearray, at: int, **fields: tuple[int, bytes]) -> None:
+    """Overwrite header fields (offset, bytes) of the header at ``at``; fix its checksum."""
+    for offset, value in fields.values():
+        data[at + offset:at + offset + len(value)] = value
+    data[at + 148:at + 156] = b" " * 8
+    data[at + 148:at + 156] = b"%06o\0 " % sum(data[at:at + 512])
+
+
+def _octal(n: int) -> bytes:
+    return b"%011o\0" % n
+
+
+def _old_gnu_sparse(stored: bytes, regions: list[tuple[int, int]], realsize: int,
+                    extended: bool = False) -> bytearray:
+    """A GNU-format tar with one 'S' member "s.bin" holding ``stored`` (no extension
+    block follows even if ``extended`` says so) and then "after.txt"."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, payload in (("s.bin", stored), ("after.txt", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    data = bytearray(buf.getvalue())
+    sparse_map = b"".join(_octal(o) + _octal(n) for o, n in regions)
+    _set_header(data, 0, type=(156, b"S"), map=(386, sparse_map),
+                ext=(482, b"\1" if extended else b"\0"), real=(483, _octal(realsize)))
+    return data
+
+
+def test_read_old_gnu_sparse_made_by_hand():
+    data = _old_gnu_sparse(b"abcdef", [(2, 3), (10, 3)], 16)
+    assert members_of(bytes(data)) == {"s.bin": b"\0\0abc\0\0\0\0\0def\0\0\0",
+                                       "after.txt": b"x"}
+    assert tarfile_regular(bytes(data)) == members_of(bytes(data))
+
+
+@pytest.mark.parametrize("regions,realsize,why", [
+    ([(2, 3), (10, 3)], 12, r"sparse region 10\+3 outside the real size 12"),
+    ([(2, 3), (4, 3)], 16, r"sparse region at 4 overlaps or precedes the one ending at 5"),
+    ([(0, 3), (10, 30)], 60, r"sparse map needs more than the 6 stored bytes"),
+    ([(0, 3), (10, 2)], 60, r"sparse map takes 5 of the 6 stored bytes"),
+])
+def test_error_old_gnu_sparse_bad_map(regions, realsize, why):
+    data = _old_gnu_sparse(b"abcdef", regions, realsize)
+    with pytest.raises(TarFormatError, match=rf"^sp.tar, member 's.bin', offset 0: {why}$"):
+        list(tario.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
+
+
+def test_error_old_gnu_sparse_bad_number_and_missing_extension():
+    data = _old_gnu_sparse(b"abcdef", [(0, 6)], 6)
+    _set_header(data, 0, bad=(386, b"0000000000z\0"))
+    with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: bad sparse "
+                                             r"map in GNU sparse header"):
+        list(tario.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
+    # isextended, but the next block is the data, not 21 numbers: a named error
+    data = _old_gnu_sparse(b"abcdef" + bytes(506), [(0, 512)], 512, extended=True)
+    with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: "):
+        list(tario.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
+    # isextended on the last header before the stream ends
+    with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: truncated "
+                                             r"tar: the stream ends inside a GNU sparse"):
+        list(tario.iter_members(io.BytesIO(bytes(data[:512])), "sp.tar"))
+
+
+def _pax_sparse(stored: bytes, records: dict[str, str]) -> bytes:
+    """A pax tar whose member "GNUSparseFile.1/s.bin" carries ``records`` (and the real name
+    "s.bin" by default), then after.txt."""
+    records = {"GNU.sparse.name": "s.bin", **records}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("GNUSparseFile.1/s.bin")
+        info.size = len(stored)
+        info.pax_headers = records
+        tf.addfile(info, io.BytesIO(stored))
+        after = tarfile.TarInfo("after.txt")
+        after.size = 1
+        tf.addfile(after, io.BytesIO(b"x"))
+    return buf.getvalue()
+
+
+def test_read_pax_sparse_made_by_hand():
+    v01 = _pax_sparse(b"abcdef", {"GNU.sparse.map": "2,3,10,3", "GNU.sparse.size": "16",
+                                  "GNU.sparse.numblocks": "2", "GNU.sparse.name": "s.bin"})
+    v10 = _pax_sparse(b"2\n2\n3\n10\n3\n".ljust(512, b"\0") + b"abcdef",
+                      {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                       "GNU.sparse.realsize": "16", "GNU.sparse.name": "s.bin"})
+    for data in (v01, v10):
+        expected = {"s.bin": b"\0\0abc\0\0\0\0\0def\0\0\0", "after.txt": b"x"}
+        assert members_of(data) == expected
+        assert tarfile_regular(data) == expected
+
+
+@pytest.mark.parametrize("stored,records,why", [
+    (b"abcdef", {"GNU.sparse.map": "2,3,10", "GNU.sparse.size": "16"},
+     r"sparse map with an odd count of numbers"),
+    (b"abcdef", {"GNU.sparse.map": "2,3,10,3", "GNU.sparse.size": "16",
+                 "GNU.sparse.numblocks": "3"},
+     r"sparse map of 2 regions, GNU.sparse.numblocks says 3"),
+    (b"abcdef", {"GNU.sparse.map": "2,3,x,3", "GNU.sparse.size": "16"},
+     r"bad number in GNU sparse pax records"),
+    (b"abcdef", {"GNU.sparse.map": "2,3,10,3"}, r"GNU sparse records without the real size"),
+    (b"abcdef", {"GNU.sparse.major": "2", "GNU.sparse.minor": "0",
+                 "GNU.sparse.realsize": "16"}, r"unsupported GNU sparse version 2.0"),
+    (b"2\n2\n3\n1x\n3\n".ljust(512, b"\0") + b"abcdef",
+     {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "16"},
+     r"bad number b'1x\\n3\\n.*' in the sparse map \(pax 1.0\)"),
+    (b"9999\n2\n3\n",
+     {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "16"},
+     r"sparse map \(pax 1.0\) of 9999 regions in 9 bytes"),
+    (b"2\n2\n3\n10\n3\n".ljust(512, b"\0") + b"abcdef",
+     {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "12"},
+     r"sparse region 10\+3 outside the real size 12"),
+])
+def test_error_pax_sparse_bad_map(stored, records, why):
+    data = _pax_sparse(stored, records)
+    # named by the member's header (after the pax header), with its real name
+    with pytest.raises(TarFormatError, match=rf"^sp.tar, member 's.bin', offset 1024: {why}"):
+        list(tario.iter_members(io.BytesIO(data), "sp.tar"))
+
+
+def test_error_sparse_records_in_global_pax_header():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"GNU.sparse.size": "5"}) as tf:
+        tf.addfile(tarfile.TarInfo("e"))
+    with pytest.raises(TarFormatError, match=r"^g.tar, offset 0: GNU sparse records in a "
+                                             r"global pax header"):
+        list(tario.iter_members(io.BytesIO(buf.getvalue()), "g.tar"))
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -583,14 +817,15 @@ def test_error_corrupt_compressed_stream(url):
         list(tario.read_samples(tario.open_stream_reader(io.BytesIO(junk), url), url))
 
 
-def test_error_unsupported_sparse_member():
+def test_error_unsupported_multivolume_member():
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        info = tarfile.TarInfo("s.bin")
-        info.type = tarfile.GNUTYPE_SPARSE
+        info = tarfile.TarInfo("m.bin")
+        info.type = b"M"  # GNU multi-volume continuation
         tf.addfile(info)
-    with pytest.raises(TarFormatError, match=r"member 's.bin', offset 0: unsupported"):
-        list(tario.iter_members(io.BytesIO(buf.getvalue()), "sp.tar"))
+    with pytest.raises(TarFormatError, match=r"member 'm.bin', offset 0: unsupported tar "
+                                             r"member type 'M'"):
+        list(tario.iter_members(io.BytesIO(buf.getvalue()), "mv.tar"))
 
 
 def test_errors_pickle():
