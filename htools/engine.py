@@ -268,6 +268,7 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
     attempts: dict[int, int] = {}
     kept: dict[int, list[dict]] = {}  # results of a task waiting for its retried part
     policy = retry_policy({"retries": opts.retries})
+    fatal: dict | None = None  # a result saying every shard would fail the same way
 
     def submit(pos: int, delay: float = 0.0):
         i, t = todo[pos][0], tasks[pos]
@@ -304,6 +305,7 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
                 ac.add(submit(pos, _backoff(policy, attempts[pos] - 1)))
                 continue
             results = kept.pop(pos, []) + results
+            fatal = fatal or next((r for r in results if r.get("fatal")), None)
             for result in results:
                 _remove_stale(result, opts)
                 summary.add(result)
@@ -319,12 +321,27 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
                 for result in results:
                     on_result(i, result)
             done = next_emit if ordered else submitted - ac.count()
-            while submitted < len(todo) and submitted - done < window:
+            while fatal is None and submitted < len(todo) and submitted - done < window:
                 ac.add(submit(submitted))
                 submitted += 1
+        for pos in range(submitted, len(todo)):  # not run: they would fail the same way
+            for result in _failed_all(tasks[pos], fatal["error"]):
+                summary.add(result)
+                if on_result:
+                    on_result(todo[pos][0], result)
     finally:
         bar.close()
         del widget
+
+
+def _failed_all(task: Task, error: str) -> list[dict]:
+    """A failed result, with ``error``, for every shard of ``task``."""
+    results = []
+    for out in task.outputs if task.outputs is not None else [task.output]:
+        r = ShardResult(input=task.input, output=out)
+        r.fail(error)
+        results.append(r.as_dict())
+    return results
 
 
 def _after(delay: float, fn: Callable, /, **kwargs) -> Any:
@@ -363,12 +380,7 @@ def _results_of(fut, task: Task) -> list[dict]:
         result = fut.result()
         return result if isinstance(result, list) else [result]
     except Exception as e:  # KilledWorker, a lost scheduler connection
-        failed = []
-        for out in task.outputs if task.outputs is not None else [task.output]:
-            r = ShardResult(input=task.input, output=out)
-            r.fail(f"{type(e).__name__}: {e}")
-            failed.append(r.as_dict())
-        return failed
+        return _failed_all(task, f"{type(e).__name__}: {e}")
 
 
 class _Bar:

@@ -102,5 +102,12 @@ class ScriptError(HtoolsError):
     """The user's script is unusable (syntax error, missing function) or raised."""
 
 
+class ScriptLoadError(ScriptError):
+    """The user's script raised while it was imported or in ``init()``: every shard
+    would fail the same way, so the job stops at the first one."""
+
+    fatal = True
+
+
 class TooManyErrors(HtoolsError):
     """A shard had more failing samples than ``--max-errors`` allows: it fails whole."""

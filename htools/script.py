@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ScriptError
+from .errors import ScriptError, ScriptLoadError
 
 _loaded: dict[str, types.ModuleType] = {}
 _lock = threading.Lock()
@@ -134,7 +134,7 @@ def _execute(source: str, filename: str, key: str) -> types.ModuleType:
             init()
     except Exception as e:
         sys.modules.pop(mod.__name__, None)
-        raise ScriptError(f"script {filename} failed to load: {type(e).__name__}: {e}\n"
+        raise ScriptLoadError(f"script {filename} failed to load: {type(e).__name__}: {e}\n"
                           + user_traceback(e)) from None
     return mod
 

@@ -45,6 +45,7 @@ class ShardResult:
     error: str | None = None
     traceback: str = ""  # of an unexpected exception (an htools bug) that failed the shard
     transient: bool = False  # the failure may not happen again: worth running the shard again
+    fatal: bool = False  # every shard would fail the same way (the script cannot load)
     attempts: int = 1  # runs of this shard, retries of transient failures included
     errors: list[dict] = field(default_factory=list)  # per-sample: url, key, error, traceback
     extra: dict[str, Any] = field(default_factory=dict)
@@ -64,12 +65,14 @@ class ShardResult:
             detail = f"\n{tb}" if tb else ""
             raise TooManyErrors(f"{hide_credentials(url)}: {what} on key {key!r}: {error}{detail}")
 
-    def fail(self, error: str, traceback: str = "", transient: bool = False) -> None:
+    def fail(self, error: str, traceback: str = "", transient: bool = False,
+             fatal: bool = False) -> None:
         """The whole shard failed: its output is absent, every sample read is failed."""
         self.status = "failed"
         self.error = error
         self.traceback = traceback
         self.transient = transient
+        self.fatal = fatal
         self.samples_failed = self.samples_read - self.samples_dropped
         self.samples_mapped = 0
         self.samples_written = 0
@@ -86,6 +89,17 @@ class ShardResult:
             e["url"] = hide_credentials(e["url"])
             e["error"] = hide_credentials(e["error"])
         return d
+
+
+def failure_kind(r: dict) -> str:
+    """A failed shard's error with its own URLs taken out: shards that failed for the same
+    reason (a script that cannot load, a server that refuses writes) share it."""
+    kind = r["error"] or ""
+    urls = [r["input"]] if isinstance(r["input"], str) else list(r["input"])
+    for url in urls + [r["output"]]:
+        if url:
+            kind = kind.replace(hide_credentials(url), "{shard}")
+    return kind
 
 
 def _hide(value: str | list[str]) -> str | list[str]:
@@ -113,10 +127,13 @@ class JobSummary:
     seconds: float = 0.0
     shards_retried: int = 0  # shards run again after a transient failure (each counted once)
     retries: list[dict] = field(default_factory=list)  # the first retries: input, output, why
+    # failed shards per error (the shard's own URLs taken out), for the first kinds
+    failure_kinds: dict[str, int] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)  # first failed shards: input, output, error
     errors: list[dict] = field(default_factory=list)  # failed samples (first MAX_LISTED_ERRORS)
     extra: dict[str, Any] = field(default_factory=dict)
     plan: list[str] = field(default_factory=list)  # with dry_run: what would run
+    notes: list[str] = field(default_factory=list)  # what the counts alone do not say
     started: float = field(default_factory=time.time, repr=False)
 
     def retried(self, r: dict) -> None:
@@ -133,6 +150,9 @@ class JobSummary:
             return
         if r["status"] == "failed":
             self.shards_failed += 1
+            kind = failure_kind(r)
+            if kind in self.failure_kinds or len(self.failure_kinds) < MAX_LISTED_FAILURES:
+                self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
             if len(self.failures) < MAX_LISTED_FAILURES:
                 self.failures.append({"input": r["input"], "output": r["output"],
                                       "error": r["error"], "traceback": r.get("traceback", "")})
@@ -170,6 +190,7 @@ class JobSummary:
             f"{self.samples_dropped} dropped, {self.samples_failed} failed",
             f"{mb_in:.1f} MB in, {mb_out:.1f} MB out",
             *([f"{self.shards_retried} shards retried"] if self.shards_retried else []),
+            *self.notes,
             f"{self.seconds:.1f}s",
         ]
         return "; ".join(parts)

@@ -39,7 +39,8 @@ def shard_task(input: str | list[str], output: str = "", *,
     try:
         yield result
     except HtoolsError as e:
-        result.fail(str(e), transient=bool(getattr(e, "transient", False)))
+        result.fail(str(e), transient=bool(getattr(e, "transient", False)),
+                    fatal=bool(getattr(e, "fatal", False)))
     except Exception as e:  # noqa: BLE001 - a bug: keep it, with its traceback
         result.fail(f"{type(e).__name__}: {e} ({BUG_HINT})", traceback.format_exc())
     result.seconds = round(time.perf_counter() - t0, 4)

@@ -336,3 +336,28 @@ def test_max_errors_is_per_shard_and_resume_redoes_failed_shards(tmp_path, data)
     assert p.returncode == 1 and "shards 0 done, 0 skipped, 3 failed of 3" in p.stderr
     # the first run's outputs are gone too: nothing stale that a resume could skip
     assert not list((tmp_path / "out").glob("o-*.tar"))
+
+
+def test_a_script_that_cannot_import_fails_once(tmp_path):
+    make_shards(tmp_path / "in", shards=20, per_shard=2)
+    p = run("htmapper", "-p", script(tmp_path, "import numpyy\n\ndef process_sample(s):\n"
+                                              "    return s\n"),
+            tmp_path / "in" / "data-{0..19}.tar", tmp_path / "out" / "o-@20.tar", "--workers", "2")
+    assert p.returncode == 1
+    failed = [ln for ln in p.stderr.splitlines() if "FAILED" in ln and "htools:" in ln]
+    assert len(failed) == 1 and "20 shards with the same error" in failed[0]
+    assert "failed to load: ModuleNotFoundError: No module named 'numpyy'" in failed[0]
+    assert p.stderr.count("ModuleNotFoundError") == 2  # the line and the script's traceback
+    assert "shards 0 done, 0 skipped, 20 failed of 20" in p.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_failed_exchange_counts_its_outputs_truthfully(tmp_path):
+    make_shards(tmp_path / "in", shards=4, per_shard=5)
+    (tmp_path / "in" / "data-1.tar").write_bytes(b"this is not a tar file" * 40)
+    p = run("htshuffle", tmp_path / "in" / "data-@4.tar", tmp_path / "o" / "o-@3.tar",
+            "--workers", "2")
+    assert p.returncode == 1 and f"FAILED {tmp_path}/in/data-1.tar" in p.stderr
+    assert "shards 0 done, 0 skipped, 3 failed of 3" in p.stderr
+    assert "stage 1 failed (1 of 4 tasks): nothing was written" in p.stderr
+    assert "15 read, 0 written, 0 dropped, 15 failed" in p.stderr

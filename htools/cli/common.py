@@ -13,7 +13,7 @@ import click
 
 from ..engine import RunOptions
 from ..errors import HtoolsError, hide_credentials
-from ..summary import JobSummary
+from ..summary import JobSummary, failure_kind
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -108,6 +108,32 @@ def exchange_options(fn: Callable) -> Callable:
     return fn
 
 
+class _Command(click.Command):
+    """A click command whose own errors (usage errors, bad option values, extra
+    arguments) never print a URL's ``user:password@``: click echoes the offending
+    argument, which may be a URL with credentials."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as e:
+            raise _redacted(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            raise _redacted(e) from None
+
+
+def _redacted(e: click.ClickException) -> click.ClickException:
+    """``e`` with credentials removed from its message, however click formats it."""
+    e.message = hide_credentials(e.message)
+    shown = e.format_message
+    e.format_message = lambda: hide_credentials(shown())  # type: ignore[method-assign]
+    return e
+
+
 def command(fn: Callable) -> click.Command:
     """The outermost decorator of every htools command: adds the shared run flags
     (after the command's own options), hands them to ``fn`` as ``opts`` (a
@@ -127,22 +153,36 @@ def command(fn: Callable) -> click.Command:
     # click lists decorator params in reverse order of application: putting the shared
     # ones first in the list shows them after the command's own options in --help
     wrapper.__click_params__ = shared.__click_params__ + getattr(fn, "__click_params__", [])
-    return click.command(context_settings=CONTEXT)(wrapper)
+    return click.command(cls=_Command, context_settings=CONTEXT)(wrapper)
 
 
 def report(summary: JobSummary, opts: RunOptions, err=None) -> None:
-    """The plan (dry run), or the failures and the one-line summary, on stderr."""
+    """The plan (dry run), or the failures and the one-line summary, on stderr.  Shards
+    that failed with the same error are listed once, with their count."""
     err = err or sys.stderr
     if opts.dry_run:
         for line in summary.plan:
             print(line)
         return
-    for f in summary.failures[:20]:
+    shown, kinds = 0, set()
+    for f in summary.failures:  # each kind of failure once, with how many shards had it
+        kind = failure_kind(f)
+        if kind in kinds:
+            continue
+        kinds.add(kind)
+        count = summary.failure_kinds.get(kind, 1)
         src = f["input"] if isinstance(f["input"], str) else " + ".join(f["input"])
-        dst = f" -> {hide_credentials(f['output'])}" if f["output"] else ""
-        print(f"htools: FAILED {hide_credentials(src)}{dst}: {f['error']}", file=err)
-    if summary.shards_failed > 20:
-        print(f"htools: ... and {summary.shards_failed - 20} more failed shards", file=err)
+        where = f"{hide_credentials(src)}" + (f" -> {hide_credentials(f['output'])}"
+                                              if f["output"] else "")
+        if count > 1:
+            where = f"{count} shards with the same error, the first {where}"
+        print(f"htools: FAILED {where}: {f['error']}", file=err)
+        shown += count
+        if len(kinds) == 20:
+            break
+    if summary.shards_failed > shown:
+        print(f"htools: ... and {summary.shards_failed - shown} more failed shards "
+              "(the first 100 in --summary FILE)", file=err)
     for e in summary.errors[:10]:
         print(f"htools: sample error {hide_credentials(e['url'])} key {e['key']!r}: "
               f"{e['error']}", file=err)

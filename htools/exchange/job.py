@@ -249,7 +249,6 @@ class _Job:
                  for t, chunk in enumerate(chunks)]
         s1 = engine.run(f"{self.spec.tool}-stage1", tasks, self.opts.with_(dry_run=False),
                         on_result=on_result, check_outputs=False)
-        s1.shards_total = len(self.inputs)
         s1.extra["memory"] = peaks
         runs = [Run(url, size, 0, one.buckets)
                 for t in sorted(by_task) for url, size in by_task[t]]  # (input, spill) order
@@ -367,37 +366,45 @@ class _Job:
 
     # ----------------------------------------------------------- summary --
     def _combine(self, s1: JobSummary, s2: JobSummary | None) -> JobSummary:
-        """One summary: samples read in stage 1, written at the end; failures of all."""
-        out = JobSummary(self.spec.tool, shards_total=s2.shards_total if s2 else 0,
-                         max_errors=s1.max_errors)
+        """One summary whose shards are the outputs: samples read in stage 1, written at
+        the end; the failures of every stage.  When stage 1 or a merge level failed,
+        nothing was written: every output counts as failed, every sample read as lost."""
+        out = JobSummary(self.spec.tool, max_errors=s1.max_errors)
         for name in ("samples_read", "samples_mapped", "samples_dropped", "samples_failed",
-                     "sample_errors", "bytes_in", "shards_failed"):
+                     "sample_errors", "bytes_in"):
             setattr(out, name, getattr(s1, name))
         out.failures, out.errors = list(s1.failures), list(s1.errors)
-        mem = s1.extra.get("memory", [])
+        out.failure_kinds = dict(s1.failure_kinds)
+        mem = list(s1.extra.get("memory", []))
+        written = s2 is not None and s2.extra.get("memory") is not None
         if s2 is not None:
-            out.shards_done, out.shards_skipped = s2.shards_done, s2.shards_skipped
-            out.shards_failed += s2.shards_failed
-            out.samples_written = s2.samples_written
-            # stage-1 records that the end dropped (reduce -> None) or lost (reduce raised,
-            # an output or a merge failed) move out of "mapped": read = mapped + dropped + failed
-            lost = s2.samples_failed
-            if s2.extra.get("memory") is None:  # a failed merge level: nothing was written
-                lost = out.samples_mapped
-                out.shards_total = max(out.shards_failed + s2.shards_failed, 1)
-            out.samples_mapped -= s2.samples_dropped + lost
-            out.samples_dropped += s2.samples_dropped
-            out.samples_failed += lost
             out.sample_errors += s2.sample_errors
-            out.bytes_out = s2.bytes_out
             out.failures += s2.failures
             out.errors += s2.errors
-            mem = mem + s2.extra.get("memory", [])
+            for kind, n in s2.failure_kinds.items():
+                out.failure_kinds[kind] = out.failure_kinds.get(kind, 0) + n
+        if written:
+            out.shards_total, out.shards_done = s2.shards_total, s2.shards_done
+            out.shards_skipped, out.shards_failed = s2.shards_skipped, s2.shards_failed
+            out.samples_written = s2.samples_written
+            # stage-1 records that the end dropped (reduce -> None) or lost (reduce raised,
+            # an output failed) move out of "mapped": read = mapped + dropped + failed
+            out.samples_mapped -= s2.samples_dropped + s2.samples_failed
+            out.samples_dropped += s2.samples_dropped
+            out.samples_failed += s2.samples_failed
+            out.bytes_out = s2.bytes_out
+            mem += s2.extra.get("memory", [])
         else:
-            out.shards_total = max(out.shards_failed, 1)
+            stage = "stage 1" if s2 is None else "a merge level"
+            failed = s1.shards_failed if s2 is None else s2.shards_failed
+            of = s1.shards_total if s2 is None else s2.shards_total
+            out.shards_total = out.shards_failed = self.outset.count or 1
+            out.samples_failed += out.samples_mapped  # read, but never written
+            out.samples_mapped = 0
+            out.notes.append(f"{stage} failed ({failed} of {of} tasks): nothing was written")
         merges = sum(level["tasks"] for level in self.stats["levels"])
-        out.extra = {"input_shards": s1.shards_total, "memory_budget": self.memory,
-                     "intermediate_merges": merges, **self.stats}
+        out.extra = {"input_shards": len(self.inputs), "stage1_tasks_failed": s1.shards_failed,
+                     "memory_budget": self.memory, "intermediate_merges": merges, **self.stats}
         if mem:
             out.extra["peak_rss"] = max(m.get("peak_rss", 0) for m in mem)
             out.extra["rss_start_min"] = min(m.get("rss_start", 0) for m in mem)
