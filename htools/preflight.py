@@ -101,7 +101,7 @@ def _check_outputs(outputs: list[str], options: dict, write: bool) -> None:
 
 
 def _check_local_folder(folder: str) -> None:
-    path = local_path(folder).rstrip("/") or "/"
+    path = os.path.abspath(local_path(folder))
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -123,7 +123,8 @@ def _probe_write(folder: str, options: dict) -> None:
     except StorageError as e:
         raise Unreachable(f"cannot write outputs under {hide_credentials(folder)}: "
                           f"{e.why}" + (f" (HTTP {e.status})" if e.status else "")) from None
-    try:
-        storage.delete(url, options)
-    except StorageError:
-        pass  # written but not deletable: the job may still write; the probe stays
+    finally:
+        try:  # written, or half-written when interrupted: never left behind
+            storage.delete(url, options)
+        except StorageError:
+            pass  # not deletable (or never made): the job itself may still write

@@ -71,3 +71,11 @@ def test_dry_run_reports_a_missing_input(tmp_path):
     make_shards(tmp_path / "in", shards=2, per_shard=3)
     p = run("htsort", tmp_path / "in" / "data-@3.tar", tmp_path / "o" / "o-@2.tar", "--dry-run")
     assert one_line(p) == f"Error: input {tmp_path}/in/data-2.tar does not exist"
+
+
+def test_relative_output_folder_is_fine(tmp_path):
+    make_shards(tmp_path / "in", shards=1, per_shard=3)
+    p = run("htextract", tmp_path / "in" / "data-0.tar", "-f", "__key__,cls", "--to-dir",
+            "out_a", "--workers", "1", cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert len(list((tmp_path / "out_a").rglob("*.cls"))) == 3

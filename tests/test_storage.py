@@ -722,3 +722,15 @@ def test_object_store_classifies_library_errors():
                         (HttpError({"code": 403, "message": "Forbidden"}), 403)):
         got = objectstore.classify("gs://b/k", exc)
         assert isinstance(got, StorageError) and got.status == status, exc
+
+
+def test_unknown_storage_options_are_refused_with_the_valid_names():
+    with pytest.raises(StorageError, match=r"unknown http.auth key\(s\) 'passwd'; valid: user, password"):
+        storage.resolve_options({"http": {"auth": {"user": "u", "passwd": "p"}}})
+    with pytest.raises(StorageError, match=r"unknown http option\(s\) 'timeot'; valid: .*timeout"):
+        storage.resolve_options({"https": {"timeot": 3}})
+    with pytest.raises(StorageError, match="unknown protocol 'htp'"):
+        storage.resolve_options({"htp": {}})
+    assert storage.resolve_options({"local": {"fsync": False, "retries": 0}}) == \
+        {"file": {"fsync": False, "retries": 0}}
+    assert storage.resolve_options({"s3": {"endpoint_url": "x", "anon": True}})["s3"]["anon"]

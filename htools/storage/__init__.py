@@ -44,8 +44,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, TypeVar
 
 from htools.errors import NotFound, StorageError, hide_credentials
-from htools.storage.base import CHUNK, Backend, Writer, retry_policy, with_retries
-from htools.storage.registry import OPTION_KEYS, backend, protocol
+from htools.storage.base import (CHUNK, RETRY_OPTIONS, Backend, Writer, retry_policy,
+                                 with_retries)
+from htools.storage.registry import OPTION_KEYS, REGISTRY, backend, protocol
 
 __all__ = [
     "Options", "Writer", "open_read", "open_write", "exists", "size", "read_range",
@@ -76,9 +77,37 @@ def resolve_options(options: Options | None = None) -> dict[str, dict[str, Any]]
         if not isinstance(layer, Mapping):
             raise StorageError("storage options", "must map a protocol to a dict of options")
         for proto, opts in layer.items():
-            key = OPTION_KEYS.get(proto, proto)
+            if proto not in OPTION_KEYS:
+                raise StorageError("storage options", f"unknown protocol {proto!r}; options "
+                                   f"are given per protocol: {', '.join(sorted(OPTION_KEYS))}")
+            if opts is not None and not isinstance(opts, Mapping):
+                raise StorageError("storage options", f"{proto!r} must map option names "
+                                   "to values")
+            key = OPTION_KEYS[proto]
+            _check_names(key, opts or {})
             merged.setdefault(key, {}).update(copy.deepcopy(dict(opts or {})))
     return merged
+
+
+_AUTH_KEYS = ("user", "password")
+
+
+def _check_names(proto: str, opts: Mapping[str, Any]) -> None:
+    """Refuse option names a backend would silently ignore (a typo like ``passwd``)."""
+    known = REGISTRY[proto].options
+    if known is None:
+        return  # s3fs / gcsfs take them and check their own
+    allowed = set(known) | set(RETRY_OPTIONS)
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise StorageError("storage options", f"unknown {proto} option(s) "
+                           f"{', '.join(map(repr, unknown))}; valid: "
+                           f"{', '.join(sorted(allowed))}")
+    auth = opts.get("auth")
+    if isinstance(auth, Mapping) and set(auth) - set(_AUTH_KEYS):
+        bad = sorted(set(auth) - set(_AUTH_KEYS))
+        raise StorageError("storage options", f"unknown {proto}.auth key(s) "
+                           f"{', '.join(map(repr, bad))}; valid: user, password")
 
 
 def join(base_url: str, name: str) -> str:
@@ -150,9 +179,10 @@ def listdir(url: str, options: Options | None = None) -> list[str]:
 def remove_partials(urls: list[str], options: Options | None = None) -> int:
     """Delete what writers of ``urls`` left behind when their process was killed.
 
-    Only local writes leave anything visible (the hidden ``.NAME.tmp-*`` file of the
-    local writer); HTTP direct PUTs, S3 multipart and GCS resumable uploads never show
-    a partial object.  Returns how many files were removed.
+    Local writes leave a hidden ``.NAME.tmp-*`` file, which is deleted; an unfinished S3
+    multipart upload of one of ``urls`` (invisible, but stored and billed) is aborted;
+    HTTP direct PUTs and GCS resumable uploads never leave a partial object.  Returns
+    how many leftovers were removed.
     """
     by_proto: dict[str, list[str]] = {}
     for url in urls:

@@ -4,11 +4,14 @@ Writes go to a hidden temp file ``.NAME.tmp-<uuid>`` in the target's folder, are
 fsynced (option ``file.fsync``, default true) and renamed into place on commit, so a
 file is complete or absent; a killed writer leaves the temp file, which
 :meth:`LocalBackend.remove_partials` deletes.  Readers are seekable.  Nothing here is
-retried in practice: the same retry wrapper runs, but no local error is transient.
+retried in practice: the same retry wrapper runs, but no local error is transient.  A
+full disk (ENOSPC) fails the write with "no space left on device", the file, the bytes
+written so far and the free space, and removes the temp file at once.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -105,12 +108,16 @@ class _LocalWriter(Writer):
             os.makedirs(folder, exist_ok=True)
             self._f = open(self._tmp, "xb", buffering=CHUNK)
         except OSError as exc:
-            raise StorageError(url, f"cannot create: {exc.strerror or exc}") from None
+            if exc.errno in _FULL:
+                raise _disk_full(self.name, folder, 0, 0) from None
+            raise StorageError(self.name, f"cannot create: {exc.strerror or exc}") from None
 
     def _write(self, data: memoryview) -> None:
         try:
             self._f.write(data)
         except OSError as exc:
+            if exc.errno in _FULL:
+                self._full(data.nbytes)
             raise StorageError(self.name, f"write failed: {exc.strerror or exc}") from None
 
     def _commit(self) -> None:
@@ -123,7 +130,21 @@ class _LocalWriter(Writer):
             if self._fsync:
                 _fsync_dir(os.path.dirname(self._path))
         except OSError as exc:
+            if exc.errno in _FULL:
+                self._full(0)
             raise StorageError(self.name, f"commit failed: {exc.strerror or exc}") from None
+
+    def _full(self, more: int) -> None:
+        """The disk filled: drop the temp file at once (freeing its space) and fail for
+        good -- a full disk is not transient, retrying would only fill it again."""
+        try:
+            written = os.fstat(self._f.fileno()).st_size  # what reached the disk
+        except (OSError, ValueError):
+            written = self._pos
+        error = _disk_full(self.name, os.path.dirname(self._path), written, self._pos + more)
+        self.closed = True
+        self._abort_quietly()
+        raise error from None
 
     def _abort(self) -> None:
         self._f.close()
@@ -131,6 +152,23 @@ class _LocalWriter(Writer):
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
+
+
+#: "no space" errors: a full disk (ENOSPC) or an exhausted quota (EDQUOT)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _disk_full(name: str, folder: str, written: int, given: int) -> StorageError:
+    """The error for a full disk: the file, the bytes written so far (and handed to the
+    writer, when more), the free space."""
+    try:
+        free = f"{shutil.disk_usage(folder).free} bytes free"
+    except OSError:
+        free = "free space unknown"
+    of = f" (of {given} given)" if given > written else ""
+    return StorageError(name, f"no space left on device in {folder} ({free}) after "
+                        f"{written} bytes written so far{of} (ENOSPC: No space left on "
+                        "device)", transient=False)
 
 
 def _fsync_dir(folder: str) -> None:

@@ -24,13 +24,20 @@ class Entry:
     schemes: tuple[str, ...] = ()   # before "://"; pipe: and - are matched in protocol()
     pip: str | None = None          # the optional package the backend imports
     aliases: tuple[str, ...] = ()   # more names accepted as storage-option keys
+    # the option names the backend reads (besides the shared retry options); None: the
+    # options go to a library (s3fs, gcsfs) that knows its own
+    options: tuple[str, ...] | None = ()
 
 
 REGISTRY: dict[str, Entry] = {
-    "file": Entry("htools.storage.local:LocalBackend", ("file",), aliases=("local",)),
-    "http": Entry("htools.storage.http:HTTPBackend", ("http", "https")),
-    "s3": Entry("htools.storage.objectstore:S3Backend", ("s3", "s3a"), pip="s3fs"),
-    "gs": Entry("htools.storage.objectstore:GCSBackend", ("gs", "gcs"), pip="gcsfs"),
+    "file": Entry("htools.storage.local:LocalBackend", ("file",), aliases=("local",),
+                  options=("fsync",)),
+    "http": Entry("htools.storage.http:HTTPBackend", ("http", "https"),
+                  options=("headers", "auth", "put_mode", "timeout", "verify")),
+    "s3": Entry("htools.storage.objectstore:S3Backend", ("s3", "s3a"), pip="s3fs",
+                options=None),
+    "gs": Entry("htools.storage.objectstore:GCSBackend", ("gs", "gcs"), pip="gcsfs",
+                options=None),
     "pipe": Entry("htools.storage.pipe:PipeBackend"),
     "stdio": Entry("htools.storage.pipe:StdioBackend"),
 }
