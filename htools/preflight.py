@@ -7,7 +7,8 @@ starts or an input is read.
 * local inputs must all exist; of remote inputs the first is asked for its size;
 * the outputs' location must be writable: a local parent that is a file, or a folder
   that cannot be made, is refused; on object stores and HTTP a tiny probe object is
-  written and deleted (a missing bucket, 401/403 come back with the server's reason).
+  written and deleted (a missing bucket, 401/403 come back with the server's reason;
+  a 5xx is tried again and, if it persists, left to the job's own retries).
   ``--dry-run`` writes nothing, so it checks outputs only as far as reading goes.
 
 Probes use a short retry policy: a refused connection fails in about a second.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -26,6 +28,7 @@ from .errors import HtoolsError, StorageError, hide_credentials
 from .storage.local import local_path
 
 PROBE_RETRIES = {"retries": 1, "backoff": 0.2, "backoff_cap": 0.5}
+PROBE_WRITES = 3  # a write probe that fails transiently is tried again, then let be
 STREAMS = ("pipe", "stdio")
 
 
@@ -118,11 +121,19 @@ def _check_local_folder(folder: str) -> None:
 def _probe_write(folder: str, options: dict) -> None:
     url = storage.join(folder, f".htools-probe-{uuid.uuid4().hex[:12]}")
     try:
-        with storage.open_write(url, options) as out:
-            out.write(b"htools checks that it may write here\n")
-    except StorageError as e:
-        raise Unreachable(f"cannot write outputs under {hide_credentials(folder)}: "
-                          f"{e.why}" + (f" (HTTP {e.status})" if e.status else "")) from None
+        for attempt in range(PROBE_WRITES):
+            try:
+                with storage.open_write(url, options) as out:
+                    out.write(b"htools checks that it may write here\n")
+                return
+            except StorageError as e:
+                if not e.transient:
+                    raise Unreachable(f"cannot write outputs under {hide_credentials(folder)}: "
+                                      f"{e.why}" + (f" (HTTP {e.status})" if e.status else "")
+                                      ) from None
+                time.sleep(PROBE_RETRIES["backoff"] * (attempt + 1))
+        # the server keeps answering 5xx or dropping writes: no verdict; the job's own
+        # retries (per request, then per shard) deal with a passing fault
     finally:
         try:  # written, or half-written when interrupted: never left behind
             storage.delete(url, options)

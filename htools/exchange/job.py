@@ -173,8 +173,9 @@ class _Job:
             return self._combine(s1, merges)
         total = sum(r.size for r in runs)
         s2 = self._write(parts, groups, outputs, total)
-        if merges is not None:
-            s2.extra["merge_failures"] = merges.failures
+        if merges is not None:  # merge tasks rerun after a transient fault count too
+            s2.shards_retried += merges.shards_retried
+            s2.retries += merges.retries
         return self._combine(s1, s2)
 
     def clean_up(self) -> None:
@@ -377,10 +378,13 @@ class _Job:
         out.failure_kinds = dict(s1.failure_kinds)
         mem = list(s1.extra.get("memory", []))
         written = s2 is not None and s2.extra.get("memory") is not None
+        out.shards_retried, out.retries = s1.shards_retried, list(s1.retries)
         if s2 is not None:
             out.sample_errors += s2.sample_errors
             out.failures += s2.failures
             out.errors += s2.errors
+            out.shards_retried += s2.shards_retried
+            out.retries += s2.retries
             for kind, n in s2.failure_kinds.items():
                 out.failure_kinds[kind] = out.failure_kinds.get(kind, 0) + n
         if written:
@@ -419,9 +423,13 @@ def _narrow_write(task: Task, urls: list[str]) -> Task:
 
 
 def _add(a: JobSummary, b: JobSummary) -> JobSummary:
-    for name in ("shards_total", "shards_done", "shards_failed"):
+    """Two merge levels' summaries as one (tasks, failures, retries)."""
+    for name in ("shards_total", "shards_done", "shards_failed", "shards_retried"):
         setattr(a, name, getattr(a, name) + getattr(b, name))
     a.failures += b.failures
+    a.retries += b.retries
+    for kind, n in b.failure_kinds.items():
+        a.failure_kinds[kind] = a.failure_kinds.get(kind, 0) + n
     return a
 
 
