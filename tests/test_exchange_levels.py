@@ -176,3 +176,15 @@ def test_one_failed_output_of_a_shared_write_task_loses_only_its_own_samples(tmp
     assert 1 <= lost <= 20  # one output's worth (320 / 32 on average)
     assert s.samples_read == 320 and s.samples_failed == lost and s.samples_written == len(got)
     assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
+
+
+def test_many_tiny_inputs_are_grouped_per_task_and_all_written(tmp_path, client):
+    """With the default memory budget, 48 tiny shards go to a few stage-1 tasks; the job
+    must still write every output (stage 1 counts tasks, not inputs)."""
+    samples = write_shards(tmp_path / "in", shards=48, per_shard=3, seed=9)
+    s = htools.shuffle(str(tmp_path / "in" / "d-{00..47}.tar"), str(tmp_path / "o" / "o-@48.tar"),
+                       client=client, quiet=True)
+    assert s.ok and s.extra["inputs_per_task"] > 1 and s.extra["stage1_tasks"] < 48
+    assert s.shards_done == 48 and s.samples_written == len(samples)
+    got = read_wds(outputs(tmp_path / "o"))
+    assert sorted(x["__key__"] for x in got) == sorted(x["__key__"] for x in samples)

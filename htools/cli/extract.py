@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -33,8 +34,14 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, opts) 
       htextract 'data-{000..099}.tar' -f __key__,cls
       htextract 'data-@100.tar' -f cls --count 20
     """
-    summary = extract(inputs, fields=fields, field_names=field_names, count=count or 0,
-                      format=fmt, binary=binary, to_dir=to_dir, out=output, **opts.as_kwargs())
+    try:
+        summary = extract(inputs, fields=fields, field_names=field_names, count=count or 0,
+                          format=fmt, binary=binary, to_dir=to_dir, out=output,
+                          **opts.as_kwargs())
+    except BrokenPipeError:  # `htextract ... | head`: the reader has all it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush stays quiet
+        sys.exit(0)
     if output is not sys.stdout:
         output.close()
     finish(summary, opts)
