@@ -1,6 +1,7 @@
 """Every htools benchmark in one run (issue #6); ``benchmarks/run`` calls this.
 
     .venv/bin/python benchmarks/suite.py [--gb 2] [--quick] [--out DIR] [--dir SCRATCH]
+    .venv/bin/python benchmarks/suite.py --render [--scale-from FILE]
 
 Generates datasets of 1 KiB, 16 KiB and 128 KiB samples, runs each comparison on
 the same bytes, and writes ``DIR/README.md`` (a table: operation, htools,
@@ -27,6 +28,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_exchange as bx  # noqa: E402
 import bench_mapper as bm  # noqa: E402
+import bench_scale as bsc  # noqa: E402
 import bench_tario as bt  # noqa: E402
 
 REPO = HERE.parent
@@ -175,6 +177,8 @@ def mib(v: int | None) -> str:
 
 def fmt_row(r: dict) -> str:
     mem = "—" if r["mem"] is None else mib(r["mem"])
+    if r.get("mem_label") and r["mem"] is not None:
+        mem = f"{r['mem_label']} {mem}"  # e.g. the client's peak RSS, not a worker's
     if r.get("base_mem") is not None:
         mem += f" (baseline {mib(r['base_mem'])})"
     return (f"| {r['operation']} | {r['htools_s']:.2f} s | {r['baseline_s']:.2f} s | "
@@ -254,7 +258,8 @@ their smallest RSS at start; for the webdataset loop, the process's peak RSS gro
 """
 
 
-def write_readme(path: str, rows: list[dict], points: list[dict], info: dict) -> None:
+def write_readme(path: str, rows: list[dict], points: list[dict], info: dict,
+                 scale: str = "") -> None:
     lines = [
         "# htools benchmarks",
         "",
@@ -277,6 +282,7 @@ def write_readme(path: str, rows: list[dict], points: list[dict], info: dict) ->
         "",
         "![htsort time and peak worker memory against data size](scaling.png)",
         "",
+        *([scale] if scale else []),
         METHOD,
         notes(),
         f"Total benchmark time: {info['elapsed'] / 60:.1f} min.",
@@ -325,10 +331,26 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
     step(f"htsort growth at {cfg['growth']} GB")
     points = bx.growth(work, cfg["growth"], 16, budget)
     rows += growth_rows(points)
+    step("scale: tiny shards, 10^3 to 10^5")
+    scale = scale_run(work, a.quick)
+    rows += bsc.ratios(scale["scale"])
     sizes = ("Data: " + ", ".join(f"{cfg['gb'][k] * 1024:.0f} MiB of {k} KiB samples"
                                   for k in KIBS)
              + f" ({bx.SHARD_MB} MiB input shards); tar codec cases {cfg['tar_mb']} MB each.")
-    return rows, points, {"sizes": sizes, "budget": budget}
+    return rows, points, {"sizes": sizes, "budget": budget, **scale}
+
+
+def scale_run(work: str, quick: bool) -> dict:
+    """bench_scale.py's measurements (tiny shards at N -> N) and its 100 TB model."""
+    if quick:
+        saved = bsc.run(os.path.join(work, "scale"), [256, 512], [256], [256, 512], [256], None,
+                        levels_ns=[512])
+    else:
+        saved = bsc.run(os.path.join(work, "scale"), [1024, 4096, 16384], [1024, 4096],
+                        [16384, 65536], [1024, 4096], None, levels_ns=[1024, 16384])
+    shutil.rmtree(os.path.join(work, "scale"), ignore_errors=True)
+    saved["scale_model"] = bsc.model(saved["scale"])
+    return saved
 
 
 def copy_rows(work: str, inputs: list[str], kib: int) -> list[dict]:
@@ -352,8 +374,13 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite README.md and scaling.png from OUT/results.json")
+    ap.add_argument("--scale-from", default=None,
+                    help="with --render: first merge a bench_scale.py --out FILE into "
+                         "OUT/results.json (its rows replace the scale rows)")
     a = ap.parse_args()
     if a.render:
+        if a.scale_from:
+            merge_scale(a.out, a.scale_from)
         return render(a.out)
     t0 = time.perf_counter()
     work = a.dir or tempfile.mkdtemp(prefix="htools-bench-")
@@ -367,8 +394,9 @@ def main() -> None:
     info.update(machine=f"{os.cpu_count()} cores, {_memory_gb()} GB RAM, "
                         f"Python {platform.python_version()}",
                 elapsed=time.perf_counter() - t0)
+    scale = {k: info.pop(k) for k in ("scale", "scale_model") if k in info}
     Path(a.out, "results.json").write_text(json.dumps(
-        {"rows": rows, "points": points, "info": info}, indent=1))
+        {"rows": rows, "points": points, "info": info, **scale}, indent=1))
     render(a.out)
     for r in rows:
         print(fmt_row(r))
@@ -377,7 +405,22 @@ def main() -> None:
 def render(out: str) -> None:
     saved = json.loads(Path(out, "results.json").read_text())
     plot(saved["points"], os.path.join(out, "scaling.png"))
-    write_readme(os.path.join(out, "README.md"), saved["rows"], saved["points"], saved["info"])
+    write_readme(os.path.join(out, "README.md"), saved["rows"], saved["points"], saved["info"],
+                 bsc.section(saved))
+
+
+def merge_scale(out: str, scale_file: str) -> None:
+    """Put a separate bench_scale.py run into OUT/results.json: its measurements, its
+    model, and its goal rows (replacing earlier scale rows, keeping every other row)."""
+    path = Path(out, "results.json")
+    saved = json.loads(path.read_text())
+    scale = json.loads(Path(scale_file).read_text())
+    names = {r["operation"] for r in bsc.ratios(saved.get("scale", []))}
+    rows = [r for r in saved["rows"] if r["operation"] not in names and not r.get("mem_label")]
+    saved.update(rows=rows + bsc.ratios(scale["scale"]), scale=scale["scale"],
+                 scale_model=scale.get("scale_model") or bsc.model(scale["scale"]),
+                 scale_separate=True)
+    path.write_text(json.dumps(saved, indent=1))
 
 
 def _memory_gb() -> int:
