@@ -365,12 +365,22 @@ def step(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def default_out(quick: bool, render: bool) -> str:
+    """Where a run writes its report: the published benchmarks/ only for a full run (or
+    a re-render); a quick run's toy figures go to a new temp dir."""
+    return tempfile.mkdtemp(prefix="htools-bench-quick-") if quick and not render \
+        else str(HERE)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=2.0,
                     help="size of the 16 KiB dataset (1 KiB: a quarter, 128 KiB: a half)")
     ap.add_argument("--quick", action="store_true", help="a tiny run that checks the harness")
-    ap.add_argument("--out", default=str(HERE), help="where README.md and scaling.png go")
+    ap.add_argument("--out", default=None,
+                    help="where README.md, results.json and scaling.png go (default: "
+                         "benchmarks/ for a full run; a new temp dir, printed, for --quick, "
+                         "so toy figures never replace the published ones)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite README.md and scaling.png from OUT/results.json")
@@ -378,6 +388,8 @@ def main() -> None:
                     help="with --render: first merge a bench_scale.py --out FILE into "
                          "OUT/results.json (its rows replace the scale rows)")
     a = ap.parse_args()
+    if a.out is None:
+        a.out = default_out(a.quick, a.render)
     if a.render:
         if a.scale_from:
             merge_scale(a.out, a.scale_from)
@@ -398,6 +410,9 @@ def main() -> None:
     Path(a.out, "results.json").write_text(json.dumps(
         {"rows": rows, "points": points, "info": info, **scale}, indent=1))
     render(a.out)
+    if Path(a.out).resolve() != HERE.resolve():
+        print(f"benchmarks: report written to {a.out} (the published figures in "
+              f"{HERE.name}/ are unchanged)", file=sys.stderr)
     for r in rows:
         print(fmt_row(r))
 

@@ -91,3 +91,16 @@ def test_scale_quick_prints_numbers(tmp_path):
                                                            (1000, 256), (1000, 1000)}
     for r in rows:
         assert r["passes"] == 2 + len(r["levels"]) and r["tasks"] > 0
+
+
+def test_a_quick_run_never_writes_the_published_figures():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import suite
+    finally:
+        sys.path.pop(0)
+    quick = Path(suite.default_out(quick=True, render=False))
+    assert quick.is_dir() and quick.resolve() != (REPO / "benchmarks").resolve()
+    quick.rmdir()
+    assert Path(suite.default_out(quick=False, render=False)) == REPO / "benchmarks"
+    assert Path(suite.default_out(quick=True, render=True)) == REPO / "benchmarks"
