@@ -34,6 +34,7 @@ from .storage.base import retry_policy
 from .summary import JobSummary, ShardResult
 
 SCHEDULER_ENV = "HTOOLS_SCHEDULER"
+STOP_WAIT = 60.0  # seconds Ctrl-C waits for this job's running tasks to end
 
 
 @dataclass(frozen=True)
@@ -329,9 +330,33 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
                 summary.add(result)
                 if on_result:
                     on_result(todo[pos][0], result)
+    except KeyboardInterrupt:
+        _stop(client, ac, f"{tool}-{job}-")
+        raise
     finally:
         bar.close()
         del widget
+
+
+def _stop(client, ac, prefix: str, wait: float = STOP_WAIT) -> None:
+    """Ctrl-C: cancel this job's tasks and wait (a bounded time) until none of them runs
+    any more, so that what they write cannot outlive the clean-up that follows (on a
+    separate scheduler, running tasks are not interrupted by the client's exit).  A
+    second Ctrl-C leaves at once."""
+    futures = list(ac.futures)
+    try:
+        client.cancel(futures)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            running = [k for keys in client.processing().values() for k in keys
+                       if str(k).startswith(prefix)]
+            if not running:
+                return
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return
+    except Exception:  # noqa: BLE001 - a scheduler already gone: nothing runs for us
+        return
 
 
 def _failed_all(task: Task, error: str) -> list[dict]:
