@@ -9,7 +9,10 @@ The command-line tools are thin layers over these functions::
 
 Each takes the CLI's options (``client=``, ``cluster=``, ``workers=``,
 ``resume=``, ``overwrite=``, ``max_errors=``, ``storage_options=`` ...) and
-returns a :class:`~htools.summary.JobSummary`.
+returns a :class:`~htools.summary.JobSummary`; ``extract`` without ``out=`` returns its rows
+(or counts) as data, the summary as their ``.summary``.  ``htools.head(PATTERN)`` and
+``htools.sample(PATTERN, n, seed)`` fetch a few samples on the client, shown as a table
+in Jupyter.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from __future__ import annotations
 from .errors import HtoolsError, NotFound, PatternError, ScriptError, ShardError, StorageError
 from .extract import extract
 from .mapper import map_shards
+from .peek import Samples, head, sample
 from .upload import upload
 from .shuffle import shuffle
 from .sort import sort
 from .summary import JobSummary
 
-__all__ = ["map_shards", "extract", "upload", "shuffle", "sort", "JobSummary", "HtoolsError", "NotFound", "PatternError",
+__all__ = ["map_shards", "extract", "upload", "shuffle", "sort", "head", "sample", "Samples",
+           "JobSummary", "HtoolsError", "NotFound", "PatternError",
            "ScriptError", "ShardError", "StorageError"]
 __version__ = "0.1.0"

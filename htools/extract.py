@@ -141,26 +141,42 @@ def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
 
 def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
             format: str = "tsv", binary: str = "length", to_dir: str | None = None,
-            out: IO[str] | None = None, **options) -> JobSummary:
-    """Extract fields of every sample of ``inputs``; rows go to ``out`` (default stdout),
-    in shard order, as shards finish.
+            out: IO[str] | None = None, frame: bool | None = None, **options):
+    """Extract fields of every sample of ``inputs``, in shard order.
 
-    With ``count=N`` the N most common values are written instead, and also
-    returned in ``summary.extra["counts"]`` as ``[[values, n], ...]``.
+    Without ``out`` the results come back as data, with the job summary as their
+    ``.summary`` attribute: the rows as a pandas ``DataFrame`` (one column per field;
+    ``frame=False``, or pandas missing: a list of dicts), or with ``count=N`` the N most
+    common values as a ``DataFrame`` sorted by count (the fields' columns, then ``count``;
+    ``frame=False``: a ``collections.Counter`` keyed by the value, or by the tuple of values
+    with several fields).  Text fields are ``str``, other bytes their length (or base64
+    with ``binary="base64"``).  Rows are held in memory: for big outputs give ``out``.
+
+    With ``out`` (a text file; the CLI passes stdout) the rows go there as TSV or JSON
+    lines as shards finish, with ``count=N`` the lines ``count<TAB>values``, and the
+    :class:`JobSummary` is returned, the counts also in ``summary.extra["counts"]`` as
+    ``[[values, n], ...]``.  So does a call with ``to_dir`` (the files are the result)
+    or ``dry_run`` (the plan is in ``summary.plan``).
     """
     opts = RunOptions.of(options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
+    as_data = out is None and not to_dir
+    if as_data:
+        format = "jsonl"  # parsed back into values below
     spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
-    out = out or sys.stdout
+    out = out or (None if as_data else sys.stdout)
     tasks = plan(inputs, spec, opts)
     preflight.check([t.input for t in tasks], [storage.join(to_dir, "x")] if to_dir else [],
                     opts.storage_options, write=not opts.dry_run)
     counts: Counter = Counter()
+    collected: list[dict] = []
 
     def on_result(_i: int, r: dict) -> None:
         rows = r.get("extra", {}).get("rows", [])
-        if rows:
+        if rows and as_data:
+            collected.extend(json.loads(row) for row in rows)
+        elif rows:
             out.write("\n".join(rows) + "\n")
             out.flush()
         for values, n in r.get("extra", {}).get("counts", []):
@@ -169,10 +185,50 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
 
     summary = engine.run("htextract", tasks, opts, on_result=on_result, ordered=True,
                          check_outputs=False)
+    top = counts.most_common(spec.count) if spec.count else []
     if spec.count:
-        top = counts.most_common(spec.count)
-        for values, n in top:
-            out.write(f"{n}\t" + "\t".join(_tsv_cell(v) for v in values) + "\n")
+        if not as_data:
+            for values, n in top:
+                out.write(f"{n}\t" + "\t".join(_tsv_cell(v) for v in values) + "\n")
         summary.extra["counts"] = [[list(v), n] for v, n in top]
-    out.flush()
-    return engine.finish(summary, opts)
+    if not as_data:
+        out.flush()
+    summary = engine.finish(summary, opts)
+    if not as_data or opts.dry_run:
+        return summary
+    names = ["__key__", "fields"] if field_names else list(spec.fields)
+    return _as_data(names, collected, top if spec.count else None, summary, frame)
+
+
+class Rows(list):
+    """``extract``'s rows as a list of dicts (no pandas); the job summary is ``.summary``."""
+
+    summary: JobSummary
+
+
+class Counts(Counter):
+    """``extract``'s value counts (no pandas); the job summary is ``.summary``."""
+
+    summary: JobSummary
+
+
+def _as_data(names: list[str], rows: list[dict], top: list | None, summary: JobSummary,
+             frame: bool | None):
+    pd = None
+    if frame is not False:
+        try:
+            import pandas as pd
+        except ImportError:
+            if frame:
+                raise HtoolsError("extract(frame=True) needs pandas: pip install pandas") from None
+    if top is not None:
+        if pd is not None:
+            data = pd.DataFrame([[*values, n] for values, n in top], columns=[*names, "count"])
+        else:
+            data = Counts({values[0] if len(values) == 1 else values: n for values, n in top})
+    elif pd is not None:
+        data = pd.DataFrame(rows, columns=names)
+    else:
+        data = Rows(rows)
+    data.summary = summary  # a plain instance attribute, also on a DataFrame
+    return data

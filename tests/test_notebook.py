@@ -1,5 +1,7 @@
 """examples/tour.ipynb executed end to end (nbclient, a kernel running this Python):
-upload, map, extract + plot, shuffle and sort on a 2-process LocalCluster."""
+upload, head/sample, map, extract to DataFrames + plot, shuffle and sort on a 2-process
+LocalCluster; its outputs hold the thumbnails, the DataFrames, rendered summaries and
+progress displays updated in place."""
 
 from __future__ import annotations
 
@@ -46,3 +48,33 @@ def test_tour_notebook_runs(tmp_path, monkeypatch):
     assert shown, "the plot was not displayed"
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+    def html_of(cell) -> list[str]:
+        return [o["data"]["text/html"] for o in cell.get("outputs", [])
+                if "text/html" in o.get("data", {})]
+
+    def cell_with(text: str):
+        found = [c for c in nb.cells if c.cell_type == "code" and text in c.source]
+        assert found, f"no cell calls {text}"
+        return found[0]
+
+    # htools.head: a table with the images as thumbnails (the ppm converted to PNG)
+    head = "".join(html_of(cell_with("htools.head(")))
+    assert "<table class='htools-samples'>" in head
+    assert head.count("<img src='data:image/png;base64,") == 6
+    assert "<img" in "".join(html_of(cell_with("htools.sample(")))
+    # extract without out=: a DataFrame, shown as one
+    assert any("class=\"dataframe\"" in h for h in html_of(cell_with("rows.head()")))
+    assert any("class=\"dataframe\"" in h for h in html_of(cell_with("count=10")))
+    # a summary, rendered
+    summaries = [h for c in nb.cells for h in html_of(c) if "class='htools-summary'" in h]
+    assert len(summaries) >= 3 and "4 done, 0 skipped, 0 failed of 4" in summaries[0]
+    # progress: one output per job, updated in place (its last state, not a scroll of
+    # states), with the dashboard link; no text bar on stderr
+    upload = cell_with("htools.upload(")
+    progress = [h for h in html_of(upload) if "class='htools-progress'" in h]
+    assert len(progress) == 1, progress
+    assert "4/4 shards" in progress[0] and "done" in progress[0] and ">dashboard</a>" in progress[0]
+    stderr = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                     if o.get("name") == "stderr")
+    assert "shard/s" not in stderr and "shards/s" not in stderr and "it/s" not in stderr
