@@ -20,7 +20,9 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import storage
@@ -139,3 +141,94 @@ def _probe_write(folder: str, options: dict) -> None:
             storage.delete(url, options)
         except StorageError:
             pass  # not deletable (or never made): the job itself may still write
+
+
+# ------------------------------------------------------- what workers see --
+
+WORKERS_HINT = ("give a path on a filesystem that every worker mounts at the same place, "
+                "or an http(s)://, s3:// or gs:// URL")
+# client -> local paths its workers were seen to have
+_checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def embedded(client: Any) -> bool:
+    """Whether ``client``'s workers are processes of a LocalCluster on this machine
+    (they see this machine's files)."""
+    try:
+        from distributed import LocalCluster
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    return isinstance(getattr(client, "cluster", None), LocalCluster)
+
+
+def unseen(client: Any, inputs: Iterable[Any], outputs: Iterable[Any] = ()) -> list[str]:
+    """The local paths of a job (URLs, or lists of them, as a task's input/output) that
+    exist on this machine but not on one of ``client``'s workers: of ``inputs`` those
+    that exist here, of ``outputs`` (and scratch) the nearest folder that exists here.
+    Empty for an embedded cluster; each path is asked about once per client."""
+    if client is None or embedded(client):
+        return []
+    local: list[str] = []
+    for p, write in [(p, False) for p in _flat(inputs)] + [(p, True) for p in _flat(outputs)]:
+        if not isinstance(p, str) or not p or storage.protocol(p) != "file":
+            continue
+        path = os.path.abspath(local_path(p))
+        there = _nearest_existing(path) if write else path if os.path.exists(path) else None
+        if there is not None and there not in local:
+            local.append(there)
+    try:
+        done = _checked.setdefault(client, set())
+    except TypeError:  # not weakly referable: ask every time
+        done = set()
+    ask = [p for p in local if p not in done]
+    if not ask:
+        return []
+    try:
+        workers = sorted(client.scheduler_info().get("workers", {}))
+        if not workers:
+            return []  # none yet: the job's own tasks will tell
+        answer = client.run(_visible, ask, workers=workers[:1])
+        flags = next(iter(answer.values()))
+    except Exception:  # noqa: BLE001 - a worker that cannot answer: no verdict
+        return []
+    hidden = [p for p, ok in zip(ask, flags) if not ok]
+    done.update(p for p, ok in zip(ask, flags) if ok)
+    return hidden
+
+
+def check_workers(client: Any, inputs: Iterable[Any], outputs: Iterable[Any] = ()) -> None:
+    """Raise :class:`Unreachable` (one line) when a local input, output or scratch path
+    of the job exists here but not on the workers of a cluster elsewhere (asked of one
+    worker, before anything is submitted)."""
+    hidden = unseen(client, inputs, outputs)
+    if hidden:
+        more = f" (and {len(hidden) - 1} more local paths)" if len(hidden) > 1 else ""
+        raise Unreachable(f"{hidden[0]} exists here but not on the Dask workers{more}: "
+                          f"{WORKERS_HINT}")
+
+
+def _flat(paths: Iterable[Any]) -> Iterable[Any]:
+    for p in paths:
+        if isinstance(p, (list, tuple)):
+            yield from p
+        else:
+            yield p
+
+
+def _nearest_existing(path: str) -> str | None:
+    """``path`` or its nearest existing folder (an output or scratch folder may not exist
+    yet); None for a path that names nothing here (not a path at all, e.g. a label)."""
+    if os.path.exists(path):
+        return path
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+    return folder if folder != os.path.dirname(folder) else None
+
+
+def _visible(paths: list[str]) -> list[bool]:
+    """Run on a worker: which of ``paths`` exist there."""
+    return [os.path.exists(p) for p in paths]

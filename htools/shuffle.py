@@ -10,16 +10,17 @@ from .summary import JobSummary
 
 def shuffle(inputs, outputs: str, *, seed: int = 0, maxcount: int | None = None,
             script=None, memory: int | None = None, scratch: str | None = None,
-            mtime: float | None = 0, fan_in: int | None = None,
+            mtime: float | None = 0, fan_in: int | None = None, py_files=(),
             **options) -> JobSummary:
     """Shuffle every sample of ``inputs`` into ``outputs`` (``@M``, or ``%06d`` with
     ``maxcount``).  Same seed, inputs and outputs give byte-identical outputs.
-    ``script`` (a path or a function) may define ``process_sample``, applied first.
+    ``script`` (a path or a function) may define ``process_sample``, applied first;
+    ``py_files`` travel with a script file, besides the modules of its own folder.
     Returns the job summary; prints nothing."""
     opts = RunOptions.of(options)
     inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
     spec = ExchangeSpec("htshuffle", inputs, outputs, KeySpec(mode="random", seed=seed),
-                        script=load_script(script, require=("process_sample",))
+                        script=load_script(script, require=("process_sample",), py_files=py_files)
                         if script is not None else None,
                         maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime,
                         fan_in=fan_in)

@@ -14,20 +14,21 @@ SCRIPT_FUNCTIONS = ("process_sample", "sort_key", "reduce_samples")
 def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
          reverse: bool = False, merge: bool = False, script=None,
          maxcount: int | None = None, memory: int | None = None, scratch: str | None = None,
-         mtime: float | None = 0, fan_in: int | None = None,
+         mtime: float | None = 0, fan_in: int | None = None, py_files=(),
          **options) -> JobSummary:
     """Sort every sample of ``inputs`` (one pattern or several) into ``outputs``.
 
     ``script`` (a path, or a function used as ``process_sample``) may define
     ``process_sample`` (applied first), ``sort_key(sample)`` and
-    ``reduce_samples(key, samples)``.  Returns the job summary; prints nothing.
+    ``reduce_samples(key, samples)``; ``py_files`` travel with a script file, besides the
+    modules of its own folder.  Returns the job summary; prints nothing.
     """
     opts = RunOptions.of(options)
     inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
     if key_type not in ("str", "int", "float"):
         raise HtoolsError(f"unknown key type {key_type!r}: use str, int or float")
     if script is not None:
-        script = load_script(script, one_of=SCRIPT_FUNCTIONS)
+        script = load_script(script, one_of=SCRIPT_FUNCTIONS, py_files=py_files)
     by_script = script is not None and script.defines("sort_key")
     if merge and (key not in (None, "__key__") or by_script):
         raise HtoolsError("--merge joins samples by __key__; it cannot sort by another key")

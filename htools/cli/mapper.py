@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..mapper import map_shards
-from .common import command, finish, mtime_option
+from .common import command, finish, mtime_option, py_files_option
 
 
 @command
@@ -14,11 +14,13 @@ from .common import command, finish, mtime_option
 @click.argument("inputs")
 @click.argument("outputs")
 @mtime_option
-def main(inputs: str, outputs: str, script_path: str, mtime: float, opts) -> None:
+@py_files_option
+def main(inputs: str, outputs: str, script_path: str, mtime: float, py_files, opts) -> None:
     """Map every sample of INPUTS (a shard set) into OUTPUTS (one output per input).
 
     \b
     Example:
       htmapper -p script.py gs://b/Volume_@1000.tgz http://host/processed-@1000.tgz
     """
-    finish(map_shards(inputs, outputs, script_path, mtime=mtime, **opts.as_kwargs()), opts)
+    finish(map_shards(inputs, outputs, script_path, mtime=mtime, py_files=py_files,
+                      **opts.as_kwargs()), opts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..shuffle import shuffle
-from .common import command, exchange_options, finish, seed_option
+from .common import command, exchange_options, finish, py_files_option, seed_option
 
 
 @command
@@ -14,9 +14,10 @@ from .common import command, exchange_options, finish, seed_option
 @seed_option
 @click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="Optional process_sample(sample) applied before shuffling.")
+@py_files_option
 @exchange_options
-def main(inputs, outputs, seed, script_path, maxcount, memory, scratch, mtime, fan_in,
-         opts) -> None:
+def main(inputs, outputs, seed, script_path, py_files, maxcount, memory, scratch, mtime,
+         fan_in, opts) -> None:
     """Shuffle every sample of INPUTS into OUTPUTS (out-@M.tar, or out-%06d.tar with --maxcount).
 
     \b
@@ -24,5 +25,5 @@ def main(inputs, outputs, seed, script_path, maxcount, memory, scratch, mtime, f
       htshuffle 's3://b/train-{0000..0999}.tar' 's3://b/shuffled-@1000.tar' --seed 7
     """
     finish(shuffle(inputs, outputs, seed=seed, maxcount=maxcount, script=script_path,
-                   memory=memory, scratch=scratch, mtime=mtime, fan_in=fan_in,
+                   memory=memory, scratch=scratch, mtime=mtime, fan_in=fan_in, py_files=py_files,
                    **opts.as_kwargs()), opts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..sort import sort
-from .common import command, exchange_options, finish
+from .common import command, exchange_options, finish, py_files_option
 
 
 @command
@@ -19,9 +19,10 @@ from .common import command, exchange_options, finish
               help="Join samples with the same __key__ into one (fields united).")
 @click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="May define process_sample, sort_key(sample), reduce_samples(key, samples).")
+@py_files_option
 @exchange_options
-def main(patterns, key, key_type, reverse, merge, script_path, maxcount, memory, scratch,
-         mtime, fan_in, opts) -> None:
+def main(patterns, key, key_type, reverse, merge, script_path, py_files, maxcount, memory,
+         scratch, mtime, fan_in, opts) -> None:
     """Sort every sample of INPUTS... into OUTPUTS (the last argument).
 
     \b
@@ -33,5 +34,6 @@ def main(patterns, key, key_type, reverse, merge, script_path, maxcount, memory,
         raise click.UsageError("give INPUTS... and OUTPUTS")
     finish(sort(list(patterns[:-1]), patterns[-1], key=key, key_type=key_type, reverse=reverse,
                 merge=merge, script=script_path, maxcount=maxcount, memory=memory,
-                scratch=scratch, mtime=mtime, fan_in=fan_in, **opts.as_kwargs()),
+                scratch=scratch, mtime=mtime, fan_in=fan_in, py_files=py_files,
+                **opts.as_kwargs()),
            opts)

@@ -156,12 +156,27 @@ def status_error(t: Target, method: str, status: int, reason: str) -> Exception:
     """The exception for a non-success status: Transient, NotFound or StorageError."""
     why = f"{method} failed: {status} {reason}".strip()
     if status == 401:
-        why += AUTH_HINT
+        why += AUTH_HINT + _on_worker_hint()
     if status in TRANSIENT_STATUS:
         return Transient(why, status)
     if status == 404:
         return NotFound(hide_credentials(t.url), f"no such object ({method} answered 404)", 404)
     return StorageError(hide_credentials(t.url), why, status)
+
+
+def _on_worker_hint() -> str:
+    """On a Dask worker without the variables: they are read here, not on the client."""
+    if os.environ.get(USER_ENV):
+        return ""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return ""
+    return (f"; this ran on a Dask worker, where ${USER_ENV}/${PASSWORD_ENV} and ~/.netrc "
+            "are read: set them on every worker, or give the credentials in the URL or "
+            "in --storage-options, which travel with the job")
 
 
 def request(t: Target, method: str, headers: Mapping[str, str] | None = None,
