@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from . import storage
+from . import preflight, storage
 from .errors import HtoolsError, hide_credentials
 from .storage.base import retry_policy
 from .summary import JobSummary, ShardResult
@@ -51,6 +51,7 @@ class RunOptions:
     max_errors: int = 0
     summary: str | None = None
     storage_options: dict | None = None
+    index: bool = True  # write STEM.index.json beside the outputs (htools.shardindex)
     client: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +124,14 @@ def connect(opts: RunOptions) -> Iterator[Any]:
         from . import kube
 
         with kube.cluster(address, quiet=opts.quiet) as cluster, Client(cluster) as client:
+            _announce(client, opts)
+            yield client
+        return
+    if address and address.startswith("slurm://"):
+        from . import slurm
+
+        with slurm.cluster(address, quiet=opts.quiet, retries=opts.retries) as cluster, \
+                Client(cluster) as client:
             _announce(client, opts)
             yield client
         return
@@ -236,6 +245,8 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
     if todo:
         try:
             with connect(opts) as client:
+                preflight.check_workers(client, [t.input for _i, t in todo],  # issue 17
+                                        [u for _i, t in todo for u in [t.output, *(t.outputs or [])]])
                 _execute(client, tool, todo, opts, summary, on_result, ordered)
         finally:  # a worker killed mid-write can leave a hidden temp file behind
             storage.remove_partials([u for _i, t in todo for u in [t.output, *(t.outputs or [])]],
@@ -260,7 +271,7 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
 
     job = uuid.uuid4().hex[:8]
     window = _window(client, ordered)
-    bar = _progress(sum(t.shards for _i, t in todo), opts)
+    bar = _progress(sum(t.shards for _i, t in todo), opts, client, tool)
     pending: dict[int, list[dict]] = {}
     next_emit = 0  # position in ``todo`` of the next result to hand on (ordered mode)
     submitted = 0
@@ -284,7 +295,6 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
     while submitted < min(window, len(todo)):
         ac.add(submit(submitted))
         submitted += 1
-    widget = _notebook_progress(ac)
     try:
         for fut in ac:
             pos = position.pop(fut.key)
@@ -335,7 +345,6 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
         raise
     finally:
         bar.close()
-        del widget
 
 
 def _stop(client, ac, prefix: str, wait: float = STOP_WAIT) -> None:
@@ -435,7 +444,9 @@ class _Bar:
             self.bar.close()
 
 
-def _progress(total: int, opts: RunOptions) -> _Bar:
+def _progress(total: int, opts: RunOptions, client: Any = None, tool: str = ""):
+    if not opts.quiet and _in_notebook():
+        return _NotebookBar(total, tool, client)
     return _Bar(total, enabled=not opts.quiet and sys.stderr.isatty() and not _in_notebook())
 
 
@@ -450,20 +461,70 @@ def _in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
-def _notebook_progress(ac) -> Any:
-    """Dask's progress widget when running in a Jupyter kernel."""
-    if not _in_notebook():
-        return None
-    try:
-        from distributed import progress
+class _NotebookBar:
+    """The job's progress in a Jupyter kernel: one HTML output (a progress bar, shards
+    done, samples/s, MB/s, the dashboard link) updated in place through a display handle,
+    at most 4 times a second.  No ipywidgets needed, and the last state stays in the saved
+    notebook (and its HTML export) as plain HTML."""
 
-        return progress(list(ac.futures), notebook=True, multi=False)
-    except Exception:  # no ipywidgets: the summary still prints
-        return None
+    def __init__(self, total: int, tool: str, client: Any = None):
+        self.total, self.tool = total, tool or "htools"
+        self.done = self.failed = self.samples = self.bytes = 0
+        self.started = self.shown = time.monotonic()
+        try:
+            self.link = client.dashboard_link if client is not None else None
+        except Exception:  # noqa: BLE001 - no dashboard: no link
+            self.link = None
+        try:
+            from IPython.display import display
+
+            self.handle = display(self._html(), display_id=True)
+        except Exception:  # noqa: BLE001 - not a rich display after all: no progress
+            self.handle = None
+
+    def _html(self, final: bool = False) -> Any:
+        import html
+
+        from IPython.display import HTML
+
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        text = (f"{self.done}/{self.total} shards"
+                + (f" ({self.failed} failed)" if self.failed else "")
+                + f" · {self.samples / elapsed:,.0f} samples/s"
+                + (f" · {self.bytes / elapsed / 1e6:,.1f} MB/s" if self.bytes else "")
+                + f" · {elapsed:.1f} s"
+                + (" · done" if final else ""))
+        link = (f" · <a href='{html.escape(self.link, True)}' target='_blank'>dashboard</a>"
+                if self.link else "")
+        return HTML(f"<div class='htools-progress'><progress value='{self.done}' "
+                    f"max='{max(self.total, 1)}' style='width:16em;vertical-align:middle'>"
+                    f"</progress> <code>{html.escape(self.tool)}</code> "
+                    f"{html.escape(text)}{link}</div>")
+
+    def update(self, r: dict) -> None:
+        self.done += 1
+        self.failed += r["status"] == "failed"
+        self.samples += r["samples_read"]
+        self.bytes += r["bytes_in"]
+        if self.handle is not None and time.monotonic() - self.shown >= 0.25:
+            self.shown = time.monotonic()
+            self.handle.update(self._html())
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.update(self._html(final=True))
+            self.handle = None
 
 
-def finish(summary: JobSummary, opts: RunOptions) -> JobSummary:
-    """The end of every library function: write ``--summary`` JSON if asked, return."""
+def finish(summary: JobSummary, opts: RunOptions, outset=None,
+           outputs: list[str] | None = None) -> JobSummary:
+    """The end of every library function: for a job that wrote ``outputs`` (of the
+    output set ``outset``) and succeeded, the shard index beside them (unless
+    ``index=False``); ``--summary`` JSON if asked; the summary returned."""
+    if outset is not None and outputs and opts.index and summary.ok and not opts.dry_run:
+        from .shardindex import write_for_job
+
+        write_for_job(outset, outputs, summary, opts.storage_options)
     if opts.summary:
         summary.write_json(opts.summary)
     return summary

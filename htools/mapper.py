@@ -97,13 +97,15 @@ def map_shard(input: str, output: str, script: Script, *, options: dict | None =
         with storage.open_read(input, options) as raw:
             samples = tario.read_samples(
                 tario.open_stream_reader(Counting(raw, result, "bytes_in"), input), input)
-            with storage.open_write(output, options) as out, \
-                    tario.TarWriter(Counting(out, result, "bytes_out"), url=output,
-                                    mtime=mtime) as writer:
-                for s in distinct_keys(map_samples(samples, fn, result, input),
-                                       input, "give each output its own __key__"):
-                    if _write(writer, s, output):
-                        result.samples_written += 1
+            with storage.open_write(output, options) as out:
+                counted = Counting(out, result, "bytes_out", digest=True)
+                with tario.TarWriter(counted, url=output, mtime=mtime,
+                                     count_fields=True) as writer:
+                    for s in distinct_keys(map_samples(samples, fn, result, input),
+                                           input, "give each output its own __key__"):
+                        if _write(writer, s, output):
+                            result.samples_written += 1
+                result.sha256, result.fields = counted.hexdigest(), dict(writer.fields)
     return result.as_dict()
 
 
@@ -132,17 +134,20 @@ def plan(inputs, outputs: str, script: Script, opts: RunOptions, *,
 
 
 def map_shards(inputs, outputs: str, script, *, mtime: float | None = 0,
-               **options) -> JobSummary:
+               py_files=(), **options) -> JobSummary:
     """Run ``process_sample`` from ``script`` over every sample of every input shard.
 
     ``script`` is a path to a script, a :class:`~htools.script.Script`, or a
-    function.  ``options`` are those of :class:`~htools.engine.RunOptions`
+    function; ``py_files`` (files or folders) travel with a script file, besides the
+    modules of its own folder.  ``options`` are those of :class:`~htools.engine.RunOptions`
     (``client=``, ``cluster=``, ``workers=``, ``resume=``, ``max_errors=`` ...).
     Returns the job summary (``summary.ok``: every shard succeeded); prints nothing.
     """
     opts = RunOptions.of(options)
-    tasks = plan(inputs, outputs, load_script(script, require=("process_sample",)), opts,
-                 mtime=mtime)
+    script = load_script(script, require=("process_sample",), py_files=py_files)
+    tasks = plan(inputs, outputs, script, opts, mtime=mtime)
     preflight.check([t.input for t in tasks], [t.output for t in tasks],
                     opts.storage_options, write=not opts.dry_run)
-    return engine.finish(engine.run("htmapper", tasks, opts), opts)
+    summary = engine.run("htmapper", tasks, opts)
+    return engine.finish(summary, opts, shards.OutputSet.parse(outputs),
+                         [t.output for t in tasks])

@@ -10,6 +10,7 @@ do not fit the 100-byte name field use the ustar prefix split, else a pax
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
@@ -21,6 +22,7 @@ from htools.tarformat import (
     RECORD,
     USTAR_POSIX,
     byte_sum,
+    parse_pax,
     pax_records,
 )
 
@@ -138,7 +140,8 @@ class TarWriter:
 
     def __init__(self, stream: BinaryIO, *, url: str = "", mtime: float | None = 0,
                  compress: str | bool | None = "auto", user: str = "", group: str = "",
-                 mode: int = 0o644, level: int | None = None, close_raw: bool = False):
+                 mode: int = 0o644, level: int | None = None, close_raw: bool = False,
+                 count_fields: bool = False):
         self.url = hide_credentials(url)
         self.raw = stream
         self.close_raw = close_raw
@@ -146,6 +149,7 @@ class TarWriter:
         self.mtime = int(time.time() if mtime is None else mtime)
         self.bytes_written = 0
         self.samples_written = 0
+        self.fields: Counter[str] | None = Counter() if count_fields else None
         self.closed = False
         self._out = bytearray()
         self._suffixes: dict[str, bytes] = {}
@@ -167,6 +171,8 @@ class TarWriter:
         items = self._items(sample, key)
         if not items:
             return 0
+        if self.fields is not None:
+            self.fields.update(field for field, _s, _v in items)
         out = self._out
         start = len(out)
         flushed = 0
@@ -264,6 +270,8 @@ class TarWriter:
         if self.closed:
             raise ValueError("write to a closed TarWriter")
         n = len(data)
+        if self.fields is not None:
+            self.fields.update(encoded_fields(data))
         if n >= DIRECT:
             if self._out:
                 self.stream.write(self._out)
@@ -302,6 +310,32 @@ class TarWriter:
             flush()
         if self.close_raw:
             self.raw.close()
+
+
+def encoded_fields(data: bytes | bytearray | memoryview) -> list[str]:
+    """The field names of one sample as this module encodes it: ustar headers (the name
+    split into prefix and name when long) and pax ``x`` headers carrying ``path``/``size``."""
+    mv = memoryview(data)
+    pos, end = 0, len(mv)
+    fields: list[str] = []
+    pending: dict[str, str] = {}
+    while pos + BLOCK <= end:
+        h = bytes(mv[pos:pos + BLOCK])
+        size = int(pending.pop("size")) if "size" in pending else int(h[124:135] or b"0", 8)
+        if h[156] == ord("x"):
+            pending.update(parse_pax(bytes(mv[pos + BLOCK:pos + BLOCK + size]), "", pos))
+        else:
+            name = pending.pop("path", None)
+            if name is None:
+                raw = h[:100].split(b"\0", 1)[0]
+                prefix = h[345:500].split(b"\0", 1)[0]
+                name = ((prefix + b"/" + raw) if prefix else raw).decode("utf-8",
+                                                                       "surrogateescape")
+            base = name.rfind("/") + 1
+            dot = name.find(".", base)
+            fields.append(name[dot + 1:] if dot >= 0 else "")
+        pos += BLOCK + size + (-size % BLOCK)
+    return fields
 
 
 def write_samples(stream: BinaryIO, samples: Iterable[dict], **kw: Any) -> tuple[int, int]:

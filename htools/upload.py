@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from . import compress, engine, preflight, shards, storage, tario
@@ -30,6 +33,8 @@ from .exchange.plan import split
 from .streams import Counting
 from .summary import JobSummary, ShardResult
 from .task import shard_task
+
+CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
 
 TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.zst", ".tzst")
 
@@ -142,13 +147,15 @@ def _file_samples(samples: list[FileSample], result: ShardResult) -> Iterator[di
 def _write_shard(output: str, samples: Iterator[dict], result: ShardResult,
                  options: dict | None, mtime: float | None) -> None:
     """Copy ``samples`` into the shard ``output``, counting; a failure leaves no output."""
-    with storage.open_write(output, options) as out, \
-            tario.TarWriter(Counting(out, result, "bytes_out"), url=output, mtime=mtime) as w:
-        for sample in samples:
-            result.samples_read += 1
-            w.write(sample)
-            result.samples_mapped += 1
-            result.samples_written += 1
+    with storage.open_write(output, options) as out:
+        counted = Counting(out, result, "bytes_out", digest=True)
+        with tario.TarWriter(counted, url=output, mtime=mtime, count_fields=True) as w:
+            for sample in samples:
+                result.samples_read += 1
+                w.write(sample)
+                result.samples_mapped += 1
+                result.samples_written += 1
+        result.sha256, result.fields = counted.hexdigest(), dict(w.fields)
 
 
 def _read_local(path: str) -> bytes:
@@ -326,9 +333,92 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     else:
         preflight.check([], [outset.first()], opts.storage_options, write=not opts.dry_run)
     if source_kind(source) != "tars" or opts.dry_run:
-        summary = engine.run("htupload", plan(source, outputs, opts, **kw), opts)
+        tasks = plan(source, outputs, opts, **kw)
+        summary = engine.run("htupload", tasks, opts) if source_kind(source) == "tars" \
+            else _run_files(tasks, opts)
     else:
         with engine.connect(opts) as client:
             copy = opts.with_(client=client)
-            summary = engine.run("htupload", plan(source, outputs, copy, **kw), copy)
-    return engine.finish(summary, opts)
+            tasks = plan(source, outputs, copy, **kw)
+            summary = engine.run("htupload", tasks, copy)
+    return engine.finish(summary, opts, outset, [t.output for t in tasks])
+
+
+# ------------------------------------------------------ from the client --
+
+def _remote(opts: RunOptions) -> bool:
+    """Whether the job's workers may be on other machines (not an embedded cluster)."""
+    if opts.client is not None:
+        return not preflight.embedded(opts.client)
+    return engine.cluster_address(opts.cluster) is not None
+
+
+def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
+    """Write the shards of local files: by the workers, or by this process when the
+    workers of a cluster elsewhere cannot see the files (or a local output folder)."""
+    if opts.dry_run or not tasks or not _remote(opts):
+        return engine.run("htupload", tasks, opts)
+    first = next((t.kwargs["samples"][0].files[0][1] for t in tasks if t.kwargs["samples"]),
+                 None)
+    with engine.connect(opts) as client:
+        hidden = preflight.unseen(client, [first], [t.output for t in tasks])
+        if not hidden:
+            return engine.run("htupload", tasks, opts.with_(client=client))
+    if not opts.quiet:
+        print(f"htools: the workers cannot see {hidden[0]}: this machine reads the files "
+              f"and writes the {len(tasks)} shards itself", file=sys.stderr, flush=True)
+    return write_here(tasks, opts)
+
+
+def write_here(tasks: list[Task], opts: RunOptions, writers: int = CLIENT_WRITERS
+               ) -> JobSummary:
+    """Run upload tasks in this process, ``writers`` shards at a time (each holds one
+    sample in memory), with the engine's progress bar, resume/overwrite, retries of
+    transient faults and summary: the same shards and summary as on workers."""
+    summary = JobSummary(tool="htupload", shards_total=len(tasks), max_errors=opts.max_errors)
+    skip = engine.plan_outputs([t.output for t in tasks], opts)
+    todo = []
+    for t in tasks:
+        if t.output in skip:
+            summary.add(ShardResult(input=t.input, output=t.output, status="skipped").as_dict())
+        else:
+            todo.append(t)
+    bar = engine._progress(len(todo), opts)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(writers, len(todo))),
+                              thread_name_prefix="htupload")
+    try:
+        running = {pool.submit(_attempts, t, opts) for t in todo}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                retried, result = fut.result()
+                for r in retried:
+                    summary.retried(r)
+                if opts.overwrite and result["status"] == "failed":
+                    try:  # no stale output from an earlier run for a later --resume
+                        storage.delete(result["output"], opts.storage_options)
+                    except HtoolsError:
+                        pass
+                summary.add(result)
+                bar.update(result)
+    finally:  # Ctrl-C: nothing new starts; shards being written end, then partials go
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        storage.remove_partials([t.output for t in todo], opts.storage_options)
+    return summary.finish()
+
+
+def _attempts(task: Task, opts: RunOptions) -> tuple[list[dict], dict]:
+    """One shard, run again (after a backoff) while it fails transiently: the results
+    that were retried, and the last."""
+    retried = []
+    attempt = 1
+    while True:
+        result = task.fn(**task.kwargs)
+        result["attempts"] = attempt
+        if result["status"] != "failed" or not result.get("transient") \
+                or attempt > opts.retries:
+            return retried, result
+        retried.append(result)
+        time.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
+        attempt += 1

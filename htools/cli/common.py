@@ -77,6 +77,9 @@ RUN_FLAGS: list[tuple[str, Callable]] = [
              "(or @file.json). Env: HTOOLS_STORAGE_OPTIONS.")),
     ("quiet", click.option("-q", "--quiet", "quiet", is_flag=True,
                            help="No progress bar or chatter.")),
+    ("index", click.option("--no-index", "index", flag_value=False, default=True,
+                           help="Do not write STEM.index.json (shard sizes, sample counts, "
+                                "sha256) beside the outputs.")),
 ]
 
 # Options several commands take, declared once.
@@ -84,6 +87,10 @@ mtime_option = click.option("--mtime", type=float, default=0, show_default=True,
                             help="mtime of written members (fixed, so outputs are reproducible).")
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seed of the random choices (same seed, same outputs).")
+py_files_option = click.option(
+    "--py-files", "py_files", multiple=True, metavar="PATH",
+    help="A .py file, a package folder or a folder of modules shipped to the workers with "
+         "the script, besides the modules in the script's own folder (repeatable).")
 maxcount_option = click.option(
     "--maxcount", type=click.IntRange(1), default=None,
     help="At most N samples per output (with a numbered pattern like out-%06d.tar).")

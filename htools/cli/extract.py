@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..extract import extract
+from ..shardindex import index_shards
 from .common import command, finish
 
 
@@ -26,14 +27,21 @@ from .common import command, finish
               help="Write the selected fields as files DIR/KEY.FIELD instead of rows.")
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
               help="Where rows go (default stdout).")
-def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, opts) -> None:
+@click.option("--index", "index_to", metavar="OUT.json", default=None,
+              help="Instead of rows: write the shard index of INPUTS (wids dataset "
+                   "description: samples, size, sha256 and fields of every shard) to OUT.json.")
+def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, index_to,
+         opts) -> None:
     """Extract fields of every sample of INPUTS (a shard set), in shard order.
 
     \b
     Examples:
       htextract 'data-{000..099}.tar' -f __key__,cls
       htextract 'data-@100.tar' -f cls --count 20
+      htextract 'data-@100.tar' --index data.index.json
     """
+    if index_to:
+        finish(index_shards(inputs, index_to, **opts.as_kwargs()), opts)
     try:
         summary = extract(inputs, fields=fields, field_names=field_names, count=count or 0,
                           format=fmt, binary=binary, to_dir=to_dir, out=output,

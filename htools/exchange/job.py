@@ -55,10 +55,11 @@ class ExchangeSpec:
 
 def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     """Run the exchange; the summary (written to ``opts.summary`` if set) is returned."""
-    return engine.finish(_exchange(spec, opts), opts)
+    summary, outputs = _exchange(spec, opts)
+    return engine.finish(summary, opts, shards.OutputSet.parse(spec.outputs), outputs)
 
 
-def _exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
+def _exchange(spec: ExchangeSpec, opts: RunOptions) -> tuple[JobSummary, list[str]]:
     inputs = shards.expand_all(list(spec.inputs))
     outset = shards.OutputSet.parse(spec.outputs)
     n_out = outset.count
@@ -75,21 +76,22 @@ def _exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
                     opts.storage_options, write=not opts.dry_run)
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
-        return _dry_run(spec, outset, inputs, known, present, opts)
+        return _dry_run(spec, outset, inputs, known, present, opts), []
     if known and len(present) == len(known):
         summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
-        return summary.finish()
+        return summary.finish(), known
     started = time.time()
     job = None
     try:
         with engine.connect(opts) as client:
             job = _Job(spec, inputs, outset, present, opts.with_(client=client))
+            preflight.check_workers(client, inputs, [outset.first(), job.scratch_root])
             summary = job.run()
     finally:  # once an embedded cluster is gone: its workers write no more runs
         if job is not None:
             job.clean_up()
     summary.started = started
-    return summary.finish()
+    return summary.finish(), job.outputs
 
 
 def _dry_run(spec, outset, inputs, known, present, opts) -> JobSummary:
@@ -139,6 +141,7 @@ class _Job:
         self.workers = _threads(opts.client)
         self.fan = plan.fan_in(self.memory, spec.fan_in)
         self.stats: dict = {"levels": [], "fan_in": self.fan}
+        self.outputs: list[str] = []  # known once stage 1 has counted
 
     # ------------------------------------------------------------ the job --
     def run(self) -> JobSummary:
@@ -165,7 +168,7 @@ class _Job:
                 f"{int(counts.sum())} samples at --maxcount {spec.maxcount} need {len(groups)} "
                 f"outputs, more than an open-ended pattern can balance ({buckets // 4}); "
                 f"name them instead, e.g. OUT-@{len(groups)}.tar")
-        outputs = self.outset.urls(len(groups))
+        outputs = self.outputs = self.outset.urls(len(groups))
         if n_out is None:
             self.present = engine.plan_outputs(outputs, self.opts)
         parts, merges = self._merge_levels([(0, len(groups), runs)], groups)
@@ -391,6 +394,7 @@ class _Job:
             out.shards_total, out.shards_done = s2.shards_total, s2.shards_done
             out.shards_skipped, out.shards_failed = s2.shards_skipped, s2.shards_failed
             out.samples_written = s2.samples_written
+            out.written = s2.written
             # stage-1 records that the end dropped (reduce -> None) or lost (reduce raised,
             # an output failed) move out of "mapped": read = mapped + dropped + failed
             out.samples_mapped -= s2.samples_dropped + s2.samples_failed

@@ -332,18 +332,21 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
             c.skip_to(a)
         read_before = sum(c.count for c in cursors)
         try:
-            with storage.open_write(url, spec.options) as out, \
-                    tario.TarWriter(Counting(out, result, "bytes_out"), url=url,
-                                    mtime=spec.mtime) as writer:
-                merged = itertools.chain.from_iterable(
-                    _bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
-                samples = distinct_keys(_samples(merged, spec, result, url), url,
-                                        "use --merge or a reduce_samples() to combine samples "
-                                        "with equal keys")
-                for item in samples:
-                    if item["__tar__"]:
-                        writer.write_encoded(item["__tar__"])
-                        result.samples_written += 1
+            with storage.open_write(url, spec.options) as out:
+                counted = Counting(out, result, "bytes_out", digest=True)
+                with tario.TarWriter(counted, url=url, mtime=spec.mtime,
+                                     count_fields=True) as writer:
+                    merged = itertools.chain.from_iterable(
+                        _bucket_records(cursors, bucket, spec.reverse)
+                        for bucket in range(a, b))
+                    samples = distinct_keys(_samples(merged, spec, result, url), url,
+                                            "use --merge or a reduce_samples() to combine "
+                                            "samples with equal keys")
+                    for item in samples:
+                        if item["__tar__"]:
+                            writer.write_encoded(item["__tar__"])
+                            result.samples_written += 1
+                result.sha256, result.fields = counted.hexdigest(), dict(writer.fields)
         except BaseException:
             # the whole output is lost: count every record it had (read or not), and
             # move every cursor to the next output's first bucket

@@ -1,0 +1,165 @@
+"""The shard index written beside every output set: ``STEM.index.json``.
+
+A wids dataset description (``"wids_version": 1``, ``"name"``, ``"shardlist"`` of
+``{"url", "nsamples", "filesize", "sha256", "fields"}`` with URLs relative to the
+index) plus totals and each field's count, so readers know how many samples each shard holds
+without scanning it.  Written atomically after the last shard, from what the tasks
+counted while writing (no second read); outputs skipped by ``--resume`` take their
+entry from the previous index when it names the same file size, else they are read
+once on the client.  ``htextract SHARDS --index OUT.json`` builds the same for any
+shard set (:func:`index_shard` per shard).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+from . import storage, tario
+from .errors import HtoolsError, StorageError
+from .shards import OutputSet
+from .streams import Counting
+from .summary import JobSummary
+from .task import shard_task
+
+SUFFIXES = (".tar.gz", ".tar.zst", ".tar", ".tgz", ".tzst")
+_NUMBERING = re.compile(r"(@\d+|%0?\d*d|\{[^}]*\})")
+STREAMS = ("pipe", "stdio")
+
+
+def index_url(outset: OutputSet) -> str:
+    """Where the index of an output set goes: ``thumbs-@8.tgz`` -> ``thumbs.index.json``
+    in the outputs' folder."""
+    base = outset.pattern.rsplit("/", 1)[-1]
+    for suffix in SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    stem = _NUMBERING.sub("", base).rstrip("-_.") or "shards"
+    return storage.join(outset.folder(), f"{stem}.index.json")
+
+
+def index_shard(input: str, *, options: dict | None = None) -> dict:
+    """Task: the index entry of one existing shard (samples, size, sha256, fields)."""
+    fields: Counter = Counter()
+    with shard_task(input) as result:
+        with storage.open_read(input, options) as raw:
+            counted = Counting(raw, result, "bytes_in", digest=True)
+            stream = tario.open_stream_reader(counted, input)
+            for sample in tario.read_samples(stream, input):
+                result.samples_read += 1
+                fields.update(f for f in sample if not f.startswith("__"))
+            while counted.read(1 << 20):  # the padding after the end-of-archive marker
+                pass
+        result.samples_mapped = result.samples_written = result.samples_read
+        result.sha256, result.fields = counted.hexdigest(), dict(fields)
+        result.bytes_out = result.bytes_in  # the file's size
+    return result.as_dict()
+
+
+def build(entries: Iterable[dict], index_at: str, name: str) -> dict:
+    """The index document for ``entries`` (output URL, nsamples, filesize, sha256,
+    fields), with URLs relative to ``index_at``'s folder when they are beside it."""
+    folder = index_at.rsplit("/", 1)[0] + "/"
+    shardlist, fields, samples, size = [], Counter(), 0, 0
+    for e in entries:
+        url = e["output"]
+        shardlist.append({"url": url[len(folder):] if url.startswith(folder) else url,
+                          "nsamples": int(e["nsamples"]), "filesize": int(e["filesize"]),
+                          "sha256": e["sha256"], "fields": dict(sorted(e["fields"].items()))})
+        fields.update(e.get("fields", {}))
+        samples += int(e["nsamples"])
+        size += int(e["filesize"])
+    return {"wids_version": 1, "name": name, "shardlist": shardlist,
+            "totals": {"shards": len(shardlist), "samples": samples, "bytes": size},
+            "fields": dict(sorted(fields.items()))}
+
+
+def write(doc: dict, url: str, options: dict | None) -> None:
+    """Write an index document atomically."""
+    data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    with storage.open_write(url, options) as out:
+        out.write(data)
+
+
+def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
+                  options: dict | None) -> str | None:
+    """After a successful job: the index of its whole output set, next to it.  Returns
+    its URL (None when the outputs are pipes or nothing was written)."""
+    if not outputs or any(storage.protocol(u) in STREAMS for u in outputs):
+        return None
+    url = index_url(outset)
+    fresh = {e["output"]: e for e in summary.written}
+    missing = [u for u in outputs if u not in fresh]
+    if missing:
+        fresh.update(_previous_entries(url, missing, options))
+    for u in outputs:  # skipped and not in the previous index: read them once here
+        if u not in fresh:
+            r = index_shard(u, options=storage.resolve_options(options))
+            if r["status"] != "ok":
+                raise HtoolsError(f"cannot index {u}: {r['error']}")
+            fresh[u] = {"output": u, "nsamples": r["samples_written"],
+                        "filesize": r["bytes_out"], "sha256": r["sha256"],
+                        "fields": r["fields"]}
+    name = url.rsplit("/", 1)[-1].removesuffix(".index.json")
+    write(build((fresh[u] for u in outputs), url, name), url, options)
+    summary.extra["index"] = url
+    return url
+
+
+def _previous_entries(url: str, outputs: list[str], options) -> dict[str, dict]:
+    """Entries of ``outputs`` from an earlier index at ``url`` whose file size still
+    matches (the outputs a resumed job skipped)."""
+    try:
+        with storage.open_read(url, options) as f:
+            doc = json.loads(f.read())
+    except (StorageError, ValueError):
+        return {}
+    folder = url.rsplit("/", 1)[0] + "/"
+    known = {}
+    for e in doc.get("shardlist", []):
+        full = e["url"] if "://" in e["url"] or e["url"].startswith("/") else folder + e["url"]
+        known[full] = e
+    found = {}
+    for u in outputs:
+        e = known.get(u)
+        if e and "sha256" in e:
+            try:
+                if storage.size(u, options) == e.get("filesize"):
+                    found[u] = {"output": u, "nsamples": e["nsamples"],
+                                "filesize": e["filesize"], "sha256": e["sha256"],
+                                "fields": e.get("fields", {})}
+            except StorageError:
+                pass
+    return found
+
+
+def index_shards(inputs, to: str, **options) -> JobSummary:
+    """``htextract SHARDS --index OUT.json``: index any shard set, one task per shard,
+    written to ``to`` (URLs relative to its folder when beside it)."""
+    from . import engine, preflight, shards
+
+    opts = engine.RunOptions.of(options)
+    urls = shards.expand_all(inputs)
+    preflight.check(urls, [to], opts.storage_options, write=not opts.dry_run)
+    resolved = storage.resolve_options(opts.storage_options)
+    tasks = [engine.Task(index_shard, {"input": u, "options": resolved}, input=u)
+             for u in urls]
+    entries: dict[int, dict] = {}
+
+    def keep(i: int, r: dict) -> None:
+        if r["status"] == "ok":
+            entries[i] = {"output": urls[i], "nsamples": r["samples_written"],
+                          "filesize": r["bytes_out"], "sha256": r["sha256"],
+                          "fields": r["fields"]}
+
+    summary = engine.run("htextract", tasks, opts, on_result=keep, check_outputs=False)
+    if summary.ok and not opts.dry_run:
+        to = shards.absolute(to)
+        name = to.rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".index")
+        write(build((entries[i] for i in range(len(urls))), to, name), to,
+              opts.storage_options)
+        summary.extra["index"] = to
+    return engine.finish(summary, opts)
