@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable
 
 from . import storage, tario
 from .errors import HtoolsError, StorageError
 from .shards import OutputSet
+from .storage.base import retry_policy
 from .streams import Counting
 from .summary import JobSummary
 from .task import shard_task
@@ -78,10 +80,21 @@ def build(entries: Iterable[dict], index_at: str, name: str) -> dict:
 
 
 def write(doc: dict, url: str, options: dict | None) -> None:
-    """Write an index document atomically."""
+    """Write an index document atomically.  The body is in memory, so a transient
+    failure (a 503 at the commit) is replayed with the storage retry policy's backoff."""
     data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-    with storage.open_write(url, options) as out:
-        out.write(data)
+    proto = storage.protocol(url)
+    delays = retry_policy(storage.resolve_options(options).get(proto)).delays()
+    while True:
+        try:
+            with storage.open_write(url, options) as out:
+                out.write(data)
+            return
+        except StorageError as e:
+            delay = next(delays, None)
+            if not e.transient or delay is None:
+                raise
+            time.sleep(delay)
 
 
 def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,

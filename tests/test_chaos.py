@@ -171,10 +171,12 @@ def collect(w: World, tool: str, run_name: str, summary: Path) -> Result:
 
 
 def leftovers(w: World, run_name: str) -> list[str]:
-    """Files under the job's folder that are not outputs (temp files, runs in scratch)."""
+    """Files under the job's folder that are not outputs or their shard index (temp
+    files, runs in scratch)."""
     folder = w.root / run_name
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and not (p.parent == folder and p.name.startswith("o-")))
+                  if p.is_file() and not (p.parent == folder and (
+                      p.name.startswith("o-") or p.name == "o.index.json")))
 
 
 def run_job(w: World, tool: str, base: str, run_name: str, where: list[str],

@@ -46,6 +46,7 @@ from typing import Any, BinaryIO, TypeVar
 from htools.errors import NotFound, StorageError, hide_credentials
 from htools.storage.base import (CHUNK, RETRY_OPTIONS, Backend, Writer, retry_policy,
                                  with_retries)
+from htools.storage.httpconn import PASSWORD_ENV, USER_ENV
 from htools.storage.registry import OPTION_KEYS, REGISTRY, backend, protocol
 
 __all__ = [
@@ -86,7 +87,18 @@ def resolve_options(options: Options | None = None) -> dict[str, dict[str, Any]]
             key = OPTION_KEYS[proto]
             _check_names(key, opts or {})
             merged.setdefault(key, {}).update(copy.deepcopy(dict(opts or {})))
+    _env_credentials(merged)
     return merged
+
+
+def _env_credentials(merged: dict[str, dict[str, Any]]) -> None:
+    """``$HTOOLS_HTTP_USER``/``$HTOOLS_HTTP_PASSWORD`` become the ``http.auth`` option when
+    none is given, so they travel with the job to workers that lack them (a user:password@
+    in a URL still comes first, as it does at the request)."""
+    user = os.environ.get(USER_ENV)
+    if user and not merged.get("http", {}).get("auth"):
+        merged.setdefault("http", {})["auth"] = {"user": user,
+                                                 "password": os.environ.get(PASSWORD_ENV, "")}
 
 
 _AUTH_KEYS = ("user", "password")

@@ -165,7 +165,7 @@ def status_error(t: Target, method: str, status: int, reason: str) -> Exception:
 
 
 def _on_worker_hint() -> str:
-    """On a Dask worker without the variables: they are read here, not on the client."""
+    """On a Dask worker without credentials: ~/.netrc is read there, not on the client."""
     if os.environ.get(USER_ENV):
         return ""
     try:
@@ -174,9 +174,9 @@ def _on_worker_hint() -> str:
         get_worker()
     except (ImportError, ValueError):
         return ""
-    return (f"; this ran on a Dask worker, where ${USER_ENV}/${PASSWORD_ENV} and ~/.netrc "
-            "are read: set them on every worker, or give the credentials in the URL or "
-            "in --storage-options, which travel with the job")
+    return ("; this ran on a Dask worker, where ~/.netrc is read: put it on every worker, "
+            f"or give the credentials in the URL, in ${USER_ENV}/${PASSWORD_ENV} or in "
+            "--storage-options on the client, which travel with the job")
 
 
 def request(t: Target, method: str, headers: Mapping[str, str] | None = None,
