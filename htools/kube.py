@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .address import positive_int
 from .errors import HtoolsError
 
 SCHEME = "k8s://"
@@ -83,15 +84,7 @@ def parse_address(address: str) -> KubeAddress:
 
 
 def _positive(params: Mapping[str, str], key: str, address: str) -> int | None:
-    if key not in params:
-        return None
-    try:
-        value = int(params[key])
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise KubeError(f"{key} must be a positive integer, not {params[key]!r} in {address!r}")
-    return value
+    return positive_int(params, key, address, KubeError)
 
 
 def _dask_kubernetes() -> Any:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .address import positive_int
 from .errors import HtoolsError
 
 SCHEME = "slurm://"
@@ -141,15 +142,7 @@ def parse_address(address: str) -> SlurmAddress:
 
 
 def _positive(params: Mapping[str, str], key: str, address: str) -> int | None:
-    if key not in params:
-        return None
-    try:
-        value = int(params[key])
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SlurmError(f"{key} must be a positive integer, not {params[key]!r} in {address!r}")
-    return value
+    return positive_int(params, key, address, SlurmError)
 
 
 def _jobqueue() -> Any:

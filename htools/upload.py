@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from . import compress, engine, preflight, shards, storage, tario
 from .engine import RunOptions, Task
 from .errors import HtoolsError, hide_credentials
+from .progress import progress_display
 from .exchange.plan import split
 from .streams import Counting
 from .summary import JobSummary, ShardResult
@@ -383,7 +384,7 @@ def write_here(tasks: list[Task], opts: RunOptions, writers: int = CLIENT_WRITER
             summary.add(ShardResult(input=t.input, output=t.output, status="skipped").as_dict())
         else:
             todo.append(t)
-    bar = engine._progress(len(todo), opts)
+    bar = progress_display(len(todo), opts.quiet, tool="htupload")
     pool = ThreadPoolExecutor(max_workers=max(1, min(writers, len(todo))),
                               thread_name_prefix="htupload")
     try:
