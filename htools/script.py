@@ -103,7 +103,8 @@ class Script:
         defined = _top_level_names(source, filename)
         missing = [name for name in require if name not in defined]
         if missing:
-            raise ScriptError(f"script {filename} does not define {', '.join(missing)}()")
+            raise ScriptError(f"script {filename} does not define "
+                              f"{', '.join(name + '()' for name in missing)}")
         if one_of and not any(name in defined for name in one_of):
             raise ScriptError(f"script {filename} defines none of {', '.join(n + '()' for n in one_of)}")
         return cls(source, filename, _digest(source, modules), modules=tuple(modules))
