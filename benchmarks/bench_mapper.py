@@ -1,12 +1,17 @@
 """htmapper throughput against a single-process loop over the same shards.
 
-    .venv/bin/python benchmarks/bench_mapper.py [--gb 1.0] [--quick] [--dir DIR]
+    .venv/bin/python benchmarks/bench_mapper.py [--gb 1.0] [--kib 16] [--tiny N] [--quick]
+                                                [--dir DIR] [--no-two]
 
 Prints ratios measured in one run (absolute times only beside them):
   * htmapper (identity script, 1 worker) vs a single-process read-write loop with
-    htools' own codec -- goal >= 0.5 per worker;
+    htools' own codec, per sample size (``--kib 1,16,128``) -- goal >= 0.9;
   * htmapper with 2 workers vs 1 worker -- goal >= 1.7x;
-  * the fixed cost per shard on empty shards -- goal <= 50 ms.
+  * the fixed cost per shard on empty shards -- goal <= 50 ms;
+  * with ``--tiny N``: htmapper (2 workers) over N tiny shards (one ~200-byte sample
+    each) -- shards per second after the cluster is up (goal >= 250 at 16,384), and the
+    client's memory (RSS of this process, which holds the embedded scheduler too)
+    when the first quarter of the shards is done and at the end (flat: about equal).
 Clusters are started before the clock starts; their start-up is not counted.
 """
 
@@ -17,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 from htools import storage, tario
@@ -41,6 +47,18 @@ def make_shards(folder: str, gb: float, sample_kib: int = 16, shards: int = 16) 
     return urls
 
 
+def make_tiny(folder: str, n: int) -> list[str]:
+    """``n`` shards of one ~200-byte sample each."""
+    os.makedirs(folder, exist_ok=True)
+    urls = []
+    for s in range(n):
+        url = os.path.join(folder, f"t-{s:06d}.tar")
+        with open(url, "wb") as f, tario.TarWriter(f) as w:
+            w.write({"__key__": f"t{s:06d}", "txt": b"x" * 190, "cls": str(s % 10).encode()})
+        urls.append(url)
+    return urls
+
+
 def baseline_loop(inputs: list[str], out_dir: str) -> float:
     """One process: read each shard with htools' codec and write it back out."""
     os.makedirs(out_dir, exist_ok=True)
@@ -55,16 +73,60 @@ def baseline_loop(inputs: list[str], out_dir: str) -> float:
     return time.perf_counter() - t0
 
 
-def timed_mapper(inputs: list[str], out_pattern: str, workers: int) -> float:
-    import htools
+def _rss() -> int:
+    """This process's resident memory in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class _RssWatch:
+    """Samples this process's RSS every 50 ms while a job runs."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append((time.perf_counter(), _rss()))
+
+    def __enter__(self) -> _RssWatch:  # noqa: PYI034
+        self.t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.t1 = time.perf_counter()
+
+    def at(self, fraction: float) -> int:
+        """Peak RSS up to ``fraction`` of the run."""
+        until = self.t0 + fraction * (self.t1 - self.t0)
+        return max([r for t, r in self.samples if t <= until] or [_rss()])
+
+
+def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
+                 watch: _RssWatch | None = None) -> float:
     from distributed import Client, LocalCluster
+
+    import htools
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as c:
         c.run(lambda: None)  # workers are up
         t0 = time.perf_counter()
-        summary = htools.map_shards(inputs, out_pattern, identity, client=c, quiet=True,
-                                    overwrite=True)
+        if watch is not None:
+            with watch:
+                summary = htools.map_shards(inputs, out_pattern, identity, client=c,
+                                            quiet=True, overwrite=True)
+        else:
+            summary = htools.map_shards(inputs, out_pattern, identity, client=c, quiet=True,
+                                        overwrite=True)
         elapsed = time.perf_counter() - t0
     if not summary.ok:
         sys.exit(f"htmapper failed: {summary.failures[:1]}")
@@ -73,35 +135,52 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gb", type=float, default=1.0)
+    ap.add_argument("--gb", type=float, default=1.0, help="GB of samples per sample size")
+    ap.add_argument("--kib", default="16", help="sample sizes in KiB, comma-separated")
+    ap.add_argument("--tiny", type=int, default=0,
+                    help="also run htmapper (2 workers) over this many tiny shards")
+    ap.add_argument("--no-two", action="store_true", help="skip the 2-worker runs")
     ap.add_argument("--quick", action="store_true", help="a tiny run to check the harness")
     ap.add_argument("--dir", default=None)
     a = ap.parse_args()
     gb = 0.03 if a.quick else a.gb
     work = a.dir or tempfile.mkdtemp(prefix="bench-mapper-")
+    rows = []
     try:
-        inputs = make_shards(os.path.join(work, "in"), gb)
-        n = len(inputs)
-        size = sum(os.path.getsize(u) for u in inputs)
-        base = min(baseline_loop(inputs, os.path.join(work, "loop")) for _ in range(2))
-        one = timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1)
-        two = timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"), 2)
-        empties = [os.path.join(work, "empty", f"e-{i:04d}.tar") for i in range(100 if not a.quick else 20)]
+        for kib in [int(k) for k in a.kib.split(",")]:
+            inputs = make_shards(os.path.join(work, f"in{kib}"), gb, sample_kib=kib)
+            n = len(inputs)
+            mb = sum(os.path.getsize(u) for u in inputs) / 1e6
+            base = min(baseline_loop(inputs, os.path.join(work, "loop")) for _ in range(2))
+            one = timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1)
+            rows.append((f"htmapper {kib} KiB: 1 worker vs single-process loop", base / one,
+                         ">= 0.9", f"{mb / one:.0f} vs {mb / base:.0f} MB/s ({mb:.0f} MB)"))
+            if not a.no_two:
+                two = timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"), 2)
+                rows.append((f"htmapper {kib} KiB: 2 workers vs 1 worker", one / two, ">= 1.7",
+                             f"{mb / two:.0f} vs {mb / one:.0f} MB/s"))
+            for d in (f"in{kib}", "loop", "m1", "m2"):
+                shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+        empties = [os.path.join(work, "empty", f"e-{i:04d}.tar")
+                   for i in range(100 if not a.quick else 20)]
         os.makedirs(os.path.dirname(empties[0]), exist_ok=True)
         for e in empties:
             with open(e, "wb") as f, tario.TarWriter(f):
                 pass
         empty = timed_mapper(empties, os.path.join(work, "me", f"o-@{len(empties):04d}.tar"), 2)
-        mb = size / 1e6
-        rows = [
-            ("htmapper 1 worker vs single-process loop", base / one, ">= 0.5",
-             f"{mb / one:.0f} vs {mb / base:.0f} MB/s"),
-            ("htmapper 2 workers vs 1 worker", one / two, ">= 1.7",
-             f"{mb / two:.0f} vs {mb / one:.0f} MB/s"),
-            ("fixed cost per empty shard (ms, 2 workers, per task)",
-             empty * 2 / len(empties) * 1000, "<= 50", f"{len(empties)} shards in {empty:.2f}s"),
-        ]
-        print(f"bench_mapper: {n} shards, {mb:.0f} MB of 16 KiB samples")
+        rows.append(("fixed cost per empty shard (ms, 2 workers, per task)",
+                     empty * 2 / len(empties) * 1000, "<= 50",
+                     f"{len(empties)} shards in {empty:.2f}s"))
+        if a.tiny:
+            tiny = make_tiny(os.path.join(work, "tiny"), a.tiny)
+            watch = _RssWatch()
+            t = timed_mapper(tiny, os.path.join(work, "mt", f"o-@{len(tiny):06d}.tar"), 2,
+                             watch)
+            quarter, end = watch.at(0.25), watch.at(1.0)
+            rows.append((f"htmapper {len(tiny)} tiny shards, 2 workers: shards/s", len(tiny) / t,
+                         ">= 250", (f"{t:.1f}s; client RSS {quarter / 2**20:.0f} MiB at 1/4, "
+                                    f"{end / 2**20:.0f} MiB at the end")))
+        print(f"bench_mapper: 16 shards of {gb:g} GB per sample size")
         print(f"{'measure':55} {'ratio':>8}  {'goal':8} detail")
         for name, ratio, goal, detail in rows:
             print(f"{name:55} {ratio:8.2f}  {goal:8} {detail}")

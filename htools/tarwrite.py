@@ -9,6 +9,7 @@ do not fit the 100-byte name field use the ustar prefix split, else a pax
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -31,6 +32,11 @@ DIRECT = 64 << 10  # values this large are written to the stream directly
 
 _ZEROS = bytes(RECORD)
 _NUL = b"\0"
+_PADS = tuple(bytes(n) for n in range(BLOCK))  # _PADS[-size % BLOCK]: a member's padding
+# A header with a short name and no prefix, in one call: name (NUL-padded), mode to
+# size, size digits, mtime, checksum field, type flag to the end (prefix empty).
+_SHORT = struct.Struct("100s24s11s13s8s356s")
+_MAX_CACHED = 4096  # field-name sets whose write plan a writer keeps
 
 
 class SampleFormatError(TarFormatError, ValueError):
@@ -92,6 +98,7 @@ class _Header:
         self.size_end_to_chk = bytes(h[135:148])
         self.type_to_prefix = bytes(h[156:345])
         self.tail = bytes(h[500:])
+        self.type_to_end = bytes(h[156:])  # with an empty prefix
 
     def encode(self, name: bytes, size: int, prefix: bytes = b"") -> bytes:
         """A header block for ``name`` (at most 100 bytes) and ``prefix`` (at most 155
@@ -149,10 +156,13 @@ class TarWriter:
         self.mtime = int(time.time() if mtime is None else mtime)
         self.bytes_written = 0
         self.samples_written = 0
-        self.fields: Counter[str] | None = Counter() if count_fields else None
+        # samples written per field-name set (see the ``fields`` property)
+        self._field_sets: dict[tuple, int] | None = {} if count_fields else None
+        self._encoded_fields: Counter[str] = Counter()  # of write_encoded()
         self.closed = False
         self._out = bytearray()
         self._suffixes: dict[str, bytes] = {}
+        self._plans: dict[tuple, tuple[tuple[str, bytes], ...]] = {}
         self._reg = _Header(b"0", mode, self.mtime, user, group)
         self._pax = _Header(b"x", mode, self.mtime, user, group)
 
@@ -166,22 +176,52 @@ class TarWriter:
         """Write one sample; returns the number of (uncompressed) tar bytes written."""
         if self.closed:
             raise ValueError("write to a closed TarWriter")
-        key = _check_key(sample.get("__key__"), self.url)
+        key = sample.get("__key__")
+        # _check_key(key) unless the key is plainly good (a str, not starting with '/' or
+        # '.', no NUL, no dot in its basename, not ending with '/')
+        if (type(key) is not str or not key or key[0] == "/" or key[0] == "."
+                or key[-1] == "/" or "\0" in key or key.find(".", key.rfind("/") + 1) >= 0):
+            key = _check_key(key, self.url)
         kb = key.encode("utf-8", "surrogateescape")
-        items = self._items(sample, key)
-        if not items:
+        # The plan of a field-name set (which fields, in which order, their b".field"),
+        # made once by _items(), which checks every name: later samples with the same
+        # names only have their values checked.
+        names = tuple(sample)
+        plan = self._plans.get(names)
+        if plan is None:
+            items = self._items(sample, key)
+            if len(self._plans) >= _MAX_CACHED:
+                self._plans.clear()
+            plan = self._plans[names] = tuple((f, x) for f, x, _v in items)
+            values = [v for _f, _x, v in items]
+        else:
+            values = []
+            for field, _x in plan:
+                value = sample[field]
+                if type(value) is not bytes:
+                    value = self._as_bytes(value, field, key)
+                values.append(value)
+        if not values:
             return 0
-        if self.fields is not None:
-            self.fields.update(field for field, _s, _v in items)
+        counts = self._field_sets
+        if counts is not None:  # the fields are counted once per field-name set
+            counts[names] = counts.get(names, 0) + 1
         out = self._out
         start = len(out)
         flushed = 0
-        encode = self._reg.encode
-        for field, suffix, value in items:
+        reg = self._reg
+        pack, head_sum, mode_to_size = _SHORT.pack, reg.sum, reg.mode_to_size
+        size_end_to_chk, type_to_end = reg.size_end_to_chk, reg.type_to_end
+        ascii_key = kb.isascii()
+        pads = _PADS
+        for value, (field, suffix) in zip(values, plan):
             size = len(value)
             nb = kb + suffix
-            if len(nb) <= 100 and size <= MAX_OCTAL_SIZE and nb.isascii():
-                out += encode(nb, size)  # what _long_header() would write, sooner
+            if len(nb) <= 100 and size <= MAX_OCTAL_SIZE and ascii_key and suffix.isascii():
+                size_f = b"%011o" % size  # what _long_header() would write, sooner:
+                out += pack(nb, mode_to_size, size_f, size_end_to_chk,
+                            b"%06o\0 " % (head_sum + byte_sum(nb) + byte_sum(size_f)),
+                            type_to_end)
             else:
                 out += self._long_header(key + "." + field, nb, size)
             if size >= DIRECT:  # big values go straight to the stream, uncopied
@@ -192,7 +232,7 @@ class TarWriter:
                 start = 0
             else:
                 out += value
-            out += _ZEROS[:-size % BLOCK]
+            out += pads[-size % BLOCK]
         n = flushed + len(out) - start
         if len(out) >= FLUSH:
             self.stream.write(out)
@@ -200,6 +240,18 @@ class TarWriter:
         self.bytes_written += n
         self.samples_written += 1
         return n
+
+    @property
+    def fields(self) -> Counter[str] | None:
+        """With ``count_fields=True``: how many written samples had each field."""
+        if self._field_sets is None:
+            return None
+        fields: Counter[str] = Counter(self._encoded_fields)
+        for names, n in self._field_sets.items():
+            for field in sorted(names):
+                if field[:1] != "_":
+                    fields[field] += n
+        return fields
 
     def _items(self, sample: dict, key: str) -> list[tuple[str, bytes, Any]]:
         """(field, suffix, value) to write, sorted; every field is checked before any
@@ -270,8 +322,8 @@ class TarWriter:
         if self.closed:
             raise ValueError("write to a closed TarWriter")
         n = len(data)
-        if self.fields is not None:
-            self.fields.update(encoded_fields(data))
+        if self._field_sets is not None:
+            self._encoded_fields.update(encoded_fields(data))
         if n >= DIRECT:
             if self._out:
                 self.stream.write(self._out)
