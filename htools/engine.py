@@ -1,12 +1,6 @@
-"""Running one Dask task per shard: which cluster, submission, progress, summary.
-
-* ``cluster=None`` starts an embedded ``LocalCluster`` of worker processes (one
-  per core unless ``workers`` says otherwise) that lives as long as the job.
-* ``cluster="host:8786"`` / ``"tcp://host:8786"`` (or ``$HTOOLS_SCHEDULER``)
-  connects to a running ``dask scheduler``.
-* ``cluster="k8s://NAME?workers=N&image=..."`` creates or connects to a
-  Kubernetes cluster through dask-kubernetes (see :mod:`htools.kube`).
-* ``client=`` (Python API) uses a ``Client`` the caller already has.
+"""Running one Dask task per shard: the options every tool shares, submission,
+retries, the job summary.  Which cluster a job runs on is :mod:`htools.clusters`
+(``connect`` and friends are re-exported here).
 
 Task functions are top-level, take plain arguments, run inside the task frame
 (:func:`htools.task.shard_task`) and return a :class:`~htools.summary.ShardResult`
@@ -18,23 +12,21 @@ Nothing here prints a report: library functions return the :class:`JobSummary`
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from . import preflight, storage
+from .clusters import (SCHEDULER_ENV, check_resources, cluster_address, connect,  # noqa: F401
+                       count_gpus, parse_resources)
 from .errors import HtoolsError, hide_credentials
 from .progress import progress_display
 from .storage.base import retry_policy
 from .summary import JobSummary, ShardResult
 
-SCHEDULER_ENV = "HTOOLS_SCHEDULER"
 STOP_WAIT = 60.0  # seconds Ctrl-C waits for this job's running tasks to end
 
 
@@ -53,6 +45,9 @@ class RunOptions:
     summary: str | None = None
     storage_options: dict | None = None
     index: bool = True  # write STEM.index.json beside the outputs (htools.shardindex)
+    # Dask worker resources every task asks for ({"GPU": 1}): tasks run only on workers
+    # that declare them (dask worker --resources GPU=1), as many at once as they hold
+    resources: dict | None = None
     client: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +55,8 @@ class RunOptions:
             raise HtoolsError("--resume and --overwrite exclude each other")
         if self.max_errors < 0 or self.retries < 0:
             raise HtoolsError("max_errors and retries must be >= 0")
+        if self.resources is not None:
+            object.__setattr__(self, "resources", parse_resources(self.resources) or None)
 
     @classmethod
     def of(cls, options: dict) -> RunOptions:
@@ -100,71 +97,6 @@ class Task:
     @property
     def shards(self) -> int:
         return len(self.outputs) if self.outputs is not None else 1
-
-
-# ---------------------------------------------------------------- clusters --
-
-def cluster_address(cluster: str | None) -> str | None:
-    address = cluster or os.environ.get(SCHEDULER_ENV) or None
-    if address and "://" not in address:
-        address = "tcp://" + address
-    return address
-
-
-@contextlib.contextmanager
-def connect(opts: RunOptions) -> Iterator[Any]:
-    """A ``distributed.Client`` for the job, closing whatever this call created."""
-    if opts.client is not None:
-        yield opts.client
-        return
-    import dask
-    from distributed import Client, LocalCluster
-
-    address = cluster_address(opts.cluster)
-    if address and address.startswith("k8s://"):
-        from . import kube
-
-        with kube.cluster(address, quiet=opts.quiet) as cluster, Client(cluster) as client:
-            _announce(client, opts)
-            yield client
-        return
-    if address and address.startswith("slurm://"):
-        from . import slurm
-
-        with slurm.cluster(address, quiet=opts.quiet, retries=opts.retries) as cluster, \
-                Client(cluster) as client:
-            _announce(client, opts)
-            yield client
-        return
-    if address:
-        try:
-            client = Client(address, timeout=os.environ.get("HTOOLS_CONNECT_TIMEOUT", "20s"))
-        except OSError as e:
-            raise HtoolsError(f"cannot reach the Dask scheduler at {address}: {e}") from None
-        with client:
-            _announce(client, opts)
-            yield client
-        return
-    n = opts.workers or os.cpu_count() or 1
-    with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
-                          "distributed.worker.daemon": False}):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                               silence_logs=40)
-        with cluster, Client(cluster) as client:
-            _announce(client, opts)
-            yield client
-
-
-def _announce(client: Any, opts: RunOptions) -> None:
-    if opts.quiet:
-        return
-    link = getattr(client, "dashboard_link", None)
-    nworkers = len(client.scheduler_info().get("workers", {}))
-    msg = f"htools: {nworkers} workers"
-    if link:
-        msg += f", dashboard at {link}"
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------- outputs --
@@ -248,6 +180,7 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
             with connect(opts) as client:
                 preflight.check_workers(client, [t.input for _i, t in todo],  # issue 17
                                         [u for _i, t in todo for u in [t.output, *(t.outputs or [])]])
+                check_resources(client, opts.resources)
                 _execute(client, tool, todo, opts, summary, on_result, ordered)
         finally:  # a worker killed mid-write can leave a hidden temp file behind
             storage.remove_partials([u for _i, t in todo for u in [t.output, *(t.outputs or [])]],
@@ -289,18 +222,21 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
         position[key] = pos
         if delay:
             return client.submit(_after, delay, t.fn, key=key, pure=False,
-                                 retries=opts.retries, **t.kwargs)
-        return client.submit(t.fn, key=key, pure=False, retries=opts.retries, **t.kwargs)
+                                 retries=opts.retries, resources=opts.resources, **t.kwargs)
+        return client.submit(t.fn, key=key, pure=False, retries=opts.retries,
+                             resources=opts.resources, **t.kwargs)
 
-    ac = as_completed()
+    # with_results: results are fetched in the background as tasks finish, not one
+    # round trip at a time by this loop (the limit on many tiny shards)
+    ac = as_completed(with_results=True, raise_errors=False)
     while submitted < min(window, len(todo)):
         ac.add(submit(submitted))
         submitted += 1
     try:
-        for fut in ac:
+        for fut, value in ac:
             pos = position.pop(fut.key)
             i, t = todo[pos][0], tasks[pos]
-            results = _results_of(fut, t)
+            results = _results_of(fut, t, value)
             fut.release()
             again = [r for r in results if r["status"] == "failed" and r.get("transient")
                      and attempts.get(pos, 1) <= opts.retries]
@@ -408,11 +344,11 @@ def _window(client, ordered: bool) -> int:
     return 2 * threads + 2 if ordered else max(16, 4 * threads)
 
 
-def _results_of(fut, task: Task) -> list[dict]:
-    """A task's result dicts; a task that raised (or whose workers kept dying) fails
-    every shard it had."""
+def _results_of(fut, task: Task, value: Any = None) -> list[dict]:
+    """A task's result dicts (``value``: its result, already fetched, if it finished);
+    a task that raised (or whose workers kept dying) fails every shard it had."""
     try:
-        result = fut.result()
+        result = value if fut.status == "finished" and value is not None else fut.result()
         return result if isinstance(result, list) else [result]
     except Exception as e:  # KilledWorker, a lost scheduler connection
         return _failed_all(task, f"{type(e).__name__}: {e}")

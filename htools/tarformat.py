@@ -146,3 +146,20 @@ def pax_records(records: dict[str, str]) -> bytes:
             n = len(str(n)) + len(body)
         out.append(str(n).encode("ascii") + body)
     return b"".join(out)
+
+
+def nts(field: bytes | bytearray) -> bytes:
+    """A NUL-terminated header string field."""
+    i = field.find(0)
+    return bytes(field if i < 0 else field[:i])
+
+
+def number(field: bytes | bytearray) -> int:
+    """A numeric header field: octal (NUL/space padded) or GNU base-256."""
+    if field[:1] in (b"\x80", b"\xff"):
+        n = int.from_bytes(field[1:], "big")
+        if field[0] == 0xFF:
+            n -= 256 ** (len(field) - 1)
+        return n
+    digits = nts(field).strip()
+    return int(digits, 8) if digits else 0

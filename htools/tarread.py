@@ -17,19 +17,13 @@ from htools.compress import DECODE_ERRORS
 from htools.errors import HtoolsError, TarFormatError, hide_credentials
 from htools.tarformat import (
     BLOCK,
-    MAX_SPARSE_REGIONS,
-    SPARSE_EXT_ENTRIES,
-    SPARSE_EXT_EXTENDED,
-    SPARSE_OLD_EXTENDED,
-    SPARSE_OLD_OFFSET,
-    SPARSE_OLD_REALSIZE,
     USTAR_MAGIC,
     byte_sum,
     pax_items,
-    sparse_expand,
-    sparse_map_10,
-    sparse_pairs,
 )
+from htools.tarformat import nts as _nts
+from htools.tarformat import number as _number
+from htools.tarsparse import SparseReading
 
 CHUNK = 1 << 20  # reader buffer size
 
@@ -41,6 +35,10 @@ _PAX = frozenset((0x78, _T_PAX_GLOBAL, 0x58))  # 'x', 'g', 'X' (Solaris)
 _T_SPARSE = 0x53  # old GNU 'S'
 _UNSUPPORTED = frozenset((0x4D,))  # 'M' multi-volume continuation
 _MAX_META = 1 << 24  # longname/pax payloads larger than this are corrupt
+# Buffers of scanners that ended, for the next ones: a fresh 1 MiB buffer costs page
+# faults worth a tiny shard's whole read.
+_FREE_BUFFERS: list[bytearray] = []
+_KEEP_BUFFERS = 4
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -53,23 +51,6 @@ def split_key(name: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- header fields
-
-
-def _nts(field: bytes | bytearray) -> bytes:
-    """A NUL-terminated header string field."""
-    i = field.find(0)
-    return bytes(field if i < 0 else field[:i])
-
-
-def _number(field: bytes | bytearray) -> int:
-    """A numeric header field: octal (NUL/space padded) or GNU base-256."""
-    if field[:1] in (b"\x80", b"\xff"):
-        n = int.from_bytes(field[1:], "big")
-        if field[0] == 0xFF:
-            n -= 256 ** (len(field) - 1)
-        return n
-    digits = _nts(field).strip()
-    return int(digits, 8) if digits else 0
 
 
 def _header_size(h: bytes) -> int:
@@ -106,7 +87,7 @@ def _checksums(header: bytes | bytearray) -> tuple[int, int]:
 # --------------------------------------------------------------------------- scanner
 
 
-class _Scanner:
+class _Scanner(SparseReading):
     """State of one tar stream being scanned: a reusable buffer over ``stream``.
 
     ``buf[0]`` is at byte ``base`` of the tar stream.  :meth:`members` is the hot
@@ -117,7 +98,7 @@ class _Scanner:
     def __init__(self, stream: BinaryIO, url: str):
         self.stream = stream
         self.url = hide_credentials(url)
-        self.buf = bytearray(CHUNK)
+        self.buf = _FREE_BUFFERS.pop() if _FREE_BUFFERS else bytearray(CHUNK)
         self.mv = memoryview(self.buf)
         self.base = 0
         self.sums: dict[bytes, int] = {}  # checksum field -> expected byte sum of the block
@@ -145,6 +126,13 @@ class _Scanner:
 
     def members(self) -> Iterator[tuple[str, bytes, int]]:
         """(name, data, header offset) of each regular member."""
+        try:
+            yield from self._members()
+        finally:  # every member's data is a copy: the buffer can serve another scanner
+            if len(_FREE_BUFFERS) < _KEEP_BUFFERS:
+                _FREE_BUFFERS.append(self.buf)
+
+    def _members(self) -> Iterator[tuple[str, bytes, int]]:
         mv = self.mv
         sums = self.sums
         zero_block = _ZERO_BLOCK
@@ -267,108 +255,6 @@ class _Scanner:
                 raise TarFormatError(self.url, "bad pax size record", member=name,
                                      offset=hoff) from None
         return name, size
-
-    # ---- GNU sparse members
-
-    def sparse_error(self, why: str, name: str | None, hoff: int) -> TarFormatError:
-        return TarFormatError(self.url, why, member=name, offset=hoff)
-
-    def sparse_records(self, records: dict[str, str], items: list[tuple[str, str]],
-                       name: str, hoff: int) -> _PaxSparse:
-        """The sparse layout that GNU.sparse.* pax records announce for member ``name``.
-
-        Like GNU tar, ``GNU.sparse.major`` 1 means 1.0 (map in the data); else
-        ``GNU.sparse.map`` means 0.1 and repeated offset/numbytes records 0.0.
-        """
-        major, minor = records.get("GNU.sparse.major"), records.get("GNU.sparse.minor")
-        try:
-            if major is not None or minor is not None:
-                if (major, minor) != ("1", "0"):
-                    raise ValueError(f"unsupported GNU sparse version {major}.{minor}")
-                regions = None  # at the start of the member's data
-                realsize = records.get("GNU.sparse.realsize", records.get("GNU.sparse.size"))
-            else:
-                if "GNU.sparse.map" in records:
-                    text = records["GNU.sparse.map"]
-                    regions = sparse_pairs([int(x) for x in text.split(",")] if text else [])
-                else:
-                    offsets = [int(v) for k, v in items if k == "GNU.sparse.offset"]
-                    sizes = [int(v) for k, v in items if k == "GNU.sparse.numbytes"]
-                    if len(offsets) != len(sizes):
-                        raise ValueError("sparse map (pax 0.0) with unpaired "
-                                         "offset/numbytes records")
-                    regions = list(zip(offsets, sizes))
-                count = records.get("GNU.sparse.numblocks")
-                if count is not None and int(count) != len(regions):
-                    raise ValueError(f"sparse map of {len(regions)} regions, "
-                                     f"GNU.sparse.numblocks says {count}")
-                realsize = records.get("GNU.sparse.size")
-            if realsize is None:
-                raise ValueError("GNU sparse records without the real size")
-            return _PaxSparse(regions, int(realsize))
-        except ValueError as exc:
-            why = str(exc)
-            if why.startswith("invalid literal"):
-                why = f"bad number in GNU sparse pax records: {why}"
-            raise self.sparse_error(why, name, hoff) from None
-
-    def pax_sparse(self, sparse: _PaxSparse, data: bytes, name: str, hoff: int) -> bytes:
-        """The real file of a pax sparse member whose stored data is ``data``."""
-        try:
-            if sparse.regions is None:  # 1.0
-                regions, start = sparse_map_10(data)
-                if start > len(data):
-                    raise ValueError("sparse map (pax 1.0) runs past the member's data")
-                return self.expand(memoryview(data)[start:], regions, sparse.realsize)
-            return self.expand(data, sparse.regions, sparse.realsize)
-        except ValueError as exc:
-            raise self.sparse_error(str(exc), name, hoff) from None
-
-    def old_gnu_sparse(self, h: bytes, name: str, size: int, hoff: int, pos: int,
-                       end: int) -> tuple[str, bytes, int, int]:
-        """An old GNU 'S' member: map in the header, extension blocks, then the data."""
-        try:
-            realsize = _number(h[SPARSE_OLD_REALSIZE:SPARSE_OLD_REALSIZE + 12])
-            regions = _old_sparse_regions(h, SPARSE_OLD_OFFSET, 4)
-        except ValueError as exc:
-            raise self.sparse_error(f"bad sparse map in GNU sparse header: {exc}", name,
-                                    hoff) from None
-        extended = h[SPARSE_OLD_EXTENDED]
-        while extended:
-            if end - pos < 2 * BLOCK:  # the block after the one at pos
-                end = self.fill(pos, end, 2 * BLOCK)
-                pos = 0
-                if end < 2 * BLOCK:
-                    raise self.sparse_error("truncated tar: the stream ends inside a GNU "
-                                            "sparse extension header", name, hoff)
-            pos += BLOCK  # the extension block now stands where the header stood
-            block = self.mv[pos:pos + BLOCK].tobytes()
-            try:
-                regions += _old_sparse_regions(block, 0, SPARSE_EXT_ENTRIES)
-            except ValueError as exc:
-                raise self.sparse_error(f"bad sparse map in GNU sparse extension header "
-                                        f"at offset {self.base + pos}: {exc}", name,
-                                        hoff) from None
-            if len(regions) > MAX_SPARSE_REGIONS:
-                raise self.sparse_error(f"GNU sparse map of over {MAX_SPARSE_REGIONS} "
-                                        "regions", name, hoff)
-            extended = block[SPARSE_EXT_EXTENDED]
-        data, pos, end = self.member_data(pos, end, size, name, hoff)
-        try:
-            data = self.expand(data, regions, realsize)
-        except ValueError as exc:
-            raise self.sparse_error(str(exc), name, hoff) from None
-        return name, data, pos, end
-
-    @staticmethod
-    def expand(stored: bytes | memoryview, regions: list[tuple[int, int]],
-               realsize: int) -> bytes:
-        try:
-            return sparse_expand(stored, regions, realsize)
-        except MemoryError:
-            raise ValueError(f"sparse member of real size {realsize}: out of memory") from None
-
-    # ---- header checks
 
     def expected_sum(self, chk: bytes) -> int:
         """The byte sum of a header block whose checksum field is ``chk``, if below 65520."""
@@ -511,28 +397,6 @@ class _Scanner:
         if size > _MAX_META:
             raise TarFormatError(self.url, f"{what} header of {size} bytes", offset=hoff)
         return self.member_data(pos, end, size, what, hoff)
-
-
-class _PaxSparse:
-    """A pax sparse member's layout: its regions (None for 1.0: at the start of the data)
-    and real size.  (GNU.sparse.name, the real name, is applied in ``pending``.)"""
-
-    __slots__ = ("realsize", "regions")
-
-    def __init__(self, regions: list[tuple[int, int]] | None, realsize: int):
-        self.regions = regions
-        self.realsize = realsize
-
-
-def _old_sparse_regions(block: bytes, start: int, count: int) -> list[tuple[int, int]]:
-    """Up to ``count`` (offset, numbytes) pairs of 12-byte numbers at ``start``; the map
-    ends at the first empty pair, as GNU tar reads it."""
-    regions = []
-    for pos in range(start, start + 24 * count, 24):
-        if not block[pos] and not block[pos + 12]:
-            break
-        regions.append((_number(block[pos:pos + 12]), _number(block[pos + 12:pos + 24])))
-    return regions
 
 
 # --------------------------------------------------------------------------- public

@@ -30,12 +30,13 @@ from ..summary import JobSummary
 from . import plan
 from .keys import KeySpec, pick_splitters
 from .runfile import Run
+from .sizing import (default_memory, default_scratch, existing_folder, human_size,
+                     same_file_system, shard_size, worker_threads)
 from .tasks import StageOne, StageTwo, merge_runs, partition, sample_keys, scratch_options, \
     write_outputs
 
 SPLITTER_SHARDS = 32  # the pre-pass reads at most this many (random) input shards
 KEYS_PER_BUCKET = 20  # sampled keys per bucket, over all shards read
-SIZE_PROBES = 8  # input shards whose size is asked for to group small inputs
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def _dry_run(spec, outset, inputs, known, present, opts) -> JobSummary:
     summary = JobSummary(spec.tool, shards_total=len(known))
     memory = spec.memory or 512 << 20
     workers = opts.workers or os.cpu_count() or 1
-    group = plan.inputs_per_task(len(inputs), _shard_size(inputs, opts), memory, workers)
+    group = plan.inputs_per_task(len(inputs), shard_size(inputs, opts), memory, workers)
     tasks = -(-len(inputs) // group)
     fan = plan.fan_in(memory, spec.fan_in)
     merges = plan.levels(tasks, len(known) or 1, fan, 2 * workers)
@@ -113,20 +114,6 @@ def _dry_run(spec, outset, inputs, known, present, opts) -> JobSummary:
     return summary.finish()
 
 
-def _shard_size(inputs: list[str], opts: RunOptions) -> float | None:
-    """The mean size of a few input shards (None when it cannot be known)."""
-    step = max(1, len(inputs) // SIZE_PROBES)
-    probes = inputs[::step][:SIZE_PROBES]
-    if any(storage.protocol(u) in ("pipe", "stdio") for u in probes):
-        return None
-    try:
-        with ThreadPoolExecutor(max_workers=len(probes)) as pool:
-            sizes = list(pool.map(lambda u: storage.size(u, opts.storage_options), probes))
-    except HtoolsError:
-        return None  # a missing input is reported by its task
-    return sum(sizes) / len(sizes)
-
-
 class _Job:
     """One exchange on a connected client: the levels, their summaries, the scratch."""
 
@@ -138,7 +125,7 @@ class _Job:
         self.scratch_root = spec.scratch or default_scratch(opts, outset)
         self.scratch = storage.join(self.scratch_root, f"{spec.tool}-{uuid.uuid4().hex[:12]}/")
         self.memory = spec.memory or default_memory(opts.client)
-        self.workers = _threads(opts.client)
+        self.workers = worker_threads(opts.client)
         self.fan = plan.fan_in(self.memory, spec.fan_in)
         self.stats: dict = {"levels": [], "fan_in": self.fan}
         self.outputs: list[str] = []  # known once stage 1 has counted
@@ -146,7 +133,7 @@ class _Job:
     # ------------------------------------------------------------ the job --
     def run(self) -> JobSummary:
         spec, n_out = self.spec, self.outset.count
-        self.shard_size = _shard_size(self.inputs, self.opts)
+        self.shard_size = shard_size(self.inputs, self.opts)
         self._check_scratch_space()
         shuffle = spec.key.mode == "random"
         buckets = plan.bucket_count(n_out, shuffle)
@@ -200,7 +187,7 @@ class _Job:
         while the last runs are still there: two copies in those cases."""
         if storage.protocol(self.scratch_root) != "file" or not self.shard_size:
             return
-        folder = _existing_folder(local_path(self.scratch_root))
+        folder = existing_folder(local_path(self.scratch_root))
         try:
             free = shutil.disk_usage(folder).free
         except OSError:
@@ -211,7 +198,7 @@ class _Job:
         tasks = -(-n // group)
         runs = tasks * max(1, -(-int(self.shard_size * group) // self.memory))
         levels = plan.levels(runs, self.outset.count or 1, self.fan, 2 * self.workers)
-        beside = _same_file_system(folder, self.outset.first())
+        beside = same_file_system(folder, self.outset.first())
         copies = 2 if levels or beside else 1
         if free >= copies * data:
             return
@@ -224,9 +211,9 @@ class _Job:
         else:
             why = "it holds every sample once as sorted runs: 1 copy"
         raise HtoolsError(
-            f"scratch {hide_credentials(self.scratch_root)} has {_size(free)} free; this "
-            f"{self.spec.tool} needs about {_size(copies * data)} there ({n} input "
-            f"shards of about {_size(self.shard_size)} each, {_size(data)} in all, more if "
+            f"scratch {hide_credentials(self.scratch_root)} has {human_size(free)} free; this "
+            f"{self.spec.tool} needs about {human_size(copies * data)} there ({n} input "
+            f"shards of about {human_size(self.shard_size)} each, {human_size(data)} in all, more if "
             f"they are compressed; {why}): free space or give --scratch on a larger disk")
 
     def _stage_one(self, one: StageOne):
@@ -285,8 +272,11 @@ class _Job:
         spec = self.spec
         reduce = spec.script if spec.script is not None \
             and spec.script.defines("reduce_samples") else None
-        return StageTwo(reverse=spec.key.reverse, reduce=reduce, merge=spec.merge,
-                        max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options)
+        key = spec.key
+        return StageTwo(reverse=key.reverse, reduce=reduce, merge=spec.merge,
+                        max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options,
+                        dedup=key.dedup, dedup_by_key=key.mode == "field" and key.type == "str"
+                        and key.field == key.dedup)
 
     def _merge_levels(self, parts: list, groups: list[tuple[int, int]]):
         """Merge runs F at a time until no output reads more than F runs.  Returns the
@@ -366,6 +356,8 @@ class _Job:
         most = max((len(t.kwargs["runs"]) for t in tasks), default=0)
         self.stats.update(write_tasks=len(tasks), outputs_per_task=per,
                           max_runs_per_write=most, requests_per_write=2 * most)
+        if self.spec.key.dedup:  # samples dropped as duplicates of an earlier one
+            self.stats["duplicates"] = sum(m.get("duplicates", 0) for m in mem)
         return s2
 
     # ----------------------------------------------------------- summary --
@@ -435,65 +427,3 @@ def _add(a: JobSummary, b: JobSummary) -> JobSummary:
     for kind, n in b.failure_kinds.items():
         a.failure_kinds[kind] = a.failure_kinds.get(kind, 0) + n
     return a
-
-
-def _size(n: float) -> str:
-    """Bytes for people: ``123456789 bytes (117.7 MiB)``."""
-    n = int(n)
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n} bytes ({n / (1 << shift):.1f} {unit})"
-    return f"{n} bytes"
-
-
-def _existing_folder(path: str) -> str:
-    """``path`` or its nearest existing parent (a scratch dir may not exist yet)."""
-    path = os.path.abspath(path)
-    while not os.path.isdir(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
-def _same_file_system(folder: str, output: str) -> bool:
-    """Whether a local ``output`` lands on the file system of ``folder``."""
-    if storage.protocol(output) != "file":
-        return False
-    try:
-        return os.stat(folder).st_dev == \
-            os.stat(_existing_folder(os.path.dirname(local_path(output)) or ".")).st_dev
-    except OSError:
-        return False
-
-
-def _threads(client) -> int:
-    try:
-        return max(1, sum(w.get("nthreads", 1)
-                          for w in client.scheduler_info().get("workers", {}).values()))
-    except Exception:  # noqa: BLE001
-        return 1
-
-
-def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
-    """A local temp dir for the embedded cluster; else ``_htools_tmp/`` beside the outputs."""
-    if opts.client is not None and engine.cluster_address(opts.cluster) is None \
-            and _is_local_cluster(opts.client):
-        return tempfile.mkdtemp(prefix="htools-scratch-") + "/"
-    return outset.folder() + "_htools_tmp/"
-
-
-def _is_local_cluster(client) -> bool:
-    cluster = getattr(client, "cluster", None)
-    return cluster is not None and type(cluster).__name__ == "LocalCluster"
-
-
-def default_memory(client) -> int:
-    """A quarter of the smallest worker memory limit (512 MiB when workers have none)."""
-    try:
-        limits = [w.get("memory_limit") or 0
-                  for w in client.scheduler_info().get("workers", {}).values()]
-    except Exception:  # noqa: BLE001
-        limits = []
-    limits = [m for m in limits if m]
-    if not limits:
-        return 512 << 20
-    return max(16 << 20, min(limits) // 4)

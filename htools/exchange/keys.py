@@ -8,12 +8,13 @@ sorted, gives a sorted whole: every level of the exchange relies on that.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ScriptError
+from ..errors import HtoolsError, ScriptError
 
 RANDOM_BITS = 63
 
@@ -27,11 +28,14 @@ class KeySpec:
     type: str = "str"  # str | int | float
     reverse: bool = False
     seed: int = 0
+    dedup: str | None = None  # keep only the first sample of each value of this field
 
     def key_fn(self, script, input_index: int = 0) -> Callable[[dict], object]:
         """The key of a sample of input shard ``input_index``.  Random keys depend only
         on the seed and the input's position, so a shuffle does not depend on how
         inputs were grouped into tasks."""
+        if self.mode == "random" and self.dedup:
+            return _content_key(self.seed, self.dedup)
         if self.mode == "random":
             rng = random.Random(f"{self.seed}:{input_index}")
             return lambda _sample: rng.getrandbits(RANDOM_BITS)
@@ -53,6 +57,45 @@ class KeySpec:
                                   ) from None
 
         return key_of
+
+
+def _content_key(seed: int, name: str) -> Callable[[dict], int]:
+    """htshuffle --dedup: a random key drawn from (seed, sha256 of the field) instead of
+    an RNG, so identical fields get identical keys (one bucket, adjacent) and the keys
+    are still uniform and fixed by the seed."""
+    salt = f"htshuffle-dedup:{seed}:".encode()
+
+    def key_of(sample: dict) -> int:
+        digest = hashlib.sha256(salt + field_digest(sample, name)).digest()
+        return int.from_bytes(digest[:8], "big") >> (64 - RANDOM_BITS)
+
+    return key_of
+
+
+def field_digest(sample: dict, name: str) -> bytes:
+    """sha256 of a sample's field bytes (--dedup); a missing field is a sample error."""
+    try:
+        value = sample[name]
+    except KeyError:
+        raise ScriptError(f"sample has no field {name!r} to deduplicate by") from None
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    elif not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ScriptError(f"field {name!r} is a {type(value).__name__}; --dedup compares "
+                          "bytes or str fields")
+    return hashlib.sha256(value).digest()
+
+
+def check_dedup_field(name) -> str:
+    """A --dedup FIELD must name a sample field (an extension such as ``jpg``, or
+    ``__key__``)."""
+    ok = isinstance(name, str) and name.strip() == name and name != "" \
+        and not any(c in name for c in "/\\\0,") and not name.startswith(".") \
+        and not name.endswith(".") and (not name.startswith("__") or name == "__key__")
+    if not ok:
+        raise HtoolsError(f"--dedup {name!r} is not a field name: give a field such as "
+                          "jpg, json or txt, or __key__")
+    return name
 
 
 def as_str(v) -> str:

@@ -22,14 +22,15 @@ from typing import BinaryIO
 import numpy as np
 
 from .. import storage, tario
-from ..errors import HtoolsError, ScriptError
+from ..errors import HtoolsError
 from ..mapper import map_samples
 from ..script import Script, user_traceback
 from ..streams import Counting, distinct_keys
 from ..summary import ShardResult
 from ..task import shard_task
 from .keys import KeySpec, bucket_fn, checked_key
-from .runfile import (Run, RunWriter, SampleEncoder, bucket_offsets, decode, open_slice,
+from .groups import dedup, to_write
+from .runfile import (Run, RunWriter, SampleEncoder, bucket_offsets, open_slice,
                       pack_key, raw_records, record, records)
 
 RECORD_OVERHEAD = 100  # Python bytes of a buffered record beyond its payload
@@ -70,6 +71,8 @@ class StageTwo:
     max_errors: int = 0
     mtime: float | None = 0
     options: dict = field(default_factory=dict)
+    dedup: str | None = None  # --dedup FIELD: drop all but the first of equal FIELD bytes
+    dedup_by_key: bool = False  # equal sort keys imply identical FIELD bytes (no decoding)
 
     @property
     def scratch_options(self) -> dict:
@@ -121,6 +124,7 @@ def _partition(inputs, task, spec: StageOne, result: ShardResult, runs: list[Run
                 rec = record(pack_key(k), sample["__key__"], encoder.encode(sample))
                 bucket = bucket_of(k)
             except Exception as e:
+                result.samples_mapped = max(0, result.samples_mapped - 1)  # failed instead
                 result.sample_error(url, str(sample.get("__key__", "?")),
                                     "cannot sort sample", e, user_traceback(e))
                 continue
@@ -331,6 +335,7 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
         for c in cursors:  # past outputs of this task not written this time (a retry)
             c.skip_to(a)
         read_before = sum(c.count for c in cursors)
+        duplicates = [0]
         try:
             with storage.open_write(url, spec.options) as out:
                 counted = Counting(out, result, "bytes_out", digest=True)
@@ -339,7 +344,9 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
                     merged = itertools.chain.from_iterable(
                         _bucket_records(cursors, bucket, spec.reverse)
                         for bucket in range(a, b))
-                    samples = distinct_keys(_samples(merged, spec, result, url), url,
+                    if spec.dedup:
+                        merged = dedup(merged, spec, result, url, duplicates)
+                    samples = distinct_keys(to_write(merged, spec, result, url), url,
                                             "use --merge or a reduce_samples() to combine "
                                             "samples with equal keys")
                     for item in samples:
@@ -354,74 +361,8 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
                 c.skip_to(b)
             result.samples_read = sum(c.count for c in cursors) - read_before
             raise
-    result.extra = {}
+    result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
     return result.as_dict()
-
-
-def _samples(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
-             url: str) -> Iterator[dict]:
-    """Records -> ``{"__key__", "__tar__"}`` items to write: as they come, or one group of
-    equal sort keys at a time through ``--merge`` / ``reduce_samples``."""
-    if spec.reduce is None and not spec.merge:
-        for _k, skey, rec, start in records_:
-            result.samples_read += 1
-            result.samples_mapped += 1
-            yield _item(skey, memoryview(rec)[start:])
-        return
-    fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
-    encoder = SampleEncoder(url, spec.mtime)
-    for key, group in itertools.groupby(records_, key=itemgetter(0)):
-        samples = [decode(bytes(memoryview(rec)[start:]), url) for _k, _s, rec, start in group]
-        for s in samples:
-            s.pop("__url__", None)
-        n = len(samples)  # records in this group: counted as mapped, dropped or failed
-        result.samples_read += n
-        if spec.merge:
-            samples = merge_by_key(samples)
-        if fn is None:
-            result.samples_mapped += n
-            for s in samples:
-                yield _item(s["__key__"], encoder.encode(s))
-            continue
-        try:
-            out = fn(key, samples)
-            outs = [] if out is None else [out] if isinstance(out, dict) else list(out)
-        except Exception as e:
-            result.sample_error(url, str(key), "reduce_samples raised", e, user_traceback(e),
-                                samples=n)
-            continue
-        if not outs:
-            result.samples_dropped += n
-            continue
-        result.samples_mapped += n
-        for o in outs:
-            if not isinstance(o, dict):
-                raise ScriptError(f"reduce_samples returned {type(o).__name__} for key {key!r}; "
-                                  "expected a dict, None or a list of dicts")
-            o = dict(o)
-            o.setdefault("__key__", str(key) if len(outs) == 1 else None)
-            if o["__key__"] is None:
-                raise ScriptError(f"reduce_samples returned several samples for key {key!r} "
-                                  "without a __key__ for each")
-            yield _item(o["__key__"], encoder.encode(o))
-
-
-def _item(skey: str, tar) -> dict:
-    """What the writer needs of a sample: its key (for distinct_keys) and its tar bytes."""
-    return {"__key__": skey, "__tar__": tar}
-
-
-def merge_by_key(samples: list[dict]) -> list[dict]:
-    """Join samples with equal ``__key__`` (in order); a field with two values is an error."""
-    joined: dict[str, dict] = {}
-    for s in samples:
-        into = joined.setdefault(s["__key__"], {"__key__": s["__key__"]})
-        for f, v in s.items():
-            if f in into and into[f] != v:
-                raise HtoolsError(f"--merge: key {s['__key__']!r} has two different values "
-                                  f"for field {f!r}")
-            into[f] = v
-    return list(joined.values())
 
 
 # ---------------------------------------------------------------- memory --

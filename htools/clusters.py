@@ -1,0 +1,202 @@
+"""Which Dask cluster a job runs on, and what its tasks may ask of the workers.
+
+* ``cluster=None`` starts an embedded ``LocalCluster`` of worker processes (one per
+  core unless ``workers`` says otherwise; workers that see a GPU declare ``GPU=1``)
+  that lives as long as the job;
+* ``cluster="host:8786"`` / ``"tcp://host:8786"`` (or ``$HTOOLS_SCHEDULER``) connects
+  to a running ``dask scheduler``;
+* ``cluster="k8s://NAME?..."`` (:mod:`htools.kube`) and ``"slurm://PARTITION?..."``
+  (:mod:`htools.slurm`) create or reach clusters on Kubernetes and SLURM;
+* ``client=`` (Python API) uses a ``Client`` the caller already has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import HtoolsError
+
+if TYPE_CHECKING:
+    from .engine import RunOptions
+
+SCHEDULER_ENV = "HTOOLS_SCHEDULER"
+
+
+def parse_resources(spec) -> dict[str, float]:
+    """Dask worker resources from ``{"GPU": 1}``, ``"GPU=1"``, ``"GPU=1,MEM=2e9"`` or a
+    list of such strings (``--resources``, repeatable): name -> amount > 0."""
+    items: list = []
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    else:
+        for part in [spec] if isinstance(spec, str) else list(spec):
+            for one in str(part).replace(",", " ").split():
+                name, eq, amount = one.partition("=")
+                if not eq or not name.strip():
+                    raise HtoolsError(f"bad resource {one!r}: expected NAME=AMOUNT, such as "
+                                      "GPU=1")
+                items.append((name.strip(), amount.strip()))
+    out: dict[str, float] = {}
+    for name, amount in items:
+        try:
+            value = float(amount)
+        except (TypeError, ValueError):
+            raise HtoolsError(f"bad resource {name}={amount}: the amount must be a number, "
+                              "such as GPU=1") from None
+        if not name or not isinstance(name, str) or not value > 0 or value == float("inf"):
+            raise HtoolsError(f"bad resource {name}={amount}: expected a name and an amount "
+                              "> 0, such as GPU=1")
+        out[name] = int(value) if value.is_integer() else value
+    return out
+
+
+# ---------------------------------------------------------------- clusters --
+
+def cluster_address(cluster: str | None) -> str | None:
+    address = cluster or os.environ.get(SCHEDULER_ENV) or None
+    if address and "://" not in address:
+        address = "tcp://" + address
+    return address
+
+
+@contextlib.contextmanager
+def connect(opts: RunOptions) -> Iterator[Any]:
+    """A ``distributed.Client`` for the job, closing whatever this call created."""
+    if opts.client is not None:
+        yield opts.client
+        return
+    import dask
+    from distributed import Client, LocalCluster
+
+    address = cluster_address(opts.cluster)
+    if address and address.startswith("k8s://"):
+        from . import kube
+
+        with kube.cluster(address, quiet=opts.quiet) as cluster, Client(cluster) as client:
+            _announce(client, opts)
+            yield client
+        return
+    if address and address.startswith("slurm://"):
+        from . import slurm
+
+        with slurm.cluster(address, quiet=opts.quiet, retries=opts.retries) as cluster, \
+                Client(cluster) as client:
+            _announce(client, opts)
+            yield client
+        return
+    if address:
+        try:
+            client = Client(address, timeout=os.environ.get("HTOOLS_CONNECT_TIMEOUT", "20s"))
+        except OSError as e:
+            raise HtoolsError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+        with client:
+            _announce(client, opts)
+            yield client
+        return
+    n = opts.workers or os.cpu_count() or 1
+    gpus = count_gpus()
+    with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
+                          "distributed.worker.daemon": False}):
+        kw = dict(threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                  host="127.0.0.1", silence_logs=40)
+        if gpus:
+            cluster = _gpu_cluster(LocalCluster, n, gpus, kw)
+        else:
+            cluster = LocalCluster(n_workers=n, **kw)
+        with cluster, Client(cluster) as client:
+            if gpus:
+                client.wait_for_workers(n, timeout=120)
+            _announce(client, opts)
+            yield client
+
+
+def count_gpus() -> int:
+    """How many GPUs ``nvidia-smi -L`` lists (lines ``GPU 0: NAME (UUID: ...)``); 0 without
+    nvidia-smi or when it fails."""
+    import re
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        p = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=15,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    if p.returncode != 0:
+        return 0
+    return sum(1 for line in p.stdout.splitlines() if re.match(r"GPU \d+:", line.strip()))
+
+
+def _gpu_cluster(LocalCluster, n: int, gpus: int, kw: dict):
+    """The embedded cluster on a machine with ``gpus`` GPUs: ``n`` worker processes of
+    which the first ``min(n, gpus)`` each declare the resource ``GPU=1`` and see only
+    their own GPU (``CUDA_VISIBLE_DEVICES``, unless already set), so that a job asking
+    ``GPU=1`` runs one task per GPU and other jobs use every worker."""
+    import copy
+
+    from distributed.system import MEMORY_LIMIT
+
+    cluster = LocalCluster(n_workers=0, memory_limit=MEMORY_LIMIT // n, **kw)
+    try:
+        pinned = "CUDA_VISIBLE_DEVICES" in os.environ
+        for i in range(n):
+            spec = copy.deepcopy(cluster.new_spec)
+            if i < gpus:
+                spec["options"]["resources"] = {"GPU": 1}
+                if not pinned:
+                    spec["options"]["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+            cluster.worker_spec[i] = spec
+        cluster.scale(n)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _announce(client: Any, opts: RunOptions) -> None:
+    if opts.quiet:
+        return
+    link = getattr(client, "dashboard_link", None)
+    nworkers = len(client.scheduler_info().get("workers", {}))
+    msg = f"htools: {nworkers} workers"
+    if link:
+        msg += f", dashboard at {link}"
+    print(msg, file=sys.stderr, flush=True)
+
+
+RESOURCE_WAIT = 5.0  # seconds a job waits for a worker with the resources it asks
+
+
+def check_resources(client, resources: dict | None, wait: float = RESOURCE_WAIT) -> None:
+    """Refuse to submit (in seconds, not a hang) when no worker of the cluster holds
+    ``resources`` (each amount, on one worker): Dask would keep such tasks waiting for
+    ever.  Workers still joining get ``wait`` seconds."""
+    if not resources:
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        if any(all((w.get("resources") or {}).get(k, 0) >= v for k, v in resources.items())
+               for w in workers):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    asked = ", ".join(f"{k}={v}" for k, v in resources.items())
+    held: dict[str, int] = {}
+    for w in workers:
+        r = w.get("resources") or {}
+        label = ", ".join(f"{k}={v}" for k, v in sorted(r.items())) or "none"
+        held[label] = held.get(label, 0) + 1
+    have = "; ".join(f"{c} with {label}" for label, c in sorted(held.items())) or "no workers"
+    raise HtoolsError(f"no Dask worker has the resources {asked} that every task asks for "
+                      f"(--resources); the cluster's workers: {have}. Start workers with "
+                      f"`dask worker ADDRESS --resources \"{asked.replace(', ', ' ')}\"`")
