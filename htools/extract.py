@@ -132,7 +132,7 @@ def _write_files(sample: dict, spec: ExtractSpec, options, result: ShardResult) 
 
 def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
     if spec.format not in ("tsv", "jsonl"):
-        raise HtoolsError(f"unknown format {spec.format!r}: use tsv or jsonl")
+        raise HtoolsError(f"unknown format {spec.format!r}: use tsv, jsonl or parquet")
     if spec.binary not in ("length", "base64"):
         raise HtoolsError(f"unknown binary rendering {spec.binary!r}: use length or base64")
     kw = {"spec": spec, "options": storage.resolve_options(opts.storage_options)}
@@ -141,7 +141,7 @@ def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
 
 def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
             format: str = "tsv", binary: str = "length", to_dir: str | None = None,
-            out: IO[str] | None = None, frame: bool | None = None, **options):
+            out: IO[str] | str | None = None, frame: bool | None = None, **options):
     """Extract fields of every sample of ``inputs``, in shard order.
 
     Without ``out`` the results come back as data, with the job summary as their
@@ -157,10 +157,21 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     :class:`JobSummary` is returned, the counts also in ``summary.extra["counts"]`` as
     ``[[values, n], ...]``.  So does a call with ``to_dir`` (the files are the result)
     or ``dry_run`` (the plan is in ``summary.plan``).
+
+    ``format="parquet"`` with ``out`` a path writes the fields as a typed parquet table
+    (``meta.parquet``: one file, rows in shard order; ``meta-@N.parquet``: one file per
+    input shard, written by the tasks) and returns the summary; see :mod:`htools.parquet`.
     """
     opts = RunOptions.of(options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
+    if format == "parquet":
+        if field_names or count or to_dir:
+            raise HtoolsError("--format parquet writes fields (-f): not with -K, --count or "
+                              "--to-dir")
+        from .parquet import extract_parquet
+
+        return extract_parquet(inputs, tuple(fields), out, opts)
     as_data = out is None and not to_dir
     if as_data:
         format = "jsonl"  # parsed back into values below

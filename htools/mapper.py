@@ -72,15 +72,45 @@ def _with_key(item: dict, key: str, aliased: bool, n: int | None) -> dict:
 
 
 def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str) -> Iterator[dict]:
-    """Apply ``fn`` to each sample, counting; yields the output samples."""
+    """Apply ``fn`` to each sample, counting; yields the output samples.
+
+    The common case -- ``fn`` returns one dict that keeps the input's key (as
+    ``__key__`` and ``key``, or without them) -- is :func:`outputs_of` inlined: the
+    same output, without its general checks.
+    """
     for sample in samples:
         result.samples_read += 1
         key = sample["__key__"]
         try:
             aliased = "key" not in sample
-            outs = outputs_of(fn(expose_key(sample)), key, aliased)
+            if aliased:  # expose_key(), inlined
+                sample["key"] = key
+            out = fn(sample)
+            if type(out) is dict and (
+                    (named := out.get("__key__", key)) is key
+                    or (type(named) is str and named == key)) and (
+                    not aliased or (alias := out.get("key", key)) is key
+                    or (type(alias) is str and alias == key)):
+                item = dict(out)  # _with_key(out, key, aliased, None), for this case
+                item["__key__"] = key
+                if aliased:
+                    item.pop("key", None)
+                item.pop("__url__", None)
+                outs = ()  # nothing to write, unless a field does not start with "_"
+                for f in item:
+                    if not f.startswith("_"):
+                        outs = None  # the one output is item
+                        break
+            else:
+                outs = outputs_of(out, key, aliased)
         except Exception as e:  # the user's code raised: name shard and key
+            if getattr(e, "fatal", False):  # every sample would fail so (a missing program)
+                raise
             result.sample_error(url, key, "process_sample raised", e, user_traceback(e))
+            continue
+        if outs is None:
+            result.samples_mapped += 1
+            yield item
             continue
         if not outs:
             result.samples_dropped += 1
@@ -101,11 +131,18 @@ def map_shard(input: str, output: str, script: Script, *, options: dict | None =
                 counted = Counting(out, result, "bytes_out", digest=True)
                 with tario.TarWriter(counted, url=output, mtime=mtime,
                                      count_fields=True) as writer:
+                    write = writer.write
                     for s in distinct_keys(map_samples(samples, fn, result, input),
                                            input, "give each output its own __key__"):
-                        if _write(writer, s, output):
+                        try:
+                            n = write(s)
+                        except (TypeError, ValueError):
+                            n = _write(writer, s, output)  # raises, naming the sample
+                        if n:
                             result.samples_written += 1
-                result.sha256, result.fields = counted.hexdigest(), dict(writer.fields)
+                result.fields = dict(writer.fields)
+            # after the commit: the hashing thread finishes while the commit (fsync) runs
+            result.sha256 = counted.hexdigest()
     return result.as_dict()
 
 
@@ -133,17 +170,25 @@ def plan(inputs, outputs: str, script: Script, opts: RunOptions, *,
             for i, o in zip(ins, outs)]
 
 
-def map_shards(inputs, outputs: str, script, *, mtime: float | None = 0,
-               py_files=(), **options) -> JobSummary:
+def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
+               mtime: float | None = 0, py_files=(), **options) -> JobSummary:
     """Run ``process_sample`` from ``script`` over every sample of every input shard.
 
     ``script`` is a path to a script, a :class:`~htools.script.Script`, or a
     function; ``py_files`` (files or folders) travel with a script file, besides the
-    modules of its own folder.  ``options`` are those of :class:`~htools.engine.RunOptions`
+    modules of its own folder.  Or ``shell="COMMAND"`` instead of a script: the command
+    runs once per sample in a folder of ``sample.FIELD`` files (see :mod:`htools.shell`).
+    ``options`` are those of :class:`~htools.engine.RunOptions`
     (``client=``, ``cluster=``, ``workers=``, ``resume=``, ``max_errors=`` ...).
     Returns the job summary (``summary.ok``: every shard succeeded); prints nothing.
     """
     opts = RunOptions.of(options)
+    if (script is None) == (shell is None):
+        raise HtoolsError("give a script (-p SCRIPT.py) or a shell command (-s 'COMMAND'), "
+                          "not both" if script is not None else
+                          "give a script (-p SCRIPT.py) or a shell command (-s 'COMMAND')")
+    if shell is not None:
+        script = Script.from_shell(shell)
     script = load_script(script, require=("process_sample",), py_files=py_files)
     tasks = plan(inputs, outputs, script, opts, mtime=mtime)
     preflight.check([t.input for t in tasks], [t.output for t in tasks],

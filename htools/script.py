@@ -77,6 +77,16 @@ class Script:
     digest: str = field(default="", compare=False)
     function: Callable | None = field(default=None, compare=False)
     modules: tuple[tuple[str, str], ...] = ()
+    shell: str | None = None  # a shell command run once per sample (htools.shell)
+
+    @classmethod
+    def from_shell(cls, command: str) -> Script:
+        """A shell command as the script (``htmapper --shell``): its ``process_sample``
+        runs ``command`` through ``sh -c`` in a folder of ``sample.FIELD`` files."""
+        from .shell import check_syntax
+
+        check_syntax(command)
+        return cls("", f"<shell {command!r}>", _digest("shell\0" + command), shell=command)
 
     @classmethod
     def from_function(cls, fn: Callable) -> Script:
@@ -113,8 +123,9 @@ class Script:
         """This script carrying the modules of folder ``beside`` (the script's own) and
         of ``py_files``; a later one of the same path wins.  Refused (ScriptError)
         over :data:`MAX_SHIPPED` bytes."""
-        if self.function is not None:
-            raise ScriptError("py_files are shipped with a script file, not a function")
+        if self.function is not None or self.shell is not None:
+            raise ScriptError("py_files are shipped with a script file, not a "
+                              + ("function" if self.shell is None else "shell command"))
         found: dict[str, str] = dict(self.modules)
         if beside is not None:
             found.update(_folder_modules(beside))
@@ -133,7 +144,7 @@ class Script:
         return replace(self, modules=modules, digest=_digest(self.source, modules))
 
     def defines(self, name: str) -> bool:
-        if self.function is not None:
+        if self.function is not None or self.shell is not None:
             return name == "process_sample"
         return name in _top_level_names(self.source, self.filename)
 
@@ -142,6 +153,10 @@ class Script:
         (for a function: a namespace whose ``process_sample`` is the function)."""
         if self.function is not None:
             return types.SimpleNamespace(process_sample=self.function)
+        if self.shell is not None:  # a new runner (one temp dir) per call: per task
+            from .shell import namespace
+
+            return namespace(self.shell)
         key = self.digest or _digest(self.source, self.modules)
         mod = _loaded.get(key)
         if mod is not None and (not self.modules or _active[0] == key):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .engine import RunOptions
 from .exchange import ExchangeSpec, KeySpec, run_exchange
+from .exchange.keys import check_dedup_field
 from .script import load_script
 from .summary import JobSummary
 
@@ -11,15 +12,20 @@ from .summary import JobSummary
 def shuffle(inputs, outputs: str, *, seed: int = 0, maxcount: int | None = None,
             script=None, memory: int | None = None, scratch: str | None = None,
             mtime: float | None = 0, fan_in: int | None = None, py_files=(),
-            **options) -> JobSummary:
+            dedup: str | None = None, **options) -> JobSummary:
     """Shuffle every sample of ``inputs`` into ``outputs`` (``@M``, or ``%06d`` with
     ``maxcount``).  Same seed, inputs and outputs give byte-identical outputs.
     ``script`` (a path or a function) may define ``process_sample``, applied first;
     ``py_files`` travel with a script file, besides the modules of its own folder.
+    ``dedup="FIELD"`` keeps only the first sample (in input order) of each distinct
+    FIELD value (sha256 of its bytes); the rest count as dropped (``extra.duplicates``).
     Returns the job summary; prints nothing."""
     opts = RunOptions.of(options)
     inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
-    spec = ExchangeSpec("htshuffle", inputs, outputs, KeySpec(mode="random", seed=seed),
+    if dedup is not None:
+        check_dedup_field(dedup)
+    spec = ExchangeSpec("htshuffle", inputs, outputs,
+                        KeySpec(mode="random", seed=seed, dedup=dedup),
                         script=load_script(script, require=("process_sample",), py_files=py_files)
                         if script is not None else None,
                         maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime,

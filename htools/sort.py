@@ -5,6 +5,7 @@ from __future__ import annotations
 from .engine import RunOptions
 from .errors import HtoolsError
 from .exchange import ExchangeSpec, KeySpec, run_exchange
+from .exchange.keys import check_dedup_field
 from .script import load_script
 from .summary import JobSummary
 
@@ -15,13 +16,15 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
          reverse: bool = False, merge: bool = False, script=None,
          maxcount: int | None = None, memory: int | None = None, scratch: str | None = None,
          mtime: float | None = 0, fan_in: int | None = None, py_files=(),
-         **options) -> JobSummary:
+         dedup: str | None = None, **options) -> JobSummary:
     """Sort every sample of ``inputs`` (one pattern or several) into ``outputs``.
 
     ``script`` (a path, or a function used as ``process_sample``) may define
     ``process_sample`` (applied first), ``sort_key(sample)`` and
     ``reduce_samples(key, samples)``; ``py_files`` travel with a script file, besides the
-    modules of its own folder.  Returns the job summary; prints nothing.
+    modules of its own folder.  ``dedup="FIELD"`` (FIELD being the sort key) keeps only
+    the first sample, in input order, of each distinct FIELD value.  Returns the job
+    summary; prints nothing.
     """
     opts = RunOptions.of(options)
     inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
@@ -34,9 +37,27 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
         raise HtoolsError("--merge joins samples by __key__; it cannot sort by another key")
     if by_script and key is not None:
         raise HtoolsError("the script defines sort_key(); --key would be ignored: drop one")
+    if dedup is not None:
+        _check_dedup(check_dedup_field(dedup), key or "__key__", by_script, merge)
     keyspec = KeySpec(mode="script" if by_script else "field", field=key or "__key__",
-                      type=key_type, reverse=reverse)
+                      type=key_type, reverse=reverse, dedup=dedup)
     spec = ExchangeSpec("htsort", inputs, outputs, keyspec, script=script, merge=merge,
                         maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime,
                         fan_in=fan_in)
     return run_exchange(spec, opts)
+
+
+def _check_dedup(field: str, key: str, by_script: bool, merge: bool) -> None:
+    """htsort --dedup FIELD sorts by FIELD: duplicates then share a sort key, hence a
+    bucket, and meet side by side in one write task.  Other sort keys are refused."""
+    if merge:
+        raise HtoolsError("--dedup and --merge do not combine: --merge joins samples with "
+                          "equal __key__, --dedup drops them")
+    if by_script:
+        raise HtoolsError(f"--dedup {field} needs --key {field} (duplicates must sort "
+                          "together), not a script's sort_key(); to deduplicate first, run "
+                          f"htshuffle --dedup {field}")
+    if field != key:
+        raise HtoolsError(f"htsort --dedup {field} needs --key {field} (duplicates must sort "
+                          f"together); to sort by {key} without duplicates of {field}, run "
+                          f"htshuffle --dedup {field} first, then htsort --key {key}")

@@ -33,6 +33,18 @@ def _storage_options(ctx, param, value: str | None) -> dict | None:
     return opts
 
 
+def _resources(ctx, param, value) -> dict | None:
+    """``--resources GPU=1`` (repeatable; ``GPU=1,MEM=2e9`` too) as a dict."""
+    if not value:
+        return None
+    from ..engine import parse_resources
+
+    try:
+        return parse_resources(value)
+    except HtoolsError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def parse_bytes(ctx, param, value: str | None) -> int | None:
     if value is None:
         return None
@@ -55,6 +67,10 @@ RUN_FLAGS: list[tuple[str, Callable]] = [
     ("workers", click.option(
         "--workers", "workers", type=click.IntRange(1), default=None,
         help="Worker processes of the embedded cluster (default: one per core).")),
+    ("resources", click.option(
+        "--resources", "resources", multiple=True, callback=_resources, metavar="NAME=AMOUNT",
+        help="Dask worker resources every task asks for (GPU=1; repeatable): tasks run "
+             "only on workers started with `dask worker --resources GPU=1`.")),
     ("retries", click.option(
         "--retries", "retries", type=click.IntRange(0), default=2, show_default=True,
         help="Times a task is retried when its worker dies.")),
@@ -110,6 +126,9 @@ def exchange_options(fn: Callable) -> Callable:
         click.option("--fan-in", type=click.IntRange(2), default=None, metavar="F",
                      help="Runs one task reads at most; more runs add merge levels "
                           "(default: from --memory, 4..256)."),
+        click.option("--dedup", metavar="FIELD", default=None,
+                     help="Keep only the first sample (in input order) of each distinct "
+                          "FIELD value (sha256 of its bytes); htsort needs --key FIELD."),
     ]):
         fn = d(fn)
     return fn

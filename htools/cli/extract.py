@@ -19,14 +19,17 @@ from .common import command, finish
 @click.option("-K", "--field-names", is_flag=True, help="List each sample's set of field names.")
 @click.option("--count", type=click.IntRange(1), default=None, metavar="N",
               help="Print the N most common values (count<TAB>value) instead of rows.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default="tsv",
+              show_default=True,
+              help="parquet: a typed table at -o FILE.parquet, or one per shard with "
+                   "-o meta-@N.parquet (needs pyarrow: pip install 'htools[parquet]').")
 @click.option("--binary", type=click.Choice(["length", "base64"]), default="length",
               show_default=True, help="How non-text fields are shown.")
 @click.option("--to-dir", metavar="DIR", default=None,
               help="Write the selected fields as files DIR/KEY.FIELD instead of rows.")
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
-              help="Where rows go (default stdout).")
+@click.option("-o", "--output", default="-", metavar="FILE",
+              help="Where rows go (default stdout); with --format parquet a path, URL "
+                   "or pattern.")
 @click.option("--index", "index_to", metavar="OUT.json", default=None,
               help="Instead of rows: write the shard index of INPUTS (wids dataset "
                    "description: samples, size, sha256 and fields of every shard) to OUT.json.")
@@ -39,9 +42,17 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, index_
       htextract 'data-{000..099}.tar' -f __key__,cls
       htextract 'data-@100.tar' -f cls --count 20
       htextract 'data-@100.tar' --index data.index.json
+      htextract 'data-@100.tar' -f __key__,cls,json --format parquet -o meta-@100.parquet
     """
     if index_to:
         finish(index_shards(inputs, index_to, **opts.as_kwargs()), opts)
+    if fmt == "parquet":
+        finish(extract(inputs, fields=fields, field_names=field_names, count=count or 0,
+                       format=fmt, to_dir=to_dir, out=output, **opts.as_kwargs()), opts)
+    try:
+        output = click.open_file(output, "w", encoding="utf-8")
+    except OSError as e:
+        raise click.BadParameter(f"cannot write {output}: {e.strerror}", param_hint="-o")
     try:
         summary = extract(inputs, fields=fields, field_names=field_names, count=count or 0,
                           format=fmt, binary=binary, to_dir=to_dir, out=output,

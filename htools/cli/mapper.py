@@ -9,18 +9,30 @@ from .common import command, finish, mtime_option, py_files_option
 
 
 @command
-@click.option("-p", "--script", "script_path", required=True, metavar="SCRIPT.py",
+@click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="Defines process_sample(sample) -> sample | None | list; optional init().")
+@click.option("-s", "--shell", "shell", default=None, metavar="COMMAND",
+              help="Instead of -p: run COMMAND (sh -c) once per sample in a folder of "
+                   "sample.FIELD files, with $KEY set; the sample.* files left are the output.")
 @click.argument("inputs")
 @click.argument("outputs")
 @mtime_option
 @py_files_option
-def main(inputs: str, outputs: str, script_path: str, mtime: float, py_files, opts) -> None:
+def main(inputs: str, outputs: str, script_path: str | None, shell: str | None, mtime: float,
+         py_files, opts) -> None:
     """Map every sample of INPUTS (a shard set) into OUTPUTS (one output per input).
 
     \b
-    Example:
+    Examples:
       htmapper -p script.py gs://b/Volume_@1000.tgz http://host/processed-@1000.tgz
+      htmapper -s 'convert sample.jpg sample.png && rm sample.jpg' in-@8.tar out-@8.tar
     """
-    finish(map_shards(inputs, outputs, script_path, mtime=mtime, py_files=py_files,
-                      **opts.as_kwargs()), opts)
+    if script_path is not None and shell is not None:
+        raise click.UsageError("-s/--shell and -p/--script exclude each other: give one")
+    if script_path is None and shell is None:
+        raise click.UsageError("give -p SCRIPT.py (a Python script) or -s 'COMMAND' "
+                               "(a shell command run once per sample)")
+    if shell is not None and py_files:
+        raise click.UsageError("--py-files goes with -p SCRIPT.py, not with -s/--shell")
+    finish(map_shards(inputs, outputs, script_path, shell=shell, mtime=mtime,
+                      py_files=py_files, **opts.as_kwargs()), opts)

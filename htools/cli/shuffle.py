@@ -17,7 +17,7 @@ from .common import command, exchange_options, finish, py_files_option, seed_opt
 @py_files_option
 @exchange_options
 def main(inputs, outputs, seed, script_path, py_files, maxcount, memory, scratch, mtime,
-         fan_in, opts) -> None:
+         fan_in, dedup, opts) -> None:
     """Shuffle every sample of INPUTS into OUTPUTS (out-@M.tar, or out-%06d.tar with --maxcount).
 
     \b
@@ -26,4 +26,4 @@ def main(inputs, outputs, seed, script_path, py_files, maxcount, memory, scratch
     """
     finish(shuffle(inputs, outputs, seed=seed, maxcount=maxcount, script=script_path,
                    memory=memory, scratch=scratch, mtime=mtime, fan_in=fan_in, py_files=py_files,
-                   **opts.as_kwargs()), opts)
+                   dedup=dedup, **opts.as_kwargs()), opts)

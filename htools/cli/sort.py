@@ -22,7 +22,7 @@ from .common import command, exchange_options, finish, py_files_option
 @py_files_option
 @exchange_options
 def main(patterns, key, key_type, reverse, merge, script_path, py_files, maxcount, memory,
-         scratch, mtime, fan_in, opts) -> None:
+         scratch, mtime, fan_in, dedup, opts) -> None:
     """Sort every sample of INPUTS... into OUTPUTS (the last argument).
 
     \b
@@ -34,6 +34,6 @@ def main(patterns, key, key_type, reverse, merge, script_path, py_files, maxcoun
         raise click.UsageError("give INPUTS... and OUTPUTS")
     finish(sort(list(patterns[:-1]), patterns[-1], key=key, key_type=key_type, reverse=reverse,
                 merge=merge, script=script_path, maxcount=maxcount, memory=memory,
-                scratch=scratch, mtime=mtime, fan_in=fan_in, py_files=py_files,
+                scratch=scratch, mtime=mtime, fan_in=fan_in, py_files=py_files, dedup=dedup,
                 **opts.as_kwargs()),
            opts)
