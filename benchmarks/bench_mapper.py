@@ -26,6 +26,7 @@ import threading
 import time
 
 from htools import storage, tario
+from htools.memory import rss as _rss
 
 
 def identity(sample):
@@ -73,13 +74,6 @@ def baseline_loop(inputs: list[str], out_dir: str) -> float:
     return time.perf_counter() - t0
 
 
-def _rss() -> int:
-    """This process's resident memory in bytes (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
 
 
 class _RssWatch:

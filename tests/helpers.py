@@ -94,3 +94,24 @@ def run(tool: str, *args: str, env: dict | None = None, timeout: float = 180,
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
+
+
+# Scripts that SIGKILL their worker once (a marker file remembers), in stage 1 of an
+# exchange (process_sample) or in its writes (reduce_samples); format with mark=PATH.
+KILL_IN_STAGE_1 = """
+import os, signal
+def process_sample(sample):
+    if sample["__key__"] == "s1/k0005" and not os.path.exists({mark!r}):
+        open({mark!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return sample
+"""
+
+KILL_IN_STAGE_2 = """
+import os, signal
+def reduce_samples(key, samples):
+    if key == "s2/k0007" and not os.path.exists({mark!r}):
+        open({mark!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return samples
+"""

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import pytest
 from chaos import ChaosProxy
-from helpers import BIN, child_env, make_shards, read_wds, run
+from helpers import BIN, KILL_IN_STAGE_1, KILL_IN_STAGE_2, child_env, make_shards, read_wds, run
 from servers import REPO, free_port
 
 SHARDS, PER_SHARD = 6, 20
@@ -67,22 +67,6 @@ DESCRIBE = {
 
 IDENTITY = "def process_sample(sample):\n    return sample\n"
 SLOW_IDENTITY = "import time\n\ndef process_sample(sample):\n    time.sleep(0.03)\n    return sample\n"
-KILL_IN_STAGE_1 = """
-import os, signal
-def process_sample(sample):
-    if sample["__key__"] == "s1/k0005" and not os.path.exists({mark!r}):
-        open({mark!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return sample
-"""
-KILL_IN_STAGE_2 = """
-import os, signal
-def reduce_samples(key, samples):
-    if key == "s2/k0007" and not os.path.exists({mark!r}):
-        open({mark!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return samples
-"""
 
 ROWS: list[dict] = []  # one per job run under a fault: what README's table is made of
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from helpers import make_shards, ok, read_wds, run
+from helpers import KILL_IN_STAGE_1, KILL_IN_STAGE_2, make_shards, ok, read_wds, run
 
 import htools
 
@@ -230,25 +230,6 @@ def test_bad_sort_key_is_named(tmp_path):
 
 
 # ----------------------------------------------------------- worker death --
-
-KILL_IN_STAGE_1 = """
-import os, signal
-def process_sample(sample):
-    if sample["__key__"] == "s1/k0005" and not os.path.exists({mark!r}):
-        open({mark!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return sample
-"""
-
-KILL_IN_STAGE_2 = """
-import os, signal
-def reduce_samples(key, samples):
-    if key == "s2/k0007" and not os.path.exists({mark!r}):
-        open({mark!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return samples
-"""
-
 
 @pytest.mark.parametrize("body", [KILL_IN_STAGE_1, KILL_IN_STAGE_2], ids=["stage1", "stage2"])
 def test_worker_killed_in_each_stage_result_still_exact(tmp_path, body, cluster_args):

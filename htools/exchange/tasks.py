@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import random
-import resource
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import numpy as np
 from .. import storage, tario
 from ..errors import HtoolsError
 from ..mapper import map_samples
+from ..memory import peak_rss, rss
 from ..script import Script, user_traceback
 from ..streams import Counting, distinct_keys
 from ..summary import ShardResult
@@ -88,7 +87,7 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
     bucket up to the memory budget; each spill sorts every bucket (stably) and writes
     one run of all buckets.
     """
-    rss0 = _rss()
+    rss0 = rss()
     runs: list[Run] = []
     urls = [u for _i, u in inputs]
     counts = np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None
@@ -101,7 +100,7 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
             runs.clear()
             raise
     extra: dict = {"runs": [(r.url, r.size) for r in runs], "rss_start": rss0,
-                   "peak_rss": _peak_rss()}
+                   "peak_rss": peak_rss()}
     if counts is not None and runs:
         nz = np.flatnonzero(counts)
         extra["counts"] = (nz.astype(np.uint32).tobytes(), counts[nz].astype(np.uint64).tobytes())
@@ -265,7 +264,7 @@ def _open(runs: list[Run], a: int, b: int, options: dict) -> list[_Cursor]:
 def merge_runs(runs: list[Run], a: int, b: int, url: str, spec: StageTwo) -> dict:
     """Merge-level task: buckets ``[a, b)`` of ``runs`` -> one run at ``url``.  A bucket
     found in one run only is copied as bytes; others are merged record by record."""
-    rss0 = _rss()
+    rss0 = rss()
     out: Run | None = None
     with shard_task(f"{len(runs)} runs, buckets {a}..{b - 1}", url) as result:
         options = spec.scratch_options
@@ -295,7 +294,7 @@ def _merge_into(url: str, a: int, b: int, cursors: list[_Cursor], reverse: bool,
 
 def _merged(result: ShardResult, out: Run | None, rss0: int) -> dict:
     result.extra = {"run": (out.url, out.size) if out else None, "rss_start": rss0,
-                    "peak_rss": _peak_rss()}
+                    "peak_rss": peak_rss()}
     return result.as_dict()
 
 
@@ -307,7 +306,7 @@ def write_outputs(outputs: list[tuple[str, int, int]], runs: list[Run],
     merged, reduced, written atomically.  The outputs are in bucket order, so every
     run's slice is read once, front to back (a retry of some of them skips the others).
     One failed output does not fail the others."""
-    rss0 = _rss()
+    rss0 = rss()
     first, last = outputs[0][1], outputs[-1][2]
     results: list[dict] = []
     try:
@@ -325,7 +324,7 @@ def write_outputs(outputs: list[tuple[str, int, int]], runs: list[Run],
         for c in cursors:
             c.close()
     for r in results:
-        r["extra"].update({"rss_start": rss0, "peak_rss": _peak_rss()})
+        r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
     return results
 
 
@@ -363,25 +362,3 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
             raise
     result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
     return result.as_dict()
-
-
-# ---------------------------------------------------------------- memory --
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _peak_rss() -> int:
-    """This process's own peak RSS (VmHWM; ru_maxrss would include what the parent had)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
