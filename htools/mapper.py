@@ -120,15 +120,16 @@ def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str) -> I
 
 
 def map_shard(input: str, output: str, script: Script, *, options: dict | None = None,
-              max_errors: int = 0, mtime: float | None = 0) -> dict:
-    """Task: read ``input``, map every sample through the script, write ``output``."""
+              max_errors: int = 0, mtime: float | None = 0, index: bool = True) -> dict:
+    """Task: read ``input``, map every sample through the script, write ``output``
+    (hashing it for the shard index when ``index``)."""
     with shard_task(input, output, max_errors=max_errors) as result:
         fn = script.load().process_sample
         with storage.open_read(input, options) as raw:
             samples = tario.read_samples(
                 tario.open_stream_reader(Counting(raw, result, "bytes_in"), input), input)
             with storage.open_write(output, options) as out:
-                counted = Counting(out, result, "bytes_out", digest=True)
+                counted = Counting(out, result, "bytes_out", digest=index)
                 with tario.TarWriter(counted, url=output, mtime=mtime,
                                      count_fields=True) as writer:
                     write = writer.write
@@ -165,7 +166,7 @@ def plan(inputs, outputs: str, script: Script, opts: RunOptions, *,
     if clash:
         raise HtoolsError(f"output {hide_credentials(sorted(clash)[0])} is also an input")
     kw = {"script": script, "options": storage.resolve_options(opts.storage_options),
-          "max_errors": opts.max_errors, "mtime": mtime}
+          "max_errors": opts.max_errors, "mtime": mtime, "index": opts.index}
     return [Task(map_shard, {"input": i, "output": o, **kw}, input=i, output=o)
             for i, o in zip(ins, outs)]
 

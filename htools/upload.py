@@ -129,10 +129,10 @@ def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:
 
 
 def write_file_shard(output: str, samples: list[FileSample], *, options: dict | None = None,
-                     mtime: float | None = 0) -> dict:
+                     mtime: float | None = 0, index: bool = True) -> dict:
     """Task: write local files, grouped into samples, as one shard."""
     with shard_task(f"{len(samples)} samples", output) as result:
-        _write_shard(output, _file_samples(samples, result), result, options, mtime)
+        _write_shard(output, _file_samples(samples, result), result, options, mtime, index)
     return result.as_dict()
 
 
@@ -146,10 +146,11 @@ def _file_samples(samples: list[FileSample], result: ShardResult) -> Iterator[di
 
 
 def _write_shard(output: str, samples: Iterator[dict], result: ShardResult,
-                 options: dict | None, mtime: float | None) -> None:
-    """Copy ``samples`` into the shard ``output``, counting; a failure leaves no output."""
+                 options: dict | None, mtime: float | None, index: bool = True) -> None:
+    """Copy ``samples`` into the shard ``output``, counting (and hashing it for the shard
+    index when ``index``); a failure leaves no output."""
     with storage.open_write(output, options) as out:
-        counted = Counting(out, result, "bytes_out", digest=True)
+        counted = Counting(out, result, "bytes_out", digest=index)
         with tario.TarWriter(counted, url=output, mtime=mtime, count_fields=True) as w:
             for sample in samples:
                 result.samples_read += 1
@@ -198,11 +199,11 @@ def count_shard(input: str, *, options: dict | None = None) -> dict:
 
 
 def write_tar_shard(output: str, segments: list[Segment], *, options: dict | None = None,
-                    mtime: float | None = 0) -> dict:
+                    mtime: float | None = 0, index: bool = True) -> dict:
     """Task: copy samples ``[start, stop)`` of each segment's input into one shard."""
     with shard_task([s.url for s in segments], output) as result:
         _write_shard(output, _segment_samples(segments, options, result), result, options,
-                     mtime)
+                     mtime, index)
     return result.as_dict()
 
 
@@ -279,7 +280,8 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
     bounds = split_counts([s.size for s in samples], n, maxcount, maxsize)
     outs = outset.urls(len(bounds))
     return [Task(write_file_shard, {"output": o, "samples": samples[a:b], "options": options,
-                                    "mtime": mtime}, input=f"{source} [{a}:{b}]", output=o)
+                                    "mtime": mtime, "index": opts.index},
+                 input=f"{source} [{a}:{b}]", output=o)
             for o, (a, b) in zip(outs, bounds)]
 
 
@@ -307,7 +309,7 @@ def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime) -> list[
                 for i, (url, first) in enumerate(owners)
                 if first < b and first + len(sizes[i]["extra"]["sizes"]) > a]
         tasks.append(Task(write_tar_shard, {"output": o, "segments": segs, "options": options,
-                                            "mtime": mtime},
+                                            "mtime": mtime, "index": opts.index},
                           input=[s.url for s in segs], output=o))
     return tasks
 

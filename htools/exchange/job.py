@@ -276,7 +276,7 @@ class _Job:
         return StageTwo(reverse=key.reverse, reduce=reduce, merge=spec.merge,
                         max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options,
                         dedup=key.dedup, dedup_by_key=key.mode == "field" and key.type == "str"
-                        and key.field == key.dedup)
+                        and key.field == key.dedup, index=self.opts.index)
 
     def _merge_levels(self, parts: list, groups: list[tuple[int, int]]):
         """Merge runs F at a time until no output reads more than F runs.  Returns the

@@ -72,6 +72,7 @@ class StageTwo:
     options: dict = field(default_factory=dict)
     dedup: str | None = None  # --dedup FIELD: drop all but the first of equal FIELD bytes
     dedup_by_key: bool = False  # equal sort keys imply identical FIELD bytes (no decoding)
+    index: bool = True  # hash what is written, for the shard index
 
     @property
     def scratch_options(self) -> dict:
@@ -337,7 +338,7 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
         duplicates = [0]
         try:
             with storage.open_write(url, spec.options) as out:
-                counted = Counting(out, result, "bytes_out", digest=True)
+                counted = Counting(out, result, "bytes_out", digest=spec.index)
                 with tario.TarWriter(counted, url=url, mtime=spec.mtime,
                                      count_fields=True) as writer:
                     merged = itertools.chain.from_iterable(
