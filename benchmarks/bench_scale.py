@@ -258,18 +258,13 @@ def ratios(results: list[dict]) -> list[dict]:
             rows.append(_row(f"htshuffle vs dask P2P shuffle, {n} -> {n} tiny shards",
                              h["seconds"], p["seconds"], ">= 1.0", h["client_rss"],
                              p["client_rss"], mem_label="client"))
-    srt = sorted(n for k, n in by if k == "sort")
-    if len(srt) > 1:
-        a, b = by[("sort", srt[0])], by[("sort", srt[-1])]
-        rows.append(_row(f"htsort scale: s per shard at {srt[-1]} vs at {srt[0]} shards",
-                         b["s_per_shard"] * a["n"], a["seconds"], "info", b["client_rss"],
-                         a["client_rss"], mem_label="client"))
-    mp = sorted(n for k, n in by if k == "mapper")
-    if len(mp) > 1:
-        a, b = by[("mapper", mp[0])], by[("mapper", mp[-1])]
-        rows.append(_row(f"htmapper scale: s per shard at {mp[-1]} vs at {mp[0]} shards",
-                         b["s_per_shard"] * a["n"], a["seconds"], "info", b["client_rss"],
-                         a["client_rss"], mem_label="client"))
+    for kind, tool in (("sort", "htsort"), ("mapper", "htmapper")):
+        ns = sorted(n for k, n in by if k == kind)
+        if len(ns) > 1:
+            a, b = by[(kind, ns[0])], by[(kind, ns[-1])]
+            rows.append(_row(f"{tool} scale: s per shard at {ns[-1]} vs at {ns[0]} shards",
+                             b["s_per_shard"] * a["n"], a["seconds"], "info", b["client_rss"],
+                             a["client_rss"], mem_label="client"))
     return rows
 
 

@@ -103,7 +103,7 @@ class Task:
 
 def existing_outputs(outputs: list[str], options: dict | None) -> set[str]:
     """Which of ``outputs`` already exist (checked concurrently: object stores are slow)."""
-    urls = [u for u in outputs if u and storage.protocol(u) not in ("pipe", "stdio")]
+    urls = [u for u in outputs if u and not storage.is_stream(u)]
     if not urls:
         return set()
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -193,7 +193,7 @@ def _remove_stale(result: dict, opts: RunOptions) -> None:
     a later --resume would take that stale output for this job's."""
     out = result["output"]
     if opts.overwrite and result["status"] == "failed" and out \
-            and storage.protocol(out) not in ("pipe", "stdio"):
+            and not storage.is_stream(out):
         try:
             storage.delete(out, opts.storage_options)
         except HtoolsError:

@@ -27,11 +27,10 @@ from urllib.parse import urlsplit
 
 from . import storage
 from .errors import HtoolsError, StorageError, hide_credentials
-from .storage.local import local_path
+from .storage.local import local_path, nearest_existing
 
 PROBE_RETRIES = {"retries": 1, "backoff": 0.2, "backoff_cap": 0.5}
 PROBE_WRITES = 3  # a write probe that fails transiently is tried again, then let be
-STREAMS = ("pipe", "stdio")
 
 
 class Unreachable(HtoolsError):
@@ -42,8 +41,8 @@ def check(inputs: Iterable[str], outputs: Iterable[str], options: dict | None, *
           write: bool = True) -> None:
     """Raise :class:`Unreachable` (one line) for the first input or output that cannot
     be reached; return quietly when all can."""
-    inputs = [u for u in inputs if u and storage.protocol(u) not in STREAMS]
-    outputs = [u for u in outputs if u and storage.protocol(u) not in STREAMS]
+    inputs = [u for u in inputs if u and not storage.is_stream(u)]
+    outputs = [u for u in outputs if u and not storage.is_stream(u)]
     resolved = storage.resolve_options(options)
     probe = {proto: {**resolved.get(proto, {}), **PROBE_RETRIES}
              for proto in ("file", "http", "s3", "gs")}
@@ -107,12 +106,7 @@ def _check_outputs(outputs: list[str], options: dict, write: bool) -> None:
 
 def _check_local_folder(folder: str) -> None:
     path = os.path.abspath(local_path(folder))
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
+    probe = nearest_existing(path)
     if not os.path.isdir(probe):
         raise Unreachable(f"cannot write outputs under {path}: {probe} is a file, not a "
                           "folder")

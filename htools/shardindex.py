@@ -28,7 +28,6 @@ from .task import shard_task
 
 SUFFIXES = (".tar.gz", ".tar.zst", ".tar", ".tgz", ".tzst")
 _NUMBERING = re.compile(r"(@\d+|%0?\d*d|\{[^}]*\})")
-STREAMS = ("pipe", "stdio")
 
 
 def index_url(outset: OutputSet) -> str:
@@ -101,7 +100,7 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
                   options: dict | None) -> str | None:
     """After a successful job: the index of its whole output set, next to it.  Returns
     its URL (None when the outputs are pipes or nothing was written)."""
-    if not outputs or any(storage.protocol(u) in STREAMS for u in outputs):
+    if not outputs or any(storage.is_stream(u) for u in outputs):
         return None
     url = index_url(outset)
     fresh = {e["output"]: e for e in summary.written}

@@ -25,12 +25,12 @@ from .. import engine, preflight, shards, storage
 from ..engine import RunOptions, Task
 from ..errors import HtoolsError, hide_credentials
 from ..script import Script
-from ..storage.local import local_path
+from ..storage.local import local_path, nearest_existing
 from ..summary import JobSummary
 from . import plan
 from .keys import KeySpec, pick_splitters
 from .runfile import Run
-from .sizing import (default_memory, default_scratch, existing_folder, human_size,
+from .sizing import (default_memory, default_scratch, human_size,
                      same_file_system, shard_size, worker_threads)
 from .tasks import StageOne, StageTwo, merge_runs, partition, sample_keys, scratch_options, \
     write_outputs
@@ -187,7 +187,7 @@ class _Job:
         while the last runs are still there: two copies in those cases."""
         if storage.protocol(self.scratch_root) != "file" or not self.shard_size:
             return
-        folder = existing_folder(local_path(self.scratch_root))
+        folder = nearest_existing(local_path(self.scratch_root))
         try:
             free = shutil.disk_usage(folder).free
         except OSError:

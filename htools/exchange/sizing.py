@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import engine, shards, storage
 from ..engine import RunOptions
 from ..errors import HtoolsError
-from ..storage.local import local_path
+from ..storage.local import local_path, nearest_existing
 
 SIZE_PROBES = 8  # input shards whose size is asked for to group small inputs
 
@@ -20,7 +20,7 @@ def shard_size(inputs: list[str], opts: RunOptions) -> float | None:
     """The mean size of a few input shards (None when it cannot be known)."""
     step = max(1, len(inputs) // SIZE_PROBES)
     probes = inputs[::step][:SIZE_PROBES]
-    if any(storage.protocol(u) in ("pipe", "stdio") for u in probes):
+    if any(storage.is_stream(u) for u in probes):
         return None
     try:
         with ThreadPoolExecutor(max_workers=len(probes)) as pool:
@@ -39,21 +39,13 @@ def human_size(n: float) -> str:
     return f"{n} bytes"
 
 
-def existing_folder(path: str) -> str:
-    """``path`` or its nearest existing parent (a scratch dir may not exist yet)."""
-    path = os.path.abspath(path)
-    while not os.path.isdir(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
 def same_file_system(folder: str, output: str) -> bool:
     """Whether a local ``output`` lands on the file system of ``folder``."""
     if storage.protocol(output) != "file":
         return False
     try:
         return os.stat(folder).st_dev == \
-            os.stat(existing_folder(os.path.dirname(local_path(output)) or ".")).st_dev
+            os.stat(nearest_existing(os.path.dirname(local_path(output)) or ".")).st_dev
     except OSError:
         return False
 

@@ -52,11 +52,12 @@ from htools.storage.registry import OPTION_KEYS, REGISTRY, backend, protocol
 __all__ = [
     "Options", "Writer", "open_read", "open_write", "exists", "size", "read_range",
     "open_range", "delete", "delete_prefix", "listdir", "remove_partials", "join", "protocol",
-    "resolve_options", "CHUNK",
+    "resolve_options", "CHUNK", "is_stream",
 ]
 
 T = TypeVar("T")
 Options = Mapping[str, Mapping[str, Any]]
+STREAMS = ("pipe", "stdio")  # the protocols that are streams, not stored objects
 
 
 # --------------------------------------------------------------------------- URLs, options
@@ -120,6 +121,11 @@ def _check_names(proto: str, opts: Mapping[str, Any]) -> None:
         bad = sorted(set(auth) - set(_AUTH_KEYS))
         raise StorageError("storage options", f"unknown {proto}.auth key(s) "
                            f"{', '.join(map(repr, bad))}; valid: user, password")
+
+
+def is_stream(url: str) -> bool:
+    """``pipe:COMMAND`` or ``-``: a stream, with no existence, size, range or atomic write."""
+    return protocol(url) in STREAMS
 
 
 def join(base_url: str, name: str) -> str:

@@ -38,6 +38,16 @@ def local_path(url: str) -> str:
     return url
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` made absolute, or its nearest parent that exists (a folder to be made
+    later, a scratch dir before the job): the place whose kind, rights and file system
+    decide what can be written there."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def _join(url: str, name: str) -> str:
     if "://" not in url:
         return os.path.join(url, name)
