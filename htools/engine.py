@@ -294,8 +294,9 @@ def _stop(client, ac, prefix: str, wait: float = STOP_WAIT) -> None:
         client.cancel(futures)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            running = [k for keys in client.processing().values() for k in keys
-                       if str(k).startswith(prefix)]
+            # the workers' own view: a cancelled task leaves the scheduler's `processing`
+            # at once but runs on in its worker thread until it returns
+            running = [k for keys in client.run(_running_keys, prefix).values() for k in keys]
             if not running:
                 return
             time.sleep(0.2)
@@ -303,6 +304,14 @@ def _stop(client, ac, prefix: str, wait: float = STOP_WAIT) -> None:
         return
     except Exception:  # noqa: BLE001 - a scheduler already gone: nothing runs for us
         return
+
+
+def _running_keys(prefix: str, dask_worker=None) -> list[str]:
+    """Run on a worker: the keys starting with ``prefix`` that its threads still execute
+    (cancelled ones included)."""
+    state = dask_worker.state
+    return [str(ts.key) for ts in (*state.executing, *state.long_running)
+            if str(ts.key).startswith(prefix)]
 
 
 def _failed_all(task: Task, error: str) -> list[dict]:
