@@ -22,9 +22,9 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
     ``script`` (a path, or a function used as ``process_sample``) may define
     ``process_sample`` (applied first), ``sort_key(sample)`` and
     ``reduce_samples(key, samples)``; ``py_files`` travel with a script file, besides the
-    modules of its own folder.  ``dedup="FIELD"`` (FIELD being the sort key) keeps only
-    the first sample, in input order, of each distinct FIELD value.  Returns the job
-    summary; prints nothing.
+    modules of its own folder.  ``dedup="FIELD"`` keeps only the first sample, in input
+    order, of each distinct FIELD value (when the sort key is not FIELD itself, through
+    one more pass over scratch).  Returns the job summary; prints nothing.
     """
     opts = RunOptions.of(options)
     inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
@@ -37,8 +37,11 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
         raise HtoolsError("--merge joins samples by __key__; it cannot sort by another key")
     if by_script and key is not None:
         raise HtoolsError("the script defines sort_key(); --key would be ignored: drop one")
+    if dedup is not None and merge:
+        raise HtoolsError("--dedup and --merge do not combine: --merge joins samples with "
+                          "equal __key__, --dedup drops them")
     if dedup is not None:
-        _check_dedup(check_dedup_field(dedup), key or "__key__", by_script, merge)
+        check_dedup_field(dedup)
     keyspec = KeySpec(mode="script" if by_script else "field", field=key or "__key__",
                       type=key_type, reverse=reverse, dedup=dedup)
     spec = ExchangeSpec("htsort", inputs, outputs, keyspec, script=script, merge=merge,
@@ -46,18 +49,3 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
                         fan_in=fan_in)
     return run_exchange(spec, opts)
 
-
-def _check_dedup(field: str, key: str, by_script: bool, merge: bool) -> None:
-    """htsort --dedup FIELD sorts by FIELD: duplicates then share a sort key, hence a
-    bucket, and meet side by side in one write task.  Other sort keys are refused."""
-    if merge:
-        raise HtoolsError("--dedup and --merge do not combine: --merge joins samples with "
-                          "equal __key__, --dedup drops them")
-    if by_script:
-        raise HtoolsError(f"--dedup {field} needs --key {field} (duplicates must sort "
-                          "together), not a script's sort_key(); to deduplicate first, run "
-                          f"htshuffle --dedup {field}")
-    if field != key:
-        raise HtoolsError(f"htsort --dedup {field} needs --key {field} (duplicates must sort "
-                          f"together); to sort by {key} without duplicates of {field}, run "
-                          f"htshuffle --dedup {field} first, then htsort --key {key}")

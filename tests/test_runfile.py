@@ -78,3 +78,13 @@ def test_offsets_of_a_wide_bucket_range(tmp_path):
     run = write(tmp_path, {5: [(1, "a", b"A")], 19_000: [(2, "b", b"B")]}, hi=20_000)
     offs = runfile.bucket_offsets(run, 0, 20_000, {})
     assert len(offs) == 20_001 and offs[5] == 0 and offs[6] == offs[19_000] > 0
+
+
+def test_a_damaged_record_length_is_named_not_allocated():
+    """A record header whose lengths run past its bucket (a damaged run) fails with the
+    run's name before any buffer of that size is allocated."""
+    rec = runfile.record(runfile.pack_key(1), "k", b"x" * 100)
+    bad = runfile.HEADER.pack(1 << 40, 1, 1) + rec[runfile.HEADER.size:]
+    for read in (runfile.records, runfile.raw_records):
+        with pytest.raises(HtoolsError, match="r.bin: corrupt run file"):
+            list(read(io.BytesIO(rec + bad), 2 * len(rec), "r.bin"))

@@ -128,7 +128,8 @@ def exchange_options(fn: Callable) -> Callable:
                           "(default: from --memory, 4..256)."),
         click.option("--dedup", metavar="FIELD", default=None,
                      help="Keep only the first sample (in input order) of each distinct "
-                          "FIELD value (sha256 of its bytes); htsort needs --key FIELD."),
+                          "FIELD value (sha256 of its bytes); htsort by another key makes "
+                          "one more pass over scratch."),
     ]):
         fn = d(fn)
     return fn

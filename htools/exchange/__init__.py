@@ -4,6 +4,7 @@
 * :mod:`.runfile` the run-file format (its only owner) and sample encoding;
 * :mod:`.plan`    pure planning: fan-in, input grouping, merge levels, write chunks;
 * :mod:`.tasks`   partition (stage 1), merge (extra levels), write, key sampling;
+* :mod:`.dedup`   the task between htsort's two passes when --dedup is not its key;
 * :mod:`.job`     the driver: stages in order, summary, scratch clean-up.
 """
 

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from .tasks import StageTwo
 
 def dedup(records_: Iterator[tuple], spec: StageTwo, result: ShardResult, url: str,
-           duplicates: list[int]) -> Iterator[tuple]:
+           duplicates: list[int], group=itemgetter(0)) -> Iterator[tuple]:
     """Drop every record whose --dedup field equals an earlier one's.  Equal fields have
-    equal sort keys (stage 1 made sure), so duplicates are adjacent within a run of equal
-    keys, first in input order first; only such runs are looked into, and their records
-    decoded only when equal keys do not already imply equal fields."""
+    equal ``group(record)`` keys (the sort key, or a first pass's content key: stage 1
+    made sure), so duplicates are adjacent within a run of equal keys, first in input
+    order first; only such runs are looked into, and their records decoded only when
+    equal keys do not already imply equal fields."""
     name = spec.dedup
     group_key: object = None
     first: tuple | None = None
@@ -36,8 +37,9 @@ def dedup(records_: Iterator[tuple], spec: StageTwo, result: ShardResult, url: s
         return field_digest(decode(bytes(memoryview(rec[2])[rec[3]:]), url), name)
 
     for rec in records_:
-        if first is None or rec[0] != group_key or type(rec[0]) is not type(group_key):
-            group_key, first, seen = rec[0], rec, None
+        g = group(rec)
+        if first is None or g != group_key or type(g) is not type(group_key):
+            group_key, first, seen = g, rec, None
             yield rec
             continue
         if spec.dedup_by_key:
@@ -68,7 +70,8 @@ def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
         return
     fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
     encoder = SampleEncoder(url, spec.mtime)
-    for key, group in itertools.groupby(records_, key=itemgetter(0)):
+    sort_key = (lambda r: r[0][0]) if spec.positions else itemgetter(0)
+    for key, group in itertools.groupby(records_, key=sort_key):
         samples = [decode(bytes(memoryview(rec)[start:]), url) for _k, _s, rec, start in group]
         for s in samples:
             s.pop("__url__", None)

@@ -32,6 +32,7 @@ from .keys import KeySpec, pick_splitters
 from .runfile import Run
 from .sizing import (default_memory, default_scratch, human_size,
                      same_file_system, shard_size, worker_threads)
+from .dedup import dedup_and_partition, two_passes
 from .tasks import StageOne, StageTwo, merge_runs, partition, sample_keys, scratch_options, \
     write_outputs
 
@@ -105,6 +106,11 @@ def _dry_run(spec, outset, inputs, known, present, opts) -> JobSummary:
     merges = plan.levels(tasks, len(known) or 1, fan, 2 * workers)
     summary.plan.append(f"stage 1: {len(inputs)} input shards in {tasks} tasks -> sorted "
                         "runs in scratch")
+    if two_passes(spec.key):
+        summary.plan.append(f"dedup pass: stage 1 buckets samples by the sha256 of "
+                            f"{spec.key.dedup}; dedup tasks drop all but the first of each "
+                            "value and write runs by the sort key (one more pass over "
+                            "scratch)")
     summary.plan.append(f"merge levels: {len(merges)} (fan-in {fan}: a task reads at most "
                         f"{fan} runs, 2 range requests each; at least one run per stage-1 "
                         f"task; merge tasks per level: {merges or '-'})")
@@ -129,6 +135,8 @@ class _Job:
         self.fan = plan.fan_in(self.memory, spec.fan_in)
         self.stats: dict = {"levels": [], "fan_in": self.fan}
         self.outputs: list[str] = []  # known once stage 1 has counted
+        self.two_passes = two_passes(spec.key)
+        self.deduped: JobSummary | None = None  # the dedup pass, once it succeeded
 
     # ------------------------------------------------------------ the job --
     def run(self) -> JobSummary:
@@ -143,9 +151,20 @@ class _Job:
                        counts=not (shuffle and n_out is not None))
         if not shuffle:
             one = self._with_splitters(one)
-        runs, counts, s1 = self._stage_one(one)
-        if not s1.ok:
-            return self._combine(s1, None)
+        if self.two_passes:  # htsort --dedup F by another key: first by F's content
+            first = replace(one, buckets=self._first_pass_buckets(), counts=False,
+                            key=replace(spec.key, reverse=False), first_pass=True)
+            runs, _counts, s1 = self._stage_one(first)
+            if not s1.ok:
+                return self._combine(s1, None)
+            runs, counts, dd = self._dedup_pass(runs, first.buckets, one)
+            if not dd.ok:
+                return self._combine(s1, dd, failed="the dedup pass")
+            self.deduped = dd
+        else:
+            runs, counts, s1 = self._stage_one(one)
+            if not s1.ok:
+                return self._combine(s1, None)
         if counts is None:  # a shuffle into @M: one bucket per output
             groups = [(j, j + 1) for j in range(buckets)]
         else:
@@ -199,10 +218,13 @@ class _Job:
         runs = tasks * max(1, -(-int(self.shard_size * group) // self.memory))
         levels = plan.levels(runs, self.outset.count or 1, self.fan, 2 * self.workers)
         beside = same_file_system(folder, self.outset.first())
-        copies = 2 if levels or beside else 1
+        copies = 2 if levels or beside or self.two_passes else 1
         if free >= copies * data:
             return
-        if levels:
+        if self.two_passes:
+            why = ("the dedup pass writes the sorted runs while the runs by content are "
+                   "still there: 2 copies")
+        elif levels:
             why = (f"with {len(levels)} merge level(s) (about {runs} runs, fan-in {self.fan}) "
                    "it holds one copy of the data plus a level's output: 2 copies")
         elif beside:
@@ -229,10 +251,8 @@ class _Job:
         def on_result(i: int, r: dict) -> None:
             extra = r.pop("extra")
             by_task[i] = extra.pop("runs", [])
-            if counts is not None and "counts" in extra:
-                idx, n = extra.pop("counts")
-                np.add.at(counts, np.frombuffer(idx, dtype=np.uint32),
-                          np.frombuffer(n, dtype=np.uint64).astype(np.int64))
+            if counts is not None:
+                _add_counts(counts, extra.pop("counts", None))
             peaks.append(extra)
 
         tasks = [Task(partition, {"inputs": chunk, "task": t, "spec": one},
@@ -275,13 +295,61 @@ class _Job:
         key = spec.key
         return StageTwo(reverse=key.reverse, reduce=reduce, merge=spec.merge,
                         max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options,
-                        dedup=key.dedup, dedup_by_key=key.mode == "field" and key.type == "str"
-                        and key.field == key.dedup, index=self.opts.index)
+                        dedup=None if self.two_passes else key.dedup,
+                        dedup_by_key=key.mode == "field" and key.type == "str"
+                        and key.field == key.dedup, index=self.opts.index,
+                        positions=self.two_passes)
 
-    def _merge_levels(self, parts: list, groups: list[tuple[int, int]]):
+    # ---------------------------------------------------------- dedup pass --
+    def _first_pass_buckets(self) -> int:
+        """Buckets of the first pass (one dedup task each): about one memory budget of
+        samples a task, and at least as many as stage-1 tasks."""
+        n = len(self.inputs)
+        group = plan.inputs_per_task(n, self.shard_size, self.memory, self.workers)
+        data = int((self.shard_size or 0) * n)
+        return max(1, min(plan.MAX_BUCKETS, max(-(-n // group), -(-data // self.memory))))
+
+    def _dedup_pass(self, runs: list[Run], buckets: int, one: StageOne):
+        """First-pass runs (by F's content) -> merge levels -> dedup tasks, which write
+        the second pass's sorted runs.  Returns them, their counts per bucket and the
+        pass's summary (its tasks, failures, and the duplicates dropped)."""
+        two = StageTwo(max_errors=self.opts.max_errors, mtime=self.spec.mtime,
+                       options=self.options, dedup=self.spec.key.dedup)
+        groups = [(j, j + 1) for j in range(buckets)]
+        parts, merges = self._merge_levels([(0, buckets, runs)], groups, two, "dedup-merge")
+        if merges is not None and not merges.ok:
+            return [], None, merges
+        by_task: dict[int, list] = {}
+        counts = np.zeros(one.buckets, dtype=np.int64)
+        peaks: list[dict] = []
+
+        def on_result(i: int, r: dict) -> None:
+            extra = r.pop("extra")
+            by_task[i] = extra.pop("runs", [])
+            _add_counts(counts, extra.pop("counts", None))
+            peaks.append(extra)
+
+        tasks = [Task(dedup_and_partition, {"runs": part, "a": j, "b": j + 1, "task": j,
+                                            "one": one, "two": two},
+                      input=f"{len(part)} runs, bucket {j}")
+                 for j0, j1, part in parts for j in range(j0, j1) if part]
+        dd = engine.run(f"{self.spec.tool}-dedup", tasks, self.opts.with_(dry_run=False),
+                        on_result=on_result, check_outputs=False)
+        if merges is not None:
+            dd = _add(dd, merges)
+        dd.extra["memory"] = peaks
+        self.stats.update(dedup_tasks=len(tasks),
+                          duplicates=sum(p.get("duplicates", 0) for p in peaks))
+        if dd.ok:
+            self._delete([r for _a, _b, part in parts for r in part])
+        made = [Run(url, size, 0, one.buckets) for t in sorted(by_task) for url, size in by_task[t]]
+        return made, counts, dd
+
+    def _merge_levels(self, parts: list, groups: list[tuple[int, int]],
+                      two: StageTwo | None = None, name: str = "merge"):
         """Merge runs F at a time until no output reads more than F runs.  Returns the
         final parts ``(first output, end output, runs)`` and the levels' summary."""
-        two = self._stage_two()
+        two = two or self._stage_two()
         total: JobSummary | None = None
         level = 0
         while any(len(runs) > self.fan for _a, _b, runs in parts):
@@ -313,11 +381,11 @@ class _Job:
                 if made:
                     slot[g] = Run(made[0], made[1], a, b)
 
-            s = engine.run(f"{self.spec.tool}-merge{level}", tasks,
+            s = engine.run(f"{self.spec.tool}-{name}{level}", tasks,
                            self.opts.with_(dry_run=False), on_result=on_result,
                            check_outputs=False)
             most = max(len(t.kwargs["runs"]) for t in tasks)
-            self.stats["levels"].append({"tasks": len(tasks), "runs_per_task": most,
+            self.stats["levels"].append({"stage": name, "tasks": len(tasks), "runs_per_task": most,
                                          "requests_per_task": 2 * most, "seconds": s.seconds})
             total = s if total is None else _add(total, s)
             if not s.ok:
@@ -356,15 +424,17 @@ class _Job:
         most = max((len(t.kwargs["runs"]) for t in tasks), default=0)
         self.stats.update(write_tasks=len(tasks), outputs_per_task=per,
                           max_runs_per_write=most, requests_per_write=2 * most)
-        if self.spec.key.dedup:  # samples dropped as duplicates of an earlier one
+        if self.spec.key.dedup and not self.two_passes:  # dropped as duplicates
             self.stats["duplicates"] = sum(m.get("duplicates", 0) for m in mem)
         return s2
 
     # ----------------------------------------------------------- summary --
-    def _combine(self, s1: JobSummary, s2: JobSummary | None) -> JobSummary:
+    def _combine(self, s1: JobSummary, s2: JobSummary | None,
+                 failed: str | None = None) -> JobSummary:
         """One summary whose shards are the outputs: samples read in stage 1, written at
-        the end; the failures of every stage.  When stage 1 or a merge level failed,
-        nothing was written: every output counts as failed, every sample read as lost."""
+        the end; the failures of every stage.  When stage 1, the dedup pass or a merge
+        level failed, nothing was written: every output counts as failed, every sample
+        read as lost."""
         out = JobSummary(self.spec.tool, max_errors=s1.max_errors)
         for name in ("samples_read", "samples_mapped", "samples_dropped", "samples_failed",
                      "sample_errors", "bytes_in"):
@@ -372,16 +442,22 @@ class _Job:
         out.failures, out.errors = list(s1.failures), list(s1.errors)
         out.failure_kinds = dict(s1.failure_kinds)
         mem = list(s1.extra.get("memory", []))
-        written = s2 is not None and s2.extra.get("memory") is not None
+        written = s2 is not None and failed is None and s2.extra.get("memory") is not None
         out.shards_retried, out.retries = s1.shards_retried, list(s1.retries)
-        if s2 is not None:
-            out.sample_errors += s2.sample_errors
-            out.failures += s2.failures
-            out.errors += s2.errors
-            out.shards_retried += s2.shards_retried
-            out.retries += s2.retries
-            for kind, n in s2.failure_kinds.items():
+        for s in (self.deduped, s2):
+            if s is None:
+                continue
+            out.sample_errors += s.sample_errors
+            out.failures += s.failures
+            out.errors += s.errors
+            out.shards_retried += s.shards_retried
+            out.retries += s.retries
+            for kind, n in s.failure_kinds.items():
                 out.failure_kinds[kind] = out.failure_kinds.get(kind, 0) + n
+        if self.deduped is not None:  # duplicates the dedup pass dropped
+            out.samples_mapped -= self.deduped.samples_dropped
+            out.samples_dropped += self.deduped.samples_dropped
+            mem += self.deduped.extra.get("memory", [])
         if written:
             out.shards_total, out.shards_done = s2.shards_total, s2.shards_done
             out.shards_skipped, out.shards_failed = s2.shards_skipped, s2.shards_failed
@@ -395,13 +471,13 @@ class _Job:
             out.bytes_out = s2.bytes_out
             mem += s2.extra.get("memory", [])
         else:
-            stage = "stage 1" if s2 is None else "a merge level"
-            failed = s1.shards_failed if s2 is None else s2.shards_failed
+            stage = failed or ("stage 1" if s2 is None else "a merge level")
+            n_failed = s1.shards_failed if s2 is None else s2.shards_failed
             of = s1.shards_total if s2 is None else s2.shards_total
             out.shards_total = out.shards_failed = self.outset.count or 1
             out.samples_failed += out.samples_mapped  # read, but never written
             out.samples_mapped = 0
-            out.notes.append(f"{stage} failed ({failed} of {of} tasks): nothing was written")
+            out.notes.append(f"{stage} failed ({n_failed} of {of} tasks): nothing was written")
         merges = sum(level["tasks"] for level in self.stats["levels"])
         out.extra = {"input_shards": len(self.inputs), "stage1_tasks_failed": s1.shards_failed,
                      "memory_budget": self.memory, "intermediate_merges": merges, **self.stats}
@@ -409,6 +485,14 @@ class _Job:
             out.extra["peak_rss"] = max(m.get("peak_rss", 0) for m in mem)
             out.extra["rss_start_min"] = min(m.get("rss_start", 0) for m in mem)
         return out
+
+
+def _add_counts(counts: np.ndarray, sparse: tuple | None) -> None:
+    """Add a task's sparse per-bucket counts (bucket numbers, counts) to ``counts``."""
+    if sparse is not None:
+        idx, n = sparse
+        np.add.at(counts, np.frombuffer(idx, dtype=np.uint32),
+                  np.frombuffer(n, dtype=np.uint64).astype(np.int64))
 
 
 def _narrow_write(task: Task, urls: list[str]) -> Task:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -70,6 +71,34 @@ def _content_key(seed: int, name: str) -> Callable[[dict], int]:
         return int.from_bytes(digest[:8], "big") >> (64 - RANDOM_BITS)
 
     return key_of
+
+
+def first_pass_key(key: KeySpec, script, index: int) -> Callable[[dict], list]:
+    """htsort --dedup F by another key K, first pass: ``[content key of F, input
+    position, sample ordinal, K]``.  Duplicates of F get equal content keys (one bucket,
+    adjacent, the first in input order first) and carry K and their input place into
+    the second pass.  (position, ordinal) is unique, so K is never compared here."""
+    sort_key = key.key_fn(script, index)
+    content = _content_key(key.seed, key.dedup)
+    ordinal = itertools.count()
+
+    def key_of(sample: dict) -> list:
+        k = checked_key(sort_key(sample))
+        return [content(sample), index, next(ordinal), k]
+
+    return key_of
+
+
+def content_bucket(buckets: int) -> Callable[[list], int]:
+    """The bucket of a first-pass key: the top bits of its content key."""
+    return lambda k: (k[0] * buckets) >> RANDOM_BITS
+
+
+def second_pass_key(first: list, reverse: bool) -> list:
+    """The second pass's key, ``[K, position, ordinal]``: equal K in input order (the
+    place is negated under ``reverse``, whose sort is descending)."""
+    _content, index, ordinal, k = first
+    return [k, -index, -ordinal] if reverse else [k, index, ordinal]
 
 
 def field_digest(sample: dict, name: str) -> bytes:

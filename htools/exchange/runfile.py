@@ -183,6 +183,8 @@ def records(f: BinaryIO, nbytes: int, url: str) -> Iterator[tuple]:
             raise _short(url)
         n_tar, n_key, n_skey = unpack(head)
         n = size + n_key + n_skey + n_tar
+        if n > nbytes:  # a damaged length: fail before allocating it
+            raise _crosses(url)
         rec = bytearray(n)
         rec[:size] = head
         if f.readinto(memoryview(rec)[size:]) < n - size:
@@ -192,7 +194,7 @@ def records(f: BinaryIO, nbytes: int, url: str) -> Iterator[tuple]:
         yield (unpack_key(bytes(rec[size:size + n_key])),
                rec[size + n_key:start].decode("utf-8", "surrogateescape"), rec, start)
     if nbytes < 0:
-        raise HtoolsError(f"{hide_credentials(url)}: corrupt run file (record crosses a bucket)")
+        raise _crosses(url)
 
 
 def raw_records(f: BinaryIO, nbytes: int, url: str) -> Iterator[bytes]:
@@ -203,13 +205,19 @@ def raw_records(f: BinaryIO, nbytes: int, url: str) -> Iterator[bytes]:
         if len(head) < size:
             raise _short(url)
         n = sum(unpack(head))
+        if size + n > nbytes:
+            raise _crosses(url)
         body = read(n)
         if len(body) < n:
             raise _short(url)
         nbytes -= size + n
         yield head + body
     if nbytes < 0:
-        raise HtoolsError(f"{hide_credentials(url)}: corrupt run file (record crosses a bucket)")
+        raise _crosses(url)
+
+
+def _crosses(url: str) -> HtoolsError:
+    return HtoolsError(f"{hide_credentials(url)}: corrupt run file (record crosses a bucket)")
 
 
 def _short(url: str) -> HtoolsError:

@@ -27,7 +27,7 @@ from ..script import Script, user_traceback
 from ..streams import Counting, distinct_keys
 from ..summary import ShardResult
 from ..task import shard_task
-from .keys import KeySpec, bucket_fn, checked_key
+from .keys import KeySpec, bucket_fn, checked_key, content_bucket, first_pass_key
 from .groups import dedup, to_write
 from .runfile import (Run, RunWriter, SampleEncoder, bucket_offsets, open_slice,
                       pack_key, raw_records, record, records)
@@ -58,6 +58,7 @@ class StageOne:
     options: dict = field(default_factory=dict)
     mtime: float | None = 0
     counts: bool = True  # return per-bucket counts (the client balances outputs by them)
+    first_pass: bool = False  # htsort --dedup F by another key: bucket by F's content
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class StageTwo:
     dedup: str | None = None  # --dedup FIELD: drop all but the first of equal FIELD bytes
     dedup_by_key: bool = False  # equal sort keys imply identical FIELD bytes (no decoding)
     index: bool = True  # hash what is written, for the shard index
+    positions: bool = False  # keys are [K, input place...] (after htsort's dedup pass)
 
     @property
     def scratch_options(self) -> dict:
@@ -112,15 +114,18 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
 def _partition(inputs, task, spec: StageOne, result: ShardResult, runs: list[Run],
                counts) -> None:
     encoder = SampleEncoder(spec.scratch, spec.mtime)
-    bucket_of = bucket_fn(spec.key, spec.buckets, spec.splitters)
-    buffers: dict[int, list] = {}
-    held = 0
+    if spec.first_pass:
+        bucket_of = content_bucket(spec.buckets)
+    else:
+        bucket_of = bucket_fn(spec.key, spec.buckets, spec.splitters)
+    out = Spiller(spec, task, runs, counts)
     for index, url in inputs:
-        key_of = spec.key.key_fn(spec.script, index)
+        key_of = first_pass_key(spec.key, spec.script, index) if spec.first_pass \
+            else _checked(spec.key.key_fn(spec.script, index))
         for sample in _input_samples(url, spec, result):
             sample.pop("__url__", None)
             try:
-                k = checked_key(key_of(sample))
+                k = key_of(sample)
                 rec = record(pack_key(k), sample["__key__"], encoder.encode(sample))
                 bucket = bucket_of(k)
             except Exception as e:
@@ -128,13 +133,34 @@ def _partition(inputs, task, spec: StageOne, result: ShardResult, runs: list[Run
                 result.sample_error(url, str(sample.get("__key__", "?")),
                                     "cannot sort sample", e, user_traceback(e))
                 continue
-            buffers.setdefault(bucket, []).append((k, rec))
-            held += len(rec) + RECORD_OVERHEAD
-            if held >= spec.memory:
-                runs.append(_spill(buffers, spec, task, len(runs), counts))
-                held = 0
-    if buffers:
-        runs.append(_spill(buffers, spec, task, len(runs), counts))
+            out.add(bucket, k, rec)
+    out.close()
+
+
+class Spiller:
+    """Records buffered per bucket up to the memory budget; each spill sorts every
+    bucket (stably) and appends one run of all buckets to ``runs``."""
+
+    def __init__(self, spec: StageOne, task: int, runs: list[Run], counts):
+        self.spec, self.task, self.runs, self.counts = spec, task, runs, counts
+        self.buffers: dict[int, list] = {}
+        self.held = 0
+
+    def add(self, bucket: int, k, rec: bytes) -> None:
+        self.buffers.setdefault(bucket, []).append((k, rec))
+        self.held += len(rec) + RECORD_OVERHEAD
+        if self.held >= self.spec.memory:
+            self.close()
+
+    def close(self) -> None:
+        if self.buffers:
+            self.runs.append(_spill(self.buffers, self.spec, self.task, len(self.runs),
+                                    self.counts))
+        self.held = 0
+
+
+def _checked(key_of):
+    return lambda sample: checked_key(key_of(sample))
 
 
 def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, counts) -> Run:

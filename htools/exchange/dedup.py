@@ -1,0 +1,78 @@
+"""htsort --dedup F by another sort key K: the task between the two passes.
+
+Duplicates of F must meet to be dropped, and samples must meet by K to be sorted; one
+bucketing cannot do both.  So the first pass partitions by F's content
+(:func:`.keys.first_pass_key`: duplicates adjacent, the first in input order first,
+each record carrying K and its input place), then :func:`dedup_and_partition` reads
+one range of those buckets, drops the duplicates and partitions the survivors by K
+into sorted runs, exactly as a stage-1 task would, keys ``[K, input place]`` so that
+equal K keep their input order.  The second pass (merge levels, writes) is the
+ordinary one.  Records travel as bytes: a sample is decoded only to compare F within
+a group of equal content keys (a 63-bit key shared by different F values).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .. import storage
+from ..memory import peak_rss, rss
+from ..task import shard_task
+from .groups import dedup
+from .keys import bucket_fn, second_pass_key
+from .runfile import Run, pack_key, record
+from .tasks import Spiller, StageOne, StageTwo, _bucket_records, _open
+
+
+def dedup_and_partition(runs: list[Run], a: int, b: int, task: int, one: StageOne,
+                        two: StageTwo) -> dict:
+    """First-pass buckets ``[a, b)`` of ``runs`` -> duplicates dropped -> sorted
+    second-pass runs in scratch (returned with their per-bucket counts)."""
+    rss0 = rss()
+    made: list[Run] = []
+    counts = np.zeros(one.buckets, dtype=np.int64)
+    duplicates = [0]
+    with shard_task(f"{len(runs)} runs, buckets {a}..{b - 1}", one.scratch,
+                    max_errors=one.max_errors) as result:
+        cursors = _open(runs, a, b, two.scratch_options)
+        try:
+            merged = itertools.chain.from_iterable(
+                _bucket_records(cursors, bucket, False) for bucket in range(a, b))
+            kept = dedup(merged, two, result, one.scratch, duplicates,
+                         group=lambda rec: rec[0][0])
+            _partition(kept, task, one, made, counts)
+        except BaseException:
+            for r in made:  # this attempt's runs are useless now
+                storage.delete(r.url, two.scratch_options)
+            made.clear()
+            raise
+        finally:
+            for c in cursors:
+                c.close()
+    extra: dict = {"runs": [(r.url, r.size) for r in made], "duplicates": duplicates[0],
+                   "rss_start": rss0, "peak_rss": peak_rss()}
+    if made:
+        nz = np.flatnonzero(counts)
+        extra["counts"] = (nz.astype(np.uint32).tobytes(), counts[nz].astype(np.uint64).tobytes())
+    result.extra = extra
+    return result.as_dict()
+
+
+def _partition(records_, task: int, one: StageOne, made: list[Run], counts) -> None:
+    """Survivors -> buffers per second-pass bucket, spilled as sorted runs."""
+    bucket_of = bucket_fn(one.key, one.buckets, one.splitters)
+    reverse = one.key.reverse
+    out = Spiller(one, task, made, counts)
+    for k, skey, rec, start in records_:
+        k2 = second_pass_key(k, reverse)
+        out.add(bucket_of(k2[0]), k2, record(pack_key(k2), skey, memoryview(rec)[start:]))
+    out.close()
+
+
+def two_passes(key) -> bool:
+    """Whether a job's --dedup needs the dedup pass: a sort by anything but F itself
+    (a shuffle's keys, and a sort by F, bring duplicates together already)."""
+    return bool(key.dedup) and key.mode != "random" \
+        and not (key.mode == "field" and key.field == key.dedup)
