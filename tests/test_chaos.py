@@ -375,3 +375,51 @@ def test_chaos_nginx_restarted_mid_job(world, clean_runs, request, own_nginx, to
     p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     got = collect(w, tool, run_name, summary)
     check("nginx-restart", tool, where, p, clean, got, w, run_name, injected=1, deterministic=True)
+
+
+#: 5 cls values: all but 5 samples are duplicates; 64K of memory: a few runs a shard,
+#: merge levels in both passes, and few enough tasks to keep the test short
+DEDUP = ["--key", "txt", "--dedup", "cls", "--memory", "64K"]
+
+
+def run_dedup(w: World, base: str, run_name: str, where: list[str],
+              opts: str | None = None) -> tuple[subprocess.CompletedProcess, Result]:
+    summary = w.tmp / f"{run_name}.json"
+    p = run("htsort", *tool_args(w, "htsort", base, run_name), *DEDUP, *where, "-q",
+            "--summary", summary, "--storage-options", opts or storage_options(), env=ENV,
+            timeout=240)
+    return p, collect(w, "htsort", run_name, summary)
+
+
+@pytest.fixture(scope="module")
+def clean_dedup(world) -> Result:
+    world.proxy.inject(None)
+    p, clean = run_dedup(world, world.proxy.url, "clean-dedup", ["--workers", "2"])
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert sum(clean.samples.values()) == 5
+    assert clean.summary["extra"]["duplicates"] == SHARDS * PER_SHARD - 5
+    levels = {lv["stage"] for lv in clean.summary["extra"]["levels"]}
+    assert levels == {"dedup-merge", "merge"}, levels
+    return clean
+
+
+@pytest.mark.parametrize("fault", ["503", "reset"])
+def test_chaos_htsort_dedup_pass(world, request, clean_dedup, fault):
+    """htsort --dedup by another key (stage 1 by content, the dedup pass, merge levels in
+    both passes, all on HTTP) under proxy faults: the clean run's bytes, the same
+    duplicate count, no run left behind."""
+    clean = clean_dedup
+    inject, http_extra, where = FAULTS[fault]
+    run_name = f"{fault}-htsort-dedup"
+    world.proxy.inject(fault, **inject)
+    try:
+        p, got = run_dedup(world, world.proxy.url, run_name, where_args(where, request),
+                           opts=storage_options(**http_extra))
+        injected = world.proxy.stats["injected"]
+        faults = list(world.proxy.log)
+    finally:
+        world.proxy.inject(None)
+    check(fault, "htsort --dedup", where, p, clean, got, world, run_name, injected,
+          deterministic=True, faults=faults)
+    assert got.summary["extra"]["duplicates"] == clean.summary["extra"]["duplicates"]
+    assert got.summary["samples_dropped"] == SHARDS * PER_SHARD - 5
