@@ -159,19 +159,20 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     or ``dry_run`` (the plan is in ``summary.plan``).
 
     ``format="parquet"`` with ``out`` a path writes the fields as a typed parquet table
-    (``meta.parquet``: one file, rows in shard order; ``meta-@N.parquet``: one file per
-    input shard, written by the tasks) and returns the summary; see :mod:`htools.parquet`.
+    (``meta.parquet``: one file, rows in shard order; ``meta-@N.parquet``, or ``to_dir``
+    for ``DIR/NAME.parquet`` of a shard ``NAME.tar``: one file per input shard, written by
+    the tasks, every file typing each column alike) and returns the summary; see
+    :mod:`htools.parquet`.
     """
     opts = RunOptions.of(options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
     if format == "parquet":
-        if field_names or count or to_dir:
-            raise HtoolsError("--format parquet writes fields (-f): not with -K, --count or "
-                              "--to-dir")
+        if field_names or count:
+            raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
         from .parquet import extract_parquet
 
-        return extract_parquet(inputs, tuple(fields), out, opts)
+        return extract_parquet(inputs, tuple(fields), out, opts, to_dir=to_dir)
     as_data = out is None and not to_dir
     if as_data:
         format = "jsonl"  # parsed back into values below

@@ -22,11 +22,13 @@ from .common import command, finish
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default="tsv",
               show_default=True,
               help="parquet: a typed table at -o FILE.parquet, or one per shard with "
-                   "-o meta-@N.parquet (needs pyarrow: pip install 'htools[parquet]').")
+                   "-o meta-@N.parquet or --to-dir DIR, every file typing each column "
+                   "alike (needs pyarrow: pip install 'htools[parquet]').")
 @click.option("--binary", type=click.Choice(["length", "base64"]), default="length",
               show_default=True, help="How non-text fields are shown.")
 @click.option("--to-dir", metavar="DIR", default=None,
-              help="Write the selected fields as files DIR/KEY.FIELD instead of rows.")
+              help="Write the selected fields as files DIR/KEY.FIELD instead of rows; "
+                   "with --format parquet one DIR/NAME.parquet per shard NAME.tar.")
 @click.option("-o", "--output", default="-", metavar="FILE",
               help="Where rows go (default stdout); with --format parquet a path, URL "
                    "or pattern.")
@@ -43,6 +45,7 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, index_
       htextract 'data-@100.tar' -f cls --count 20
       htextract 'data-@100.tar' --index data.index.json
       htextract 'data-@100.tar' -f __key__,cls,json --format parquet -o meta-@100.parquet
+      htextract 'data-@100.tar' -f __key__,cls --format parquet --to-dir meta/
     """
     if index_to:
         finish(index_shards(inputs, index_to, **opts.as_kwargs()), opts)
