@@ -75,6 +75,27 @@ def make_shards(folder: Path, shards: int = 4, per_shard: int = 25, seed: int = 
     return samples
 
 
+def write_grouped(folder: Path, shards: int, per_shard: int, seed: int = 0,
+                  groups: int = 7) -> list[dict]:
+    """Shards (webdataset's TarWriter) whose samples carry a coarse ``grp`` (``groups``
+    values: many equal sort keys) and their position ``pos`` (shard, index), so that
+    stability can be checked; returns the samples in input order."""
+    wds = require_module("webdataset")
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"d-{s:02d}.tar")) as w:
+            for i in range(per_shard):
+                sample = {"__key__": f"s{s:02d}-{i:03d}",
+                          "grp": str(rng.randrange(groups)).encode(),
+                          "pos": f"{s:02d}-{i:03d}".encode(),
+                          "bin": rng.randbytes(rng.randrange(900))}
+                w.write(sample)
+                samples.append(sample)
+    return samples
+
+
 def read_wds(paths) -> list[dict]:
     """All samples of local tar files, read by the webdataset package."""
     wds = require_module("webdataset")

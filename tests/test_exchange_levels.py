@@ -14,24 +14,8 @@ from pathlib import Path
 import webdataset as wds
 
 import htools
-from helpers import ok, read_wds, run
+from helpers import ok, read_wds, run, write_grouped as write_shards
 from htools.exchange import plan
-
-
-def write_shards(folder: Path, shards: int, per_shard: int, seed: int = 0) -> list[dict]:
-    """Shards whose samples carry a coarse ``grp`` (many equal sort keys) and their
-    position (shard, index), so stability can be checked."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for s in range(shards):
-        with wds.TarWriter(str(folder / f"d-{s:02d}.tar")) as w:
-            for i in range(per_shard):
-                sample = {"__key__": f"s{s:02d}-{i:03d}", "grp": str(rng.randrange(7)).encode(),
-                          "pos": f"{s:02d}-{i:03d}".encode(), "bin": rng.randbytes(rng.randrange(900))}
-                w.write(sample)
-                samples.append(sample)
-    return samples
 
 
 def outputs(folder: Path) -> list[Path]:

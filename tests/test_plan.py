@@ -13,6 +13,7 @@ import pytest
 
 from helpers import require_module
 from htools import exchange, shards
+from htools.exchange import plan
 from htools.errors import HtoolsError, PatternError
 from htools.upload import split_counts
 
@@ -282,3 +283,22 @@ def test_output_set_parsed_once(tmp_path, monkeypatch):
     assert open_ended.folder() == "s3://b/run/"
     with pytest.raises(PatternError, match="unbalanced"):
         shards.OutputSet.parse("o-{0..2.tar")
+
+
+def test_count_slices_cut_the_merged_order_exactly():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        counts = rng.integers(0, 6, size=int(rng.integers(1, 30))) * rng.integers(0, 2, size=1)
+        n = int(rng.integers(1, 12))
+        slices = plan.count_slices(counts, n)
+        starts = plan.bucket_starts(counts)
+        total = int(counts.sum())
+        if total == 0:
+            assert slices == [(0, len(counts), 0, 0)]
+            continue
+        assert [c for *_x, c in slices] == [n] * (len(slices) - 1) + [total - n * (len(slices) - 1)]
+        for j, (a, b, begin, count) in enumerate(slices):
+            assert begin == j * n
+            assert starts[a] <= begin < starts[a] + counts[a]  # starts inside bucket a
+            end = begin + count
+            assert starts[b - 1] < end <= starts[b - 1] + counts[b - 1]  # ends in b - 1

@@ -107,15 +107,17 @@ py_files_option = click.option(
     "--py-files", "py_files", multiple=True, metavar="PATH",
     help="A .py file, a package folder or a folder of modules shipped to the workers with "
          "the script, besides the modules in the script's own folder (repeatable).")
-maxcount_option = click.option(
-    "--maxcount", type=click.IntRange(1), default=None,
-    help="At most N samples per output (with a numbered pattern like out-%06d.tar).")
+def maxcount_option(text: str = "At most N samples per output") -> Callable:
+    return click.option("--maxcount", type=click.IntRange(1), default=None,
+                        help=f"{text} (with a numbered pattern like out-%06d.tar).")
 
 
 def exchange_options(fn: Callable) -> Callable:
     """Flags of htshuffle and htsort."""
     for d in reversed([
-        maxcount_option,
+        maxcount_option("N samples per output, the last one fewer; about N where htsort "
+                        "cuts between groups of equal keys (a reduce, --merge, --dedup by "
+                        "its key)"),
         click.option("--memory", callback=parse_bytes, default=None, metavar="BYTES",
                      help="Memory budget per task (512M, 2G); default: a quarter of a "
                           "worker's memory limit. Larger data spills to scratch."),

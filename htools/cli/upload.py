@@ -11,7 +11,7 @@ from .common import command, finish, maxcount_option, mtime_option, seed_option
 @command
 @click.argument("source")
 @click.argument("outputs")
-@maxcount_option
+@maxcount_option()
 @click.option("--maxsize", type=click.IntRange(1024), default=None, metavar="BYTES",
               help="At most BYTES per shard (with a numbered pattern).")
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples of a directory or list.")

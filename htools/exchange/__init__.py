@@ -3,7 +3,8 @@
 * :mod:`.keys`    sort keys, random keys, buckets, splitters;
 * :mod:`.runfile` the run-file format (its only owner) and sample encoding;
 * :mod:`.plan`    pure planning: fan-in, input grouping, merge levels, write chunks;
-* :mod:`.tasks`   partition (stage 1), merge (extra levels), write, key sampling;
+* :mod:`.tasks`   partition (stage 1), merge (extra levels), key sampling, run cursors;
+* :mod:`.write`   the write tasks (whole buckets, or exact --maxcount slices);
 * :mod:`.dedup`   the task between htsort's two passes when --dedup is not its key;
 * :mod:`.job`     the driver: stages in order, summary, scratch clean-up.
 """

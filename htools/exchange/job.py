@@ -33,8 +33,8 @@ from .runfile import Run
 from .sizing import (default_memory, default_scratch, human_size,
                      same_file_system, shard_size, worker_threads)
 from .dedup import dedup_and_partition, two_passes
-from .tasks import StageOne, StageTwo, merge_runs, partition, sample_keys, scratch_options, \
-    write_outputs
+from .tasks import StageOne, StageTwo, merge_runs, partition, sample_keys, scratch_options
+from .write import write_outputs
 
 SPLITTER_SHARDS = 32  # the pre-pass reads at most this many (random) input shards
 KEYS_PER_BUCKET = 20  # sampled keys per bucket, over all shards read
@@ -165,11 +165,17 @@ class _Job:
             runs, counts, s1 = self._stage_one(one)
             if not s1.ok:
                 return self._combine(s1, None)
+        slices = None  # --maxcount N exactly: outputs cut by record count
         if counts is None:  # a shuffle into @M: one bucket per output
             groups = [(j, j + 1) for j in range(buckets)]
+        elif spec.maxcount and self._passes_through():
+            slices = plan.count_slices(counts, spec.maxcount)
+            starts = plan.bucket_starts(counts)
+            groups = [(a, b) for a, b, _begin, _n in slices]
+            slices = [(begin, n, int(starts[a])) for a, _b, begin, n in slices]
         else:
             groups = plan.group_buckets(counts, n_out, spec.maxcount)
-        if n_out is None and len(groups) > buckets // 4:
+        if n_out is None and slices is None and len(groups) > buckets // 4:
             raise HtoolsError(
                 f"{int(counts.sum())} samples at --maxcount {spec.maxcount} need {len(groups)} "
                 f"outputs, more than an open-ended pattern can balance ({buckets // 4}); "
@@ -181,7 +187,7 @@ class _Job:
         if merges is not None and not merges.ok:
             return self._combine(s1, merges)
         total = sum(r.size for r in runs)
-        s2 = self._write(parts, groups, outputs, total)
+        s2 = self._write(parts, groups, outputs, total, slices)
         if merges is not None:  # merge tasks rerun after a transient fault count too
             s2.shards_retried += merges.shards_retried
             s2.retries += merges.retries
@@ -401,15 +407,23 @@ class _Job:
             list(pool.map(lambda r: storage.delete(r.url, options), runs))
 
     # ------------------------------------------------------------- writes --
+    def _passes_through(self) -> bool:
+        """Whether the writes copy records as they come (no reduce, --merge, or dedup
+        among equal keys), so that an output may end inside a bucket."""
+        spec = self.spec
+        reduce = spec.script is not None and spec.script.defines("reduce_samples")
+        return not (reduce or spec.merge or (spec.key.dedup and not self.two_passes))
+
     def _write(self, parts: list, groups: list[tuple[int, int]], outputs: list[str],
-               total_bytes: int) -> JobSummary:
+               total_bytes: int, slices: list | None = None) -> JobSummary:
         two = self._stage_two()
         per = plan.outputs_per_task(len(outputs), total_bytes, self.memory, self.workers)
         tasks = []
         for j0, j1, runs in parts:
             todo = [j for j in range(j0, j1) if outputs[j] not in self.present]
             for chunk in plan.write_chunks(todo, per):
-                outs = [(outputs[j], groups[j][0], groups[j][1]) for j in chunk]
+                outs = [(outputs[j], groups[j][0], groups[j][1], *(slices[j] if slices else ()))
+                        for j in chunk]
                 tasks.append(Task(write_outputs, {"outputs": outs, "runs": runs, "spec": two},
                                   input=f"{len(runs)} runs", outputs=[o[0] for o in outs],
                                   narrow=_narrow_write))

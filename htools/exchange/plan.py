@@ -91,6 +91,29 @@ def group_buckets(counts: np.ndarray, outputs: int | None, maxcount: int | None
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def count_slices(counts: np.ndarray, per_output: int) -> list[tuple[int, int, int, int]]:
+    """``--maxcount N`` exactly: output j holds records ``[j*N, (j+1)*N)`` of the merged
+    order.  Each slice is ``(a, b, begin, count)``: the buckets ``[a, b)`` that hold it
+    (a bucket may be shared with the next output), its first record's global index and
+    its record count."""
+    cum = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    total = int(cum[-1])
+    if total == 0:
+        return [(0, len(counts), 0, 0)]
+    out = []
+    for begin in range(0, total, per_output):
+        end = min(begin + per_output, total)
+        a = int(np.searchsorted(cum, begin, side="right")) - 1  # cum[a] <= begin < cum[a+1]
+        b = int(np.searchsorted(cum, end, side="left"))  # first b with cum[b] >= end
+        out.append((a, b, begin, end - begin))
+    return out
+
+
+def bucket_starts(counts: np.ndarray) -> np.ndarray:
+    """The global index of each bucket's first record."""
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])[:-1]
+
+
 @dataclass(frozen=True)
 class MergeShape:
     """One merge level of one part: ``groups`` groups of runs x ``parts`` output parts."""

@@ -1,5 +1,6 @@
-"""The exchange's task functions: partition (stage 1), merge (each extra level),
-write (the outputs), and the key-sampling pre-pass of htsort.
+"""The exchange's task functions: partition (stage 1), merge (each extra level), and
+the key-sampling pre-pass of htsort; the cursors that read runs.  The write tasks are
+in :mod:`.write`.
 
 All are top-level, take plain arguments, run in the task frame
 (:func:`htools.task.shard_task`) and talk to each other only through run files
@@ -9,7 +10,6 @@ All are top-level, take plain arguments, run in the task frame
 from __future__ import annotations
 
 import heapq
-import itertools
 import random
 import uuid
 from collections.abc import Iterator
@@ -24,11 +24,10 @@ from ..errors import HtoolsError
 from ..mapper import map_samples
 from ..memory import peak_rss, rss
 from ..script import Script, user_traceback
-from ..streams import Counting, distinct_keys
+from ..streams import Counting
 from ..summary import ShardResult
 from ..task import shard_task
 from .keys import KeySpec, bucket_fn, checked_key, content_bucket, first_pass_key
-from .groups import dedup, to_write
 from .runfile import (Run, RunWriter, SampleEncoder, bucket_offsets, open_slice,
                       pack_key, raw_records, record, records)
 
@@ -322,70 +321,4 @@ def _merge_into(url: str, a: int, b: int, cursors: list[_Cursor], reverse: bool,
 def _merged(result: ShardResult, out: Run | None, rss0: int) -> dict:
     result.extra = {"run": (out.url, out.size) if out else None, "rss_start": rss0,
                     "peak_rss": peak_rss()}
-    return result.as_dict()
-
-
-# --------------------------------------------------------------- outputs --
-
-def write_outputs(outputs: list[tuple[str, int, int]], runs: list[Run],
-                  spec: StageTwo) -> list[dict]:
-    """Write task: each ``(url, a, b)`` output gets buckets ``[a, b)`` of every run,
-    merged, reduced, written atomically.  The outputs are in bucket order, so every
-    run's slice is read once, front to back (a retry of some of them skips the others).
-    One failed output does not fail the others."""
-    rss0 = rss()
-    first, last = outputs[0][1], outputs[-1][2]
-    results: list[dict] = []
-    try:
-        cursors = _open(runs, first, last, spec.scratch_options)
-    except HtoolsError as e:
-        for url, _a, _b in outputs:
-            with shard_task(f"{len(runs)} runs", url) as result:
-                raise e
-            results.append(result.as_dict())
-        return results
-    try:
-        for url, a, b in outputs:
-            results.append(_write_output(url, a, b, cursors, runs, spec))
-    finally:
-        for c in cursors:
-            c.close()
-    for r in results:
-        r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
-    return results
-
-
-def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[Run],
-                  spec: StageTwo) -> dict:
-    with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
-        for c in cursors:  # past outputs of this task not written this time (a retry)
-            c.skip_to(a)
-        read_before = sum(c.count for c in cursors)
-        duplicates = [0]
-        try:
-            with storage.open_write(url, spec.options) as out:
-                counted = Counting(out, result, "bytes_out", digest=spec.index)
-                with tario.TarWriter(counted, url=url, mtime=spec.mtime,
-                                     count_fields=True) as writer:
-                    merged = itertools.chain.from_iterable(
-                        _bucket_records(cursors, bucket, spec.reverse)
-                        for bucket in range(a, b))
-                    if spec.dedup:
-                        merged = dedup(merged, spec, result, url, duplicates)
-                    samples = distinct_keys(to_write(merged, spec, result, url), url,
-                                            "use --merge or a reduce_samples() to combine "
-                                            "samples with equal keys")
-                    for item in samples:
-                        if item["__tar__"]:
-                            writer.write_encoded(item["__tar__"])
-                            result.samples_written += 1
-                result.sha256, result.fields = counted.hexdigest(), dict(writer.fields)
-        except BaseException:
-            # the whole output is lost: count every record it had (read or not), and
-            # move every cursor to the next output's first bucket
-            for c in cursors:
-                c.skip_to(b)
-            result.samples_read = sum(c.count for c in cursors) - read_before
-            raise
-    result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
     return result.as_dict()

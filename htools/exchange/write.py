@@ -1,0 +1,161 @@
+"""The exchange's write tasks: the merged records of each output's buckets (or, with
+``--maxcount``, an exact slice of their merged order) -> dedup / --merge / reduce ->
+one output shard, written atomically.  Like every task function, top-level, plain
+arguments, run in the task frame (:func:`htools.task.shard_task`)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from .. import storage, tario
+from ..errors import HtoolsError
+from ..memory import peak_rss, rss
+from ..streams import Counting, distinct_keys
+from ..summary import ShardResult
+from ..task import shard_task
+from .groups import dedup, to_write
+from .runfile import Run
+from .tasks import StageTwo, _bucket_records, _Cursor, _open
+
+
+def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
+    """Write task: each ``(url, a, b)`` output gets buckets ``[a, b)`` of every run,
+    merged, reduced, written atomically; a ``(url, a, b, begin, count, bucket_begin)``
+    output (``--maxcount``) gets ``count`` records of those buckets' merged order from
+    global index ``begin`` (``bucket_begin`` being bucket a's first).  The outputs are in
+    bucket order, so every run's slice is read once, front to back (a retry of some of
+    them skips the others).  One failed output does not fail the others."""
+    rss0 = rss()
+    if len(outputs[0]) > 3:
+        results = _write_slices(outputs, runs, spec)
+        for r in results:
+            r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
+        return results
+    first, last = outputs[0][1], outputs[-1][2]
+    results = []
+    try:
+        cursors = _open(runs, first, last, spec.scratch_options)
+    except HtoolsError as e:
+        for url, *_where in outputs:
+            with shard_task(f"{len(runs)} runs", url) as result:
+                raise e
+            results.append(result.as_dict())
+        return results
+    try:
+        for url, a, b in outputs:
+            results.append(_write_output(url, a, b, cursors, runs, spec))
+    finally:
+        for c in cursors:
+            c.close()
+    for r in results:
+        r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
+    return results
+
+
+def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[Run],
+                  spec: StageTwo) -> dict:
+    with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
+        for c in cursors:  # past outputs of this task not written this time (a retry)
+            c.skip_to(a)
+        read_before = sum(c.count for c in cursors)
+        duplicates = [0]
+        try:
+            merged = itertools.chain.from_iterable(
+                _bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
+            if spec.dedup:
+                merged = dedup(merged, spec, result, url, duplicates)
+            _write_records(url, merged, spec, result)
+        except BaseException:
+            # the whole output is lost: count every record it had (read or not), and
+            # move every cursor to the next output's first bucket
+            for c in cursors:
+                c.skip_to(b)
+            result.samples_read = sum(c.count for c in cursors) - read_before
+            raise
+    result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
+    return result.as_dict()
+
+
+def _write_records(url: str, merged: Iterator[tuple], spec: StageTwo,
+                   result: ShardResult) -> None:
+    """Merged records -> (reduce, --merge) -> one output shard, written atomically."""
+    with storage.open_write(url, spec.options) as out:
+        counted = Counting(out, result, "bytes_out", digest=spec.index)
+        with tario.TarWriter(counted, url=url, mtime=spec.mtime, count_fields=True) as writer:
+            samples = distinct_keys(to_write(merged, spec, result, url), url,
+                                    "use --merge or a reduce_samples() to combine "
+                                    "samples with equal keys")
+            for item in samples:
+                if item["__tar__"]:
+                    writer.write_encoded(item["__tar__"])
+                    result.samples_written += 1
+        result.sha256, result.fields = counted.hexdigest(), dict(writer.fields)
+
+
+class _Slicer:
+    """The merged records of a write task's buckets as one stream, taken a slice at a
+    time by global record index (``--maxcount``: outputs may share a bucket).  A read
+    that fails leaves the stream broken: the next slice opens the runs again at its own
+    first bucket."""
+
+    def __init__(self, runs: list[Run], last: int, spec: StageTwo):
+        self.runs, self.last, self.spec = runs, last, spec
+        self.cursors: list[_Cursor] = []
+        self._records: Iterator[tuple] | None = None
+        self.at = 0  # global index of the next record
+        self.broken = False
+
+    def take(self, a: int, bucket_begin: int, begin: int, count: int) -> Iterator[tuple]:
+        """Records ``[begin, begin + count)``, which start in bucket ``a`` (whose first
+        record is ``bucket_begin``)."""
+        if self._records is None or self.broken or begin < self.at:
+            self._reopen(a, bucket_begin)
+        for _ in range(begin - self.at):  # records of outputs not written this time
+            self._next()
+        for _ in range(count):
+            yield self._next()
+
+    def _reopen(self, a: int, bucket_begin: int) -> None:
+        self.close()
+        self.cursors = _open(self.runs, a, self.last, self.spec.scratch_options)
+        self._records = itertools.chain.from_iterable(
+            _bucket_records(self.cursors, bucket, self.spec.reverse)
+            for bucket in range(a, self.last))
+        self.at, self.broken = bucket_begin, False
+
+    def _next(self) -> tuple:
+        try:
+            rec = next(self._records)
+        except StopIteration:
+            self.broken = True
+            raise HtoolsError(f"{len(self.runs)} runs hold fewer records than stage 1 "
+                              "counted") from None
+        except BaseException:
+            self.broken = True
+            raise
+        self.at += 1
+        return rec
+
+    def close(self) -> None:
+        for c in self.cursors:
+            c.close()
+        self.cursors = []
+
+
+def _write_slices(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
+    slicer = _Slicer(runs, outputs[-1][2], spec)
+    results = []
+    try:
+        for url, a, _b, begin, count, bucket_begin in outputs:
+            with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
+                try:
+                    _write_records(url, slicer.take(a, bucket_begin, begin, count), spec,
+                                   result)
+                except BaseException:
+                    result.samples_read = count  # the whole output is lost
+                    raise
+            results.append(result.as_dict())
+    finally:
+        slicer.close()
+    return results
