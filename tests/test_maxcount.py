@@ -95,3 +95,35 @@ def test_reduce_with_maxcount_cuts_between_groups(tmp_path, client):
     got = read_wds(outs(tmp_path / "o"))
     assert sorted(x["__key__"] for x in got) == ["g0", "g1", "g2"]  # one row per key
     assert sum(int(x["n"]) for x in got) == 60
+
+
+def test_a_failed_read_fails_its_slice_and_the_next_slice_reopens_the_runs(tmp_path):
+    """A write task of two --maxcount outputs over one run whose first bucket has a
+    damaged record: the first output fails naming the run, the second (in the next
+    bucket) is written whole from runs opened again, and no partial file is left."""
+    from htools.exchange.runfile import RunWriter, SampleEncoder, pack_key, record
+    from htools.exchange.tasks import StageTwo
+    from htools.exchange.write import write_outputs
+
+    enc = SampleEncoder(str(tmp_path), 0)
+    url = str(tmp_path / "run.bin")
+    recs = {b: [record(pack_key(f"{b}-{i}"), f"k{b}{i}", enc.encode(
+        {"__key__": f"k{b}{i}", "txt": f"sample {b} {i}".encode()})) for i in range(5)]
+        for b in (0, 1)}
+    with RunWriter(url, 0, 2, {}) as w:
+        for b in (0, 1):
+            w.write(b, b"".join(recs[b]), 5)
+        run = w.close()
+    data = bytearray(Path(url).read_bytes())
+    at = sum(len(r) for r in recs[0][:2])  # bucket 0's third record: a length too long
+    data[at:at + 8] = (1 << 40).to_bytes(8, "little")
+    Path(url).write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    outputs = [(str(out / "o-0.tar"), 0, 1, 0, 5, 0), (str(out / "o-1.tar"), 1, 2, 5, 5, 5)]
+    first, second = write_outputs(outputs, [run], StageTwo())
+    assert first["status"] == "failed" and "run.bin: corrupt run file" in first["error"]
+    assert first["samples_failed"] == 5
+    assert second["status"] == "ok" and second["samples_written"] == 5, second
+    assert [x["__key__"] for x in read_wds([out / "o-1.tar"])] == [f"k1{i}" for i in range(5)]
+    assert sorted(p.name for p in out.iterdir()) == ["o-1.tar"]
