@@ -5,6 +5,8 @@ reader's scanner: only the slow path ever reaches it."""
 
 from __future__ import annotations
 
+import os
+
 from htools.errors import TarFormatError
 from htools.tarformat import (
     BLOCK,
@@ -117,12 +119,23 @@ class SparseReading:
     @staticmethod
     def expand(stored: bytes | memoryview, regions: list[tuple[int, int]],
                realsize: int) -> bytes:
+        limit = max_real_size()
+        if realsize > limit:  # a few stored bytes may claim terabytes of holes
+            raise ValueError(f"sparse member of real size {realsize} bytes, over the "
+                             f"{limit}-byte limit for a member expanded in memory (set "
+                             "$HTOOLS_MAX_SPARSE_SIZE to raise it)")
         try:
             return sparse_expand(stored, regions, realsize)
         except MemoryError:
             raise ValueError(f"sparse member of real size {realsize}: out of memory") from None
 
     # ---- header checks
+
+
+def max_real_size() -> int:
+    """The largest real size a sparse member may expand to: $HTOOLS_MAX_SPARSE_SIZE
+    bytes, default 1 GiB (members are held in memory, holes included)."""
+    return int(os.environ.get("HTOOLS_MAX_SPARSE_SIZE", 1 << 30))
 
 
 class _PaxSparse:

@@ -456,6 +456,22 @@ def test_error_old_gnu_sparse_bad_map(regions, realsize, why):
         list(tario.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
 
 
+def test_error_sparse_member_expanding_past_the_limit(monkeypatch):
+    """Six stored bytes that claim 8 GB of holes: a named error, not an attempt to
+    allocate it; the limit is $HTOOLS_MAX_SPARSE_SIZE."""
+    data = bytes(_old_gnu_sparse(b"abcdef", [(0, 6)], 8_000_000_000))
+    with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: sparse "
+                                             r"member of real size 8000000000 bytes, over "
+                                             r"the 1073741824-byte limit .*HTOOLS_MAX_SPARSE"):
+        list(tario.iter_members(io.BytesIO(data), "sp.tar"))
+    monkeypatch.setenv("HTOOLS_MAX_SPARSE_SIZE", "16")
+    data = bytes(_old_gnu_sparse(b"abcdef", [(0, 6)], 17))
+    with pytest.raises(TarFormatError, match="over the 16-byte limit"):
+        list(tario.iter_members(io.BytesIO(data), "sp.tar"))
+    assert members_of(bytes(_old_gnu_sparse(b"abcdef", [(0, 6)], 16)))["s.bin"] == \
+        b"abcdef" + bytes(10)
+
+
 def test_error_old_gnu_sparse_bad_number_and_missing_extension():
     data = _old_gnu_sparse(b"abcdef", [(0, 6)], 6)
     _set_header(data, 0, bad=(386, b"0000000000z\0"))
