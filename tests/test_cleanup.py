@@ -81,7 +81,8 @@ def test_ctrl_c_removes_scratch(tmp_path, tool, where):
            out / "o-@2.tar", "--memory", "20k", "--workers", "2", *extra]
     p = interrupt(cmd, lambda: any(f.endswith(".bin") for f in files(runs)),
                   child_env(TMPDIR=str(tmpdir)))
-    assert p.returncode != 0
+    assert p.returncode == 130, p.stderr[-3000:]
+    assert "htools: interrupted" in p.stderr and "Aborted!" not in p.stderr
     assert files(scratch) == []
     assert [f for f in os.listdir(tmpdir) if f.startswith("htools-scratch-")] == []
     assert not_outputs(out) == [] and files(out) == []  # interrupted in stage 1: no output
@@ -93,7 +94,7 @@ def test_ctrl_c_mapper_leaves_only_complete_outputs(tmp_path):
     cmd = [BIN / "htmapper", "-p", script(tmp_path, SLOW), tmp_path / "in" / "data-@6.tar",
            out / "o-@6.tar", "--workers", "2"]
     p = interrupt(cmd, lambda: any(f.startswith(".o-") for f in files(out)), child_env())
-    assert p.returncode != 0
+    assert p.returncode == 130, p.stderr[-3000:]
     assert not_outputs(out) == []  # no hidden temp file
     for done in out.glob("o-*.tar"):
         assert len(read_wds([done])) == 40
@@ -237,7 +238,7 @@ def test_s3_ctrl_c_aborts_uploads_in_flight(tmp_path, s3_server):
            f"s3://{s3_server.bucket}/{prefix}o-@2.tar", "--workers", "2",
            "--storage-options", json.dumps(s3_server.options)]
     p = interrupt(cmd, lambda: bool(uploads(s3_server, prefix + "o-")), child_env())
-    assert p.returncode != 0
+    assert p.returncode == 130, p.stderr[-3000:]
     assert objects(s3_server, prefix) == []
     assert uploads(s3_server, prefix) == []
 
@@ -261,7 +262,7 @@ def test_http_move_mode_failed_and_interrupted_jobs(tmp_path, nginx_server):
            tmp_path / "in" / "data-@4.tar", f"{nginx_server.url}/{sub}/i-@4.tar",
            "--workers", "2", "--storage-options", opts]
     p = interrupt(cmd, lambda: any(f.startswith("i-") for f in files(root)), child_env())
-    assert p.returncode != 0
+    assert p.returncode == 130, p.stderr[-3000:]
     time.sleep(1)  # nginx finishes what it was doing
     assert not_outputs(root) == [], files(root)
     for done in root.glob("i-*.tar"):
@@ -274,5 +275,5 @@ def test_ctrl_c_on_a_scheduler_removes_htools_tmp(tmp_path, dask_cluster):
     cmd = [BIN / "htsort", "-p", script(tmp_path, SLOW), tmp_path / "in" / "data-@4.tar",
            out / "o-@2.tar", "--memory", "20k", "-c", dask_cluster.address]
     p = interrupt(cmd, lambda: any(f.endswith(".bin") for f in files(out)), child_env())
-    assert p.returncode != 0
+    assert p.returncode == 130, p.stderr[-3000:]
     assert files(out) == []  # the client waited for its running tasks before cleaning up

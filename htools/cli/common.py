@@ -166,7 +166,8 @@ def _redacted(e: click.ClickException) -> click.ClickException:
 def command(fn: Callable) -> click.Command:
     """The outermost decorator of every htools command: adds the shared run flags
     (after the command's own options), hands them to ``fn`` as ``opts`` (a
-    RunOptions), and turns an :class:`HtoolsError` into one clear line, exit 1."""
+    RunOptions), and turns an :class:`HtoolsError` into one clear line, exit 1, and a
+    Ctrl-C into one line, exit 130 (128 + SIGINT, as shells report it)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kw):
@@ -175,6 +176,11 @@ def command(fn: Callable) -> click.Command:
             return fn(*args, opts=opts, **kw)
         except HtoolsError as e:
             raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:  # Ctrl-C: the job stopped and cleaned up; say so
+            print("htools: interrupted: running tasks cancelled, partial outputs and "
+                  "scratch removed, complete outputs kept (--resume goes on from them)",
+                  file=sys.stderr, flush=True)
+            sys.exit(130)
 
     def shared() -> None: ...
     for _name, option in reversed(RUN_FLAGS):
