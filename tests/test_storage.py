@@ -734,3 +734,17 @@ def test_unknown_storage_options_are_refused_with_the_valid_names():
     assert storage.resolve_options({"local": {"fsync": False, "retries": 0}}) == \
         {"file": {"fsync": False, "retries": 0}}
     assert storage.resolve_options({"s3": {"endpoint_url": "x", "anon": True}})["s3"]["anon"]
+
+
+def test_remove_partials_of_local_outputs_takes_only_theirs(tmp_path):
+    """Hidden ``.NAME.tmp-*`` files of the given outputs go (names that contain
+    ``.tmp-`` themselves too); other outputs' temp files and every real file stay."""
+    from htools import storage
+
+    outputs = [tmp_path / f"o-{i}.tar" for i in range(3)] + [tmp_path / "a.tmp-1.tar"]
+    leftovers = [f".{p.name}.tmp-{i:032x}" for i, p in enumerate(outputs)]
+    keep = ["o-0.tar", ".o-9.tar.tmp-" + "f" * 32, "x.tmp-1", ".hidden", "o-1.tar.tmp-1"]
+    for name in leftovers + keep:
+        (tmp_path / name).write_bytes(b"x")
+    assert storage.remove_partials([str(p) for p in outputs]) == len(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)

@@ -233,19 +233,21 @@ class LocalBackend(Backend):
         return sorted(_join(url, name) for name in names)
 
     def remove_partials(self, urls: list[str], opts: Mapping[str, Any]) -> int:
-        """Delete the hidden ``.NAME.tmp-*`` files killed writers of ``urls`` left."""
+        """Delete the hidden ``.NAME.tmp-*`` files killed writers of ``urls`` left: one
+        listing per folder, each file name parsed once (O(files), whatever the outputs)."""
         by_folder: dict[str, set[str]] = {}
         for url in urls:
             folder, base = os.path.split(local_path(url))
-            by_folder.setdefault(folder or ".", set()).add(f".{base}.tmp-")
+            by_folder.setdefault(folder or ".", set()).add(base)
         removed = 0
-        for folder, prefixes in by_folder.items():
+        for folder, bases in by_folder.items():
             try:
                 names = os.listdir(folder)
             except OSError:
                 continue
             for name in names:
-                if name.startswith(tuple(prefixes)):
+                cut = name.rfind(".tmp-")
+                if name.startswith(".") and cut > 0 and name[1:cut] in bases:
                     try:
                         os.unlink(os.path.join(folder, name))
                         removed += 1
