@@ -187,7 +187,6 @@ def fmt_row(r: dict) -> str:
 
 def growth_rows(points: list[dict]) -> list[dict]:
     a, b = points[0], points[-1]
-    per_mb = (b["seconds"] / b["mb"]) / (a["seconds"] / a["mb"])
     return [
         row(f"htsort growth: seconds per MB at {b['mb']:.0f} MB vs at {a['mb']:.0f} MB "
             "(1 = linear)", b["seconds"] / b["mb"] * a["mb"], a["seconds"], "~1 (linear)",

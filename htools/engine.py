@@ -152,12 +152,17 @@ def plan_lines(tasks: list[Task], skip: set[str], resume: bool) -> list[str]:
 
 def run(tool: str, tasks: list[Task], opts: RunOptions, *,
         on_result: Callable[[int, dict], None] | None = None,
-        ordered: bool = False, check_outputs: bool = True) -> JobSummary:
+        ordered: bool = False, check_outputs: bool = True,
+        group: bool = False) -> JobSummary:
     """Run ``tasks`` (one per shard) and return the job summary.
 
     ``on_result(index, result)`` is called as results arrive -- in task order
     when ``ordered`` (results that arrive early wait, and at most a window of
     tasks runs ahead, so memory stays bounded).
+
+    ``group``: short tasks may run several to a Dask task (see :func:`_group_size`),
+    each with its own result, as if alone; for tasks whose function only reads its
+    arguments and writes its own output (not ``ordered``, not multi-output tasks).
     """
     refuse_stdio(tasks)
     summary = JobSummary(tool=tool, shards_total=sum(t.shards for t in tasks),
@@ -181,7 +186,8 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
                 preflight.check_workers(client, [t.input for _i, t in todo],  # issue 17
                                         [u for _i, t in todo for u in [t.output, *(t.outputs or [])]])
                 check_resources(client, opts.resources)
-                _execute(client, tool, todo, opts, summary, on_result, ordered)
+                _execute(client, tool, todo, opts, summary, on_result, ordered,
+                         group and not ordered)
         finally:  # a worker killed mid-write can leave a hidden temp file behind
             storage.remove_partials([u for _i, t in todo for u in [t.output, *(t.outputs or [])]],
                                     opts.storage_options)
@@ -200,78 +206,134 @@ def _remove_stale(result: dict, opts: RunOptions) -> None:
             pass  # the failure itself is reported
 
 
-def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
+def _execute(client, tool, todo, opts, summary, on_result, ordered, group=False) -> None:
     from distributed import as_completed
 
     job = uuid.uuid4().hex[:8]
-    window = _window(client, ordered)
+    threads = _threads(client)
+    window = _window(client, ordered, threads)
     bar = progress_display(sum(t.shards for _i, t in todo), opts.quiet, client, tool)
     pending: dict[int, list[dict]] = {}
     next_emit = 0  # position in ``todo`` of the next result to hand on (ordered mode)
     submitted = 0
-    position: dict[str, int] = {}
+    position: dict[str, list[int]] = {}  # a Dask task's key -> the positions it runs
     tasks = {pos: t for pos, (_i, t) in enumerate(todo)}  # narrowed when a part is retried
     attempts: dict[int, int] = {}
     kept: dict[int, list[dict]] = {}  # results of a task waiting for its retried part
     policy = retry_policy({"retries": opts.retries})
     fatal: dict | None = None  # a result saying every shard would fail the same way
+    seconds: list[float] = []  # of the last tasks that ran alone or grouped (for grouping)
+    ac = as_completed()
 
-    def submit(pos: int, delay: float = 0.0):
-        i, t = todo[pos][0], tasks[pos]
-        key = f"{tool}-{job}-{i:06d}-{attempts.get(pos, 1)}"
-        position[key] = pos
-        if delay:
-            return client.submit(_after, delay, t.fn, key=key, pure=False,
-                                 retries=opts.retries, resources=opts.resources, **t.kwargs)
-        return client.submit(t.fn, key=key, pure=False, retries=opts.retries,
-                             resources=opts.resources, **t.kwargs)
-
-    # with_results: results are fetched in the background as tasks finish, not one
-    # round trip at a time by this loop (the limit on many tiny shards)
-    ac = as_completed(with_results=True, raise_errors=False)
-    while submitted < min(window, len(todo)):
-        ac.add(submit(submitted))
-        submitted += 1
-    try:
-        for fut, value in ac:
-            pos = position.pop(fut.key)
+    def submit(batch: list[tuple[list[int], float]]) -> None:
+        """Submit tasks (positions, backoff delay) in one message to the scheduler: one
+        graph update for all of them, not one per task (the limit on many tiny shards).
+        A task of several positions runs their functions one after the other."""
+        if not batch:
+            return
+        keys, fns, kwargs, delays = [], [], [], []
+        for poss, delay in batch:
+            pos = poss[0]
             i, t = todo[pos][0], tasks[pos]
-            results = _results_of(fut, t, value)
-            fut.release()
-            again = [r for r in results if r["status"] == "failed" and r.get("transient")
-                     and attempts.get(pos, 1) <= opts.retries]
-            for r in results:
-                r["attempts"] = attempts.get(pos, 1)
-            if again:  # run the shard(s) again from the input, after a backoff
-                for r in again:
-                    summary.retried(r)
-                retrying = {id(r) for r in again}
-                kept.setdefault(pos, []).extend(r for r in results if id(r) not in retrying)
-                tasks[pos] = t.narrow(t, [r["output"] for r in again]) \
-                    if t.narrow is not None and len(again) < len(results) else t
-                attempts[pos] = attempts.get(pos, 1) + 1
-                ac.add(submit(pos, _backoff(policy, attempts[pos] - 1)))
-                continue
-            results = kept.pop(pos, []) + results
-            fatal = fatal or next((r for r in results if r.get("fatal")), None)
-            for result in results:
-                _remove_stale(result, opts)
-                summary.add(result)
-                bar.update(result)
-            if ordered:
-                pending[pos] = results
-                while next_emit in pending:
-                    for r in pending.pop(next_emit):
-                        if on_result:
-                            on_result(todo[next_emit][0], r)
-                    next_emit += 1
-            elif on_result:
-                for result in results:
-                    on_result(i, result)
-            done = next_emit if ordered else submitted - ac.count()
-            while fatal is None and submitted < len(todo) and submitted - done < window:
-                ac.add(submit(submitted))
+            if len(poss) == 1:
+                key = f"{tool}-{job}-{i:06d}-{attempts.get(pos, 1)}"
+                fns.append(t.fn)
+                kwargs.append(t.kwargs)
+            else:
+                key = f"{tool}-{job}-{i:06d}-{todo[poss[-1]][0]:06d}"
+                fns.append(_call_each)
+                kwargs.append(_group_kwargs([tasks[p] for p in poss]))
+            position[key] = poss
+            keys.append(key)
+            delays.append(delay)
+        ac.update(client.map(_call, fns, kwargs, delays, key=keys, pure=False,
+                             retries=opts.retries, resources=opts.resources))
+
+    def groupable(pos: int) -> bool:
+        t = tasks[pos]
+        return t.outputs is None and t.narrow is None and pos not in attempts
+
+    def fresh(room: int) -> list[tuple[list[int], float]]:
+        """Up to ``room`` new Dask tasks of the positions not yet submitted."""
+        nonlocal submitted
+        out = []
+        size = _group_size(seconds, len(todo) - submitted, threads) if group else 1
+        while fatal is None and submitted < len(todo) and len(out) < room:
+            poss = [submitted]
+            submitted += 1
+            while len(poss) < size and submitted < len(todo) and groupable(submitted) \
+                    and groupable(poss[0]) and tasks[submitted].fn is tasks[poss[0]].fn \
+                    and tasks[submitted].kwargs.keys() == tasks[poss[0]].kwargs.keys():
+                poss.append(submitted)
                 submitted += 1
+            out.append((poss, 0.0))
+        return out
+
+    submit(fresh(min(window, len(todo))))
+    try:
+        # the futures that finished since the last turn, with their results fetched in
+        # one gather (one request per worker, not one per task)
+        for batch in ac.batches():
+            values = _gather(client, batch)
+            later: list[tuple[list[int], float]] = []
+            for fut in batch:
+                poss = position.pop(fut.key)
+                value = values.get(fut.key)
+                if len(poss) > 1:
+                    each = _results_of_group(fut, value)
+                    if each is None:  # the group raised or its workers died: run each alone,
+                        later.extend(([p], 0.0) for p in poss)  # as it would have run
+                        fut.release()
+                        continue
+                    seconds.append(sum(r.get("seconds", 0.0) for rs in each for r in rs)
+                                   / len(poss))
+                else:
+                    each = [_results_of(fut, tasks[poss[0]], value)]
+                    if group and each[0]:
+                        seconds.append(each[0][0].get("seconds", 0.0))
+                fut.release()
+                del seconds[:-_SECONDS_KEPT]
+                for pos, results in zip(poss, each):
+                    i, t = todo[pos][0], tasks[pos]
+                    again = [r for r in results if r["status"] == "failed"
+                             and r.get("transient") and attempts.get(pos, 1) <= opts.retries]
+                    for r in results:
+                        r["attempts"] = attempts.get(pos, 1)
+                    if again:  # run the shard(s) again from the input, after a backoff
+                        for r in again:
+                            summary.retried(r)
+                        retrying = {id(r) for r in again}
+                        kept.setdefault(pos, []).extend(r for r in results
+                                                        if id(r) not in retrying)
+                        tasks[pos] = t.narrow(t, [r["output"] for r in again]) \
+                            if t.narrow is not None and len(again) < len(results) else t
+                        attempts[pos] = attempts.get(pos, 1) + 1
+                        later.append(([pos], _backoff(policy, attempts[pos] - 1)))
+                        continue
+                    results = kept.pop(pos, []) + results
+                    fatal = fatal or next((r for r in results if r.get("fatal")), None)
+                    for result in results:
+                        _remove_stale(result, opts)
+                        summary.add(result)
+                        bar.update(result)
+                    if ordered:
+                        pending[pos] = results
+                        while next_emit in pending:
+                            for r in pending.pop(next_emit):
+                                if on_result:
+                                    on_result(todo[next_emit][0], r)
+                            next_emit += 1
+                    elif on_result:
+                        for result in results:
+                            on_result(i, result)
+            del batch, values
+            if ordered:
+                room = window - (submitted - next_emit)
+            else:
+                room = window - ac.count() - len(later)
+            if room > 0:
+                later.extend(fresh(room))
+            submit(later)
         for pos in range(submitted, len(todo)):  # not run: they would fail the same way
             for result in _failed_all(tasks[pos], fatal["error"]):
                 summary.add(result)
@@ -282,6 +344,66 @@ def _execute(client, tool, todo, opts, summary, on_result, ordered) -> None:
         raise
     finally:
         bar.close()
+
+
+GROUP_SECONDS = 0.05  # a Dask task of grouped short tasks runs about this long
+GROUP_MAX = 64  # tasks to a group at most
+_SECONDS_KEPT = 32  # the last tasks' run times the group size is made from
+
+
+def _group_size(seconds: list[float], left: int, threads: int) -> int:
+    """How many short tasks to run in one Dask task: enough that the group runs about
+    GROUP_SECONDS (Dask's own cost, a few ms a task across client, scheduler and
+    worker, then matters little), from the median run time of the last tasks; 1 until
+    some have run, and never so many that fewer than 4 groups a worker thread are
+    left (the end of the job stays balanced)."""
+    if not seconds:
+        return 1
+    median = sorted(seconds)[len(seconds) // 2]
+    size = int(GROUP_SECONDS / max(median, 1e-4))
+    return max(1, min(size, GROUP_MAX, left // (4 * threads)))
+
+
+def _group_kwargs(group: list[Task]) -> dict:
+    """The arguments of :func:`_call_each` for ``group`` (one function, the same argument
+    names): the arguments every task shares (the same object) once, the others as one
+    tuple a task.  Compact, since Dask keeps the last messages it sent to each worker
+    (``distributed.admin.low-level-log-length``, 1000 a stream): a group's arguments stay
+    in the client's process (the scheduler's) until 1000 more messages have gone out."""
+    first = group[0].kwargs
+    shared = {k: v for k, v in first.items() if all(t.kwargs[k] is v for t in group[1:])}
+    names = tuple(k for k in first if k not in shared)
+    return {"fn": group[0].fn, "shared": shared, "names": names,
+            "each": [tuple(t.kwargs[k] for k in names) for t in group]}
+
+
+def _call_each(fn: Callable, shared: dict, names: tuple, each: list[tuple]) -> list:
+    """A group's task: ``fn`` for each task of the group, one after the other, with the
+    arguments all share and its own (see :func:`_group_kwargs`)."""
+    return [fn(**shared, **dict(zip(names, values))) for values in each]
+
+
+def _results_of_group(fut, value: Any = None) -> list[list[dict]] | None:
+    """Each grouped task's result dicts; None when the group raised or its workers kept
+    dying (its tasks then run again, each alone)."""
+    try:
+        result = value if fut.status == "finished" and value is not None else fut.result()
+    except Exception:  # noqa: BLE001 - KilledWorker, a lost connection, a task raised
+        return None
+    return [r if isinstance(r, list) else [r] for r in result]
+
+
+def _gather(client, futures: list) -> dict:
+    """The results of those of ``futures`` that finished, by key, fetched in one call;
+    {} when that fails (each future is then asked on its own, see :func:`_results_of`)."""
+    finished = [f for f in futures if f.status == "finished"]
+    if not finished:
+        return {}
+    try:
+        values = client.gather(finished)
+    except Exception:  # noqa: BLE001 - a result lost meanwhile: per future, as before
+        return {}
+    return {f.key: v for f, v in zip(finished, values)}
 
 
 def _stop(client, ac, prefix: str, wait: float = STOP_WAIT) -> None:
@@ -324,10 +446,11 @@ def _failed_all(task: Task, error: str) -> list[dict]:
     return results
 
 
-def _after(delay: float, fn: Callable, /, **kwargs) -> Any:
-    """Run ``fn`` after ``delay`` seconds (the backoff of a retried shard, spent on the
-    worker so the client keeps handing out other work)."""
-    time.sleep(delay)
+def _call(fn: Callable, kwargs: dict, delay: float = 0.0) -> Any:
+    """What every task runs: ``fn(**kwargs)``, after ``delay`` seconds for a retried
+    shard (its backoff, spent on the worker so the client keeps handing out other work)."""
+    if delay:
+        time.sleep(delay)
     return fn(**kwargs)
 
 
@@ -340,16 +463,21 @@ def _backoff(policy, attempt: int) -> float:
     return delay
 
 
-def _window(client, ordered: bool) -> int:
-    """Tasks in flight at once: enough to keep every worker thread busy with a few
-    queued behind it, few enough that client and scheduler memory stay flat.  In
-    ``ordered`` mode, results that arrive early wait in the client, so fewer."""
+def _threads(client) -> int:
+    """The cluster's worker threads (1 when the scheduler cannot say)."""
     try:
         threads = sum(w.get("nthreads", 1)
                       for w in client.scheduler_info().get("workers", {}).values())
     except Exception:  # noqa: BLE001 - a scheduler that cannot say: assume one
         threads = 1
-    threads = max(threads, 1)
+    return max(threads, 1)
+
+
+def _window(client, ordered: bool, threads: int | None = None) -> int:
+    """Tasks in flight at once: enough to keep every worker thread busy with a few
+    queued behind it, few enough that client and scheduler memory stay flat.  In
+    ``ordered`` mode, results that arrive early wait in the client, so fewer."""
+    threads = _threads(client) if threads is None else threads
     return 2 * threads + 2 if ordered else max(16, 4 * threads)
 
 

@@ -194,6 +194,6 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
     tasks = plan(inputs, outputs, script, opts, mtime=mtime)
     preflight.check([t.input for t in tasks], [t.output for t in tasks],
                     opts.storage_options, write=not opts.dry_run)
-    summary = engine.run("htmapper", tasks, opts)
+    summary = engine.run("htmapper", tasks, opts, group=True)
     return engine.finish(summary, opts, shards.OutputSet.parse(outputs),
                          [t.output for t in tasks])

@@ -16,14 +16,14 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from . import storage, tario
 from .errors import HtoolsError, StorageError
 from .shards import OutputSet
 from .storage.base import retry_policy
 from .streams import Counting
-from .summary import JobSummary
+from .summary import JobSummary, Written
 from .task import shard_task
 
 SUFFIXES = (".tar.gz", ".tar.zst", ".tar", ".tgz", ".tzst")
@@ -60,28 +60,72 @@ def index_shard(input: str, *, options: dict | None = None) -> dict:
     return result.as_dict()
 
 
-def build(entries: Iterable[dict], index_at: str, name: str) -> dict:
+def build(entries: Iterable[dict] | Callable[[], Iterable[dict]], index_at: str,
+          name: str) -> dict:
     """The index document for ``entries`` (output URL, nsamples, filesize, sha256,
-    fields), with URLs relative to ``index_at``'s folder when they are beside it."""
+    fields), with URLs relative to ``index_at``'s folder when they are beside it.
+
+    ``entries`` may be a function that gives them afresh each call: the shard list is
+    then made entry by entry as :func:`write` encodes it, never held whole (the index
+    of a job of 100,000 shards, on the client)."""
     folder = index_at.rsplit("/", 1)[0] + "/"
-    shardlist, fields, samples, size = [], Counter(), 0, 0
-    for e in entries:
+
+    def shard(e: dict) -> dict:
         url = e["output"]
-        shardlist.append({"url": url[len(folder):] if url.startswith(folder) else url,
-                          "nsamples": int(e["nsamples"]), "filesize": int(e["filesize"]),
-                          "sha256": e["sha256"], "fields": dict(sorted(e["fields"].items()))})
+        return {"url": url[len(folder):] if url.startswith(folder) else url,
+                "nsamples": int(e["nsamples"]), "filesize": int(e["filesize"]),
+                "sha256": e["sha256"], "fields": dict(sorted(e["fields"].items()))}
+
+    fields, samples, size, count = Counter(), 0, 0, 0
+    for e in entries() if callable(entries) else (entries := list(entries)):
         fields.update(e.get("fields", {}))
         samples += int(e["nsamples"])
         size += int(e["filesize"])
+        count += 1
+    shardlist = (_Shards(lambda: map(shard, entries()), count) if callable(entries)
+                 else [shard(e) for e in entries])
     return {"wids_version": 1, "name": name, "shardlist": shardlist,
-            "totals": {"shards": len(shardlist), "samples": samples, "bytes": size},
+            "totals": {"shards": count, "samples": samples, "bytes": size},
             "fields": dict(sorted(fields.items()))}
+
+
+class _Shards(list):
+    """A shard list that the JSON encoder walks without it being held: its items are
+    made as they are encoded (the encoder with ``indent`` iterates lists in Python)."""
+
+    def __init__(self, items: Callable[[], Iterator[dict]], count: int):
+        super().__init__()
+        self._items, self._count = items, count
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def encode(doc: dict) -> bytes:
+    """An index document as its file holds it: ``json.dumps(doc, indent=1,
+    ensure_ascii=False)`` and a newline, in UTF-8, joined a MiB at a time (dumps()
+    would first hold every small piece of the text at once)."""
+    parts: list[bytes] = []
+    pending: list[str] = []
+    held = 0
+    for chunk in json.JSONEncoder(indent=1, ensure_ascii=False).iterencode(doc):
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= 1 << 20:
+            parts.append("".join(pending).encode("utf-8"))
+            pending, held = [], 0
+    pending.append("\n")
+    parts.append("".join(pending).encode("utf-8"))
+    return b"".join(parts)
 
 
 def write(doc: dict, url: str, options: dict | None) -> None:
     """Write an index document atomically.  The body is in memory, so a transient
     failure (a 503 at the commit) is replayed with the storage retry policy's backoff."""
-    data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    data = encode(doc)
     proto = storage.protocol(url)
     delays = retry_policy(storage.resolve_options(options).get(proto)).delays()
     while True:
@@ -103,11 +147,14 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
     if not outputs or any(storage.is_stream(u) for u in outputs):
         return None
     url = index_url(outset)
-    fresh = {e["output"]: e for e in summary.written}
-    missing = [u for u in outputs if u not in fresh]
+    written = summary.written if isinstance(summary.written, Written) \
+        else Written(summary.written)
+    at = written.positions()  # output -> its entry in `written`
+    fresh: dict[str, dict] = {}  # entries of outputs this run did not write (resumed)
+    missing = [u for u in outputs if u not in at]
     if missing:
         fresh.update(_previous_entries(url, missing, options))
-    for u in outputs:  # skipped and not in the previous index: read them once here
+    for u in missing:  # skipped and not in the previous index: read them once here
         if u not in fresh:
             r = index_shard(u, options=storage.resolve_options(options))
             if r["status"] != "ok":
@@ -116,7 +163,12 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
                         "filesize": r["bytes_out"], "sha256": r["sha256"],
                         "fields": r["fields"]}
     name = url.rsplit("/", 1)[-1].removesuffix(".index.json")
-    write(build((fresh[u] for u in outputs), url, name), url, options)
+
+    def entries() -> Iterator[dict]:
+        for u in outputs:
+            yield fresh[u] if u in fresh else written.entry(at[u])
+
+    write(build(entries, url, name), url, options)
     summary.extra["index"] = url
     return url
 

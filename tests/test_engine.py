@@ -232,3 +232,66 @@ def test_a_multi_output_task_retries_only_its_failed_output(client, fast_backoff
     s = run("t", [task], opts(client, retries=1))
     assert s.ok and s.shards_total == 3 and s.shards_done == 3 and s.shards_retried == 1
     assert [_RUNS[n] for n in names] == [1, 2, 1]  # the others were not written twice
+
+
+# ----------------------------------------------------------------- grouping --
+
+_KEYS: dict[str, dict[int, str]] = {}
+
+
+def keyed_task(index: int, run_id: str) -> dict:
+    """count_task, noting the key of the Dask task it ran in."""
+    from distributed import get_worker
+
+    with _LOCK:
+        _KEYS[run_id][index] = str(get_worker().get_current_task())
+    return count_task(index)
+
+
+def test_short_tasks_grouped_give_the_same_results(client, fast_backoff):
+    """With ``group=True`` short tasks run several to a Dask task (fewer, larger tasks
+    on the scheduler), yet every shard has its own result, retries and failures, as
+    when each runs alone; ungrouped runs of the same tasks give the same summary."""
+    def tasks_of(tag: str) -> list[Task]:
+        tasks = [Task(keyed_task, {"index": i, "run_id": tag}, input=f"in-{i}.tar")
+                 for i in range(300)]
+        tasks[150] = Task(flaky_task, {"name": f"{tag}-f", "fails": 1, "status": 503},
+                          input="in-f.tar")  # transient: retried alone
+        tasks[200] = Task(raising_task, {"index": 200}, input="in-200.tar")  # fails its group
+        return tasks
+
+    summaries, seen, groups = [], [], []
+    for group in (True, False):
+        tag = uuid.uuid4().hex[:6]
+        _KEYS[tag] = {}
+        got: dict[int, dict] = {}
+        s = run("t", tasks_of(tag), opts(client, retries=1), group=group,
+                on_result=lambda i, r, got=got: got.setdefault(i, r))
+        summaries.append(s)
+        seen.append(got)
+        keys = _KEYS.pop(tag)
+        groups.append(max(list(keys.values()).count(k) for k in set(keys.values())))
+        assert _RUNS[f"{tag}-f"] == 2
+    assert groups[0] > 1 and groups[1] == 1  # grouping happened, only when asked
+    grouped, alone = summaries
+    for s in summaries:
+        assert (s.shards_total, s.shards_done, s.shards_failed, s.shards_retried) == \
+            (300, 299, 1, 1)
+        assert "boom in task 200" in s.failures[0]["error"]
+    assert grouped.samples_read == alone.samples_read
+    assert sorted(seen[0]) == sorted(seen[1]) == list(range(300))
+    for i in range(300):
+        a, b = seen[0][i], seen[1][i]
+        assert (a["status"], a["samples_read"], a["attempts"]) == \
+            (b["status"], b["samples_read"], b["attempts"])
+        assert a["input"] == b["input"] or i == 150  # the flaky task names its own
+
+
+def test_group_size_follows_task_time():
+    from htools.engine import _group_size
+
+    assert _group_size([], 10_000, 2) == 1  # nothing known yet
+    assert _group_size([0.002] * 8, 10_000, 2) == 25  # about 50 ms a group
+    assert _group_size([0.0001] * 8, 10_000, 2) == 64  # capped
+    assert _group_size([0.002] * 8, 40, 2) == 5  # the end of the job stays balanced
+    assert _group_size([0.2] * 8, 10_000, 2) == 1  # long tasks run alone

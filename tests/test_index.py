@@ -93,3 +93,25 @@ def test_htextract_index_of_a_missing_shard_fails_clearly(tmp_path):
     p = run("htextract", tmp_path / "in" / "data-@2.tar", "--index", tmp_path / "i.json")
     assert p.returncode == 1 and "data-1.tar does not exist" in p.stderr
     assert not (tmp_path / "i.json").exists()
+
+
+def test_a_big_index_is_encoded_entry_by_entry_as_dumps_would():
+    """write_for_job hands build() a function of the entries: the shard list is made as
+    it is encoded, and the file's bytes are those of json.dumps(indent=1) of the list."""
+    import json
+
+    from htools.shardindex import build, encode
+    from htools.summary import Written
+
+    w = Written({"output": f"/d/out/o-{i:05d}.tar", "nsamples": i % 7,
+                 "filesize": 10240 * (i + 1), "sha256": f"{i:064x}",
+                 "fields": {"txt": i % 7, "cls": i % 7, "ü": 1}} for i in range(3000))
+    w.append({"output": "s3://b/elsewhere.tar", "nsamples": 1, "filesize": 5, "sha256": "x",
+              "fields": {}})
+    lazy = build(lambda: iter(w), "/d/out/o.index.json", "o")
+    eager = build(list(w), "/d/out/o.index.json", "o")
+    data = encode(lazy)
+    assert data == (json.dumps(eager, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    assert json.loads(data) == eager and eager["totals"]["shards"] == 3001
+    assert encode(build([], "/d/o.index.json", "o")) == \
+        (json.dumps(build([], "/d/o.index.json", "o"), indent=1) + "\n").encode()

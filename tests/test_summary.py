@@ -209,3 +209,24 @@ def test_finish_records_the_elapsed_time():
     s = JobSummary("htsort")
     s.started -= 1.5
     assert s.finish() is s and 1.5 <= s.seconds < 60
+
+
+def test_written_entries_are_kept_compact_and_come_back_equal():
+    from htools.summary import JobSummary, Written
+
+    entries = [{"output": f"/d/o-{i}.tar", "nsamples": i, "filesize": 10240 * i,
+                "sha256": f"{i:064x}", "fields": {"jpg": i, "cls": i}} for i in range(5)]
+    entries.append({"output": "/d/odd.tar", "nsamples": 0, "filesize": 0, "sha256": "not-hex",
+                    "fields": {}})
+    w = Written(entries)
+    assert list(w) == entries and len(w) == 6 and w == entries
+    assert list(w)[0]["fields"] == {"jpg": 0, "cls": 0}  # order kept
+    assert len(w._names) == 2  # one shared tuple per set of field names
+    s = JobSummary(tool="t")
+    for e in entries[:2]:
+        s.add({"status": "ok", "output": e["output"], "samples_written": e["nsamples"],
+               "bytes_out": e["filesize"], "sha256": e["sha256"], "fields": e["fields"],
+               "errors": [], **{c: 0 for c in ("samples_read", "samples_mapped",
+                                              "samples_dropped", "samples_failed",
+                                              "sample_errors", "bytes_in")}})
+    assert list(s.written) == entries[:2] and "written" not in s.as_dict()
