@@ -182,7 +182,10 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
             todo.append((i, t))
     if todo:
         try:
-            with connect(opts) as client:
+            from . import shipping  # imports distributed
+
+            scripts = shipping.scripts_in(v for _i, t in todo for v in t.kwargs.values())
+            with connect(opts) as client, shipping.once_per_worker(client, scripts):
                 preflight.check_workers(client, [t.input for _i, t in todo],  # issue 17
                                         [u for _i, t in todo for u in [t.output, *(t.outputs or [])]])
                 check_resources(client, opts.resources)

@@ -11,9 +11,11 @@ code runs on the client.
 
 A script file also carries the Python modules beside it (its folder's ``.py`` files
 and packages, not data files) and those of ``py_files`` (``--py-files``), as source
-text inside the :class:`Script`: every task receives the Script anyway, so they reach
-any cluster (embedded, a ``dask scheduler`` elsewhere, Kubernetes) with no upload step
-and no write into a worker's site-packages.  On a worker they are served by a private
+text inside the :class:`Script`, so they reach any cluster (embedded, a ``dask
+scheduler`` elsewhere, Kubernetes) with no upload step and no write into a worker's
+site-packages.  While a job runs, a worker plugin (:mod:`htools.shipping`) carries them
+to every worker once, workers that join later included, and the tasks' Scripts travel
+without them.  On a worker they are served by a private
 import finder, installed in front of ``sys.meta_path`` before the script runs, as if
 the script's folder were first on ``sys.path`` (as with ``python script.py``).
 """
@@ -78,6 +80,18 @@ class Script:
     function: Callable | None = field(default=None, compare=False)
     modules: tuple[tuple[str, str], ...] = ()
     shell: str | None = None  # a shell command run once per sample (htools.shell)
+    shipped: bool = field(default=False, compare=False)  # modules left behind: a worker
+    # plugin brought them (htools.shipping), looked up by digest when the script loads
+
+    def __reduce__(self):
+        """Pickled for a task: without its modules while a worker plugin carries them
+        to every worker (once, not in every task's arguments)."""
+        from . import shipping
+
+        if self.modules and self.digest in shipping.carried:
+            return (Script, (self.source, self.filename, self.digest, None, (), None, True))
+        return (Script, (self.source, self.filename, self.digest, self.function,
+                         self.modules, self.shell, self.shipped))
 
     @classmethod
     def from_shell(cls, command: str) -> Script:
@@ -158,12 +172,17 @@ class Script:
 
             return namespace(self.shell)
         key = self.digest or _digest(self.source, self.modules)
+        modules = self.modules
+        if self.shipped:
+            from .shipping import received
+
+            modules = received(self.digest, self.filename)
         mod = _loaded.get(key)
-        if mod is not None and (not self.modules or _active[0] == key):
+        if mod is not None and (not modules or _active[0] == key):
             return mod
         with _lock:
-            if self.modules and _active[0] != key:
-                _install(self.modules, key)  # this job's modules, not an earlier job's
+            if modules and _active[0] != key:
+                _install(modules, key)  # this job's modules, not an earlier job's
             mod = _loaded.get(key)
             if mod is None:
                 mod = _execute(self.source, self.filename, key)
