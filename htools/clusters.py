@@ -103,7 +103,7 @@ def connect(opts: RunOptions) -> Iterator[Any]:
     with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
                           "distributed.worker.daemon": False}):
         kw = dict(threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                  host="127.0.0.1", silence_logs=40)
+                  host="127.0.0.1", silence_logs=40, preload=["htools.workerinit"])
         if gpus:
             cluster = _gpu_cluster(LocalCluster, n, gpus, kw)
         else:
