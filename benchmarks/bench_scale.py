@@ -387,10 +387,7 @@ def model(results: list[dict], fans=(256, 1000), workers=(100, 1000), n=100_000,
     out = []
     for w in workers:
         for f in fans:
-            group = plan.inputs_per_task(n, shard_bytes, memory, w)
-            stage1 = math.ceil(n / group)
-            # a stage-1 task spills one run per memory budget of input it reads
-            runs = stage1 * max(1, math.ceil(group * shard_bytes / memory))
+            group, stage1, runs = _stage_one(n, shard_bytes, memory, w)
             parts = [(runs, n)]
             lvls = []
             while any(r > f for r, _m in parts):
@@ -430,6 +427,16 @@ def model(results: list[dict], fans=(256, 1000), workers=(100, 1000), n=100_000,
             "dedup": dedup_model(fans, workers, n, shard_bytes, memory)}
 
 
+def _stage_one(n: int, shard_bytes: int, memory: int, workers: int) -> tuple[int, int, int]:
+    """Inputs per stage-1 task, stage-1 tasks, and runs (a stage-1 task spills one run
+    per memory budget of input it reads)."""
+    from htools.exchange import plan
+
+    group = plan.inputs_per_task(n, shard_bytes, memory, workers)
+    stage1 = math.ceil(n / group)
+    return group, stage1, stage1 * max(1, math.ceil(group * shard_bytes / memory))
+
+
 def dedup_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10**9,
                 memory=4 << 30) -> list[dict]:
     """htsort --dedup F --key K (K not F) at 100 TB, from htools.exchange.plan: stage 1
@@ -441,9 +448,7 @@ def dedup_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10
     out = []
     for w in workers:
         for f in fans:
-            group = plan.inputs_per_task(n, shard_bytes, memory, w)
-            stage1 = math.ceil(n / group)
-            runs = stage1 * max(1, math.ceil(group * shard_bytes / memory))
+            _group, stage1, runs = _stage_one(n, shard_bytes, memory, w)
             buckets = max(1, min(plan.MAX_BUCKETS, max(stage1, math.ceil(total / memory))))
             first = plan.levels(runs, buckets, f, 2 * w)
             runs2 = buckets * max(1, math.ceil(total / buckets / memory))
