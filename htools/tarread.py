@@ -434,6 +434,8 @@ def read_samples(stream: BinaryIO, url: str = "") -> Iterator[dict]:
             if key is not None:
                 yield sample
             key = k
+            if field == "__key__" or field == "__url__":  # would overwrite the reserved one
+                raise _repeated(url, k, field, name, hoff)
             sample = {"__key__": k, "__url__": url, field: data}
         elif field in sample:
             raise _repeated(url, k, field, name, hoff)

@@ -796,6 +796,24 @@ def test_error_repeated_field():
     assert got == ["a"]  # complete samples before the error; none of the bad one
 
 
+@pytest.mark.parametrize("names,at", [(("a.txt", "b.__key__", "b.txt"), 1024),
+                                      (("a.txt", "b.txt", "b.__key__"), 2048),
+                                      (("a.__url__",), 0)])
+def test_error_reserved_field_first_or_later(names, at):
+    """A member named like KEY.__key__ (or .__url__) would overwrite the sample's own
+    key: a named error wherever it stands in the sample, its first member included."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"z"))
+    bad = [n for n in names if ".__" in n][0]
+    with pytest.raises(TarFormatError, match=rf"^r.tar, member '{bad}', key '{bad[0]}', "
+                                             rf"offset {at}: reserved field name$"):
+        list(tario.read_samples(io.BytesIO(buf.getvalue()), "r.tar"))
+
+
 def test_error_truncated_stream_stops_reading():
     data = _two_member_tar()
     got = []
