@@ -116,6 +116,33 @@ def _script(tmp_path: Path, body: str = "", name: str = "script.py") -> Path:
     return path
 
 
+def _marking_mapper(cluster: Slurm, tmp_path: Path, inputs: str, out: Path, sleep: float,
+                    **popen) -> subprocess.Popen:
+    """htmapper on the SLURM cluster, started in the background, whose script marks each
+    worker job that runs a sample (a file named after its SLURM_JOB_ID in
+    ``tmp_path/marks``) and then sleeps ``sleep`` seconds a sample."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    body = (f"    open(os.path.join({str(marks)!r}, os.environ['SLURM_JOB_ID']), 'a').close()\n"
+            f"    time.sleep({sleep})\n")
+    return subprocess.Popen(
+        [str(BIN / "htmapper"), "-c", cluster.address(tmp_path / "logs"),
+         "-p", str(_script(tmp_path, body)), inputs, str(out)],
+        env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, **popen)
+
+
+def _first_marks(tmp_path: Path, proc: subprocess.Popen) -> list[str]:
+    """The worker jobs that ran a sample, once one has (within 90 s)."""
+    marks = tmp_path / "marks"
+    deadline = time.monotonic() + 90
+    while not list(marks.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    found = sorted(p.name for p in marks.iterdir())
+    assert found, "no worker job ever ran a sample"
+    return found
+
+
 def _default_sigint() -> None:
     """In the child: SIGINT as in a terminal (a shell running the suite in the background
     may hand its children SIGINT ignored, and Python then keeps ignoring it)."""
@@ -181,24 +208,10 @@ def test_worker_job_cancelled_mid_job_is_retried(slurm_cluster, tmp_path):
     """scancel one of the two worker jobs while it runs a shard: the job still
     succeeds, with every sample exactly once, on the remaining worker."""
     samples = make_shards(tmp_path / "in", shards=6, per_shard=8, seed=5)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    body = (f"    open(os.path.join({str(marks)!r}, os.environ['SLURM_JOB_ID']), 'a').close()\n"
-            "    time.sleep(0.25)\n")
-    proc = subprocess.Popen(
-        [str(BIN / "htmapper"), "-c", slurm_cluster.address(tmp_path / "logs"),
-         "-p", str(_script(tmp_path, body)), str(tmp_path / "in" / "data-{0..5}.tar"),
-         str(tmp_path / "out" / "o-@6.tar")],
-        env=slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=tmp_path)
+    proc = _marking_mapper(slurm_cluster, tmp_path, str(tmp_path / "in" / "data-{0..5}.tar"),
+                           tmp_path / "out" / "o-@6.tar", sleep=0.25)
     try:
-        deadline = time.monotonic() + 90
-        while not list(marks.iterdir()) and time.monotonic() < deadline \
-                and proc.poll() is None:
-            time.sleep(0.1)
-        victims = sorted(p.name for p in marks.iterdir())
-        assert victims, "no worker job ever ran a sample"
-        victim = victims[0]
+        victim = _first_marks(tmp_path, proc)[0]
         subprocess.run(["scancel", victim], env=slurm_cluster.env, check=True)
         _out, err = proc.communicate(timeout=JOB_TIMEOUT)
     finally:
@@ -233,21 +246,10 @@ def test_no_job_left_after_failure_or_ctrl_c(slurm_cluster, tmp_path):
     assert "broken script" in proc.stderr + proc.stdout
     slurm_cluster.assert_no_job_left()
 
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    body = (f"    open(os.path.join({str(marks)!r}, os.environ['SLURM_JOB_ID']), 'a').close()\n"
-            "    time.sleep(2)\n")
-    proc = subprocess.Popen(
-        [str(BIN / "htmapper"), "-c", slurm_cluster.address(tmp_path / "logs"),
-         "-p", str(_script(tmp_path, body)), inputs, str(tmp_path / "out2" / "o-@4.tar")],
-        env=slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=tmp_path, preexec_fn=_default_sigint)
+    proc = _marking_mapper(slurm_cluster, tmp_path, inputs, tmp_path / "out2" / "o-@4.tar",
+                           sleep=2, preexec_fn=_default_sigint)
     try:
-        deadline = time.monotonic() + 90
-        while not list(marks.iterdir()) and time.monotonic() < deadline \
-                and proc.poll() is None:
-            time.sleep(0.1)
-        assert list(marks.iterdir()), "no worker job ever ran a sample"
+        _first_marks(tmp_path, proc)
         assert len(slurm_cluster.squeue("RUNNING")) == 2
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         _out, err = proc.communicate(timeout=90)
