@@ -250,25 +250,10 @@ class _Job:
         numbered = list(enumerate(self.inputs))
         chunks = [numbered[a:b]
                   for a, b in plan.split(len(self.inputs), -(-len(self.inputs) // group))]
-        by_task: dict[int, list] = {}
-        counts = np.zeros(one.buckets, dtype=np.int64) if one.counts else None
-        peaks: list[dict] = []
-
-        def on_result(i: int, r: dict) -> None:
-            extra = r.pop("extra")
-            by_task[i] = extra.pop("runs", [])
-            if counts is not None:
-                _add_counts(counts, extra.pop("counts", None))
-            peaks.append(extra)
-
         tasks = [Task(partition, {"inputs": chunk, "task": t, "spec": one},
                       input=chunk[0][1] if len(chunk) == 1 else [u for _i, u in chunk])
                  for t, chunk in enumerate(chunks)]
-        s1 = engine.run(f"{self.spec.tool}-stage1", tasks, self.opts.with_(dry_run=False),
-                        on_result=on_result, check_outputs=False)
-        s1.extra["memory"] = peaks
-        runs = [Run(url, size, 0, one.buckets)
-                for t in sorted(by_task) for url, size in by_task[t]]  # (input, spill) order
+        runs, counts, s1 = self._partitions("stage1", tasks, one.buckets, one.counts)
         self.stats.update(stage1_tasks=len(tasks), inputs_per_task=group, runs=len(runs))
         return runs, counts, s1
 
@@ -325,31 +310,39 @@ class _Job:
         parts, merges = self._merge_levels([(0, buckets, runs)], groups, two, "dedup-merge")
         if merges is not None and not merges.ok:
             return [], None, merges
+        tasks = [Task(dedup_and_partition, {"runs": part, "a": j, "b": j + 1, "task": j,
+                                            "one": one, "two": two},
+                      input=f"{len(part)} runs, bucket {j}")
+                 for j0, j1, part in parts for j in range(j0, j1) if part]
+        made, counts, dd = self._partitions("dedup", tasks, one.buckets, True)
+        self.stats.update(dedup_tasks=len(tasks), duplicates=sum(
+            p.get("duplicates", 0) for p in dd.extra["memory"]))
+        if merges is not None:
+            dd = _add(dd, merges)
+        if dd.ok:
+            self._delete([r for _a, _b, part in parts for r in part])
+        return made, counts, dd
+
+    def _partitions(self, name: str, tasks: list[Task], buckets: int, counted: bool):
+        """Run tasks that write runs of all ``buckets`` (stage 1, the dedup tasks).
+        Returns their runs in task order (then spill order: equal keys keep input
+        order), their counts per bucket summed (if ``counted``) and their summary."""
         by_task: dict[int, list] = {}
-        counts = np.zeros(one.buckets, dtype=np.int64)
+        counts = np.zeros(buckets, dtype=np.int64) if counted else None
         peaks: list[dict] = []
 
         def on_result(i: int, r: dict) -> None:
             extra = r.pop("extra")
             by_task[i] = extra.pop("runs", [])
-            _add_counts(counts, extra.pop("counts", None))
+            if counts is not None:
+                _add_counts(counts, extra.pop("counts", None))
             peaks.append(extra)
 
-        tasks = [Task(dedup_and_partition, {"runs": part, "a": j, "b": j + 1, "task": j,
-                                            "one": one, "two": two},
-                      input=f"{len(part)} runs, bucket {j}")
-                 for j0, j1, part in parts for j in range(j0, j1) if part]
-        dd = engine.run(f"{self.spec.tool}-dedup", tasks, self.opts.with_(dry_run=False),
-                        on_result=on_result, check_outputs=False)
-        if merges is not None:
-            dd = _add(dd, merges)
-        dd.extra["memory"] = peaks
-        self.stats.update(dedup_tasks=len(tasks),
-                          duplicates=sum(p.get("duplicates", 0) for p in peaks))
-        if dd.ok:
-            self._delete([r for _a, _b, part in parts for r in part])
-        made = [Run(url, size, 0, one.buckets) for t in sorted(by_task) for url, size in by_task[t]]
-        return made, counts, dd
+        s = engine.run(f"{self.spec.tool}-{name}", tasks, self.opts.with_(dry_run=False),
+                       on_result=on_result, check_outputs=False)
+        s.extra["memory"] = peaks
+        runs = [Run(url, size, 0, buckets) for t in sorted(by_task) for url, size in by_task[t]]
+        return runs, counts, s
 
     def _merge_levels(self, parts: list, groups: list[tuple[int, int]],
                       two: StageTwo | None = None, name: str = "merge"):
@@ -410,9 +403,8 @@ class _Job:
     def _passes_through(self) -> bool:
         """Whether the writes copy records as they come (no reduce, --merge, or dedup
         among equal keys), so that an output may end inside a bucket."""
-        spec = self.spec
-        reduce = spec.script is not None and spec.script.defines("reduce_samples")
-        return not (reduce or spec.merge or (spec.key.dedup and not self.two_passes))
+        two = self._stage_two()
+        return not (two.reduce or two.merge or two.dedup)
 
     def _write(self, parts: list, groups: list[tuple[int, int]], outputs: list[str],
                total_bytes: int, slices: list | None = None) -> JobSummary:
