@@ -17,7 +17,6 @@ import itertools
 
 import numpy as np
 
-from .. import storage
 from ..memory import peak_rss, rss
 from ..task import shard_task
 from .groups import dedup
@@ -31,8 +30,7 @@ def dedup_and_partition(runs: list[Run], a: int, b: int, task: int, one: StageOn
     """First-pass buckets ``[a, b)`` of ``runs`` -> duplicates dropped -> sorted
     second-pass runs in scratch (returned with their per-bucket counts)."""
     rss0 = rss()
-    made: list[Run] = []
-    counts = np.zeros(one.buckets, dtype=np.int64)
+    out = Spiller(one, task, np.zeros(one.buckets, dtype=np.int64))
     duplicates = [0]
     with shard_task(f"{len(runs)} runs, buckets {a}..{b - 1}", one.scratch,
                     max_errors=one.max_errors) as result:
@@ -42,29 +40,22 @@ def dedup_and_partition(runs: list[Run], a: int, b: int, task: int, one: StageOn
                 _bucket_records(cursors, bucket, False) for bucket in range(a, b))
             kept = dedup(merged, two, result, one.scratch, duplicates,
                          group=lambda rec: rec[0][0])
-            _partition(kept, task, one, made, counts)
+            _partition(kept, one, out)
         except BaseException:
-            for r in made:  # this attempt's runs are useless now
-                storage.delete(r.url, two.scratch_options)
-            made.clear()
+            out.discard()
             raise
         finally:
             for c in cursors:
                 c.close()
-    extra: dict = {"runs": [(r.url, r.size) for r in made], "duplicates": duplicates[0],
-                   "rss_start": rss0, "peak_rss": peak_rss()}
-    if made:
-        nz = np.flatnonzero(counts)
-        extra["counts"] = (nz.astype(np.uint32).tobytes(), counts[nz].astype(np.uint64).tobytes())
-    result.extra = extra
+    result.extra = {**out.made(), "duplicates": duplicates[0], "rss_start": rss0,
+                    "peak_rss": peak_rss()}
     return result.as_dict()
 
 
-def _partition(records_, task: int, one: StageOne, made: list[Run], counts) -> None:
+def _partition(records_, one: StageOne, out: Spiller) -> None:
     """Survivors -> buffers per second-pass bucket, spilled as sorted runs."""
     bucket_of = bucket_fn(one.key, one.buckets, one.splitters)
     reverse = one.key.reverse
-    out = Spiller(one, task, made, counts)
     for k, skey, rec, start in records_:
         k2 = second_pass_key(k, reverse)
         out.add(bucket_of(k2[0]), k2, record(pack_key(k2), skey, memoryview(rec)[start:]))

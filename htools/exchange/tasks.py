@@ -90,34 +90,24 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
     one run of all buckets.
     """
     rss0 = rss()
-    runs: list[Run] = []
     urls = [u for _i, u in inputs]
-    counts = np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None
+    out = Spiller(spec, task, np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None)
     with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result:
         try:
-            _partition(inputs, task, spec, result, runs, counts)
+            _partition(inputs, spec, result, out)
         except BaseException:
-            for r in runs:  # this attempt's runs are useless now
-                storage.delete(r.url, scratch_options(spec.options))
-            runs.clear()
+            out.discard()
             raise
-    extra: dict = {"runs": [(r.url, r.size) for r in runs], "rss_start": rss0,
-                   "peak_rss": peak_rss()}
-    if counts is not None and runs:
-        nz = np.flatnonzero(counts)
-        extra["counts"] = (nz.astype(np.uint32).tobytes(), counts[nz].astype(np.uint64).tobytes())
-    result.extra = extra
+    result.extra = {**out.made(), "rss_start": rss0, "peak_rss": peak_rss()}
     return result.as_dict()
 
 
-def _partition(inputs, task, spec: StageOne, result: ShardResult, runs: list[Run],
-               counts) -> None:
+def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> None:
     encoder = SampleEncoder(spec.scratch, spec.mtime)
     if spec.first_pass:
         bucket_of = content_bucket(spec.buckets)
     else:
         bucket_of = bucket_fn(spec.key, spec.buckets, spec.splitters)
-    out = Spiller(spec, task, runs, counts)
     for index, url in inputs:
         key_of = first_pass_key(spec.key, spec.script, index) if spec.first_pass \
             else _checked(spec.key.key_fn(spec.script, index))
@@ -138,10 +128,12 @@ def _partition(inputs, task, spec: StageOne, result: ShardResult, runs: list[Run
 
 class Spiller:
     """Records buffered per bucket up to the memory budget; each spill sorts every
-    bucket (stably) and appends one run of all buckets to ``runs``."""
+    bucket (stably) and writes one run of all buckets (counted per bucket in
+    ``counts``, if given).  What a task returns of them: :meth:`made`."""
 
-    def __init__(self, spec: StageOne, task: int, runs: list[Run], counts):
-        self.spec, self.task, self.runs, self.counts = spec, task, runs, counts
+    def __init__(self, spec: StageOne, task: int, counts: np.ndarray | None):
+        self.spec, self.task, self.counts = spec, task, counts
+        self.runs: list[Run] = []
         self.buffers: dict[int, list] = {}
         self.held = 0
 
@@ -156,6 +148,21 @@ class Spiller:
             self.runs.append(_spill(self.buffers, self.spec, self.task, len(self.runs),
                                     self.counts))
         self.held = 0
+
+    def discard(self) -> None:
+        """A failed attempt: its runs are useless now."""
+        for r in self.runs:
+            storage.delete(r.url, scratch_options(self.spec.options))
+        self.runs.clear()
+
+    def made(self) -> dict:
+        """The runs (URL, size) and, when counted, the sparse counts per bucket."""
+        extra: dict = {"runs": [(r.url, r.size) for r in self.runs]}
+        if self.counts is not None and self.runs:
+            nz = np.flatnonzero(self.counts)
+            extra["counts"] = (nz.astype(np.uint32).tobytes(),
+                               self.counts[nz].astype(np.uint64).tobytes())
+        return extra
 
 
 def _checked(key_of):
