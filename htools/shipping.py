@@ -51,13 +51,20 @@ def received(digest: str, filename: str) -> tuple[tuple[str, str], ...]:
                               ) from None
 
 
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None), list, tuple, dict})
+
+
 def scripts_in(kwargs: Iterable) -> list:
     """The Scripts with modules among task arguments, or one level inside them (a
     frozen spec such as the exchange's StageOne)."""
     from .script import Script
 
     found: dict[str, Script] = {}
+    seen: set[int] = set()  # a job's tasks share their spec and Script objects
     for value in kwargs:
+        if type(value) in _PLAIN or id(value) in seen:
+            continue
+        seen.add(id(value))
         inner = [getattr(value, f.name) for f in fields(value)] \
             if is_dataclass(value) and not isinstance(value, Script) else []
         for v in (value, *inner):
