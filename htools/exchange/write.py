@@ -27,15 +27,17 @@ def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list
     bucket order, so every run's slice is read once, front to back (a retry of some of
     them skips the others).  One failed output does not fail the others."""
     rss0 = rss()
-    if len(outputs[0]) > 3:
-        results = _write_slices(outputs, runs, spec)
-        for r in results:
-            r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
-        return results
-    first, last = outputs[0][1], outputs[-1][2]
-    results = []
+    write = _write_slices if len(outputs[0]) > 3 else _write_buckets
+    results = write(outputs, runs, spec)
+    for r in results:
+        r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
+    return results
+
+
+def _write_buckets(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
+    results: list[dict] = []
     try:
-        cursors = _open(runs, first, last, spec.scratch_options)
+        cursors = _open(runs, outputs[0][1], outputs[-1][2], spec.scratch_options)
     except HtoolsError as e:
         for url, *_where in outputs:
             with shard_task(f"{len(runs)} runs", url) as result:
@@ -48,8 +50,6 @@ def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list
     finally:
         for c in cursors:
             c.close()
-    for r in results:
-        r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
     return results
 
 
