@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from htools import storage, tario
+from htools import storage, tar
 
 SHARD_MB = 32
 
@@ -45,7 +45,7 @@ def make_dataset(folder: str, gb: float, kib: int, dup: float, seed: int = 0) ->
     urls = []
     for s in range(shards):
         url = os.path.join(folder, f"in-{s:04d}.tar")
-        with open(url, "wb") as f, tario.TarWriter(f) as w:
+        with open(url, "wb") as f, tar.TarWriter(f) as w:
             for i in range(per_shard):
                 v = rng.randrange(made) if made and rng.random() < dup else made
                 made += v == made
@@ -63,8 +63,8 @@ def keys_of(folder: str) -> list[str]:
         if name.endswith(".tar"):
             url = os.path.join(folder, name)
             with storage.open_read(url) as raw:
-                out += [s["__key__"] for s in tario.read_samples(
-                    tario.open_stream_reader(raw, url), url)]
+                out += [s["__key__"] for s in tar.read_samples(
+                    tar.open_stream_reader(raw, url), url)]
     return out
 
 
@@ -77,8 +77,9 @@ def main() -> None:
     p.add_argument("--dir", default=None, help="scratch folder (default: a temp dir)")
     a = p.parse_args()
     gb = 0.02 if a.quick else a.gb
-    import htools
     from distributed import Client, LocalCluster
+
+    import htools
 
     work = tempfile.mkdtemp(prefix="htools-bench-dedup-", dir=a.dir)
     try:

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from htools import storage, tario
+from htools import storage, tar
 
 SHARD_MB = 32  # input shard size: the shard count grows with the data
 
@@ -62,7 +62,7 @@ def make_dataset(folder: str, gb: float, sample_kib: int, seed: int = 0) -> list
     urls = []
     for s in range(n):
         url = os.path.join(folder, f"in-{s:04d}.tar")
-        with open(url, "wb") as f, tario.TarWriter(f) as w:
+        with open(url, "wb") as f, tar.TarWriter(f) as w:
             for i in range(per_shard):
                 at = rng.randrange(4096)
                 w.write({"__key__": f"{rng.getrandbits(64):016x}", "bin": blob[at:at + size],
@@ -77,7 +77,7 @@ def total_bytes(urls: list[str]) -> int:
 
 def samples_of(url: str):
     with storage.open_read(url) as raw:
-        for s in tario.read_samples(tario.open_stream_reader(raw, url), url):
+        for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
             s.pop("__url__", None)
             yield s
 
@@ -183,8 +183,8 @@ def htools_job(kind: str, inputs: list[str], out: str, memory: int | None = None
 def _copy_one(args: tuple[str, str]) -> None:
     url, out = args
     with storage.open_read(url) as raw, storage.open_write(out) as dst, \
-            tario.TarWriter(dst) as w:
-        for s in tario.read_samples(tario.open_stream_reader(raw, url), url):
+            tar.TarWriter(dst) as w:
+        for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
             s.pop("__url__", None)
             w.write(s)
 

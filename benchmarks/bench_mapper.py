@@ -29,8 +29,8 @@ import tempfile
 import threading
 import time
 
-from htools import storage, tario
-from htools.memory import rss as _rss
+from htools import storage, tar
+from htools.runtime.memory import rss as _rss
 
 
 def identity(sample):
@@ -44,7 +44,7 @@ def make_shards(folder: str, gb: float, sample_kib: int = 16, shards: int = 16) 
     urls = []
     for s in range(shards):
         url = os.path.join(folder, f"in-{s:04d}.tar")
-        with open(url, "wb") as f, tario.TarWriter(f) as w:
+        with open(url, "wb") as f, tar.TarWriter(f) as w:
             for i in range(per_shard):
                 w.write({"__key__": f"s{s}/{i:07d}", "bin": payload[i % 97:] + payload[:i % 97],
                          "cls": str(i % 10).encode()})
@@ -58,7 +58,7 @@ def make_tiny(folder: str, n: int) -> list[str]:
     urls = []
     for s in range(n):
         url = os.path.join(folder, f"t-{s:06d}.tar")
-        with open(url, "wb") as f, tario.TarWriter(f) as w:
+        with open(url, "wb") as f, tar.TarWriter(f) as w:
             w.write({"__key__": f"t{s:06d}", "txt": b"x" * 190, "cls": str(s % 10).encode()})
         urls.append(url)
     return urls
@@ -71,8 +71,8 @@ def baseline_loop(inputs: list[str], out_dir: str) -> float:
     for url in inputs:
         out = os.path.join(out_dir, os.path.basename(url))
         with storage.open_read(url) as raw, storage.open_write(out) as dst, \
-                tario.TarWriter(dst) as w:
-            for sample in tario.read_samples(tario.open_stream_reader(raw, url), url):
+                tar.TarWriter(dst) as w:
+            for sample in tar.read_samples(tar.open_stream_reader(raw, url), url):
                 sample.pop("__url__", None)
                 w.write(sample)
     return time.perf_counter() - t0
@@ -170,7 +170,7 @@ def main() -> None:
                    for i in range(100 if not a.quick else 20)]
         os.makedirs(os.path.dirname(empties[0]), exist_ok=True)
         for e in empties:
-            with open(e, "wb") as f, tario.TarWriter(f):
+            with open(e, "wb") as f, tar.TarWriter(f):
                 pass
         empty = timed_mapper(empties, os.path.join(work, "me", f"o-@{len(empties):04d}.tar"), 2)
         rows.append(("fixed cost per empty shard (ms, 2 workers, per task)",

@@ -45,7 +45,7 @@ EXCHANGE = ("shuffle", "sort", "levels")
 
 def make_tiny(folder: str, n: int, samples: int = SAMPLES, seed: int = 0) -> list[str]:
     """``n`` shards holding ``max(samples, n)`` samples of ~200 bytes, round robin."""
-    from htools import tario
+    from htools import tar
 
     os.makedirs(folder, exist_ok=True)
     total = max(samples, n)
@@ -54,7 +54,7 @@ def make_tiny(folder: str, n: int, samples: int = SAMPLES, seed: int = 0) -> lis
     urls = [os.path.join(folder, f"in-{s:06d}.tar") for s in range(n)]
     per = [total // n + (s < total % n) for s in range(n)]
     for s, url in enumerate(urls):
-        with open(url, "wb") as f, tario.TarWriter(f) as w:
+        with open(url, "wb") as f, tar.TarWriter(f) as w:
             for _ in range(per[s]):
                 at = rng.randrange(4096)
                 w.write({"__key__": f"{rng.getrandbits(64):016x}",
@@ -79,8 +79,9 @@ def identity(sample):
 
 def child(args: dict) -> dict:
     """One job on a fresh 2-worker LocalCluster, in this (fresh) process."""
-    import htools
     from distributed import Client, LocalCluster
+
+    import htools
 
     kind, folder, n = args["kind"], args["folder"], args["n"]
     inputs = [os.path.join(folder, f"in-{s:06d}.tar") for s in range(n)]
@@ -139,12 +140,12 @@ def _frame(inputs: list[str]):
     """The same rows as a pandas DataFrame (key str, bin and score bytes), untimed."""
     import pandas as pd
 
-    from htools import storage, tario
+    from htools import storage, tar
 
     rows = []
     for url in inputs:
         with storage.open_read(url) as raw:
-            for s in tario.read_samples(tario.open_stream_reader(raw, url), url):
+            for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
                 rows.append((s["__key__"], s["bin"], s["score"]))
     return pd.DataFrame(rows, columns=["key", "bin", "score"])
 

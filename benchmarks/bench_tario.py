@@ -1,4 +1,4 @@
-"""Benchmark htools.tario against Python's tarfile on the same bytes.
+"""Benchmark htools.tar against Python's tarfile on the same bytes.
 
 Reader: both sides iterate every member, read its bytes and group members into
 samples by key.  Writer: htools ``TarWriter.write`` vs ``tarfile.addfile`` with a
@@ -20,7 +20,8 @@ import tarfile
 import time
 from typing import BinaryIO, Callable, Iterator
 
-from htools import compress, tario
+from htools import tar
+from htools.tar import compress
 
 FIELDS = ("jpg", "json")  # two members of the benchmarked size per sample
 
@@ -38,7 +39,7 @@ def make_samples(member_size: int, total: int) -> list[dict]:
 
 def htools_write(samples: list[dict], out: BinaryIO | None = None) -> bytes:
     sink = io.BytesIO() if out is None else out
-    tario.write_samples(sink, samples, compress=None)
+    tar.write_samples(sink, samples, compress=None)
     return sink.getvalue() if out is None else b""
 
 
@@ -58,7 +59,7 @@ def tarfile_write(samples: list[dict], out: BinaryIO | None = None) -> bytes:
 
 def htools_read(data: bytes) -> int:
     n = 0
-    for _ in tario.read_samples(io.BytesIO(data), "bench.tar"):
+    for _ in tar.read_samples(io.BytesIO(data), "bench.tar"):
         n += 1
     return n
 
@@ -70,7 +71,7 @@ def _tarfile_samples(data: bytes) -> Iterator[dict]:
             if not member.isfile():
                 continue
             payload = tf.extractfile(member).read()  # type: ignore[union-attr]
-            key, field = tario.split_key(member.name)
+            key, field = tar.split_key(member.name)
             if sample is None or sample["__key__"] != key:
                 if sample is not None:
                     yield sample
@@ -88,7 +89,7 @@ def tarfile_read(data: bytes) -> int:
 
 
 def without_headers(data: bytes) -> list[tuple[str, bytes]]:
-    return [(name, payload) for name, payload, _ in tario.iter_members(io.BytesIO(data))]
+    return [(name, payload) for name, payload, _ in tar.iter_members(io.BytesIO(data))]
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:
@@ -158,13 +159,13 @@ def gzip_samples(total: int) -> list[dict]:
 
 def bench_gzip(total: int, repeat: int) -> None:
     samples = gzip_samples(total)
-    tar = htools_write(samples)
-    mb = len(tar) / 1e6
+    data = htools_write(samples)
+    mb = len(data) / 1e6
 
     def write(mod, level: int) -> bytes:
         out = io.BytesIO()
         with mod.GzipFile(fileobj=out, mode="wb", compresslevel=level, mtime=0) as gz:
-            gz.write(tar)
+            gz.write(data)
         return out.getvalue()
 
     def read(mod, blob: bytes) -> None:
@@ -184,8 +185,8 @@ def bench_gzip(total: int, repeat: int) -> None:
     r_i, r_s = best_of_pair(lambda: read(igzip, blob_s), lambda: read(gzip, blob_s), repeat)
     print(f"{'':>14} {'isal':>8} {'gzip':>8} {'ratio':>6}")
     print(f"{'write MB/s':>14} {mb / w_i:>8.0f} {mb / w_s:>8.0f} {w_s / w_i:>5.1f}x"
-          f"   (isal level 2: {len(blob_i) / len(tar):.2f} of input; gzip level 6:"
-          f" {len(blob_s) / len(tar):.2f})")
+          f"   (isal level 2: {len(blob_i) / len(data):.2f} of input; gzip level 6:"
+          f" {len(blob_s) / len(data):.2f})")
     print(f"{'read MB/s':>14} {mb / r_i:>8.0f} {mb / r_s:>8.0f} {r_s / r_i:>5.1f}x")
     # The full htools path vs the codec alone: does the Python-level tar layer dominate?
     print(f"\nhtools on compressed shards ({mb:.0f} MB of tar, 16 KiB members), MB/s of tar")
@@ -193,25 +194,25 @@ def bench_gzip(total: int, repeat: int) -> None:
     for suffix in (".tgz", ".tar.zst"):
         url = "x" + suffix
         out = io.BytesIO()
-        tario.write_samples(out, samples, url=url)
+        tar.write_samples(out, samples, url=url)
         blob = out.getvalue()
 
         def codec_read() -> None:
-            stream = tario.open_stream_reader(io.BytesIO(blob), url)
+            stream = tar.open_stream_reader(io.BytesIO(blob), url)
             while stream.read(1 << 20):
                 pass
 
         def read_samples() -> None:
-            for _ in tario.read_samples(tario.open_stream_reader(io.BytesIO(blob), url)):
+            for _ in tar.read_samples(tar.open_stream_reader(io.BytesIO(blob), url)):
                 pass
 
         def codec_write() -> None:
-            with tario.open_stream_writer(io.BytesIO(), url) as stream:
-                for i in range(0, len(tar), 1 << 20):
-                    stream.write(tar[i:i + (1 << 20)])
+            with tar.open_stream_writer(io.BytesIO(), url) as stream:
+                for i in range(0, len(data), 1 << 20):
+                    stream.write(data[i:i + (1 << 20)])
 
         def write_samples() -> None:
-            tario.write_samples(io.BytesIO(), samples, url=url)
+            tar.write_samples(io.BytesIO(), samples, url=url)
 
         times = [best_of(fn, repeat) for fn in (codec_read, read_samples, codec_write,
                                                   write_samples)]

@@ -17,14 +17,21 @@ in Jupyter.
 
 from __future__ import annotations
 
-from .errors import HtoolsError, NotFound, PatternError, ScriptError, ShardError, StorageError
-from .extract import extract
-from .mapper import map_shards
-from .peek import Samples, head, sample
-from .upload import upload
-from .shuffle import shuffle
-from .sort import sort
-from .summary import JobSummary
+from htools.errors import (
+    HtoolsError,
+    NotFound,
+    PatternError,
+    ScriptError,
+    ShardError,
+    StorageError,
+)
+from htools.extract import extract
+from htools.mapper import map_shards
+from htools.peek import Samples, head, sample
+from htools.shuffle import shuffle
+from htools.sort import sort
+from htools.summary import JobSummary
+from htools.upload import upload
 
 __all__ = ["map_shards", "extract", "upload", "shuffle", "sort", "head", "sample", "Samples",
            "JobSummary", "HtoolsError", "NotFound", "PatternError",

@@ -40,7 +40,7 @@ class StorageError(HtoolsError, OSError):
 
     ``transient`` says whether the same operation may succeed later (a 5xx/429/408
     answer, a dropped connection, a short body): the shard is then worth running again
-    from its input, which is what :mod:`htools.engine` does.  401/403/404, a missing
+    from its input, which is what :mod:`htools.runtime.engine` does.  401/403/404, a missing
     bucket or a full disk are not transient."""
 
     def __init__(self, url: str, why: str, status: int | None = None,

@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from . import engine, preflight, shards, storage, tario
-from .engine import RunOptions, Task
-from .errors import HtoolsError
-from .streams import Counting
-from .summary import JobSummary, ShardResult
-from .task import shard_task
+from htools import shards, storage
+from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.runtime import engine, preflight
+from htools.runtime.engine import Task
+from htools.runtime.shardio import read_shard
+from htools.runtime.task import shard_task
+from htools.summary import JobSummary, ShardResult
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,8 @@ def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None)
 
 
 def _samples(url: str, options, result: ShardResult) -> Iterator[dict]:
-    with storage.open_read(url, options) as raw:
-        stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), url)
-        for sample in tario.read_samples(stream, url):
+    with read_shard(url, options, result) as samples:
+        for sample in samples:
             result.samples_read += 1
             yield sample
 
@@ -170,7 +171,7 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     if format == "parquet":
         if field_names or count:
             raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
-        from .parquet import extract_parquet
+        from htools.parquet import extract_parquet
 
         return extract_parquet(inputs, tuple(fields), out, opts, to_dir=to_dir)
     as_data = out is None and not to_dir

@@ -24,14 +24,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
-from . import engine, preflight, shards, storage, tario
-from .engine import RunOptions, Task
-from .errors import HtoolsError, hide_credentials
-from .parquet_schema import differs, file_kinds, merge, pyarrow, reasons, table
-from .shardindex import SUFFIXES
-from .streams import Counting
-from .summary import JobSummary, ShardResult
-from .task import shard_task
+from htools import shards, storage
+from htools.clusters import connection as clusters
+from htools.errors import HtoolsError, hide_credentials
+from htools.options import RunOptions
+from htools.parquet_schema import differs, file_kinds, merge, pyarrow, reasons, table
+from htools.runtime import engine, preflight
+from htools.runtime.engine import Task
+from htools.runtime.shardio import read_shard
+from htools.runtime.task import shard_task
+from htools.shardindex import SUFFIXES
+from htools.summary import JobSummary, ShardResult
 
 
 def write(names: list[str], rows: list[list], url: str, options: dict | None,
@@ -55,9 +58,8 @@ def parquet_shard(input: str, fields: tuple[str, ...], out: str | None,
     rows: list[list] = []
     written: dict[str, str] = {}
     with shard_task(input, out or "") as result:
-        with storage.open_read(input, options) as raw:
-            stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), input)
-            for sample in tario.read_samples(stream, input):
+        with read_shard(input, options, result) as samples:
+            for sample in samples:
                 result.samples_read += 1
                 rows.append([sample.get(f) for f in fields])
                 result.samples_mapped += 1
@@ -148,7 +150,7 @@ def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
 
         def connected() -> RunOptions:  # one client for both passes, made when needed
             if client[0] is None:
-                client[0] = stack.enter_context(engine.connect(opts))
+                client[0] = stack.enter_context(clusters.connect(opts))
             return opts.with_(client=client[0])
 
         summary = JobSummary("htextract", max_errors=opts.max_errors)

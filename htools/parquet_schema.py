@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 
-from . import storage
-from .errors import HtoolsError
+from htools import storage
+from htools.errors import HtoolsError
 
 KINDS = ("null", "int", "float", "string", "binary")
 

@@ -20,9 +20,9 @@ import json
 import random
 from collections.abc import Iterator
 
-from . import shards, storage, tario
-from .errors import hide_credentials
-from .extract import TEXT_FIELDS, _CONTROL
+from htools import shards, storage, tar
+from htools.errors import hide_credentials
+from htools.extract import _CONTROL, TEXT_FIELDS
 
 #: Field extensions shown as images: those a browser shows as they are ...
 BROWSER_IMAGES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "gif": "gif"}
@@ -99,7 +99,7 @@ def _select(s: dict, wanted: list[str] | None) -> dict:
 def _read(url: str, options: dict) -> Iterator[dict]:
     """The samples of one shard (close the generator to stop reading early)."""
     with storage.open_read(url, options) as raw:
-        yield from tario.read_samples(tario.open_stream_reader(raw, url), url)
+        yield from tar.read_samples(tar.open_stream_reader(raw, url), url)
 
 
 # --------------------------------------------------------------------- display --

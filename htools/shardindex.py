@@ -18,13 +18,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from . import storage, tario
-from .errors import HtoolsError, StorageError
-from .shards import OutputSet
-from .storage.base import retry_policy
-from .streams import Counting
-from .summary import JobSummary, Written
-from .task import shard_task
+from htools import storage
+from htools.errors import HtoolsError, StorageError
+from htools.runtime.shardio import read_shard
+from htools.runtime.task import shard_task
+from htools.shards import OutputSet
+from htools.storage.base import retry_policy
+from htools.summary import JobSummary, Written
 
 SUFFIXES = (".tar.gz", ".tar.zst", ".tar", ".tgz", ".tzst")
 _NUMBERING = re.compile(r"(@\d+|%0?\d*d|\{[^}]*\})")
@@ -46,16 +46,12 @@ def index_shard(input: str, *, options: dict | None = None) -> dict:
     """Task: the index entry of one existing shard (samples, size, sha256, fields)."""
     fields: Counter = Counter()
     with shard_task(input) as result:
-        with storage.open_read(input, options) as raw:
-            counted = Counting(raw, result, "bytes_in", digest=True)
-            stream = tario.open_stream_reader(counted, input)
-            for sample in tario.read_samples(stream, input):
+        with read_shard(input, options, result, digest=True) as samples:
+            for sample in samples:
                 result.samples_read += 1
                 fields.update(f for f in sample if not f.startswith("__"))
-            while counted.read(1 << 20):  # the padding after the end-of-archive marker
-                pass
         result.samples_mapped = result.samples_written = result.samples_read
-        result.sha256, result.fields = counted.hexdigest(), dict(fields)
+        result.fields = dict(fields)
         result.bytes_out = result.bytes_in  # the file's size
     return result.as_dict()
 
@@ -203,9 +199,11 @@ def _previous_entries(url: str, outputs: list[str], options) -> dict[str, dict]:
 def index_shards(inputs, to: str, **options) -> JobSummary:
     """``htextract SHARDS --index OUT.json``: index any shard set, one task per shard,
     written to ``to`` (URLs relative to its folder when beside it)."""
-    from . import engine, preflight, shards
+    from htools import shards
+    from htools.options import RunOptions
+    from htools.runtime import engine, preflight
 
-    opts = engine.RunOptions.of(options)
+    opts = RunOptions.of(options)
     urls = shards.expand_all(inputs)
     preflight.check(urls, [to], opts.storage_options, write=not opts.dry_run)
     resolved = storage.resolve_options(opts.storage_options)

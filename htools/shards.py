@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import PatternError
+from htools.errors import PatternError
 
 _AT = re.compile(r"@(\d+)")
 _RANGE = re.compile(r"^(-?\w+)\.\.(-?\w+)$")

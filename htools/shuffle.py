@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .engine import RunOptions
-from .exchange import ExchangeSpec, KeySpec, run_exchange
-from .exchange.keys import check_dedup_field
-from .script import load_script
-from .summary import JobSummary
+from htools.exchange import ExchangeSpec, KeySpec, run_exchange
+from htools.exchange.keys import check_dedup_field
+from htools.options import RunOptions
+from htools.summary import JobSummary
+from htools.usercode.script import load_script
 
 
 def shuffle(inputs, outputs: str, *, seed: int = 0, maxcount: int | None = None,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .engine import RunOptions
-from .errors import HtoolsError
-from .exchange import ExchangeSpec, KeySpec, run_exchange
-from .exchange.keys import check_dedup_field
-from .script import load_script
-from .summary import JobSummary
+from htools.errors import HtoolsError
+from htools.exchange import ExchangeSpec, KeySpec, run_exchange
+from htools.exchange.keys import check_dedup_field
+from htools.options import RunOptions
+from htools.summary import JobSummary
+from htools.usercode.script import load_script
 
 SCRIPT_FUNCTIONS = ("process_sample", "sort_key", "reduce_samples")
 

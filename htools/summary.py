@@ -1,7 +1,7 @@
 """Per-shard results and the job summary.
 
 Every task returns a :class:`ShardResult` as a plain dict (made by the task frame,
-:func:`htools.task.shard_task`).  For each shard,
+:func:`htools.runtime.task.shard_task`).  For each shard,
 ``samples_read == samples_mapped + samples_dropped + samples_failed``: a sample
 read is either mapped (it produced zero or more output samples), dropped by the
 script (``None``), or failed.  When a whole shard fails, its output is absent
@@ -13,14 +13,14 @@ The summary stays compact however many shards a job has: counters, plus the firs
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import time
-import copy
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import TooManyErrors, hide_credentials
+from htools.errors import TooManyErrors, hide_credentials
 
 MAX_LISTED_ERRORS = 100
 MAX_LISTED_FAILURES = 100

@@ -26,14 +26,19 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from . import compress, engine, preflight, shards, storage, tario
-from .engine import RunOptions, Task
-from .errors import HtoolsError, hide_credentials
-from .progress import progress_display
-from .exchange.plan import split
-from .streams import Counting
-from .summary import JobSummary, ShardResult
-from .task import shard_task
+from htools import shards, storage, tar
+from htools.clusters import connection as clusters
+from htools.errors import HtoolsError, hide_credentials
+from htools.exchange.plan import split
+from htools.options import RunOptions
+from htools.runtime import engine, preflight
+from htools.runtime.engine import Task
+from htools.runtime.progress import progress_display
+from htools.runtime.shardio import write_shard
+from htools.runtime.streams import Counting
+from htools.runtime.task import shard_task
+from htools.summary import JobSummary, ShardResult
+from htools.tar import compress
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
 
@@ -107,7 +112,7 @@ def _list_key_path(line: str, list_file: str) -> str:
 def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:
     groups: dict[str, dict[str, str]] = {}
     for rel, full in paths:
-        key, field = tario.split_key(rel)
+        key, field = tar.split_key(rel)
         if not field or field.startswith("_") or os.path.basename(rel).startswith("."):
             continue  # no extension: not a sample member; hidden files are skipped
         fields = groups.setdefault(key, {})
@@ -149,15 +154,12 @@ def _write_shard(output: str, samples: Iterator[dict], result: ShardResult,
                  options: dict | None, mtime: float | None, index: bool = True) -> None:
     """Copy ``samples`` into the shard ``output``, counting (and hashing it for the shard
     index when ``index``); a failure leaves no output."""
-    with storage.open_write(output, options) as out:
-        counted = Counting(out, result, "bytes_out", digest=index)
-        with tario.TarWriter(counted, url=output, mtime=mtime, count_fields=True) as w:
-            for sample in samples:
-                result.samples_read += 1
-                w.write(sample)
-                result.samples_mapped += 1
-                result.samples_written += 1
-        result.sha256, result.fields = counted.hexdigest(), dict(w.fields)
+    with write_shard(output, options, result, mtime=mtime, index=index) as w:
+        for sample in samples:
+            result.samples_read += 1
+            w.write(sample)
+            result.samples_mapped += 1
+            result.samples_written += 1
 
 
 def _read_local(path: str) -> bytes:
@@ -178,10 +180,10 @@ def count_shard(input: str, *, options: dict | None = None) -> dict:
     offsets: list[int] = []
     with shard_task(input) as result:
         with storage.open_read(input, options) as raw:
-            stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), input)
+            stream = tar.open_stream_reader(Counting(raw, result, "bytes_in"), input)
             key, size, end = None, 0, 0
-            for name, data, hoff in tario.iter_members(stream, input):
-                k, field = tario.split_key(name)
+            for name, data, hoff in tar.iter_members(stream, input):
+                k, field = tar.split_key(name)
                 if k != key:
                     if key is not None:
                         sizes.append(size)
@@ -211,8 +213,8 @@ def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]
     for seg in segments:
         skip = seg.start if seg.offset is None else 0
         with storage.open_range(seg.url, seg.offset or 0, None, options) as raw:
-            stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), seg.url)
-            samples = tario.read_samples(stream, seg.url)
+            stream = tar.open_stream_reader(Counting(raw, result, "bytes_in"), seg.url)
+            samples = tar.read_samples(stream, seg.url)
             for i, sample in enumerate(samples):
                 if i >= seg.stop - seg.start + skip:
                     break
@@ -340,7 +342,7 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
         summary = engine.run("htupload", tasks, opts) if source_kind(source) == "tars" \
             else _run_files(tasks, opts)
     else:
-        with engine.connect(opts) as client:
+        with clusters.connect(opts) as client:
             copy = opts.with_(client=client)
             tasks = plan(source, outputs, copy, **kw)
             summary = engine.run("htupload", tasks, copy)
@@ -353,7 +355,7 @@ def _remote(opts: RunOptions) -> bool:
     """Whether the job's workers may be on other machines (not an embedded cluster)."""
     if opts.client is not None:
         return not preflight.embedded(opts.client)
-    return engine.cluster_address(opts.cluster) is not None
+    return clusters.cluster_address(opts.cluster) is not None
 
 
 def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
@@ -363,7 +365,7 @@ def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
         return engine.run("htupload", tasks, opts)
     first = next((t.kwargs["samples"][0].files[0][1] for t in tasks if t.kwargs["samples"]),
                  None)
-    with engine.connect(opts) as client:
+    with clusters.connect(opts) as client:
         hidden = preflight.unseen(client, [first], [t.output for t in tasks])
         if not hidden:
             return engine.run("htupload", tasks, opts.with_(client=client))

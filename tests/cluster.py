@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from servers import REPO, free_port
 
 #: The two places a CLI job can run; ``cluster_args`` is parametrised over them.

@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from helpers import TEST_ENV, require_tool
 
 os.environ.update(TEST_ENV)  # before anything imports gcsfs; every child inherits it

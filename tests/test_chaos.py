@@ -117,7 +117,8 @@ def tool_args(w: World, tool: str, base: str, run_name: str, script: Path | None
     out = w.url(base, f"{run_name}/o-@4.tar")
     scratch = ["--scratch", w.url(base, f"{run_name}/scratch/")]
     if tool == "htmapper":
-        return ["-p", script or w.script("identity.py", IDENTITY), inputs, w.url(base, f"{run_name}/o-@6.tar")]
+        return ["-p", script or w.script("identity.py", IDENTITY), inputs,
+                w.url(base, f"{run_name}/o-@6.tar")]
     if tool == "htextract":
         return [inputs, "-f", "__key__,cls,txt", "-o", w.tmp / f"{run_name}.tsv"]
     if tool == "htupload":
@@ -164,7 +165,8 @@ def leftovers(w: World, run_name: str) -> list[str]:
 
 
 def run_job(w: World, tool: str, base: str, run_name: str, where: list[str],
-            script: Path | None = None, opts: str | None = None) -> tuple[subprocess.CompletedProcess, Result]:
+            script: Path | None = None,
+            opts: str | None = None) -> tuple[subprocess.CompletedProcess, Result]:
     summary = w.tmp / f"{run_name}.json"
     p = run(tool, *tool_args(w, tool, base, run_name, script), *where, "-q",
             "--summary", summary, "--storage-options", opts or storage_options(), env=ENV,

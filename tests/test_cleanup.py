@@ -137,7 +137,8 @@ def listing(backend) -> list[str]:
             continue
         for e in entries:
             if backend.name == "file" and os.path.isdir(e) \
-                    or backend.name == "http" and _is_collection(e) or backend.name in ("s3", "gs") and _is_prefix(e, backend):
+                    or backend.name == "http" and _is_collection(e) \
+                    or backend.name in ("s3", "gs") and _is_prefix(e, backend):
                 todo.append(e + "/")
             else:
                 found.append(e)

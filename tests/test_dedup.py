@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+from helpers import ok, read_wds, run
 
 import htools
-from helpers import ok, read_wds, run
 from htools.errors import HtoolsError
 
 

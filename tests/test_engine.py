@@ -1,4 +1,4 @@
-"""htools.engine.run on a real in-process Dask cluster (threads, no worker processes):
+"""htools.runtime.engine.run on a real in-process Dask cluster (threads, no worker processes):
 every task's result reaches the summary, ``ordered`` hands results on in task order
 even when they finish out of order, a task that raises becomes a failed shard, existing
 outputs are refused unless resumed (then skipped), and ``-`` is refused.
@@ -13,8 +13,9 @@ import uuid
 
 import pytest
 
-from htools.engine import RunOptions, Task, plan_outputs, run
 from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.runtime.engine import Task, plan_outputs, run
 from htools.summary import ShardResult
 
 # Events shared by the tasks of one test: the workers are threads of this process.
@@ -175,7 +176,7 @@ _RUNS: dict[str, int] = {}
 def flaky_task(name: str, fails: int, status: int) -> dict:
     """Fails like a storage fault with ``status`` the first ``fails`` times it runs."""
     from htools.errors import StorageError
-    from htools.task import shard_task
+    from htools.runtime.task import shard_task
 
     with _LOCK:
         _RUNS[name] = _RUNS.get(name, 0) + 1
@@ -288,7 +289,7 @@ def test_short_tasks_grouped_give_the_same_results(client, fast_backoff):
 
 
 def test_group_size_follows_task_time():
-    from htools.engine import _group_size
+    from htools.runtime.engine import _group_size
 
     assert _group_size([], 10_000, 2) == 1  # nothing known yet
     assert _group_size([0.002] * 8, 10_000, 2) == 25  # about 50 ms a group

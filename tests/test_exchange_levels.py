@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import webdataset as wds
+from helpers import ok, read_wds, run
+from helpers import write_grouped as write_shards
 
 import htools
-from helpers import ok, read_wds, run, write_grouped as write_shards
 from htools.exchange import plan
 
 

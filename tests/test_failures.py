@@ -295,7 +295,8 @@ def test_output_keys_and_counts(tmp_path, data, body, keys, written):
 
 
 def test_duplicate_output_keys_fail_the_shard(tmp_path, data):
-    body = "def process_sample(s):\n    return [{'__key__': 'same', 'a': b'1'}, {'__key__': 'same', 'b': b'2'}]\n"
+    body = ("def process_sample(s):\n"
+            "    return [{'__key__': 'same', 'a': b'1'}, {'__key__': 'same', 'b': b'2'}]\n")
     p = run("htmapper", "-p", script(tmp_path, body), tmp_path / "in" / "data-0.tar",
             tmp_path / "out" / "o.tar", "--workers", "1")
     assert p.returncode == 1 and "share the key 'same'" in p.stderr

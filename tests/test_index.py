@@ -8,8 +8,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import htools
 from helpers import make_shards, ok, read_wds, run
+
+import htools
 from htools.shardindex import index_url
 from htools.shards import OutputSet
 

@@ -23,10 +23,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from helpers import ENV, child_env, require_tool, run
-from htools import kube, storage
 from servers import free_port
+
+from htools import storage
+from htools.clusters import kube
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"

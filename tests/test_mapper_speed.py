@@ -15,9 +15,9 @@ import random
 
 import pytest
 
-from htools import mapper, tario
-from htools.script import Script
-from htools.streams import Sha256
+from htools import mapper, tar
+from htools.runtime.streams import Sha256
+from htools.usercode.script import Script
 
 SCRIPTS = {
     "identity": "def process_sample(s):\n    return s\n",
@@ -72,7 +72,7 @@ def make_inputs(folder) -> list[str]:
     for s, (count, sizes) in enumerate([(300, (0, 900)), (200, (1000, 20000)),
                                         (20, (60000, 140000))]):
         url = str(folder / f"in-{s}.tar")
-        with open(url, "wb") as f, tario.TarWriter(f) as w:
+        with open(url, "wb") as f, tar.TarWriter(f) as w:
             for i in range(count):
                 w.write({"__key__": f"d{s}/k{i:05d}", "bin": rng.randbytes(rng.randint(*sizes)),
                          "cls": str(i % 7).encode()})
@@ -92,7 +92,7 @@ def run_script(name: str, folder) -> tuple[list[str], tuple, list[dict]]:
         digests.append(hashlib.sha256(data).hexdigest())
         assert r["sha256"] == digests[-1] and r["bytes_out"] == len(data)
         fields: dict = {}
-        for sample in tario.read_samples(io.BytesIO(data)):
+        for sample in tar.read_samples(io.BytesIO(data)):
             for field in sample:
                 if not field.startswith("__"):
                     fields[field] = fields.get(field, 0) + 1
@@ -146,7 +146,7 @@ def test_many_tiny_shards_grouped_match_one_at_a_time(tmp_path):
     ins = []
     for s in range(n):
         url = str(tmp_path / f"t-{s:04d}.tar")
-        with open(url, "wb") as f, tario.TarWriter(f) as w:
+        with open(url, "wb") as f, tar.TarWriter(f) as w:
             for i in range(s % 3 + 1):
                 w.write({"__key__": f"t{s:04d}/{i}", "txt": b"x" * (s + 1), "cls": b"%d" % i})
         ins.append(url)
@@ -187,7 +187,7 @@ def test_malloc_is_tuned_only_in_a_process_that_dask_started_so(env, changed):
         pytest.skip("glibc only")
     clean = {k: v for k, v in os.environ.items()
              if k not in ("MALLOC_TRIM_THRESHOLD_", "HTOOLS_MALLOC_TUNE")}
-    out = subprocess.run([sys.executable, "-c", "from htools import task; "
+    out = subprocess.run([sys.executable, "-c", "from htools.runtime import task; "
                           "print(task.tune_malloc())"], env={**clean, **env},
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(changed)

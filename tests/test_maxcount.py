@@ -9,9 +9,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from helpers import read_wds, write_grouped
 
 import htools
-from helpers import read_wds, write_grouped
 
 
 def write_ties(folder: Path, shards: int, per_shard: int, seed: int = 0) -> list[dict]:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import ENV, make_shards, ok, read_wds, run
 from servers import NginxAuthServer, auth_nginx
+
 from htools import storage
 from htools.errors import StorageError
 

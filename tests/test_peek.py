@@ -12,11 +12,11 @@ import re
 from collections import Counter
 
 import pytest
+from helpers import require_module
 
 import htools
 from htools.errors import NotFound
 from htools.summary import JobSummary, ShardResult
-from helpers import require_module
 
 SCRIPT = "<script>alert('x')</script>"
 

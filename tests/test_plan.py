@@ -10,11 +10,11 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-
 from helpers import require_module
+
 from htools import exchange, shards
-from htools.exchange import plan
 from htools.errors import HtoolsError, PatternError
+from htools.exchange import plan
 from htools.upload import split_counts
 
 hypothesis = require_module("hypothesis")

@@ -1,5 +1,5 @@
 """A typo in a host, bucket or path fails in seconds, with one clear line, before any
-cluster starts or any input is read (htools.preflight)."""
+cluster starts or any input is read (htools.runtime.preflight)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import time
 
 import pytest
-
 from helpers import make_shards, run
+from servers import free_port
+
 from htools import storage
 from htools.errors import StorageError
-from servers import free_port
 
 
 def quick(tool: str, *args, env: dict | None = None):

@@ -283,7 +283,7 @@ def _examples_on_path(monkeypatch):
 # ------------------------------------------------ without the rig (any user) --
 
 def test_a_script_carries_its_folders_modules_not_its_data(tmp_path):
-    from htools.script import load_script
+    from htools.usercode.script import load_script
 
     script, extra = _script_dir(tmp_path)
     s = load_script(script, require=("process_sample",), py_files=[extra])
@@ -297,7 +297,7 @@ def test_a_script_carries_its_folders_modules_not_its_data(tmp_path):
 
 def test_shipped_modules_of_one_job_do_not_answer_anothers_imports(tmp_path):
     from htools.errors import ScriptLoadError
-    from htools.script import Script
+    from htools.usercode.script import Script
 
     one = Script.from_source("import rig_helper_x\nV = rig_helper_x.V\n", "one.py",
                              modules=(("rig_helper_x.py", "V = 1\n"),))
@@ -312,9 +312,9 @@ def test_shipped_modules_of_one_job_do_not_answer_anothers_imports(tmp_path):
 
 
 def test_what_a_script_may_carry_is_bounded_and_checked(tmp_path, monkeypatch):
-    from htools import script as script_mod
     from htools.errors import ScriptError
-    from htools.script import load_script
+    from htools.usercode import script as script_mod
+    from htools.usercode.script import load_script
 
     (tmp_path / "s.py").write_text("def process_sample(s):\n    return s\n")
     (tmp_path / "big.py").write_text("X = 1\n" * 1000)
@@ -333,7 +333,7 @@ def test_what_a_script_may_carry_is_bounded_and_checked(tmp_path, monkeypatch):
 
 
 def test_check_workers_is_silent_for_an_embedded_cluster(tmp_path, client):
-    from htools import preflight
+    from htools.runtime import preflight
 
     assert preflight.embedded(client)
     preflight.check_workers(client, [str(tmp_path)], [str(tmp_path / "o-1.tar")])
@@ -345,9 +345,9 @@ def test_modules_travel_once_per_worker_not_in_every_task(tmp_path):
     task's arguments stay small) and loads them from the worker's copy by digest."""
     import pickle
 
-    from htools import shipping
     from htools.errors import ScriptLoadError
-    from htools.script import Script
+    from htools.usercode import shipping
+    from htools.usercode.script import Script
 
     big = "X = 1\n" + "# padding\n" * 100_000  # a 1 MB sibling module
     s = Script.from_source("import padded_mod\nV = padded_mod.X + 1\n", "p.py",
@@ -378,14 +378,14 @@ def test_a_job_ships_its_modules_by_plugin(tmp_path, client):
     from helpers import make_shards
 
     import htools
-    from htools import shipping
+    from htools.usercode import shipping
 
     make_shards(tmp_path / "in", shards=4, per_shard=5)
     code = tmp_path / "code"
     code.mkdir()
     (code / "padded_mod.py").write_text("TAG = b'padded'\n" + "# padding\n" * 100_000)
     (code / "tag.py").write_text("import padded_mod\n"
-                                 "from htools import shipping\n\n"
+                                 "from htools.usercode import shipping\n\n"
                                  "def process_sample(s):\n"
                                  "    via = b'plugin' if shipping._received else b'args'\n"
                                  "    return {**s, 'tag': padded_mod.TAG, 'via': via}\n")

@@ -15,8 +15,9 @@ import pytest
 from helpers import BIN, child_env, make_shards, ok, read_wds, run
 from servers import free_port
 
-from htools import engine
+from htools.clusters import connection
 from htools.errors import HtoolsError
+from htools.options import RunOptions, parse_resources
 
 RECORD = '''
 import os
@@ -33,16 +34,16 @@ def process_sample(sample):
 # ------------------------------------------------------------------ parsing --
 
 def test_parse_resources():
-    assert engine.parse_resources("GPU=1") == {"GPU": 1}
-    assert engine.parse_resources(["GPU=1", "MEM=2e9,X=0.5"]) == {"GPU": 1, "MEM": 2000000000,
+    assert parse_resources("GPU=1") == {"GPU": 1}
+    assert parse_resources(["GPU=1", "MEM=2e9,X=0.5"]) == {"GPU": 1, "MEM": 2000000000,
                                                                    "X": 0.5}
-    assert engine.parse_resources({"GPU": 2}) == {"GPU": 2}
+    assert parse_resources({"GPU": 2}) == {"GPU": 2}
     for bad in ["GPU", "GPU=x", "=1", "GPU=0", "GPU=-1", "GPU=inf"]:
         with pytest.raises(HtoolsError, match="GPU=1"):
-            engine.parse_resources(bad)
-    assert engine.RunOptions(resources={"GPU": "1"}).resources == {"GPU": 1}
+            parse_resources(bad)
+    assert RunOptions(resources={"GPU": "1"}).resources == {"GPU": 1}
     with pytest.raises(HtoolsError, match="must be a number"):
-        engine.RunOptions(resources={"GPU": "x"})
+        RunOptions(resources={"GPU": "x"})
 
 
 @pytest.mark.parametrize("spec, why", [("GPU", "expected NAME=AMOUNT"),
@@ -69,11 +70,11 @@ def fake_nvidia_smi(folder: Path, gpus: int, rc: int = 0) -> dict[str, str]:
 
 def test_count_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "two", 2)["PATH"])
-    assert engine.count_gpus() == 2
+    assert connection.count_gpus() == 2
     monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "broken", 2, rc=1)["PATH"])
-    assert engine.count_gpus() == 0
+    assert connection.count_gpus() == 0
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
-    assert engine.count_gpus() == 0
+    assert connection.count_gpus() == 0
 
 
 def test_embedded_cluster_one_task_per_gpu(tmp_path):

@@ -63,8 +63,8 @@ def test_encoded_samples_are_what_the_writer_writes(tmp_path):
     parts = [enc.encode(s) for s in samples]
     assert parts[1] == b""
     buf = io.BytesIO()
-    from htools import tario
-    with tario.TarWriter(buf, mtime=0, compress=None) as w:
+    from htools import tar
+    with tar.TarWriter(buf, mtime=0, compress=None) as w:
         w.write_encoded(parts[0])
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
         assert tf.getnames() == ["a/1.jpg", "a/1.txt"]

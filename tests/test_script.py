@@ -1,4 +1,4 @@
-"""htools.script and htools.mapper's handling of what a script returns, on their own:
+"""htools.usercode.script and htools.mapper's handling of what a script returns, on their own:
 checking a script before any task runs, executing it (and its init()) once per process,
 errors that name the file with tracebacks of the user's frames only, and how outputs
 get their keys."""
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from htools.errors import ScriptError
-from htools.mapper import outputs_of
-from htools.script import Script, user_traceback
+from htools.usercode.apply import outputs_of
+from htools.usercode.script import Script, user_traceback
 
 FILE_HERE = Path(__file__).name
 

@@ -11,9 +11,9 @@ import pytest
 from helpers import make_shards, ok, read_wds, run
 
 import htools
-from htools import shell
 from htools.errors import HtoolsError, ScriptError, ScriptLoadError
-from htools.script import Script
+from htools.usercode import shell
+from htools.usercode.script import Script
 
 UPPER = ('tr a-z A-Z < sample.txt > sample.up && rm sample.txt && printf %s "$KEY" > sample.k '
          '&& if [ "$(cat sample.cls)" = 0 ]; then rm sample.*; fi; echo scratch > tmp.x')

@@ -27,7 +27,7 @@ from helpers import (
     require_tool,
 )
 
-from htools import slurm
+from htools.clusters import slurm
 from htools.errors import HtoolsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def slurm_cluster(tmp_path_factory) -> Slurm:
         assert start.returncode == 0, f"slurm-start failed:\n{start.stdout}\n{start.stderr}"
         conf = re.search(r"^export SLURM_CONF=(.+)$", start.stdout, re.MULTILINE).group(1)
         old = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = conf  # for the in-process tests of htools.slurm
+        os.environ["SLURM_CONF"] = conf  # for the in-process tests of htools.clusters.slurm
         yield Slurm(folder, conf)
     finally:
         subprocess.run([str(ROOT / "scripts" / "slurm-stop"), "--dir", str(folder)],

@@ -1,4 +1,4 @@
-"""htools.streams on its own: distinct_keys refuses two samples in a row with one key
+"""htools.runtime.streams on its own: distinct_keys refuses two samples in a row with one key
 (a tar reader would join them), Counting adds the bytes it moves to a shard's result."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import io
 import pytest
 
 from htools.errors import HtoolsError
-from htools.streams import Counting, distinct_keys
+from htools.runtime.streams import Counting, distinct_keys
 from htools.summary import ShardResult
 
 

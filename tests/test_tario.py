@@ -1,4 +1,4 @@
-"""htools.tario / htools.compress: read what GNU tar, tarfile and webdataset write;
+"""htools.tar / htools.tar.compress: read what GNU tar, tarfile and webdataset write;
 write what they read back byte for byte; named errors with URL, member and offset."""
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
-from htools import compress, tarformat, tario, tarread
-from htools.errors import TarFormatError
-
 from helpers import require_module, require_tool
 
+from htools import tar
+from htools.errors import TarFormatError
+from htools.tar import compress
+from htools.tar import header as tarformat
+from htools.tar import read as tarread
 
 LONG_DIR = "d" * 60 + "/" + "e" * 60  # > 100 bytes with a file name: prefix or longname
 UTF8_NAME = "données/ünïcødé-名前.txt"
@@ -49,7 +50,7 @@ class Trickle(io.RawIOBase):
 
 def members_of(data: bytes, url: str = "t.tar") -> dict[str, bytes]:
     out: dict[str, bytes] = {}
-    for name, payload, _ in tario.iter_members(tario.open_stream_reader(io.BytesIO(data), url),
+    for name, payload, _ in tar.iter_members(tar.open_stream_reader(io.BytesIO(data), url),
                                                url):
         assert name not in out
         out[name] = payload
@@ -102,7 +103,7 @@ def sample_set(n: int = 20, seed: int = 1) -> list[dict]:
 
 def written(samples: list[dict], url: str = "out.tar", **kw) -> bytes:
     buf = io.BytesIO()
-    tario.write_samples(buf, samples, url=url, **kw)
+    tar.write_samples(buf, samples, url=url, **kw)
     return buf.getvalue()
 
 
@@ -123,7 +124,7 @@ def without_meta(sample: dict) -> dict:
     ("", ("", "")),
 ])
 def test_split_key(name, expected):
-    assert tario.split_key(name) == expected
+    assert tar.split_key(name) == expected
 
 
 # --------------------------------------------------------------------------- reading
@@ -193,7 +194,7 @@ def test_read_webdataset_writer(tmp_path):
     with wds.TarWriter(str(path), encoder=False) as w:
         for s in samples:
             w.write(s)
-    got = list(tario.read_samples(open(path, "rb"), str(path)))
+    got = list(tar.read_samples(open(path, "rb"), str(path)))
     assert [without_meta(s) for s in got] == samples
     assert all(s["__url__"] == str(path) for s in got)
 
@@ -238,7 +239,7 @@ def test_read_pax_size_overrides_header_size():
 
 
 def test_writer_uses_pax_size_for_huge_members():
-    writer = tario.TarWriter(io.BytesIO())
+    writer = tar.TarWriter(io.BytesIO())
     out = writer._long_header("k.bin", b"k.bin", 8**11)
     assert len(out) == 3 * 512 and out[156:157] == b"x"
     records = tarformat.parse_pax(bytes(out[512:1024]).rstrip(b"\0"), "u", 0)
@@ -254,7 +255,7 @@ def test_read_across_buffer_boundaries_and_big_members():
     samples = [{"__key__": f"k{i:04d}", "bin": rng.randbytes(s)} for i, s in enumerate(sizes)]
     data = written(samples)
     for stream in (io.BytesIO(data), Trickle(data, 777), Trickle(data, 100_000)):
-        got = [without_meta(s) for s in tario.read_samples(stream, "t.tar")]
+        got = [without_meta(s) for s in tar.read_samples(stream, "t.tar")]
         assert got == samples
 
 
@@ -268,7 +269,7 @@ def test_reader_without_readinto():
 
     samples = sample_set(30)
     data = written(samples, url="x.tgz")
-    got = list(tario.read_samples(tario.open_stream_reader(ReadOnly(data), "x.tgz")))
+    got = list(tar.read_samples(tar.open_stream_reader(ReadOnly(data), "x.tgz")))
     assert [without_meta(s) for s in got] == samples
 
 
@@ -295,7 +296,7 @@ def test_read_samples_groups_consecutive_members():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    got = list(tario.read_samples(io.BytesIO(buf.getvalue()), "u.tar"))
+    got = list(tar.read_samples(io.BytesIO(buf.getvalue()), "u.tar"))
     assert got == [
         {"__key__": "a/x", "__url__": "u.tar", "jpg": b"1", "cls": b"2"},
         {"__key__": "a/y", "__url__": "u.tar", "jpg": b"3"},
@@ -364,18 +365,18 @@ def test_read_gnu_tar_sparse_members(tmp_path, fmt, gnu_tar):
             if m.isreg():
                 theirs.append((m.name.removeprefix("./"), tf.extractfile(m).read(), m.sparse))
     assert {n for n, _, sparse in theirs if sparse is None} == {"plain.txt", "empty"}
-    ours = [(n, d) for n, d, _ in tario.iter_members(io.BytesIO(data), "s.tar")]
+    ours = [(n, d) for n, d, _ in tar.iter_members(io.BytesIO(data), "s.tar")]
     assert dict(ours) == files  # the real names and bytes, as GNU tar extracts them
     assert [d for _, d in ours] == [d for _, d, _ in theirs]  # byte for byte, in order
     for (name, _), (their_name, _, _) in zip(ours, theirs):
         # tarfile lets a pax path record override GNU.sparse.name: a 0.1 member whose
         # name needs that record keeps GNU tar's made-up .../GNUSparseFile.<pid>/ name
         assert name == their_name or "/GNUSparseFile." in their_name
-    got = {n: d for n, d, _ in tario.iter_members(Trickle(data, 1000), "s.tar")}
+    got = {n: d for n, d, _ in tar.iter_members(Trickle(data, 1000), "s.tar")}
     assert got == files
     # and as WebDataset samples, after a regular member
-    samples = list(tario.read_samples(io.BytesIO(data), "s.tar"))
-    assert {s["__key__"] for s in samples} == {tario.split_key(n)[0] for n in files}
+    samples = list(tar.read_samples(io.BytesIO(data), "s.tar"))
+    assert {s["__key__"] for s in samples} == {tar.split_key(n)[0] for n in files}
 
 
 def _cpython_testtar() -> Path | None:
@@ -402,7 +403,7 @@ def test_read_cpython_testtar():
         sparse = [m.name for m in tf if m.sparse is not None]
     assert len(sparse) >= 4, sparse  # gnu/sparse, gnu/sparse-0.0, -0.1, -1.0
     got: dict[str, bytes] = {}
-    for name, payload, _ in tario.iter_members(io.BytesIO(data), str(path)):
+    for name, payload, _ in tar.iter_members(io.BytesIO(data), str(path)):
         got[name] = payload  # tarfile_regular keeps the last of a repeated name too
     assert got == expected
     assert all(expected[n] for n in sparse)
@@ -453,7 +454,7 @@ def test_read_old_gnu_sparse_made_by_hand():
 def test_error_old_gnu_sparse_bad_map(regions, realsize, why):
     data = _old_gnu_sparse(b"abcdef", regions, realsize)
     with pytest.raises(TarFormatError, match=rf"^sp.tar, member 's.bin', offset 0: {why}$"):
-        list(tario.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
+        list(tar.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
 
 
 def test_error_sparse_member_expanding_past_the_limit(monkeypatch):
@@ -463,11 +464,11 @@ def test_error_sparse_member_expanding_past_the_limit(monkeypatch):
     with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: sparse "
                                              r"member of real size 8000000000 bytes, over "
                                              r"the 1073741824-byte limit .*HTOOLS_MAX_SPARSE"):
-        list(tario.iter_members(io.BytesIO(data), "sp.tar"))
+        list(tar.iter_members(io.BytesIO(data), "sp.tar"))
     monkeypatch.setenv("HTOOLS_MAX_SPARSE_SIZE", "16")
     data = bytes(_old_gnu_sparse(b"abcdef", [(0, 6)], 17))
     with pytest.raises(TarFormatError, match="over the 16-byte limit"):
-        list(tario.iter_members(io.BytesIO(data), "sp.tar"))
+        list(tar.iter_members(io.BytesIO(data), "sp.tar"))
     assert members_of(bytes(_old_gnu_sparse(b"abcdef", [(0, 6)], 16)))["s.bin"] == \
         b"abcdef" + bytes(10)
 
@@ -477,15 +478,15 @@ def test_error_old_gnu_sparse_bad_number_and_missing_extension():
     _set_header(data, 0, bad=(386, b"0000000000z\0"))
     with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: bad sparse "
                                              r"map in GNU sparse header"):
-        list(tario.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
+        list(tar.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
     # isextended, but the next block is the data, not 21 numbers: a named error
     data = _old_gnu_sparse(b"abcdef" + bytes(506), [(0, 512)], 512, extended=True)
     with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: "):
-        list(tario.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
+        list(tar.iter_members(io.BytesIO(bytes(data)), "sp.tar"))
     # isextended on the last header before the stream ends
     with pytest.raises(TarFormatError, match=r"^sp.tar, member 's.bin', offset 0: truncated "
                                              r"tar: the stream ends inside a GNU sparse"):
-        list(tario.iter_members(io.BytesIO(bytes(data[:512])), "sp.tar"))
+        list(tar.iter_members(io.BytesIO(bytes(data[:512])), "sp.tar"))
 
 
 def _pax_sparse(stored: bytes, records: dict[str, str]) -> bytes:
@@ -541,7 +542,7 @@ def test_error_pax_sparse_bad_map(stored, records, why):
     data = _pax_sparse(stored, records)
     # named by the member's header (after the pax header), with its real name
     with pytest.raises(TarFormatError, match=rf"^sp.tar, member 's.bin', offset 1024: {why}"):
-        list(tario.iter_members(io.BytesIO(data), "sp.tar"))
+        list(tar.iter_members(io.BytesIO(data), "sp.tar"))
 
 
 def test_error_sparse_records_in_global_pax_header():
@@ -551,7 +552,7 @@ def test_error_sparse_records_in_global_pax_header():
         tf.addfile(tarfile.TarInfo("e"))
     with pytest.raises(TarFormatError, match=r"^g.tar, offset 0: GNU sparse records in a "
                                              r"global pax header"):
-        list(tario.iter_members(io.BytesIO(buf.getvalue()), "g.tar"))
+        list(tar.iter_members(io.BytesIO(buf.getvalue()), "g.tar"))
 
 
 # --------------------------------------------------------------------------- writing
@@ -567,7 +568,7 @@ def test_written_tar_read_by_gnu_tar(tmp_path, suffix, gnu_tar):
     samples.append({"__key__": "données/ünï-名前", "txt": "utf-8 name"})
     path = tmp_path / f"out{suffix}"
     with open(path, "wb") as f:
-        tario.write_samples(f, samples, url=str(path), user="htools", group="data")
+        tar.write_samples(f, samples, url=str(path), user="htools", group="data")
     listing = subprocess.run([gnu_tar, "-tvf", str(path)], capture_output=True, check=True,
                              text=True).stdout.splitlines()
     expected = {f"{s['__key__']}.{f}": (v.encode() if isinstance(v, str) else v)
@@ -592,7 +593,7 @@ def test_written_tar_read_by_webdataset(tmp_path, suffix):
     samples.append({"__key__": "données/ünï-名前", "txt": b"utf-8 name"})
     path = tmp_path / f"out{suffix}"
     with open(path, "wb") as f:
-        tario.write_samples(f, samples, url=str(path))
+        tar.write_samples(f, samples, url=str(path))
     ds = wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
     got = [{k: v for k, v in s.items() if k not in ("__url__", "__local_path__")} for s in ds]
     assert got == samples
@@ -615,7 +616,7 @@ def test_written_tar_read_by_tarfile_and_htools():
         m = tf.getmembers()[0]
         assert (m.mode, m.uid, m.gid, m.mtime, m.uname, m.gname) == (0o644, 0, 0, 0, "", "")
         assert tf.getmembers()[0].isreg()
-    got = [without_meta(s) for s in tario.read_samples(io.BytesIO(data))]
+    got = [without_meta(s) for s in tar.read_samples(io.BytesIO(data))]
     expected = [{k: (v if k == "__key__" else v.encode() if isinstance(v, str) else bytes(v))
                  for k, v in s.items() if k == "__key__" or not k.startswith("_")}
                 for s in samples]
@@ -625,7 +626,7 @@ def test_written_tar_read_by_tarfile_and_htools():
 
 def test_writer_counters_return_values_and_raw_stream_left_open():
     buf = io.BytesIO()
-    w = tario.TarWriter(buf)
+    w = tar.TarWriter(buf)
     n1 = w.write({"__key__": "a", "txt": b"x" * 600})
     assert n1 == 512 + 1024
     assert w.write({"__key__": "b", "_only": b"private"}) == 0  # nothing to write
@@ -639,7 +640,7 @@ def test_writer_counters_return_values_and_raw_stream_left_open():
     with pytest.raises(ValueError):
         w.write({"__key__": "d", "txt": b""})
     raw = io.BytesIO()
-    with tario.TarWriter(raw, close_raw=True) as w:
+    with tar.TarWriter(raw, close_raw=True) as w:
         w.write({"__key__": "a", "txt": b""})
     assert raw.closed
 
@@ -656,9 +657,9 @@ def test_writer_counters_return_values_and_raw_stream_left_open():
 ])
 def test_writer_rejects_bad_samples(sample, why):
     buf = io.BytesIO()
-    writer = tario.TarWriter(buf, url="bad.tar")
+    writer = tar.TarWriter(buf, url="bad.tar")
     writer.write({"__key__": "good", "txt": b"fine"})
-    with pytest.raises(tario.SampleFormatError, match=why) as info:
+    with pytest.raises(tar.SampleFormatError, match=why) as info:
         writer.write(sample)
     assert isinstance(info.value, TarFormatError) and isinstance(info.value, ValueError)
     assert str(info.value).startswith("bad.tar")
@@ -675,7 +676,7 @@ def test_deterministic_output(tmp_path, suffix):
     a = written(samples, url="a" + suffix)
     path = tmp_path / ("b" + suffix)  # a real file: its name must not reach the gzip header
     with open(path, "wb") as f:
-        tario.write_samples(f, samples, url=str(path))
+        tar.write_samples(f, samples, url=str(path))
     assert path.read_bytes() == a
     if suffix == ".tgz":
         assert a[:2] == compress.GZIP_MAGIC and a[3] & 0x08 == 0  # no FNAME
@@ -706,22 +707,22 @@ def test_compression_by_suffix_and_by_magic(codec):
     assert written(samples, url="x.tar", compress=codec) == blob
     for url in ("x" + suffix, "x.tar", "no-suffix", "x.tgz" if codec == "zstd" else "x.tzst"):
         for stream in (io.BytesIO(blob), Trickle(blob, 4096)):
-            got = tario.read_samples(tario.open_stream_reader(stream, url), url)
+            got = tar.read_samples(tar.open_stream_reader(stream, url), url)
             assert [without_meta(s) for s in got] == samples
 
 
 def test_plain_tar_under_compressed_name_and_multimember_gzip():
     samples = sample_set(10)
     plain = written(samples)
-    got = tario.read_samples(tario.open_stream_reader(io.BytesIO(plain), "mislabeled.tgz"))
+    got = tar.read_samples(tar.open_stream_reader(io.BytesIO(plain), "mislabeled.tgz"))
     assert [without_meta(s) for s in got] == samples
     half = len(plain) // 2
     multi = gzip.compress(plain[:half], mtime=0) + gzip.compress(plain[half:], mtime=0)
-    got = tario.read_samples(tario.open_stream_reader(Trickle(multi, 1000), "m.tgz"))
+    got = tar.read_samples(tar.open_stream_reader(Trickle(multi, 1000), "m.tgz"))
     assert [without_meta(s) for s in got] == samples
     cctx = zstandard.ZstdCompressor()
     frames = cctx.compress(plain[:half]) + cctx.compress(plain[half:])
-    got = tario.read_samples(tario.open_stream_reader(io.BytesIO(frames), "m.tar.zst"))
+    got = tar.read_samples(tar.open_stream_reader(io.BytesIO(frames), "m.tar.zst"))
     assert [without_meta(s) for s in got] == samples
 
 
@@ -756,7 +757,7 @@ def test_error_bad_checksum_names_url_member_offset():
     data = bytearray(_two_member_tar())
     data[1024 + 60] = ord("x")  # inside the name field of the second header (offset 1024)
     with pytest.raises(TarFormatError) as info:
-        list(tario.read_samples(io.BytesIO(bytes(data)), "gs://b/shard-7.tar"))
+        list(tar.read_samples(io.BytesIO(bytes(data)), "gs://b/shard-7.tar"))
     msg = str(info.value)
     assert msg.startswith("gs://b/shard-7.tar, member 's2.txt', offset 1024: bad tar header "
                           "checksum: stored ")
@@ -766,15 +767,15 @@ def test_error_bad_checksum_names_url_member_offset():
 def test_error_truncated_member_and_header():
     data = _two_member_tar()
     with pytest.raises(TarFormatError) as info:
-        list(tario.read_samples(io.BytesIO(data[:1024 + 512 + 700]), "t.tar"))
+        list(tar.read_samples(io.BytesIO(data[:1024 + 512 + 700]), "t.tar"))
     assert str(info.value) == ("t.tar, member 's2.txt', offset 1024: truncated member: "
                                "the stream ends after 700 of its 2000 bytes")
     with pytest.raises(TarFormatError, match=r"^t.tar, offset 1024: truncated tar: the stream "
                                              r"ends inside a header"):
-        list(tario.read_samples(io.BytesIO(data[:1024 + 100]), "t.tar"))
+        list(tar.read_samples(io.BytesIO(data[:1024 + 100]), "t.tar"))
     big = written([{"__key__": "big", "bin": os.urandom(3 * tarread.CHUNK)}])
     with pytest.raises(TarFormatError, match=r"member 'big.bin', offset 0: truncated member"):
-        list(tario.iter_members(Trickle(big[:2 * tarread.CHUNK], 50_000), "t.tar"))
+        list(tar.iter_members(Trickle(big[:2 * tarread.CHUNK], 50_000), "t.tar"))
 
 
 def test_error_repeated_field():
@@ -786,12 +787,12 @@ def test_error_repeated_field():
             tf.addfile(info, io.BytesIO(b"z"))
     data = buf.getvalue()
     with pytest.raises(TarFormatError) as info:
-        list(tario.read_samples(io.BytesIO(data), "r.tar"))
+        list(tar.read_samples(io.BytesIO(data), "r.tar"))
     assert str(info.value) == ("r.tar, member 'b.txt', key 'b', offset 3072: "
                                "field 'txt' repeated within one sample")
     got = []
     with pytest.raises(TarFormatError):
-        for sample in tario.read_samples(io.BytesIO(data), "r.tar"):
+        for sample in tar.read_samples(io.BytesIO(data), "r.tar"):
             got.append(sample["__key__"])
     assert got == ["a"]  # complete samples before the error; none of the bad one
 
@@ -811,14 +812,14 @@ def test_error_reserved_field_first_or_later(names, at):
     bad = [n for n in names if ".__" in n][0]
     with pytest.raises(TarFormatError, match=rf"^r.tar, member '{bad}', key '{bad[0]}', "
                                              rf"offset {at}: reserved field name$"):
-        list(tario.read_samples(io.BytesIO(buf.getvalue()), "r.tar"))
+        list(tar.read_samples(io.BytesIO(buf.getvalue()), "r.tar"))
 
 
 def test_error_truncated_stream_stops_reading():
     data = _two_member_tar()
     got = []
     with pytest.raises(TarFormatError, match="member 's2.txt', offset 1024: truncated"):
-        for sample in tario.read_samples(io.BytesIO(data[:1024 + 600]), "t.tar"):
+        for sample in tar.read_samples(io.BytesIO(data[:1024 + 600]), "t.tar"):
             got.append(sample["__key__"])
     # s1 is complete but is yielded only when the next key starts, which never does
     assert got == []
@@ -828,7 +829,7 @@ def test_error_garbage_input():
     junk = random.Random(1).randbytes(5000)
     with pytest.raises(TarFormatError, match=r"^junk.tar, offset 0: bad tar header checksum: "
                                              r".*\(not a tar stream\?\)$"):
-        list(tario.read_samples(tario.open_stream_reader(io.BytesIO(junk), "junk.tar"),
+        list(tar.read_samples(tar.open_stream_reader(io.BytesIO(junk), "junk.tar"),
                                 "junk.tar"))
 
 
@@ -842,13 +843,13 @@ def test_error_corrupt_compressed_stream(url):
     }
     for what, bad in cases.items():
         with pytest.raises(TarFormatError) as info:
-            list(tario.read_samples(tario.open_stream_reader(io.BytesIO(bad), url), url))
+            list(tar.read_samples(tar.open_stream_reader(io.BytesIO(bad), url), url))
         assert str(info.value).startswith(f"{url}, "), what
         assert info.value.offset is not None, what
     # Not compressed at all, no tar magic: the suffix decides and the codec complains.
     junk = random.Random(3).randbytes(3000)
     with pytest.raises(TarFormatError, match=rf"^{url}, offset 0: "):
-        list(tario.read_samples(tario.open_stream_reader(io.BytesIO(junk), url), url))
+        list(tar.read_samples(tar.open_stream_reader(io.BytesIO(junk), url), url))
 
 
 def test_error_unsupported_multivolume_member():
@@ -859,7 +860,7 @@ def test_error_unsupported_multivolume_member():
         tf.addfile(info)
     with pytest.raises(TarFormatError, match=r"member 'm.bin', offset 0: unsupported tar "
                                              r"member type 'M'"):
-        list(tario.iter_members(io.BytesIO(buf.getvalue()), "mv.tar"))
+        list(tar.iter_members(io.BytesIO(buf.getvalue()), "mv.tar"))
 
 
 def test_errors_pickle():
@@ -896,7 +897,7 @@ def test_round_trip_property():
                 seen.add(s["__key__"])
                 uniq.append(s)
         blob = written(uniq, url="p" + suffix)
-        got = tario.read_samples(tario.open_stream_reader(io.BytesIO(blob), "p" + suffix))
+        got = tar.read_samples(tar.open_stream_reader(io.BytesIO(blob), "p" + suffix))
         assert [without_meta(s) for s in got] == uniq
 
     check()
@@ -910,15 +911,15 @@ def test_dotless_members_pass_through_as_the_empty_field(tmp_path):
     subprocess.run(["tar", "-cf", str(tmp_path / "in.tar"), "-C", str(src), "d/README",
                     "d/n1.txt"], check=True)
     with open(tmp_path / "in.tar", "rb") as f:
-        samples = list(tario.read_samples(f, "in.tar"))
+        samples = list(tar.read_samples(f, "in.tar"))
     assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples] == [
         ("d/README", [""]), ("d/n1", ["txt"])]
     buf = io.BytesIO()
-    with tario.TarWriter(buf) as w:
+    with tar.TarWriter(buf) as w:
         for s in samples:
             w.write(s)
     buf.seek(0)
-    again = list(tario.read_samples(buf, "out.tar"))
+    again = list(tar.read_samples(buf, "out.tar"))
     assert [{k: v for k, v in s.items() if k != "__url__"} for s in again] == \
         [{k: v for k, v in s.items() if k != "__url__"} for s in samples]
 
@@ -965,12 +966,12 @@ def test_writer_bytes_are_pinned(which):
     kw = {} if which == "default" else {"mtime": 1234567890, "user": "üser", "group": "grp",
                                         "mode": 0o600}
     buf = io.BytesIO()
-    counts = tario.write_samples(buf, pinned_samples(), url="pin.tar", **kw)
+    counts = tar.write_samples(buf, pinned_samples(), url="pin.tar", **kw)
     plain = buf.getvalue()
     assert hashlib.sha256(plain).hexdigest() == PINNED_TAR[which]
     assert counts == (410, len(plain))
     gz = io.BytesIO()
-    tario.write_samples(gz, pinned_samples(), url="pin.tgz", **kw)
+    tar.write_samples(gz, pinned_samples(), url="pin.tgz", **kw)
     assert compress.open_stream_reader(io.BytesIO(gz.getvalue()), "pin.tgz").read() == plain
     version = getattr(__import__(compress.GZIP_BACKEND), "__version__", "")
     pinned = PINNED_GZIP.get((compress.GZIP_BACKEND, version))

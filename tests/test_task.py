@@ -1,4 +1,4 @@
-"""The task frame every task function runs in (htools.task.shard_task)."""
+"""The task frame every task function runs in (htools.runtime.task.shard_task)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import pytest
 
 from htools.cli.common import report
-from htools.engine import RunOptions
 from htools.errors import StorageError
+from htools.options import RunOptions
+from htools.runtime.task import BUG_HINT, shard_task
 from htools.summary import JobSummary
-from htools.task import BUG_HINT, shard_task
 
 
 def test_user_error_fails_the_shard_in_one_line():

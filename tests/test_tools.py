@@ -9,7 +9,6 @@ import subprocess
 import uuid
 from pathlib import Path
 
-
 from helpers import BIN, make_shards, ok, read_wds, run
 
 REPO = Path(__file__).resolve().parent.parent

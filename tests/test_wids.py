@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import make_shards, read_wds
 
 import htools
-from helpers import make_shards, read_wds
 from htools.shardindex import index_shards
 
 wids = pytest.importorskip("wids", reason="wids is a test dependency (scripts/setup)")

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import click
 
-from ..engine import RunOptions
-from ..errors import HtoolsError, hide_credentials
-from ..summary import JobSummary, failure_kind
+from htools.errors import HtoolsError, hide_credentials
+from htools.options import RunOptions
+from htools.summary import JobSummary, failure_kind
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -37,7 +37,7 @@ def _resources(ctx, param, value) -> dict | None:
     """``--resources GPU=1`` (repeatable; ``GPU=1,MEM=2e9`` too) as a dict."""
     if not value:
         return None
-    from ..engine import parse_resources
+    from htools.options import parse_resources
 
     try:
         return parse_resources(value)

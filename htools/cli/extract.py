@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from ..extract import extract
-from ..shardindex import index_shards
-from .common import command, finish
+from htools.cli.common import command, finish
+from htools.extract import extract
+from htools.shardindex import index_shards
 
 
 @command

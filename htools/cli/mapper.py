@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..mapper import map_shards
-from .common import command, finish, mtime_option, py_files_option
+from htools.cli.common import command, finish, mtime_option, py_files_option
+from htools.mapper import map_shards
 
 
 @command

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..shuffle import shuffle
-from .common import command, exchange_options, finish, py_files_option, seed_option
+from htools.cli.common import command, exchange_options, finish, py_files_option, seed_option
+from htools.shuffle import shuffle
 
 
 @command

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..sort import sort
-from .common import command, exchange_options, finish, py_files_option
+from htools.cli.common import command, exchange_options, finish, py_files_option
+from htools.sort import sort
 
 
 @command

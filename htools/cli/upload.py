@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..upload import upload
-from .common import command, finish, maxcount_option, mtime_option, seed_option
+from htools.cli.common import command, finish, maxcount_option, mtime_option, seed_option
+from htools.upload import upload
 
 
 @command

@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
-from .job import ExchangeSpec, run_exchange
-from .keys import KeySpec, bucket_fn, pick_splitters
-from .plan import group_buckets
-from .tasks import StageOne, StageTwo
+from htools.exchange.job import ExchangeSpec, run_exchange
+from htools.exchange.keys import KeySpec, bucket_fn, pick_splitters
+from htools.exchange.plan import group_buckets
+from htools.exchange.tasks import StageOne, StageTwo
 
 __all__ = ["ExchangeSpec", "KeySpec", "StageOne", "StageTwo", "bucket_fn", "group_buckets",
            "pick_splitters", "run_exchange"]

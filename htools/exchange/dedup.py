@@ -17,12 +17,12 @@ import itertools
 
 import numpy as np
 
-from ..memory import peak_rss, rss
-from ..task import shard_task
-from .groups import dedup
-from .keys import bucket_fn, second_pass_key
-from .runfile import Run, pack_key, record
-from .tasks import Spiller, StageOne, StageTwo, _bucket_records, _open
+from htools.exchange.groups import dedup
+from htools.exchange.keys import bucket_fn, second_pass_key
+from htools.exchange.runfile import Run, pack_key, record
+from htools.exchange.tasks import Spiller, StageOne, StageTwo, _bucket_records, _open
+from htools.runtime.memory import peak_rss, rss
+from htools.runtime.task import shard_task
 
 
 def dedup_and_partition(runs: list[Run], a: int, b: int, task: int, one: StageOne,

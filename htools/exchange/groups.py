@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
-from ..errors import HtoolsError, ScriptError
-from ..script import user_traceback
-from ..summary import ShardResult
-from .keys import field_digest
-from .runfile import SampleEncoder, decode
+from htools.errors import HtoolsError, ScriptError
+from htools.exchange.keys import field_digest
+from htools.exchange.runfile import SampleEncoder, decode
+from htools.summary import ShardResult
+from htools.usercode.script import user_traceback
 
 if TYPE_CHECKING:
-    from .tasks import StageTwo
+    from htools.exchange.tasks import StageTwo
 
 def dedup(records_: Iterator[tuple], spec: StageTwo, result: ShardResult, url: str,
            duplicates: list[int], group=itemgetter(0)) -> Iterator[tuple]:
@@ -87,7 +87,7 @@ def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
         try:
             out = fn(key, samples)
             outs = [] if out is None else [out] if isinstance(out, dict) else list(out)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- the user's reduce_samples: a sample error
             result.sample_error(url, str(key), "reduce_samples raised", e, user_traceback(e),
                                 samples=n)
             continue

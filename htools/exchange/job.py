@@ -21,20 +21,36 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import engine, preflight, shards, storage
-from ..engine import RunOptions, Task
-from ..errors import HtoolsError, hide_credentials
-from ..script import Script
-from ..storage.local import local_path, nearest_existing
-from ..summary import JobSummary
-from . import plan
-from .keys import KeySpec, pick_splitters
-from .runfile import Run
-from .sizing import (default_memory, default_scratch, human_size,
-                     same_file_system, shard_size, worker_threads)
-from .dedup import dedup_and_partition, two_passes
-from .tasks import StageOne, StageTwo, merge_runs, partition, sample_keys, scratch_options
-from .write import write_outputs
+from htools import shards, storage
+from htools.clusters import connection as clusters
+from htools.errors import HtoolsError, hide_credentials
+from htools.exchange import plan
+from htools.exchange.dedup import dedup_and_partition, two_passes
+from htools.exchange.keys import KeySpec, pick_splitters
+from htools.exchange.runfile import Run
+from htools.exchange.sizing import (
+    default_memory,
+    default_scratch,
+    human_size,
+    same_file_system,
+    shard_size,
+    worker_threads,
+)
+from htools.exchange.tasks import (
+    StageOne,
+    StageTwo,
+    merge_runs,
+    partition,
+    sample_keys,
+    scratch_options,
+)
+from htools.exchange.write import write_outputs
+from htools.options import RunOptions
+from htools.runtime import engine, preflight
+from htools.runtime.engine import Task
+from htools.storage.local import local_path, nearest_existing
+from htools.summary import JobSummary
+from htools.usercode.script import Script
 
 SPLITTER_SHARDS = 32  # the pre-pass reads at most this many (random) input shards
 KEYS_PER_BUCKET = 20  # sampled keys per bucket, over all shards read
@@ -85,7 +101,7 @@ def _exchange(spec: ExchangeSpec, opts: RunOptions) -> tuple[JobSummary, list[st
     started = time.time()
     job = None
     try:
-        with engine.connect(opts) as client:
+        with clusters.connect(opts) as client:
             job = _Job(spec, inputs, outset, present, opts.with_(client=client))
             preflight.check_workers(client, inputs, [outset.first(), job.scratch_root])
             summary = job.run()

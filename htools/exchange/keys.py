@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import HtoolsError, ScriptError
+from htools.errors import HtoolsError, ScriptError
 
 RANDOM_BITS = 63
 

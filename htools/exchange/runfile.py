@@ -29,8 +29,8 @@ from typing import BinaryIO
 import msgpack
 import numpy as np
 
-from .. import storage, tario
-from ..errors import HtoolsError, hide_credentials
+from htools import storage, tar
+from htools.errors import HtoolsError, hide_credentials
 
 MAGIC = b"HTRUN002"
 FOOTER = struct.Struct("<QQ8s")
@@ -57,9 +57,10 @@ def unpack_key(b: bytes):
     return msgpack.unpackb(b, raw=False, unicode_errors="surrogateescape")
 
 
-def record(key_bytes: bytes, sample_key: str, tar: bytes) -> bytes:
+def record(key_bytes: bytes, sample_key: str, members: bytes) -> bytes:
     skb = sample_key.encode("utf-8", "surrogateescape")
-    return b"".join((HEADER.pack(len(tar), len(key_bytes), len(skb)), key_bytes, skb, tar))
+    return b"".join((HEADER.pack(len(members), len(key_bytes), len(skb)), key_bytes, skb,
+                     members))
 
 
 class SampleEncoder:
@@ -67,7 +68,7 @@ class SampleEncoder:
 
     def __init__(self, url: str, mtime: float | None):
         self._parts: list[bytes] = []
-        self._writer = tario.TarWriter(self, url=url, mtime=mtime, compress=None)
+        self._writer = tar.TarWriter(self, url=url, mtime=mtime, compress=None)
 
     def write(self, data) -> int:  # the TarWriter's stream
         self._parts.append(bytes(data))
@@ -85,9 +86,9 @@ class SampleEncoder:
         return data
 
 
-def decode(tar: bytes, url: str) -> dict:
+def decode(members: bytes, url: str) -> dict:
     """A record's sample as a dict (fields as bytes, ``__key__``, ``__url__``)."""
-    for sample in tario.read_samples(io.BytesIO(tar + bytes(1024)), url):
+    for sample in tar.read_samples(io.BytesIO(members + bytes(1024)), url):
         return sample
     raise HtoolsError(f"{hide_credentials(url)}: an empty record cannot be decoded")
 

@@ -8,10 +8,11 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import engine, shards, storage
-from ..engine import RunOptions
-from ..errors import HtoolsError
-from ..storage.local import local_path, nearest_existing
+from htools import shards, storage
+from htools.clusters import connection as clusters
+from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.storage.local import local_path, nearest_existing
 
 SIZE_PROBES = 8  # input shards whose size is asked for to group small inputs
 
@@ -60,7 +61,7 @@ def worker_threads(client) -> int:
 
 def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
     """A local temp dir for the embedded cluster; else ``_htools_tmp/`` beside the outputs."""
-    if opts.client is not None and engine.cluster_address(opts.cluster) is None \
+    if opts.client is not None and clusters.cluster_address(opts.cluster) is None \
             and is_local_cluster(opts.client):
         return tempfile.mkdtemp(prefix="htools-scratch-") + "/"
     return outset.folder() + "_htools_tmp/"

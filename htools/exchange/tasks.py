@@ -3,7 +3,7 @@ the key-sampling pre-pass of htsort; the cursors that read runs.  The write task
 in :mod:`.write`.
 
 All are top-level, take plain arguments, run in the task frame
-(:func:`htools.task.shard_task`) and talk to each other only through run files
+(:func:`htools.runtime.task.shard_task`) and talk to each other only through run files
 (:mod:`.runfile`).
 """
 
@@ -19,17 +19,32 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .. import storage, tario
-from ..errors import HtoolsError
-from ..mapper import map_samples
-from ..memory import peak_rss, rss
-from ..script import Script, user_traceback
-from ..streams import Counting
-from ..summary import ShardResult
-from ..task import shard_task
-from .keys import KeySpec, bucket_fn, checked_key, content_bucket, first_pass_key
-from .runfile import (Run, RunWriter, SampleEncoder, bucket_offsets, open_slice,
-                      pack_key, raw_records, record, records)
+from htools import storage
+from htools.errors import HtoolsError
+from htools.exchange.keys import (
+    KeySpec,
+    bucket_fn,
+    checked_key,
+    content_bucket,
+    first_pass_key,
+)
+from htools.exchange.runfile import (
+    Run,
+    RunWriter,
+    SampleEncoder,
+    bucket_offsets,
+    open_slice,
+    pack_key,
+    raw_records,
+    record,
+    records,
+)
+from htools.runtime.memory import peak_rss, rss
+from htools.runtime.shardio import read_shard
+from htools.runtime.task import shard_task
+from htools.summary import ShardResult
+from htools.usercode.apply import map_samples
+from htools.usercode.script import Script, user_traceback
 
 RECORD_OVERHEAD = 100  # Python bytes of a buffered record beyond its payload
 COPY_CHUNK = 1 << 20
@@ -117,7 +132,7 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
                 k = key_of(sample)
                 rec = record(pack_key(k), sample["__key__"], encoder.encode(sample))
                 bucket = bucket_of(k)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 -- the user's sort_key or the sample: a sample error
                 result.samples_mapped = max(0, result.samples_mapped - 1)  # failed instead
                 result.sample_error(url, str(sample.get("__key__", "?")),
                                     "cannot sort sample", e, user_traceback(e))
@@ -185,9 +200,7 @@ def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, coun
 
 
 def _input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
-    with storage.open_read(url, spec.options) as raw:
-        stream = tario.open_stream_reader(Counting(raw, result, "bytes_in"), url)
-        samples = tario.read_samples(stream, url)
+    with read_shard(url, spec.options, result) as samples:
         if spec.script is not None and spec.script.defines("process_sample"):
             yield from map_samples(samples, spec.script.load().process_sample, result, url)
         else:

@@ -1,22 +1,22 @@
 """The exchange's write tasks: the merged records of each output's buckets (or, with
 ``--maxcount``, an exact slice of their merged order) -> dedup / --merge / reduce ->
 one output shard, written atomically.  Like every task function, top-level, plain
-arguments, run in the task frame (:func:`htools.task.shard_task`)."""
+arguments, run in the task frame (:func:`htools.runtime.task.shard_task`)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
 
-from .. import storage, tario
-from ..errors import HtoolsError
-from ..memory import peak_rss, rss
-from ..streams import Counting, distinct_keys
-from ..summary import ShardResult
-from ..task import shard_task
-from .groups import dedup, to_write
-from .runfile import Run
-from .tasks import StageTwo, _bucket_records, _Cursor, _open
+from htools.errors import HtoolsError
+from htools.exchange.groups import dedup, to_write
+from htools.exchange.runfile import Run
+from htools.exchange.tasks import StageTwo, _bucket_records, _Cursor, _open
+from htools.runtime.memory import peak_rss, rss
+from htools.runtime.shardio import write_shard
+from htools.runtime.streams import distinct_keys
+from htools.runtime.task import shard_task
+from htools.summary import ShardResult
 
 
 def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
@@ -80,17 +80,14 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
 def _write_records(url: str, merged: Iterator[tuple], spec: StageTwo,
                    result: ShardResult) -> None:
     """Merged records -> (reduce, --merge) -> one output shard, written atomically."""
-    with storage.open_write(url, spec.options) as out:
-        counted = Counting(out, result, "bytes_out", digest=spec.index)
-        with tario.TarWriter(counted, url=url, mtime=spec.mtime, count_fields=True) as writer:
-            samples = distinct_keys(to_write(merged, spec, result, url), url,
-                                    "use --merge or a reduce_samples() to combine "
-                                    "samples with equal keys")
-            for item in samples:
-                if item["__tar__"]:
-                    writer.write_encoded(item["__tar__"])
-                    result.samples_written += 1
-        result.sha256, result.fields = counted.hexdigest(), dict(writer.fields)
+    with write_shard(url, spec.options, result, mtime=spec.mtime, index=spec.index) as writer:
+        samples = distinct_keys(to_write(merged, spec, result, url), url,
+                                "use --merge or a reduce_samples() to combine "
+                                "samples with equal keys")
+        for item in samples:
+            if item["__tar__"]:
+                writer.write_encoded(item["__tar__"])
+                result.samples_written += 1
 
 
 class _Slicer:

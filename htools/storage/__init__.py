@@ -44,8 +44,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, TypeVar
 
 from htools.errors import NotFound, StorageError, hide_credentials
-from htools.storage.base import (CHUNK, RETRY_OPTIONS, Backend, Writer, retry_policy,
-                                 with_retries)
+from htools.storage.base import (
+    CHUNK,
+    RETRY_OPTIONS,
+    Backend,
+    Writer,
+    retry_policy,
+    with_retries,
+)
 from htools.storage.httpconn import PASSWORD_ENV, USER_ENV
 from htools.storage.registry import OPTION_KEYS, REGISTRY, backend, protocol
 

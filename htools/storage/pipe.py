@@ -15,9 +15,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any, BinaryIO, NoReturn
 
-from htools.compress import NoClose
 from htools.errors import StorageError, hide_credentials
 from htools.storage.base import Backend, Writer, buffered
+from htools.tar.compress import NoClose
 
 
 class _PipeReader(io.RawIOBase):

@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .address import positive_int
-from .errors import HtoolsError
+from htools.clusters.address import positive_int
+from htools.errors import HtoolsError
 
 SCHEME = "slurm://"
 OPTIONS_ENV = "HTOOLS_SLURM_OPTIONS"

@@ -14,7 +14,7 @@ failed shard instead of an exception that Dask would ship back without context:
   and its traceback is kept in the result (the ``--summary`` JSON shows it).
 
 A worker that dies mid-task is not the frame's business: Dask retries the task,
-and :mod:`htools.engine` reports a shard whose workers kept dying.
+and :mod:`htools.runtime.engine` reports a shard whose workers kept dying.
 
 The frame also undoes, once per process, Dask's default malloc setting for worker
 processes (:func:`tune_malloc`), which costs a task a page fault for most samples.
@@ -28,8 +28,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import HtoolsError
-from .summary import ShardResult
+from htools.errors import HtoolsError
+from htools.summary import ShardResult
 
 BUG_HINT = "an htools bug; its traceback is in the --summary JSON"
 

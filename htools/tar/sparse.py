@@ -1,4 +1,4 @@
-"""GNU sparse members for the tar reader (:mod:`htools.tarread`): old GNU ``S``
+"""GNU sparse members for the tar reader (:mod:`htools.tar.read`): old GNU ``S``
 headers (with their extension blocks) and pax sparse 0.0, 0.1 and 1.0 come out as the
 real file, the holes as zeros, as Python's tarfile and GNU tar read them.  A mixin of the
 reader's scanner: only the slow path ever reaches it."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from htools.errors import TarFormatError
-from htools.tarformat import (
+from htools.tar.header import (
     BLOCK,
     MAX_SPARSE_REGIONS,
     SPARSE_EXT_ENTRIES,

@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .errors import HtoolsError, hide_credentials
-from .summary import ShardResult
+from htools.errors import HtoolsError, hide_credentials
+from htools.summary import ShardResult
 
 
 def distinct_keys(samples: Iterator[dict], where: str, remedy: str) -> Iterator[dict]:

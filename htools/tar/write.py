@@ -1,4 +1,4 @@
-"""Streaming tar writer of WebDataset samples (see :mod:`htools.tario`).
+"""Streaming tar writer of WebDataset samples (see :mod:`htools.tar`).
 
 Every header comes from one encoder, :class:`_Header`: a template with fixed
 mode/uid/gid/mtime/owner, so the same samples give the same bytes.  Names that
@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
-from htools.compress import open_stream_writer
 from htools.errors import TarFormatError, hide_credentials
-from htools.tarformat import (
+from htools.tar.compress import open_stream_writer
+from htools.tar.header import (
     BLOCK,
     MAX_OCTAL_SIZE,
     RECORD,

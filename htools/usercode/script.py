@@ -13,7 +13,7 @@ A script file also carries the Python modules beside it (its folder's ``.py`` fi
 and packages, not data files) and those of ``py_files`` (``--py-files``), as source
 text inside the :class:`Script`, so they reach any cluster (embedded, a ``dask
 scheduler`` elsewhere, Kubernetes) with no upload step and no write into a worker's
-site-packages.  While a job runs, a worker plugin (:mod:`htools.shipping`) carries them
+site-packages.  While a job runs, a worker plugin (:mod:`htools.usercode.shipping`) carries them
 to every worker once, workers that join later included, and the tasks' Scripts travel
 without them.  On a worker they are served by a private
 import finder, installed in front of ``sys.meta_path`` before the script runs, as if
@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import ScriptError, ScriptLoadError
+from htools.errors import ScriptError, ScriptLoadError
 
 _loaded: dict[str, types.ModuleType] = {}
 _lock = threading.Lock()
@@ -79,14 +79,14 @@ class Script:
     digest: str = field(default="", compare=False)
     function: Callable | None = field(default=None, compare=False)
     modules: tuple[tuple[str, str], ...] = ()
-    shell: str | None = None  # a shell command run once per sample (htools.shell)
+    shell: str | None = None  # a shell command run once per sample (htools.usercode.shell)
     shipped: bool = field(default=False, compare=False)  # modules left behind: a worker
-    # plugin brought them (htools.shipping), looked up by digest when the script loads
+    # plugin brought them (htools.usercode.shipping), looked up by digest when the script loads
 
     def __reduce__(self):
         """Pickled for a task: without its modules while a worker plugin carries them
         to every worker (once, not in every task's arguments)."""
-        from . import shipping
+        from htools.usercode import shipping
 
         if self.modules and self.digest in shipping.carried:
             return (Script, (self.source, self.filename, self.digest, None, (), None, True))
@@ -97,7 +97,7 @@ class Script:
     def from_shell(cls, command: str) -> Script:
         """A shell command as the script (``htmapper --shell``): its ``process_sample``
         runs ``command`` through ``sh -c`` in a folder of ``sample.FIELD`` files."""
-        from .shell import check_syntax
+        from htools.usercode.shell import check_syntax
 
         check_syntax(command)
         return cls("", f"<shell {command!r}>", _digest("shell\0" + command), shell=command)
@@ -168,13 +168,13 @@ class Script:
         if self.function is not None:
             return types.SimpleNamespace(process_sample=self.function)
         if self.shell is not None:  # a new runner (one temp dir) per call: per task
-            from .shell import namespace
+            from htools.usercode.shell import namespace
 
             return namespace(self.shell)
         key = self.digest or _digest(self.source, self.modules)
         modules = self.modules
         if self.shipped:
-            from .shipping import received
+            from htools.usercode.shipping import received
 
             modules = received(self.digest, self.filename)
         mod = _loaded.get(key)
@@ -338,7 +338,7 @@ def _execute(source: str, filename: str, key: str) -> types.ModuleType:
         init = getattr(mod, "init", None)
         if callable(init):
             init()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- the user's module or init(): a load error
         sys.modules.pop(mod.__name__, None)
         if isinstance(e, ModuleNotFoundError) and e.name:
             raise ScriptLoadError(_missing_module(e, filename)) from None

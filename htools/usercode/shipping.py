@@ -1,6 +1,6 @@
 """A script's modules to every worker once per job, not in every task's arguments.
 
-A :class:`~htools.script.Script` carries the modules beside it (up to 10 MB).  Pickled
+A :class:`~htools.usercode.script.Script` carries the modules beside it (up to 10 MB).  Pickled
 into each task, they would cross the scheduler once per task: 100,000 tasks of a
 script with 1 MB of modules move 100 GB.  :func:`once_per_worker` registers a Dask
 worker plugin holding them for the job (the scheduler keeps one copy and hands it to
@@ -17,7 +17,7 @@ from dataclasses import fields, is_dataclass
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .errors import ScriptLoadError
+from htools.errors import ScriptLoadError
 
 carried: set[str] = set()  # on the client: digests whose modules a plugin carries now
 _received: dict[str, tuple[tuple[str, str], ...]] = {}  # on a worker: digest -> modules
@@ -57,7 +57,7 @@ _PLAIN = frozenset({str, bytes, int, float, bool, type(None), list, tuple, dict}
 def scripts_in(kwargs: Iterable) -> list:
     """The Scripts with modules among task arguments, or one level inside them (a
     frozen spec such as the exchange's StageOne)."""
-    from .script import Script
+    from htools.usercode.script import Script
 
     found: dict[str, Script] = {}
     seen: set[int] = set()  # a job's tasks share their spec and Script objects

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .address import positive_int
-from .errors import HtoolsError
+from htools.clusters.address import positive_int
+from htools.errors import HtoolsError
 
 SCHEME = "k8s://"
 IMAGE_ENV = "HTOOLS_K8S_IMAGE"

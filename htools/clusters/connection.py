@@ -5,8 +5,8 @@
   that lives as long as the job;
 * ``cluster="host:8786"`` / ``"tcp://host:8786"`` (or ``$HTOOLS_SCHEDULER``) connects
   to a running ``dask scheduler``;
-* ``cluster="k8s://NAME?..."`` (:mod:`htools.kube`) and ``"slurm://PARTITION?..."``
-  (:mod:`htools.slurm`) create or reach clusters on Kubernetes and SLURM;
+* ``cluster="k8s://NAME?..."`` (:mod:`htools.clusters.kube`) and ``"slurm://PARTITION?..."``
+  (:mod:`htools.clusters.slurm`) create or reach clusters on Kubernetes and SLURM;
 * ``client=`` (Python API) uses a ``Client`` the caller already has.
 """
 
@@ -19,40 +19,12 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import HtoolsError
+from htools.errors import HtoolsError
 
 if TYPE_CHECKING:
-    from .engine import RunOptions
+    from htools.options import RunOptions
 
 SCHEDULER_ENV = "HTOOLS_SCHEDULER"
-
-
-def parse_resources(spec) -> dict[str, float]:
-    """Dask worker resources from ``{"GPU": 1}``, ``"GPU=1"``, ``"GPU=1,MEM=2e9"`` or a
-    list of such strings (``--resources``, repeatable): name -> amount > 0."""
-    items: list = []
-    if isinstance(spec, dict):
-        items = list(spec.items())
-    else:
-        for part in [spec] if isinstance(spec, str) else list(spec):
-            for one in str(part).replace(",", " ").split():
-                name, eq, amount = one.partition("=")
-                if not eq or not name.strip():
-                    raise HtoolsError(f"bad resource {one!r}: expected NAME=AMOUNT, such as "
-                                      "GPU=1")
-                items.append((name.strip(), amount.strip()))
-    out: dict[str, float] = {}
-    for name, amount in items:
-        try:
-            value = float(amount)
-        except (TypeError, ValueError):
-            raise HtoolsError(f"bad resource {name}={amount}: the amount must be a number, "
-                              "such as GPU=1") from None
-        if not name or not isinstance(name, str) or not value > 0 or value == float("inf"):
-            raise HtoolsError(f"bad resource {name}={amount}: expected a name and an amount "
-                              "> 0, such as GPU=1")
-        out[name] = int(value) if value.is_integer() else value
-    return out
 
 
 # ---------------------------------------------------------------- clusters --
@@ -75,14 +47,14 @@ def connect(opts: RunOptions) -> Iterator[Any]:
 
     address = cluster_address(opts.cluster)
     if address and address.startswith("k8s://"):
-        from . import kube
+        from htools.clusters import kube
 
         with kube.cluster(address, quiet=opts.quiet) as cluster, Client(cluster) as client:
             _announce(client, opts)
             yield client
         return
     if address and address.startswith("slurm://"):
-        from . import slurm
+        from htools.clusters import slurm
 
         with slurm.cluster(address, quiet=opts.quiet, retries=opts.retries) as cluster, \
                 Client(cluster) as client:
@@ -103,7 +75,7 @@ def connect(opts: RunOptions) -> Iterator[Any]:
     with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
                           "distributed.worker.daemon": False}):
         kw = dict(threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                  host="127.0.0.1", silence_logs=40, preload=["htools.workerinit"])
+                  host="127.0.0.1", silence_logs=40, preload=["htools.clusters.workerinit"])
         if gpus:
             cluster = _gpu_cluster(LocalCluster, n, gpus, kw)
         else:

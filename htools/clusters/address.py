@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .errors import HtoolsError
+from htools.errors import HtoolsError
 
 
 def positive_int(params: Mapping[str, str], key: str, address: str,

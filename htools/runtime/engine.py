@@ -1,9 +1,9 @@
 """Running one Dask task per shard: the options every tool shares, submission,
-retries, the job summary.  Which cluster a job runs on is :mod:`htools.clusters`
+retries, the job summary.  Which cluster a job runs on is :mod:`htools.clusters.connection`
 (``connect`` and friends are re-exported here).
 
 Task functions are top-level, take plain arguments, run inside the task frame
-(:func:`htools.task.shard_task`) and return a :class:`~htools.summary.ShardResult`
+(:func:`htools.runtime.task.shard_task`) and return a :class:`~htools.summary.ShardResult`
 dict; they never touch the client.  :func:`run` keeps a bounded window of tasks in
 flight, so client and scheduler memory stay flat however many shards a job has.
 Nothing here prints a report: library functions return the :class:`JobSummary`
@@ -16,64 +16,22 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import preflight, storage
-from .clusters import (SCHEDULER_ENV, check_resources, cluster_address, connect,  # noqa: F401
-                       count_gpus, parse_resources)
-from .errors import HtoolsError, hide_credentials
-from .progress import progress_display
-from .storage.base import retry_policy
-from .summary import JobSummary, ShardResult
+from htools import storage
+from htools.clusters.connection import (
+    check_resources,
+    connect,
+)
+from htools.errors import HtoolsError, hide_credentials
+from htools.options import RunOptions
+from htools.runtime import preflight
+from htools.runtime.progress import progress_display
+from htools.storage.base import retry_policy
+from htools.summary import JobSummary, ShardResult
 
 STOP_WAIT = 60.0  # seconds Ctrl-C waits for this job's running tasks to end
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Options every command shares (the CLI's common flags)."""
-
-    cluster: str | None = None
-    workers: int | None = None
-    retries: int = 2
-    quiet: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    dry_run: bool = False
-    max_errors: int = 0
-    summary: str | None = None
-    storage_options: dict | None = None
-    index: bool = True  # write STEM.index.json beside the outputs (htools.shardindex)
-    # Dask worker resources every task asks for ({"GPU": 1}): tasks run only on workers
-    # that declare them (dask worker --resources GPU=1), as many at once as they hold
-    resources: dict | None = None
-    client: Any = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.resume and self.overwrite:
-            raise HtoolsError("--resume and --overwrite exclude each other")
-        if self.max_errors < 0 or self.retries < 0:
-            raise HtoolsError("max_errors and retries must be >= 0")
-        if self.resources is not None:
-            object.__setattr__(self, "resources", parse_resources(self.resources) or None)
-
-    @classmethod
-    def of(cls, options: dict) -> RunOptions:
-        """From a library function's keyword arguments (a clear error for unknown ones)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise HtoolsError(f"unknown option(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(sorted(names))}")
-        return cls(**options)
-
-    def as_kwargs(self) -> dict:
-        """The options as keyword arguments of a library function."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def with_(self, **kw) -> RunOptions:
-        return replace(self, **kw)
 
 
 @dataclass
@@ -182,7 +140,7 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
             todo.append((i, t))
     if todo:
         try:
-            from . import shipping  # imports distributed
+            from htools.usercode import shipping  # imports distributed
 
             scripts = shipping.scripts_in(v for _i, t in todo for v in t.kwargs.values())
             with connect(opts) as client, shipping.once_per_worker(client, scripts):
@@ -490,7 +448,7 @@ def _results_of(fut, task: Task, value: Any = None) -> list[dict]:
     try:
         result = value if fut.status == "finished" and value is not None else fut.result()
         return result if isinstance(result, list) else [result]
-    except Exception as e:  # KilledWorker, a lost scheduler connection
+    except Exception as e:  # noqa: BLE001 -- KilledWorker, a lost scheduler connection
         return _failed_all(task, f"{type(e).__name__}: {e}")
 
 
@@ -500,7 +458,7 @@ def finish(summary: JobSummary, opts: RunOptions, outset=None,
     output set ``outset``) and succeeded, the shard index beside them (unless
     ``index=False``); ``--summary`` JSON if asked; the summary returned."""
     if outset is not None and outputs and opts.index and summary.ok and not opts.dry_run:
-        from .shardindex import write_for_job
+        from htools.shardindex import write_for_job
 
         write_for_job(outset, outputs, summary, opts.storage_options)
     if opts.summary:

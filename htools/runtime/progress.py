@@ -49,7 +49,7 @@ def _in_notebook() -> bool:
         return False
     try:
         ip = shell.get_ipython()
-    except Exception:
+    except Exception:  # noqa: BLE001 -- no IPython shell: not a notebook
         return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 

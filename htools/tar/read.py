@@ -1,4 +1,4 @@
-"""Streaming tar reader: members and WebDataset samples (see :mod:`htools.tario`).
+"""Streaming tar reader: members and WebDataset samples (see :mod:`htools.tar`).
 
 Headers are parsed by hand out of a big reusable buffer (filled with
 ``readinto``), so a member costs a few slices and no system call.  A plain
@@ -13,17 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from htools.compress import DECODE_ERRORS
 from htools.errors import HtoolsError, TarFormatError, hide_credentials
-from htools.tarformat import (
-    BLOCK,
-    USTAR_MAGIC,
-    byte_sum,
-    pax_items,
-)
-from htools.tarformat import nts as _nts
-from htools.tarformat import number as _number
-from htools.tarsparse import SparseReading
+from htools.tar.compress import DECODE_ERRORS
+from htools.tar.header import BLOCK, USTAR_MAGIC, byte_sum, pax_items
+from htools.tar.header import nts as _nts
+from htools.tar.header import number as _number
+from htools.tar.sparse import SparseReading
 
 CHUNK = 1 << 20  # reader buffer size
 

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import storage
-from .errors import HtoolsError, StorageError, hide_credentials
-from .storage.local import local_path, nearest_existing
+from htools import storage
+from htools.errors import HtoolsError, StorageError, hide_credentials
+from htools.storage.local import local_path, nearest_existing
 
 PROBE_RETRIES = {"retries": 1, "backoff": 0.2, "backoff_cap": 0.5}
 PROBE_WRITES = 3  # a write probe that fails transiently is tried again, then let be

@@ -1,6 +1,6 @@
 """Streaming tar reader and writer of WebDataset samples: the hot path of htools.
 
-Reading (:mod:`htools.tarread`)
+Reading (:mod:`htools.tar.read`)
     :func:`iter_members` parses 512-byte headers by hand out of a big reusable
     buffer.  It reads what GNU tar (gnu, pax, ustar, v7), Python's tarfile and
     webdataset write: GNU ``././@LongLink`` names, pax ``x``/``g`` headers
@@ -14,7 +14,7 @@ Reading (:mod:`htools.tarread`)
     :func:`read_samples` groups consecutive members with one key into samples
     (``{"__key__": key, "__url__": url, field: bytes, ...}``).
 
-Writing (:mod:`htools.tarwrite`)
+Writing (:mod:`htools.tar.write`)
     :class:`TarWriter` writes ustar headers with fixed mode/uid/gid/mtime, so
     the same samples give the same bytes (also gzip- or zstd-compressed).
     Names longer than 100 bytes use the ustar prefix split, else a pax ``path``
@@ -28,9 +28,9 @@ member name differently) and fields that contain ``/``.
 
 from __future__ import annotations
 
-from htools.compress import open_stream_reader, open_stream_writer
-from htools.tarread import iter_members, read_samples, split_key
-from htools.tarwrite import SampleFormatError, TarWriter, write_samples
+from htools.tar.compress import open_stream_reader, open_stream_writer
+from htools.tar.read import iter_members, read_samples, split_key
+from htools.tar.write import SampleFormatError, TarWriter, write_samples
 
 __all__ = [
     "SampleFormatError",

@@ -32,7 +32,7 @@ import tempfile
 import types
 import weakref
 
-from .errors import ScriptError, ScriptLoadError
+from htools.errors import ScriptError, ScriptLoadError
 
 PREFIX = "sample."
 STDERR_TAIL = 600  # characters of the command's stderr shown in a sample error

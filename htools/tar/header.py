@@ -1,4 +1,4 @@
-"""The tar layout shared by :mod:`htools.tarread` and :mod:`htools.tarwrite`: block
+"""The tar layout shared by :mod:`htools.tar.read` and :mod:`htools.tar.write`: block
 sizes, the ustar magic, pax extended records and a fast byte sum for checksums."""
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Where tasks run: the embedded cluster, a scheduler address, k8s://, slurm://, GPUs."""

@@ -1,0 +1,2 @@
+"""The runtime: the run loop, the task frame, progress, pre-flight checks, memory probes
+and the sample streams every task shares."""
