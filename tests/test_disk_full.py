@@ -150,3 +150,22 @@ def test_exchange_outputs_on_a_full_disk(tmp_path, small_disk):
     assert "no space left on device" in p.stderr and str(disk / "o-") in p.stderr
     assert leftovers(disk) == []
     assert os.listdir(scratch) == []
+
+
+@needs_root
+def test_spool_on_a_full_temp_disk_is_a_clear_error_and_leaves_no_output(
+        small_disk, nginx_server, monkeypatch):
+    """An HTTP upload keeps a replayable copy of its body; when the spool folder is full,
+    the write fails for good naming that folder, and no object appears."""
+    disk = small_disk("spool", "256k")
+    monkeypatch.setenv("HTOOLS_SPOOL_DIR", str(disk))
+    monkeypatch.setenv("HTOOLS_SPOOL_MEMORY", "0")
+    url = f"{nginx_server.url}/spool-full/big.bin"
+    with pytest.raises(StorageError) as info:
+        with storage.open_write(url) as w:
+            for _ in range(8):
+                w.write(b"x" * (100 << 10))
+    text = str(info.value)
+    assert "replayable copy" in text and str(disk) in text and not info.value.transient
+    assert not storage.exists(url)
+    assert list(disk.iterdir()) == []

@@ -435,10 +435,57 @@ def test_http_put_to_a_plain_server_and_5xx_at_commit(faulty_server):
     data = payload(3 << 20, seed=7)
     put(url, data)
     assert s.blob == data
-    s.faults = ["500"]
+    s.faults = ["500"]  # at the commit: the body goes again, as a new PUT
+    put(url, b"y" * 10)
+    assert s.blob == b"y" * 10 and s.requests.count("PUT") == 3
+
+
+def test_http_put_replays_the_body_until_the_policy_gives_up(faulty_server, monkeypatch):
+    """Every answer a 503: the upload is sent 1 + HTOOLS_RETRIES times as whole new
+    requests, then fails naming the count; the object stays as it was."""
+    s = faulty_server
+    url = f"http://127.0.0.1:{s.server_address[1]}/up"
+    before = s.blob
+    monkeypatch.setenv("HTOOLS_RETRIES", "3")
+    monkeypatch.setenv("HTOOLS_RETRY_BACKOFF", "0.01")
+    s.faults = ["503"] * 10
     with pytest.raises(StorageError) as info:
-        put(url, b"y" * 10)
-    assert info.value.status == 500 and s.requests.count("PUT") == 2
+        put(url, payload(100_000, seed=3))
+    assert info.value.status == 503 and "gave up after 4 uploads" in str(info.value)
+    assert s.requests.count("PUT") == 4 and s.blob == before
+
+
+@pytest.mark.parametrize("spool_memory", ["0", str(64 << 20)])
+def test_http_put_replay_sends_the_same_bytes_from_memory_or_a_spool_file(
+        faulty_server, monkeypatch, tmp_path, spool_memory):
+    """A body larger than the in-memory bound is replayed from an unlinked file under
+    HTOOLS_SPOOL_DIR (nothing is left there); a smaller one from memory."""
+    s = faulty_server
+    url = f"http://127.0.0.1:{s.server_address[1]}/up"
+    monkeypatch.setenv("HTOOLS_SPOOL_MEMORY", spool_memory)
+    monkeypatch.setenv("HTOOLS_SPOOL_DIR", str(tmp_path))
+    monkeypatch.setenv("HTOOLS_RETRY_BACKOFF", "0.01")
+    data = payload(5 << 20, seed=11)
+    s.faults = ["503", "502"]
+    with storage.open_write(url) as w:
+        for i in range(0, len(data), 300_000):
+            w.write(data[i:i + 300_000])
+    assert s.blob == data and s.requests.count("PUT") == 3 and w.replays == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_s3_commit_fault_is_replayed_as_a_new_upload(faulty_s3, s3_server, monkeypatch):
+    """A 503 at the S3 upload (botocore's own retries off): the body goes again as a new
+    upload, and the object is whole."""
+    proxy, options = faulty_s3
+    monkeypatch.setenv("HTOOLS_RETRY_BACKOFF", "0.01")
+    url = f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:12]}/replayed"
+    data = payload(300_000, seed=12)
+    proxy.faults = ["503"]
+    with storage.open_write(url, options) as w:
+        w.write(data)
+    assert w.replays == 1 and not proxy.faults
+    assert _read_all(url, s3_server.options) == data
 
 
 # --------------------------------------------------------------------------- registry

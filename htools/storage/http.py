@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-from htools.errors import NotFound, StorageError, hide_credentials
+from htools.errors import TRANSIENT_STATUS, NotFound, StorageError, hide_credentials
 from htools.storage.base import (
     CHUNK,
     Backend,
@@ -212,22 +212,28 @@ class HTTPWriter(Writer):
     the body is complete, so the object never shows partially and a dropped upload
     leaves nothing.  ``put_mode="move"`` PUTs to ``<name>.tmp-<uuid>`` and WebDAV-MOVEs
     it onto the final name on commit, for servers that write PUT bodies in place.
-    Only the connection setup (before the first body byte) is retried: the body is
-    streamed and not kept, so a fault mid-body fails the write (the caller reruns it).
+    The body is streamed and kept in a spool (:class:`~htools.storage.base.Writer`): a
+    reset, a timeout or a 5xx mid-body or at the commit sends it again as a new PUT.
     """
 
+    replayable = True
+
     def __init__(self, url: str, opts: Mapping[str, Any] | None = None):
-        super().__init__(url)
+        super().__init__(url, retry_policy(opts))
         self._opts = opts or {}
         self._mode = str(self._opts.get("put_mode", "direct"))
         if self._mode not in ("direct", "move"):
             raise StorageError(self.name, f"unknown http put_mode {self._mode!r}")
+        self._restart()
+
+    def _restart(self) -> None:
+        """A new PUT (to a new temporary name in move mode)."""
         if self._mode == "move":
-            parts = urlsplit(url)
+            parts = urlsplit(self.url)
             self._tmp_url = urlunsplit(parts._replace(path=f"{parts.path}.tmp-{uuid.uuid4().hex}"))
         else:
-            self._tmp_url = url
-        self._t: Target = target(self._tmp_url, opts)
+            self._tmp_url = self.url
+        self._t: Target = target(self._tmp_url, self._opts)
         self._buf = bytearray()
         self._conn = self._start()
 
@@ -304,12 +310,12 @@ class HTTPWriter(Writer):
             status, why = resp.status, f"{why}; server answered {resp.status} {resp.reason}"
         except Exception:  # noqa: BLE001 - no answer to report
             pass
-        self.closed = True
-        self._abort_quietly()
         if status == 404:
             raise NotFound(self.name, why, status)
-        # no answer (a dropped connection) or a 5xx/429 may go through next time
-        raise StorageError(self.name, why, status, transient=True if status is None else None)
+        if status is None or status in TRANSIENT_STATUS:
+            # no answer (a dropped connection) or a 5xx/429: the spool sends it again
+            raise Transient(why, status)
+        raise StorageError(self.name, why, status)
 
     def _commit(self) -> None:
         if self._buf:
@@ -320,11 +326,10 @@ class HTTPWriter(Writer):
             resp = self._conn.getresponse()
             resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise StorageError(self.name, f"upload failed at commit: {describe(exc)}",
-                               transient=True) from None
+            raise Transient(f"upload failed at commit: {describe(exc)}") from None
         finally:
             self._conn.close()
-        if resp.status >= 300:  # a Transient here becomes a StorageError: the body is gone
+        if resp.status >= 300:  # a Transient (5xx, 429) is sent again from the spool
             raise status_error(target(self.url, self._opts), "PUT", resp.status, resp.reason)
         if self._mode == "move":
             move(self._tmp_url, self.url, self._opts)

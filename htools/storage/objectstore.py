@@ -36,6 +36,7 @@ from htools.storage.base import (
     TRANSIENT_STATUS,
     Backend,
     RangeReader,
+    RetryPolicy,
     Transient,
     Writer,
     buffered,
@@ -219,12 +220,19 @@ class _ObjectWriter(Writer):
     ``autocommit=False``: parts go out as they fill, ``commit()`` completes the
     upload (the object appears), ``abort()`` aborts it (nothing appears)."""
 
-    def __init__(self, url: str, fs: Any, path: str):
-        super().__init__(url)
+    replayable = True  # a failed part or completion: the body goes again from the spool
+
+    def __init__(self, url: str, fs: Any, path: str, policy: RetryPolicy | None = None):
+        super().__init__(url, policy)
         self._fs, self._path = fs, path
         self._f: Any = None
-        with _errors(url):
-            self._f = fs.open(path, "wb", block_size=PART_SIZE, autocommit=False)
+        self._restart()
+
+    def _restart(self) -> None:
+        """A new multipart upload (S3) / resumable session (GCS)."""
+        self._f = None
+        with _errors(self.url):
+            self._f = self._fs.open(self._path, "wb", block_size=PART_SIZE, autocommit=False)
 
     def _write(self, data: memoryview) -> None:
         with _errors(self.url):
@@ -294,7 +302,7 @@ class ObjectStoreBackend(Backend):
         return buffered(_ObjectReader(url, self.filesystem(opts), start, end, opts))
 
     def open_write(self, url: str, opts: Mapping[str, Any]) -> Writer:
-        return _ObjectWriter(url, self.filesystem(opts), bucket_path(url))
+        return _ObjectWriter(url, self.filesystem(opts), bucket_path(url), retry_policy(opts))
 
     def exists(self, url: str, opts: Mapping[str, Any]) -> bool:
         fs = self.filesystem(opts)
