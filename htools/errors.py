@@ -63,6 +63,11 @@ class NotFound(StorageError, FileNotFoundError):
     """The object or file does not exist."""
 
 
+class SizeUnknown(StorageError):
+    """The object exists, but the server does not tell its length (no Content-Length on
+    HEAD, no Content-Range on a ranged GET): read it as a stream."""
+
+
 class ShardError(HtoolsError):
     """Bad data in a shard: names the URL, and where known the member/key and offset."""
 

@@ -3,7 +3,8 @@ seconds, with one line naming the first URL that cannot be reached, before a clu
 starts or an input is read.
 
 * every distinct host of the job's http(s) URLs, and the ``endpoint_url`` of the S3/GCS
-  storage options, must resolve (a host that does not resolve is never retried);
+  storage options, must resolve (a host that does not resolve is never retried) and
+  accept a TCP connection (a refused one fails at once, naming host and port);
 * local inputs must all exist; of remote inputs the first is asked for its size;
 * the outputs' location must be writable: a local parent that is a file, or a folder
   that cannot be made, is refused; on object stores and HTTP a tiny probe object is
@@ -26,11 +27,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from htools import storage
-from htools.errors import HtoolsError, StorageError, hide_credentials
+from htools.errors import HtoolsError, SizeUnknown, StorageError, hide_credentials
 from htools.storage.local import local_path, nearest_existing
 
 PROBE_RETRIES = {"retries": 1, "backoff": 0.2, "backoff_cap": 0.5}
 PROBE_WRITES = 3  # a write probe that fails transiently is tried again, then let be
+CONNECT_WAIT = 2.0  # seconds a pre-flight TCP connect to a job's server may take
 
 
 class Unreachable(HtoolsError):
@@ -73,6 +75,21 @@ def _resolve_hosts(urls: list[str], options: dict) -> None:
                 continue  # a temporary lookup failure: let the job's own retries see it
             raise Unreachable(f"{hide_credentials(url)}: the host name {host!r} does not "
                               f"resolve ({e.strerror or e}); check the URL") from None
+        _check_listening(host, port, url)
+
+
+def _check_listening(host: str, port: int, url: str) -> None:
+    """A refused connection is an answer, not a passing fault: nothing listens there, and
+    retrying each request with backoff would only make the job fail slowly.  A timeout
+    or another error gives no verdict (the job's own retries deal with it)."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_WAIT):
+            return
+    except ConnectionRefusedError:
+        raise Unreachable(f"{hide_credentials(url)}: nothing listens at {host}:{port} "
+                          "(connection refused); is the server running?") from None
+    except OSError:
+        return
 
 
 def _check_inputs(inputs: list[str], options: dict) -> None:
@@ -86,6 +103,8 @@ def _check_inputs(inputs: list[str], options: dict) -> None:
     if remote:
         try:
             storage.size(remote[0], options)
+        except SizeUnknown:
+            pass  # it answered: the length is learnt by reading
         except StorageError as e:
             raise Unreachable(f"cannot read input {e}") from None
 

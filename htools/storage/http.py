@@ -26,7 +26,13 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-from htools.errors import TRANSIENT_STATUS, NotFound, StorageError, hide_credentials
+from htools.errors import (
+    TRANSIENT_STATUS,
+    NotFound,
+    SizeUnknown,
+    StorageError,
+    hide_credentials,
+)
 from htools.storage.base import (
     CHUNK,
     Backend,
@@ -74,8 +80,14 @@ class HTTPBackend(Backend):
         if status == 404:
             raise NotFound(hide_credentials(url), "no such object (HEAD answered 404)", 404)
         length = headers.get("Content-Length")
-        if length is None:
-            raise StorageError(hide_credentials(url), "server sent no Content-Length")
+        if length is None:  # some servers and proxies omit it on HEAD: ask a 1-byte range
+            status, answer, _ = request(target(url, opts), "GET", {"Range": "bytes=0-0"},
+                                        ok=lambda s: s < 300 or s == 416)
+            total = re.match(r"bytes (?:\d+-\d+|\*)/(\d+)", answer.get("Content-Range", ""))
+            if total is None:
+                raise SizeUnknown(hide_credentials(url), "the server tells no length (no "
+                                  "Content-Length, no Content-Range); it is read as a stream")
+            return int(total.group(1))
         return int(length)
 
     def read_range(self, url: str, start: int, end: int, opts: Mapping[str, Any]) -> bytes:
