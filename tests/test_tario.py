@@ -852,6 +852,28 @@ def test_error_corrupt_compressed_stream(url):
         list(tar.read_samples(tar.open_stream_reader(io.BytesIO(junk), url), url))
 
 
+@pytest.mark.parametrize("url", ["mid.tgz", "mid.tar.zst"])
+def test_corrupt_compressed_stream_in_the_middle_names_the_compressed_bytes(url):
+    """A decode error half-way through a 4 MB stream read through a buffered source (as
+    storage hands it out) names the span of compressed bytes it lies in, not offset 0."""
+    rng = random.Random(5)
+    samples = [{"__key__": f"k{i:03d}", "bin": rng.randbytes(2000) * 50} for i in range(40)]
+    blob = bytearray(written(samples, url=url))
+    middle = len(blob) // 2
+    blob[middle:middle + 4096] = rng.randbytes(4096)
+    with pytest.raises(TarFormatError) as info:
+        source = io.BufferedReader(io.BytesIO(bytes(blob)), 1 << 16)
+        list(tar.read_samples(tar.open_stream_reader(source, url), url))
+    text = str(info.value)
+    found = re.search(r"compressed bytes ([\d,]+)-([\d,]+)|at or before compressed byte ([\d,]+)",
+                      text)
+    assert found, text
+    numbers = [int(g.replace(",", "")) for g in found.groups() if g]
+    assert all(middle <= n <= len(blob) for n in numbers[-1:]), (text, middle, len(blob))
+    if found.group(1):
+        assert int(found.group(1).replace(",", "")) <= middle + 4096, (text, middle)
+
+
 def test_error_unsupported_multivolume_member():
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:

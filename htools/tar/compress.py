@@ -18,7 +18,7 @@ from __future__ import annotations
 import gzip as _stdgzip
 import io
 import zlib
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -41,6 +41,7 @@ __all__ = [
     "DECODE_ERRORS",
     "GZIP_BACKEND",
     "NoClose",
+    "compressed_span",
     "compression_for",
     "open_stream_reader",
     "open_stream_writer",
@@ -163,11 +164,57 @@ def open_stream_reader(raw: BinaryIO, url: str = "") -> BinaryIO:
     kind = sniff(head)
     if kind is None and head:
         kind = compression_for(url)
+    if kind not in ("gzip", "zstd"):
+        return raw
+    counted = _Counted(raw)
     if kind == "gzip":
-        return _gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if kind == "zstd":
-        return io.BufferedReader(_ZstdReader(raw), _ZSTD_BUFFER)  # type: ignore[return-value]
-    return raw
+        out: Any = _gzip.GzipFile(fileobj=counted, mode="rb")
+    else:
+        out = _Buffered(_ZstdReader(counted), _ZSTD_BUFFER)
+    out.htools_compressed = counted  # where a decode error is: compressed_offset()
+    return out  # type: ignore[no-any-return]
+
+
+def compressed_span(stream: Any) -> tuple[int, int] | None:
+    """The compressed bytes ``[start, end)`` of the decoder's last read from its source,
+    for a reader from :func:`open_stream_reader` (None for a plain stream): a decode
+    error lies in that span."""
+    counted = getattr(stream, "htools_compressed", None)
+    return None if counted is None else (counted.count - counted.last, counted.count)
+
+
+class _Buffered(io.BufferedReader):
+    """A BufferedReader that can carry the ``htools_compressed`` counter."""
+
+
+class _Counted(io.RawIOBase):
+    """``raw`` read through, counting the bytes taken (no copy: ``read`` hands on the
+    source's own bytes)."""
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__()
+        self._raw = raw
+        self.count = 0  # bytes taken so far
+        self.last = 0  # bytes of the last read
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        data = self._raw.read(n)
+        self.last = len(data)
+        self.count += self.last
+        return data
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self._raw.read(len(b))
+        n = self.last = len(data)
+        b[:n] = data
+        self.count += n
+        return n
+
+    def close(self) -> None:  # never closes the raw stream
+        super().close()
 
 
 _ZSTD_CHUNK = 256 << 10  # compressed bytes per decompress call (output stays cache-sized)

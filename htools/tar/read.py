@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from htools.errors import HtoolsError, TarFormatError, hide_credentials
-from htools.tar.compress import DECODE_ERRORS
+from htools.tar.compress import DECODE_ERRORS, compressed_span
 from htools.tar.header import BLOCK, USTAR_MAGIC, byte_sum, pax_items
 from htools.tar.header import nts as _nts
 from htools.tar.header import number as _number
@@ -114,8 +114,10 @@ class _Scanner(SparseReading):
         return n
 
     def _read_error(self, exc: BaseException, offset: int) -> TarFormatError:
-        return TarFormatError(self.url, f"cannot decode stream: {type(exc).__name__}: {exc}",
-                              offset=offset)
+        span = compressed_span(self.stream)
+        at = f" in compressed bytes {span[0]:,}-{span[1]:,}" if span is not None else ""
+        return TarFormatError(self.url, f"cannot decode stream: {type(exc).__name__}: "
+                              f"{exc}{at}", offset=offset)
 
     # ---- the hot loop
 
@@ -278,6 +280,10 @@ class _Scanner(SparseReading):
         if raw and raw.isascii() and raw.decode().isprintable():
             name = _header_name(h)
         hint = " (not a tar stream?)" if hoff == 0 else ""
+        span = compressed_span(self.stream)
+        if span is not None and hoff:  # a corrupt compressed stream may decode to garbage
+            hint = (f" (the compressed data may be corrupt at or before compressed byte "
+                    f"{span[1]:,}: gzip -t or zstd -t checks it)")
         raise TarFormatError(
             self.url, f"bad tar header checksum: stored {stored}, computed {sums[0]}{hint}",
             member=name, offset=hoff)
