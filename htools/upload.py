@@ -62,9 +62,10 @@ class Segment:
     offset: int | None = None  # byte offset of sample ``start`` in an uncompressed tar
 
 
-def tar_size(sizes) -> int:
-    """Bytes a sample's members take in a tar: a header and padded data each."""
-    return sum(512 + (n + 511) // 512 * 512 for n in sizes)
+def sample_size(key: str, fields) -> int:
+    """Bytes a sample's members take in the output tar, as the writer writes them: a
+    header each (two for a name that needs a pax record) and padded data."""
+    return sum(tar.member_size(key, field, n) for field, n in fields)
 
 
 # ------------------------------------------------------------ local files --
@@ -123,7 +124,7 @@ def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:
     for key in sorted(groups):
         files = tuple(sorted(groups[key].items()))
         try:
-            size = tar_size(os.path.getsize(p) for _, p in files)
+            size = sample_size(key, [(f, os.path.getsize(p)) for f, p in files])
         except OSError as e:
             raise HtoolsError(f"{e.filename}: {e.strerror}") from None
         samples.append(FileSample(key, files, size))
@@ -190,7 +191,7 @@ def count_shard(input: str, *, options: dict | None = None) -> dict:
                     offsets.append(end)  # right after the previous sample's last member
                     key, size = k, 0
                 if not field.startswith("_"):
-                    size += 512 + -(-len(data) // 512) * 512
+                    size += tar.member_size(k, field, len(data))
                 end = hoff + 512 + -(-len(data) // 512) * 512
             if key is not None:
                 sizes.append(size)
@@ -224,11 +225,6 @@ def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]
 
 # -------------------------------------------------------------- planning --
 
-def _record_padded(n: int) -> int:
-    """A tar's size on disk: writers pad the archive to whole 10240-byte records."""
-    return -(-n // 10240) * 10240
-
-
 def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
                  maxsize: int | None) -> list[tuple[int, int]]:
     """Split items (with tar sizes) into ``[start, stop)`` ranges, one per output."""
@@ -237,12 +233,15 @@ def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
         return split(total, n, allow_empty=True)
     if not maxcount and not maxsize:
         raise HtoolsError("an open-ended output pattern needs --maxcount or --maxsize")
-    bounds, start, count, size = [], 0, 0, 1024  # the end-of-archive blocks
+    if maxsize and maxsize < tar.archive_size(0):
+        raise HtoolsError(f"--maxsize {maxsize} is less than {tar.archive_size(0)} bytes, the "
+                          "least a tar file takes (one 10240-byte record)")
+    bounds, start, count, size = [], 0, 0, 0  # size: of the members, as written
     for i, s in enumerate(sizes):
         if count and ((maxcount and count + 1 > maxcount)
-                      or (maxsize and _record_padded(size + s) > maxsize)):
+                      or (maxsize and tar.archive_size(size + s) > maxsize)):
             bounds.append((start, i))
-            start, count, size = i, 0, 1024
+            start, count, size = i, 0, 0
         count += 1
         size += s
     if count or not bounds:

@@ -30,12 +30,20 @@ from __future__ import annotations
 
 from htools.tar.compress import open_stream_reader, open_stream_writer
 from htools.tar.read import iter_members, read_samples, split_key
-from htools.tar.write import SampleFormatError, TarWriter, write_samples
+from htools.tar.write import (
+    SampleFormatError,
+    TarWriter,
+    archive_size,
+    member_size,
+    write_samples,
+)
 
 __all__ = [
     "SampleFormatError",
     "TarWriter",
+    "archive_size",
     "iter_members",
+    "member_size",
     "open_stream_reader",
     "open_stream_writer",
     "read_samples",

@@ -9,6 +9,7 @@ do not fit the 100-byte name field use the ustar prefix split, else a pax
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 from collections import Counter
@@ -362,6 +363,30 @@ class TarWriter:
             flush()
         if self.close_raw:
             self.raw.close()
+
+
+_SIZER: list[TarWriter] = []  # one writer whose header encoding member_size() borrows
+
+
+def member_size(key: str, field: str, size: int) -> int:
+    """Bytes the writer takes for one member ``KEY.FIELD`` of ``size`` bytes: its header
+    (a pax header too when the name does not fit or is not ASCII) and padded data."""
+    nb = key.encode("utf-8", "surrogateescape") + (b"." + field.encode("utf-8",
+                                                   "surrogateescape") if field else b"")
+    data = size + -size % BLOCK
+    if len(nb) <= 100 and size <= MAX_OCTAL_SIZE and nb.isascii():
+        return BLOCK + data
+    if not _SIZER:
+        _SIZER.append(TarWriter(io.BytesIO(), compress=None))
+    return len(_SIZER[0]._long_header(f"{key}.{field}" if field else key, nb, size)) + data
+
+
+def archive_size(members: int) -> int:
+    """The size of a tar file whose members take ``members`` bytes: the end-of-archive
+    blocks and the padding to a whole 10240-byte record, as :meth:`TarWriter.close`
+    writes them."""
+    total = members + 2 * BLOCK
+    return total + -total % RECORD
 
 
 def encoded_fields(data: bytes | bytearray | memoryview) -> list[str]:
