@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import IO
 
 from htools import shards, storage
-from htools.errors import HtoolsError
+from htools.errors import HtoolsError, hide_credentials
+from htools.fields import check_present
 from htools.options import RunOptions
+from htools.parquet import extract_parquet, gather, parquet_shard
+from htools.parquet_schema import python_values
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard
@@ -46,7 +49,7 @@ _CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r"}
 
 def render_value(value, binary: str, field: str = ""):
     """Text fields as text; other bytes as text only if they are printable UTF-8,
-    else as their length (or base64)."""
+    else marked with their length, ``<binary: 2 bytes>`` (or as base64)."""
     if value is None or isinstance(value, str):
         return value
     raw = bytes(value)
@@ -57,12 +60,34 @@ def render_value(value, binary: str, field: str = ""):
     if text is not None and (field.rsplit(".", 1)[-1] in TEXT_FIELDS
                              or not _CONTROL.intersection(text)):
         return text
-    return base64.b64encode(raw).decode("ascii") if binary == "base64" else len(raw)
+    if binary == "base64":
+        return base64.b64encode(raw).decode("ascii")
+    return f"<binary: {len(raw)} bytes>"
 
 
-def _tsv_cell(v) -> str:
+MISSING = "<missing>"  # --count: a value of a sample without the field ("" is an empty one)
+# -o FILE: the format its suffix names (--format may only agree)
+SUFFIX_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv",
+                  ".txt": "tsv"}
+
+
+def output_format(out, format: str | None) -> str:
+    """The format rows go out in: ``format``, else the one ``-o``'s suffix names, else
+    TSV; a suffix that names another format than ``format`` is refused."""
+    path = out.split("?", 1)[0] if isinstance(out, str) and out != "-" else ""
+    suffix = posixpath.splitext(path.rsplit("/", 1)[-1])[1].lower()
+    by_suffix = SUFFIX_FORMATS.get(suffix)
+    if format is None:
+        return by_suffix or "tsv"
+    if by_suffix and by_suffix != format:
+        raise HtoolsError(f"-o {hide_credentials(out)}: a {suffix} file holds {by_suffix}, "
+                          f"not --format {format}: drop --format or change the suffix")
+    return format
+
+
+def _tsv_cell(v, missing: str = "") -> str:
     if v is None:
-        return ""
+        return missing
     s = str(v)
     return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -95,8 +120,10 @@ def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None)
     """Task: the rows (or value counts) of one shard, plus the usual counts."""
     rows: list[str] = []
     counts: Counter = Counter()
+    seen: set[str] = set()
     with shard_task(input) as result:
         for sample in _samples(input, options, result):
+            seen.update(sample)
             values = row_values(sample, spec)
             if spec.to_dir:
                 _write_files(sample, spec, options, result)
@@ -108,7 +135,8 @@ def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None)
             result.samples_written += 1
     if result.status == "failed":
         rows, counts = [], Counter()
-    result.extra = {"rows": rows, "counts": [[list(k), n] for k, n in counts.items()]}
+    result.extra = {"rows": rows, "counts": [[list(k), n] for k, n in counts.items()],
+                    "seen": sorted(seen)}
     return result.as_dict()
 
 
@@ -141,8 +169,9 @@ def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
 
 
 def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
-            format: str = "tsv", binary: str = "length", to_dir: str | None = None,
-            out: IO[str] | str | None = None, frame: bool | None = None, **options):
+            format: str | None = None, binary: str = "length", to_dir: str | None = None,
+            out: IO[str] | str | None = None, frame: bool | None = None,
+            allow_missing: bool = False, **options):
     """Extract fields of every sample of ``inputs``, in shard order.
 
     Without ``out`` the results come back as data, with the job summary as their
@@ -150,14 +179,23 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     ``frame=False``, or pandas missing: a list of dicts), or with ``count=N`` the N most
     common values as a ``DataFrame`` sorted by count (the fields' columns, then ``count``;
     ``frame=False``: a ``collections.Counter`` keyed by the value, or by the tuple of values
-    with several fields).  Text fields are ``str``, other bytes their length (or base64
-    with ``binary="base64"``).  Rows are held in memory: for big outputs give ``out``.
+    with several fields).  The rows' values have the types a parquet file of them has
+    (:mod:`htools.parquet_schema`): ``int`` when every value of the field is an integer,
+    ``float`` when a number, ``str`` when text, else ``bytes``; None where a sample lacks
+    the field.  Rows are held in memory: for big outputs give ``out``.
 
-    With ``out`` (a text file; the CLI passes stdout) the rows go there as TSV or JSON
-    lines as shards finish, with ``count=N`` the lines ``count<TAB>values``, and the
-    :class:`JobSummary` is returned, the counts also in ``summary.extra["counts"]`` as
-    ``[[values, n], ...]``.  So does a call with ``to_dir`` (the files are the result)
-    or ``dry_run`` (the plan is in ``summary.plan``).
+    With ``out`` (a text file object such as stdout, or a path or URL written atomically:
+    complete or absent, refused when it exists unless ``overwrite``, skipped with
+    ``resume``) the rows go there as TSV or JSON lines (the format ``format`` names, else
+    the one ``out``'s suffix names: ``.jsonl``/``.json``, ``.tsv``/``.txt``,
+    ``.parquet``; else TSV), a binary value as ``<binary: N bytes>`` (or base64 with
+    ``binary="base64"``); with ``count=N`` the lines ``count<TAB>values``, ``<missing>``
+    for a sample without the field.  The :class:`JobSummary` is returned, the counts also
+    in ``summary.extra["counts"]`` as ``[[values, n], ...]``.  So does a call with
+    ``to_dir`` (the files are the result) or ``dry_run`` (the plan is in ``summary.plan``).
+
+    A field of ``fields`` that no sample of the job has (a typo) is refused with one
+    line naming the fields the samples have, unless ``allow_missing``.
 
     ``format="parquet"`` with ``out`` a path writes the fields as a typed parquet table
     (``meta.parquet``: one file, rows in shard order; ``meta-@N.parquet``, or ``to_dir``
@@ -168,49 +206,135 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     opts = RunOptions.of(options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
+    format = output_format(out, format)
     if format == "parquet":
         if field_names or count:
             raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
-        from htools.parquet import extract_parquet
-
-        return extract_parquet(inputs, tuple(fields), out, opts, to_dir=to_dir)
+        return extract_parquet(inputs, tuple(fields), out if isinstance(out, str) else None,
+                               opts, to_dir=to_dir,
+                               allow_missing=allow_missing)
+    if out is None and not to_dir and not field_names and not count:
+        return _typed_rows(inputs, tuple(fields), opts, frame, allow_missing)
     as_data = out is None and not to_dir
-    if as_data:
-        format = "jsonl"  # parsed back into values below
-    spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
-    out = out or (None if as_data else sys.stdout)
+    spec = ExtractSpec(tuple(fields), field_names, count, "jsonl" if as_data else format,
+                       binary, to_dir)
     tasks = plan(inputs, spec, opts)
-    preflight.check([t.input for t in tasks], [storage.join(to_dir, "x")] if to_dir else [],
-                    opts.storage_options, write=not opts.dry_run)
+    if as_data:
+        summary, top, rows = _run(tasks, spec, opts, None, allow_missing)
+        summary = engine.finish(summary, opts)
+        if opts.dry_run:
+            return summary
+        names = ["__key__", "fields"] if field_names else list(spec.fields)
+        return _as_data(names, [json.loads(r) for r in rows], top if count else None,
+                        summary, frame)
+    return _to_text(tasks, spec, out, opts, allow_missing)
+
+
+def _to_text(tasks: list[Task], spec: ExtractSpec, out, opts: RunOptions,
+             allow_missing: bool) -> JobSummary:
+    """The rows (or counts) written to ``out``: a text stream, or a file or URL
+    written atomically; returns the summary."""
+    out = sys.stdout if out is None else out
+    target = shards.absolute(out) if isinstance(out, str) and out != "-" else None
+    if opts.resume and (target is None or spec.to_dir):
+        raise HtoolsError("--resume goes with -o FILE (skipped when it exists); rows on "
+                          "stdout or files of --to-dir are made again: drop --resume")
+    if target is not None and shards.OutputSet.parse(out).fixed != (target,):
+        raise HtoolsError(f"-o {hide_credentials(out)} names several files: rows go to one "
+                          "file (--format parquet writes one per shard)")
+    written = [target] if target else [storage.join(spec.to_dir, "x")] if spec.to_dir else []
+    preflight.check([t.input for t in tasks], written, opts.storage_options,
+                    write=not opts.dry_run)
+    if target is not None and engine.plan_outputs([target], opts) and not opts.dry_run:
+        summary = JobSummary("htextract", shards_total=len(tasks), shards_skipped=len(tasks))
+        summary.notes.append(f"{hide_credentials(target)} exists (--resume): skipped")
+        return engine.finish(summary.finish(), opts)
+    if target is None or opts.dry_run:
+        summary, _top, _rows = _run(tasks, spec, opts, out if target is None else None,
+                                    allow_missing)
+        return engine.finish(summary, opts)
+    writer = storage.open_write(target, storage.resolve_options(opts.storage_options))
+    try:
+        summary, _top, _rows = _run(tasks, spec, opts, _Text(writer), allow_missing)
+    except BaseException:
+        writer.abort()
+        raise
+    if summary.ok:
+        summary.bytes_out = writer.tell()
+        writer.commit()
+    else:
+        writer.abort()
+        summary.notes.append(f"{hide_credentials(target)} not written: "
+                             f"{summary.shards_failed} shard(s) failed")
+    return engine.finish(summary, opts)
+
+
+class _Text:
+    """Text written as UTF-8 onto a storage writer."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def write(self, text: str) -> None:
+        self.writer.write(text.encode("utf-8"))
+
+    def flush(self) -> None:
+        pass
+
+
+def _run(tasks: list[Task], spec: ExtractSpec, opts: RunOptions, out,
+         allow_missing: bool) -> tuple[JobSummary, list, list[str]]:
+    """Run the tasks: rows written to ``out`` as they come in shard order (or, without
+    ``out``, returned), the top counts written after; returns the summary (not yet
+    finished), the top counts and the rows kept."""
     counts: Counter = Counter()
-    collected: list[dict] = []
+    seen: set[str] = set()
+    collected: list[str] = []
 
     def on_result(_i: int, r: dict) -> None:
-        rows = r.get("extra", {}).get("rows", [])
-        if rows and as_data:
-            collected.extend(json.loads(row) for row in rows)
+        extra = r.pop("extra", {})
+        rows = extra.get("rows", [])
+        if rows and out is None:
+            collected.extend(rows)
         elif rows:
             out.write("\n".join(rows) + "\n")
             out.flush()
-        for values, n in r.get("extra", {}).get("counts", []):
+        for values, n in extra.get("counts", []):
             counts[tuple(tuple(v) if isinstance(v, list) else v for v in values)] += n
-        r.pop("extra", None)
+        seen.update(extra.get("seen", []))
 
     summary = engine.run("htextract", tasks, opts, on_result=on_result, ordered=True,
                          check_outputs=False)
+    if not spec.field_names and summary.samples_read and not opts.dry_run:
+        note = check_present(spec.fields, seen, allow_missing)
+        summary.notes += [note] if note else []
     top = counts.most_common(spec.count) if spec.count else []
     if spec.count:
-        if not as_data:
+        if out is not None:
             for values, n in top:
-                out.write(f"{n}\t" + "\t".join(_tsv_cell(v) for v in values) + "\n")
+                out.write(f"{n}\t" + "\t".join(_tsv_cell(v, MISSING) for v in values) + "\n")
         summary.extra["counts"] = [[list(v), n] for v, n in top]
-    if not as_data:
+    if out is not None:
         out.flush()
+    return summary, top, collected
+
+
+def _typed_rows(inputs, fields: tuple[str, ...], opts: RunOptions, frame: bool | None,
+                allow_missing: bool):
+    """``extract(inputs, fields=...)`` as data: every row, typed as parquet types it."""
+    if not fields:
+        raise HtoolsError("extract() needs at least one field")
+    options = storage.resolve_options(opts.storage_options)
+    tasks = [Task(parquet_shard, {"input": u, "fields": fields, "out": None,
+                                  "options": options}, input=u)
+             for u in shards.expand_all(inputs)]
+    preflight.check([t.input for t in tasks], [], opts.storage_options, write=False)
+    rows, summary = gather(tasks, fields, opts, allow_missing)
     summary = engine.finish(summary, opts)
-    if not as_data or opts.dry_run:
+    if opts.dry_run:
         return summary
-    names = ["__key__", "fields"] if field_names else list(spec.fields)
-    return _as_data(names, collected, top if spec.count else None, summary, frame)
+    columns = {f: python_values(f, [r[i] for r in rows]) for i, f in enumerate(fields)}
+    return _as_data(list(fields), columns, None, summary, frame)
 
 
 class Rows(list):
@@ -225,7 +349,15 @@ class Counts(Counter):
     summary: JobSummary
 
 
-def _as_data(names: list[str], rows: list[dict], top: list | None, summary: JobSummary,
+def _series(pd, values: list):
+    """A column's values; integers with a missing value keep their type (pandas' Int64)."""
+    if any(v is None for v in values) and any(type(v) is int for v in values):
+        return pd.array(values, dtype="Int64")
+    return values
+
+
+def _as_data(names: list[str], rows: list[dict] | dict[str, list], top: list | None,
+             summary: JobSummary,
              frame: bool | None):
     pd = None
     if frame is not False:
@@ -239,6 +371,11 @@ def _as_data(names: list[str], rows: list[dict], top: list | None, summary: JobS
             data = pd.DataFrame([[*values, n] for values, n in top], columns=[*names, "count"])
         else:
             data = Counts({values[0] if len(values) == 1 else values: n for values, n in top})
+    elif isinstance(rows, dict):  # typed columns
+        if pd is not None:
+            data = pd.DataFrame({n: _series(pd, rows[n]) for n in names}, columns=names)
+        else:
+            data = Rows(dict(zip(names, values)) for values in zip(*rows.values()))
     elif pd is not None:
         data = pd.DataFrame(rows, columns=names)
     else:

@@ -14,7 +14,7 @@ alike: each task returns the kinds it inferred, the client takes the greatest of
 field over the job (files skipped by ``--resume`` give theirs from their footer), and
 the shards whose files differ are written again from their input with the job's kinds.
 Files are written through :mod:`htools.storage` (atomic, any protocol).  pyarrow is an
-optional extra: ``pip install 'htools[parquet]'``.
+optional extra: ``pip install 'htools-wds[parquet]'``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,16 @@ from contextlib import ExitStack
 from htools import shards, storage
 from htools.clusters import connection as clusters
 from htools.errors import HtoolsError, hide_credentials
+from htools.fields import check_present
 from htools.options import RunOptions
-from htools.parquet_schema import differs, file_kinds, merge, pyarrow, reasons, table
+from htools.parquet_schema import (
+    differs,
+    file_kinds,
+    merge,
+    pyarrow,
+    reasons,
+    table,
+)
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard
@@ -57,17 +65,20 @@ def parquet_shard(input: str, fields: tuple[str, ...], out: str | None,
     for the client to gather."""
     rows: list[list] = []
     written: dict[str, str] = {}
+    seen: set[str] = set()
     with shard_task(input, out or "") as result:
         with read_shard(input, options, result) as samples:
             for sample in samples:
                 result.samples_read += 1
+                seen.update(sample)
                 rows.append([sample.get(f) for f in fields])
                 result.samples_mapped += 1
                 result.samples_written += 1
         if out:
             result.bytes_out, written = write(list(fields), rows, out, options, kinds)
     ok = result.status == "ok"
-    result.extra = {"rows": rows if out is None and ok else [], "kinds": written if ok else None}
+    result.extra = {"rows": rows if out is None and ok else [], "kinds": written if ok else None,
+                    "seen": sorted(seen)}
     return result.as_dict()
 
 
@@ -105,7 +116,7 @@ def dir_targets(urls: list[str], to_dir: str) -> list[str]:
 
 
 def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
-                    to_dir: str | None = None) -> JobSummary:
+                    to_dir: str | None = None, allow_missing: bool = False) -> JobSummary:
     """``extract(..., format="parquet", out=PATH | to_dir=DIR)``: see the module's docstring."""
     pyarrow()
     if to_dir and out not in (None, "", "-"):
@@ -139,7 +150,7 @@ def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
                  for u, t in zip(urls, targets)]
     preflight.check(urls, targets[:1], opts.storage_options, write=not opts.dry_run)
     if single:
-        return _one_file(tasks, targets[0], list(fields), options, opts)
+        return _one_file(tasks, targets[0], list(fields), options, opts, allow_missing)
     if opts.dry_run:
         return engine.finish(engine.run("htextract", tasks, opts, check_outputs=True), opts)
     skip = engine.plan_outputs(targets, opts)  # refused (or skipped) before a cluster starts
@@ -158,6 +169,8 @@ def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
             summary = engine.run("htextract", [tasks[i] for i in todo], connected(),
                                  on_result=lambda j, r: firsts.__setitem__(todo[j], r),
                                  check_outputs=False)
+            _check_fields(summary, fields, [r.get("extra", {}).get("seen", []) for r in firsts.values()],
+                          allow_missing)
         for i, t in enumerate(tasks):
             if t.output in skip:
                 firsts[i] = ShardResult(input=t.input, output=t.output, status="skipped").as_dict()
@@ -168,28 +181,48 @@ def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
 
 
 def _one_file(tasks: list[Task], target: str, fields: list[str], options: dict | None,
-              opts: RunOptions) -> JobSummary:
+              opts: RunOptions, allow_missing: bool = False) -> JobSummary:
     """``-o meta.parquet``: the rows of every shard, gathered in shard order."""
     # refused before work starts when it exists (unless --overwrite)
     if engine.plan_outputs([target], opts) and not opts.dry_run:
         summary = JobSummary("htextract", shards_total=len(tasks), shards_skipped=len(tasks))
         summary.notes.append(f"{hide_credentials(target)} exists (--resume): skipped")
         return engine.finish(summary.finish(), opts)
-    rows: dict[int, list] = {}
-
-    def on_result(i: int, r: dict) -> None:
-        rows[i] = r.pop("extra", {}).get("rows", [])
-
-    summary = engine.run("htextract", tasks, opts, on_result=on_result, ordered=True,
-                         check_outputs=False)
+    gathered, summary = gather(tasks, fields, opts, allow_missing)
     if not opts.dry_run:
         if summary.ok:
-            gathered = [row for i in sorted(rows) for row in rows[i]]
             summary.bytes_out = write(fields, gathered, target, options)[0]
         else:
             summary.notes.append(f"{hide_credentials(target)} not written: "
                                  f"{summary.shards_failed} shard(s) failed")
     return engine.finish(summary, opts)
+
+
+def gather(tasks: list[Task], fields, opts: RunOptions,
+           allow_missing: bool = False) -> tuple[list[list], JobSummary]:
+    """Run ``parquet_shard`` tasks that return their rows; every row in shard order, and
+    the job's summary (a field no sample had refused unless ``allow_missing``)."""
+    rows: dict[int, list] = {}
+    seen: list[list[str]] = []
+
+    def on_result(i: int, r: dict) -> None:
+        extra = r.pop("extra", {})
+        rows[i] = extra.get("rows", [])
+        seen.append(extra.get("seen", []))
+
+    summary = engine.run("htextract", tasks, opts, on_result=on_result, ordered=True,
+                         check_outputs=False)
+    if not opts.dry_run:
+        _check_fields(summary, fields, seen, allow_missing)
+    return [row for i in sorted(rows) for row in rows[i]], summary
+
+
+def _check_fields(summary: JobSummary, fields, seen: list[list[str]],
+                  allow_missing: bool) -> None:
+    """A field of ``-f`` that no sample read had: refused, or noted (``allow_missing``)."""
+    if summary.samples_read:
+        note = check_present(fields, {f for names in seen for f in names}, allow_missing)
+        summary.notes += [note] if note else []
 
 
 def _unify(summary: JobSummary, tasks: list[Task], firsts: dict[int, dict], fields: list[str],

@@ -33,7 +33,7 @@ def pyarrow():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise HtoolsError("--format parquet needs pyarrow: pip install 'htools[parquet]'"
+        raise HtoolsError("--format parquet needs pyarrow: pip install 'htools-wds[parquet]'"
                           ) from None
     return pa, pq
 
@@ -80,6 +80,14 @@ def column(name: str, values: list, kind: str | None = None):
     inferred from them, or of ``kind`` (an error if a value does not fit it)."""
     pa, _pq = pyarrow()
     kind = kind or infer(name, values)
+    return pa.array(python_values(name, values, kind), arrow_type(kind))
+
+
+def python_values(name: str, values: list, kind: str | None = None) -> list:
+    """A field's values (bytes, str or None) as the Python values of their kind (the
+    inferred one, or ``kind``): ``int``, ``float``, ``str`` or ``bytes``, None where
+    absent; what a parquet column of them reads back as (no pyarrow needed)."""
+    kind = kind or infer(name, values)
     if kind in ("null", "string"):
         try:
             out = [v if v is None or isinstance(v, str) else bytes(v).decode("utf-8")
@@ -88,17 +96,17 @@ def column(name: str, values: list, kind: str | None = None):
             raise _unfit(name, kind) from None
         if kind == "null" and any(v is not None for v in out):
             raise _unfit(name, kind)
-        return pa.array(out, pa.string())
+        return out
     raw = _raw(values)
     if kind == "binary":
-        return pa.array(raw, pa.binary())
+        return raw
     pattern, convert = (_INT, int) if kind == "int" else (_FLOAT, float)
     if not all(v is None or pattern.fullmatch(v.strip()) for v in raw):
         raise _unfit(name, kind)
     out = [None if v is None else convert(v) for v in raw]
     if kind == "int" and not all(v is None or _INT64[0] <= v < _INT64[1] for v in out):
         raise _unfit(name, kind)
-    return pa.array(out, arrow_type(kind))
+    return out
 
 
 def _unfit(name: str, kind: str) -> HtoolsError:

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from htools import storage
-from htools.errors import HtoolsError, StorageError
+from htools.errors import HtoolsError, StorageError, hide_credentials
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
 from htools.shards import OutputSet
@@ -118,9 +118,10 @@ def encode(doc: dict) -> bytes:
     return b"".join(parts)
 
 
-def write(doc: dict, url: str, options: dict | None) -> None:
-    """Write an index document atomically.  The body is in memory, so a transient
-    failure (a 503 at the commit) is replayed with the storage retry policy's backoff."""
+def write(doc: dict, url: str, options: dict | None) -> int:
+    """Write an index document atomically; returns its size.  The body is in memory, so a
+    transient failure (a 503 at the commit) is replayed with the storage retry policy's
+    backoff."""
     data = encode(doc)
     proto = storage.protocol(url)
     delays = retry_policy(storage.resolve_options(options).get(proto)).delays()
@@ -128,7 +129,7 @@ def write(doc: dict, url: str, options: dict | None) -> None:
         try:
             with storage.open_write(url, options) as out:
                 out.write(data)
-            return
+            return len(data)
         except StorageError as e:
             delay = next(delays, None)
             if not e.transient or delay is None:
@@ -205,7 +206,12 @@ def index_shards(inputs, to: str, **options) -> JobSummary:
 
     opts = RunOptions.of(options)
     urls = shards.expand_all(inputs)
+    to = shards.absolute(to)
     preflight.check(urls, [to], opts.storage_options, write=not opts.dry_run)
+    if engine.plan_outputs([to], opts) and not opts.dry_run:  # refused unless --resume
+        summary = JobSummary("htextract", shards_total=len(urls), shards_skipped=len(urls))
+        summary.notes.append(f"{hide_credentials(to)} exists (--resume): skipped")
+        return engine.finish(summary.finish(), opts)
     resolved = storage.resolve_options(opts.storage_options)
     tasks = [engine.Task(index_shard, {"input": u, "options": resolved}, input=u)
              for u in urls]
@@ -219,9 +225,9 @@ def index_shards(inputs, to: str, **options) -> JobSummary:
 
     summary = engine.run("htextract", tasks, opts, on_result=keep, check_outputs=False)
     if summary.ok and not opts.dry_run:
-        to = shards.absolute(to)
         name = to.rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".index")
-        write(build((entries[i] for i in range(len(urls))), to, name), to,
-              opts.storage_options)
+        # bytes out: the index written, not the shards indexed
+        summary.bytes_out = write(build((entries[i] for i in range(len(urls))), to, name), to,
+                                  opts.storage_options)
         summary.extra["index"] = to
     return engine.finish(summary, opts)

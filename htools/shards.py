@@ -17,13 +17,18 @@ Forms (combine freely; ``::`` joins several patterns into one list):
 ``prefix-%06d.tar``
     an *open-ended* numbered output pattern (``--maxcount``/``--maxsize``):
     see :func:`numbered`.
+``crawl/*.tar``, ``s3://b/train-*.tar``, ``http://host/d/x-[0-4]?.tgz``
+    a glob in the last path component (``*``, ``?``, ``[...]``; in a ``scheme://`` URL
+    ``?`` starts the query, so there only ``*`` and ``[...]``), expanded by listing its
+    folder (local, S3, GCS, nginx's JSON autoindex), sorted by name.  The listing is
+    :mod:`htools.storage`'s, which registers itself here (:func:`set_lister`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from htools.errors import PatternError
@@ -31,10 +36,30 @@ from htools.errors import PatternError
 _AT = re.compile(r"@(\d+)")
 _RANGE = re.compile(r"^(-?\w+)\.\.(-?\w+)$")
 _PRINTF = re.compile(r"%(0?)(\d*)d")
+_SCHEME = re.compile(r"^[a-zA-Z][\w+.-]*://")
+
+#: ``lister(pattern, storage_options) -> sorted URLs`` of a glob; set by htools.storage
+_lister: Callable[[str, dict | None], list[str]] | None = None
 
 
-def expand(pattern: str) -> list[str]:
-    """Expand a shard-set pattern into the list of URLs it names."""
+def set_lister(lister: Callable[[str, dict | None], list[str]]) -> None:
+    """How globs are listed (htools.storage registers its listing on import)."""
+    global _lister
+    _lister = lister
+
+
+def is_glob(url: str) -> bool:
+    """Whether the last path component of ``url`` is a glob (``*.tar``)."""
+    if url.startswith("pipe:") or url == "-":
+        return False
+    if _SCHEME.match(url):
+        return bool(re.search(r"[*\[]", _basename(url.split("?", 1)[0])))
+    return bool(re.search(r"[*?\[]", _basename(url)))
+
+
+def expand(pattern: str, options: dict | None = None) -> list[str]:
+    """Expand a shard-set pattern into the list of URLs it names (``options``: the
+    storage options a glob is listed with)."""
     if not pattern or not pattern.strip():
         raise PatternError(pattern, "empty pattern")
     urls: list[str] = []
@@ -43,16 +68,27 @@ def expand(pattern: str) -> list[str]:
         if not part:
             raise PatternError(pattern, "empty element in '::' list")
         if part.startswith("@list:"):
-            urls.extend(_read_list(part[len("@list:"):], pattern))
+            urls.extend(_read_list(part[len("@list:"):], pattern, options))
         elif part.startswith("pipe:"):
             urls.append(part)  # a shell command is never expanded
         else:
             for braced in _expand_braces(part, pattern):
-                urls.extend(_expand_at(braced, pattern))
+                for url in _expand_at(braced, pattern):
+                    urls.extend(_glob(url, options) if is_glob(url) else [url])
     return urls
 
 
-def expand_all(patterns: list[str] | tuple[str, ...] | str) -> list[str]:
+def _glob(url: str, options: dict | None) -> list[str]:
+    if _lister is None:
+        raise PatternError(url, "a glob needs htools.storage to list its folder")
+    found = _lister(url, options)
+    if not found:
+        raise PatternError(url, "the glob matches no file")
+    return found
+
+
+def expand_all(patterns: list[str] | tuple[str, ...] | str,
+               options: dict | None = None) -> list[str]:
     """Expand one pattern or several, in order; local paths become absolute.
 
     Absolute paths matter because tasks run in worker processes whose working
@@ -60,7 +96,7 @@ def expand_all(patterns: list[str] | tuple[str, ...] | str) -> list[str]:
     """
     if isinstance(patterns, str):
         patterns = [patterns]
-    return [absolute(u) for p in patterns for u in expand(p)]
+    return [absolute(u) for p in patterns for u in expand(p, options)]
 
 
 def absolute(url: str) -> str:
@@ -135,7 +171,7 @@ def _basename(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
-def _read_list(path: str, pattern: str) -> list[str]:
+def _read_list(path: str, pattern: str, options: dict | None = None) -> list[str]:
     try:
         with open(path, encoding="utf-8") as f:
             lines = [ln.strip() for ln in f]
@@ -144,7 +180,7 @@ def _read_list(path: str, pattern: str) -> list[str]:
     urls: list[str] = []
     for ln in lines:
         if ln and not ln.startswith("#"):
-            urls.extend(expand(ln))
+            urls.extend(expand(ln, options))
     if not urls:
         raise PatternError(pattern, "list file names no shards")
     return urls

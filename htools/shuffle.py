@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from htools.exchange import ExchangeSpec, KeySpec, run_exchange
 from htools.exchange.keys import check_dedup_field
+from htools.fields import check_first_shard
 from htools.options import RunOptions
 from htools.summary import JobSummary
 from htools.usercode.script import load_script
@@ -24,6 +25,8 @@ def shuffle(inputs, outputs: str, *, seed: int = 0, maxcount: int | None = None,
     inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
     if dedup is not None:
         check_dedup_field(dedup)
+        if script is None:  # a script's process_sample may add the field
+            check_first_shard(inputs, {"--dedup": dedup}, opts.storage_options)
     spec = ExchangeSpec("htshuffle", inputs, outputs,
                         KeySpec(mode="random", seed=seed, dedup=dedup),
                         script=load_script(script, require=("process_sample",), py_files=py_files)

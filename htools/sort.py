@@ -5,6 +5,7 @@ from __future__ import annotations
 from htools.errors import HtoolsError
 from htools.exchange import ExchangeSpec, KeySpec, run_exchange
 from htools.exchange.keys import check_dedup_field
+from htools.fields import check_first_shard
 from htools.options import RunOptions
 from htools.summary import JobSummary
 from htools.usercode.script import load_script
@@ -42,6 +43,9 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
                           "equal __key__, --dedup drops them")
     if dedup is not None:
         check_dedup_field(dedup)
+    if script is None or not script.defines("process_sample"):  # which may add fields
+        check_first_shard(inputs, {"--key": None if by_script else key, "--dedup": dedup},
+                          opts.storage_options)
     keyspec = KeySpec(mode="script" if by_script else "field", field=key or "__key__",
                       type=key_type, reverse=reverse, dedup=dedup)
     spec = ExchangeSpec("htsort", inputs, outputs, keyspec, script=script, merge=merge,

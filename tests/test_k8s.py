@@ -416,7 +416,7 @@ def test_unreachable_api_server_is_one_line(tmp_path, monkeypatch):
 def test_missing_dask_kubernetes(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_kubernetes", None)
     monkeypatch.setitem(sys.modules, "dask_kubernetes.operator", None)
-    with pytest.raises(kube.KubeError, match=r"pip install 'htools\[k8s\]'"):
+    with pytest.raises(kube.KubeError, match=r"pip install 'htools-wds\[k8s\]'"):
         with kube.cluster("k8s://demo", quiet=True):
             pass
     with pytest.raises(kube.KubeError, match="dask-kubernetes"):

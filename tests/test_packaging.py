@@ -52,7 +52,7 @@ def test_wheel_and_sdist_carry_the_license(project_copy, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
                     "--no-build-isolation", "-w", str(out), str(project_copy)],
                    check=True, env=child_env(), timeout=300)
-    (wheel,) = out.glob("htools-*.whl")
+    (wheel,) = out.glob("htools_wds-*.whl")  # the distribution htools-wds
     with zipfile.ZipFile(wheel) as zf:
         licenses = [n for n in zf.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
         assert len(licenses) == 1, zf.namelist()

@@ -157,8 +157,11 @@ def test_extract_returns_a_dataframe_of_the_rows(data, client):
     assert isinstance(rows, pd.DataFrame)
     assert list(rows.columns) == ["__key__", "cls", "txt", "bin"]
     assert list(rows["__key__"]) == [f"s{s}/k{i}" for s in range(3) for i in range(5)]
-    assert list(rows["cls"]) == [str(i % 2) for _s in range(3) for i in range(5)]
-    assert rows["txt"][0] == f"{SCRIPT} 0-0\n" and rows["bin"][0] == 768
+    # typed as parquet types them: numbers as int64, text as str, other bytes as bytes
+    assert list(rows["cls"]) == [i % 2 for _s in range(3) for i in range(5)]
+    assert str(rows["cls"].dtype) == "int64"
+    assert rows["txt"][0] == f"{SCRIPT} 0-0\n"
+    assert isinstance(rows["bin"][0], bytes) and len(rows["bin"][0]) == 768
     assert isinstance(rows.summary, JobSummary)
     assert rows.summary.ok and rows.summary.samples_written == 15
 
@@ -180,7 +183,7 @@ def test_extract_counts_and_plain_python_results(data, client):
     rows = htools.extract(str(data / "d-@3.tar"), fields="__key__,cls", client=client,
                           quiet=True, frame=False)
     assert type(rows).__bases__ == (list,)
-    assert rows[:2] == [{"__key__": "s0/k0", "cls": "0"}, {"__key__": "s0/k1", "cls": "1"}]
+    assert rows[:2] == [{"__key__": "s0/k0", "cls": 0}, {"__key__": "s0/k1", "cls": 1}]
     assert rows.summary.samples_written == 15
 
 

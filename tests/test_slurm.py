@@ -334,6 +334,6 @@ def test_missing_sbatch_or_jobqueue_is_one_line(monkeypatch, tmp_path):
         with slurm.cluster("slurm://debug"):
             pass
     monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
-    with pytest.raises(HtoolsError, match=r"pip install 'htools\[slurm\]'"):
+    with pytest.raises(HtoolsError, match=r"pip install 'htools-wds\[slurm\]'"):
         with slurm.cluster("slurm://debug"):
             pass

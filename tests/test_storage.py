@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 from htools import storage
-from htools.errors import NotFound, StorageError, hide_credentials
+from htools.errors import NotFound, PatternError, StorageError, hide_credentials
 from htools.storage import objectstore, registry
 from htools.storage.base import Transient
 
@@ -795,3 +795,19 @@ def test_remove_partials_of_local_outputs_takes_only_theirs(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert storage.remove_partials([str(p) for p in outputs]) == len(leftovers)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+def test_glob_lists_its_folder_sorted(storage_backend):
+    """`'crawl/*.tar'`, `s3://b/train-*.tar`, nginx's JSON autoindex: a glob in the last
+    path component names the matching entries of its folder, sorted by name."""
+    from htools import shards
+
+    b = storage_backend
+    for name in ("g/train-1.tar", "g/train-0.tar", "g/train-10.tar", "g/val-0.tar"):
+        put(b.url(name), b"x", b.options)
+    assert shards.expand_all(b.url("g/train-*.tar"), b.options) == \
+        [b.url("g/train-0.tar"), b.url("g/train-1.tar"), b.url("g/train-10.tar")]
+    assert shards.expand_all(b.url("g/train-[01].tar"), b.options) == \
+        [b.url("g/train-0.tar"), b.url("g/train-1.tar")]
+    with pytest.raises(PatternError, match="matches no file"):
+        shards.expand_all(b.url("g/test-*.tar"), b.options)

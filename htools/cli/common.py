@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import click
 
+from htools import __version__
 from htools.errors import HtoolsError, hide_credentials
 from htools.options import RunOptions
 from htools.summary import JobSummary, failure_kind
@@ -45,25 +46,28 @@ def _resources(ctx, param, value) -> dict | None:
         raise click.BadParameter(str(e)) from None
 
 
-def parse_bytes(ctx, param, value: str | None) -> int | None:
+def parse_bytes(ctx, param, value: str | None, minimum: int = 0) -> int | None:
+    """A size such as ``4096``, ``512M`` or ``2G`` (powers of 1024) in bytes."""
     if value is None:
         return None
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     v = value.strip().lower().removesuffix("ib").removesuffix("b")
     try:
-        if v and v[-1] in units:
-            return int(float(v[:-1]) * units[v[-1]])
-        return int(v)
+        n = int(float(v[:-1]) * units[v[-1]]) if v and v[-1] in units else int(v)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a size like 512M or 2G") from None
+    if n < minimum:
+        raise click.BadParameter(f"{value!r} is less than the least size, {minimum} bytes")
+    return n
 
 
 # (RunOptions field, click option) -- the one declaration of each shared flag
 RUN_FLAGS: list[tuple[str, Callable]] = [
     ("cluster", click.option(
         "-c", "--cluster", "cluster", metavar="ADDRESS", envvar="HTOOLS_SCHEDULER",
-        help="Dask scheduler (host:8786, tcp://host:8786) or k8s://NAME?workers=N; "
-             "default: an embedded local cluster. Env: HTOOLS_SCHEDULER.")),
+        help="Dask scheduler (host:8786, tcp://host:8786), k8s://NAME?workers=N or "
+             "slurm://PARTITION?jobs=N&cores=C&memory=M; default: an embedded local "
+             "cluster. Env: HTOOLS_SCHEDULER.")),
     ("workers", click.option(
         "--workers", "workers", type=click.IntRange(1), default=None,
         help="Worker processes of the embedded cluster (default: one per core).")),
@@ -107,17 +111,22 @@ py_files_option = click.option(
     "--py-files", "py_files", multiple=True, metavar="PATH",
     help="A .py file, a package folder or a folder of modules shipped to the workers with "
          "the script, besides the modules in the script's own folder (repeatable).")
+
+
 def maxcount_option(text: str = "At most N samples per output") -> Callable:
     return click.option("--maxcount", type=click.IntRange(1), default=None,
                         help=f"{text} (with a numbered pattern like out-%06d.tar).")
 
 
-def exchange_options(fn: Callable) -> Callable:
-    """Flags of htshuffle and htsort."""
+def exchange_options(maxcount_help: str, dedup_help: str) -> Callable[[Callable], Callable]:
+    """Flags of htshuffle and htsort; each says what ``--maxcount`` and ``--dedup`` do in
+    its own command."""
+    return functools.partial(_exchange_options, maxcount_help, dedup_help)
+
+
+def _exchange_options(text: str, dedup_help: str, fn: Callable) -> Callable:
     for d in reversed([
-        maxcount_option("N samples per output, the last one fewer; about N where htsort "
-                        "cuts between groups of equal keys (a reduce, --merge, --dedup by "
-                        "its key)"),
+        maxcount_option(text),
         click.option("--memory", callback=parse_bytes, default=None, metavar="BYTES",
                      help="Memory budget per task (512M, 2G); default: a quarter of a "
                           "worker's memory limit. Larger data spills to scratch."),
@@ -128,10 +137,7 @@ def exchange_options(fn: Callable) -> Callable:
         click.option("--fan-in", type=click.IntRange(2), default=None, metavar="F",
                      help="Runs one task reads at most; more runs add merge levels "
                           "(default: from --memory, 4..256)."),
-        click.option("--dedup", metavar="FIELD", default=None,
-                     help="Keep only the first sample (in input order) of each distinct "
-                          "FIELD value (sha256 of its bytes); htsort by another key makes "
-                          "one more pass over scratch."),
+        click.option("--dedup", metavar="FIELD", default=None, help=dedup_help),
     ]):
         fn = d(fn)
     return fn
@@ -163,16 +169,20 @@ def _redacted(e: click.ClickException) -> click.ClickException:
     return e
 
 
-def command(fn: Callable) -> click.Command:
+def command(fn: Callable | None = None, *, without: tuple[str, ...] = ()) -> Callable:
     """The outermost decorator of every htools command: adds the shared run flags
-    (after the command's own options), hands them to ``fn`` as ``opts`` (a
-    RunOptions), and turns an :class:`HtoolsError` into one clear line, exit 1, and a
-    Ctrl-C into one line, exit 130 (128 + SIGINT, as shells report it)."""
+    (after the command's own options; ``without`` names those that do nothing in this
+    command, left at their defaults) and ``--version``, hands the flags to ``fn`` as
+    ``opts`` (a RunOptions), and turns an :class:`HtoolsError` into one clear line, exit
+    1, and a Ctrl-C into one line, exit 130 (128 + SIGINT, as shells report it)."""
+    if fn is None:
+        return functools.partial(command, without=without)
+    flags = [(name, option) for name, option in RUN_FLAGS if name not in without]
 
     @functools.wraps(fn)
     def wrapper(*args, **kw):
         try:
-            opts = RunOptions(**{name: kw.pop(name) for name, _ in RUN_FLAGS})
+            opts = RunOptions(**{name: kw.pop(name) for name, _ in flags})
             return fn(*args, opts=opts, **kw)
         except HtoolsError as e:
             raise click.ClickException(str(e)) from None
@@ -183,12 +193,27 @@ def command(fn: Callable) -> click.Command:
             sys.exit(130)
 
     def shared() -> None: ...
-    for _name, option in reversed(RUN_FLAGS):
+    for _name, option in reversed(flags):
         shared = option(shared)
+    shared = click.version_option(__version__, "--version", package_name="htools",
+                                  message="%(prog)s (htools) %(version)s")(shared)
     # click lists decorator params in reverse order of application: putting the shared
     # ones first in the list shows them after the command's own options in --help
     wrapper.__click_params__ = shared.__click_params__ + getattr(fn, "__click_params__", [])
     return click.command(cls=_Command, context_settings=CONTEXT)(wrapper)
+
+
+PLAN_HEAD, PLAN_TAIL = 12, 6  # a longer dry-run plan shows its first and last lines
+
+
+def plan_shown(plan: list[str]) -> list[str]:
+    """A dry run's plan as printed: whole up to ~20 lines, else its head and tail with
+    how many lines were left out between (``--summary FILE`` has every line)."""
+    if len(plan) <= PLAN_HEAD + PLAN_TAIL + 2:
+        return list(plan)
+    left = len(plan) - PLAN_HEAD - PLAN_TAIL
+    return [*plan[:PLAN_HEAD], f"... {left} more lines ({len(plan)} in all; every line in "
+            "--summary FILE)", *plan[-PLAN_TAIL:]]
 
 
 def report(summary: JobSummary, opts: RunOptions, err=None) -> None:
@@ -196,7 +221,7 @@ def report(summary: JobSummary, opts: RunOptions, err=None) -> None:
     that failed with the same error are listed once, with their count."""
     err = err or sys.stderr
     if opts.dry_run:
-        for line in summary.plan:
+        for line in plan_shown(summary.plan):
             print(line)
         return
     shown, kinds = 0, set()

@@ -12,58 +12,57 @@ from htools.extract import extract
 from htools.shardindex import index_shards
 
 
-@command
+@command(without=("index",))  # htextract writes no shards: no shard index beside them
 @click.argument("inputs")
 @click.option("-f", "--fields", default="__key__", show_default=True,
               help="Comma-separated fields to extract (__key__, __url__, cls, txt ...).")
 @click.option("-K", "--field-names", is_flag=True, help="List each sample's set of field names.")
 @click.option("--count", type=click.IntRange(1), default=None, metavar="N",
-              help="Print the N most common values (count<TAB>value) instead of rows.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default="tsv",
-              show_default=True,
-              help="parquet: a typed table at -o FILE.parquet, or one per shard with "
-                   "-o meta-@N.parquet or --to-dir DIR, every file typing each column "
-                   "alike (needs pyarrow: pip install 'htools[parquet]').")
+              help="Print the N most common values (count<TAB>value; <missing> for a "
+                   "sample without the field) instead of rows.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default=None,
+              help="Default: the one -o's suffix names (.parquet, .jsonl/.json, .tsv/.txt), "
+                   "else tsv. parquet: a typed table at -o FILE.parquet, or one per shard "
+                   "with -o meta-@N.parquet or --to-dir DIR, every file typing each column "
+                   "alike (needs pyarrow: pip install 'htools-wds[parquet]').")
 @click.option("--binary", type=click.Choice(["length", "base64"]), default="length",
-              show_default=True, help="How non-text fields are shown.")
+              show_default=True,
+              help="How non-text fields are shown: <binary: N bytes>, or base64.")
 @click.option("--to-dir", metavar="DIR", default=None,
               help="Write the selected fields as files DIR/KEY.FIELD instead of rows; "
                    "with --format parquet one DIR/NAME.parquet per shard NAME.tar.")
 @click.option("-o", "--output", default="-", metavar="FILE",
-              help="Where rows go (default stdout); with --format parquet a path, URL "
-                   "or pattern.")
+              help="Where rows go (default stdout): a file or URL, written whole or not "
+                   "at all; with --format parquet a path, URL or pattern.")
+@click.option("--allow-missing", is_flag=True,
+              help="Accept a field of -f that no sample has (an empty column) instead of "
+                   "failing.")
 @click.option("--index", "index_to", metavar="OUT.json", default=None,
               help="Instead of rows: write the shard index of INPUTS (wids dataset "
                    "description: samples, size, sha256 and fields of every shard) to OUT.json.")
-def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, index_to,
-         opts) -> None:
+def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_missing,
+         index_to, opts) -> None:
     """Extract fields of every sample of INPUTS (a shard set), in shard order.
 
     \b
     Examples:
       htextract 'data-{000..099}.tar' -f __key__,cls
       htextract 'data-@100.tar' -f cls --count 20
+      htextract 'data-@100.tar' -f __key__,cls -o rows.jsonl
       htextract 'data-@100.tar' --index data.index.json
-      htextract 'data-@100.tar' -f __key__,cls,json --format parquet -o meta-@100.parquet
+      htextract 'data-@100.tar' -f __key__,cls,json -o meta-@100.parquet
       htextract 'data-@100.tar' -f __key__,cls --format parquet --to-dir meta/
     """
     if index_to:
         finish(index_shards(inputs, index_to, **opts.as_kwargs()), opts)
-    if fmt == "parquet":
-        finish(extract(inputs, fields=fields, field_names=field_names, count=count or 0,
-                       format=fmt, to_dir=to_dir, out=output, **opts.as_kwargs()), opts)
+    kw = dict(fields=fields, field_names=field_names, count=count or 0, format=fmt,
+              binary=binary, to_dir=to_dir, allow_missing=allow_missing, **opts.as_kwargs())
+    if output != "-":
+        finish(extract(inputs, out=output, **kw), opts)
     try:
-        output = click.open_file(output, "w", encoding="utf-8")
-    except OSError as e:
-        raise click.BadParameter(f"cannot write {output}: {e.strerror}", param_hint="-o")
-    try:
-        summary = extract(inputs, fields=fields, field_names=field_names, count=count or 0,
-                          format=fmt, binary=binary, to_dir=to_dir, out=output,
-                          **opts.as_kwargs())
+        summary = extract(inputs, out=sys.stdout, **kw)
     except BrokenPipeError:  # `htextract ... | head`: the reader has all it wants
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush stays quiet
         sys.exit(0)
-    if output is not sys.stdout:
-        output.close()
     finish(summary, opts)

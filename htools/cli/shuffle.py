@@ -15,7 +15,10 @@ from htools.shuffle import shuffle
 @click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="Optional process_sample(sample) applied before shuffling.")
 @py_files_option
-@exchange_options
+@exchange_options(
+    maxcount_help="N samples per output, the last one fewer (after --dedup drops duplicates)",
+    dedup_help="Keep only the first sample (in input order) of each distinct FIELD value "
+               "(sha256 of its bytes); duplicates land side by side, at no extra pass.")
 def main(inputs, outputs, seed, script_path, py_files, maxcount, memory, scratch, mtime,
          fan_in, dedup, opts) -> None:
     """Shuffle every sample of INPUTS into OUTPUTS (out-@M.tar, or out-%06d.tar with --maxcount).

@@ -13,14 +13,20 @@ from htools.sort import sort
 @click.option("--key", default=None, metavar="FIELD",
               help="Sort by this field's text (default __key__).")
 @click.option("--key-type", type=click.Choice(["str", "int", "float"]), default="str",
-              show_default=True)
+              show_default=True,
+              help="Compare --key values as text, integers or numbers (10 after 9).")
 @click.option("--reverse", is_flag=True, help="Largest key first.")
 @click.option("--merge", is_flag=True,
               help="Join samples with the same __key__ into one (fields united).")
 @click.option("-p", "--script", "script_path", default=None, metavar="SCRIPT.py",
               help="May define process_sample, sort_key(sample), reduce_samples(key, samples).")
 @py_files_option
-@exchange_options
+@exchange_options(
+    maxcount_help="N samples per output, the last one fewer; about N where the sort cuts "
+                  "between groups of equal keys (a reduce, --merge, --dedup by its key)",
+    dedup_help="Keep only the first sample (in input order) of each distinct FIELD value "
+               "(sha256 of its bytes); by another key than FIELD one more pass over "
+               "scratch.")
 def main(patterns, key, key_type, reverse, merge, script_path, py_files, maxcount, memory,
          scratch, mtime, fan_in, dedup, opts) -> None:
     """Sort every sample of INPUTS... into OUTPUTS (the last argument).

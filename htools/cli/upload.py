@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
-from htools.cli.common import command, finish, maxcount_option, mtime_option, seed_option
+from htools.cli.common import (
+    command,
+    finish,
+    maxcount_option,
+    mtime_option,
+    parse_bytes,
+    seed_option,
+)
 from htools.upload import upload
 
 
@@ -12,8 +21,9 @@ from htools.upload import upload
 @click.argument("source")
 @click.argument("outputs")
 @maxcount_option()
-@click.option("--maxsize", type=click.IntRange(1024), default=None, metavar="BYTES",
-              help="At most BYTES per shard (with a numbered pattern).")
+@click.option("--maxsize", callback=functools.partial(parse_bytes, minimum=1024), default=None,
+              metavar="BYTES", help="At most BYTES per shard (4096, 64M, 1G; with a numbered "
+                                    "pattern).")
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples of a directory or list.")
 @seed_option
 @mtime_option

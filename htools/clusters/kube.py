@@ -13,7 +13,7 @@ Address query parameters (all optional):
 * ``namespace=NS`` Kubernetes namespace (default: the kube config's)
 * ``threads=N``   threads per worker (default 1: one task per worker process)
 
-dask-kubernetes is imported lazily: without it (``pip install 'htools[k8s]'``)
+dask-kubernetes is imported lazily: without it (``pip install 'htools-wds[k8s]'``)
 or without a kube config, ``k8s://`` fails with one clear :class:`HtoolsError`.
 """
 
@@ -91,7 +91,7 @@ def _dask_kubernetes() -> Any:
     try:
         from dask_kubernetes import operator
     except ImportError as exc:
-        raise KubeError("k8s:// clusters need dask-kubernetes: pip install 'htools[k8s]' "
+        raise KubeError("k8s:// clusters need dask-kubernetes: pip install 'htools-wds[k8s]' "
                         f"({exc})") from None
     return operator
 

@@ -28,7 +28,7 @@ optional query parameters
 "job_script_prologue": ["module load python"]}``); address parameters win, and
 ``job_extra_directives`` from both are joined.
 
-dask-jobqueue is imported lazily: without it (``pip install 'htools[slurm]'``) or
+dask-jobqueue is imported lazily: without it (``pip install 'htools-wds[slurm]'``) or
 without ``sbatch`` on PATH, ``slurm://`` fails with one clear :class:`HtoolsError`.
 """
 
@@ -154,7 +154,7 @@ def _jobqueue() -> Any:
     try:
         import dask_jobqueue
     except ImportError as exc:
-        raise SlurmError("slurm:// clusters need dask-jobqueue: pip install 'htools[slurm]' "
+        raise SlurmError("slurm:// clusters need dask-jobqueue: pip install 'htools-wds[slurm]' "
                          f"({exc})") from None
     finally:
         if main and before is not None:

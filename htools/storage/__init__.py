@@ -38,12 +38,14 @@ and one line in ``registry.REGISTRY``::
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, TypeVar
 
-from htools.errors import NotFound, StorageError, hide_credentials
+from htools import shards
+from htools.errors import NotFound, PatternError, StorageError, hide_credentials
 from htools.storage.base import (
     CHUNK,
     RETRY_OPTIONS,
@@ -57,7 +59,7 @@ from htools.storage.registry import OPTION_KEYS, REGISTRY, backend, protocol
 
 __all__ = [
     "Options", "Writer", "open_read", "open_write", "exists", "size", "read_range",
-    "open_range", "delete", "delete_prefix", "listdir", "remove_partials", "join", "protocol",
+    "open_range", "delete", "delete_prefix", "listdir", "glob", "remove_partials", "join", "protocol",
     "resolve_options", "CHUNK", "is_stream",
 ]
 
@@ -198,6 +200,27 @@ def delete_prefix(url: str, options: Options | None = None) -> None:
 def listdir(url: str, options: Options | None = None) -> list[str]:
     """Full URLs of the entries directly under ``url`` (sorted, no trailing ``/``)."""
     return _run(url, options, lambda b, opts: b.listdir(url, opts))
+
+
+def glob(pattern: str, options: Options | None = None) -> list[str]:
+    """The URLs a glob in the last path component names (``crawl/*.tar``,
+    ``s3://b/train-*.tar``), listed from its folder, sorted; ``?`` and ``[...]`` as in
+    :mod:`fnmatch` (in a ``scheme://`` URL the query after ``?`` stays on every URL)."""
+    query = ""
+    if "://" in pattern and "?" in pattern:
+        pattern, query = pattern.split("?", 1)
+        query = "?" + query
+    folder, _, name = pattern.rpartition("/")
+    try:
+        entries = listdir(folder + "/" if folder else ".", options)
+    except NotFound:
+        return []
+    except StorageError as e:
+        raise PatternError(pattern, f"cannot list its folder: {e}") from None
+    return sorted(e + query for e in entries if fnmatch.fnmatchcase(e.rsplit("/", 1)[-1], name))
+
+
+shards.set_lister(glob)
 
 
 def remove_partials(urls: list[str], options: Options | None = None) -> int:
