@@ -6,7 +6,7 @@ task fails leaves no output, so a retried or resumed shard never duplicates.
 
 from __future__ import annotations
 
-from htools import shards, storage
+from htools import shardindex, shards, storage
 from htools.errors import HtoolsError, ScriptError, hide_credentials
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
@@ -17,6 +17,7 @@ from htools.runtime.task import shard_task
 from htools.summary import JobSummary
 from htools.usercode.apply import map_samples
 from htools.usercode.script import Script, load_script
+from htools.usercode.shipping import Shipment
 
 
 def map_shard(input: str, output: str, script: Script, *, options: dict | None = None,
@@ -82,10 +83,10 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
                           "give a script (-p SCRIPT.py) or a shell command (-s 'COMMAND')")
     if shell is not None:
         script = Script.from_shell(shell)
-    script = load_script(script, require=("process_sample",), py_files=py_files)
-    tasks = plan(inputs, outputs, script, opts, mtime=mtime)
+    shipment = Shipment(load_script(script, require=("process_sample",), py_files=py_files))
+    tasks = plan(inputs, outputs, shipment.script, opts, mtime=mtime)
     preflight.check([t.input for t in tasks], [t.output for t in tasks],
                     opts.storage_options, write=not opts.dry_run)
-    summary = engine.run("htmapper", tasks, opts, group=True)
-    return engine.finish(summary, opts, shards.OutputSet.parse(outputs),
-                         [t.output for t in tasks])
+    summary = engine.run("htmapper", tasks, opts, group=True, shipment=shipment)
+    return shardindex.finish(summary, opts, shards.OutputSet.parse(outputs),
+                             [t.output for t in tasks])

@@ -6,8 +6,10 @@ index) plus totals and each field's count, so readers know how many samples each
 without scanning it.  Written atomically after the last shard, from what the tasks
 counted while writing (no second read); outputs skipped by ``--resume`` take their
 entry from the previous index when it names the same file size, else they are read
-once on the client.  ``htextract SHARDS --index OUT.json`` builds the same for any
-shard set (:func:`index_shard` per shard).
+once on the client.  The writing tools (and the exchange) end with :func:`finish`:
+the index beside their outputs, then the summary.  ``htextract SHARDS --index
+OUT.json`` (:mod:`htools.extract_index`) builds the same for any shard set, one
+:func:`index_shard` task per shard.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from htools import storage
-from htools.errors import HtoolsError, StorageError, hide_credentials
+from htools.errors import HtoolsError, StorageError
+from htools.options import RunOptions
+from htools.runtime import engine
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
 from htools.shards import OutputSet
@@ -137,6 +141,16 @@ def write(doc: dict, url: str, options: dict | None) -> int:
             time.sleep(delay)
 
 
+def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
+           outputs: list[str]) -> JobSummary:
+    """The end of a job that wrote ``outputs`` (of the output set ``outset``): when it
+    succeeded, the shard index beside them (unless ``index=False``), then
+    :func:`htools.runtime.engine.finish` (``--summary`` JSON, naming the index)."""
+    if outputs and opts.index and summary.ok and not opts.dry_run:
+        write_for_job(outset, outputs, summary, opts.storage_options)
+    return engine.finish(summary, opts)
+
+
 def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
                   options: dict | None) -> str | None:
     """After a successful job: the index of its whole output set, next to it.  Returns
@@ -195,39 +209,3 @@ def _previous_entries(url: str, outputs: list[str], options) -> dict[str, dict]:
             except StorageError:
                 pass
     return found
-
-
-def index_shards(inputs, to: str, **options) -> JobSummary:
-    """``htextract SHARDS --index OUT.json``: index any shard set, one task per shard,
-    written to ``to`` (URLs relative to its folder when beside it)."""
-    from htools import shards
-    from htools.options import RunOptions
-    from htools.runtime import engine, preflight
-
-    opts = RunOptions.of(options)
-    urls = shards.expand_all(inputs)
-    to = shards.absolute(to)
-    preflight.check(urls, [to], opts.storage_options, write=not opts.dry_run)
-    if engine.plan_outputs([to], opts) and not opts.dry_run:  # refused unless --resume
-        summary = JobSummary("htextract", shards_total=len(urls), shards_skipped=len(urls))
-        summary.notes.append(f"{hide_credentials(to)} exists (--resume): skipped")
-        return engine.finish(summary.finish(), opts)
-    resolved = storage.resolve_options(opts.storage_options)
-    tasks = [engine.Task(index_shard, {"input": u, "options": resolved}, input=u)
-             for u in urls]
-    entries: dict[int, dict] = {}
-
-    def keep(i: int, r: dict) -> None:
-        if r["status"] == "ok":
-            entries[i] = {"output": urls[i], "nsamples": r["samples_written"],
-                          "filesize": r["bytes_out"], "sha256": r["sha256"],
-                          "fields": r["fields"]}
-
-    summary = engine.run("htextract", tasks, opts, on_result=keep, check_outputs=False)
-    if summary.ok and not opts.dry_run:
-        name = to.rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".index")
-        # bytes out: the index written, not the shards indexed
-        summary.bytes_out = write(build((entries[i] for i in range(len(urls))), to, name), to,
-                                  opts.storage_options)
-        summary.extra["index"] = to
-    return engine.finish(summary, opts)

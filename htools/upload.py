@@ -21,19 +21,18 @@ from __future__ import annotations
 import os
 import random
 import sys
-import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from htools import shards, storage, tar
+from htools import shardindex, shards, storage, tar
 from htools.clusters import connection as clusters
+from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.plan import split
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
-from htools.runtime.progress import progress_display
+from htools.runtime.executors import LocalExecutor
 from htools.runtime.shardio import write_shard
 from htools.runtime.streams import Counting
 from htools.runtime.task import shard_task
@@ -345,22 +344,15 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
             copy = opts.with_(client=client)
             tasks = plan(source, outputs, copy, **kw)
             summary = engine.run("htupload", tasks, copy)
-    return engine.finish(summary, opts, outset, [t.output for t in tasks])
+    return shardindex.finish(summary, opts, outset, [t.output for t in tasks])
 
 
 # ------------------------------------------------------ from the client --
 
-def _remote(opts: RunOptions) -> bool:
-    """Whether the job's workers may be on other machines (not an embedded cluster)."""
-    if opts.client is not None:
-        return not preflight.embedded(opts.client)
-    return clusters.cluster_address(opts.cluster) is not None
-
-
 def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
     """Write the shards of local files: by the workers, or by this process when the
     workers of a cluster elsewhere cannot see the files (or a local output folder)."""
-    if opts.dry_run or not tasks or not _remote(opts):
+    if opts.dry_run or not tasks or not workers_elsewhere(opts):
         return engine.run("htupload", tasks, opts)
     first = next((t.kwargs["samples"][0].files[0][1] for t in tasks if t.kwargs["samples"]),
                  None)
@@ -377,52 +369,7 @@ def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
 def write_here(tasks: list[Task], opts: RunOptions, writers: int = CLIENT_WRITERS
                ) -> JobSummary:
     """Run upload tasks in this process, ``writers`` shards at a time (each holds one
-    sample in memory), with the engine's progress bar, resume/overwrite, retries of
-    transient faults and summary: the same shards and summary as on workers."""
-    summary = JobSummary(tool="htupload", shards_total=len(tasks), max_errors=opts.max_errors)
-    skip = engine.plan_outputs([t.output for t in tasks], opts)
-    todo = []
-    for t in tasks:
-        if t.output in skip:
-            summary.add(ShardResult(input=t.input, output=t.output, status="skipped").as_dict())
-        else:
-            todo.append(t)
-    bar = progress_display(len(todo), opts.quiet, tool="htupload")
-    pool = ThreadPoolExecutor(max_workers=max(1, min(writers, len(todo))),
-                              thread_name_prefix="htupload")
-    try:
-        running = {pool.submit(_attempts, t, opts) for t in todo}
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                retried, result = fut.result()
-                for r in retried:
-                    summary.retried(r)
-                if opts.overwrite and result["status"] == "failed":
-                    try:  # no stale output from an earlier run for a later --resume
-                        storage.delete(result["output"], opts.storage_options)
-                    except HtoolsError:
-                        pass
-                summary.add(result)
-                bar.update(result)
-    finally:  # Ctrl-C: nothing new starts; shards being written end, then partials go
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-        storage.remove_partials([t.output for t in todo], opts.storage_options)
-    return summary.finish()
-
-
-def _attempts(task: Task, opts: RunOptions) -> tuple[list[dict], dict]:
-    """One shard, run again (after a backoff) while it fails transiently: the results
-    that were retried, and the last."""
-    retried = []
-    attempt = 1
-    while True:
-        result = task.fn(**task.kwargs)
-        result["attempts"] = attempt
-        if result["status"] != "failed" or not result.get("transient") \
-                or attempt > opts.retries:
-            return retried, result
-        retried.append(result)
-        time.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
-        attempt += 1
+    sample in memory), through the engine's run loop: the same resume/overwrite,
+    retries of transient faults (and their backoff), progress and summary as on workers."""
+    return engine.run("htupload", tasks, opts,
+                      executor=LocalExecutor(min(writers, len(tasks)), "htupload"))

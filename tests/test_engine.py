@@ -289,7 +289,7 @@ def test_short_tasks_grouped_give_the_same_results(client, fast_backoff):
 
 
 def test_group_size_follows_task_time():
-    from htools.runtime.engine import _group_size
+    from htools.runtime.runloop import group_size as _group_size
 
     assert _group_size([], 10_000, 2) == 1  # nothing known yet
     assert _group_size([0.002] * 8, 10_000, 2) == 25  # about 50 ms a group

@@ -333,68 +333,9 @@ def test_what_a_script_may_carry_is_bounded_and_checked(tmp_path, monkeypatch):
 
 
 def test_check_workers_is_silent_for_an_embedded_cluster(tmp_path, client):
+    from htools.clusters.info import is_embedded
     from htools.runtime import preflight
 
-    assert preflight.embedded(client)
+    assert is_embedded(client)
     preflight.check_workers(client, [str(tmp_path)], [str(tmp_path / "o-1.tar")])
     assert preflight.unseen(None, [str(tmp_path)]) == []
-
-
-def test_modules_travel_once_per_worker_not_in_every_task(tmp_path):
-    """While a plugin carries a script's modules, the Script pickles without them (a
-    task's arguments stay small) and loads them from the worker's copy by digest."""
-    import pickle
-
-    from htools.errors import ScriptLoadError
-    from htools.usercode import shipping
-    from htools.usercode.script import Script
-
-    big = "X = 1\n" + "# padding\n" * 100_000  # a 1 MB sibling module
-    s = Script.from_source("import padded_mod\nV = padded_mod.X + 1\n", "p.py",
-                           modules=(("padded_mod.py", big),))
-    assert len(pickle.dumps(s)) > 1_000_000
-    shipping.carried.add(s.digest)
-    try:
-        light = pickle.dumps(s)
-    finally:
-        shipping.carried.discard(s.digest)
-    assert len(light) < 1_000
-    copy = pickle.loads(light)
-    assert copy.shipped and copy.modules == () and copy.digest == s.digest
-    with pytest.raises(ScriptLoadError, match="p.py: the modules shipped with it did not "
-                                               "reach this worker"):
-        copy.load()
-    plugin = shipping.ScriptModules(s.digest, s.modules)
-    plugin.setup(None)
-    try:
-        assert copy.load().V == 2
-    finally:
-        plugin.teardown(None)
-
-
-def test_a_job_ships_its_modules_by_plugin(tmp_path, client):
-    """htmapper with a script whose sibling module is 1 MB: the job runs through the
-    plugin path (its tasks' Scripts carry no modules), and the plugin is gone after."""
-    from helpers import make_shards
-
-    import htools
-    from htools.usercode import shipping
-
-    make_shards(tmp_path / "in", shards=4, per_shard=5)
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "padded_mod.py").write_text("TAG = b'padded'\n" + "# padding\n" * 100_000)
-    (code / "tag.py").write_text("import padded_mod\n"
-                                 "from htools.usercode import shipping\n\n"
-                                 "def process_sample(s):\n"
-                                 "    via = b'plugin' if shipping._received else b'args'\n"
-                                 "    return {**s, 'tag': padded_mod.TAG, 'via': via}\n")
-    s = htools.map_shards(str(tmp_path / "in" / "data-@4.tar"), str(tmp_path / "o" / "o-@4.tar"),
-                          str(code / "tag.py"), client=client, quiet=True)
-    assert s.ok, s.failures
-    got = read_wds(sorted((tmp_path / "o").glob("o-*.tar")))
-    assert len(got) == 20 and {x["tag"] for x in got} == {b"padded"}
-    assert {x["via"] for x in got} == {b"plugin"}  # the worker had the plugin's copy
-    assert shipping.carried == set()
-    plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
-    assert not any(n.startswith("htools-modules-") for names in plugins.values() for n in names)

@@ -11,7 +11,7 @@ import pytest
 from helpers import make_shards, read_wds
 
 import htools
-from htools.shardindex import index_shards
+from htools.extract_index import index_shards
 
 wids = pytest.importorskip("wids", reason="wids is a test dependency (scripts/setup)")
 

@@ -9,7 +9,7 @@ import click
 
 from htools.cli.common import command, finish
 from htools.extract import extract
-from htools.shardindex import index_shards
+from htools.extract_index import index_shards
 
 
 @command(without=("index",))  # htextract writes no shards: no shard index beside them

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from htools import shards, storage
+from htools import shardindex, shards, storage
 from htools.clusters import connection as clusters
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
@@ -74,7 +74,7 @@ class ExchangeSpec:
 def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     """Run the exchange; the summary (written to ``opts.summary`` if set) is returned."""
     summary, outputs = _exchange(spec, opts)
-    return engine.finish(summary, opts, shards.OutputSet.parse(spec.outputs), outputs)
+    return shardindex.finish(summary, opts, shards.OutputSet.parse(spec.outputs), outputs)
 
 
 def _exchange(spec: ExchangeSpec, opts: RunOptions) -> tuple[JobSummary, list[str]]:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from htools import shards, storage
 from htools.clusters import connection as clusters
+from htools.clusters.info import ClusterInfo, is_embedded
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.storage.local import local_path, nearest_existing
@@ -52,11 +53,7 @@ def same_file_system(folder: str, output: str) -> bool:
 
 
 def worker_threads(client) -> int:
-    try:
-        return max(1, sum(w.get("nthreads", 1)
-                          for w in client.scheduler_info().get("workers", {}).values()))
-    except Exception:  # noqa: BLE001
-        return 1
+    return ClusterInfo.of(client).threads
 
 
 def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
@@ -68,8 +65,7 @@ def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
 
 
 def is_local_cluster(client) -> bool:
-    cluster = getattr(client, "cluster", None)
-    return cluster is not None and type(cluster).__name__ == "LocalCluster"
+    return is_embedded(client)
 
 
 def default_memory(client) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from htools import storage
+from htools.clusters.info import is_embedded
 from htools.errors import HtoolsError, SizeUnknown, StorageError, hide_credentials
 from htools.storage.local import local_path, nearest_existing
 
@@ -164,22 +165,12 @@ WORKERS_HINT = ("give a path on a filesystem that every worker mounts at the sam
 _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def embedded(client: Any) -> bool:
-    """Whether ``client``'s workers are processes of a LocalCluster on this machine
-    (they see this machine's files)."""
-    try:
-        from distributed import LocalCluster
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return False
-    return isinstance(getattr(client, "cluster", None), LocalCluster)
-
-
 def unseen(client: Any, inputs: Iterable[Any], outputs: Iterable[Any] = ()) -> list[str]:
     """The local paths of a job (URLs, or lists of them, as a task's input/output) that
     exist on this machine but not on one of ``client``'s workers: of ``inputs`` those
     that exist here, of ``outputs`` (and scratch) the nearest folder that exists here.
     Empty for an embedded cluster; each path is asked about once per client."""
-    if client is None or embedded(client):
+    if client is None or is_embedded(client):
         return []
     local: list[str] = []
     for p, write in [(p, False) for p in _flat(inputs)] + [(p, True) for p in _flat(outputs)]:

@@ -13,9 +13,11 @@ A script file also carries the Python modules beside it (its folder's ``.py`` fi
 and packages, not data files) and those of ``py_files`` (``--py-files``), as source
 text inside the :class:`Script`, so they reach any cluster (embedded, a ``dask
 scheduler`` elsewhere, Kubernetes) with no upload step and no write into a worker's
-site-packages.  While a job runs, a worker plugin (:mod:`htools.usercode.shipping`) carries them
-to every worker once, workers that join later included, and the tasks' Scripts travel
-without them.  On a worker they are served by a private
+site-packages.  A job that ships them once per worker (:mod:`htools.usercode.shipping`)
+hands its tasks :meth:`Script.without_modules`: a Script naming the worker plugin that
+brings them, filled into this module's worker-side store (:func:`receive`) as each
+worker starts.  How a Script pickles depends on nothing but itself.  On a worker the
+modules are served by a private
 import finder, installed in front of ``sys.meta_path`` before the script runs, as if
 the script's folder were first on ``sys.path`` (as with ``python script.py``).
 """
@@ -41,6 +43,8 @@ from htools.errors import ScriptError, ScriptLoadError
 _loaded: dict[str, types.ModuleType] = {}
 _lock = threading.Lock()
 _active: list[str | None] = [None]  # the key of the shipped modules importable now
+# on a worker: the modules each job's plugin brought, by plugin name (one per job)
+_received: dict[str, tuple[tuple[str, str], ...]] = {}
 
 MAX_SHIPPED = 10 << 20  # bytes of module sources a script may carry
 PY_FILES_HINT = ("give --py-files a .py file, a package folder (with __init__.py) or a "
@@ -80,18 +84,13 @@ class Script:
     function: Callable | None = field(default=None, compare=False)
     modules: tuple[tuple[str, str], ...] = ()
     shell: str | None = None  # a shell command run once per sample (htools.usercode.shell)
-    shipped: bool = field(default=False, compare=False)  # modules left behind: a worker
-    # plugin brought them (htools.usercode.shipping), looked up by digest when the script loads
+    shipped: str = field(default="", compare=False)  # modules left behind: the name of the
+    # job's worker plugin that brings them (htools.usercode.shipping), read when it loads
 
-    def __reduce__(self):
-        """Pickled for a task: without its modules while a worker plugin carries them
-        to every worker (once, not in every task's arguments)."""
-        from htools.usercode import shipping
-
-        if self.modules and self.digest in shipping.carried:
-            return (Script, (self.source, self.filename, self.digest, None, (), None, True))
-        return (Script, (self.source, self.filename, self.digest, self.function,
-                         self.modules, self.shell, self.shipped))
+    def without_modules(self, plugin: str) -> Script:
+        """This script for a job's tasks when the worker plugin ``plugin`` carries its
+        modules to every worker: the same digest, no modules in its arguments."""
+        return replace(self, modules=(), shipped=plugin)
 
     @classmethod
     def from_shell(cls, command: str) -> Script:
@@ -174,9 +173,7 @@ class Script:
         key = self.digest or _digest(self.source, self.modules)
         modules = self.modules
         if self.shipped:
-            from htools.usercode.shipping import received
-
-            modules = received(self.digest, self.filename)
+            modules = received(self.shipped, self.filename)
         mod = _loaded.get(key)
         if mod is not None and (not modules or _active[0] == key):
             return mod
@@ -188,6 +185,26 @@ class Script:
                 mod = _execute(self.source, self.filename, key)
                 _loaded[key] = mod
         return mod
+
+
+def receive(plugin: str, modules: tuple[tuple[str, str], ...]) -> None:
+    """On a worker: the modules the plugin ``plugin`` brought (its setup)."""
+    _received[plugin] = modules
+
+
+def forget(plugin: str) -> None:
+    """On a worker: the plugin ``plugin`` is gone (its teardown); other jobs' stay."""
+    _received.pop(plugin, None)
+
+
+def received(plugin: str, filename: str) -> tuple[tuple[str, str], ...]:
+    """On a worker: the modules the plugin ``plugin`` brought for the script ``filename``."""
+    try:
+        return _received[plugin]
+    except KeyError:
+        raise ScriptLoadError(f"script {filename}: the modules shipped with it did not "
+                              "reach this worker (its plugin was removed or never ran)"
+                              ) from None
 
 
 def _digest(source: str, modules: tuple[tuple[str, str], ...] | list = ()) -> str:

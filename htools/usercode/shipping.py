@@ -2,93 +2,54 @@
 
 A :class:`~htools.usercode.script.Script` carries the modules beside it (up to 10 MB).  Pickled
 into each task, they would cross the scheduler once per task: 100,000 tasks of a
-script with 1 MB of modules move 100 GB.  :func:`once_per_worker` registers a Dask
-worker plugin holding them for the job (the scheduler keeps one copy and hands it to
-each worker as it starts, later ones included); while it is registered, Scripts
-pickle without their modules (:meth:`Script.__reduce__`) and load them from the
-worker's copy, by digest.
+script with 1 MB of modules move 100 GB.  A tool makes one :class:`Shipment` per job,
+builds its tasks with :attr:`Shipment.script` (the Script without its modules, naming
+the job's plugin) and hands the shipment to the run (``engine.run(..., shipment=)``),
+which registers the plugin for the job while its client runs it
+(:meth:`Shipment.registered`): the scheduler keeps one copy and gives it to each worker
+as it starts, later ones included.  Each job's plugin has a name of its own, so two
+jobs of the same script at once in one client never remove each other's modules.
+Nothing global decides how a Script pickles, and no task argument is searched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields, is_dataclass
+from typing import Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
+from htools.usercode.script import Script
 
-from htools.errors import ScriptLoadError
-
-carried: set[str] = set()  # on the client: digests whose modules a plugin carries now
-_received: dict[str, tuple[tuple[str, str], ...]] = {}  # on a worker: digest -> modules
+PLUGIN_PREFIX = "htools-modules-"
 
 
-class ScriptModules(WorkerPlugin):
-    """The modules of one script, installed in each worker process as it starts."""
+class Shipment:
+    """One job's script on its way to the workers: :attr:`script` is what its tasks
+    carry (without the modules when there are any: a plugin brings them)."""
 
-    def __init__(self, digest: str, modules: tuple[tuple[str, str], ...]):
-        self.digest, self.modules = digest, modules
-        self.name = plugin_name(digest)
+    def __init__(self, script: Script | None):
+        self.full = script
+        self.name = ""  # the job's worker plugin ("" when there is nothing to ship)
+        self.script = script
+        if script is not None and script.modules:
+            self.name = f"{PLUGIN_PREFIX}{script.digest[:16]}-{uuid.uuid4().hex[:8]}"
+            self.script = script.without_modules(self.name)
 
-    def setup(self, worker) -> None:
-        _received[self.digest] = self.modules
+    @contextmanager
+    def registered(self, client: Any) -> Iterator[None]:
+        """While the block runs, the modules are installed in each of ``client``'s
+        workers (as each starts); this job's plugin, and only it, is removed after."""
+        if not self.name:
+            yield
+            return
+        from htools.usercode.workerplugin import ScriptModules  # imports distributed
 
-    def teardown(self, worker) -> None:
-        _received.pop(self.digest, None)
-
-
-def plugin_name(digest: str) -> str:
-    return f"htools-modules-{digest[:16]}"
-
-
-def received(digest: str, filename: str) -> tuple[tuple[str, str], ...]:
-    """On a worker: the modules its plugin brought for the script ``digest``."""
-    try:
-        return _received[digest]
-    except KeyError:
-        raise ScriptLoadError(f"script {filename}: the modules shipped with it did not "
-                              "reach this worker (its plugin was removed or never ran)"
-                              ) from None
-
-
-_PLAIN = frozenset({str, bytes, int, float, bool, type(None), list, tuple, dict})
-
-
-def scripts_in(kwargs: Iterable) -> list:
-    """The Scripts with modules among task arguments, or one level inside them (a
-    frozen spec such as the exchange's StageOne)."""
-    from htools.usercode.script import Script
-
-    found: dict[str, Script] = {}
-    seen: set[int] = set()  # a job's tasks share their spec and Script objects
-    for value in kwargs:
-        if type(value) in _PLAIN or id(value) in seen:
-            continue
-        seen.add(id(value))
-        inner = [getattr(value, f.name) for f in fields(value)] \
-            if is_dataclass(value) and not isinstance(value, Script) else []
-        for v in (value, *inner):
-            if isinstance(v, Script) and v.modules and v.digest:
-                found[v.digest] = v
-    return list(found.values())
-
-
-@contextmanager
-def once_per_worker(client, scripts: list) -> Iterator[None]:
-    """While the block runs, ``scripts``' modules travel to each worker once."""
-    done: list[str] = []
-    try:
-        for s in scripts:
-            if s.digest not in carried:
-                client.register_plugin(ScriptModules(s.digest, s.modules),
-                                       name=plugin_name(s.digest))
-                carried.add(s.digest)
-                done.append(s.digest)
-        yield
-    finally:
-        for digest in done:
-            carried.discard(digest)
+        client.register_plugin(ScriptModules(self.name, self.full.modules), name=self.name)
+        try:
+            yield
+        finally:
             try:
-                client.unregister_worker_plugin(plugin_name(digest))
+                client.unregister_worker_plugin(self.name)
             except Exception:  # noqa: BLE001 - a scheduler gone: its plugins went with it
                 pass
