@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import require_module
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "examples" / "tour.ipynb"
 
 

@@ -30,7 +30,7 @@ from helpers import (
 from htools.clusters import slurm
 from htools.errors import HtoolsError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT = 150
 
 

@@ -7,8 +7,8 @@ import json
 import time
 
 import pytest
+from fixtures.servers import free_port
 from helpers import make_shards, run
-from servers import free_port
 
 from htools import storage
 from htools.errors import StorageError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ROWS = [
     r"tar read, 1 KiB members: htools vs Python tarfile",
     r"tar write, 128 KiB members: htools vs GNU tar -c",

@@ -23,13 +23,13 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from fixtures.servers import free_port
 from helpers import ENV, child_env, require_tool, run
-from servers import free_port
 
 from htools import storage
 from htools.clusters import kube
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 K8S_VERSION = "1.32.0"  # matches the kubectl here; kubernetes-validate ships its schemas
 MANIFESTS = sorted(p for p in K8S.rglob("*.yaml")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import child_env, require_module
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETUPTOOLS_MIN = 77
 
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fixtures.servers import REPO
 from helpers import ENV, make_shards
-from servers import REPO
 
 BIN = Path(sys.executable).parent
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.servers import free_port
 from helpers import BIN, child_env, make_shards, ok, read_wds, run
-from servers import free_port
 
 from htools.clusters import connection
 from htools.errors import HtoolsError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from helpers import BIN, make_shards, ok, read_wds, run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "thumbnails.py"
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from chaos import ChaosProxy
+from fixtures.faults import ChaosProxy
+from fixtures.servers import REPO, free_port
 from helpers import BIN, KILL_IN_STAGE_1, KILL_IN_STAGE_2, child_env, make_shards, read_wds, run
-from servers import REPO, free_port
 
 SHARDS, PER_SHARD = 6, 20
 #: per-request retries: many and quick (they travel with the job to every worker)

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures.servers import NginxAuthServer, auth_nginx
 from helpers import ENV, make_shards, ok, read_wds, run
-from servers import NginxAuthServer, auth_nginx
 
 from htools import storage
 from htools.errors import StorageError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "thumbnails.py"
 WRONG = "not-the-password-xyzzy"
 

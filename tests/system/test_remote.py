@@ -14,9 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fixtures.servers import REPO
 from helpers import ENV, make_shards, ok, read_wds, run
-from remote import remote_cluster  # noqa: F401 - the fixture
-from servers import REPO
 
 HINT = "exists here but not on the Dask workers"
 
