@@ -15,7 +15,8 @@ from helpers import TEST_ENV, require_tool
 
 os.environ.update(TEST_ENV)  # before anything imports gcsfs; every child inherits it
 
-pytest_plugins = ["fixtures.servers", "fixtures.clusters", "fixtures.remote", "fixtures.faults"]
+pytest_plugins = ["fixtures.servers", "fixtures.clusters", "fixtures.remote", "fixtures.faults",
+                  "fixtures.disks", "fixtures.slurm"]
 
 
 @pytest.fixture(params=["file", "http"])

@@ -1,7 +1,7 @@
 """Chaos: no transient fault fails a job, loses a sample or duplicates one.
 
 Every tool runs over HTTP storage (the tests' nginx) through a fault-injecting proxy
-(tests/chaos.py): 503s (a PUT's at its commit), connections reset mid-body, bodies cut
+(tests/fixtures/faults.py): 503s (a PUT's at its commit), connections reset mid-body, bodies cut
 short, slow answers past the client's timeout; then a worker SIGKILLed in each stage
 of an exchange, and nginx itself stopped and restarted mid-job.  Each job must exit 0
 with exactly the samples of a clean run of the same tool (a multiset of sample
@@ -133,7 +133,7 @@ def tool_args(w: World, tool: str, base: str, run_name: str, script: Path | None
 def where_args(where: str, request: pytest.FixtureRequest) -> list[str]:
     if where == "embedded":
         return ["--workers", "2"]
-    return ["-c", request.getfixturevalue("dask_cluster").address]
+    return ["-c", request.getfixturevalue("scheduler_cluster").address]
 
 
 def storage_options(**extra) -> str:

@@ -274,11 +274,11 @@ def test_http_move_mode_failed_and_interrupted_jobs(tmp_path, nginx_server):
         assert len(read_wds([done])) == 20
 
 
-def test_ctrl_c_on_a_scheduler_removes_htools_tmp(tmp_path, dask_cluster):
+def test_ctrl_c_on_a_scheduler_removes_htools_tmp(tmp_path, scheduler_cluster):
     make_shards(tmp_path / "in", shards=4, per_shard=60)
     out = tmp_path / "out"
     cmd = [BIN / "htsort", "-p", script(tmp_path, SLOW), tmp_path / "in" / "data-@4.tar",
-           out / "o-@2.tar", "--memory", "20k", "-c", dask_cluster.address]
+           out / "o-@2.tar", "--memory", "20k", "-c", scheduler_cluster.address]
     p = interrupt(cmd, lambda: any(f.endswith(".bin") for f in files(out)), child_env())
     assert p.returncode == 130, p.stderr[-3000:]
     assert files(out) == []  # the client waited for its running tasks before cleaning up

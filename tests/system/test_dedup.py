@@ -63,11 +63,11 @@ def adds_up(s, read: int) -> None:
 
 
 @pytest.mark.parametrize("levels", [False, True])
-def test_shuffle_dedup_keeps_the_first_of_each_value(tmp_path, client, levels):
+def test_shuffle_dedup_keeps_the_first_of_each_value(tmp_path, processes_client, levels):
     samples = write_shards(tmp_path / "in", shards=12, per_shard=20)
     kw = {"fan_in": 2, "memory": 4 << 10} if levels else {}
     s = htools.shuffle(str(tmp_path / "in" / "d-@12.tar"), str(tmp_path / "o" / "o-@3.tar"),
-                       seed=4, dedup="img", client=client, quiet=True, **kw)
+                       seed=4, dedup="img", client=processes_client, quiet=True, **kw)
     assert s.ok, s.failures
     if levels:
         assert len(s.extra["levels"]) >= 2 and s.extra["max_runs_per_write"] <= 2
@@ -80,12 +80,12 @@ def test_shuffle_dedup_keeps_the_first_of_each_value(tmp_path, client, levels):
     assert [x["__key__"] for x in got] != sorted(x["__key__"] for x in got)  # shuffled
 
 
-def test_shuffle_dedup_is_byte_identical_for_a_seed_and_whatever_the_fan_in(tmp_path, client):
+def test_shuffle_dedup_is_byte_identical_for_a_seed_and_whatever_the_fan_in(tmp_path, processes_client):
     write_shards(tmp_path / "in", shards=10, per_shard=15, seed=2)
     digests = {}
     for name, seed, fan in (("a", 7, 2), ("b", 7, 256), ("c", 8, 256)):
         s = htools.shuffle(str(tmp_path / "in" / "d-@10.tar"), str(tmp_path / name / "o-@3.tar"),
-                           seed=seed, dedup="name", fan_in=fan, memory=4 << 10, client=client,
+                           seed=seed, dedup="name", fan_in=fan, memory=4 << 10, client=processes_client,
                            quiet=True)
         assert s.ok, s.failures
         digests[name] = [hashlib.sha256(p.read_bytes()).hexdigest()
@@ -94,11 +94,11 @@ def test_shuffle_dedup_is_byte_identical_for_a_seed_and_whatever_the_fan_in(tmp_
 
 
 @pytest.mark.parametrize("levels", [False, True])
-def test_sort_dedup_by_its_key_keeps_the_first_in_input_order(tmp_path, client, levels):
+def test_sort_dedup_by_its_key_keeps_the_first_in_input_order(tmp_path, processes_client, levels):
     samples = write_shards(tmp_path / "in", shards=12, per_shard=20, seed=1)
     kw = {"fan_in": 2, "memory": 4 << 10} if levels else {}
     s = htools.sort(str(tmp_path / "in" / "d-@12.tar"), str(tmp_path / "o" / "o-@4.tar"),
-                    key="name", dedup="name", client=client, quiet=True, **kw)
+                    key="name", dedup="name", client=processes_client, quiet=True, **kw)
     assert s.ok, s.failures
     if levels:
         assert len(s.extra["levels"]) >= 2
@@ -109,7 +109,7 @@ def test_sort_dedup_by_its_key_keeps_the_first_in_input_order(tmp_path, client, 
     assert s.samples_dropped == s.extra["duplicates"] == len(samples) - len(keep)
 
 
-def test_sort_dedup_numeric_key_compares_bytes(tmp_path, client):
+def test_sort_dedup_numeric_key_compares_bytes(tmp_path, processes_client):
     """Equal numbers written differently ("7", "07") are different bytes: both stay."""
     folder = tmp_path / "in"
     folder.mkdir()
@@ -119,14 +119,14 @@ def test_sort_dedup_numeric_key_compares_bytes(tmp_path, client):
             for k, v in part:
                 w.write({"__key__": k, "n": v})
     s = htools.sort(str(folder / "d-@2.tar"), str(tmp_path / "o" / "o-@1.tar"), key="n",
-                    key_type="int", dedup="n", client=client, quiet=True)
+                    key_type="int", dedup="n", client=processes_client, quiet=True)
     assert s.ok, s.failures
     got = read_wds(outputs(tmp_path / "o"))
     assert [(x["__key__"], x["n"]) for x in got] == [("d", b"3"), ("a", b"7"), ("b", b"07")]
     assert s.samples_dropped == s.extra["duplicates"] == 3
 
 
-def test_dedup_by_key(tmp_path, client):
+def test_dedup_by_key(tmp_path, processes_client):
     folder = tmp_path / "in"
     folder.mkdir()
     for n in range(3):  # every shard has the same keys: two of every three are duplicates
@@ -134,7 +134,7 @@ def test_dedup_by_key(tmp_path, client):
             for i in range(10):
                 w.write({"__key__": f"k{i}", "src": str(n).encode()})
     s = htools.shuffle(str(folder / "d-@3.tar"), str(tmp_path / "o" / "o-@2.tar"),
-                       dedup="__key__", client=client, quiet=True)
+                       dedup="__key__", client=processes_client, quiet=True)
     assert s.ok, s.failures
     got = read_wds(outputs(tmp_path / "o"))
     assert sorted(x["__key__"] for x in got) == [f"k{i}" for i in range(10)]
@@ -142,18 +142,18 @@ def test_dedup_by_key(tmp_path, client):
     assert s.samples_dropped == 20
 
 
-def test_a_missing_field_is_a_sample_error(tmp_path, client):
+def test_a_missing_field_is_a_sample_error(tmp_path, processes_client):
     samples = write_shards(tmp_path / "in", shards=3, per_shard=10, seed=5)
     with wds.TarWriter(str(tmp_path / "in" / "d-03.tar")) as w:
         w.write({"__key__": "lonely", "name": b"x"})  # no img
         w.write({"__key__": "dup", "img": samples[0]["img"], "name": b"y"})
     src = str(tmp_path / "in" / "d-{00..03}.tar")
-    s = htools.shuffle(src, str(tmp_path / "a" / "o-@2.tar"), dedup="img", client=client,
+    s = htools.shuffle(src, str(tmp_path / "a" / "o-@2.tar"), dedup="img", client=processes_client,
                        quiet=True)
     assert not s.ok and s.shards_failed  # --max-errors 0: the shard fails
     assert "no field 'img' to deduplicate by" in json.dumps(s.failures)
     s = htools.shuffle(src, str(tmp_path / "b" / "o-@2.tar"), dedup="img", max_errors=1,
-                       client=client, quiet=True)
+                       client=processes_client, quiet=True)
     assert s.ok, s.failures
     adds_up(s, len(samples) + 2)
     assert s.samples_failed == s.sample_errors == 1
@@ -183,7 +183,7 @@ def write_ties(folder: Path, shards: int, per_shard: int, seed: int = 0) -> list
 
 
 @pytest.mark.parametrize("reverse,levels", [(False, False), (False, True), (True, True)])
-def test_sort_dedup_by_another_field(tmp_path, client, reverse, levels):
+def test_sort_dedup_by_another_field(tmp_path, processes_client, reverse, levels):
     """htsort --key grp --dedup img: the first sample of each img (in input order), sorted
     by grp with equal grp in input order -- the same as htsort --key grp without the
     duplicates; through merge levels in both passes and a small memory budget."""
@@ -191,7 +191,7 @@ def test_sort_dedup_by_another_field(tmp_path, client, reverse, levels):
     kw = {"fan_in": 2, "memory": 32 << 10} if levels else {}
     s = htools.sort(str(tmp_path / "in" / "d-@12.tar"), str(tmp_path / "o" / "o-@4.tar"),
                     key="grp", key_type="int", reverse=reverse, dedup="img",
-                    scratch=str(tmp_path / "scratch"), client=client, quiet=True, **kw)
+                    scratch=str(tmp_path / "scratch"), client=processes_client, quiet=True, **kw)
     assert s.ok, s.failures
     keep = firsts(samples, "img")
     expect = sorted(keep, key=lambda x: int(x["grp"]), reverse=reverse)  # stable
@@ -208,20 +208,20 @@ def test_sort_dedup_by_another_field(tmp_path, client, reverse, levels):
     assert sum(e["nsamples"] for e in index["shardlist"]) == 30
 
 
-def test_sort_dedup_by_another_field_is_byte_identical_whatever_the_plan(tmp_path, client):
+def test_sort_dedup_by_another_field_is_byte_identical_whatever_the_plan(tmp_path, processes_client):
     write_ties(tmp_path / "in", shards=8, per_shard=15, seed=3)
     digests = []
     for name, kw in (("a", {}), ("b", {"fan_in": 3, "memory": 16 << 10}),
                      ("c", {"fan_in": 2, "memory": 64 << 10})):
         s = htools.sort(str(tmp_path / "in" / "d-{00..07}.tar"), str(tmp_path / name / "o-@3.tar"),
-                        key="grp", dedup="img", client=client, quiet=True, **kw)
+                        key="grp", dedup="img", client=processes_client, quiet=True, **kw)
         assert s.ok, s.failures
         digests.append([hashlib.sha256(p.read_bytes()).hexdigest()
                         for p in outputs(tmp_path / name)])
     assert digests[0] == digests[1] == digests[2]
 
 
-def test_sort_dedup_with_a_script_sort_key_and_reduce(tmp_path, client):
+def test_sort_dedup_with_a_script_sort_key_and_reduce(tmp_path, processes_client):
     """A script's sort_key() and reduce_samples() see only the first of each img; the
     reduce groups by the sort key."""
     samples = write_ties(tmp_path / "in", shards=6, per_shard=20, seed=4)
@@ -233,7 +233,7 @@ def test_sort_dedup_with_a_script_sort_key_and_reduce(tmp_path, client):
         "    return {'__key__': f'g{key}', 'n': str(len(samples)).encode(),\n"
         "            'pos': b','.join(s['pos'] for s in samples)}\n")
     s = htools.sort(str(tmp_path / "in" / "d-{00..05}.tar"), str(tmp_path / "o" / "o-@2.tar"),
-                    script=str(script), dedup="img", client=client, quiet=True)
+                    script=str(script), dedup="img", client=processes_client, quiet=True)
     assert s.ok, s.failures
     keep = firsts(samples, "img")
     expect = []
@@ -245,7 +245,7 @@ def test_sort_dedup_with_a_script_sort_key_and_reduce(tmp_path, client):
     assert s.extra["duplicates"] == len(samples) - len(keep)
 
 
-def test_sort_dedup_by_another_field_sample_errors(tmp_path, client):
+def test_sort_dedup_by_another_field_sample_errors(tmp_path, processes_client):
     """A sample without the dedup field, or without the sort field, is a sample error:
     counted, named by key, and the rest sorted and deduplicated."""
     samples = write_ties(tmp_path / "in", shards=3, per_shard=10, seed=6)
@@ -254,11 +254,11 @@ def test_sort_dedup_by_another_field_sample_errors(tmp_path, client):
         w.write({"__key__": "no-grp", "img": b"fresh"})
     src = str(tmp_path / "in" / "d-{00..03}.tar")
     s = htools.sort(src, str(tmp_path / "a" / "o-@2.tar"), key="grp", dedup="img",
-                    client=client, quiet=True)
+                    client=processes_client, quiet=True)
     assert not s.ok and "nothing was written" in " ".join(s.notes)
     assert not list((tmp_path / "a").glob("o-*.tar"))
     s = htools.sort(src, str(tmp_path / "b" / "o-@2.tar"), key="grp", dedup="img",
-                    max_errors=2, client=client, quiet=True)
+                    max_errors=2, client=processes_client, quiet=True)
     assert s.ok, s.failures
     adds_up(s, len(samples) + 2)
     assert s.samples_failed == s.sample_errors == 2

@@ -50,26 +50,16 @@ def must_not_run(output: str) -> dict:
     raise AssertionError(f"ran the task of an existing output {output}")
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, \
-            Client(cluster) as c:
-        yield c
-
-
 def opts(client, **kw) -> RunOptions:
     return RunOptions(**{"client": client, "quiet": True, "retries": 0, **kw})
 
 
 # ------------------------------------------------------------------ results --
 
-def test_every_result_reaches_the_summary(client):
+def test_every_result_reaches_the_summary(threads_client):
     tasks = [Task(count_task, {"index": i}, input=f"in-{i}.tar") for i in range(12)]
     seen: dict[int, dict] = {}
-    s = run("t", tasks, opts(client), on_result=lambda i, r: seen.setdefault(i, r))
+    s = run("t", tasks, opts(threads_client), on_result=lambda i, r: seen.setdefault(i, r))
     assert s.ok and (s.shards_total, s.shards_done, s.shards_failed) == (12, 12, 0)
     assert s.samples_read == s.samples_written == sum(i + 1 for i in range(12))
     assert s.bytes_in == 10 * sum(range(12))
@@ -77,7 +67,7 @@ def test_every_result_reaches_the_summary(client):
     assert all(seen[i]["input"] == f"in-{i}.tar" for i in seen)
 
 
-def test_ordered_results_arrive_in_task_order(client):
+def test_ordered_results_arrive_in_task_order(threads_client):
     run_id = uuid.uuid4().hex
     _EVENTS[run_id], _FINISHED[run_id] = threading.Event(), []
     n = 10
@@ -91,7 +81,7 @@ def test_ordered_results_arrive_in_task_order(client):
         order.append(i)
         results.append(r)
 
-    s = run("t", tasks, opts(client), on_result=on_result, ordered=True)
+    s = run("t", tasks, opts(threads_client), on_result=on_result, ordered=True)
     finished = _FINISHED.pop(run_id)
     del _EVENTS[run_id]
     assert finished[0] != 0 and sorted(finished) == list(range(n))  # really out of order
@@ -100,13 +90,13 @@ def test_ordered_results_arrive_in_task_order(client):
     assert s.ok and s.shards_done == n and s.samples_read == sum(range(1, n + 1))
 
 
-def test_a_task_that_raises_is_a_failed_shard(client, tmp_path):
+def test_a_task_that_raises_is_a_failed_shard(threads_client, tmp_path):
     out = str(tmp_path / "o-1.tar")
     tasks = [Task(count_task, {"index": 0}, input="in-0.tar"),
              Task(raising_task, {"index": 1}, input="in-1.tar", output=out),
              Task(count_task, {"index": 2}, input="in-2.tar")]
     got: dict[int, dict] = {}
-    s = run("t", tasks, opts(client), on_result=lambda i, r: got.setdefault(i, r))
+    s = run("t", tasks, opts(threads_client), on_result=lambda i, r: got.setdefault(i, r))
     assert not s.ok and (s.shards_done, s.shards_failed) == (2, 1)
     (failure,) = s.failures
     assert failure["input"] == "in-1.tar" and failure["output"] == out
@@ -139,33 +129,33 @@ def test_plan_outputs_refuses_existing_outputs_unless_told(tmp_path):
     assert plan_outputs([str(tmp_path / "new.tar")], RunOptions()) == set()
 
 
-def test_run_refuses_existing_outputs_before_running_anything(client, tmp_path):
+def test_run_refuses_existing_outputs_before_running_anything(threads_client, tmp_path):
     (out,) = existing(tmp_path, "o-0.tar")
     tasks = [Task(must_not_run, {"output": out}, input="in-0.tar", output=out)]
     with pytest.raises(HtoolsError, match="already exist"):
-        run("t", tasks, opts(client))
+        run("t", tasks, opts(threads_client))
 
 
-def test_resume_skips_existing_outputs(client, tmp_path):
+def test_resume_skips_existing_outputs(threads_client, tmp_path):
     (done,) = existing(tmp_path, "o-1.tar")
     outs = [str(tmp_path / f"o-{i}.tar") for i in range(3)]
     tasks = [Task(count_task, {"index": i, "output": o}, input=f"in-{i}.tar", output=o)
              for i, o in enumerate(outs)]
     tasks[1] = Task(must_not_run, {"output": done}, input="in-1.tar", output=done)
     got: dict[int, dict] = {}
-    s = run("t", tasks, opts(client, resume=True), on_result=lambda i, r: got.setdefault(i, r))
+    s = run("t", tasks, opts(threads_client, resume=True), on_result=lambda i, r: got.setdefault(i, r))
     assert s.ok and (s.shards_done, s.shards_skipped, s.shards_failed) == (2, 1, 0)
     assert got[1]["status"] == "skipped" and got[1]["output"] == done
     assert s.samples_read == 1 + 3  # the skipped shard counts no samples
     assert (tmp_path / "o-1.tar").read_bytes() == b"done before"
 
 
-def test_stdio_is_refused(client, tmp_path):
+def test_stdio_is_refused(threads_client, tmp_path):
     for task in (Task(must_not_run, {"output": "-"}, input="in.tar", output="-"),
                  Task(must_not_run, {"output": "x"}, input="-", output=str(tmp_path / "x")),
                  Task(must_not_run, {"output": "x"}, input=["a.tar", "-"])):
         with pytest.raises(HtoolsError, match=r"'-' \(stdin/stdout\) is not available"):
-            run("t", [task], opts(client))
+            run("t", [task], opts(threads_client))
 
 
 # ------------------------------------------------------------------ retries --
@@ -205,32 +195,32 @@ def fast_backoff(monkeypatch):
     monkeypatch.setenv("HTOOLS_RETRY_BACKOFF", "0.01")
 
 
-def test_transient_failures_run_the_shard_again(client, fast_backoff):
+def test_transient_failures_run_the_shard_again(threads_client, fast_backoff):
     tag = uuid.uuid4().hex[:6]
     tasks = [Task(flaky_task, {"name": f"{tag}-{i}", "fails": i, "status": 503},
                   input=f"in-{i}.tar") for i in range(3)]
-    s = run("t", tasks, opts(client, retries=2))
+    s = run("t", tasks, opts(threads_client, retries=2))
     assert s.ok and s.shards_done == 3 and s.samples_written == 6 and s.samples_failed == 0
     assert s.shards_retried == 2 and len(s.retries) == 3  # shard 2 was retried twice
     assert {r["attempt"] for r in s.retries} == {1, 2} and "PUT failed" in s.retries[0]["error"]
     assert "2 shards retried" in s.line()
 
 
-def test_retries_run_out_and_permanent_errors_are_not_retried(client, fast_backoff):
+def test_retries_run_out_and_permanent_errors_are_not_retried(threads_client, fast_backoff):
     tag = uuid.uuid4().hex[:6]
     tasks = [Task(flaky_task, {"name": f"{tag}-t", "fails": 5, "status": 503}, input="t"),
              Task(flaky_task, {"name": f"{tag}-p", "fails": 1, "status": 403}, input="p")]
-    s = run("t", tasks, opts(client, retries=2))
+    s = run("t", tasks, opts(threads_client, retries=2))
     assert not s.ok and s.shards_failed == 2 and s.samples_failed == 4
     assert _RUNS[f"{tag}-t"] == 3 and _RUNS[f"{tag}-p"] == 1  # 1 + 2 retries; 403: once
 
 
-def test_a_multi_output_task_retries_only_its_failed_output(client, fast_backoff):
+def test_a_multi_output_task_retries_only_its_failed_output(threads_client, fast_backoff):
     tag = uuid.uuid4().hex[:6]
     names = [f"{tag}-{c}" for c in "abc"]
     task = Task(multi_task, {"names": names, "flaky": names[1]},
                 outputs=[f"out-{n}.tar" for n in names], narrow=narrow_multi)
-    s = run("t", [task], opts(client, retries=1))
+    s = run("t", [task], opts(threads_client, retries=1))
     assert s.ok and s.shards_total == 3 and s.shards_done == 3 and s.shards_retried == 1
     assert [_RUNS[n] for n in names] == [1, 2, 1]  # the others were not written twice
 
@@ -249,7 +239,7 @@ def keyed_task(index: int, run_id: str) -> dict:
     return count_task(index)
 
 
-def test_short_tasks_grouped_give_the_same_results(client, fast_backoff):
+def test_short_tasks_grouped_give_the_same_results(threads_client, fast_backoff):
     """With ``group=True`` short tasks run several to a Dask task (fewer, larger tasks
     on the scheduler), yet every shard has its own result, retries and failures, as
     when each runs alone; ungrouped runs of the same tasks give the same summary."""
@@ -266,7 +256,7 @@ def test_short_tasks_grouped_give_the_same_results(client, fast_backoff):
         tag = uuid.uuid4().hex[:6]
         _KEYS[tag] = {}
         got: dict[int, dict] = {}
-        s = run("t", tasks_of(tag), opts(client, retries=1), group=group,
+        s = run("t", tasks_of(tag), opts(threads_client, retries=1), group=group,
                 on_result=lambda i, r, got=got: got.setdefault(i, r))
         summaries.append(s)
         seen.append(got)

@@ -55,21 +55,21 @@ def test_shuffle_and_sort_cli(tmp_path, cluster_args, place):
 
 # ------------------------------------------------------------------ shuffle --
 
-def test_shuffle_is_deterministic_per_seed(tmp_path, client):
+def test_shuffle_is_deterministic_per_seed(tmp_path, processes_client):
     make_shards(tmp_path / "in", shards=3, per_shard=40)
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
         assert htools.shuffle(str(tmp_path / "in" / "data-@3.tar"),
-                              str(tmp_path / name / "o-@4.tar"), seed=seed, client=client,
+                              str(tmp_path / name / "o-@4.tar"), seed=seed, client=processes_client,
                               quiet=True).ok
     read = lambda d: [p.read_bytes() for p in outputs(tmp_path / d, "o")]  # noqa: E731
     assert read("a") == read("b")
     assert read("a") != read("c")
 
 
-def test_shuffle_maxcount_and_memory_spills(tmp_path, client):
+def test_shuffle_maxcount_and_memory_spills(tmp_path, processes_client):
     data = make_shards(tmp_path / "in", shards=3, per_shard=100)
     s = htools.shuffle(str(tmp_path / "in" / "data-@3.tar"), str(tmp_path / "o" / "o-%03d.tar"),
-                       maxcount=70, memory=64 << 10, client=client, quiet=True)
+                       maxcount=70, memory=64 << 10, client=processes_client, quiet=True)
     assert s.ok and s.samples_read == 300 and s.samples_written == 300
     outs = outputs(tmp_path / "o", "o")
     assert len(outs) == 5  # ceil(300 / 70)
@@ -77,30 +77,30 @@ def test_shuffle_maxcount_and_memory_spills(tmp_path, client):
     assert as_multiset(read_wds(outs)) == as_multiset(data.values())
 
 
-def test_more_outputs_than_samples_and_empty_inputs(tmp_path, client):
+def test_more_outputs_than_samples_and_empty_inputs(tmp_path, processes_client):
     write_shard(tmp_path / "in" / "e-0.tar", [])
     write_shard(tmp_path / "in" / "e-1.tar", [{"__key__": "only", "txt": b"one"}])
     s = htools.shuffle(str(tmp_path / "in" / "e-@2.tar"), str(tmp_path / "o" / "o-@5.tar"),
-                       client=client, quiet=True)
+                       client=processes_client, quiet=True)
     assert s.ok and s.shards_done == 5
     outs = outputs(tmp_path / "o", "o")
     assert len(outs) == 5
     assert [s for p in outs for s in read_wds([p])] == [{"__key__": "only", "txt": b"one"}]
     s = htools.sort(str(tmp_path / "in" / "e-0.tar"), str(tmp_path / "o2" / "o-@2.tar"),
-                    client=client, quiet=True)
+                    client=processes_client, quiet=True)
     assert s.ok and [read_wds([p]) for p in outputs(tmp_path / "o2", "o")] == [[], []]
 
 
 # --------------------------------------------------------------------- sort --
 
-def test_sort_by_numeric_field_balanced_and_reverse(tmp_path, client):
+def test_sort_by_numeric_field_balanced_and_reverse(tmp_path, processes_client):
     rng = random.Random(3)
     for i in range(4):
         write_shard(tmp_path / "in" / f"d-{i}.tar",
                     [{"__key__": f"{i}-{j}", "score": str(rng.uniform(-1e3, 1e3)).encode()}
                      for j in range(500)])
     s = htools.sort(str(tmp_path / "in" / "d-@4.tar"), str(tmp_path / "o" / "o-@4.tar"),
-                    key="score", key_type="float", client=client, quiet=True)
+                    key="score", key_type="float", client=processes_client, quiet=True)
     assert s.ok
     per_output = [[float(x["score"]) for x in read_wds([p])] for p in outputs(tmp_path / "o", "o")]
     flat = [v for out in per_output for v in out]
@@ -109,19 +109,19 @@ def test_sort_by_numeric_field_balanced_and_reverse(tmp_path, client):
     assert max(len(o) for o in per_output) <= 1.5 * mean
 
     s = htools.sort(str(tmp_path / "in" / "d-@4.tar"), str(tmp_path / "r" / "o-@3.tar"),
-                    key="score", key_type="float", reverse=True, client=client, quiet=True)
+                    key="score", key_type="float", reverse=True, client=processes_client, quiet=True)
     flat = [float(x["score"]) for x in read_wds(outputs(tmp_path / "r", "o"))]
     assert flat == sorted(flat, reverse=True)
 
 
-def test_equal_keys_keep_input_order_and_non_ascii_keys(tmp_path, client):
+def test_equal_keys_keep_input_order_and_non_ascii_keys(tmp_path, processes_client):
     names = ["émile", "zoë", "ändern", "日本", "abc", "Ωmega"]
     for i in range(3):
         write_shard(tmp_path / "in" / f"d-{i}.tar",
                     [{"__key__": f"{n}-{i}-{j}", "grp": n.encode(), "pos": f"{i}-{j}".encode()}
                      for j in range(4) for n in names])
     s = htools.sort(str(tmp_path / "in" / "d-@3.tar"), str(tmp_path / "o" / "o-@3.tar"),
-                    key="grp", client=client, quiet=True, memory=4096)
+                    key="grp", client=processes_client, quiet=True, memory=4096)
     assert s.ok
     got = read_wds(outputs(tmp_path / "o", "o"))
     assert [x["grp"].decode() for x in got] == [n for n in sorted(names) for _ in range(12)]
@@ -129,7 +129,7 @@ def test_equal_keys_keep_input_order_and_non_ascii_keys(tmp_path, client):
         assert [x["pos"] for x in got if x["grp"] == n.encode()] == \
             [f"{i}-{j}".encode() for i in range(3) for j in range(4)]
     by_key = htools.sort(str(tmp_path / "in" / "d-@3.tar"), str(tmp_path / "k" / "o-@2.tar"),
-                         client=client, quiet=True)
+                         client=processes_client, quiet=True)
     keys = [x["__key__"] for x in read_wds(outputs(tmp_path / "k", "o"))]
     assert by_key.ok and keys == sorted(keys) and len(keys) == 72
 
@@ -144,7 +144,7 @@ def reduce_samples(key, samples):
 """
 
 
-def test_reduce_sees_whole_groups_across_shards_and_spills(tmp_path, client):
+def test_reduce_sees_whole_groups_across_shards_and_spills(tmp_path, processes_client):
     rng = random.Random(1)
     words = [f"w{i:03d}" for i in range(60)]
     expected = Counter()
@@ -167,7 +167,7 @@ def test_reduce_sees_whole_groups_across_shards_and_spills(tmp_path, client):
     assert js["extra"]["intermediate_merges"] > 0  # more runs than one merge pass may open
 
 
-def test_merge_joins_two_sets_and_repairs_non_contiguous_tars(tmp_path, client):
+def test_merge_joins_two_sets_and_repairs_non_contiguous_tars(tmp_path, processes_client):
     images = {f"k{i:03d}": {"__key__": f"k{i:03d}", "jpg": bytes([i]) * 50} for i in range(40)}
     write_shard(tmp_path / "img" / "i-0.tar", list(images.values())[:20])
     write_shard(tmp_path / "img" / "i-1.tar", list(images.values())[20:])
@@ -206,13 +206,13 @@ def test_duplicate_keys_without_merge_are_refused(tmp_path):
     assert p.returncode == 1 and "use --merge" in p.stderr
 
 
-def test_sample_larger_than_memory_budget(tmp_path, client):
+def test_sample_larger_than_memory_budget(tmp_path, processes_client):
     big = random.Random(0).randbytes(3 << 20)
     write_shard(tmp_path / "in" / "d-0.tar", [{"__key__": "a", "bin": b"small"},
                                               {"__key__": "b", "bin": big},
                                               {"__key__": "c", "bin": b"small"}])
     s = htools.sort(str(tmp_path / "in" / "d-0.tar"), str(tmp_path / "o" / "o-@2.tar"),
-                    memory=1 << 20, client=client, quiet=True)
+                    memory=1 << 20, client=processes_client, quiet=True)
     assert s.ok
     got = read_wds(outputs(tmp_path / "o", "o"))
     assert [x["__key__"] for x in got] == ["a", "b", "c"] and got[1]["bin"] == big
@@ -276,30 +276,30 @@ def test_missing_input_fails_before_writing_and_cleans_scratch(tmp_path):
     assert p.stderr.strip() == f"Error: input {tmp_path}/in/data-2.tar does not exist"
     assert not (tmp_path / "o").exists() and not any((tmp_path / "scratch").glob("**/*.bin"))
 
-def test_existing_outputs_refused_resume_skips(tmp_path, client):
+def test_existing_outputs_refused_resume_skips(tmp_path, processes_client):
     import glob
     import tempfile
 
     temps = set(glob.glob(f"{tempfile.gettempdir()}/htools-scratch-*"))
     make_shards(tmp_path / "in", shards=2, per_shard=10)
     src, dst = str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar")
-    assert htools.shuffle(src, dst, client=client, quiet=True).ok
+    assert htools.shuffle(src, dst, client=processes_client, quiet=True).ok
     first = [p.read_bytes() for p in outputs(tmp_path / "o", "o")]
     with pytest.raises(htools.HtoolsError, match="already exist"):
-        htools.shuffle(src, dst, client=client, quiet=True)
+        htools.shuffle(src, dst, client=processes_client, quiet=True)
     (tmp_path / "o" / "o-1.tar").unlink()
-    s = htools.shuffle(src, dst, client=client, quiet=True, resume=True)
+    s = htools.shuffle(src, dst, client=processes_client, quiet=True, resume=True)
     assert s.ok and s.shards_done == 1 and s.shards_skipped == 1
     assert [p.read_bytes() for p in outputs(tmp_path / "o", "o")] == first  # same seed, same bytes
     assert set(glob.glob(f"{tempfile.gettempdir()}/htools-scratch-*")) == temps  # removed
 
 
-def test_scratch_on_s3_uses_the_jobs_storage_options(tmp_path, s3_server, client):
+def test_scratch_on_s3_uses_the_jobs_storage_options(tmp_path, s3_server, processes_client):
     """Run files go to S3 (moto) with the endpoint and credentials given to the job."""
     data = make_shards(tmp_path / "in", shards=2, per_shard=15)
     scratch = f"s3://{s3_server.bucket}/scratch-{uuid.uuid4().hex[:6]}/"
     s = htools.sort(str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar"),
-                    scratch=scratch, storage_options=s3_server.options, client=client,
+                    scratch=scratch, storage_options=s3_server.options, client=processes_client,
                     quiet=True, memory=8 << 10)
     assert s.ok, s.failures
     assert [x["__key__"] for x in read_wds(outputs(tmp_path / "o", "o"))] == sorted(data)
@@ -309,11 +309,11 @@ def test_scratch_on_s3_uses_the_jobs_storage_options(tmp_path, s3_server, client
     assert fs.find(scratch) == []  # runs were written there, and deleted at the end
 
 
-def test_counts_add_up_with_merge_and_reduce(tmp_path, client):
+def test_counts_add_up_with_merge_and_reduce(tmp_path, processes_client):
     write_shard(tmp_path / "a" / "a.tar", [{"__key__": f"k{i}", "x": b"1"} for i in range(10)])
     write_shard(tmp_path / "b" / "b.tar", [{"__key__": f"k{i}", "y": b"2"} for i in range(10)])
     s = htools.sort([str(tmp_path / "a" / "a.tar"), str(tmp_path / "b" / "b.tar")],
-                    str(tmp_path / "o" / "o-@2.tar"), merge=True, client=client, quiet=True)
+                    str(tmp_path / "o" / "o-@2.tar"), merge=True, client=processes_client, quiet=True)
     assert (s.samples_read, s.samples_written, s.samples_dropped, s.samples_failed) == (20, 10, 0, 0)
     assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
     script = tmp_path / "r.py"
@@ -323,16 +323,16 @@ def test_counts_add_up_with_merge_and_reduce(tmp_path, client):
                       "    return {'n': str(len(samples))}\n")
     s = htools.sort([str(tmp_path / "a" / "a.tar"), str(tmp_path / "b" / "b.tar")],
                     str(tmp_path / "r" / "o-@2.tar"), script=str(script), max_errors=1,
-                    client=client, quiet=True)
+                    client=processes_client, quiet=True)
     assert s.ok
     assert (s.samples_read, s.samples_written, s.samples_dropped, s.samples_failed) == (20, 8, 2, 2)
     assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
 
 
-def test_nan_and_non_utf8_keys(tmp_path, client):
+def test_nan_and_non_utf8_keys(tmp_path, processes_client):
     write_shard(tmp_path / "in" / "f.tar", [{"__key__": "a", "v": b"1.5"}, {"__key__": "b", "v": b"nan"}])
     s = htools.sort(str(tmp_path / "in" / "f.tar"), str(tmp_path / "o" / "o.tar"), key="v",
-                    key_type="float", client=client, quiet=True)
+                    key_type="float", client=processes_client, quiet=True)
     assert not s.ok and "NaN" in s.failures[0]["error"] and "'b'" in s.failures[0]["error"]
     import tarfile
 
@@ -343,16 +343,16 @@ def test_nan_and_non_utf8_keys(tmp_path, client):
             info.size = 2
             tf.addfile(info, io.BytesIO(b"hi"))
     s = htools.shuffle(str(tmp_path / "in" / "latin1.tar"), str(tmp_path / "l" / "o.tar"),
-                       client=client, quiet=True)
+                       client=processes_client, quiet=True)
     assert s.ok and s.samples_written == 2
     names = sorted(tarfile.open(tmp_path / "l" / "o.tar", encoding="latin-1").getnames())
     assert names == ["abc.txt", "caf\xe9.txt"]  # the original bytes came back
 
 
-def test_dry_run_prints_the_plan_even_when_outputs_exist(tmp_path, client):
+def test_dry_run_prints_the_plan_even_when_outputs_exist(tmp_path, processes_client):
     make_shards(tmp_path / "in", shards=2, per_shard=5)
     src, dst = str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar")
-    assert htools.shuffle(src, dst, client=client, quiet=True).ok
+    assert htools.shuffle(src, dst, client=processes_client, quiet=True).ok
     p = run("htshuffle", src, dst, "--dry-run", "--resume")
     assert p.returncode == 0 and p.stdout.count("(exists, skipped)") == 2
     assert "stage 1: 2 input shards" in p.stdout

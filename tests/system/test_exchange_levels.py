@@ -23,11 +23,11 @@ def outputs(folder: Path) -> list[Path]:
     return sorted(folder.glob("o-*.tar"))
 
 
-def test_sort_through_three_merge_levels_is_sorted_stable_and_complete(tmp_path, client,
+def test_sort_through_three_merge_levels_is_sorted_stable_and_complete(tmp_path, processes_client,
                                                                          gnu_tar):
     samples = write_shards(tmp_path / "in", shards=24, per_shard=12)
     s = htools.sort(str(tmp_path / "in" / "d-@24.tar"), str(tmp_path / "o" / "o-@5.tar"),
-                    key="grp", fan_in=2, memory=4 << 10, client=client, quiet=True)
+                    key="grp", fan_in=2, memory=4 << 10, client=processes_client, quiet=True)
     assert s.ok, s.failures
     assert len(s.extra["levels"]) >= 3  # stage 1, three merge levels or more, the writes
     assert s.extra["runs"] > 24 and s.extra["max_runs_per_write"] <= 2
@@ -43,13 +43,13 @@ def test_sort_through_three_merge_levels_is_sorted_stable_and_complete(tmp_path,
     assert len(names) == 3 * len(samples)  # every member, as GNU tar sees it
 
 
-def test_shuffle_bytes_do_not_depend_on_fan_in(tmp_path, client):
+def test_shuffle_bytes_do_not_depend_on_fan_in(tmp_path, processes_client):
     samples = write_shards(tmp_path / "in", shards=20, per_shard=10, seed=3)
     digests, levels = [], []
     for fan in (2, 256):
         dst = tmp_path / f"f{fan}"
         s = htools.shuffle(str(tmp_path / "in" / "d-@20.tar"), str(dst / "o-@4.tar"), seed=5,
-                           fan_in=fan, memory=4 << 10, client=client, quiet=True)
+                           fan_in=fan, memory=4 << 10, client=processes_client, quiet=True)
         assert s.ok and s.samples_written == len(samples)
         digests.append([hashlib.sha256(p.read_bytes()).hexdigest() for p in outputs(dst)])
         levels.append(len(s.extra["levels"]))
@@ -69,7 +69,7 @@ def reduce_samples(key, samples):
 """
 
 
-def test_reduce_and_merge_see_whole_groups_across_levels(tmp_path, client):
+def test_reduce_and_merge_see_whole_groups_across_levels(tmp_path, processes_client):
     samples = write_shards(tmp_path / "in", shards=16, per_shard=10, seed=7)
     script = tmp_path / "r.py"
     script.write_text(REDUCE)
@@ -89,7 +89,7 @@ def test_reduce_and_merge_see_whole_groups_across_levels(tmp_path, client):
     assert js["samples_read"] == len(samples) == js["samples_mapped"] + js["samples_dropped"]
 
 
-def test_merge_joins_across_levels(tmp_path, client):
+def test_merge_joins_across_levels(tmp_path, processes_client):
     keys = [f"k{i:03d}" for i in range(60)]
     a = [{"__key__": k, "jpg": k.encode() * 3} for k in keys]
     b = [{"__key__": k, "cls": str(i % 4).encode()} for i, k in enumerate(keys)]
@@ -102,7 +102,7 @@ def test_merge_joins_across_levels(tmp_path, client):
                     w.write(x)
     s = htools.sort([str(tmp_path / "a" / "a-@6.tar"), str(tmp_path / "b" / "b-@6.tar")],
                     str(tmp_path / "o" / "o-@4.tar"), merge=True, fan_in=2, memory=2 << 10,
-                    client=client, quiet=True)
+                    client=processes_client, quiet=True)
     assert s.ok and len(s.extra["levels"]) >= 2
     got = read_wds(outputs(tmp_path / "o"))
     assert [x["__key__"] for x in got] == keys
@@ -140,7 +140,7 @@ def reduce_samples(key, samples):
 """
 
 
-def test_one_failed_output_of_a_shared_write_task_loses_only_its_own_samples(tmp_path, client):
+def test_one_failed_output_of_a_shared_write_task_loses_only_its_own_samples(tmp_path, processes_client):
     keys = [f"k{i:04d}" for i in range(320)]
     random.Random(4).shuffle(keys)
     (tmp_path / "in").mkdir()
@@ -151,7 +151,7 @@ def test_one_failed_output_of_a_shared_write_task_loses_only_its_own_samples(tmp
     script = tmp_path / "bad.py"
     script.write_text(BAD_KEY)
     s = htools.sort(str(tmp_path / "in" / "d-@4.tar"), str(tmp_path / "o" / "o-@32.tar"),
-                    script=str(script), client=client, quiet=True)
+                    script=str(script), client=processes_client, quiet=True)
     assert s.extra["outputs_per_task"] > 1  # outputs share write tasks
     assert (s.shards_done, s.shards_failed) == (31, 1)
     assert "cannot reduce k0137" in s.failures[0]["error"]
@@ -163,12 +163,12 @@ def test_one_failed_output_of_a_shared_write_task_loses_only_its_own_samples(tmp
     assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
 
 
-def test_many_tiny_inputs_are_grouped_per_task_and_all_written(tmp_path, client):
+def test_many_tiny_inputs_are_grouped_per_task_and_all_written(tmp_path, processes_client):
     """With the default memory budget, 48 tiny shards go to a few stage-1 tasks; the job
     must still write every output (stage 1 counts tasks, not inputs)."""
     samples = write_shards(tmp_path / "in", shards=48, per_shard=3, seed=9)
     s = htools.shuffle(str(tmp_path / "in" / "d-{00..47}.tar"), str(tmp_path / "o" / "o-@48.tar"),
-                       client=client, quiet=True)
+                       client=processes_client, quiet=True)
     assert s.ok and s.extra["inputs_per_task"] > 1 and s.extra["stage1_tasks"] < 48
     assert s.shards_done == 48 and s.samples_written == len(samples)
     got = read_wds(outputs(tmp_path / "o"))

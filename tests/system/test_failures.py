@@ -208,36 +208,6 @@ def test_expansion_gives_distinct_keys(tmp_path, data):
     assert got[1]["jpg"] == data["s0/k0000"]["jpg"][::-1]
 
 
-def test_full_disk_names_the_output_and_leaves_no_partial_file(tmp_path, data):
-    """Outputs on a 256 KiB tmpfs (mounted in a private mount namespace): the disk fills."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("unshare"):
-        pytest.fail("util-linux 'unshare' is needed for this test (Debian package util-linux)")
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    identity = script(tmp_path, "def process_sample(s):\n    return s\n")
-    from helpers import BIN, ENV
-
-    cmd = (f"mount -t tmpfs -o size=256k tmpfs {tiny} && "
-           f"{BIN / 'htmapper'} -p {identity} {tmp_path / 'in' / 'data-@3.tar'} "
-           f"{tiny / 'o-@3.tar'} --workers 1; rc=$?; ls -a {tiny}; "
-           f"for f in {tiny}/o-*.tar; do [ -e $f ] && {{ tar -tf $f | wc -l; }}; done; exit $rc")
-    p = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True,
-                       env=ENV, timeout=180)
-    assert p.returncode == 1, p.stderr
-    assert "No space left on device" in p.stderr
-    assert str(tiny / "o-") in p.stderr  # names the output being written
-    listing = p.stdout.split()
-    assert not [n for n in listing if ".tmp-" in n], listing  # no partial file left
-    done = [n for n in listing if n.startswith("o-")]
-    assert len(done) < 3  # at least one shard did not fit
-    members = [int(x) for x in listing if x.isdigit()]
-    assert members == [60] * len(done)  # those that exist are complete: 20 samples x 3 fields
-    assert "failed of 3" in p.stderr
-
-
 def test_progress_bar_on_a_terminal(tmp_path, data):
     """On a terminal, stderr shows shards done/total, samples/s, MB/s and the dashboard."""
     import fcntl

@@ -50,10 +50,10 @@ def test_htmapper_writes_an_index_that_readers_agree_with(tmp_path):
     assert doc["totals"]["samples"] == 18 and doc["fields"] == {"cls": 18, "jpg": 18, "txt": 18}
 
 
-def test_exchange_index_equals_htextract_index(tmp_path, client):
+def test_exchange_index_equals_htextract_index(tmp_path, processes_client):
     make_shards(tmp_path / "in", shards=4, per_shard=10)
     s = htools.shuffle(str(tmp_path / "in" / "data-@4.tar"), str(tmp_path / "o" / "x-@3.tar.gz"),
-                       seed=3, client=client, quiet=True)
+                       seed=3, client=processes_client, quiet=True)
     assert s.ok and s.extra["index"].endswith("/x.index.json")
     shards = sorted((tmp_path / "o").glob("x-*.tar.gz"))
     built = check_index(tmp_path / "o" / "x.index.json", shards)

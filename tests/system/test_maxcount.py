@@ -28,11 +28,11 @@ def digests(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("levels", [False, True])
-def test_sort_maxcount_is_exact_with_few_distinct_keys(tmp_path, client, levels):
+def test_sort_maxcount_is_exact_with_few_distinct_keys(tmp_path, processes_client, levels):
     samples = write_ties(tmp_path / "in", shards=6, per_shard=25)
     kw = {"fan_in": 2, "memory": 8 << 10} if levels else {}
     s = htools.sort(str(tmp_path / "in" / "d-{00..05}.tar"), str(tmp_path / "o" / "o-%03d.tar"),
-                    key="grp", maxcount=16, client=client, quiet=True, **kw)
+                    key="grp", maxcount=16, client=processes_client, quiet=True, **kw)
     assert s.ok, s.failures
     if levels:
         assert s.extra["levels"]
@@ -42,12 +42,12 @@ def test_sort_maxcount_is_exact_with_few_distinct_keys(tmp_path, client, levels)
     assert read_wds(files) == sorted(samples, key=lambda x: x["grp"])
 
 
-def test_shuffle_maxcount_is_exact_and_seeded_whatever_the_plan(tmp_path, client):
+def test_shuffle_maxcount_is_exact_and_seeded_whatever_the_plan(tmp_path, processes_client):
     samples = write_ties(tmp_path / "in", shards=5, per_shard=30, seed=2)
     src = str(tmp_path / "in" / "d-{00..04}.tar")
     for name, kw in (("a", {}), ("b", {"fan_in": 2, "memory": 8 << 10})):
         s = htools.shuffle(src, str(tmp_path / name / "o-%03d.tar"), seed=5, maxcount=40,
-                           client=client, quiet=True, **kw)
+                           client=processes_client, quiet=True, **kw)
         assert s.ok, s.failures
     assert [len(read_wds([p])) for p in outs(tmp_path / "a")] == [40, 40, 40, 30]
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
@@ -55,42 +55,42 @@ def test_shuffle_maxcount_is_exact_and_seeded_whatever_the_plan(tmp_path, client
     assert sorted(x["__key__"] for x in got) == sorted(x["__key__"] for x in samples)
 
 
-def test_resume_rewrites_outputs_that_start_inside_a_bucket(tmp_path, client):
+def test_resume_rewrites_outputs_that_start_inside_a_bucket(tmp_path, processes_client):
     """Outputs deleted from the middle of a --maxcount sort come back byte-identical: the
     write task skips the records of the outputs that exist, inside shared buckets."""
     write_ties(tmp_path / "in", shards=4, per_shard=25, seed=3)
     src, dst = str(tmp_path / "in" / "d-{00..03}.tar"), str(tmp_path / "o" / "o-%03d.tar")
-    assert htools.sort(src, dst, key="grp", maxcount=9, client=client, quiet=True).ok
+    assert htools.sort(src, dst, key="grp", maxcount=9, client=processes_client, quiet=True).ok
     before = digests(tmp_path / "o")
     files = outs(tmp_path / "o")
     for p in (files[2], files[3], files[7]):  # each starts inside a bucket
         p.unlink()
-    s = htools.sort(src, dst, key="grp", maxcount=9, resume=True, client=client, quiet=True)
+    s = htools.sort(src, dst, key="grp", maxcount=9, resume=True, client=processes_client, quiet=True)
     assert s.ok, s.failures
     assert s.shards_skipped == len(files) - 3 and s.shards_done == 3
     assert digests(tmp_path / "o") == before
 
 
-def test_dedup_sort_maxcount_is_exact(tmp_path, client):
+def test_dedup_sort_maxcount_is_exact(tmp_path, processes_client):
     samples = write_ties(tmp_path / "in", shards=4, per_shard=30, seed=4)
     for x in samples[::3]:  # a third of the samples repeat an earlier one's bytes
         x["dup"] = b"same"
     s = htools.sort(str(tmp_path / "in" / "d-{00..03}.tar"), str(tmp_path / "o" / "o-%03d.tar"),
-                    key="grp", dedup="bin", maxcount=25, client=client, quiet=True)
+                    key="grp", dedup="bin", maxcount=25, client=processes_client, quiet=True)
     assert s.ok, s.failures
     kept = s.samples_written
     sizes = [len(read_wds([p])) for p in outs(tmp_path / "o")]
     assert sizes[:-1] == [25] * (len(sizes) - 1) and sum(sizes) == kept
 
 
-def test_reduce_with_maxcount_cuts_between_groups(tmp_path, client):
+def test_reduce_with_maxcount_cuts_between_groups(tmp_path, processes_client):
     """A reduce must see each key's whole group once: its outputs end between groups."""
     write_ties(tmp_path / "in", shards=3, per_shard=20, seed=6)
     script = tmp_path / "count.py"
     script.write_text("def reduce_samples(key, samples):\n"
                       "    return {'__key__': f'g{key}', 'n': str(len(samples)).encode()}\n")
     s = htools.sort(str(tmp_path / "in" / "d-{00..02}.tar"), str(tmp_path / "o" / "o-%03d.tar"),
-                    key="grp", script=str(script), maxcount=25, client=client, quiet=True)
+                    key="grp", script=str(script), maxcount=25, client=processes_client, quiet=True)
     assert s.ok, s.failures
     got = read_wds(outs(tmp_path / "o"))
     assert sorted(x["__key__"] for x in got) == ["g0", "g1", "g2"]  # one row per key

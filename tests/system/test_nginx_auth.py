@@ -194,7 +194,7 @@ def test_cli_upload_and_map_with_credentials(nginx_auth_server, sub, tmp_path):
     assert len(read_wds(sorted(local.glob("env-*.tar")))) == len(src)
 
 
-def test_cli_upload_netrc_to_a_real_scheduler(nginx_auth_server, sub, dask_cluster, tmp_path):
+def test_cli_upload_netrc_to_a_real_scheduler(nginx_auth_server, sub, scheduler_cluster, tmp_path):
     """~/.netrc on this side only: the workers of a separate scheduler do not share HOME,
     so pass the credentials the way that ships with the job (storage options)."""
     s = nginx_auth_server
@@ -202,7 +202,7 @@ def test_cli_upload_netrc_to_a_real_scheduler(nginx_auth_server, sub, dask_clust
     src = make_shards(tmp_path / "src", shards=2, per_shard=5)
     opts = json.dumps({"http": {"auth": {"user": s.user, "password": s.password}}})
     out = ok(run("htupload", str(tmp_path / "src" / "data-{0..1}.tar"), base + "c-@2.tar",
-                 "-c", dask_cluster.address, "--storage-options", opts,
+                 "-c", scheduler_cluster.address, "--storage-options", opts,
                  env=clean_env(HOME=str(tmp_path))))
     assert_secret_free(out, s.password)
     assert {x["__key__"] for x in read_wds(shards_under(local))} == set(src)

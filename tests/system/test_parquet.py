@@ -54,26 +54,26 @@ def check_table(t, samples: list[dict]) -> None:
         assert r["tag"] == (s["tag"].decode() if "tag" in s else None)
 
 
-def test_one_parquet_file_gathers_every_row_in_shard_order(tmp_path, client):
+def test_one_parquet_file_gathers_every_row_in_shard_order(tmp_path, processes_client):
     samples = write_shards(tmp_path / "in")
     dst = tmp_path / "out" / "meta.parquet"
     s = htools.extract(str(tmp_path / "in" / "m-@3.tar"), fields=FIELDS, format="parquet",
-                       out=str(dst), client=client, quiet=True)
+                       out=str(dst), client=processes_client, quiet=True)
     assert s.ok and s.samples_written == len(samples) and s.bytes_out == dst.stat().st_size
     check_table(pq.read_table(dst), samples)
     with pytest.raises(HtoolsError, match="already exist.*--overwrite"):
         htools.extract(str(tmp_path / "in" / "m-@3.tar"), fields=FIELDS, format="parquet",
-                       out=str(dst), client=client, quiet=True)
+                       out=str(dst), client=processes_client, quiet=True)
     s = htools.extract(str(tmp_path / "in" / "m-@3.tar"), fields="__key__,cls",
-                       format="parquet", out=str(dst), overwrite=True, client=client,
+                       format="parquet", out=str(dst), overwrite=True, client=processes_client,
                        quiet=True)
     assert s.ok and pq.read_table(dst).column_names == ["__key__", "cls"]
 
 
-def test_a_pattern_writes_one_parquet_per_shard_from_the_tasks(tmp_path, client):
+def test_a_pattern_writes_one_parquet_per_shard_from_the_tasks(tmp_path, processes_client):
     samples = write_shards(tmp_path / "in")
     s = htools.extract(str(tmp_path / "in" / "m-@3.tar"), fields=FIELDS, format="parquet",
-                       out=str(tmp_path / "pq" / "meta-@3.parquet"), client=client, quiet=True)
+                       out=str(tmp_path / "pq" / "meta-@3.parquet"), client=processes_client, quiet=True)
     assert s.ok and s.shards_done == 3
     for n in range(3):
         t = pq.read_table(tmp_path / "pq" / f"meta-{n}.parquet")
@@ -85,7 +85,7 @@ def test_a_pattern_writes_one_parquet_per_shard_from_the_tasks(tmp_path, client)
     assert not list((tmp_path / "pq").glob("*.tmp*"))  # atomic writes leave nothing else
     with pytest.raises(HtoolsError, match="already exist"):
         htools.extract(str(tmp_path / "in" / "m-@3.tar"), fields=FIELDS, format="parquet",
-                       out=str(tmp_path / "pq" / "meta-@3.parquet"), client=client, quiet=True)
+                       out=str(tmp_path / "pq" / "meta-@3.parquet"), client=processes_client, quiet=True)
 
 
 def test_column_types():
@@ -162,13 +162,13 @@ def mtimes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
-def test_to_dir_writes_one_parquet_per_shard_named_after_it(tmp_path, client, place):
+def test_to_dir_writes_one_parquet_per_shard_named_after_it(tmp_path, processes_client, place):
     base, local = place
     names = ["m-0.tar", "m-1.tgz", "m-2.tar.gz"]
     write_shards(tmp_path / "in", names=names)
     inputs = [str(tmp_path / "in" / n) for n in names]
     dst = base + "meta"
-    s = htools.extract(inputs, fields=FIELDS, format="parquet", to_dir=dst, client=client,
+    s = htools.extract(inputs, fields=FIELDS, format="parquet", to_dir=dst, client=processes_client,
                        quiet=True)
     assert s.ok and s.shards_done == 3 and not s.notes  # every file typed alike already
     out = local / "meta"
@@ -178,17 +178,17 @@ def test_to_dir_writes_one_parquet_per_shard_named_after_it(tmp_path, client, pl
         check_table(pq.read_table(out / (name.split(".")[0] + ".parquet")), read_wds([path]))
     check_table(pads.dataset(str(out)).to_table(), read_wds(inputs))  # read together
     with pytest.raises(HtoolsError, match="3 output.*already exist.*--overwrite"):
-        htools.extract(inputs, fields=FIELDS, format="parquet", to_dir=dst, client=client,
+        htools.extract(inputs, fields=FIELDS, format="parquet", to_dir=dst, client=processes_client,
                        quiet=True)
     (out / "m-1.parquet").unlink()
     before = mtimes(out)
     s = htools.extract(inputs, fields=FIELDS, format="parquet", to_dir=dst, resume=True,
-                       client=client, quiet=True)
+                       client=processes_client, quiet=True)
     assert s.ok and (s.shards_done, s.shards_skipped) == (1, 2) and not s.notes
     assert {k: v for k, v in mtimes(out).items() if k != "m-1.parquet"} == before
     check_table(pq.read_table(out / "m-1.parquet"), read_wds(inputs[1:2]))
     s = htools.extract(inputs, fields="__key__,cls", format="parquet", to_dir=dst,
-                       overwrite=True, client=client, quiet=True)
+                       overwrite=True, client=processes_client, quiet=True)
     assert s.ok and pq.read_table(out / "m-2.parquet").column_names == ["__key__", "cls"]
 
 
@@ -214,14 +214,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_every_file_of_a_job_types_each_column_alike(tmp_path, client, case):
+def test_every_file_of_a_job_types_each_column_alike(tmp_path, processes_client, case):
     odd, kind, ints = CASES[case]
     write_values(tmp_path / "in" / "a.tar", INTS)
     write_values(tmp_path / "in" / "b.tar", INTS[::-1])
     write_values(tmp_path / "in" / "c.tar", odd)
     out = tmp_path / "out"
     s = htools.extract(str(tmp_path / "in" / "{a,b,c}.tar"), fields="__key__,v,txt",
-                       format="parquet", to_dir=str(out), client=client, quiet=True)
+                       format="parquet", to_dir=str(out), client=processes_client, quiet=True)
     assert s.ok and s.shards_done == 3 and s.samples_written == 8
     for f in out.iterdir():  # -f order and the job's types in every file
         assert pq.read_schema(f).names == ["__key__", "v", "txt"]
@@ -243,11 +243,11 @@ def test_every_file_of_a_job_types_each_column_alike(tmp_path, client, case):
         sum(f.stat().st_size for f in out.iterdir())
 
 
-def test_resumed_files_count_with_the_types_of_their_footer(tmp_path, client):
+def test_resumed_files_count_with_the_types_of_their_footer(tmp_path, processes_client):
     write_values(tmp_path / "in" / "a.tar", INTS)
     write_values(tmp_path / "in" / "b.tar", [None])  # v in no row: a string column of nulls
     out = tmp_path / "out"
-    kw = {"fields": "__key__,v", "format": "parquet", "to_dir": str(out), "client": client,
+    kw = {"fields": "__key__,v", "format": "parquet", "to_dir": str(out), "client": processes_client,
           "quiet": True}
     s = htools.extract(str(tmp_path / "in" / "{a,b}.tar"), **kw)
     assert s.notes == [f"1 of 2 {REWRITTEN}v null -> int64"]
@@ -268,10 +268,10 @@ def test_resumed_files_count_with_the_types_of_their_footer(tmp_path, client):
         sorted(["007", "12", "-3", None, "1", "x"], key=str)
 
 
-def test_a_rewrite_that_fails_fails_its_shard(tmp_path, client):
+def test_a_rewrite_that_fails_fails_its_shard(tmp_path, processes_client):
     write_values(tmp_path / "in" / "a.tar", INTS)
     out = tmp_path / "out"
-    kw = {"fields": "__key__,v", "format": "parquet", "to_dir": str(out), "client": client,
+    kw = {"fields": "__key__,v", "format": "parquet", "to_dir": str(out), "client": processes_client,
           "quiet": True}
     assert htools.extract(str(tmp_path / "in" / "a.tar"), **kw).ok
     # a.tar changes after its file was written: it no longer holds numbers, and the job

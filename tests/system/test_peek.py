@@ -47,15 +47,6 @@ def data(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as c:
-        yield c
-
-
 def keys(samples) -> list[str]:
     return [s["__key__"] for s in samples]
 
@@ -150,10 +141,10 @@ def test_sample_is_reproducible_by_seed(data):
 
 # ----------------------------------------------------------------------- extract --
 
-def test_extract_returns_a_dataframe_of_the_rows(data, client):
+def test_extract_returns_a_dataframe_of_the_rows(data, threads_client):
     pd = require_module("pandas")
     rows = htools.extract(str(data / "d-@3.tar"), fields=["__key__", "cls", "txt", "bin"],
-                          client=client, quiet=True)
+                          client=threads_client, quiet=True)
     assert isinstance(rows, pd.DataFrame)
     assert list(rows.columns) == ["__key__", "cls", "txt", "bin"]
     assert list(rows["__key__"]) == [f"s{s}/k{i}" for s in range(3) for i in range(5)]
@@ -163,34 +154,34 @@ def test_extract_returns_a_dataframe_of_the_rows(data, client):
     assert rows.summary.ok and rows.summary.samples_written == 15
 
 
-def test_extract_counts_and_plain_python_results(data, client):
+def test_extract_counts_and_plain_python_results(data, threads_client):
     pd = require_module("pandas")
-    counts = htools.extract(str(data / "d-@3.tar"), fields="cls", count=5, client=client,
+    counts = htools.extract(str(data / "d-@3.tar"), fields="cls", count=5, client=threads_client,
                             quiet=True)
     assert isinstance(counts, pd.DataFrame)
     assert counts.to_dict("records") == [{"cls": "0", "count": 9}, {"cls": "1", "count": 6}]
     assert counts.summary.samples_read == 15
-    plain = htools.extract(str(data / "d-@3.tar"), fields="cls", count=5, client=client,
+    plain = htools.extract(str(data / "d-@3.tar"), fields="cls", count=5, client=threads_client,
                            quiet=True, frame=False)
     assert isinstance(plain, Counter) and plain == Counter({"0": 9, "1": 6})
     assert plain.summary.ok
     pairs = htools.extract(str(data / "d-@3.tar"), fields="cls,meta.json", count=1,
-                           client=client, quiet=True, frame=False)
+                           client=threads_client, quiet=True, frame=False)
     assert list(pairs.values()) == [3] and list(pairs)[0][0] in ("0", "1")
-    rows = htools.extract(str(data / "d-@3.tar"), fields="__key__,cls", client=client,
+    rows = htools.extract(str(data / "d-@3.tar"), fields="__key__,cls", client=threads_client,
                           quiet=True, frame=False)
     assert type(rows).__bases__ == (list,)
     assert rows[:2] == [{"__key__": "s0/k0", "cls": "0"}, {"__key__": "s0/k1", "cls": "1"}]
     assert rows.summary.samples_written == 15
 
 
-def test_extract_with_out_writes_rows_and_returns_the_summary(data, client):
+def test_extract_with_out_writes_rows_and_returns_the_summary(data, threads_client):
     out = io.StringIO()
     summary = htools.extract(str(data / "d-@3.tar"), fields="__key__,cls", count=0, out=out,
-                             client=client, quiet=True)
+                             client=threads_client, quiet=True)
     assert isinstance(summary, JobSummary) and summary.samples_written == 15
     assert out.getvalue().splitlines()[:2] == ["s0/k0\t0", "s0/k1\t1"]
-    plan = htools.extract(str(data / "d-@3.tar"), client=client, quiet=True, dry_run=True)
+    plan = htools.extract(str(data / "d-@3.tar"), client=threads_client, quiet=True, dry_run=True)
     assert isinstance(plan, JobSummary) and len(plan.plan) == 3
 
 

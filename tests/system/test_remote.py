@@ -1,5 +1,5 @@
 """Every tool, the Python API and the notebook's calls on workers that behave as if they
-were on other machines (tests/remote.py: own mount namespace, the client's folders
+were on other machines (tests/fixtures/remote.py: own mount namespace, the client's folders
 hidden, no HTOOLS_* or credential variables), with data on nginx, moto and the GCS
 emulator (issue 17)."""
 
@@ -331,11 +331,11 @@ def test_what_a_script_may_carry_is_bounded_and_checked(tmp_path, monkeypatch):
         load_script(lambda s: s, require=("process_sample",), py_files=[tmp_path / "big.py"])
 
 
-def test_check_workers_is_silent_for_an_embedded_cluster(tmp_path, client):
+def test_check_workers_is_silent_for_an_embedded_cluster(tmp_path, processes_client):
     from htools.runtime import preflight
 
-    assert preflight.embedded(client)
-    preflight.check_workers(client, [str(tmp_path)], [str(tmp_path / "o-1.tar")])
+    assert preflight.embedded(processes_client)
+    preflight.check_workers(processes_client, [str(tmp_path)], [str(tmp_path / "o-1.tar")])
     assert preflight.unseen(None, [str(tmp_path)]) == []
 
 
@@ -371,7 +371,7 @@ def test_modules_travel_once_per_worker_not_in_every_task(tmp_path):
         plugin.teardown(None)
 
 
-def test_a_job_ships_its_modules_by_plugin(tmp_path, client):
+def test_a_job_ships_its_modules_by_plugin(tmp_path, processes_client):
     """htmapper with a script whose sibling module is 1 MB: the job runs through the
     plugin path (its tasks' Scripts carry no modules), and the plugin is gone after."""
     from helpers import make_shards
@@ -389,11 +389,11 @@ def test_a_job_ships_its_modules_by_plugin(tmp_path, client):
                                  "    via = b'plugin' if shipping._received else b'args'\n"
                                  "    return {**s, 'tag': padded_mod.TAG, 'via': via}\n")
     s = htools.map_shards(str(tmp_path / "in" / "data-@4.tar"), str(tmp_path / "o" / "o-@4.tar"),
-                          str(code / "tag.py"), client=client, quiet=True)
+                          str(code / "tag.py"), client=processes_client, quiet=True)
     assert s.ok, s.failures
     got = read_wds(sorted((tmp_path / "o").glob("o-*.tar")))
     assert len(got) == 20 and {x["tag"] for x in got} == {b"padded"}
     assert {x["via"] for x in got} == {b"plugin"}  # the worker had the plugin's copy
     assert shipping.carried == set()
-    plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    plugins = processes_client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert not any(n.startswith("htools-modules-") for names in plugins.values() for n in names)

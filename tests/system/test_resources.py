@@ -6,14 +6,11 @@ fake nvidia-smi here)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from fixtures.servers import free_port
-from helpers import BIN, child_env, make_shards, ok, read_wds, run
+from helpers import child_env, make_shards, ok, read_wds, run
 
 from htools.clusters import connection
 from htools.errors import HtoolsError
@@ -98,55 +95,12 @@ def test_embedded_cluster_one_task_per_gpu(tmp_path):
 
 # --------------------------------------------- a scheduler and two workers --
 
-@pytest.fixture(scope="module")
-def foo_cluster(tmp_path_factory):
-    """`dask scheduler` + a plain `dask worker` + a `dask worker --resources FOO=1`."""
-    d = tmp_path_factory.mktemp("foo-cluster")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(BIN / "dask")
-    procs = []
-
-    def start(args, name):
-        log = open(d / f"{name}.log", "w")
-        procs.append(subprocess.Popen([dask, *args], stdout=log, stderr=subprocess.STDOUT,
-                                      env=child_env(), start_new_session=True))
-        log.close()
-
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", str(port),
-               "--dashboard-address", "127.0.0.1:0"], "scheduler")
-        common = ["--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
-                  "--dashboard-address", "127.0.0.1:0"]
-        start(["worker", address, "--name", "plain", *common,
-               "--local-directory", str(d / "plain")], "plain")
-        start(["worker", address, "--name", "foo", "--resources", "FOO=1", *common,
-               "--local-directory", str(d / "foo")], "foo")
-        wait = subprocess.run(
-            [sys.executable, "-c", "import sys\nfrom distributed import Client\n"
-             "with Client(sys.argv[1], timeout='30s') as c: c.wait_for_workers(2, timeout=60)",
-             address], capture_output=True, text=True, timeout=120, env=child_env())
-        if wait.returncode != 0:
-            logs = "\n".join(p.read_text()[-2000:] for p in d.glob("*.log"))
-            pytest.fail(f"the cluster did not start:\n{wait.stderr}\n{logs}")
-        yield address
-    finally:
-        for p in reversed(procs):  # workers first, then the scheduler
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
-
-
-def test_tasks_go_only_to_the_worker_with_the_resource(tmp_path, foo_cluster):
+def test_tasks_go_only_to_the_worker_with_the_resource(tmp_path, resource_cluster):
     samples = make_shards(tmp_path / "in", shards=6, per_shard=4)
     (tmp_path / "record.py").write_text(RECORD)
     ins = str(tmp_path / "in/data-{0..5}.tar")
     ok(run("htmapper", "-p", tmp_path / "record.py", ins, tmp_path / "foo-@6.tar",
-           "-c", foo_cluster, "--resources", "FOO=1", "-q"))
+           "-c", resource_cluster, "--resources", "FOO=1", "-q"))
     got = read_wds(sorted(tmp_path.glob("foo-*.tar")))
     assert sorted(s["__key__"] for s in got) == sorted(samples)
     assert {s["worker.txt"] for s in got} == {b"foo"}
@@ -156,16 +110,16 @@ def test_tasks_go_only_to_the_worker_with_the_resource(tmp_path, foo_cluster):
                           "import time\ndef process_sample(sample):\n    time.sleep(0.1)")
     (tmp_path / "slow.py").write_text(slow)
     ok(run("htmapper", "-p", tmp_path / "slow.py", ins, tmp_path / "any-@6.tar",
-           "-c", foo_cluster, "-q"))
+           "-c", resource_cluster, "-q"))
     got = read_wds(sorted(tmp_path.glob("any-*.tar")))
     assert {s["worker.txt"] for s in got} == {b"foo", b"plain"}
 
 
-def test_a_resource_no_worker_has_fails_in_seconds(tmp_path, foo_cluster):
+def test_a_resource_no_worker_has_fails_in_seconds(tmp_path, resource_cluster):
     make_shards(tmp_path / "in", shards=2, per_shard=2)
     t0 = time.monotonic()
     p = run("htmapper", "-s", "true", str(tmp_path / "in/data-{0..1}.tar"),
-            tmp_path / "out-@2.tar", "-c", foo_cluster, "--resources", "GPU=1",
+            tmp_path / "out-@2.tar", "-c", resource_cluster, "--resources", "GPU=1",
             "--resources", "FOO=1", timeout=60)
     assert p.returncode == 1, p.stderr
     assert "no Dask worker has the resources GPU=1, FOO=1" in p.stderr, p.stderr
@@ -174,14 +128,14 @@ def test_a_resource_no_worker_has_fails_in_seconds(tmp_path, foo_cluster):
     assert not list(tmp_path.glob("out-*"))
 
 
-def test_python_api_resources(tmp_path, foo_cluster):
+def test_python_api_resources(tmp_path, resource_cluster):
     import htools
 
     samples = make_shards(tmp_path / "in", shards=2, per_shard=3)
     (tmp_path / "record.py").write_text(RECORD)
     summary = htools.map_shards(str(tmp_path / "in/data-{0..1}.tar"),
                                 str(tmp_path / "api-@2.tar"), str(tmp_path / "record.py"),
-                                cluster=foo_cluster, resources={"FOO": 1}, quiet=True)
+                                cluster=resource_cluster, resources={"FOO": 1}, quiet=True)
     assert summary.ok, summary.failures
     got = read_wds(sorted(tmp_path.glob("api-*.tar")))
     assert sorted(s["__key__"] for s in got) == sorted(samples)

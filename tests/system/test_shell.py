@@ -46,18 +46,18 @@ def test_cli_shell_maps_fields(tmp_path):
     assert sum(e["nsamples"] for e in index["shardlist"]) == 24
 
 
-def test_python_api_shell(tmp_path, client):
+def test_python_api_shell(tmp_path, processes_client):
     samples = make_shards(tmp_path / "in", shards=2, per_shard=5)
     summary = htools.map_shards(str(tmp_path / "in/data-{0..1}.tar"),
-                                str(tmp_path / "api-@2.tar"), shell=UPPER, client=client,
+                                str(tmp_path / "api-@2.tar"), shell=UPPER, client=processes_client,
                                 quiet=True)
     assert summary.ok, summary.failures
     got = {s["__key__"]: s for s in read_wds(sorted(tmp_path.glob("api-*.tar")))}
     assert got == expected(samples)
     with pytest.raises(HtoolsError, match="not both"):
-        htools.map_shards("a.tar", "b.tar", "script.py", shell="true", client=client)
+        htools.map_shards("a.tar", "b.tar", "script.py", shell="true", client=processes_client)
     with pytest.raises(HtoolsError, match="shell command"):
-        htools.map_shards("a.tar", "b.tar", client=client)
+        htools.map_shards("a.tar", "b.tar", client=processes_client)
 
 
 def test_failing_command_is_a_sample_error(tmp_path):

@@ -7,7 +7,6 @@ jobs ran and that none is left queued or running after a command ends."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -17,86 +16,19 @@ from pathlib import Path
 
 import dask
 import pytest
+from fixtures.slurm import Slurm
 from helpers import (
     BIN,
-    child_env,
     make_shards,
     ok,
     read_wds,
     require_module,
-    require_tool,
 )
 
 from htools.clusters import slurm
 from htools.errors import HtoolsError
 
-ROOT = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT = 150
-
-
-class Slurm:
-    """The session's SLURM cluster: its config, environment and records."""
-
-    def __init__(self, folder: Path, conf: str):
-        self.folder = folder
-        self.conf = conf
-        self.env = child_env(SLURM_CONF=conf)
-
-    def address(self, logs: Path, **params) -> str:
-        query = {"jobs": 2, "cores": 1, "memory": "1GB", "host": "127.0.0.1",
-                 "logs": str(logs), "timeout": 90, **params}
-        return "slurm://debug?" + "&".join(f"{k}={v}" for k, v in query.items())
-
-    def squeue(self, states: str | None = None) -> list[str]:
-        cmd = ["squeue", "-h", "-o", "%i %T %j"] + (["-t", states] if states else [])
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True,
-                              check=True).stdout.split("\n")[:-1]
-
-    def finished(self) -> dict[str, dict[str, str]]:
-        """SLURM's job-completion records: job id -> fields (Name, JobState, ...)."""
-        log = self.folder / "log" / "jobcomp.txt"
-        jobs = {}
-        for line in log.read_text().splitlines() if log.exists() else []:
-            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            jobs[fields["JobId"]] = fields
-        return jobs
-
-    def assert_no_job_left(self) -> None:
-        """Nothing pending or running now; the queue empties within seconds (a cancelled
-        job may show COMPLETING for a moment while slurmd reaps it)."""
-        assert self.squeue("PENDING,RUNNING,CONFIGURING,SUSPENDED") == []
-        deadline = time.monotonic() + 20
-        while self.squeue() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert self.squeue() == []
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory) -> Slurm:
-    if os.geteuid() != 0:
-        pytest.fail("the SLURM tests start slurmctld and slurmd, which need root", pytrace=False)
-    for tool in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel"):
-        require_tool(tool)
-    require_module("dask_jobqueue")
-    folder = tmp_path_factory.mktemp("slurm")
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    start = subprocess.run([str(ROOT / "scripts" / "slurm-start"), "--dir", str(folder)],
-                           capture_output=True, text=True, timeout=120,
-                           env=child_env(PATH=path))
-    try:
-        assert start.returncode == 0, f"slurm-start failed:\n{start.stdout}\n{start.stderr}"
-        conf = re.search(r"^export SLURM_CONF=(.+)$", start.stdout, re.MULTILINE).group(1)
-        old = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = conf  # for the in-process tests of htools.clusters.slurm
-        yield Slurm(folder, conf)
-    finally:
-        subprocess.run([str(ROOT / "scripts" / "slurm-stop"), "--dir", str(folder)],
-                       capture_output=True, timeout=60)
-        if "old" in locals():
-            if old is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = old
 
 
 def _submitted(stderr: str) -> list[str]:

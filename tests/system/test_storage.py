@@ -5,21 +5,17 @@ real faults injected over HTTP and S3), 4xx and unreachable servers."""
 from __future__ import annotations
 
 import errno
-import http.client
-import http.server
 import json
 import multiprocessing
 import pickle
 import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -271,74 +267,6 @@ def test_http_wrong_auth_is_4xx_not_retried(nginx_auth_server):
     assert _read_all(f"{s.url}/auth/x.tar", None) == b"ok"  # reads need no auth
 
 
-class _FaultyHandler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.blob`` with Range; ``server.faults`` lists what the next
-    requests do: "drop" (half the body, then hang up), "503", or "ok"."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        server = self.server
-        server.requests.append(self.headers.get("Range"))
-        fault = server.faults.pop(0) if server.faults else "ok"
-        blob = server.blob
-        start = 0
-        if self.headers.get("Range"):
-            start = int(self.headers["Range"].split("=")[1].split("-")[0])
-        if fault.isdigit():
-            self.send_response(int(fault))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = blob[start:]
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(blob) - 1}/{len(blob)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("ETag", '"v1"')
-        self.end_headers()
-        if fault == "drop":
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
-    def do_PUT(self):
-        server = self.server
-        server.requests.append("PUT")
-        fault = server.faults.pop(0) if server.faults else "ok"
-        body = bytearray()
-        while size := int(self.rfile.readline().split(b";")[0], 16):
-            body += self.rfile.read(size)
-            self.rfile.readline()
-        self.rfile.readline()
-        if fault == "ok":
-            server.blob = bytes(body)
-        self.send_response(201 if fault == "ok" else int(fault))
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
-@pytest.fixture
-def faulty_server() -> Iterator[http.server.ThreadingHTTPServer]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaultyHandler)
-    server.blob = payload(2 << 20, seed=5)
-    server.faults = []
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_http_read_resumes_after_drop_and_503(faulty_server):
     s = faulty_server
     s.faults = ["drop", "503", "drop", "ok"]
@@ -528,77 +456,6 @@ def test_htools_retries_0_turns_retrying_off_everywhere(monkeypatch, proto):
     calls = _flaky(monkeypatch, proto, failures=1)
     assert storage.exists(URLS[proto], {proto: {"retries": 1}}) is True
     assert len(calls) == 2
-
-
-class _FaultyS3Proxy(http.server.BaseHTTPRequestHandler):
-    """An S3 endpoint in front of moto: the next request answers ``server.faults[0]``
-    (an S3 error status, or "ok" to pass it on), later ones go through."""
-
-    protocol_version = "HTTP/1.1"
-    CODES: ClassVar[dict[str, str]] = {"403": "AccessDenied", "404": "NoSuchKey", "500": "InternalError",
-                                       "503": "ServiceUnavailable"}
-
-    def log_message(self, *args):
-        pass
-
-    def _handle(self):
-        server = self.server
-        fault = server.faults.pop(0) if server.faults else "ok"
-        server.requests.append((self.command, self.headers.get("Range"), fault))
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        if fault != "ok":
-            error = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{self.CODES[fault]}"
-                     f"</Code><Message>injected</Message></Error>").encode()
-            self.send_response(int(fault))
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(error)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(error)
-            return
-        conn = http.client.HTTPConnection("127.0.0.1", server.upstream, timeout=60)
-        try:
-            conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        self.send_response(resp.status, resp.reason)
-        for key, value in resp.getheaders():
-            if key.lower() not in ("connection", "transfer-encoding", "content-length",
-                                   "server", "date"):
-                self.send_header(key, value)
-        if self.command == "HEAD":
-            self.send_header("Content-Length", resp.getheader("Content-Length", "0"))
-        else:
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
-
-
-@pytest.fixture
-def faulty_s3(s3_server):
-    """(proxy server, options through it): botocore's own retries off, so every fault
-    reaches htools; the test bucket of moto behind it."""
-    from urllib.parse import urlsplit
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaultyS3Proxy)
-    server.upstream = urlsplit(s3_server.endpoint).port
-    server.faults, server.requests = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    options = {"s3": {**s3_server.options["s3"],
-                      "endpoint_url": f"http://127.0.0.1:{server.server_address[1]}",
-                      "config_kwargs": {"retries": {"total_max_attempts": 1}}}}
-    try:
-        yield server, options
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass

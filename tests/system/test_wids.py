@@ -28,14 +28,14 @@ def by_index(index: Path, cache: Path) -> list[dict]:
     return out
 
 
-def test_wids_reads_the_index_of_each_tool(tmp_path, client):
+def test_wids_reads_the_index_of_each_tool(tmp_path, processes_client):
     make_shards(tmp_path / "in", shards=4, per_shard=9)
     src = str(tmp_path / "in" / "data-@4.tar")
     jobs = {
-        "mapped": lambda out: htools.map_shards(src, out, lambda s: s, client=client,
+        "mapped": lambda out: htools.map_shards(src, out, lambda s: s, client=processes_client,
                                                 quiet=True),
-        "sorted": lambda out: htools.sort(src, out, key="cls", client=client, quiet=True),
-        "shuffled": lambda out: htools.shuffle(src, out, seed=3, client=client, quiet=True),
+        "sorted": lambda out: htools.sort(src, out, key="cls", client=processes_client, quiet=True),
+        "shuffled": lambda out: htools.shuffle(src, out, seed=3, client=processes_client, quiet=True),
     }
     for name, job in jobs.items():
         s = job(str(tmp_path / name / "part-@4.tar"))
