@@ -1,5 +1,9 @@
 """htmapper's hot path keeps its output: pinned digests of what a map task writes.
 
+(What it checks is the output, not the speed: benchmarks/ measures the speed.  The file
+was test_mapper_speed.py; its tests that need a cluster or a process moved to
+tests/system/test_map_tasks.py.)
+
 The inputs are made with htools' own writer from a seeded generator; each script
 runs through :func:`htools.mapper.map_shard` (the task function every htmapper job
 runs) and the sha256 of its output, its counts and its field counts are pinned.
@@ -131,63 +135,3 @@ def test_threaded_sha256_copies_what_it_is_given():
     h.update(buf)
     buf[:] = b"b" * 5000  # the caller reuses its buffer
     assert h.hexdigest() == hashlib.sha256(bytes(Sha256.SYNC) + b"a" * 5000).hexdigest()
-
-
-def test_many_tiny_shards_grouped_match_one_at_a_time(tmp_path):
-    """htmapper runs short shards several to a Dask task: every output, its index entry
-    and the summary's counts are those of mapping each shard alone."""
-    import json
-
-    from distributed import Client, LocalCluster
-
-    import htools
-
-    n = 120
-    ins = []
-    for s in range(n):
-        url = str(tmp_path / f"t-{s:04d}.tar")
-        with open(url, "wb") as f, tar.TarWriter(f) as w:
-            for i in range(s % 3 + 1):
-                w.write({"__key__": f"t{s:04d}/{i}", "txt": b"x" * (s + 1), "cls": b"%d" % i})
-        ins.append(url)
-    script = Script.from_source(SCRIPTS["identity"], "identity.py", require=("process_sample",))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, \
-            Client(cluster) as c:
-        s = htools.map_shards(ins, str(tmp_path / "out" / "o-@0120.tar"), script, client=c,
-                              quiet=True)
-    assert s.ok and s.shards_done == n
-    assert s.samples_read == s.samples_written == sum(i % 3 + 1 for i in range(n))
-    index = json.loads((tmp_path / "out" / "o.index.json").read_text())
-    for k, url in enumerate(ins):
-        alone = str(tmp_path / f"alone-{k}.tar")
-        r = mapper.map_shard(url, alone, script, options={}, mtime=0)
-        with open(alone, "rb") as a, open(tmp_path / "out" / f"o-{k:04d}.tar", "rb") as b:
-            assert a.read() == b.read()
-        e = index["shardlist"][k]
-        assert (e["nsamples"], e["filesize"], e["sha256"], e["fields"]) == \
-            (r["samples_written"], r["bytes_out"], r["sha256"], r["fields"])
-
-
-@pytest.mark.parametrize("env, changed", [({"MALLOC_TRIM_THRESHOLD_": "65536"}, True),
-                                          ({}, False),
-                                          ({"MALLOC_TRIM_THRESHOLD_": "65536",
-                                            "HTOOLS_MALLOC_TUNE": "0"}, False),
-                                          ({"MALLOC_TRIM_THRESHOLD_": str(64 << 20)}, False)])
-def test_malloc_is_tuned_only_in_a_process_that_dask_started_so(env, changed):
-    """A Dask worker starts with MALLOC_TRIM_THRESHOLD_=65536 (a page fault for most
-    samples a task allocates): the task frame raises glibc's thresholds there, and
-    nowhere else."""
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc only")
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("MALLOC_TRIM_THRESHOLD_", "HTOOLS_MALLOC_TUNE")}
-    out = subprocess.run([sys.executable, "-c", "from htools.runtime import task; "
-                          "print(task.tune_malloc())"], env={**clean, **env},
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out == str(changed)
