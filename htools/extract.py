@@ -18,6 +18,7 @@ from typing import IO
 
 from htools import shards, storage
 from htools.errors import HtoolsError
+from htools.naming import CONTROL_CHARS, TEXT_FIELDS
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
@@ -38,12 +39,6 @@ class ExtractSpec:
     to_dir: str | None = None  # --to-dir: write the selected fields as files
 
 
-# Fields that hold text by WebDataset convention (the last extension decides).
-TEXT_FIELDS = {"txt", "text", "cls", "cls2", "index", "inx", "id", "json", "jsn", "jsonl",
-               "tsv", "csv", "html", "xml", "yaml", "yml", "key", "url", "md", "label"}
-_CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r"}
-
-
 def render_value(value, binary: str, field: str = ""):
     """Text fields as text; other bytes as text only if they are printable UTF-8,
     else as their length (or base64)."""
@@ -55,7 +50,7 @@ def render_value(value, binary: str, field: str = ""):
     except UnicodeDecodeError:
         text = None
     if text is not None and (field.rsplit(".", 1)[-1] in TEXT_FIELDS
-                             or not _CONTROL.intersection(text)):
+                             or not CONTROL_CHARS.intersection(text)):
         return text
     return base64.b64encode(raw).decode("ascii") if binary == "base64" else len(raw)
 
