@@ -41,6 +41,7 @@ import tempfile
 import time
 
 from htools import storage, tar
+from htools.runtime.memory import peak_rss
 
 SHARD_MB = 32  # input shard size: the shard count grows with the data
 
@@ -128,26 +129,16 @@ def _rss_now() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _rss_peak() -> int:
-    """This process's peak RSS since exec (VmHWM).  Not ``ru_maxrss``: Linux carries
-    that across fork + exec, so a worker spawned by a big parent reports the parent's."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def worker_start(client) -> int:
     return min(client.run(_rss_now).values())
 
 
 def worker_growth(client, start: int) -> int:
-    return max(client.run(_rss_peak).values()) - start
+    return max(client.run(peak_rss).values()) - start
 
 
 def summary_growth(summary) -> int:
-    """The job summary's own figure (ru_maxrss based: see :func:`_rss_peak`)."""
+    """The job summary's own figure (the tasks' :func:`htools.runtime.memory.peak_rss`)."""
     return summary.extra.get("peak_rss", 0) - summary.extra.get("rss_start_min", 0)
 
 
@@ -249,7 +240,7 @@ def _wds_loop(inputs: list[str], out: str, buffer: int, outputs: int) -> tuple[f
             sink.write({k: v for k, v in s.items() if k == "__key__" or not k.startswith("_")})
     elapsed = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
-    return elapsed, max(0, _rss_peak() - rss0)
+    return elapsed, max(0, peak_rss() - rss0)
 
 
 def gnu_sort(tsv: str, out: str) -> float:

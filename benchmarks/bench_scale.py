@@ -64,14 +64,6 @@ def make_tiny(folder: str, n: int, samples: int = SAMPLES, seed: int = 0) -> lis
 
 # ------------------------------------------------------------ child side --
 
-def _vmhwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def identity(sample):
     return sample
 
@@ -81,6 +73,7 @@ def child(args: dict) -> dict:
     from distributed import Client, LocalCluster
 
     import htools
+    from htools.runtime.memory import peak_rss
 
     kind, folder, n = args["kind"], args["folder"], args["n"]
     inputs = [os.path.join(folder, f"in-{s:06d}.tar") for s in range(n)]
@@ -90,7 +83,7 @@ def child(args: dict) -> dict:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=40) as c, Client(c) as client:
         client.run(lambda: __import__("htools.exchange") and None)
-        rss_before = _vmhwm()
+        rss_before = peak_rss()
         prof = None
         if args.get("profile"):
             from pyinstrument import Profiler
@@ -130,7 +123,7 @@ def child(args: dict) -> dict:
     keep = ("levels", "stage1_tasks", "inputs_per_task", "runs", "write_tasks",
             "outputs_per_task", "max_runs_per_write", "fan_in", "memory_budget",
             "intermediate_merges", "peak_rss")
-    return {"kind": kind, "n": n, "seconds": seconds, "client_rss": _vmhwm(),
+    return {"kind": kind, "n": n, "seconds": seconds, "client_rss": peak_rss(),
             "client_rss_before_job": rss_before,
             "extra": {k: extra[k] for k in keep if k in extra}}
 

@@ -19,6 +19,7 @@ from typing import IO
 from htools import shards, storage
 from htools.errors import HtoolsError, hide_credentials
 from htools.fields import check_present
+from htools.naming import CONTROL_CHARS, TEXT_FIELDS
 from htools.options import RunOptions
 from htools.parquet import extract_parquet, gather, parquet_shard
 from htools.parquet_schema import python_values
@@ -41,12 +42,6 @@ class ExtractSpec:
     to_dir: str | None = None  # --to-dir: write the selected fields as files
 
 
-# Fields that hold text by WebDataset convention (the last extension decides).
-TEXT_FIELDS = {"txt", "text", "cls", "cls2", "index", "inx", "id", "json", "jsn", "jsonl",
-               "tsv", "csv", "html", "xml", "yaml", "yml", "key", "url", "md", "label"}
-_CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r"}
-
-
 def render_value(value, binary: str, field: str = ""):
     """Text fields as text; other bytes as text only if they are printable UTF-8,
     else marked with their length, ``<binary: 2 bytes>`` (or as base64)."""
@@ -58,7 +53,7 @@ def render_value(value, binary: str, field: str = ""):
     except UnicodeDecodeError:
         text = None
     if text is not None and (field.rsplit(".", 1)[-1] in TEXT_FIELDS
-                             or not _CONTROL.intersection(text)):
+                             or not CONTROL_CHARS.intersection(text)):
         return text
     if binary == "base64":
         return base64.b64encode(raw).decode("ascii")

@@ -28,6 +28,7 @@ from htools import shards, storage
 from htools.clusters import connection as clusters
 from htools.errors import HtoolsError, hide_credentials
 from htools.fields import check_present
+from htools.naming import TAR_SUFFIXES
 from htools.options import RunOptions
 from htools.parquet_schema import (
     differs,
@@ -41,7 +42,6 @@ from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
-from htools.shardindex import SUFFIXES
 from htools.summary import JobSummary, ShardResult
 
 
@@ -87,7 +87,7 @@ def shard_name(url: str) -> str:
     compression suffix (a ``scheme://`` URL's query and fragment left out)."""
     path = url.split("?", 1)[0].split("#", 1)[0] if "://" in url else url
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    for suffix in SUFFIXES:
+    for suffix in TAR_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 
 from htools import shards, storage, tar
 from htools.errors import hide_credentials
-from htools.extract import _CONTROL, TEXT_FIELDS
+from htools.naming import CONTROL_CHARS, TEXT_FIELDS
+from htools.summary import format_bytes
 
 #: Field extensions shown as images: those a browser shows as they are ...
 BROWSER_IMAGES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "gif": "gif"}
@@ -171,7 +172,7 @@ def _text(field: str, value) -> str | None:
         text = bytes(value).decode("utf-8")
     except (UnicodeDecodeError, TypeError):
         return None
-    if _ext(field) in TEXT_FIELDS or not _CONTROL.intersection(text):
+    if _ext(field) in TEXT_FIELDS or not CONTROL_CHARS.intersection(text):
         if _ext(field) in ("json", "jsn"):
             try:  # compact, one line
                 return json.dumps(json.loads(text), ensure_ascii=False)
@@ -186,22 +187,17 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _size(n: int) -> str:
-    return f"{n:,} B" if n < 10_000 else f"{n / 1000:,.1f} kB" if n < 10_000_000 \
-        else f"{n / 1e6:,.1f} MB"
-
-
 def _cell_text(field: str, value) -> str:
     if value is None:
         return ""
     if field == "__key__":
         return str(value)
     if _ext(field) in BROWSER_IMAGES or _ext(field) in CONVERTED_IMAGES:
-        return f"<{_ext(field)} {_size(len(value))}>"
+        return f"<{_ext(field)} {format_bytes(len(value))}>"
     text = _text(field, value)
     if text is not None:
         return _cut(text, TEXT_PLAIN)
-    return f"<{_size(len(value))}>"
+    return f"<{format_bytes(len(value))}>"
 
 
 def _cell_html(field: str, value) -> str:
@@ -210,7 +206,7 @@ def _cell_html(field: str, value) -> str:
     ext = _ext(field)
     if ext in BROWSER_IMAGES or ext in CONVERTED_IMAGES:
         img = _thumbnail(ext, bytes(value))
-        size = f"<br><small>{html.escape(_size(len(value)))}</small>"
+        size = f"<br><small>{html.escape(format_bytes(len(value)))}</small>"
         if img is None:
             return f"<i>{html.escape(ext)}</i>{size}"
         mime, data = img
@@ -221,7 +217,7 @@ def _cell_html(field: str, value) -> str:
     text = _text(field, value)
     if text is not None:
         return f"<span style='white-space:pre-wrap'>{html.escape(_cut(text, TEXT_HTML))}</span>"
-    return f"<i>{html.escape(_size(len(value)))}</i>"
+    return f"<i>{html.escape(format_bytes(len(value)))}</i>"
 
 
 def _thumbnail(ext: str, data: bytes) -> tuple[str, bytes] | None:

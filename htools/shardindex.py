@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from htools import storage
 from htools.errors import HtoolsError, StorageError
+from htools.naming import TAR_SUFFIXES, index_entry
 from htools.options import RunOptions
 from htools.runtime import engine
 from htools.runtime.shardio import read_shard
@@ -30,7 +31,6 @@ from htools.shards import OutputSet
 from htools.storage.base import retry_policy
 from htools.summary import JobSummary, Written
 
-SUFFIXES = (".tar.gz", ".tar.zst", ".tar", ".tgz", ".tzst")
 _NUMBERING = re.compile(r"(@\d+|%0?\d*d|\{[^}]*\})")
 
 
@@ -38,7 +38,7 @@ def index_url(outset: OutputSet) -> str:
     """Where the index of an output set goes: ``thumbs-@8.tgz`` -> ``thumbs.index.json``
     in the outputs' folder."""
     base = outset.pattern.rsplit("/", 1)[-1]
-    for suffix in SUFFIXES:
+    for suffix in TAR_SUFFIXES:
         if base.endswith(suffix):
             base = base[: -len(suffix)]
             break
@@ -170,9 +170,7 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
             r = index_shard(u, options=storage.resolve_options(options))
             if r["status"] != "ok":
                 raise HtoolsError(f"cannot index {u}: {r['error']}")
-            fresh[u] = {"output": u, "nsamples": r["samples_written"],
-                        "filesize": r["bytes_out"], "sha256": r["sha256"],
-                        "fields": r["fields"]}
+            fresh[u] = index_entry(u, r)
     name = url.rsplit("/", 1)[-1].removesuffix(".index.json")
 
     def entries() -> Iterator[dict]:

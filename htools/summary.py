@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from htools.errors import TooManyErrors, hide_credentials
+from htools.naming import index_entry
 
 MAX_LISTED_ERRORS = 100
 MAX_LISTED_FAILURES = 100
@@ -234,9 +235,7 @@ class JobSummary:
         else:
             self.shards_done += 1
             if r["output"] and r.get("sha256"):
-                self.written.append({"output": r["output"], "nsamples": r["samples_written"],
-                                     "filesize": r["bytes_out"], "sha256": r["sha256"],
-                                     "fields": r.get("fields", {})})
+                self.written.append(index_entry(r["output"], r))
         for name in COUNTERS:
             setattr(self, name, getattr(self, name) + r[name])
         room = MAX_LISTED_ERRORS - len(self.errors)
@@ -363,7 +362,7 @@ class JobSummary:
                        + (f" ({self.shards_retried} retried)" if self.shards_retried else "")),
             ("samples", f"{self.samples_read:,} read, {self.samples_written:,} written, "
                         f"{self.samples_dropped:,} dropped, {self.samples_failed:,} failed"),
-            ("bytes", f"{_size(self.bytes_in)} in, {_size(self.bytes_out)} out"),
+            ("bytes", f"{format_bytes(self.bytes_in)} in, {format_bytes(self.bytes_out)} out"),
             ("time", f"{self.seconds:.1f} s"),
             ("throughput", f"{self.samples_read / secs:,.0f} samples/s, "
                            f"{self.bytes_in / secs / 1e6:,.1f} MB/s in"
@@ -402,7 +401,8 @@ def _shown(url: str | list[str]) -> str:
     return hide_credentials(url if isinstance(url, str) else " + ".join(url))
 
 
-def _size(n: int) -> str:
+def format_bytes(n: float) -> str:
+    """A byte count for people, in decimal units: ``768 B``, ``1.2 kB``, ``3.5 MB`` ... ``TB``."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"

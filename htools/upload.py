@@ -29,6 +29,7 @@ from htools.clusters import connection as clusters
 from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.plan import split
+from htools.naming import TAR_SUFFIXES
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
@@ -40,8 +41,6 @@ from htools.summary import JobSummary, ShardResult
 from htools.tar import compress
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
-
-TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.zst", ".tzst")
 
 
 @dataclass(frozen=True)

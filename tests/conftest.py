@@ -1,6 +1,7 @@
-"""Shared fixtures.  Real servers (nginx, moto, gcp-storage-emulator) live in servers.py,
-the Dask cluster and the embedded-vs-scheduler switch (``cluster_args``) in cluster.py,
-and the environment every process needs in helpers.TEST_ENV (set here, once)."""
+"""The suite's root: registers the fixtures of tests/fixtures/ (servers, Dask clusters,
+fault proxies, small disks, SLURM) and sets the environment every process needs
+(helpers.TEST_ENV, here, once).  tests/unit/ holds the tests that need no server, no
+cluster and no tool run as a process; tests/system/ the rest."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from helpers import TEST_ENV, require_tool
 
 os.environ.update(TEST_ENV)  # before anything imports gcsfs; every child inherits it
 
-pytest_plugins = ["servers", "cluster"]
+pytest_plugins = ["fixtures.servers", "fixtures.clusters", "fixtures.remote", "fixtures.faults",
+                  "fixtures.disks", "fixtures.slurm"]
 
 
 @pytest.fixture(params=["file", "http"])

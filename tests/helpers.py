@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
 
 #: The environment every process of the tests needs, Dask workers included: without
 #: it gcsfs stalls for 60 s per bucket against the GCS emulator.  conftest.py puts it

@@ -17,6 +17,7 @@ from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.plan import ExchangePlan
 from htools.options import RunOptions
 from htools.storage.local import local_path, nearest_existing
+from htools.summary import format_bytes
 
 SIZE_PROBES = 8  # input shards whose size is asked for to group small inputs
 NO_LIMIT_MEMORY = 512 << 20  # the budget when workers declare no memory limit
@@ -85,12 +86,9 @@ def shard_size(inputs: list[str], opts: RunOptions) -> float | None:
 
 
 def human_size(n: float) -> str:
-    """Bytes for people: ``123456789 bytes (117.7 MiB)``."""
+    """Bytes exactly and for people: ``123456789 bytes (123.5 MB)``."""
     n = int(n)
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n} bytes ({n / (1 << shift):.1f} {unit})"
-    return f"{n} bytes"
+    return f"{n} bytes ({format_bytes(n)})" if n >= 1000 else f"{n} bytes"
 
 
 def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
