@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -376,11 +375,19 @@ def goals(results: list[dict]) -> list[str]:
     return out + tail
 
 
+def plan_at(n: int, shard_bytes: int, memory: int, workers: int, fan: int,
+            dedup_pass: bool = False):
+    """The exchange's plan for n inputs of shard_bytes into n outputs (htsort; no I/O):
+    the very plan_exchange the run and --dry-run use."""
+    from htools.exchange import plan_exchange
+
+    return plan_exchange(inputs=n, shard_bytes=shard_bytes, outputs=n, memory=memory,
+                         workers=workers, shuffle=False, fan=fan, dedup_pass=dedup_pass)
+
+
 def model(results: list[dict], fans=(256, 1000), workers=(100, 1000), n=100_000,
           shard_bytes=10**9, memory=4 << 30) -> dict:
-    """The exchange's plan at 100 TB, from htools.exchange.plan (no I/O)."""
-    from htools.exchange import plan
-
+    """The exchange's plan at 100 TB, from htools.exchange.plan_exchange (no I/O)."""
     results = ok(results)
     total = n * shard_bytes
     client = _client_fit(results)
@@ -388,79 +395,43 @@ def model(results: list[dict], fans=(256, 1000), workers=(100, 1000), n=100_000,
     out = []
     for w in workers:
         for f in fans:
-            group, stage1, runs = _stage_one(n, shard_bytes, memory, w)
-            parts = [(runs, n)]
-            lvls = []
-            while any(r > f for r, _m in parts):
-                tasks, reads, nxt = 0, 0, []
-                for r, m in parts:
-                    shape = plan.merge_shape(r, m, f, 2 * w)
-                    if shape is None:
-                        nxt.append((r, m))
-                        continue
-                    tasks += shape.tasks
-                    reads = max(reads, math.ceil(r / shape.groups))
-                    nxt += [(shape.groups, b - a) for a, b in plan.split(m, shape.parts)]
-                lvls.append({"tasks": tasks, "runs_per_task": reads,
-                             "requests": 2 * tasks * reads,
-                             "bytes_per_request": total / (tasks * reads)})
-                parts = nxt
-            per = plan.outputs_per_task(n, total, memory, w)
-            writes = math.ceil(n / per)
-            runs_per_write = max(r for r, _m in parts)
-            check = plan.levels(runs, n, f, 2 * w)
-            assert check == [lv["tasks"] for lv in lvls], (check, lvls)
-            all_tasks = stage1 + sum(lv["tasks"] for lv in lvls) + writes
+            p = plan_at(n, shard_bytes, memory, w, f)
+            lvls = [{"tasks": lv.tasks, "runs_per_task": lv.runs_per_task,
+                     "requests": 2 * lv.ranges, "bytes_per_request": total / lv.ranges}
+                    for lv in p.levels]
             out.append({
-                "workers": w, "fan_in": f, "memory": memory, "stage1_tasks": stage1,
-                "inputs_per_task": group, "runs": runs, "levels": lvls,
-                "write_tasks": writes, "outputs_per_task": per,
-                "runs_per_write": runs_per_write,
-                "write_requests": 2 * writes * runs_per_write,
-                "write_bytes_per_request": total / (writes * runs_per_write),
-                "passes": 2 + len(lvls),
-                "tasks": all_tasks,
-                "client_bytes": client["base"] + client["per_shard"] * (2 * n) + 64 * runs,
-                "scheduler_s": all_tasks / tps if tps else None,
+                "workers": w, "fan_in": f, "memory": memory, "stage1_tasks": p.stage1_tasks,
+                "inputs_per_task": p.inputs_per_task, "runs": p.runs, "levels": lvls,
+                "write_tasks": p.write_tasks, "outputs_per_task": p.outputs_per_task,
+                "runs_per_write": p.runs_per_write,
+                "write_requests": 2 * p.write_ranges,
+                "write_bytes_per_request": total / p.write_ranges,
+                "passes": p.passes,
+                "tasks": p.tasks,
+                "client_bytes": client["base"] + client["per_shard"] * (2 * n) + 64 * p.runs,
+                "scheduler_s": p.tasks / tps if tps else None,
             })
     return {"n": n, "shard_bytes": shard_bytes, "memory": memory, "client_fit": client,
             "tasks_per_s": tps, "rows": out,
             "dedup": dedup_model(fans, workers, n, shard_bytes, memory)}
 
 
-def _stage_one(n: int, shard_bytes: int, memory: int, workers: int) -> tuple[int, int, int]:
-    """Inputs per stage-1 task, stage-1 tasks, and runs (a stage-1 task spills one run
-    per memory budget of input it reads)."""
-    from htools.exchange import plan
-
-    group = plan.inputs_per_task(n, shard_bytes, memory, workers)
-    stage1 = math.ceil(n / group)
-    return group, stage1, stage1 * max(1, math.ceil(group * shard_bytes / memory))
-
-
 def dedup_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10**9,
                 memory=4 << 30) -> list[dict]:
-    """htsort --dedup F --key K (K not F) at 100 TB, from htools.exchange.plan: stage 1
-    by F's content, its merge levels, the dedup tasks (one first-pass bucket each,
-    writing runs by K), the sort's merge levels, the writes (no I/O)."""
-    from htools.exchange import plan
-
-    total = n * shard_bytes
+    """htsort --dedup F --key K (K not F) at 100 TB, from htools.exchange.plan_exchange:
+    stage 1 by F's content, its merge levels, the dedup tasks (one first-pass bucket
+    each, writing runs by K), the sort's merge levels, the writes (no I/O)."""
     out = []
     for w in workers:
         for f in fans:
-            _group, stage1, runs = _stage_one(n, shard_bytes, memory, w)
-            buckets = max(1, min(plan.MAX_BUCKETS, max(stage1, math.ceil(total / memory))))
-            first = plan.levels(runs, buckets, f, 2 * w)
-            runs2 = buckets * max(1, math.ceil(total / buckets / memory))
-            second = plan.levels(runs2, n, f, 2 * w)
-            writes = math.ceil(n / plan.outputs_per_task(n, total, memory, w))
-            out.append({"workers": w, "fan_in": f, "stage1_tasks": stage1,
-                        "first_levels": first, "dedup_tasks": buckets, "runs2": runs2,
-                        "second_levels": second, "write_tasks": writes,
-                        "passes": 2 + len(first) + 1 + len(second),
-                        "plain_passes": 2 + len(plan.levels(runs, n, f, 2 * w)),
-                        "tasks": stage1 + sum(first) + buckets + sum(second) + writes})
+            p = plan_at(n, shard_bytes, memory, w, f, dedup_pass=True)
+            out.append({"workers": w, "fan_in": f, "stage1_tasks": p.stage1_tasks,
+                        "first_levels": [lv.tasks for lv in p.first_pass_levels],
+                        "dedup_tasks": p.first_pass_buckets, "runs2": p.sort_runs,
+                        "second_levels": [lv.tasks for lv in p.levels],
+                        "write_tasks": p.write_tasks, "passes": p.passes,
+                        "plain_passes": plan_at(n, shard_bytes, memory, w, f).passes,
+                        "tasks": p.tasks})
     return out
 
 
@@ -493,8 +464,8 @@ def model_lines(m: dict) -> list[str]:
     lines = [
         f"100,000 input shards of 1 GB (100 TB) -> 100,000 outputs, memory budget "
         f"{m['memory'] >> 30} GiB a task (a quarter of a 16 GiB worker), one run per budget "
-        f"of input ({m['rows'][0]['runs']:,} runs).  From `htools.exchange.plan` "
-        "(`inputs_per_task`, `merge_shape`, `levels`, `outputs_per_task`):",
+        f"of input ({m['rows'][0]['runs']:,} runs).  From `htools.exchange.plan_exchange`, "
+        "the plan the run and `--dry-run` make:",
         "",
         "| W workers | F | stage 1 tasks (inputs each) | merge levels: tasks x runs read, "
         "requests, MB per request | write tasks (outputs each) x runs read | write requests "
@@ -616,7 +587,7 @@ Side by side (published figures only; none of them measured here):
 The model's last column divides all tasks by the task rate measured here, an upper
 bound on the scheduler's share since those tasks also did their I/O on 2 workers.  By
 Dask's own figure (about 1 ms of overhead a task) one scheduler process handles about
-1,000 tasks a second: 52,500-88,318 tasks are 1-1.5 minutes of scheduling for the whole
+1,000 tasks a second: 52,500-88,342 tasks are 1-1.5 minutes of scheduling for the whole
 job, whatever W, next to moving 100 TB through storage 3 times.  For scale, the
 CloudSort record above moved the same 100 TB in 5,378 s on 40 workers; this model says
 nothing about htools' own throughput at that size, which was not measured.  Dask P2P

@@ -27,6 +27,8 @@ MAX_LISTED_ERRORS = 100
 MAX_LISTED_FAILURES = 100
 COUNTERS = ("samples_read", "samples_mapped", "samples_written", "samples_dropped",
             "samples_failed", "sample_errors", "bytes_in", "bytes_out")
+READ_COUNTERS = ("samples_read", "samples_mapped", "samples_dropped", "samples_failed",
+                 "sample_errors", "bytes_in")  # what the stage that reads samples counts
 
 
 @dataclass
@@ -253,6 +255,58 @@ class JobSummary:
         room = MAX_LISTED_ERRORS - len(self.errors)
         if room > 0:
             self.errors.extend(r["errors"][:room])
+
+    # ---- one job's summary from its stages (the exchange's 2-5 runs of tasks) ----------
+
+    @classmethod
+    def of_reads(cls, tool: str, first: JobSummary) -> JobSummary:
+        """A job's summary from the stage that read its samples: their counts, bytes in,
+        failures and retries; no shards yet (a later stage's outputs are the job's)."""
+        out = cls(tool, max_errors=first.max_errors, errors=list(first.errors),
+                  **{n: getattr(first, n) for n in READ_COUNTERS})
+        out.add_failures(first, samples=False)
+        return out
+
+    def add_failures(self, later: JobSummary, *, samples: bool = True) -> None:
+        """A later stage's failed shards (by kind), retries and, with ``samples``, its
+        sample errors; not its shard or sample counts."""
+        self.failures += later.failures
+        self.shards_retried += later.shards_retried
+        self.retries += later.retries
+        for kind, n in later.failure_kinds.items():
+            self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + n
+        if samples:
+            self.sample_errors += later.sample_errors
+            self.errors += later.errors
+
+    def add_tasks(self, other: JobSummary) -> None:
+        """More tasks of one stage (the next merge level): tasks, failures, retries."""
+        for name in ("shards_total", "shards_done", "shards_failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.add_failures(other, samples=False)
+
+    def dropped_later(self, n: int) -> None:
+        """``n`` samples mapped by the reading stage that a later one dropped."""
+        self.samples_mapped -= n
+        self.samples_dropped += n
+
+    def wrote(self, end: JobSummary) -> None:
+        """The outputs of the stage that wrote them: its shards are the job's; the samples
+        it dropped (reduce -> None) or lost (a failed output) move out of "mapped"."""
+        for name in ("shards_total", "shards_done", "shards_skipped", "shards_failed",
+                     "samples_written", "written", "bytes_out"):
+            setattr(self, name, getattr(end, name))
+        self.samples_mapped -= end.samples_dropped + end.samples_failed
+        self.samples_dropped += end.samples_dropped
+        self.samples_failed += end.samples_failed
+
+    def nothing_written(self, outputs: int, note: str) -> None:
+        """A stage failed before any output was written: every output failed, every
+        sample read and mapped is lost."""
+        self.shards_total = self.shards_failed = outputs
+        self.samples_failed += self.samples_mapped
+        self.samples_mapped = 0
+        self.notes.append(note)
 
     @property
     def ok(self) -> bool:

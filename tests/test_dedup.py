@@ -274,7 +274,7 @@ def test_a_dedup_task_fails_clearly_on_a_corrupt_run_and_leaves_nothing(tmp_path
     from htools.exchange.dedup import dedup_and_partition
     from htools.exchange.keys import KeySpec, first_pass_key
     from htools.exchange.runfile import RunWriter, SampleEncoder, pack_key, record
-    from htools.exchange.tasks import StageOne, StageTwo
+    from htools.exchange.specs import StageOne, StageTwo
 
     scratch = tmp_path / "scratch"
     key = KeySpec(mode="field", field="grp", dedup="img")

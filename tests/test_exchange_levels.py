@@ -109,14 +109,52 @@ def test_merge_joins_across_levels(tmp_path, client):
     assert all(x["jpg"] == x["__key__"].encode() * 3 and "cls" in x for x in got)
 
 
+def tasks_per_level(runs: int, outputs: int, fan: int, min_tasks: int) -> list[int]:
+    levels, _parts = plan.merge_levels(runs, outputs, fan, min_tasks)
+    return [lv.tasks for lv in levels]
+
+
 def test_planner_levels_divide_runs_by_the_fan_in():
-    assert plan.levels(10, 4, fan=16, min_tasks=4) == []
-    assert len(plan.levels(100_000, 100_000, fan=1000, min_tasks=4)) == 1
-    assert len(plan.levels(2_000_000, 100_000, fan=1000, min_tasks=4)) == 2
+    assert tasks_per_level(10, 4, fan=16, min_tasks=4) == []
+    assert len(tasks_per_level(100_000, 100_000, fan=1000, min_tasks=4)) == 1
+    assert len(tasks_per_level(2_000_000, 100_000, fan=1000, min_tasks=4)) == 2
     shape = plan.merge_shape(100_000, 100_000, 1000, 4)
     assert (shape.groups, shape.parts) == (100, 100)  # 10^4 tasks of 1000 ranges each
-    assert len(plan.levels(24, 5, fan=2, min_tasks=4)) >= 3
+    assert len(tasks_per_level(24, 5, fan=2, min_tasks=4)) >= 3
     assert plan.merge_shape(3, 8, 4, 4) is None
+
+
+def test_a_level_cuts_runs_into_groups_and_outputs_into_parts():
+    level = plan.next_level([(0, 8, 10)], fan=4, min_tasks=4)
+    (m,) = level.merges
+    assert m.groups == ((0, 4), (4, 7), (7, 10)) and m.parts == ((0, 4), (4, 8))
+    assert (level.tasks, level.runs_per_task, level.ranges) == (6, 4, 20)
+    assert level.after() == [(0, 4, 3), (4, 8, 3)]  # one run per merge task
+    assert plan.next_level(level.after(), fan=4, min_tasks=4) is None
+    # a part that reads few runs passes through; the others are merged
+    level = plan.next_level([(0, 2, 3), (2, 4, 9)], fan=4, min_tasks=2)
+    assert level.merges[0].groups == () and level.after()[0] == (0, 2, 3)
+    assert level.tasks == 3 and level.after()[1:] == [(2, 4, 3)]
+
+
+def test_one_plan_for_the_run_the_dry_run_and_the_model():
+    p = plan.plan_exchange(inputs=100_000, shard_bytes=1e9, outputs=100_000, memory=4 << 30,
+                           workers=100, shuffle=False, fan=256)
+    assert (p.inputs_per_task, p.stage1_tasks, p.runs) == (4, 25_000, 25_000)
+    assert [lv.tasks for lv in p.levels] == tasks_per_level(25_000, 100_000, 256, 200)
+    assert p.passes == 3 and p.scratch_copies == 2 and p.first_pass_buckets == 0
+    assert p.runs_per_write <= 256 and p.outputs_per_task == 4
+    assert p.tasks == p.stage1_tasks + p.merge_tasks + p.write_tasks
+    small = plan.plan_exchange(inputs=8, shard_bytes=1000, outputs=4, memory=64 << 20,
+                               workers=2, shuffle=True)
+    assert (small.levels, small.scratch_copies, small.write_tasks, small.buckets) == ((), 1, 4, 4)
+    assert plan.plan_exchange(inputs=8, shard_bytes=1000, outputs=4, memory=64 << 20, workers=2,
+                              shuffle=True, beside=True).scratch_copies == 2
+    dedup = plan.plan_exchange(inputs=100_000, shard_bytes=1e9, outputs=100_000,
+                               memory=4 << 30, workers=100, shuffle=False, fan=256,
+                               dedup_pass=True)
+    assert dedup.first_pass_buckets == 25_000 and len(dedup.first_pass_levels) == 1
+    assert dedup.passes == p.passes + 2 and dedup.levels == p.levels
 
 
 def test_planner_groups_small_inputs_and_chunks_outputs():
@@ -173,3 +211,31 @@ def test_many_tiny_inputs_are_grouped_per_task_and_all_written(tmp_path, client)
     assert s.shards_done == 48 and s.samples_written == len(samples)
     got = read_wds(outputs(tmp_path / "o"))
     assert sorted(x["__key__"] for x in got) == sorted(x["__key__"] for x in samples)
+
+
+def test_a_dry_run_shows_the_tasks_and_levels_the_run_makes(tmp_path, client):
+    """Both plan with the cluster's threads and the same budget (a small one: a merge
+    level), through the one plan: stage-1 tasks, runs, levels and write tasks agree."""
+    write_shards(tmp_path / "in", shards=12, per_shard=5, seed=11)
+    src, dst = str(tmp_path / "in" / "d-@12.tar"), str(tmp_path / "o" / "o-@4.tar")
+    kw = dict(key="grp", memory=64 << 10, client=client, quiet=True)
+    dry = htools.sort(src, dst, dry_run=True, **kw)
+    assert "2 worker threads" in dry.plan[0] and "read from the cluster's workers" in dry.plan[0]
+    assert not (tmp_path / "o").exists()
+    s = htools.sort(src, dst, **kw)
+    assert s.ok, s.failures
+    same = ("stage1_tasks", "inputs_per_task", "runs", "fan_in", "memory_budget",
+            "intermediate_merges", "write_tasks", "outputs_per_task", "max_runs_per_write")
+    assert {k: dry.extra[k] for k in same} == {k: s.extra[k] for k in same}
+    levels = [{k: lv[k] for k in ("stage", "tasks", "runs_per_task")} for lv in s.extra["levels"]]
+    assert levels and [{k: lv[k] for k in levels[0]} for lv in dry.extra["levels"]] == levels
+    assert f"merge levels: {len(levels)} " in "\n".join(dry.plan)
+
+
+def test_a_dry_run_without_a_cluster_says_it_estimates():
+    from htools.exchange.sizing import dry_run_resources
+    from htools.options import RunOptions
+
+    sized = dry_run_resources(RunOptions(workers=3), None)
+    assert sized.threads == 3 and "estimated for the embedded cluster" in sized.source
+    assert dry_run_resources(RunOptions(workers=3), 5 << 20).memory == 5 << 20

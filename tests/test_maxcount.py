@@ -102,7 +102,7 @@ def test_a_failed_read_fails_its_slice_and_the_next_slice_reopens_the_runs(tmp_p
     damaged record: the first output fails naming the run, the second (in the next
     bucket) is written whole from runs opened again, and no partial file is left."""
     from htools.exchange.runfile import RunWriter, SampleEncoder, pack_key, record
-    from htools.exchange.tasks import StageTwo
+    from htools.exchange.specs import StageTwo
     from htools.exchange.write import write_outputs
 
     enc = SampleEncoder(str(tmp_path), 0)

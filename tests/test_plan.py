@@ -273,14 +273,22 @@ def test_count_of():
 
 
 def test_output_set_parsed_once(tmp_path, monkeypatch):
+    """The pattern is expanded when the set is parsed, and never again: its count, first
+    output, folder and URLs come from that one expansion."""
     monkeypatch.chdir(tmp_path)
+    expanded = []
+    expand_all = shards.expand_all
+    monkeypatch.setattr(shards, "expand_all", lambda p: expanded.append(p) or expand_all(p))
     fixed = shards.OutputSet.parse("out/o-@2.tar")
+    assert expanded == ["out/o-@2.tar"]
+    assert fixed.urls(2) == [f"{tmp_path}/out/o-0.tar", f"{tmp_path}/out/o-1.tar"]
     assert fixed.count == 2 and fixed.first() == f"{tmp_path}/out/o-0.tar"
     assert fixed.folder() == f"{tmp_path}/out/"
     open_ended = shards.OutputSet.parse("s3://b/run/o-%03d.tar")
     assert open_ended.count is None and open_ended.first() == "s3://b/run/o-000.tar"
     assert open_ended.urls(2) == ["s3://b/run/o-000.tar", "s3://b/run/o-001.tar"]
     assert open_ended.folder() == "s3://b/run/"
+    assert expanded == ["out/o-@2.tar"]  # count, first, folder, urls: no second expansion
     with pytest.raises(PatternError, match="unbalanced"):
         shards.OutputSet.parse("o-{0..2.tar")
 

@@ -230,3 +230,64 @@ def test_written_entries_are_kept_compact_and_come_back_equal():
                                               "samples_dropped", "samples_failed",
                                               "sample_errors", "bytes_in")}})
     assert list(s.written) == entries[:2] and "written" not in s.as_dict()
+
+
+# ------------------------------------------- one job's summary from its stages --
+
+def stage(tool: str, *results: ShardResult) -> JobSummary:
+    s = JobSummary(tool, shards_total=len(results))
+    for r in results:
+        s.add(r.as_dict())
+    return s
+
+
+def failed_shard(name: str, read: int = 0) -> ShardResult:
+    r = shard(read=read, mapped=read, dropped=0, name=name)
+    r.fail(f"cannot read {name}")
+    return r
+
+
+def test_a_job_summary_from_its_reading_dedup_and_writing_stages():
+    """Stage 1 reads 10 (1 failed sample), the dedup pass drops 2, the writes drop 1
+    (reduce -> None) and lose 3 (a failed output): read = mapped + dropped + failed."""
+    r1 = shard(read=10, mapped=9, dropped=0, written=0, max_errors=5)
+    r1.sample_error("in-0.tar", "k", "process_sample raised", boom())
+    read = stage("htsort-stage1", r1)
+    read.retried({"input": "in-0.tar", "output": "", "attempts": 1, "error": "reset"})
+    dedup = stage("htsort-dedup", shard(read=9, mapped=7, dropped=2, written=0, name="b0"))
+    writes = stage("htsort", shard(read=4, mapped=3, dropped=1, name="o-0"),
+                   failed_shard("o-1", read=3))
+    job = JobSummary.of_reads("htsort", read)
+    assert (job.samples_read, job.samples_mapped, job.sample_errors, job.bytes_in) == \
+        (10, 9, 1, 1000)
+    assert (job.shards_total, job.samples_written, job.shards_retried) == (0, 0, 1)
+    for later in (dedup, writes):
+        job.add_failures(later)
+    job.dropped_later(dedup.samples_dropped)
+    job.wrote(writes)
+    assert (job.shards_total, job.shards_done, job.shards_failed) == (2, 1, 1)
+    assert (job.samples_read, job.samples_written, job.samples_dropped) == (10, 3, 3)
+    assert (job.samples_mapped, job.samples_failed) == (3, 4) and adds_up(job.as_dict())
+    assert job.failures[0]["error"] == "cannot read o-1" and job.written == writes.written
+    assert job.failure_kinds == {"cannot read {shard}": 1}
+
+
+def test_nothing_written_fails_every_output_and_loses_what_was_read():
+    job = JobSummary.of_reads("htshuffle", stage("s1", shard(read=6, mapped=5, dropped=1),
+                                                 failed_shard("in-1.tar", read=4)))
+    assert job.failures and job.shards_total == 0
+    job.nothing_written(3, "stage 1 failed (1 of 2 tasks): nothing was written")
+    assert (job.shards_total, job.shards_failed, job.samples_mapped) == (3, 3, 0)
+    assert (job.samples_failed, job.samples_dropped) == (9, 1) and adds_up(job.as_dict())
+    assert job.notes == ["stage 1 failed (1 of 2 tasks): nothing was written"]
+    assert not job.ok
+
+
+def test_merge_levels_add_up_as_one_stage():
+    first = stage("merge1", shard(read=0, mapped=0, dropped=0, name="r0"))
+    second = stage("merge2", shard(read=0, mapped=0, dropped=0, name="r1"), failed_shard("r2"))
+    second.retried({"input": "r1", "output": "", "attempts": 1, "error": "reset"})
+    first.add_tasks(second)
+    assert (first.shards_total, first.shards_done, first.shards_failed) == (3, 2, 1)
+    assert (first.shards_retried, len(first.retries), len(first.failures)) == (1, 1, 1)
+    assert first.failure_kinds == {"cannot read {shard}": 1} and not first.ok

@@ -17,10 +17,12 @@ import itertools
 
 import numpy as np
 
+from htools.exchange.cursors import bucket_records, close_all, open_cursors
 from htools.exchange.groups import dedup
 from htools.exchange.keys import bucket_fn, second_pass_key
+from htools.exchange.partition import Spiller
 from htools.exchange.runfile import Run, pack_key, record
-from htools.exchange.tasks import Spiller, StageOne, StageTwo, _bucket_records, _open
+from htools.exchange.specs import StageOne, StageTwo
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.task import shard_task
 
@@ -34,10 +36,10 @@ def dedup_and_partition(runs: list[Run], a: int, b: int, task: int, one: StageOn
     duplicates = [0]
     with shard_task(f"{len(runs)} runs, buckets {a}..{b - 1}", one.scratch,
                     max_errors=one.max_errors) as result:
-        cursors = _open(runs, a, b, two.scratch_options)
+        cursors = open_cursors(runs, a, b, two.scratch_options)
         try:
             merged = itertools.chain.from_iterable(
-                _bucket_records(cursors, bucket, False) for bucket in range(a, b))
+                bucket_records(cursors, bucket, False) for bucket in range(a, b))
             kept = dedup(merged, two, result, one.scratch, duplicates,
                          group=lambda rec: rec[0][0])
             _partition(kept, one, out)
@@ -45,8 +47,7 @@ def dedup_and_partition(runs: list[Run], a: int, b: int, task: int, one: StageOn
             out.discard()
             raise
         finally:
-            for c in cursors:
-                c.close()
+            close_all(cursors)
     result.extra = {**out.made(), "duplicates": duplicates[0], "rss_start": rss0,
                     "peak_rss": peak_rss()}
     return result.as_dict()

@@ -8,16 +8,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from operator import itemgetter
-from typing import TYPE_CHECKING
 
 from htools.errors import HtoolsError, ScriptError
 from htools.exchange.keys import field_digest
 from htools.exchange.runfile import SampleEncoder, decode
+from htools.exchange.specs import StageTwo
 from htools.summary import ShardResult
 from htools.usercode.script import user_traceback
 
-if TYPE_CHECKING:
-    from htools.exchange.tasks import StageTwo
 
 def dedup(records_: Iterator[tuple], spec: StageTwo, result: ShardResult, url: str,
            duplicates: list[int], group=itemgetter(0)) -> Iterator[tuple]:

@@ -1,13 +1,18 @@
 """Planning the exchange: pure functions of counts, no I/O (unit-tested on their own).
 
-Costs the plan keeps (N inputs, M outputs, F fan-in, W worker threads):
+:func:`plan_exchange` returns the one :class:`ExchangePlan` of a job -- stage-1 tasks,
+runs, buckets, the dedup pass, merge levels, write tasks, scratch copies, range
+requests -- that the run, ``--dry-run``, the scratch-space check and the 100 TB model
+(``benchmarks/bench_scale.py``) all use.  Costs it keeps (N inputs, M outputs, F
+fan-in, W worker threads):
 
 * stage 1 groups small inputs so that a task reads about one memory budget
   (:func:`inputs_per_task`): R runs, about N / group + spills;
 * while some output would read more than F runs, a merge level groups runs F at a
-  time and splits the outputs into parts; each merge task reads F ranges (one per run
-  of its group, its part's buckets) and writes one run: R shrinks F-fold per level
-  (:func:`merge_shape`);
+  time and splits the outputs into parts (:func:`next_level`, :func:`merge_shape`); each
+  merge task reads F ranges (one per run of its group, its part's buckets) and writes
+  one run: R shrinks F-fold per level.  The run plans each level from the runs the
+  level before really wrote; :func:`merge_levels` assumes one run per merge task;
 * write tasks take consecutive outputs (:func:`write_chunks`) and read one range per
   run of their part: requests total about R*(parts) + M*G instead of N*M.
 
@@ -138,22 +143,81 @@ def merge_shape(runs: int, outputs: int, fan: int, min_tasks: int) -> MergeShape
     return MergeShape(groups, max(1, min(parts, outputs)))
 
 
-def levels(runs: int, outputs: int, fan: int, min_tasks: int) -> list[int]:
-    """Merge tasks per level for ``runs`` runs and ``outputs`` outputs (no level: [])."""
+Part = tuple[int, int, int]  # outputs [j0, j1) and the number of runs they read
+
+
+@dataclass(frozen=True)
+class PartMerge:
+    """One part of a level: outputs ``[j0, j1)`` reading ``runs`` runs.  When it is
+    merged, its runs are cut into ``groups`` (ranges of its run list) and its outputs into
+    ``parts`` (ranges of outputs): one merge task per group and part, each writing one
+    run.  No groups: the part reads few enough runs and passes through as it is."""
+
+    j0: int
+    j1: int
+    runs: int
+    groups: tuple[tuple[int, int], ...] = ()
+    parts: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class MergeLevel:
+    """One merge level: what happens to each part of the level before it."""
+
+    merges: tuple[PartMerge, ...]
+
+    @property
+    def tasks(self) -> int:
+        return sum(len(m.groups) * len(m.parts) for m in self.merges)
+
+    @property
+    def runs_per_task(self) -> int:
+        """The most runs one merge task reads (2 range requests each)."""
+        return max((b - a for m in self.merges for a, b in m.groups), default=0)
+
+    @property
+    def ranges(self) -> int:
+        """Run slices read by all the level's tasks (each: offsets + data, 2 requests)."""
+        return sum(m.runs * len(m.parts) for m in self.merges if m.groups)
+
+    def after(self) -> list[Part]:
+        """The parts of the next level, each merge task having written one run."""
+        out: list[Part] = []
+        for m in self.merges:
+            if not m.groups:
+                out.append((m.j0, m.j1, m.runs))
+            else:
+                out += [(oa, ob, len(m.groups)) for oa, ob in m.parts]
+        return out
+
+
+def next_level(parts: list[Part], fan: int, min_tasks: int) -> MergeLevel | None:
+    """The merge level for ``parts``, or None when no output reads more than ``fan`` runs.
+    The run follows it with the runs the level really wrote (a merge task whose buckets
+    hold nothing writes none); :func:`merge_levels` with one run per merge task."""
+    if all(r <= fan for _a, _b, r in parts):
+        return None
+    merges = []
+    for j0, j1, runs in parts:
+        shape = merge_shape(runs, j1 - j0, fan, min_tasks)
+        if shape is None:
+            merges.append(PartMerge(j0, j1, runs))
+            continue
+        merges.append(PartMerge(j0, j1, runs, tuple(split(runs, shape.groups)),
+                                tuple((j0 + a, j0 + b) for a, b in split(j1 - j0, shape.parts))))
+    return MergeLevel(tuple(merges))
+
+
+def merge_levels(runs: int, outputs: int, fan: int, min_tasks: int
+                 ) -> tuple[tuple[MergeLevel, ...], list[Part]]:
+    """The merge levels of ``runs`` runs feeding ``outputs`` outputs (none: ``()``), and
+    the parts the writes read after them."""
+    parts: list[Part] = [(0, outputs, runs)]
     out = []
-    parts = [(runs, outputs)]
-    while any(r > fan for r, _m in parts):
-        tasks, nxt = 0, []
-        for r, m in parts:
-            shape = merge_shape(r, m, fan, min_tasks)
-            if shape is None:
-                nxt.append((r, m))
-                continue
-            tasks += shape.tasks
-            nxt += [(shape.groups, b - a) for a, b in split(m, shape.parts)]
-        out.append(tasks)
-        parts = nxt
-    return out
+    while (level := next_level(parts, fan, min_tasks)) is not None:
+        out.append(level)
+        parts = level.after()
+    return tuple(out), parts
 
 
 def write_chunks(todo: list[int], per_task: int) -> list[list[int]]:
@@ -177,3 +241,89 @@ def outputs_per_task(outputs: int, total_bytes: int, memory: int, workers: int) 
     by_memory = max(1, memory // per_output)
     by_balance = max(1, outputs // max(1, TASKS_PER_WORKER * workers))
     return max(1, min(by_memory, by_balance, 1024))
+
+
+def write_tasks(parts: list[Part], per_task: int) -> int:
+    """Write tasks for ``parts`` when no output exists yet (:func:`write_chunks` of each)."""
+    return sum(-(-(j1 - j0) // per_task) for j0, j1, _r in parts)
+
+
+@dataclass(frozen=True)
+class ExchangePlan:
+    """One exchange, planned from counts: what the run does, what ``--dry-run`` shows, what
+    the scratch-space check and the 100 TB model read.  Before stage 1 the runs are an
+    estimate (one per memory budget of input, at least one per stage-1 task); the run
+    plans its merge levels again from the runs stage 1 really wrote (:func:`next_level`)."""
+
+    inputs: int
+    outputs: int  # planned outputs (1 when only --maxcount decides how many)
+    memory: int  # a task's budget
+    workers: int  # worker threads
+    fan_in: int
+    inputs_per_task: int
+    stage1_tasks: int
+    runs: int  # stage-1 runs
+    buckets: int
+    first_pass_buckets: int  # dedup tasks of htsort's dedup pass (0: no dedup pass)
+    first_pass_levels: tuple[MergeLevel, ...]  # merge levels before the dedup tasks
+    sort_runs: int  # the runs the merge levels start from (stage 1's, or the dedup tasks')
+    levels: tuple[MergeLevel, ...]
+    outputs_per_task: int
+    write_tasks: int
+    runs_per_write: int  # the most runs one write task reads
+    write_ranges: int  # run slices all write tasks read
+    scratch_copies: int  # copies of the data scratch holds at once, at most
+
+    @property
+    def merge_tasks(self) -> int:
+        return sum(lv.tasks for lv in self.first_pass_levels + self.levels)
+
+    @property
+    def tasks(self) -> int:
+        return self.stage1_tasks + self.first_pass_buckets + self.merge_tasks + self.write_tasks
+
+    @property
+    def range_requests(self) -> int:
+        """Requests of merge and write tasks: 2 a run slice (offsets, then data)."""
+        return 2 * (sum(lv.ranges for lv in self.first_pass_levels + self.levels)
+                    + self.write_ranges)
+
+    @property
+    def passes(self) -> int:
+        """Passes over the data: stage 1 and the writes, one a merge level, and the dedup
+        tasks' read and write."""
+        dedup = 1 + len(self.first_pass_levels) if self.first_pass_buckets else 0
+        return 2 + len(self.levels) + dedup
+
+
+def plan_exchange(*, inputs: int, shard_bytes: float | None, outputs: int | None,
+                  memory: int, workers: int, shuffle: bool, fan: int | None = None,
+                  dedup_pass: bool = False, beside: bool = False) -> ExchangePlan:
+    """Plan an exchange of ``inputs`` shards of about ``shard_bytes`` each (None: unknown)
+    into ``outputs`` outputs (None: --maxcount decides) on ``workers`` worker threads,
+    ``memory`` bytes a task; ``fan`` overrides the fan-in.  ``dedup_pass``: htsort's
+    --dedup by another key (stage 1 by content, merge levels, dedup tasks, then the sort);
+    ``beside``: the outputs land on scratch's file system (for ``scratch_copies``)."""
+    group = inputs_per_task(inputs, shard_bytes, memory, workers)
+    stage1 = -(-inputs // group)
+    data = int((shard_bytes or 0) * inputs)
+    runs = stage1 * max(1, -(-int((shard_bytes or 0) * group) // memory))
+    fan_ = fan_in(memory, fan)
+    planned = outputs or 1
+    first_buckets, first_levels, sort_runs = 0, (), runs
+    if dedup_pass:
+        first_buckets = max(1, min(MAX_BUCKETS, max(stage1, -(-data // memory))))
+        first_levels, _parts = merge_levels(runs, first_buckets, fan_, 2 * workers)
+        sort_runs = first_buckets * max(1, math.ceil(data / first_buckets / memory))
+    levels, parts = merge_levels(sort_runs, planned, fan_, 2 * workers)
+    per = outputs_per_task(planned, data, memory, workers)
+    copies = 2 if levels or dedup_pass or beside else 1
+    return ExchangePlan(
+        inputs=inputs, outputs=planned, memory=memory, workers=workers, fan_in=fan_,
+        inputs_per_task=group, stage1_tasks=stage1, runs=runs,
+        buckets=bucket_count(outputs, shuffle), first_pass_buckets=first_buckets,
+        first_pass_levels=first_levels, sort_runs=sort_runs, levels=levels,
+        outputs_per_task=per, write_tasks=write_tasks(parts, per),
+        runs_per_write=max(r for _a, _b, r in parts),
+        write_ranges=sum(-(-(j1 - j0) // per) * r for j0, j1, r in parts),
+        scratch_copies=copies)

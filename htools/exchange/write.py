@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from htools.errors import HtoolsError
+from htools.exchange.cursors import Cursor, bucket_records, close_all, open_cursors
 from htools.exchange.groups import dedup, to_write
 from htools.exchange.runfile import Run
-from htools.exchange.tasks import StageTwo, _bucket_records, _Cursor, _open
+from htools.exchange.specs import StageTwo
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import write_shard
 from htools.runtime.streams import distinct_keys
 from htools.runtime.task import shard_task
 from htools.summary import ShardResult
+
+if TYPE_CHECKING:  # the engine runs on the client; write tasks only on workers
+    from htools.runtime.engine import Task
 
 
 def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
@@ -37,7 +43,7 @@ def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list
 def _write_buckets(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
     results: list[dict] = []
     try:
-        cursors = _open(runs, outputs[0][1], outputs[-1][2], spec.scratch_options)
+        cursors = open_cursors(runs, outputs[0][1], outputs[-1][2], spec.scratch_options)
     except HtoolsError as e:
         for url, *_where in outputs:
             with shard_task(f"{len(runs)} runs", url) as result:
@@ -48,12 +54,11 @@ def _write_buckets(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> lis
         for url, a, b in outputs:
             results.append(_write_output(url, a, b, cursors, runs, spec))
     finally:
-        for c in cursors:
-            c.close()
+        close_all(cursors)
     return results
 
 
-def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[Run],
+def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Run],
                   spec: StageTwo) -> dict:
     with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
         for c in cursors:  # past outputs of this task not written this time (a retry)
@@ -62,7 +67,7 @@ def _write_output(url: str, a: int, b: int, cursors: list[_Cursor], runs: list[R
         duplicates = [0]
         try:
             merged = itertools.chain.from_iterable(
-                _bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
+                bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
             if spec.dedup:
                 merged = dedup(merged, spec, result, url, duplicates)
             _write_records(url, merged, spec, result)
@@ -98,7 +103,7 @@ class _Slicer:
 
     def __init__(self, runs: list[Run], last: int, spec: StageTwo):
         self.runs, self.last, self.spec = runs, last, spec
-        self.cursors: list[_Cursor] = []
+        self.cursors: list[Cursor] = []
         self._records: Iterator[tuple] | None = None
         self.at = 0  # global index of the next record
         self.broken = False
@@ -115,9 +120,9 @@ class _Slicer:
 
     def _reopen(self, a: int, bucket_begin: int) -> None:
         self.close()
-        self.cursors = _open(self.runs, a, self.last, self.spec.scratch_options)
+        self.cursors = open_cursors(self.runs, a, self.last, self.spec.scratch_options)
         self._records = itertools.chain.from_iterable(
-            _bucket_records(self.cursors, bucket, self.spec.reverse)
+            bucket_records(self.cursors, bucket, self.spec.reverse)
             for bucket in range(a, self.last))
         self.at, self.broken = bucket_begin, False
 
@@ -135,8 +140,7 @@ class _Slicer:
         return rec
 
     def close(self) -> None:
-        for c in self.cursors:
-            c.close()
+        close_all(self.cursors)
         self.cursors = []
 
 
@@ -156,3 +160,10 @@ def _write_slices(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list
     finally:
         slicer.close()
     return results
+
+
+def narrow_write(task: Task, urls: list[str]) -> Task:
+    """The write task for only ``urls`` of its outputs (a retry of those that failed)."""
+    keep = set(urls)
+    outs = [o for o in task.kwargs["outputs"] if o[0] in keep]
+    return replace(task, kwargs={**task.kwargs, "outputs": outs}, outputs=[o[0] for o in outs])

@@ -1,0 +1,92 @@
+"""Reading runs: a :class:`Cursor` reads one run's slice of buckets front to back (two
+range requests: the offset table, then the data); :func:`open_cursors` opens one per run
+(all or none); :func:`bucket_records` merges one bucket of every run by key, stably.
+Shared by the merge, write and dedup tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from operator import itemgetter
+from typing import BinaryIO
+
+from htools.errors import HtoolsError
+from htools.exchange.runfile import Run, bucket_offsets, open_slice, raw_records, records
+
+COPY_CHUNK = 1 << 20
+
+
+class Cursor:
+    """One run's slice of buckets ``[a, b)``, read front to back, bucket by bucket.
+    ``pos`` is where the reader stands; ``count`` the records read or skipped so far."""
+
+    def __init__(self, run: Run, a: int, b: int, options: dict):
+        self.run = run
+        self.a = a
+        self.offsets = bucket_offsets(run, a, b, options)
+        self.pos = int(self.offsets[0])
+        self.count = 0
+        end = int(self.offsets[-1])
+        self.f: BinaryIO | None = open_slice(run, self.pos, end, options) if end > self.pos \
+            else None
+
+    def length(self, bucket: int) -> int:
+        """Bytes of ``bucket`` left to read (all of it when the cursor is at its start)."""
+        return int(self.offsets[bucket - self.a + 1]) - self.pos
+
+    def records(self, bucket: int) -> Iterator[tuple]:
+        for rec in records(self.f, self.length(bucket), self.run.url):
+            self.pos += len(rec[2])
+            self.count += 1
+            yield rec
+
+    def skip_to(self, bucket: int) -> None:
+        """Skip to the start of ``bucket``, counting the records passed over."""
+        n = int(self.offsets[bucket - self.a]) - self.pos
+        if n > 0:
+            for rec in raw_records(self.f, n, self.run.url):
+                self.pos += len(rec)
+                self.count += 1
+
+    def copy(self, bucket: int) -> Iterator[bytes]:
+        left = self.length(bucket)
+        while left > 0:
+            chunk = self.f.read(min(left, COPY_CHUNK))
+            if not chunk:
+                raise HtoolsError(f"{self.run.url}: run file ends early")
+            left -= len(chunk)
+            self.pos += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def bucket_records(cursors: list[Cursor], bucket: int, reverse: bool) -> Iterator[tuple]:
+    """The records of one bucket of every run, merged by key (stable: earlier runs
+    first on equal keys)."""
+    live = [c for c in cursors if c.length(bucket) > 0]
+    if not live:
+        return iter(())
+    if len(live) == 1:
+        return live[0].records(bucket)
+    return heapq.merge(*(c.records(bucket) for c in live), key=itemgetter(0), reverse=reverse)
+
+
+def open_cursors(runs: list[Run], a: int, b: int, options: dict) -> list[Cursor]:
+    """A cursor on buckets ``[a, b)`` of each run; if one cannot open, none stays open."""
+    cursors: list[Cursor] = []
+    try:
+        for run in runs:
+            cursors.append(Cursor(run, a, b, options))
+    except BaseException:
+        close_all(cursors)
+        raise
+    return cursors
+
+
+def close_all(cursors: list[Cursor]) -> None:
+    for c in cursors:
+        c.close()

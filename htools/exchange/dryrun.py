@@ -1,0 +1,55 @@
+"""What ``--dry-run`` shows of an exchange: its plan (:class:`.plan.ExchangePlan`, the
+one the run makes) as lines for people and as the figures the run's summary reports in
+``extra`` (stage-1 tasks, runs, levels, write tasks), so the two can be compared."""
+
+from __future__ import annotations
+
+from htools.exchange.plan import ExchangePlan, MergeLevel
+from htools.exchange.sizing import Resources, human_size
+
+
+def plan_lines(p: ExchangePlan, sized: Resources, dedup: str | None) -> list[str]:
+    """The plan, a line a stage (the outputs' lines follow)."""
+    lines = [f"sized for {sized.threads} worker threads and a memory budget of "
+             f"{human_size(sized.memory)} a task ({sized.source})",
+             f"stage 1: {p.inputs} input shards in {p.stage1_tasks} tasks ({p.inputs_per_task} "
+             f"input(s) each) -> about {p.runs} sorted runs in scratch"]
+    if dedup is not None:
+        lines.append(f"dedup pass: stage 1 buckets samples by the sha256 of {dedup}; "
+                     f"{p.first_pass_buckets} dedup tasks (after {_levels(p.first_pass_levels)}) "
+                     "drop all but the first of each value and write runs by the sort key "
+                     f"(about {p.sort_runs}; one more pass over scratch)")
+    lines.append(f"merge levels: {len(p.levels)} (fan-in {p.fan_in}: a task reads at most "
+                 f"{p.fan_in} runs, 2 range requests each; merge tasks per level: "
+                 f"{[lv.tasks for lv in p.levels] or '-'})")
+    lines.append(f"writes: {p.write_tasks} tasks ({p.outputs_per_task} output(s) each, at most "
+                 f"{p.runs_per_write} runs read each); {p.range_requests} range requests in "
+                 f"all; scratch holds up to {p.scratch_copies} cop{'ies' if p.scratch_copies > 1 else 'y'} "
+                 "of the data")
+    return lines
+
+
+def _levels(levels: tuple[MergeLevel, ...]) -> str:
+    if not levels:
+        return "no merge level"
+    return f"{len(levels)} merge level(s) of {', '.join(str(lv.tasks) for lv in levels)} tasks"
+
+
+def plan_figures(p: ExchangePlan) -> dict:
+    """The plan's figures under the names the run's summary gives them in ``extra``."""
+    levels = [_level("dedup-merge", lv) for lv in p.first_pass_levels]
+    levels += [_level("merge", lv) for lv in p.levels]
+    figures = {"input_shards": p.inputs, "memory_budget": p.memory,
+               "intermediate_merges": p.merge_tasks, "levels": levels, "fan_in": p.fan_in,
+               "stage1_tasks": p.stage1_tasks, "inputs_per_task": p.inputs_per_task,
+               "runs": p.runs, "write_tasks": p.write_tasks,
+               "outputs_per_task": p.outputs_per_task, "max_runs_per_write": p.runs_per_write,
+               "requests_per_write": 2 * p.runs_per_write, "worker_threads": p.workers}
+    if p.first_pass_buckets:
+        figures["dedup_tasks"] = p.first_pass_buckets
+    return figures
+
+
+def _level(stage: str, lv: MergeLevel) -> dict:
+    return {"stage": stage, "tasks": lv.tasks, "runs_per_task": lv.runs_per_task,
+            "requests_per_task": 2 * lv.runs_per_task}

@@ -1,0 +1,169 @@
+"""Stage 1 of the exchange: :func:`partition` (one task per input shard, or per group of
+small shards) keys every sample, buffers it in its bucket and, through a
+:class:`Spiller`, writes sorted runs of all buckets to scratch; and :func:`sample_keys`,
+htsort's pre-pass that samples sort keys for the splitters.  The dedup tasks
+(:mod:`.dedup`) spill through the same :class:`Spiller`.
+
+Task functions are top-level, take plain arguments, run in the task frame
+(:func:`htools.runtime.task.shard_task`) and talk to later stages only through run
+files (:mod:`.runfile`).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from operator import itemgetter
+
+import numpy as np
+
+from htools import storage
+from htools.exchange.keys import bucket_fn, checked_key, content_bucket, first_pass_key
+from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record
+from htools.exchange.specs import StageOne, scratch_options
+from htools.runtime.memory import peak_rss, rss
+from htools.runtime.shardio import read_shard
+from htools.runtime.task import shard_task
+from htools.summary import ShardResult
+from htools.usercode.apply import map_samples
+from htools.usercode.script import user_traceback
+
+RECORD_OVERHEAD = 100  # Python bytes of a buffered record beyond its payload
+
+
+def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
+    """Stage-1 task: samples of a few input shards -> sorted run files in scratch.
+
+    ``inputs`` are (position in the job's input list, URL).  Records are buffered per
+    bucket up to the memory budget; each spill sorts every bucket (stably) and writes
+    one run of all buckets.
+    """
+    rss0 = rss()
+    urls = [u for _i, u in inputs]
+    out = Spiller(spec, task, np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None)
+    with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result:
+        try:
+            _partition(inputs, spec, result, out)
+        except BaseException:
+            out.discard()
+            raise
+    result.extra = {**out.made(), "rss_start": rss0, "peak_rss": peak_rss()}
+    return result.as_dict()
+
+
+def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> None:
+    encoder = SampleEncoder(spec.scratch, spec.mtime)
+    if spec.first_pass:
+        bucket_of = content_bucket(spec.buckets)
+    else:
+        bucket_of = bucket_fn(spec.key, spec.buckets, spec.splitters)
+    for index, url in inputs:
+        key_of = first_pass_key(spec.key, spec.script, index) if spec.first_pass \
+            else _checked(spec.key.key_fn(spec.script, index))
+        for sample in input_samples(url, spec, result):
+            sample.pop("__url__", None)
+            try:
+                k = key_of(sample)
+                rec = record(pack_key(k), sample["__key__"], encoder.encode(sample))
+                bucket = bucket_of(k)
+            except Exception as e:  # noqa: BLE001 -- the user's sort_key or the sample: a sample error
+                result.samples_mapped = max(0, result.samples_mapped - 1)  # failed instead
+                result.sample_error(url, str(sample.get("__key__", "?")),
+                                    "cannot sort sample", e, user_traceback(e))
+                continue
+            out.add(bucket, k, rec)
+    out.close()
+
+
+class Spiller:
+    """Records buffered per bucket up to the memory budget; each spill sorts every
+    bucket (stably) and writes one run of all buckets (counted per bucket in
+    ``counts``, if given).  What a task returns of them: :meth:`made`."""
+
+    def __init__(self, spec: StageOne, task: int, counts: np.ndarray | None):
+        self.spec, self.task, self.counts = spec, task, counts
+        self.runs: list[Run] = []
+        self.buffers: dict[int, list] = {}
+        self.held = 0
+
+    def add(self, bucket: int, k, rec: bytes) -> None:
+        self.buffers.setdefault(bucket, []).append((k, rec))
+        self.held += len(rec) + RECORD_OVERHEAD
+        if self.held >= self.spec.memory:
+            self.close()
+
+    def close(self) -> None:
+        if self.buffers:
+            self.runs.append(_spill(self.buffers, self.spec, self.task, len(self.runs),
+                                    self.counts))
+        self.held = 0
+
+    def discard(self) -> None:
+        """A failed attempt: its runs are useless now."""
+        for r in self.runs:
+            storage.delete(r.url, scratch_options(self.spec.options))
+        self.runs.clear()
+
+    def made(self) -> dict:
+        """The runs (URL, size) and, when counted, the sparse counts per bucket."""
+        extra: dict = {"runs": [(r.url, r.size) for r in self.runs]}
+        if self.counts is not None and self.runs:
+            nz = np.flatnonzero(self.counts)
+            extra["counts"] = (nz.astype(np.uint32).tobytes(),
+                               self.counts[nz].astype(np.uint64).tobytes())
+        return extra
+
+
+def _checked(key_of):
+    return lambda sample: checked_key(key_of(sample))
+
+
+def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, counts) -> Run:
+    """Sort each bucket's buffer and write them back to back as one run; empty them."""
+    url = storage.join(spec.scratch, f"run-{task:06d}-{spill:04d}-{uuid.uuid4().hex[:8]}.bin")
+    with RunWriter(url, 0, spec.buckets, scratch_options(spec.options)) as w:
+        for bucket in sorted(buffers):
+            buf = buffers[bucket]
+            buf.sort(key=itemgetter(0), reverse=spec.key.reverse)  # stable: input order kept
+            w.write(bucket, b"".join(rec for _k, rec in buf), len(buf))
+            if counts is not None:
+                counts[bucket] += len(buf)
+        run = w.close()
+    buffers.clear()
+    return run
+
+
+def input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
+    """The samples of one input shard, through the script's process_sample if it has one."""
+    with read_shard(url, spec.options, result) as samples:
+        if spec.script is not None and spec.script.defines("process_sample"):
+            yield from map_samples(samples, spec.script.load().process_sample, result, url)
+        else:
+            for s in samples:
+                result.samples_read += 1
+                result.samples_mapped += 1
+                yield s
+
+
+def sample_keys(input: str, index: int, spec: StageOne, limit: int) -> dict:
+    """Pre-pass task (htsort): a reservoir sample of the sort keys of one shard."""
+    rng = random.Random(f"splitters:{spec.key.seed}:{index}")
+    key_of = spec.key.key_fn(spec.script, index)
+    reservoir: list = []
+    seen = 0
+    with shard_task(input, max_errors=spec.max_errors) as result:
+        for sample in input_samples(input, spec, result):
+            try:
+                k = checked_key(key_of(sample))
+            except Exception:  # noqa: BLE001 - stage 1 reports it
+                continue
+            seen += 1
+            if len(reservoir) < limit:
+                reservoir.append(k)
+            else:
+                j = rng.randrange(seen)
+                if j < limit:
+                    reservoir[j] = k
+    result.extra = {"keys": reservoir}
+    return result.as_dict()
