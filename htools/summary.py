@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import html
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -69,6 +70,9 @@ class ShardResult:
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"url": url, "key": key, "error": error, "traceback": tb})
         if self.sample_errors > self.max_errors:
+            lines = tb.splitlines()
+            if lines and lines[-1].endswith(error):  # the error's own line: once is enough
+                tb = "\n".join(lines[:-1])
             detail = f"\n{tb}" if tb else ""
             raise TooManyErrors(f"{hide_credentials(url)}: {what} on key {key!r}: {error}{detail}")
 
@@ -98,15 +102,24 @@ class ShardResult:
         return d
 
 
+_KEY = re.compile(r"\bkey '(?:[^'\\]|\\.)*'|\bkey \"(?:[^\"\\]|\\.)*\"")
+
+
 def failure_kind(r: dict) -> str:
-    """A failed shard's error with its own URLs taken out: shards that failed for the same
-    reason (a script that cannot load, a server that refuses writes) share it."""
-    kind = r["error"] or ""
+    """A failed shard's error with its own URLs, the sample key and the traceback taken
+    out: shards that failed for the same reason (a script that cannot load, a bug that
+    fails every sample, a server that refuses writes) share it."""
+    kind = (r["error"] or "").split("\n", 1)[0]
     urls = [r["input"]] if isinstance(r["input"], str) else list(r["input"])
     for url in urls + [r["output"]]:
         if url:
             kind = kind.replace(hide_credentials(url), "{shard}")
-    return kind
+    return _KEY.sub("key {key}", kind)
+
+
+def sample_error_kind(e: dict) -> str:
+    """A failed sample's error with its key and shard taken out (for grouping)."""
+    return _KEY.sub("key {key}", (e["error"] or "").split("\n", 1)[0])
 
 
 def _hide(value: str | list[str]) -> str | list[str]:

@@ -14,7 +14,7 @@ import click
 from htools import __version__
 from htools.errors import HtoolsError, hide_credentials
 from htools.options import RunOptions
-from htools.summary import JobSummary, failure_kind
+from htools.summary import JobSummary, failure_kind, sample_error_kind
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -224,8 +224,16 @@ def report(summary: JobSummary, opts: RunOptions, err=None) -> None:
         for line in plan_shown(summary.plan):
             print(line)
         return
-    shown, kinds = 0, set()
-    for f in summary.failures:  # each kind of failure once, with how many shards had it
+    _failed_shards(summary, err)
+    _failed_samples(summary, err)
+    print(summary.line(), file=err, flush=True)
+
+
+def _failed_shards(summary: JobSummary, err) -> None:
+    """Each kind of shard failure once, with how many shards had it; the traceback of the
+    first only (every one is in ``--summary FILE``)."""
+    shown, kinds, traced = 0, set(), False
+    for f in summary.failures:
         kind = failure_kind(f)
         if kind in kinds:
             continue
@@ -236,17 +244,36 @@ def report(summary: JobSummary, opts: RunOptions, err=None) -> None:
                                               if f["output"] else "")
         if count > 1:
             where = f"{count} shards with the same error, the first {where}"
-        print(f"htools: FAILED {where}: {f['error']}", file=err)
+        first, _, rest = (f["error"] or "").partition("\n")
+        print(f"htools: FAILED {where}: {first}", file=err)
+        if rest and not traced:
+            print(rest, file=err)
+            traced = True
         shown += count
         if len(kinds) == 20:
             break
     if summary.shards_failed > shown:
-        print(f"htools: ... and {summary.shards_failed - shown} more failed shards "
-              "(the first 100 in --summary FILE)", file=err)
-    for e in summary.errors[:10]:
+        listed = len(summary.failures)
+        where = "the first 100 in --summary FILE" if listed < summary.shards_failed \
+            else "every one in --summary FILE"
+        print(f"htools: ... and {summary.shards_failed - shown} more failed shard"
+              f"{'s' if summary.shards_failed - shown > 1 else ''} ({where})", file=err)
+
+
+def _failed_samples(summary: JobSummary, err) -> None:
+    """Each kind of failed sample once (its first key), unless a failed shard above
+    already said it, with how many of the listed samples had it."""
+    said = {failure_kind(f).split(": ", 1)[-1] for f in summary.failures}
+    groups: dict[str, list[dict]] = {}
+    for e in summary.errors:
+        groups.setdefault(sample_error_kind(e), []).append(e)
+    for kind, group in list(groups.items())[:10]:
+        if any(kind in s or s.endswith(kind) for s in said):
+            continue
+        e = group[0]
+        more = f" (and {len(group) - 1} more samples)" if len(group) > 1 else ""
         print(f"htools: sample error {hide_credentials(e['url'])} key {e['key']!r}: "
-              f"{e['error']}", file=err)
-    print(summary.line(), file=err, flush=True)
+              f"{e['error'].splitlines()[0] if e['error'] else ''}{more}", file=err)
 
 
 def finish(summary: JobSummary, opts: RunOptions) -> None:

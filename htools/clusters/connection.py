@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from htools.display import in_notebook
 from htools.errors import HtoolsError
 
 if TYPE_CHECKING:
@@ -134,7 +135,9 @@ def _gpu_cluster(LocalCluster, n: int, gpus: int, kw: dict):
 
 
 def _announce(client: Any, opts: RunOptions) -> None:
-    if opts.quiet:
+    """One stderr line with the workers and the dashboard; not in a notebook, whose
+    progress display links the dashboard already."""
+    if opts.quiet or in_notebook():
         return
     link = getattr(client, "dashboard_link", None)
     nworkers = len(client.scheduler_info().get("workers", {}))

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from htools.display import in_notebook
+
 
 class _Bar:
     """A tqdm bar on stderr: shards done/total, samples/s, MB/s, ETA."""
@@ -38,20 +40,9 @@ class _Bar:
 def progress_display(total: int, quiet: bool, client: Any = None, tool: str = ""):
     """A job's progress: in place in a notebook, a tqdm bar on a terminal, else nothing
     (``update(result)`` per shard, ``close()`` at the end)."""
-    if not quiet and _in_notebook():
+    if not quiet and in_notebook():
         return _NotebookBar(total, tool, client)
-    return _Bar(total, enabled=not quiet and sys.stderr.isatty() and not _in_notebook())
-
-
-def _in_notebook() -> bool:
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    try:
-        ip = shell.get_ipython()
-    except Exception:  # noqa: BLE001 -- no IPython shell: not a notebook
-        return False
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+    return _Bar(total, enabled=not quiet and sys.stderr.isatty() and not in_notebook())
 
 
 class _NotebookBar:
