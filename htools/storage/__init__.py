@@ -26,8 +26,9 @@ reached.  Permanent faults (401, 403, 404, ...) are not retried.  Errors are
 :class:`~htools.errors.StorageError` / :class:`~htools.errors.NotFound` naming the URL
 without credentials.
 
-Layout: :mod:`.base` (the :class:`~.base.Backend` interface, :class:`Writer`, the retry
-policy, the resuming reader), one module per backend (:mod:`.local`, :mod:`.http`,
+Layout: :mod:`.base` (the :class:`~.base.Backend` interface, the retry policy, the
+resuming reader), :mod:`.writer` (the atomic :class:`Writer` and the spool that makes an
+upload replayable), one module per backend (:mod:`.local`, :mod:`.http`,
 :mod:`.objectstore` for s3/gs, :mod:`.pipe`) and :mod:`.registry`, which maps
 protocols to backends.  Adding a protocol takes one module with a ``Backend`` subclass
 and one line in ``registry.REGISTRY``::
@@ -50,12 +51,12 @@ from htools.storage.base import (
     CHUNK,
     RETRY_OPTIONS,
     Backend,
-    Writer,
     retry_policy,
     with_retries,
 )
 from htools.storage.httpconn import PASSWORD_ENV, USER_ENV
 from htools.storage.registry import OPTION_KEYS, REGISTRY, backend, protocol
+from htools.storage.writer import Writer
 
 __all__ = [
     "Options", "Writer", "open_read", "open_write", "exists", "size", "read_range",

@@ -38,7 +38,6 @@ from htools.storage.base import (
     Backend,
     RangeReader,
     Transient,
-    Writer,
     buffered,
     connection_fault,
     retry_policy,
@@ -53,6 +52,7 @@ from htools.storage.httpconn import (
     status_error,
     target,
 )
+from htools.storage.writer import Writer
 
 CONTINUE_WAIT = 1.0        # seconds to wait for "100 Continue" before sending anyway
 
@@ -224,7 +224,7 @@ class HTTPWriter(Writer):
     the body is complete, so the object never shows partially and a dropped upload
     leaves nothing.  ``put_mode="move"`` PUTs to ``<name>.tmp-<uuid>`` and WebDAV-MOVEs
     it onto the final name on commit, for servers that write PUT bodies in place.
-    The body is streamed and kept in a spool (:class:`~htools.storage.base.Writer`): a
+    The body is streamed and kept in a spool (:class:`~htools.storage.writer.Writer`): a
     reset, a timeout or a 5xx mid-body or at the commit sends it again as a new PUT.
     """
 

@@ -21,7 +21,8 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from htools.errors import NotFound, StorageError
-from htools.storage.base import CHUNK, Backend, RangeReader, Writer, buffered, retry_policy
+from htools.storage.base import CHUNK, Backend, RangeReader, buffered, retry_policy
+from htools.storage.writer import Writer
 
 
 def local_path(url: str) -> str:

@@ -38,12 +38,12 @@ from htools.storage.base import (
     RangeReader,
     RetryPolicy,
     Transient,
-    Writer,
     buffered,
     retry_policy,
     unresolvable,
 )
 from htools.storage.httpconn import delete_once
+from htools.storage.writer import Writer
 
 PART_SIZE = 16 << 20        # S3 multipart part / GCS resumable chunk
 READ_BLOCK = 8 << 20        # fsspec read-ahead block

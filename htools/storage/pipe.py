@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO, NoReturn
 
 from htools.errors import StorageError, hide_credentials
-from htools.storage.base import Backend, Writer, buffered
+from htools.storage.base import Backend, buffered
+from htools.storage.writer import Writer
 from htools.tar.compress import NoClose
 
 
