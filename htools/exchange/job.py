@@ -88,7 +88,7 @@ def plan_for(spec: ExchangeSpec, inputs: int, outputs: int | None, shard_bytes: 
 
 def _exchange(spec: ExchangeSpec, outset: shards.OutputSet,
               opts: RunOptions) -> tuple[JobSummary, list[str]]:
-    inputs = shards.expand_all(list(spec.inputs))
+    inputs = shards.expand_all(list(spec.inputs), opts.storage_options)
     n_out = outset.count
     if n_out is None and not spec.maxcount:
         raise HtoolsError(f"{spec.outputs!r} is open-ended: give --maxcount, or name the "
@@ -99,8 +99,14 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet,
     if spec.mtime is None:  # "now", taken once: stage 1 encodes every sample's headers
         spec = replace(spec, mtime=time.time())
     known = outset.urls(n_out) if n_out else []
-    preflight.check(inputs, (known or [outset.first()]) + ([spec.scratch] if spec.scratch else []),
-                    opts.storage_options, write=not opts.dry_run)
+    preflight.check(inputs, known or [outset.first()], opts.storage_options,
+                    write=not opts.dry_run)
+    if spec.scratch:
+        try:
+            preflight.check([], [spec.scratch], opts.storage_options, write=not opts.dry_run)
+        except preflight.Unreachable as e:  # say which folder: scratch, not the outputs
+            raise preflight.Unreachable(
+                str(e).replace("cannot write outputs", "cannot write scratch", 1)) from None
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return _dry_run(spec, outset, inputs, known, present, opts), []
@@ -143,6 +149,8 @@ class _Job:
         self.options = storage.resolve_options(opts.storage_options)
         self.scratch_root = spec.scratch or default_scratch(opts, outset)
         self.scratch = storage.join(self.scratch_root, f"{spec.tool}-{uuid.uuid4().hex[:12]}/")
+        # a local --scratch folder that does not exist yet: htools makes it, and removes it
+        self.made_root = "://" not in self.scratch_root and not os.path.exists(self.scratch_root)
         self.sized = resources(opts.client, spec.memory)
         self.memory, self.workers = self.sized.memory, self.sized.threads
         self.fan = plan.fan_in(self.memory, spec.fan_in)
@@ -225,8 +233,9 @@ class _Job:
     def clean_up(self) -> None:
         try:
             storage.delete_prefix(self.scratch, self.options)
-            if self.spec.scratch is None and self.scratch_root.startswith(tempfile.gettempdir()):
-                os.rmdir(self.scratch_root)  # the temp dir this job made for itself
+            if self.made_root or (self.spec.scratch is None
+                                  and self.scratch_root.startswith(tempfile.gettempdir())):
+                os.rmdir(self.scratch_root)  # the folder this job made for itself
         except (HtoolsError, OSError):
             pass  # clean-up is best effort; the job's result stands
 
