@@ -51,7 +51,7 @@ def _write(writer, sample: dict, url: str) -> int:
 def plan(inputs, outputs: str, script: Script, opts: RunOptions, *,
          mtime: float | None = 0) -> list[Task]:
     """One task per input shard; outputs pair with inputs in order."""
-    ins = shards.expand_all(inputs)
+    ins = shards.expand_all(inputs, opts.storage_options)
     outs = shards.OutputSet.parse(outputs).urls(len(ins))
     if len(set(outs)) != len(outs):
         raise HtoolsError(f"output pattern {outputs!r} names the same output twice")

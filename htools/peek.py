@@ -48,7 +48,7 @@ def head(pattern, n: int = 8, fields=None, *, storage_options=None) -> Samples:
     if n <= 0:
         return found
     options = storage.resolve_options(storage_options)
-    for url in shards.expand_all(pattern):
+    for url in shards.expand_all(pattern, storage_options):
         with contextlib.closing(_read(url, options)) as samples:
             for s in samples:
                 found.append(_select(s, wanted))
@@ -64,7 +64,7 @@ def sample(pattern, n: int = 8, seed=None, fields=None, *, shards_read: int = 3,
     likely.  The same ``seed`` gives the same samples (of the same shards)."""
     wanted = _fields(fields)
     rng = random.Random(seed)
-    urls = shards.expand_all(pattern)
+    urls = shards.expand_all(pattern, storage_options)
     chosen = sorted(rng.sample(range(len(urls)), min(max(shards_read, 1), len(urls))))
     options = storage.resolve_options(storage_options)
     kept: list[tuple[int, dict]] = []

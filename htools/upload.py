@@ -285,7 +285,7 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
 
 
 def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime) -> list[Task]:
-    inputs = shards.expand_all(source)
+    inputs = shards.expand_all(source, opts.storage_options)
     sizes: dict[int, dict] = {}
     counts = engine.run("htupload-count",
                         [Task(count_shard, {"input": u, "options": options}, input=u)
@@ -330,8 +330,8 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
           "mtime": mtime}
     outset = shards.OutputSet.parse(outputs)
     if source_kind(source) == "tars":
-        preflight.check(shards.expand_all(source), [outset.first()], opts.storage_options,
-                        write=not opts.dry_run)
+        preflight.check(shards.expand_all(source, opts.storage_options), [outset.first()],
+                        opts.storage_options, write=not opts.dry_run)
     else:
         preflight.check([], [outset.first()], opts.storage_options, write=not opts.dry_run)
     if source_kind(source) != "tars" or opts.dry_run:

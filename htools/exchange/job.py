@@ -28,6 +28,7 @@ from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
 from htools.exchange.dedup import dedup_and_partition, two_passes
 from htools.exchange.dryrun import plan_figures, plan_lines
+from htools.exchange.groupcount import count_groups
 from htools.exchange.keys import KeySpec, pick_splitters
 from htools.exchange.merge import merge_runs
 from htools.exchange.partition import partition, sample_keys
@@ -87,7 +88,7 @@ def plan_for(spec: ExchangeSpec, inputs: int, outputs: int | None, shard_bytes: 
 
 def _exchange(spec: ExchangeSpec, outset: shards.OutputSet,
               opts: RunOptions) -> tuple[JobSummary, list[str]]:
-    inputs = shards.expand_all(list(spec.inputs))
+    inputs = shards.expand_all(list(spec.inputs), opts.storage_options)
     n_out = outset.count
     if n_out is None and not spec.maxcount:
         raise HtoolsError(f"{spec.outputs!r} is open-ended: give --maxcount, or name the "
@@ -98,8 +99,14 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet,
     if spec.mtime is None:  # "now", taken once: stage 1 encodes every sample's headers
         spec = replace(spec, mtime=time.time())
     known = outset.urls(n_out) if n_out else []
-    preflight.check(inputs, (known or [outset.first()]) + ([spec.scratch] if spec.scratch else []),
-                    opts.storage_options, write=not opts.dry_run)
+    preflight.check(inputs, known or [outset.first()], opts.storage_options,
+                    write=not opts.dry_run)
+    if spec.scratch:
+        try:
+            preflight.check([], [spec.scratch], opts.storage_options, write=not opts.dry_run)
+        except preflight.Unreachable as e:  # say which folder: scratch, not the outputs
+            raise preflight.Unreachable(
+                str(e).replace("cannot write outputs", "cannot write scratch", 1)) from None
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return _dry_run(spec, outset, inputs, known, present, opts), []
@@ -142,6 +149,8 @@ class _Job:
         self.options = storage.resolve_options(opts.storage_options)
         self.scratch_root = spec.scratch or default_scratch(opts, outset)
         self.scratch = storage.join(self.scratch_root, f"{spec.tool}-{uuid.uuid4().hex[:12]}/")
+        # a local --scratch folder that does not exist yet: htools makes it, and removes it
+        self.made_root = "://" not in self.scratch_root and not os.path.exists(self.scratch_root)
         self.sized = resources(opts.client, spec.memory)
         self.memory, self.workers = self.sized.memory, self.sized.threads
         self.fan = plan.fan_in(self.memory, spec.fan_in)
@@ -164,21 +173,29 @@ class _Job:
                        counts=not (shuffle and n_out is not None))
         if not shuffle:
             one = self._with_splitters(one)
+        if one.counts and not self._stage_two().passes_through:  # writes fold equal keys
+            one = replace(one, group_by="head" if self.two_passes else "key")
         if self.two_passes:  # htsort --dedup F by another key: first by F's content
             first = replace(one, buckets=self.plan.first_pass_buckets, counts=False,
-                            key=replace(spec.key, reverse=False), first_pass=True)
+                            key=replace(spec.key, reverse=False), first_pass=True,
+                            group_by="")
             s1 = self._stage_one(first)
             if not s1.summary.ok:
                 return self._summary(s1, None, "stage 1")
             dd = self._dedup_pass(s1.runs, first.buckets, one)
             if not dd.summary.ok:
                 return self._summary(s1, dd, "the dedup pass")
-            self.deduped, runs, counts = dd, dd.runs, dd.counts
+            self.deduped, runs, counts, keys = dd, dd.runs, dd.counts, dd.keys
         else:
             s1 = self._stage_one(one)
             if not s1.summary.ok:
                 return self._summary(s1, None, "stage 1")
-            runs, counts = s1.runs, s1.counts
+            runs, counts, keys = s1.runs, s1.counts, s1.keys
+        if one.group_by:
+            counted = self._count_groups(keys, counts)
+            if not counted.summary.ok:
+                return self._summary(s1, Stage(counted.summary), "counting groups")
+            counts = counted.counts
         groups, slices = self._outputs(counts)
         merged = self._merge_levels([(0, len(groups), runs)], groups, self._stage_two())
         if not merged.ok:
@@ -195,7 +212,7 @@ class _Job:
         slices = None  # --maxcount N exactly: outputs cut by record count
         if counts is None:  # a shuffle into @M: one bucket per output
             groups = [(j, j + 1) for j in range(self.plan.buckets)]
-        elif spec.maxcount and self._stage_two().passes_through:
+        elif spec.maxcount:  # records, or groups of equal keys (StageTwo.by_groups)
             cuts = plan.count_slices(counts, spec.maxcount)
             starts = plan.bucket_starts(counts)
             groups = [(a, b) for a, b, _begin, _n in cuts]
@@ -216,8 +233,9 @@ class _Job:
     def clean_up(self) -> None:
         try:
             storage.delete_prefix(self.scratch, self.options)
-            if self.spec.scratch is None and self.scratch_root.startswith(tempfile.gettempdir()):
-                os.rmdir(self.scratch_root)  # the temp dir this job made for itself
+            if self.made_root or (self.spec.scratch is None
+                                  and self.scratch_root.startswith(tempfile.gettempdir())):
+                os.rmdir(self.scratch_root)  # the folder this job made for itself
         except (HtoolsError, OSError):
             pass  # clean-up is best effort; the job's result stands
 
@@ -258,12 +276,14 @@ class _Job:
                     counted: bool) -> Partitioned:
         """Run tasks that write runs of all ``buckets`` (stage 1, the dedup tasks)."""
         by_task: dict[int, list] = {}
+        by_keys: dict[int, list] = {}
         counts = np.zeros(buckets, dtype=np.int64) if counted else None
         reports = Reports()
 
         def on_result(i: int, r: dict) -> None:
             extra = r.pop("extra")
             by_task[i] = extra.get("runs", [])
+            by_keys[i] = extra.get("keys", [])
             if counts is not None:
                 add_counts(counts, extra.get("counts"))
             reports.add(extra)
@@ -271,7 +291,28 @@ class _Job:
         s = engine.run(f"{self.spec.tool}-{name}", tasks, self.opts.with_(dry_run=False),
                        on_result=on_result, check_outputs=False)
         runs = [Run(url, size, 0, buckets) for t in sorted(by_task) for url, size in by_task[t]]
-        return Partitioned(s, reports, runs, counts)
+        keys = [Run(url, size, 0, buckets) for t in sorted(by_keys) for url, size in by_keys[t]]
+        return Partitioned(s, reports, runs, counts, keys)
+
+    def _count_groups(self, keys: list[Run], records: np.ndarray) -> Partitioned:
+        """Distinct group keys per bucket (:mod:`.groupcount`): count tasks over ranges
+        of buckets, each reading those buckets of every keys file (keys only)."""
+        total = int(records.sum())
+        pieces = max(2 * self.workers, -(-total * 64 // self.memory))
+        ranges = [r for r in plan.group_buckets(records, min(pieces, len(records)), None)
+                  if r[1] > r[0]]
+        tasks = [Task(count_groups, {"keys": keys, "a": a, "b": b,
+                                     "options": scratch_options(self.options)},
+                      input=f"{len(keys)} keys files, buckets {a}..{b - 1}")
+                 for a, b in ranges]
+        counts = np.zeros(len(records), dtype=np.int64)
+        s = engine.run(f"{self.spec.tool}-groups", tasks, self.opts.with_(dry_run=False),
+                       on_result=lambda _i, r: add_counts(counts, r.pop("extra").get("counts")),
+                       check_outputs=False)
+        self.stats.update(group_count_tasks=len(tasks), groups=int(counts.sum()),
+                          group_count_seconds=s.seconds)
+        self._delete(keys)
+        return Partitioned(s, counts=counts)
 
     # ---------------------------------------------------------- dedup pass --
     def _dedup_pass(self, runs: list[Run], buckets: int, one: StageOne) -> Partitioned:
@@ -302,12 +343,13 @@ class _Job:
         reduce = spec.script if spec.script is not None \
             and spec.script.defines("reduce_samples") else None
         key = spec.key
-        return StageTwo(reverse=key.reverse, reduce=reduce, merge=spec.merge,
-                        max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options,
-                        dedup=None if self.two_passes else key.dedup,
-                        dedup_by_key=key.mode == "field" and key.type == "str"
-                        and key.field == key.dedup, index=self.opts.index,
-                        positions=self.two_passes)
+        two = StageTwo(reverse=key.reverse, reduce=reduce, merge=spec.merge,
+                       max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options,
+                       dedup=None if self.two_passes else key.dedup,
+                       dedup_by_key=key.mode == "field" and key.type == "str"
+                       and key.field == key.dedup, index=self.opts.index,
+                       positions=self.two_passes)
+        return replace(two, by_groups=bool(spec.maxcount) and not two.passes_through)
 
     def _merge_levels(self, parts: list, groups: list[tuple[int, int]], two: StageTwo,
                       name: str = "merge") -> Merged:

@@ -19,6 +19,7 @@ from operator import itemgetter
 import numpy as np
 
 from htools import storage
+from htools.exchange.groupcount import distinct_digests
 from htools.exchange.keys import bucket_fn, checked_key, content_bucket, first_pass_key
 from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record
 from htools.exchange.specs import StageOne, scratch_options
@@ -84,6 +85,7 @@ class Spiller:
     def __init__(self, spec: StageOne, task: int, counts: np.ndarray | None):
         self.spec, self.task, self.counts = spec, task, counts
         self.runs: list[Run] = []
+        self.keys: list[Run] = []  # the runs' keys files (spec.group_by)
         self.buffers: dict[int, list] = {}
         self.held = 0
 
@@ -95,19 +97,25 @@ class Spiller:
 
     def close(self) -> None:
         if self.buffers:
+            if self.spec.group_by:
+                self.keys.append(_keys_file(self.buffers, self.spec, self.task,
+                                            len(self.runs)))
             self.runs.append(_spill(self.buffers, self.spec, self.task, len(self.runs),
                                     self.counts))
         self.held = 0
 
     def discard(self) -> None:
         """A failed attempt: its runs are useless now."""
-        for r in self.runs:
+        for r in self.runs + self.keys:
             storage.delete(r.url, scratch_options(self.spec.options))
         self.runs.clear()
+        self.keys.clear()
 
     def made(self) -> dict:
         """The runs (URL, size) and, when counted, the sparse counts per bucket."""
         extra: dict = {"runs": [(r.url, r.size) for r in self.runs]}
+        if self.keys:
+            extra["keys"] = [(r.url, r.size) for r in self.keys]
         if self.counts is not None and self.runs:
             nz = np.flatnonzero(self.counts)
             extra["counts"] = (nz.astype(np.uint32).tobytes(),
@@ -132,6 +140,18 @@ def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, coun
         run = w.close()
     buffers.clear()
     return run
+
+
+def _keys_file(buffers: dict[int, list], spec: StageOne, task: int, spill: int) -> Run:
+    """The keys file of the run about to be spilled: its distinct group keys per bucket."""
+    url = storage.join(spec.scratch, f"keys-{task:06d}-{spill:04d}-{uuid.uuid4().hex[:8]}.bin")
+    head = spec.group_by == "head"
+    with RunWriter(url, 0, spec.buckets, scratch_options(spec.options)) as w:
+        for bucket in sorted(buffers):
+            buf = buffers[bucket]
+            buf.sort(key=itemgetter(0), reverse=spec.key.reverse)  # stable, as _spill's
+            w.write(bucket, distinct_digests([k for k, _rec in buf], head), len(buf))
+        return w.close()
 
 
 def input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:

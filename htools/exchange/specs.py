@@ -34,6 +34,8 @@ class StageOne:
     mtime: float | None = 0
     counts: bool = True  # return per-bucket counts (the client balances outputs by them)
     first_pass: bool = False  # htsort --dedup F by another key: bucket by F's content
+    group_by: str = ""  # keys files of distinct groups beside each run: "key", or "head"
+    # (a key's first element, after htsort's dedup pass); "" none (see .groupcount)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class StageTwo:
     dedup_by_key: bool = False  # equal sort keys imply identical FIELD bytes (no decoding)
     index: bool = True  # hash what is written, for the shard index
     positions: bool = False  # keys are [K, input place...] (after htsort's dedup pass)
+    by_groups: bool = False  # --maxcount slices count groups of equal keys, not records
 
     @property
     def scratch_options(self) -> dict:

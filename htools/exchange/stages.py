@@ -41,6 +41,7 @@ class Partitioned(Stage):
 
     runs: list[Run] = field(default_factory=list)
     counts: np.ndarray | None = None
+    keys: list[Run] = field(default_factory=list)  # the runs' keys files (.groupcount)
 
 
 @dataclass

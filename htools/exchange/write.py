@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from htools.errors import HtoolsError
 from htools.exchange.cursors import Cursor, bucket_records, close_all, open_cursors
+from htools.exchange.groupcount import digest, group_of
 from htools.exchange.groups import dedup, to_write
 from htools.exchange.runfile import Run
 from htools.exchange.specs import StageTwo
@@ -97,26 +98,55 @@ def _write_records(url: str, merged: Iterator[tuple], spec: StageTwo,
 
 class _Slicer:
     """The merged records of a write task's buckets as one stream, taken a slice at a
-    time by global record index (``--maxcount``: outputs may share a bucket).  A read
-    that fails leaves the stream broken: the next slice opens the runs again at its own
-    first bucket."""
+    time by global index (``--maxcount``: outputs may share a bucket) of records, or with
+    ``spec.by_groups`` of groups of equal keys (a reduce, --merge, --dedup: the counts
+    are :mod:`.groupcount`'s).  A read that fails leaves the stream broken: the next
+    slice opens the runs again at its own first bucket."""
 
     def __init__(self, runs: list[Run], last: int, spec: StageTwo):
         self.runs, self.last, self.spec = runs, last, spec
         self.cursors: list[Cursor] = []
-        self._records: Iterator[tuple] | None = None
-        self.at = 0  # global index of the next record
+        self._records: Iterator | None = None
+        self.at = 0  # global index of the next record (or group)
         self.broken = False
+        self.taken = 0  # records taken by the current slice
+        self.left = 0  # its records (or groups) not taken yet
 
     def take(self, a: int, bucket_begin: int, begin: int, count: int) -> Iterator[tuple]:
-        """Records ``[begin, begin + count)``, which start in bucket ``a`` (whose first
-        record is ``bucket_begin``)."""
+        """Records (or groups) ``[begin, begin + count)``, which start in bucket ``a``
+        (whose first is ``bucket_begin``), as records."""
+        self.taken, self.left = 0, count
         if self._records is None or self.broken or begin < self.at:
             self._reopen(a, bucket_begin)
         for _ in range(begin - self.at):  # records of outputs not written this time
             self._next()
+        return self._take(count)
+
+    def _take(self, count: int) -> Iterator[tuple]:
         for _ in range(count):
-            yield self._next()
+            if self.spec.by_groups:
+                group = self._next()
+                self.taken += len(group)
+                self.left -= 1
+                yield from group
+            else:
+                rec = self._next()
+                self.taken += 1
+                self.left -= 1
+                yield rec
+
+    def lost(self) -> int:
+        """The records of a slice whose output failed: those taken, and with groups the
+        rest of the slice's, read past now (as many as can still be read)."""
+        if not self.spec.by_groups:
+            return self.left + self.taken
+        try:
+            while self.left > 0 and not self.broken:
+                self.taken += len(self._next())
+                self.left -= 1
+        except BaseException:  # noqa: BLE001 -- the output failed already; count what was read
+            pass
+        return self.taken
 
     def _reopen(self, a: int, bucket_begin: int) -> None:
         self.close()
@@ -124,6 +154,8 @@ class _Slicer:
         self._records = itertools.chain.from_iterable(
             bucket_records(self.cursors, bucket, self.spec.reverse)
             for bucket in range(a, self.last))
+        if self.spec.by_groups:
+            self._records = _groups(self._records, self.spec.positions)
         self.at, self.broken = bucket_begin, False
 
     def _next(self) -> tuple:
@@ -144,18 +176,29 @@ class _Slicer:
         self.cursors = []
 
 
+def _groups(records_: Iterator[tuple], head: bool) -> Iterator[list[tuple]]:
+    """Records -> lists of records with equal group keys, told apart as the keys files
+    tell them (:func:`.groupcount.digest`)."""
+    for _d, group in itertools.groupby(records_, key=lambda r: digest(group_of(r[0], head))):
+        yield list(group)
+
+
 def _write_slices(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
     slicer = _Slicer(runs, outputs[-1][2], spec)
     results = []
     try:
         for url, a, _b, begin, count, bucket_begin in outputs:
+            duplicates = [0]
             with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
                 try:
-                    _write_records(url, slicer.take(a, bucket_begin, begin, count), spec,
-                                   result)
+                    merged = slicer.take(a, bucket_begin, begin, count)
+                    if spec.dedup:
+                        merged = dedup(merged, spec, result, url, duplicates)
+                    _write_records(url, merged, spec, result)
                 except BaseException:
-                    result.samples_read = count  # the whole output is lost
+                    result.samples_read = slicer.lost()  # the whole output is lost
                     raise
+            result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
             results.append(result.as_dict())
     finally:
         slicer.close()

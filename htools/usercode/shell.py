@@ -11,7 +11,9 @@ A program that is not found is an error of the set-up, not of a sample: when the
 command's leading program is missing on a worker, loading the command fails with
 :class:`~htools.errors.ScriptLoadError` (fatal: the job stops at its first shard, as
 for a script that cannot import); a program not found later in the command (exit 127)
-fails the sample with :class:`CommandNotFound`, one line naming the program.
+fails the sample with :class:`CommandNotFound`, one line naming the program, counted
+against ``--max-errors`` -- unless it happens at a task's first sample, where the
+command cannot start on that worker at all and the job stops.
 
 Cost per sample: the files written and read back, and one ``fork``/``exec`` of
 ``sh`` -- nothing more.  Each task gets one :class:`ShellRunner` (``Script.load()`` makes
@@ -46,10 +48,13 @@ class ShellError(ScriptError):
 
 
 class CommandNotFound(ShellError):
-    """The command's shell could not find a program (exit 127): the workers lack it, so
-    the other samples would fail the same way; the job stops (fatal)."""
+    """The command's shell could not find a program (exit 127).  At a task's first
+    sample the command cannot start on this worker at all: the job stops (``fatal``).
+    Later (a program on a path only some samples take) it fails that sample only."""
 
-    fatal = True
+    def __init__(self, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
 
 
 def sh_path() -> str:
@@ -137,6 +142,7 @@ class ShellRunner:
         self.root: str | None = None
         self.dir = ""
         self.stderr = None
+        self.samples = 0  # samples the command ran for (a missing program at the first: fatal)
 
     def _start(self) -> None:
         self.root = tempfile.mkdtemp(prefix="htools-shell-")
@@ -173,6 +179,7 @@ class ShellRunner:
         try:
             rc = subprocess.run(self.argv, executable=self.sh, cwd=d, env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=err).returncode
+            self.samples += 1
             if rc != 0:
                 raise self._failure(rc)
             out = self._collect()
@@ -219,7 +226,8 @@ class ShellRunner:
         if rc == 127:
             program = _not_found(text)
             what = f"{program}: command not found" if program else "a command was not found"
-            return CommandNotFound(f"{what} (exit 127 of {self.command!r})")
+            return CommandNotFound(f"{what} (exit 127 of {self.command!r})",
+                                   fatal=self.samples == 1)
         tail = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
         if len(tail) > STDERR_TAIL:
             tail = "..." + tail[-STDERR_TAIL:]

@@ -282,3 +282,28 @@ def test_ctrl_c_on_a_scheduler_removes_htools_tmp(tmp_path, scheduler_cluster):
     p = interrupt(cmd, lambda: any(f.endswith(".bin") for f in files(out)), child_env())
     assert p.returncode == 130, p.stderr[-3000:]
     assert files(out) == []  # the client waited for its running tasks before cleaning up
+
+
+# -- --scratch (issue 24) ---------------------------------------------------------------
+
+def test_ctrl_c_removes_a_scratch_folder_htools_made(tmp_path):
+    """--scratch naming a folder that does not exist: htools makes it, and after Ctrl-C
+    it is gone, not left behind empty."""
+    make_shards(tmp_path / "in", shards=4, per_shard=60)
+    scratch, out = tmp_path / "new" / "scratch", tmp_path / "out"
+    cmd = [BIN / "htsort", "-p", script(tmp_path, SLOW), tmp_path / "in" / "data-@4.tar",
+           out / "o-@2.tar", "--memory", "20k", "--workers", "2", "--scratch", scratch]
+    p = interrupt(cmd, lambda: any(f.endswith(".bin") for f in files(scratch)), child_env())
+    assert p.returncode == 130, p.stderr[-3000:]
+    assert not scratch.exists() and (tmp_path / "new").exists()
+
+
+def test_unwritable_scratch_is_reported_as_scratch(tmp_path):
+    """A --scratch that cannot take a write is named as scratch, not as the outputs."""
+    make_shards(tmp_path / "in", shards=1, per_shard=5)
+    (tmp_path / "file").write_text("not a folder")
+    p = run("htsort", tmp_path / "in" / "data-0.tar", tmp_path / "out" / "o-@1.tar",
+            "--scratch", tmp_path / "file" / "scratch")
+    assert p.returncode != 0
+    assert "cannot write scratch under" in p.stderr and "cannot write outputs" not in p.stderr, \
+        p.stderr

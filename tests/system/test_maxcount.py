@@ -127,3 +127,98 @@ def test_a_failed_read_fails_its_slice_and_the_next_slice_reopens_the_runs(tmp_p
     assert second["status"] == "ok" and second["samples_written"] == 5, second
     assert [x["__key__"] for x in read_wds([out / "o-1.tar"])] == [f"k1{i}" for i in range(5)]
     assert sorted(p.name for p in out.iterdir()) == ["o-1.tar"]
+
+
+# -- counted after the reduce, --merge or --dedup (issue 24) ----------------------------
+
+WORDS_SCRIPT = """
+def sort_key(sample):
+    return sample["txt"].decode()
+
+def reduce_samples(key, samples):
+    return {"__key__": key, "count": str(len(samples)).encode()}
+"""
+
+
+def write_words(folder: Path, shards: int = 4, per_shard: int = 200) -> dict[str, int]:
+    """800 one-word samples over 43 distinct words, one of them in half the samples (a
+    big group that would empty its neighbours if outputs were balanced by records)."""
+    wds = pytest.importorskip("webdataset")
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    n = 0
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"t-{s}.tar")) as w:
+            for i in range(per_shard):
+                word = "the" if n % 2 == 0 else f"w{(n // 2) % 42:02d}"
+                n += 1
+                counts[word] = counts.get(word, 0) + 1
+                w.write({"__key__": f"s{s}-{i:03d}", "txt": word.encode()})
+    assert len(counts) == 43
+    return counts
+
+
+def test_reduce_maxcount_counts_groups_not_samples(tmp_path, client):
+    """htsort t-@4.tar 'o-%04d.tar' -p wc.py --maxcount 10: 800 samples, 43 words ->
+    outputs of 10, 10, 10, 10, 3 words (not 80 outputs, 70 of them empty)."""
+    counts = write_words(tmp_path / "in")
+    script = tmp_path / "wc.py"
+    script.write_text(WORDS_SCRIPT)
+    s = htools.sort(str(tmp_path / "in" / "t-@4.tar"), str(tmp_path / "o" / "o-%04d.tar"),
+                    script=str(script), maxcount=10, client=client, quiet=True)
+    assert s.ok, s.failures
+    files = outs(tmp_path / "o")
+    assert [len(read_wds([p])) for p in files] == [10, 10, 10, 10, 3]
+    got = read_wds(files)
+    assert [x["__key__"] for x in got] == sorted(counts)
+    assert {x["__key__"]: int(x["count"]) for x in got} == counts
+
+
+def test_reduce_into_m_outputs_balances_groups(tmp_path, client):
+    """Without --maxcount, a reduce into @4 balances the outputs by groups (words), not
+    by the samples before the reduce (which gave [0, 1, 20, 22])."""
+    write_words(tmp_path / "in")
+    script = tmp_path / "wc.py"
+    script.write_text(WORDS_SCRIPT)
+    s = htools.sort(str(tmp_path / "in" / "t-@4.tar"), str(tmp_path / "o" / "o-@4.tar"),
+                    script=str(script), client=client, quiet=True)
+    assert s.ok, s.failures
+    sizes = [len(read_wds([p])) for p in outs(tmp_path / "o")]
+    assert sum(sizes) == 43 and max(sizes) - min(sizes) <= 3, sizes
+
+
+def test_merge_maxcount_counts_joined_samples(tmp_path, client):
+    """htsort A B 'o-%04d.tar' --merge --maxcount 100 over 500 joined keys: 5 x 100."""
+    wds = pytest.importorskip("webdataset")
+    for name, field in (("a", "jpg"), ("b", "cls")):
+        (tmp_path / name).mkdir()
+        for s in range(2):
+            with wds.TarWriter(str(tmp_path / name / f"{name}-{s}.tar")) as w:
+                for i in range(s * 250, (s + 1) * 250):
+                    w.write({"__key__": f"k{i:04d}", field: f"{field}{i}".encode()})
+    s = htools.sort([str(tmp_path / "a" / "a-@2.tar"), str(tmp_path / "b" / "b-@2.tar")],
+                    str(tmp_path / "o" / "o-%04d.tar"), merge=True, maxcount=100,
+                    client=client, quiet=True)
+    assert s.ok, s.failures
+    files = outs(tmp_path / "o")
+    assert [len(read_wds([p])) for p in files] == [100] * 5
+    got = read_wds(files)
+    assert all(set(x) == {"__key__", "jpg", "cls"} for x in got)
+
+
+def test_shuffle_dedup_maxcount_counts_unique_samples(tmp_path, client):
+    """htshuffle --dedup jpg --maxcount 100 with 494 unique images: 100 x 4 + 94."""
+    wds = pytest.importorskip("webdataset")
+    (tmp_path / "in").mkdir()
+    n = 0
+    for s in range(4):
+        with wds.TarWriter(str(tmp_path / "in" / f"d-{s}.tar")) as w:
+            for i in range(150):
+                w.write({"__key__": f"s{s}-{i:03d}", "jpg": f"img{n % 494}".encode()})
+                n += 1
+    s = htools.shuffle(str(tmp_path / "in" / "d-@4.tar"), str(tmp_path / "o" / "o-%04d.tar"),
+                       dedup="jpg", maxcount=100, seed=3, client=client, quiet=True)
+    assert s.ok, s.failures
+    files = outs(tmp_path / "o")
+    assert [len(read_wds([p])) for p in files] == [100, 100, 100, 100, 94]
+    assert len({x["jpg"] for x in read_wds(files)}) == 494

@@ -105,6 +105,30 @@ def test_program_not_found_later_stops_the_job_too(tmp_path):
     assert "no-such-prog-xyz: command not found (exit 127" in failed[0], p.stderr
 
 
+def test_program_missing_on_some_samples_fails_only_those(tmp_path):
+    """htmapper -s '... nosuchprog ...' --max-errors 5 (issue 24): a program missing on a
+    path that only some samples take (not the first) fails each of them, counted against
+    --max-errors, with one line naming it; the other samples are written."""
+    make_shards(tmp_path / "in", shards=2, per_shard=10)
+    cmd = 'if [ "$(cat sample.cls)" = 3 ]; then no-such-prog-xyz sample.jpg; fi'
+    summary = tmp_path / "s.json"
+    p = run("htmapper", "-s", cmd, str(tmp_path / "in/data-{0..1}.tar"), tmp_path / "out-@2.tar",
+            "--workers", "1", "--max-errors", "5", "-q", "--summary", summary)
+    assert p.returncode == 0, p.stderr  # within --max-errors: every shard written
+    s = json.loads(summary.read_text())
+    assert s["shards_failed"] == 0 and s["shards_done"] == 2, s
+    assert s["sample_errors"] == 4 and s["samples_failed"] == 4 and s["samples_written"] == 16
+    assert all("no-such-prog-xyz: command not found (exit 127" in e["error"]
+               for e in s["errors"])
+    assert len(read_wds([tmp_path / "out-0.tar", tmp_path / "out-1.tar"])) == 16
+    # over the budget, such a shard fails (and only it): --max-errors 1
+    p = run("htmapper", "-s", cmd, str(tmp_path / "in/data-{0..1}.tar"), tmp_path / "o2-@2.tar",
+            "--workers", "1", "--max-errors", "1", "-q", "--summary", summary)
+    s = json.loads(summary.read_text())
+    assert p.returncode == 1 and s["shards_failed"] == 2, s
+    assert s["samples_read"] == s["samples_failed"] == 18  # read up to the 2nd error, each
+
+
 @pytest.mark.parametrize("args, why", [
     (["-s", "true", "-p", "x.py"], "exclude each other"),
     ([], "give -p SCRIPT.py"),
