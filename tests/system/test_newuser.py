@@ -14,7 +14,7 @@ from helpers import make_shards, ok, read_wds, require_module, run
 
 import htools
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 W1 = ("--workers", "1")
 TOOLS = ("htmapper", "htextract", "htshuffle", "htsort", "htupload")
 
