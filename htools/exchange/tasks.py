@@ -42,6 +42,7 @@ from htools.exchange.runfile import (
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
+from htools.selection import Selection, selected
 from htools.summary import ShardResult
 from htools.usercode.apply import map_samples
 from htools.usercode.script import Script, user_traceback
@@ -73,6 +74,7 @@ class StageOne:
     mtime: float | None = 0
     counts: bool = True  # return per-bucket counts (the client balances outputs by them)
     first_pass: bool = False  # htsort --dedup F by another key: bucket by F's content
+    select: Selection | None = None  # --keep/--drop LIST, applied as samples are read
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, coun
 
 def _input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
     with read_shard(url, spec.options, result) as samples:
+        samples = selected(samples, spec.select, result, url, spec.options)  # issue 23
         if spec.script is not None and spec.script.defines("process_sample"):
             yield from map_samples(samples, spec.script.load().process_sample, result, url)
         else:
