@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from htools.errors import HtoolsError
 from htools.exchange import ExchangeSpec, KeySpec, run_exchange
 from htools.exchange.keys import check_dedup_field
+from htools.exchange.sizing import default_scratch
 from htools.fields import check_first_shard
 from htools.options import RunOptions
+from htools.selection import parse, run_selected
+from htools.shards import OutputSet
 from htools.summary import JobSummary
 from htools.usercode.script import load_script
 
@@ -17,7 +22,9 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
          reverse: bool = False, merge: bool = False, script=None,
          maxcount: int | None = None, memory: int | None = None, scratch: str | None = None,
          mtime: float | None = 0, fan_in: int | None = None, py_files=(),
-         dedup: str | None = None, **options) -> JobSummary:
+         dedup: str | None = None, keep: str | None = None, drop: str | None = None,
+         select_by: str | None = None, select_column: str | None = None,
+         **options) -> JobSummary:
     """Sort every sample of ``inputs`` (one pattern or several) into ``outputs``.
 
     ``script`` (a path, or a function used as ``process_sample``) may define
@@ -28,6 +35,7 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
     one more pass over scratch).  Returns the job summary; prints nothing.
     """
     opts = RunOptions.of(options)
+    select = parse(keep, drop, select_by, select_column, opts.storage_options)
     inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
     if key_type not in ("str", "int", "float"):
         raise HtoolsError(f"unknown key type {key_type!r}: use str, int or float")
@@ -51,5 +59,7 @@ def sort(inputs, outputs: str, *, key: str | None = None, key_type: str = "str",
     spec = ExchangeSpec("htsort", inputs, outputs, keyspec, script=script, merge=merge,
                         maxcount=maxcount, memory=memory, scratch=scratch, mtime=mtime,
                         fan_in=fan_in)
-    return run_exchange(spec, opts)
+    return run_selected(select, opts,
+                        lambda o: scratch or default_scratch(o, OutputSet.parse(outputs)),
+                        lambda sel, o: run_exchange(replace(spec, select=sel), o))
 

@@ -113,6 +113,33 @@ py_files_option = click.option(
          "the script, besides the modules in the script's own folder (repeatable).")
 
 
+SELECT_FLAGS = ("keep", "drop", "select_by", "select_column")
+
+
+def select_options(fn: Callable) -> Callable:
+    """``--keep FILE`` / ``--drop FILE``, ``--select-by``, ``--select-column``, passed on
+    as one ``select`` dict of the library's keyword arguments."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        return fn(*args, select={k: kw.pop(k) for k in SELECT_FLAGS}, **kw)
+
+    for d in reversed([
+        click.option("--keep", metavar="FILE", default=None,
+                     help="Keep only samples whose value is listed in FILE (text, one value "
+                          "a line, or .parquet; any URL)."),
+        click.option("--drop", metavar="FILE", default=None,
+                     help="Drop samples whose value is listed in FILE (a blocklist)."),
+        click.option("--select-by", "select_by", metavar="FIELD[:MEMBER]", default=None,
+                     help="What --keep/--drop match: a field's bytes, or a top-level member "
+                          "of a JSON field (json:uid); default __key__."),
+        click.option("--select-column", "select_column", metavar="NAME", default=None,
+                     help="The column of a .parquet list (default: the member or field "
+                          "matched)."),
+    ]):
+        wrapper = d(wrapper)
+    return wrapper
+
+
 def maxcount_option(text: str = "At most N samples per output") -> Callable:
     return click.option("--maxcount", type=click.IntRange(1), default=None,
                         help=f"{text} (with a numbered pattern like out-%06d.tar).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from htools.cli.common import command, finish, mtime_option, py_files_option
+from htools.cli.common import command, finish, mtime_option, py_files_option, select_options
 from htools.mapper import map_shards
 
 
@@ -18,8 +18,9 @@ from htools.mapper import map_shards
 @click.argument("outputs")
 @mtime_option
 @py_files_option
+@select_options
 def main(inputs: str, outputs: str, script_path: str | None, shell: str | None, mtime: float,
-         py_files, opts) -> None:
+         py_files, select: dict, opts) -> None:
     """Map every sample of INPUTS (a shard set) into OUTPUTS (one output per input).
 
     \b
@@ -35,4 +36,4 @@ def main(inputs: str, outputs: str, script_path: str | None, shell: str | None, 
     if shell is not None and py_files:
         raise click.UsageError("--py-files goes with -p SCRIPT.py, not with -s/--shell")
     finish(map_shards(inputs, outputs, script_path, shell=shell, mtime=mtime,
-                      py_files=py_files, **opts.as_kwargs()), opts)
+                      py_files=py_files, **select, **opts.as_kwargs()), opts)

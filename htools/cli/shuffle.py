@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from htools.cli.common import command, exchange_options, finish, py_files_option, seed_option
+from htools.cli.common import (
+    command,
+    exchange_options,
+    finish,
+    py_files_option,
+    seed_option,
+    select_options,
+)
 from htools.shuffle import shuffle
 
 
@@ -19,8 +26,9 @@ from htools.shuffle import shuffle
     maxcount_help="N samples per output, the last one fewer (after --dedup drops duplicates)",
     dedup_help="Keep only the first sample (in input order) of each distinct FIELD value "
                "(sha256 of its bytes); duplicates land side by side, at no extra pass.")
+@select_options
 def main(inputs, outputs, seed, script_path, py_files, maxcount, memory, scratch, mtime,
-         fan_in, dedup, opts) -> None:
+         fan_in, dedup, select, opts) -> None:
     """Shuffle every sample of INPUTS into OUTPUTS (out-@M.tar, or out-%06d.tar with --maxcount).
 
     \b
@@ -29,4 +37,4 @@ def main(inputs, outputs, seed, script_path, py_files, maxcount, memory, scratch
     """
     finish(shuffle(inputs, outputs, seed=seed, maxcount=maxcount, script=script_path,
                    memory=memory, scratch=scratch, mtime=mtime, fan_in=fan_in, py_files=py_files,
-                   dedup=dedup, **opts.as_kwargs()), opts)
+                   dedup=dedup, **select, **opts.as_kwargs()), opts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from htools.cli.common import command, exchange_options, finish, py_files_option
+from htools.cli.common import command, exchange_options, finish, py_files_option, select_options
 from htools.sort import sort
 
 
@@ -27,8 +27,9 @@ from htools.sort import sort
     dedup_help="Keep only the first sample (in input order) of each distinct FIELD value "
                "(sha256 of its bytes); by another key than FIELD one more pass over "
                "scratch.")
+@select_options
 def main(patterns, key, key_type, reverse, merge, script_path, py_files, maxcount, memory,
-         scratch, mtime, fan_in, dedup, opts) -> None:
+         scratch, mtime, fan_in, dedup, select, opts) -> None:
     """Sort every sample of INPUTS... into OUTPUTS (the last argument).
 
     \b
@@ -41,5 +42,5 @@ def main(patterns, key, key_type, reverse, merge, script_path, py_files, maxcoun
     finish(sort(list(patterns[:-1]), patterns[-1], key=key, key_type=key_type, reverse=reverse,
                 merge=merge, script=script_path, maxcount=maxcount, memory=memory,
                 scratch=scratch, mtime=mtime, fan_in=fan_in, py_files=py_files, dedup=dedup,
-                **opts.as_kwargs()),
+                **select, **opts.as_kwargs()),
            opts)

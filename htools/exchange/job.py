@@ -48,6 +48,7 @@ from htools.exchange.write import narrow_write, write_outputs
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
+from htools.selection import Selection
 from htools.summary import JobSummary
 from htools.usercode.script import Script
 
@@ -68,6 +69,7 @@ class ExchangeSpec:
     scratch: str | None = None
     mtime: float | None = 0
     fan_in: int | None = None  # runs one task reads at most (default: from --memory)
+    select: Selection | None = None  # --keep/--drop LIST (built into scratch by the tool)
 
 
 def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
@@ -170,7 +172,7 @@ class _Job:
         one = StageOne(scratch=self.scratch, buckets=self.plan.buckets, key=spec.key,
                        script=spec.script, memory=self.memory, max_errors=self.opts.max_errors,
                        options=self.options, mtime=spec.mtime,
-                       counts=not (shuffle and n_out is not None))
+                       counts=not (shuffle and n_out is not None), select=spec.select)
         if not shuffle:
             one = self._with_splitters(one)
         if one.counts and not self._stage_two().passes_through:  # writes fold equal keys

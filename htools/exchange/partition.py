@@ -26,6 +26,7 @@ from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
+from htools.selection import selected
 from htools.summary import ShardResult
 from htools.usercode.apply import map_samples
 from htools.usercode.script import user_traceback
@@ -157,6 +158,7 @@ def _keys_file(buffers: dict[int, list], spec: StageOne, task: int, spill: int) 
 def input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
     """The samples of one input shard, through the script's process_sample if it has one."""
     with read_shard(url, spec.options, result) as samples:
+        samples = selected(samples, spec.select, result, url, spec.options)  # --keep/--drop
         if spec.script is not None and spec.script.defines("process_sample"):
             yield from map_samples(samples, spec.script.load().process_sample, result, url)
         else:

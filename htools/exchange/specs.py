@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from htools.exchange.keys import KeySpec
+from htools.selection import Selection
 from htools.usercode.script import Script
 
 
@@ -35,6 +36,7 @@ class StageOne:
     counts: bool = True  # return per-bucket counts (the client balances outputs by them)
     first_pass: bool = False  # htsort --dedup F by another key: bucket by F's content
     group_by: str = ""  # keys files of distinct groups beside each run: "key", or "head"
+    select: Selection | None = None  # --keep/--drop LIST, applied as samples are read
     # (a key's first element, after htsort's dedup pass); "" none (see .groupcount)
 
 

@@ -1,0 +1,16 @@
+"""Keep or drop samples by a list of any size (``--keep FILE`` / ``--drop FILE``).
+
+``spec.py`` (the options, checked in one line before any shard is read), ``values.py``
+(the list's values and a sample's value, as 128-bit digests), ``table.py`` (the sorted
+digest table: built once per job, memory-mapped once per worker process), ``filter.py``
+(the generator stage every reading task puts right after ``read_shard``), ``job.py``
+(the job's side: build the table into scratch, count what matched, clean up).
+"""
+
+from __future__ import annotations
+
+from htools.selection.filter import selected
+from htools.selection.job import prepared, run_selected
+from htools.selection.spec import Selection, parse
+
+__all__ = ["Selection", "parse", "prepared", "run_selected", "selected"]

@@ -1,0 +1,120 @@
+"""The job's side of a selection: build the digest table once into scratch, run the job
+with it, count what matched, and delete the table and counts (after failures too).
+
+Scratch is the caller's: the exchange's choice (:func:`htools.exchange.sizing.default_scratch`,
+a local temp dir for the embedded cluster, else ``_htools_tmp/`` beside the outputs) is
+passed in, so a list lands where the job's runs would.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from htools import storage
+from htools.clusters import connection as clusters
+from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.runtime import engine
+from htools.selection import table as tables
+from htools.selection.filter import read_counts
+from htools.selection.spec import Selection
+from htools.selection.values import digest, list_values
+from htools.storage.local import local_path
+from htools.summary import JobSummary
+
+READERS = 16  # counts files read at once at the end
+
+
+@dataclass
+class SelectedJob:
+    """What a tool runs with: the built selection (None without one) and the options
+    (the connected client; no ``--summary`` yet: :meth:`finish` writes it, counts included)."""
+
+    selection: Selection | None
+    opts: RunOptions
+    user_opts: RunOptions
+    options: dict
+
+    def finish(self, summary: JobSummary) -> JobSummary:
+        sel = self.selection
+        if sel is not None and sel.table:
+            account(summary, sel, self.options)
+        elif sel is not None:
+            summary.plan.insert(0, f"selection: {sel.flag} {sel.source} by {sel.by} "
+                                   "(digests sorted once into scratch)")
+        return engine.finish(summary, self.user_opts)
+
+
+@contextmanager
+def prepared(sel: Selection | None, opts: RunOptions,
+             scratch: Callable[[RunOptions], str]) -> Iterator[SelectedJob]:
+    """The job's selection built into ``scratch(opts)`` (on the job's connected client),
+    removed when the block ends."""
+    options = storage.resolve_options(opts.storage_options)
+    if sel is None or opts.dry_run:
+        yield SelectedJob(sel, opts, opts, options)
+        return
+    with clusters.connect(opts) as client:
+        run_opts = opts.with_(client=client, summary=None)
+        root = scratch(run_opts)
+        folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
+        try:
+            url = storage.join(folder, "list.digests")
+            listed, dg = tables.build((digest(v) for v in list_values(sel, options)), url,
+                                      options)
+            built = sel.built(url, dg, listed, storage.join(folder, "counts/"))
+            yield SelectedJob(built, run_opts, opts, options)
+        finally:
+            _remove(folder, root, options)
+
+
+def run_selected(sel: Selection | None, opts: RunOptions,
+                 scratch: Callable[[RunOptions], str],
+                 run: Callable[[Selection | None, RunOptions], JobSummary]) -> JobSummary:
+    """``run(selection, opts)`` with the selection built (see :func:`prepared`); its
+    summary with the selection's counts, ``--summary`` written."""
+    with prepared(sel, opts, scratch) as job:
+        return job.finish(run(job.selection, job.opts))
+
+
+def _remove(folder: str, root: str, options: dict) -> None:
+    try:
+        storage.delete_prefix(folder, options)
+        if storage.protocol(root) == "file":
+            os.rmdir(local_path(root))  # the temp dir or _htools_tmp/, when now empty
+    except (HtoolsError, OSError):
+        pass  # clean-up is best effort; the job's result stands
+
+
+def account(summary: JobSummary, sel: Selection, options: dict) -> None:
+    """``extra.selection`` = {listed, matched, unselected}, and a note for the report line."""
+    try:
+        urls = [u for u in storage.listdir(sel.counts, options) if u.endswith(".npy")]
+    except HtoolsError:
+        urls = []
+    found = np.zeros(sel.listed, dtype=bool)
+    left_out = 0
+
+    def read(url: str) -> bytes:
+        with storage.open_read(url, options) as f:
+            return f.read()
+
+    with ThreadPoolExecutor(max_workers=READERS) as pool:
+        for data in pool.map(read, urls):
+            n, rows = read_counts(data)
+            left_out += n
+            found[rows] = True
+    matched = int(found.sum())
+    summary.extra["selection"] = {"listed": sel.listed, "matched": matched,
+                                  "unselected": left_out}
+    summary.notes.append(f"{left_out} samples left out by {sel.flag} "
+                         f"({matched} of {sel.listed} listed values found)")
+
+

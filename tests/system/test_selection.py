@@ -1,0 +1,144 @@
+"""--keep / --drop: the digest table (built in bounded memory, looked up exactly), the
+options refused in one line, and the curation loop as a user runs it: score with
+htmapper, extract to parquet, pick in pandas, htshuffle --keep picked.parquet
+--select-by json:uid, a blocklist with --drop; outputs read back with webdataset."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from helpers import ok, read_wds, require_module, run
+
+from htools.errors import HtoolsError
+from htools.selection import parse, table
+from htools.selection.spec import Selection
+from htools.selection.values import digest, list_values, sample_value
+
+
+def test_table_finds_exactly_the_listed_values(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "CHUNK", 1000)  # 5,000 values: the 256-part external path
+    values = [f"v{i}".encode() for i in range(5000)]
+    url = str(tmp_path / "t.digests")
+    n, dg = table.build((digest(v) for v in values + values[:300]), url, None)
+    assert n == 5000 and (tmp_path / "t.digests").stat().st_size == 16 * 5000
+    t = table.load(url, dg, None)
+    rows = [t.index(digest(v)) for v in values]
+    assert sorted(rows) == list(range(5000))
+    assert all(t.index(digest(f"w{i}".encode())) == -1 for i in range(5000))
+    assert list(t.hi) == sorted(t.hi)
+
+
+def test_small_and_empty_tables(tmp_path):
+    n, dg = table.build(iter([digest(b"a"), digest(b"a")]), str(tmp_path / "a"), None)
+    assert n == 1 and table.load(str(tmp_path / "a"), dg, None).index(digest(b"a")) == 0
+    n, dg = table.build(iter([]), str(tmp_path / "e"), None)
+    assert n == 0 and table.load(str(tmp_path / "e"), dg, None).index(digest(b"a")) == -1
+
+
+def test_list_values_and_sample_values(tmp_path):
+    (tmp_path / "l.txt").write_bytes(b"a\n\nb\r\nc")
+    sel = parse(keep=str(tmp_path / "l.txt"))
+    assert list(list_values(sel, None)) == [b"a", b"b", b"c"]
+    uid = Selection("keep", "x", "json", "uid", "uid")
+    assert sample_value({"json": b'{"uid": "ab", "n": 1}'}, uid) == b"ab"
+    assert sample_value({"json": b'{"n": 1}'}, uid) is None
+    assert sample_value({"txt": b"hi\n"}, Selection("keep", "x", "txt")) == b"hi"
+    assert sample_value({"__key__": "k1"}, Selection("keep", "x")) == b"k1"
+    with pytest.raises(ValueError):
+        sample_value({"json": b"not json"}, uid)
+
+
+def test_options_refused_in_one_line(tmp_path):
+    pd = require_module("pandas")
+    (tmp_path / "l.txt").write_text("a\n")
+    pd.DataFrame({"uid": ["a"]}).to_parquet(tmp_path / "p.parquet")
+    cases = [
+        ({"keep": str(tmp_path / "l.txt"), "drop": str(tmp_path / "l.txt")}, "not both"),
+        ({"keep": str(tmp_path / "missing.txt")}, "no such file"),
+        ({"drop": str(tmp_path / "p.parquet")}, "no column '__key__'"),
+        ({"keep": str(tmp_path / "l.txt"), "by": "json:"}, "FIELD:MEMBER"),
+        ({"by": "json:uid"}, "need --keep"),
+    ]
+    for kw, words in cases:
+        with pytest.raises(HtoolsError, match=words):
+            parse(**kw)
+    assert parse(keep=str(tmp_path / "p.parquet"), by="json:uid").column == "uid"
+
+
+SCORE = """
+import json
+def process_sample(sample):
+    meta = json.loads(sample["json"])
+    sample["score"] = str(len(sample["jpg"]) % 100).encode()
+    return sample
+"""
+
+
+def make_uid_shards(folder, shards=3, per_shard=40) -> dict[str, dict]:
+    wds = require_module("webdataset")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(3)
+    samples = {}
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"d-{s}.tar")) as w:
+            for i in range(per_shard):
+                uid = f"{rng.getrandbits(128):032x}"
+                sample = {"__key__": f"s{s}-{i:03d}", "jpg": rng.randbytes(rng.randint(1, 500)),
+                          "json": json.dumps({"uid": uid, "i": i}).encode()}
+                w.write(sample)
+                samples[uid] = sample
+    return samples
+
+
+def test_curation_loop(tmp_path):
+    pd = require_module("pandas")
+    samples = make_uid_shards(tmp_path / "in")
+    (tmp_path / "score.py").write_text(SCORE)
+    ok(run("htmapper", "-p", tmp_path / "score.py", tmp_path / "in/d-{0..2}.tar",
+           tmp_path / "scored-@3.tar", "--workers", "1", "-q"))
+    ok(run("htextract", tmp_path / "scored-{0..2}.tar", "-f", "__key__,json,score",
+           "-o", tmp_path / "scores.parquet", "--workers", "1", "-q"))
+    df = pd.read_parquet(tmp_path / "scores.parquet")
+    df["uid"] = [json.loads(j)["uid"] for j in df["json"]]
+    picked = df[df["score"] >= 30][["uid"]]
+    picked = pd.concat([picked, pd.DataFrame({"uid": ["not-in-the-data"]})])
+    picked.to_parquet(tmp_path / "picked.parquet")
+
+    summary = tmp_path / "s.json"
+    proc = ok(run("htshuffle", tmp_path / "scored-{0..2}.tar", tmp_path / "train-@2.tar",
+                  "--keep", tmp_path / "picked.parquet", "--select-by", "json:uid",
+                  "--workers", "1", "--summary", summary))
+    out = read_wds(sorted(tmp_path.glob("train-*.tar")))
+    want = set(picked["uid"]) - {"not-in-the-data"}
+    assert {json.loads(s["json"])["uid"] for s in out} == want
+    for s in out:
+        assert s["jpg"] == samples[json.loads(s["json"])["uid"]]["jpg"]
+    s = json.loads(summary.read_text())
+    assert s["extra"]["selection"] == {"listed": len(want) + 1, "matched": len(want),
+                                       "unselected": 120 - len(want)}
+    assert s["samples_read"] == 120 and s["samples_written"] == len(want)
+    assert s["samples_dropped"] == 120 - len(want)
+    assert f"{120 - len(want)} samples left out by --keep" in proc.stderr + proc.stdout
+
+    # a blocklist of keys: htmapper --drop
+    blocked = sorted(s["__key__"] for s in out)[:5]
+    (tmp_path / "block.txt").write_text("\n".join(blocked) + "\n\n")
+    ok(run("htmapper", "-p", tmp_path / "score.py", tmp_path / "train-{0..1}.tar",
+           tmp_path / "clean-@2.tar", "--drop", tmp_path / "block.txt", "--workers", "1",
+           "--summary", summary))
+    clean = read_wds(sorted(tmp_path.glob("clean-*.tar")))
+    assert sorted(s["__key__"] for s in clean) == sorted(set(s["__key__"] for s in out)
+                                                         - set(blocked))
+    s = json.loads(summary.read_text())
+    assert s["extra"]["selection"] == {"listed": 5, "matched": 5, "unselected": 5}
+    assert not list(tmp_path.glob("_htools_tmp*")), "scratch left behind"
+
+
+def test_missing_list_refused_before_any_shard_is_read(tmp_path):
+    proc = run("htshuffle", tmp_path / "nothing-{0..2}.tar", tmp_path / "o-@2.tar",
+               "--keep", tmp_path / "nope.txt")
+    assert proc.returncode != 0
+    assert "--keep" in proc.stderr and "no such file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
