@@ -6,7 +6,7 @@ task fails leaves no output, so a retried or resumed shard never duplicates.
 
 from __future__ import annotations
 
-from htools import shardindex, shards, storage
+from htools import lineage, shardindex, shards, storage
 from htools.errors import HtoolsError, ScriptError, hide_credentials
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
@@ -87,6 +87,9 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
     tasks = plan(inputs, outputs, shipment.script, opts, mtime=mtime)
     preflight.check([t.input for t in tasks], [t.output for t in tasks],
                     opts.storage_options, write=not opts.dry_run)
+    outset = shards.OutputSet.parse(outputs)
+    made = lineage.make("htmapper", inputs=[t.input for t in tasks], outputs=outputs,
+                        script=shipment.script, options={"mtime": mtime})
+    shardindex.check_resume(outset, made, opts)
     summary = engine.run("htmapper", tasks, opts, group=True, shipment=shipment)
-    return shardindex.finish(summary, opts, shards.OutputSet.parse(outputs),
-                             [t.output for t in tasks])
+    return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from htools import shardindex, shards, storage
+from htools import lineage, shardindex, shards, storage
 from htools.clusters import connection as clusters
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
@@ -73,12 +73,26 @@ class ExchangeSpec:
 
 def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     """Run the exchange; the summary (written to ``opts.summary`` if set) is returned."""
-    summary, outputs = _exchange(spec, opts)
-    return shardindex.finish(summary, opts, shards.OutputSet.parse(spec.outputs), outputs)
-
-
-def _exchange(spec: ExchangeSpec, opts: RunOptions) -> tuple[JobSummary, list[str]]:
     inputs = shards.expand_all(list(spec.inputs))
+    made = exchange_lineage(spec, inputs)
+    summary, outputs = _exchange(spec, inputs, opts, made)
+    return shardindex.finish(summary, opts, shards.OutputSet.parse(spec.outputs), outputs, made)
+
+
+def exchange_lineage(spec: ExchangeSpec, inputs: list[str]) -> dict:
+    """The lineage of an htshuffle or htsort (:mod:`htools.lineage`): the options that
+    change the outputs' bytes (not --memory, --fan-in or --scratch, which do not)."""
+    k = spec.key
+    keyed = {"seed": k.seed} if k.mode == "random" else \
+        {"key": k.field if k.mode == "field" else None, "key_type": k.type,
+         "reverse": k.reverse, "merge": spec.merge}
+    return lineage.make(spec.tool, inputs=inputs, outputs=spec.outputs, script=spec.script,
+                        options={**keyed, "dedup": k.dedup, "maxcount": spec.maxcount,
+                                 "mtime": spec.mtime})
+
+
+def _exchange(spec: ExchangeSpec, inputs: list[str], opts: RunOptions, made: dict
+              ) -> tuple[JobSummary, list[str]]:
     outset = shards.OutputSet.parse(spec.outputs)
     n_out = outset.count
     if n_out is None and not spec.maxcount:
@@ -92,6 +106,7 @@ def _exchange(spec: ExchangeSpec, opts: RunOptions) -> tuple[JobSummary, list[st
     known = outset.urls(n_out) if n_out else []
     preflight.check(inputs, (known or [outset.first()]) + ([spec.scratch] if spec.scratch else []),
                     opts.storage_options, write=not opts.dry_run)
+    shardindex.check_resume(outset, made, opts)
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return _dry_run(spec, outset, inputs, known, present, opts), []
