@@ -90,6 +90,6 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
     outset = shards.OutputSet.parse(outputs)
     made = lineage.make("htmapper", inputs=[t.input for t in tasks], outputs=outputs,
                         script=shipment.script, options={"mtime": mtime})
-    shardindex.check_resume(outset, made, opts)
+    shardindex.check_lineage(outset, made, opts)
     summary = engine.run("htmapper", tasks, opts, group=True, shipment=shipment)
     return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)

@@ -141,20 +141,28 @@ def write(doc: dict, url: str, options: dict | None) -> int:
             time.sleep(delay)
 
 
-def check_resume(outset: OutputSet, made: dict | None, opts: RunOptions) -> None:
-    """Before a resumed job runs a task: refuse, in one line, when the index beside its
-    outputs records a lineage other than ``made`` (this job's), unless ``--resume-any``
-    (or ``--overwrite``, or no ``--resume``).  Outputs without a recorded lineage are
-    kept as before; :func:`finish` says so in the summary."""
-    if made is None or not opts.resume or opts.resume_any or opts.overwrite:
+def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions) -> None:
+    """Before a job that writes ``outset`` runs a task, against the index beside it:
+
+    * ``--resume`` when the index records a lineage other than ``made`` (this job's):
+      refused in one line saying what differs (``--resume-any`` keeps the outputs);
+    * ``--overwrite``: an index of another job is deleted first, so that a job that then
+      fails part-way leaves no index vouching for a set it changed.
+
+    Outputs without a recorded lineage are kept as before; :func:`finish` says so."""
+    if made is None or not (opts.resume or opts.overwrite):
         return
     url = index_url(outset)
     old = (read_index(url, opts.storage_options) or {}).get("lineage")
     diffs = lineage.differences(old, made) if isinstance(old, dict) else []
-    if diffs:
+    if not diffs or opts.resume_any:
+        return
+    if opts.resume:
         raise HtoolsError(f"--resume: the outputs beside {hide_credentials(url)} were made by "
                           f"another job: {'; '.join(diffs)}; use --overwrite, or --resume-any "
                           "to keep them")
+    if opts.overwrite and not opts.dry_run:
+        storage.delete(url, opts.storage_options)
 
 
 def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,

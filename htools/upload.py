@@ -334,12 +334,12 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     ins = [] if files else shards.expand_all(source)
     preflight.check(ins, [outset.first()], opts.storage_options, write=not opts.dry_run)
     made = None if files else _lineage(outputs, kw, ins)
-    shardindex.check_resume(outset, made, opts)  # tars: before their counting pass
+    shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
     if files or opts.dry_run:
         tasks = plan(source, outputs, opts, **kw)
         if files:
             made = _lineage(outputs, kw, tasks=tasks)
-            shardindex.check_resume(outset, made, opts)
+            shardindex.check_lineage(outset, made, opts)
         summary = _run_files(tasks, opts) if files else engine.run("htupload", tasks, opts)
     else:
         with clusters.connect(opts) as client:

@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import make_shards, ok, run
 
-from htools import lineage
+from htools import lineage, shardindex
+from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.shards import OutputSet
 
 W1 = ("--workers", "1")
 
@@ -104,3 +108,23 @@ def test_what_differs_is_named_once_each():
     a = lineage.inputs_of(["http://u:secret@h/a.tar"])
     assert "secret" not in json.dumps(a)
     assert a["digest"] == lineage.inputs_of(["http://u:other@h/a.tar"])["digest"]
+
+
+def test_overwrite_by_another_job_first_deletes_the_index_that_vouched_for_the_set(tmp_path):
+    """So that a job that replaces outputs and fails part-way leaves no index whose
+    lineage a later --resume of the old job would accept."""
+    outset = OutputSet.parse(str(tmp_path / "o-@2.tar"))
+    index = tmp_path / "o.index.json"
+    old = lineage.make("htshuffle", inputs=["/d/a.tar"], outputs=outset.pattern,
+                       options={"seed": 1})
+    new = {**old, "options": {**old["options"], "seed": 2}}
+    index.write_text(json.dumps({"shardlist": [], "lineage": old}))
+    shardindex.check_lineage(outset, old, RunOptions(overwrite=True))  # the same job
+    shardindex.check_lineage(outset, new, RunOptions())  # refused later if outputs exist
+    shardindex.check_lineage(outset, new, RunOptions(resume_any=True))
+    shardindex.check_lineage(outset, new, RunOptions(overwrite=True, dry_run=True))
+    assert index.exists()
+    with pytest.raises(HtoolsError, match="--seed changed: 1 -> 2; use --overwrite"):
+        shardindex.check_lineage(outset, new, RunOptions(resume=True, dry_run=True))
+    shardindex.check_lineage(outset, new, RunOptions(overwrite=True))
+    assert not index.exists()

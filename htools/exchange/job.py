@@ -106,7 +106,7 @@ def _exchange(spec: ExchangeSpec, inputs: list[str], opts: RunOptions, made: dic
     known = outset.urls(n_out) if n_out else []
     preflight.check(inputs, (known or [outset.first()]) + ([spec.scratch] if spec.scratch else []),
                     opts.storage_options, write=not opts.dry_run)
-    shardindex.check_resume(outset, made, opts)
+    shardindex.check_lineage(outset, made, opts)
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return _dry_run(spec, outset, inputs, known, present, opts), []
