@@ -6,7 +6,7 @@ task fails leaves no output, so a retried or resumed shard never duplicates.
 
 from __future__ import annotations
 
-from htools import shardindex, shards, storage
+from htools import lineage, shardindex, shards, storage
 from htools.errors import HtoolsError, ScriptError, hide_credentials
 from htools.exchange.sizing import default_scratch
 from htools.options import RunOptions
@@ -15,7 +15,7 @@ from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard, write_shard
 from htools.runtime.streams import distinct_keys
 from htools.runtime.task import shard_task
-from htools.selection import Selection, parse, run_selected, selected
+from htools.selection import Selection, parse, run_selected, selected, selection_lineage
 from htools.summary import JobSummary
 from htools.usercode.apply import map_samples
 from htools.usercode.script import Script, load_script
@@ -98,11 +98,15 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
     tasks = plan(inputs, outputs, shipment.script, opts, mtime=mtime)
     preflight.check([t.input for t in tasks], [t.output for t in tasks],
                     opts.storage_options, write=not opts.dry_run)
+    made = lineage.make("htmapper", inputs=[t.input for t in tasks], outputs=outputs,
+                        script=shipment.script,
+                        options={"mtime": mtime, **selection_lineage(select)})
+    shardindex.check_lineage(outset, made, opts)
 
     def run(sel: Selection | None, run_opts: RunOptions) -> JobSummary:
         for t in tasks:
             t.kwargs["select"] = sel
         summary = engine.run("htmapper", tasks, run_opts, group=True, shipment=shipment)
-        return shardindex.finish(summary, run_opts, outset, [t.output for t in tasks])
+        return shardindex.finish(summary, run_opts, outset, [t.output for t in tasks], made)
 
     return run_selected(select, opts, lambda o: default_scratch(o, outset), run)

@@ -47,6 +47,8 @@ class RunOptions:
     retries: int = 2
     quiet: bool = False
     resume: bool = False
+    # --resume-any: resume, keeping outputs whose recorded lineage is another job's
+    resume_any: bool = False
     overwrite: bool = False
     dry_run: bool = False
     max_errors: int = 0
@@ -59,6 +61,8 @@ class RunOptions:
     client: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.resume_any:
+            object.__setattr__(self, "resume", True)
         if self.resume and self.overwrite:
             raise HtoolsError("--resume and --overwrite exclude each other")
         if self.max_errors < 0 or self.retries < 0:

@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from htools import storage
-from htools.errors import HtoolsError, StorageError
+from htools import lineage, storage
+from htools.errors import HtoolsError, StorageError, hide_credentials
 from htools.naming import TAR_SUFFIXES, index_entry
 from htools.options import RunOptions
 from htools.runtime import engine
@@ -141,20 +141,75 @@ def write(doc: dict, url: str, options: dict | None) -> int:
             time.sleep(delay)
 
 
+def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions) -> None:
+    """Before a job that writes ``outset`` runs a task, against the index beside it:
+
+    * ``--resume`` when the index records a lineage other than ``made`` (this job's):
+      refused in one line saying what differs (``--resume-any`` keeps the outputs);
+    * ``--overwrite``: an index of another job is deleted first, so that a job that then
+      fails part-way leaves no index vouching for a set it changed.
+
+    Outputs without a recorded lineage are kept as before; :func:`finish` says so."""
+    if made is None or not (opts.resume or opts.overwrite):
+        return
+    url = index_url(outset)
+    old = (read_index(url, opts.storage_options) or {}).get("lineage")
+    diffs = lineage.differences(old, made) if isinstance(old, dict) else []
+    if not diffs or opts.resume_any:
+        return
+    if opts.resume:
+        raise HtoolsError(f"--resume: the outputs beside {hide_credentials(url)} were made by "
+                          f"another job: {'; '.join(diffs)}; use --overwrite, or --resume-any "
+                          "to keep them")
+    if opts.overwrite and not opts.dry_run:
+        storage.delete(url, opts.storage_options)
+
+
 def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
-           outputs: list[str]) -> JobSummary:
+           outputs: list[str], made: dict | None = None) -> JobSummary:
     """The end of a job that wrote ``outputs`` (of the output set ``outset``): when it
-    succeeded, the shard index beside them (unless ``index=False``), then
-    :func:`htools.runtime.engine.finish` (``--summary`` JSON, naming the index)."""
+    succeeded, the shard index beside them (unless ``index=False``) recording the job's
+    lineage ``made`` (:mod:`htools.lineage`), then :func:`htools.runtime.engine.finish`
+    (``--summary`` JSON, naming the index).  Outputs kept by ``--resume`` whose
+    lineage was not checked (none recorded, or ``--resume-any``) get a note."""
+    previous = None
+    if opts.resume and summary.shards_skipped and not opts.dry_run \
+            and not any(storage.is_stream(u) for u in outputs):
+        previous = read_index(index_url(outset), opts.storage_options)
+        note, mixed = _resume_note(previous, made, summary.shards_skipped)
+        if note:
+            summary.notes.append(note)
+        if mixed and made is not None:  # the index says the set is not one job's
+            made = {**made, "mixed": mixed}
     if outputs and opts.index and summary.ok and not opts.dry_run:
-        write_for_job(outset, outputs, summary, opts.storage_options)
+        write_for_job(outset, outputs, summary, opts.storage_options, made, previous)
     return engine.finish(summary, opts)
 
 
+def _resume_note(previous: dict | None, made: dict | None, kept: int
+                 ) -> tuple[str | None, str | None]:
+    """The summary's note on ``kept`` outputs a resumed job did not write, and, when
+    some were made by another job (kept by ``--resume-any``), what differs."""
+    old = (previous or {}).get("lineage")
+    if made is None:
+        return None, None
+    if not isinstance(old, dict):
+        return (f"{kept} output(s) kept by --resume have no recorded lineage (an index made "
+                "before lineage was recorded, or none): not checked that this job made "
+                "them"), None
+    diffs = lineage.differences(old, made)
+    if diffs:
+        note = f"{kept} output(s) kept by --resume-any were made by another job: "
+        return note + "; ".join(diffs), "; ".join(diffs)
+    return None, old.get("mixed")
+
+
 def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
-                  options: dict | None) -> str | None:
-    """After a successful job: the index of its whole output set, next to it.  Returns
-    its URL (None when the outputs are pipes or nothing was written)."""
+                  options: dict | None, made: dict | None = None,
+                  previous: dict | None = None) -> str | None:
+    """After a successful job: the index of its whole output set, next to it, with the
+    job's lineage ``made``; ``previous``: the index there before, when already read.
+    Returns its URL (None when the outputs are pipes or nothing was written)."""
     if not outputs or any(storage.is_stream(u) for u in outputs):
         return None
     url = index_url(outset)
@@ -164,7 +219,9 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
     fresh: dict[str, dict] = {}  # entries of outputs this run did not write (resumed)
     missing = [u for u in outputs if u not in at]
     if missing:
-        fresh.update(_previous_entries(url, missing, options))
+        if previous is None:
+            previous = read_index(url, options)
+        fresh.update(_previous_entries(previous, url, missing, options))
     for u in missing:  # skipped and not in the previous index: read them once here
         if u not in fresh:
             r = index_shard(u, options=storage.resolve_options(options))
@@ -177,24 +234,39 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
         for u in outputs:
             yield fresh[u] if u in fresh else written.entry(at[u])
 
-    write(build(entries, url, name), url, options)
+    doc = build(entries, url, name)
+    if made is not None:
+        doc["lineage"] = made
+    write(doc, url, options)
     summary.extra["index"] = url
     return url
 
 
-def _previous_entries(url: str, outputs: list[str], options) -> dict[str, dict]:
-    """Entries of ``outputs`` from an earlier index at ``url`` whose file size still
-    matches (the outputs a resumed job skipped)."""
+def entry_url(index_at: str, url: str) -> str:
+    """A shard list entry's URL as a full URL (it is relative to the index's folder when
+    the shard is beside it)."""
+    if "://" in url or url.startswith("/"):
+        return url
+    return index_at.rsplit("/", 1)[0] + "/" + url
+
+
+def read_index(url: str, options: dict | None) -> dict | None:
+    """The index document at ``url``; None when there is none (or it is not JSON)."""
     try:
         with storage.open_read(url, options) as f:
             doc = json.loads(f.read())
     except (StorageError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _previous_entries(doc: dict | None, url: str, outputs: list[str],
+                      options) -> dict[str, dict]:
+    """Entries of ``outputs`` from the earlier index ``doc`` (at ``url``) whose file
+    size still matches (the outputs a resumed job skipped)."""
+    if not doc:
         return {}
-    folder = url.rsplit("/", 1)[0] + "/"
-    known = {}
-    for e in doc.get("shardlist", []):
-        full = e["url"] if "://" in e["url"] or e["url"].startswith("/") else folder + e["url"]
-        known[full] = e
+    known = {entry_url(url, e["url"]): e for e in doc.get("shardlist", [])}
     found = {}
     for u in outputs:
         e = known.get(u)

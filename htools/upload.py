@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from htools import shardindex, shards, storage, tar
+from htools import lineage, shardindex, shards, storage, tar
 from htools.clusters import connection as clusters
 from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
@@ -329,21 +329,35 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     kw = {"maxcount": maxcount, "maxsize": maxsize, "shuffle": shuffle, "seed": seed,
           "mtime": mtime}
     outset = shards.OutputSet.parse(outputs)
-    if source_kind(source) == "tars":
-        preflight.check(shards.expand_all(source, opts.storage_options), [outset.first()],
-                        opts.storage_options, write=not opts.dry_run)
-    else:
-        preflight.check([], [outset.first()], opts.storage_options, write=not opts.dry_run)
-    if source_kind(source) != "tars" or opts.dry_run:
+    files = source_kind(source) != "tars"
+    ins = [] if files else shards.expand_all(source, opts.storage_options)
+    preflight.check(ins, [outset.first()], opts.storage_options, write=not opts.dry_run)
+    made = None if files else _lineage(outputs, kw, ins)
+    shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
+    if files or opts.dry_run:
         tasks = plan(source, outputs, opts, **kw)
-        summary = engine.run("htupload", tasks, opts) if source_kind(source) == "tars" \
-            else _run_files(tasks, opts)
+        if files:
+            made = _lineage(outputs, kw, tasks=tasks)
+            shardindex.check_lineage(outset, made, opts)
+        summary = _run_files(tasks, opts) if files else engine.run("htupload", tasks, opts)
     else:
         with clusters.connect(opts) as client:
             copy = opts.with_(client=client)
             tasks = plan(source, outputs, copy, **kw)
             summary = engine.run("htupload", tasks, copy)
-    return shardindex.finish(summary, opts, outset, [t.output for t in tasks])
+    return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
+
+
+def _lineage(outputs: str, kw: dict, inputs: list[str] = (), tasks: list[Task] = ()) -> dict:
+    """htupload's lineage (:mod:`htools.lineage`): tar inputs by URL; local files (a
+    folder or a list) by their paths and sizes as scanned, one entry per sample."""
+    samples = sorted((s for t in tasks for s in t.kwargs.get("samples", ())),
+                     key=lambda s: s.key)  # --shuffle's order is the seed's: recorded
+    if samples:
+        inputs = ["\t".join(p for _f, p in s.files) for s in samples]
+    return lineage.make("htupload", inputs=list(inputs), outputs=outputs,
+                        sizes=[s.size for s in samples] if samples else None,
+                        options={**kw, "seed": kw["seed"] if kw["shuffle"] else None})
 
 
 # ------------------------------------------------------ from the client --

@@ -79,7 +79,12 @@ RUN_FLAGS: list[tuple[str, Callable]] = [
         "--retries", "retries", type=click.IntRange(0), default=2, show_default=True,
         help="Times a task is retried when its worker dies.")),
     ("resume", click.option("--resume", "resume", is_flag=True,
-                            help="Skip outputs that already exist.")),
+                            help="Skip outputs that already exist, if the index beside "
+                                 "them records this same job (script, options, inputs).")),
+    ("resume_any", click.option(
+        "--resume-any", "resume_any", is_flag=True,
+        help="Like --resume, but keep existing outputs even when another job made them "
+             "(a different script, options or inputs).")),
     ("overwrite", click.option("--overwrite", "overwrite", is_flag=True,
                                help="Replace outputs that already exist.")),
     ("dry_run", click.option("--dry-run", "dry_run", is_flag=True,

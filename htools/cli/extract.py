@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from htools.cli.common import command, finish
+from htools.cli.common import command, finish, report
 from htools.extract import extract
-from htools.extract_index import index_shards
+from htools.extract_index import index_shards, verify
 
 
 @command(without=("index",))  # htextract writes no shards: no shard index beside them
@@ -40,8 +40,12 @@ from htools.extract_index import index_shards
 @click.option("--index", "index_to", metavar="OUT.json", default=None,
               help="Instead of rows: write the shard index of INPUTS (wids dataset "
                    "description: samples, size, sha256 and fields of every shard) to OUT.json.")
+@click.option("--verify", "verify_index", is_flag=True,
+              help="INPUTS is a STEM.index.json: check that every shard it lists exists "
+                   "with its size and sha256 and still parses to its sample count; one "
+                   "line per mismatch, exit 1 on any.")
 def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_missing,
-         index_to, opts) -> None:
+         index_to, verify_index, opts) -> None:
     """Extract fields of every sample of INPUTS (a shard set), in shard order.
 
     \b
@@ -50,9 +54,12 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_
       htextract 'data-@100.tar' -f cls --count 20
       htextract 'data-@100.tar' -f __key__,cls -o rows.jsonl
       htextract 'data-@100.tar' --index data.index.json
+      htextract --verify data.index.json
       htextract 'data-@100.tar' -f __key__,cls,json -o meta-@100.parquet
       htextract 'data-@100.tar' -f __key__,cls --format parquet --to-dir meta/
     """
+    if verify_index:
+        _verify(inputs, opts)
     if index_to:
         finish(index_shards(inputs, index_to, **opts.as_kwargs()), opts)
     kw = dict(fields=fields, field_names=field_names, count=count or 0, format=fmt,
@@ -66,3 +73,18 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush stays quiet
         sys.exit(0)
     finish(summary, opts)
+
+
+def _verify(index: str, opts) -> None:
+    """``--verify``: one line per shard that differs from the index, their count, and
+    the summary; exit 1 when any differs (or a shard could not be read)."""
+    summary = verify(index, **opts.as_kwargs())
+    if opts.dry_run:
+        finish(summary, opts)
+    mismatched = summary.extra.get("mismatched", 0)
+    for line in summary.extra.get("mismatches", []):
+        print(line)
+    print(f"{mismatched} of {summary.shards_total} shard(s) differ from the index"
+          if mismatched else f"ok: {summary.shards_total} shard(s) match the index")
+    report(summary, opts)
+    sys.exit(1 if mismatched or not summary.ok else 0)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from htools import shardindex, shards, storage
+from htools import lineage, shardindex, shards, storage
 from htools.clusters import connection as clusters
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
@@ -48,7 +48,7 @@ from htools.exchange.write import narrow_write, write_outputs
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
-from htools.selection import Selection
+from htools.selection import Selection, selection_lineage
 from htools.summary import JobSummary
 from htools.usercode.script import Script
 
@@ -75,8 +75,22 @@ class ExchangeSpec:
 def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     """Run the exchange; the summary (written to ``opts.summary`` if set) is returned."""
     outset = shards.OutputSet.parse(spec.outputs)
-    summary, outputs = _exchange(spec, outset, opts)
-    return shardindex.finish(summary, opts, outset, outputs)
+    inputs = shards.expand_all(list(spec.inputs), opts.storage_options)
+    made = exchange_lineage(spec, inputs)
+    summary, outputs = _exchange(spec, outset, inputs, opts, made)
+    return shardindex.finish(summary, opts, outset, outputs, made)
+
+
+def exchange_lineage(spec: ExchangeSpec, inputs: list[str]) -> dict:
+    """The lineage of an htshuffle or htsort (:mod:`htools.lineage`): the options that
+    change the outputs' bytes (not --memory, --fan-in or --scratch, which do not)."""
+    k = spec.key
+    keyed = {"seed": k.seed} if k.mode == "random" else \
+        {"key": k.field if k.mode == "field" else None, "key_type": k.type,
+         "reverse": k.reverse, "merge": spec.merge}
+    return lineage.make(spec.tool, inputs=inputs, outputs=spec.outputs, script=spec.script,
+                        options={**keyed, "dedup": k.dedup, "maxcount": spec.maxcount,
+                                 "mtime": spec.mtime, **selection_lineage(spec.select)})
 
 
 def plan_for(spec: ExchangeSpec, inputs: int, outputs: int | None, shard_bytes: float | None,
@@ -88,9 +102,8 @@ def plan_for(spec: ExchangeSpec, inputs: int, outputs: int | None, shard_bytes: 
                               dedup_pass=two_passes(spec.key), beside=beside)
 
 
-def _exchange(spec: ExchangeSpec, outset: shards.OutputSet,
-              opts: RunOptions) -> tuple[JobSummary, list[str]]:
-    inputs = shards.expand_all(list(spec.inputs), opts.storage_options)
+def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
+              opts: RunOptions, made: dict) -> tuple[JobSummary, list[str]]:
     n_out = outset.count
     if n_out is None and not spec.maxcount:
         raise HtoolsError(f"{spec.outputs!r} is open-ended: give --maxcount, or name the "
@@ -109,6 +122,7 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet,
         except preflight.Unreachable as e:  # say which folder: scratch, not the outputs
             raise preflight.Unreachable(
                 str(e).replace("cannot write outputs", "cannot write scratch", 1)) from None
+    shardindex.check_lineage(outset, made, opts)
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return _dry_run(spec, outset, inputs, known, present, opts), []

@@ -11,6 +11,6 @@ from __future__ import annotations
 
 from htools.selection.filter import selected
 from htools.selection.job import prepared, run_selected
-from htools.selection.spec import Selection, parse
+from htools.selection.spec import Selection, parse, selection_lineage
 
-__all__ = ["Selection", "parse", "prepared", "run_selected", "selected"]
+__all__ = ["Selection", "parse", "prepared", "run_selected", "selected", "selection_lineage"]

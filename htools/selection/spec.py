@@ -39,6 +39,12 @@ class Selection:
     def by(self) -> str:
         return f"{self.field}:{self.member}" if self.member is not None else self.field
 
+    def lineage(self) -> dict:
+        """What the job's lineage records of the selection (the list by its URL: a list
+        edited in place under the same name is not told apart)."""
+        return {self.mode: hide_credentials(self.source), "select_by": self.by,
+                **({"select_column": self.column} if self.is_parquet else {})}
+
     @property
     def is_parquet(self) -> bool:
         return self.source.lower().endswith(".parquet")
@@ -104,3 +110,8 @@ def parquet_columns(url: str, options: dict | None) -> list[str]:
 
     with local_copy(url, options) as path:
         return list(pq.ParquetFile(path).schema_arrow.names)
+
+
+def selection_lineage(sel: Selection | None) -> dict:
+    """The selection's part of a job's lineage ({} without --keep/--drop)."""
+    return sel.lineage() if sel is not None else {}

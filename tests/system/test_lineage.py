@@ -1,0 +1,130 @@
+"""Lineage in the shard index, and a --resume that checks it: outputs made by another
+job (an edited script, another --seed) are refused in one line before anything runs,
+unless --resume-any; an index without lineage resumes as before, with a note."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import make_shards, ok, run
+
+from htools import lineage, shardindex
+from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.shards import OutputSet
+
+W1 = ("--workers", "1")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _refused(p, *phrases: str) -> str:
+    """The one line a refused resume prints."""
+    assert p.returncode == 1, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "made by another job" in lines[0] and "--resume-any" in lines[0], lines[0]
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def _mapped(tmp_path: Path, shards: int) -> tuple[Path, tuple]:
+    """An htmapper job run once (its script, and its command line for another run)."""
+    make_shards(tmp_path / "in", shards=shards, per_shard=4)
+    script = tmp_path / "s.py"
+    script.write_text("def process_sample(s):\n    return s\n")
+    args = ("htmapper", "-p", script, tmp_path / "in" / f"data-@{shards}.tar",
+            tmp_path / "out" / f"o-@{shards}.tar", *W1)
+    ok(run(*args))
+    return script, args
+
+
+def test_resume_after_editing_the_script_is_refused_and_writes_nothing(tmp_path):
+    script, args = _mapped(tmp_path, 3)
+    made = json.loads((tmp_path / "out" / "o.index.json").read_text())["lineage"]
+    assert made["tool"] == "htmapper" and made["inputs"]["count"] == 3
+    (tmp_path / "out" / "o-1.tar").unlink()
+    ok(run(*args, "--resume"))  # the same job: resumed, as before
+    (tmp_path / "out" / "o-1.tar").unlink()
+    before = _snapshot(tmp_path / "out")
+    script.write_text("def process_sample(s):\n    s['new'] = b'x'\n    return s\n")
+    line = _refused(run(*args, "--resume"), "script digest changed: ")
+    old, new = made["script"]["digest"][:4], line.split(" -> ")[1][:4]
+    assert f"{old}.. -> " in line and new != old
+    assert _snapshot(tmp_path / "out") == before  # nothing written, the index untouched
+
+
+def test_resume_after_changing_the_seed_is_refused_and_resume_any_keeps_them(tmp_path):
+    make_shards(tmp_path / "in", shards=3, per_shard=6)
+    out = tmp_path / "out"
+    args = ("htshuffle", tmp_path / "in" / "data-@3.tar", out / "x-@3.tar", *W1)
+    ok(run(*args, "--seed", "1"))
+    seed1 = _snapshot(out)
+    (out / "x-0.tar").unlink()
+    kept = _snapshot(out)
+    _refused(run(*args, "--seed", "2", "--resume"), "--seed changed: 1 -> 2")
+    assert _snapshot(out) == kept
+    p = ok(run(*args, "--seed", "2", "--resume-any", "--summary", tmp_path / "s.json"))
+    notes = json.loads((tmp_path / "s.json").read_text())["notes"]
+    assert any("2 output(s) kept by --resume-any were made by another job: --seed "
+               "changed: 1 -> 2" in n for n in notes), (notes, p.stderr)
+    now = _snapshot(out)
+    assert now["x-1.tar"] == seed1["x-1.tar"] and now["x-2.tar"] == seed1["x-2.tar"]
+    doc = json.loads(now["x.index.json"])
+    assert doc["lineage"]["options"]["seed"] == 2 and "--seed changed" in doc["lineage"]["mixed"]
+
+
+def test_an_index_without_lineage_resumes_with_a_note(tmp_path):
+    script, args = _mapped(tmp_path, 2)
+    index = tmp_path / "out" / "o.index.json"
+    doc = json.loads(index.read_text())
+    del doc["lineage"]  # as an index made before lineage was recorded
+    index.write_text(json.dumps(doc))
+    (tmp_path / "out" / "o-1.tar").unlink()
+    script.write_text("def process_sample(s):\n    return dict(s)\n")  # not detectable
+    p = ok(run(*args, "--resume"))
+    assert "1 output(s) kept by --resume have no recorded lineage" in p.stderr
+    assert json.loads(index.read_text())["lineage"]["script"]["name"] == "s.py"
+
+
+def test_what_differs_is_named_once_each():
+    base = lineage.make("htsort", inputs=["/d/a-0.tar", "/d/a-1.tar"], outputs="/o/x-@2.tar",
+                        options={"key": "cls", "key_type": "str", "reverse": False})
+    assert lineage.differences(base, base) == []
+    other = lineage.make("htsort", inputs=["/d/a-0.tar"], outputs="/o/x-@2.tgz",
+                         options={"key": "cls", "key_type": "int", "reverse": True})
+    said = lineage.differences(base, other)
+    assert said[:3] == ["compression changed: none -> gzip", "--key-type changed: str -> int",
+                        "--reverse changed: unset -> True"]
+    assert said[3].startswith("inputs changed: 2 inputs (") and " -> 1 inputs (" in said[3]
+    assert lineage.differences(base, {**base, "tool": "htshuffle"}) == \
+        ["made by htsort, not htshuffle"]
+    # credentials never reach the index; the same inputs under another password agree
+    a = lineage.inputs_of(["http://u:secret@h/a.tar"])
+    assert "secret" not in json.dumps(a)
+    assert a["digest"] == lineage.inputs_of(["http://u:other@h/a.tar"])["digest"]
+
+
+def test_overwrite_by_another_job_first_deletes_the_index_that_vouched_for_the_set(tmp_path):
+    """So that a job that replaces outputs and fails part-way leaves no index whose
+    lineage a later --resume of the old job would accept."""
+    outset = OutputSet.parse(str(tmp_path / "o-@2.tar"))
+    index = tmp_path / "o.index.json"
+    old = lineage.make("htshuffle", inputs=["/d/a.tar"], outputs=outset.pattern,
+                       options={"seed": 1})
+    new = {**old, "options": {**old["options"], "seed": 2}}
+    index.write_text(json.dumps({"shardlist": [], "lineage": old}))
+    shardindex.check_lineage(outset, old, RunOptions(overwrite=True))  # the same job
+    shardindex.check_lineage(outset, new, RunOptions())  # refused later if outputs exist
+    shardindex.check_lineage(outset, new, RunOptions(resume_any=True))
+    shardindex.check_lineage(outset, new, RunOptions(overwrite=True, dry_run=True))
+    assert index.exists()
+    with pytest.raises(HtoolsError, match="--seed changed: 1 -> 2; use --overwrite"):
+        shardindex.check_lineage(outset, new, RunOptions(resume=True, dry_run=True))
+    shardindex.check_lineage(outset, new, RunOptions(overwrite=True))
+    assert not index.exists()
