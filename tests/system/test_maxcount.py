@@ -158,14 +158,14 @@ def write_words(folder: Path, shards: int = 4, per_shard: int = 200) -> dict[str
     return counts
 
 
-def test_reduce_maxcount_counts_groups_not_samples(tmp_path, client):
+def test_reduce_maxcount_counts_groups_not_samples(tmp_path, processes_client):
     """htsort t-@4.tar 'o-%04d.tar' -p wc.py --maxcount 10: 800 samples, 43 words ->
     outputs of 10, 10, 10, 10, 3 words (not 80 outputs, 70 of them empty)."""
     counts = write_words(tmp_path / "in")
     script = tmp_path / "wc.py"
     script.write_text(WORDS_SCRIPT)
     s = htools.sort(str(tmp_path / "in" / "t-@4.tar"), str(tmp_path / "o" / "o-%04d.tar"),
-                    script=str(script), maxcount=10, client=client, quiet=True)
+                    script=str(script), maxcount=10, client=processes_client, quiet=True)
     assert s.ok, s.failures
     files = outs(tmp_path / "o")
     assert [len(read_wds([p])) for p in files] == [10, 10, 10, 10, 3]
@@ -174,20 +174,20 @@ def test_reduce_maxcount_counts_groups_not_samples(tmp_path, client):
     assert {x["__key__"]: int(x["count"]) for x in got} == counts
 
 
-def test_reduce_into_m_outputs_balances_groups(tmp_path, client):
+def test_reduce_into_m_outputs_balances_groups(tmp_path, processes_client):
     """Without --maxcount, a reduce into @4 balances the outputs by groups (words), not
     by the samples before the reduce (which gave [0, 1, 20, 22])."""
     write_words(tmp_path / "in")
     script = tmp_path / "wc.py"
     script.write_text(WORDS_SCRIPT)
     s = htools.sort(str(tmp_path / "in" / "t-@4.tar"), str(tmp_path / "o" / "o-@4.tar"),
-                    script=str(script), client=client, quiet=True)
+                    script=str(script), client=processes_client, quiet=True)
     assert s.ok, s.failures
     sizes = [len(read_wds([p])) for p in outs(tmp_path / "o")]
     assert sum(sizes) == 43 and max(sizes) - min(sizes) <= 3, sizes
 
 
-def test_merge_maxcount_counts_joined_samples(tmp_path, client):
+def test_merge_maxcount_counts_joined_samples(tmp_path, processes_client):
     """htsort A B 'o-%04d.tar' --merge --maxcount 100 over 500 joined keys: 5 x 100."""
     wds = pytest.importorskip("webdataset")
     for name, field in (("a", "jpg"), ("b", "cls")):
@@ -198,7 +198,7 @@ def test_merge_maxcount_counts_joined_samples(tmp_path, client):
                     w.write({"__key__": f"k{i:04d}", field: f"{field}{i}".encode()})
     s = htools.sort([str(tmp_path / "a" / "a-@2.tar"), str(tmp_path / "b" / "b-@2.tar")],
                     str(tmp_path / "o" / "o-%04d.tar"), merge=True, maxcount=100,
-                    client=client, quiet=True)
+                    client=processes_client, quiet=True)
     assert s.ok, s.failures
     files = outs(tmp_path / "o")
     assert [len(read_wds([p])) for p in files] == [100] * 5
@@ -206,7 +206,7 @@ def test_merge_maxcount_counts_joined_samples(tmp_path, client):
     assert all(set(x) == {"__key__", "jpg", "cls"} for x in got)
 
 
-def test_shuffle_dedup_maxcount_counts_unique_samples(tmp_path, client):
+def test_shuffle_dedup_maxcount_counts_unique_samples(tmp_path, processes_client):
     """htshuffle --dedup jpg --maxcount 100 with 494 unique images: 100 x 4 + 94."""
     wds = pytest.importorskip("webdataset")
     (tmp_path / "in").mkdir()
@@ -217,7 +217,7 @@ def test_shuffle_dedup_maxcount_counts_unique_samples(tmp_path, client):
                 w.write({"__key__": f"s{s}-{i:03d}", "jpg": f"img{n % 494}".encode()})
                 n += 1
     s = htools.shuffle(str(tmp_path / "in" / "d-@4.tar"), str(tmp_path / "o" / "o-%04d.tar"),
-                       dedup="jpg", maxcount=100, seed=3, client=client, quiet=True)
+                       dedup="jpg", maxcount=100, seed=3, client=processes_client, quiet=True)
     assert s.ok, s.failures
     files = outs(tmp_path / "o")
     assert [len(read_wds([p])) for p in files] == [100, 100, 100, 100, 94]
