@@ -142,7 +142,8 @@ def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
 
 def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
             format: str = "tsv", binary: str = "length", to_dir: str | None = None,
-            out: IO[str] | str | None = None, frame: bool | None = None, **options):
+            out: IO[str] | str | None = None, frame: bool | None = None,
+            arrays: bool = False, **options):
     """Extract fields of every sample of ``inputs``, in shard order.
 
     Without ``out`` the results come back as data, with the job summary as their
@@ -164,10 +165,17 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     for ``DIR/NAME.parquet`` of a shard ``NAME.tar``: one file per input shard, written by
     the tasks, every file typing each column alike) and returns the summary; see
     :mod:`htools.parquet`.
+
+    ``arrays=True`` (without ``out``): each ``.npy`` field's values as numpy arrays, and
+    the result's ``.arrays[FIELD]`` one 2-D array of them (see :mod:`htools.extract_arrays`).
     """
     opts = RunOptions.of(options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
+    if arrays:
+        return _with_arrays(inputs, tuple(fields), opts, binary, frame,
+                            field_names or count or out is not None or to_dir
+                            or format != "tsv")
     if format == "parquet":
         if field_names or count:
             raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
@@ -211,6 +219,16 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
         return summary
     names = ["__key__", "fields"] if field_names else list(spec.fields)
     return _as_data(names, collected, top if spec.count else None, summary, frame)
+
+
+def _with_arrays(inputs, fields: tuple[str, ...], opts: RunOptions, binary: str,
+                 frame: bool | None, other: object):
+    if other:
+        raise HtoolsError("extract(arrays=True) returns rows as data: not with out=, to_dir=, "
+                          "count=, field_names= or format=")
+    from htools.extract_arrays import extract_with_arrays
+
+    return extract_with_arrays(inputs, fields, opts, binary, frame)
 
 
 class Rows(list):

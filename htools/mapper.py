@@ -138,7 +138,7 @@ def _script(script, shell: str | None, batch_fn, prepare_fn, py_files) -> Script
                                   ("batch_fn", batch_fn)) if v is not None]
     if len(given) != 1:
         raise HtoolsError("give a script (-p SCRIPT.py) or a shell command (-s 'COMMAND')"
-                          + (f", not {' and '.join(given)}" if given else ""))
+                          + (f", not both ({' and '.join(given)})" if given else ""))
     if prepare_fn is not None and batch_fn is None:
         raise HtoolsError("prepare_fn goes with batch_fn (a script file defines "
                           "prepare_sample() beside process_batch())")

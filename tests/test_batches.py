@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_shards, ok, read_wds, run
+from helpers import make_shards, ok, read_wds, require_module, run
 
 import htools
 from htools.errors import HtoolsError, ScriptError
@@ -318,3 +318,81 @@ def test_a_write_error_stops_the_pipeline():
         run_batches(_samples(100), Namespace(process_batch=lambda s: s),
                     ShardResult(input="mem"), "mem", fail, BatchSpec(4, 1))
     assert not [t for t in threading.enumerate() if t.name.startswith("htools-")]
+
+
+# ------------------------------------------------------------- embeddings out --
+
+EMBED = '''
+import io
+import numpy as np
+
+def process_batch(samples):
+    rng = np.random.default_rng(len(samples))
+    out = []
+    for s in samples:
+        v = np.frombuffer(s["jpg"][:16].ljust(16, b"\\0"), np.uint8).astype(np.float32) / 255
+        buf = io.BytesIO()
+        np.save(buf, v[:DIM])
+        out.append({"__key__": s["__key__"], "emb.npy": buf.getvalue()})
+    return out
+'''
+
+
+def _embedded(tmp_path: Path, dims=(8, 8)) -> list[Path]:
+    make_shards(tmp_path / "in", shards=len(dims), per_shard=6)
+    for i, dim in enumerate(dims):
+        script = write(tmp_path / f"embed{dim}.py", f"DIM = {dim}\n" + EMBED)
+        ok(run("htmapper", "-p", script, tmp_path / f"in/data-{i}.tar",
+               tmp_path / f"emb-{i}.tar", "-q", "--workers", "1"))
+    return [tmp_path / f"emb-{i}.tar" for i in range(len(dims))]
+
+
+def test_npy_field_extracts_as_fixed_size_list(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _embedded(tmp_path)
+    ok(run("htextract", "-f", "__key__,emb.npy", "--format", "parquet", "-o",
+           tmp_path / "emb.parquet", str(tmp_path / "emb-{0..1}.tar"), "-q"))
+    table = pq.read_table(tmp_path / "emb.parquet")
+    typ = table.schema.field("emb.npy").type
+    assert pa.types.is_fixed_size_list(typ) and typ.list_size == 8, typ
+    assert typ.value_type == pa.float32()
+    col = table.column("emb.npy").combine_chunks()
+    matrix = col.flatten().to_numpy().reshape(len(col), 8)
+    expect = np.stack([np.load(__import__("io").BytesIO(s["emb.npy"]))
+                       for s in read_wds(sorted(tmp_path.glob("emb-*.tar")))])
+    assert matrix.dtype == np.float32 and np.array_equal(matrix, expect)
+    frame = table.to_pandas()
+    assert np.array_equal(np.stack(frame["emb.npy"].to_numpy()), expect)
+    duckdb = require_module("duckdb")  # reads it as FLOAT[] (parquet has no fixed size)
+    rows = duckdb.sql(f"select \"emb.npy\" from '{tmp_path / 'emb.parquet'}'").fetchnumpy()
+    assert np.array_equal(np.stack(rows["emb.npy"]), expect)
+
+
+def test_npy_fields_of_different_lengths_are_one_list_type(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _embedded(tmp_path, dims=(8, 4))
+    p = ok(run("htextract", "-f", "__key__,emb.npy", "--format", "parquet", "-o",
+               tmp_path / "emb-@2.parquet", str(tmp_path / "emb-{0..1}.tar")))
+    assert "emb.npy fixed_size_list" in p.stderr, p.stderr  # the narrower files rewritten
+    types = [pq.read_schema(tmp_path / f"emb-{i}.parquet").field("emb.npy").type
+             for i in range(2)]
+    assert all(pa.types.is_list(t) and t.value_type == pa.float32() for t in types), types
+
+
+def test_extract_arrays_gives_a_2d_array(tmp_path):
+    import numpy as np
+
+    _embedded(tmp_path)
+    data = htools.extract(str(tmp_path / "emb-{0..1}.tar"), fields="__key__,emb.npy",
+                          arrays=True, workers=1, quiet=True)
+    assert data.arrays["emb.npy"].shape == (12, 8)
+    assert data.arrays["emb.npy"].dtype == np.float32
+    assert list(data["__key__"])[:2] == ["s0/k0000", "s0/k0001"]
+    assert np.array_equal(data["emb.npy"].iloc[3], data.arrays["emb.npy"][3])
+    with pytest.raises(HtoolsError, match="arrays=True"):
+        htools.extract(str(tmp_path / "emb-0.tar"), fields="emb.npy", arrays=True, count=3)
