@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_shards, ok, read_wds, require_module, run
+from helpers import child_env, make_shards, ok, read_wds, require_module, run
 
 import htools
 from htools.errors import HtoolsError, ScriptError
@@ -396,3 +396,47 @@ def test_extract_arrays_gives_a_2d_array(tmp_path):
     assert np.array_equal(data["emb.npy"].iloc[3], data.arrays["emb.npy"][3])
     with pytest.raises(HtoolsError, match="arrays=True"):
         htools.extract(str(tmp_path / "emb-0.tar"), fields="emb.npy", arrays=True, count=3)
+
+
+# ------------------------------------------------------------ examples/embed.py --
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_embed_example_matches_a_plain_loop(tmp_path, monkeypatch):
+    """examples/embed.py under htmapper (batches of 8, 2 prepare threads) writes the same
+    samples as its functions called in this process on the same images; an image Pillow
+    cannot read is that sample's error."""
+    import importlib.util
+    import io
+
+    from PIL import Image
+
+    wds = require_module("webdataset")
+    (tmp_path / "in").mkdir()
+    with wds.TarWriter(str(tmp_path / "in/img-0.tar")) as w:
+        for i in range(20):
+            buf = io.BytesIO()
+            Image.new("RGB", (20 + i, 12), (10 * i, 200 - 5 * i, 90)).save(buf, "JPEG")
+            w.write({"__key__": f"im{i:03d}", "jpg": buf.getvalue() if i != 13 else b"junk",
+                     "cls": str(i % 3).encode()})
+    monkeypatch.setenv("EMBED_WEIGHTS", str(EXAMPLES / "embed_weights.npz"))
+    p = ok(run("htmapper", "-p", EXAMPLES / "embed.py", tmp_path / "in/img-0.tar",
+               tmp_path / "emb-0.tar", "--batch-size", "8", "--prepare-threads", "2",
+               "--max-errors", "1", "--workers", "1", env=child_env()))
+    assert "key 'im013': UnidentifiedImageError" in p.stderr, p.stderr
+    got = read_wds([tmp_path / "emb-0.tar"])
+    spec = importlib.util.spec_from_file_location("embed_example", EXAMPLES / "embed.py")
+    embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed)
+    embed.init()
+    samples = [s for s in wds.WebDataset(str(tmp_path / "in/img-0.tar"), shardshuffle=False)
+               if s["__key__"] != "im013"]
+    want = []
+    for start in range(0, len(samples), 8):
+        batch = [embed.prepare_sample(dict(s)) for s in samples[start:start + 8]]
+        want += embed.process_batch(batch)
+    assert [s["__key__"] for s in got] == [s["__key__"] for s in want]
+    for g, w_ in zip(got, want):
+        assert {k: v for k, v in g.items() if k != "__key__"} == \
+            {k: v for k, v in w_.items() if k != "__key__"}
