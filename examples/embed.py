@@ -52,6 +52,7 @@ def prepare_sample(sample):
     if field is None:
         return None  # no image: dropped
     with Image.open(io.BytesIO(sample[field])) as image:
+        image.draft("RGB", (SIZE, SIZE))  # a JPEG decodes at 1/2 .. 1/8 scale: faster
         image = image.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
         pixels = np.asarray(image, dtype=np.float32).reshape(-1) / 255.0
     return {"__key__": sample["__key__"], "cls": sample.get("cls"), "pixels": pixels}
