@@ -42,6 +42,6 @@ def extract_with_arrays(inputs, fields: tuple[str, ...], opts: RunOptions, binar
         out_rows.append({name: (None if v is None else decode(v)) if is_array_field(name)
                          else render_value(v, binary, name) for name, v in zip(fields, row)})
     data = _as_data(list(fields), out_rows, None, summary, frame)
-    data.arrays = stacked
+    object.__setattr__(data, "arrays", stacked)  # on a DataFrame, without pandas' warning
     return data
 
