@@ -18,6 +18,7 @@ from typing import IO
 
 from htools import shards, storage
 from htools.errors import HtoolsError, hide_credentials
+from htools.extract_arrays import extract_with_arrays
 from htools.fields import check_present
 from htools.naming import CONTROL_CHARS, TEXT_FIELDS
 from htools.options import RunOptions
@@ -166,7 +167,7 @@ def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
 def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
             format: str | None = None, binary: str = "length", to_dir: str | None = None,
             out: IO[str] | str | None = None, frame: bool | None = None,
-            allow_missing: bool = False, **options):
+            allow_missing: bool = False, arrays: bool = False, **options):
     """Extract fields of every sample of ``inputs``, in shard order.
 
     Without ``out`` the results come back as data, with the job summary as their
@@ -197,10 +198,17 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     for ``DIR/NAME.parquet`` of a shard ``NAME.tar``: one file per input shard, written by
     the tasks, every file typing each column alike) and returns the summary; see
     :mod:`htools.parquet`.
+
+    ``arrays=True`` (without ``out``): each ``.npy`` field's values as numpy arrays, and
+    the result's ``.arrays[FIELD]`` one 2-D array of them (see :mod:`htools.extract_arrays`).
     """
     opts = RunOptions.of(options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
+    if arrays:
+        return _with_arrays(inputs, tuple(fields), opts, binary, frame,
+                            field_names or count or out is not None or to_dir
+                            or format is not None)
     format = output_format(out, format)
     if format == "parquet":
         if field_names or count:
@@ -330,6 +338,18 @@ def _typed_rows(inputs, fields: tuple[str, ...], opts: RunOptions, frame: bool |
         return summary
     columns = {f: python_values(f, [r[i] for r in rows]) for i, f in enumerate(fields)}
     return _as_data(list(fields), columns, None, summary, frame)
+
+
+def _with_arrays(inputs, fields: tuple[str, ...], opts: RunOptions, binary: str,
+                 frame: bool | None, other: object):
+    if other:
+        raise HtoolsError("extract(arrays=True) returns rows as data: not with out=, to_dir=, "
+                          "count=, field_names= or format=")
+    rows, stacked, summary = extract_with_arrays(
+        inputs, fields, opts, lambda value, name: render_value(value, binary, name))
+    data = _as_data(list(fields), rows, None, summary, frame)
+    object.__setattr__(data, "arrays", stacked)  # on a DataFrame, without pandas' warning
+    return data
 
 
 class Rows(list):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from htools import parquet_arrays as arrays
 from htools import storage
 from htools.errors import HtoolsError
 
@@ -40,6 +41,8 @@ def pyarrow():
 
 def arrow_type(kind: str):
     pa, _pq = pyarrow()
+    if arrays.is_array_kind(kind):
+        return arrays.arrow_type(kind)
     return {"int": pa.int64(), "float": pa.float64(), "binary": pa.binary()}.get(kind,
                                                                                  pa.string())
 
@@ -59,6 +62,8 @@ def infer(name: str, values: list) -> str:
     """The kind of a field's values (bytes, str or None) in the rows at hand."""
     if all(v is None for v in values):
         return "null"
+    if arrays.is_array_field(name) and (kind := arrays.infer(values)):
+        return kind
     if name.startswith("__") or all(v is None or isinstance(v, str) for v in values):
         return "string"
     present = [v.strip() for v in _raw(values) if v is not None]
@@ -80,14 +85,22 @@ def column(name: str, values: list, kind: str | None = None):
     inferred from them, or of ``kind`` (an error if a value does not fit it)."""
     pa, _pq = pyarrow()
     kind = kind or infer(name, values)
+    if arrays.is_array_kind(kind):
+        out = arrays.column(values, kind)
+        if out is None:
+            raise _unfit(name, kind)
+        return out
     return pa.array(python_values(name, values, kind), arrow_type(kind))
 
 
 def python_values(name: str, values: list, kind: str | None = None) -> list:
     """A field's values (bytes, str or None) as the Python values of their kind (the
     inferred one, or ``kind``): ``int``, ``float``, ``str`` or ``bytes``, None where
-    absent; what a parquet column of them reads back as (no pyarrow needed)."""
+    absent; what a parquet column of them reads back as (no pyarrow needed).  A ``.npy``
+    array field stays bytes here (``extract(arrays=True)`` decodes it)."""
     kind = kind or infer(name, values)
+    if arrays.is_array_kind(kind):
+        return _raw(values)
     if kind in ("null", "string"):
         try:
             out = [v if v is None or isinstance(v, str) else bytes(v).decode("utf-8")
@@ -124,9 +137,19 @@ def table(names: list[str], rows: list[list], kinds: dict[str, str] | None = Non
 
 
 def merge(per_file: list[dict[str, str]], names: list[str]) -> dict[str, str]:
-    """The job's kind of every field: the greatest of the files' kinds."""
-    return {n: max((k.get(n, "null") for k in per_file), key=KINDS.index, default="null")
-            for n in names}
+    """The job's kind of every field: the greatest of the files' kinds (array kinds:
+    :func:`htools.parquet_arrays.merge`)."""
+    job = {}
+    for n in names:
+        found = [k.get(n, "null") for k in per_file]
+        if any(arrays.is_array_kind(k) for k in found):
+            kind = "null"
+            for k in found:
+                kind = arrays.merge(kind, k) or max(kind, k, key=KINDS.index)
+            job[n] = kind
+        else:
+            job[n] = max(found, key=KINDS.index, default="null")
+    return job
 
 
 def differs(file_kinds: dict[str, str] | None, job: dict[str, str]) -> list[str]:
@@ -158,7 +181,7 @@ def file_kinds(url: str, names: list[str], options: dict | None) -> dict[str, st
                pa.large_string(): "string", pa.binary(): "binary", pa.null(): "null"}
     kinds = {}
     for j, f in enumerate(schema):
-        kind = by_type.get(f.type)
+        kind = by_type.get(f.type) or arrays.kind_of(f.type)
         if kind is None:
             return None
         if kind == "string" and _all_null(meta, j):

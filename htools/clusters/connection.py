@@ -1,8 +1,9 @@
 """Which Dask cluster a job runs on, and what its tasks may ask of the workers.
 
 * ``cluster=None`` starts an embedded ``LocalCluster`` of worker processes (one per
-  core unless ``workers`` says otherwise; workers that see a GPU declare ``GPU=1``)
-  that lives as long as the job;
+  core, and at least one per GPU that ``nvidia-smi -L`` lists, unless ``workers`` says
+  otherwise; one worker per GPU sees only that GPU and declares ``GPU=1``) that lives
+  as long as the job;
 * ``cluster="host:8786"`` / ``"tcp://host:8786"`` (or ``$HTOOLS_SCHEDULER``) connects
   to a running ``dask scheduler``;
 * ``cluster="k8s://NAME?..."`` (:mod:`htools.clusters.kube`) and ``"slurm://PARTITION?..."``
@@ -71,8 +72,8 @@ def connect(opts: RunOptions) -> Iterator[Any]:
             _announce(client, opts)
             yield client
         return
-    n = opts.workers or os.cpu_count() or 1
     gpus = count_gpus()
+    n = opts.workers or max(os.cpu_count() or 1, gpus)  # at least one worker per GPU
     with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
                           "distributed.worker.daemon": False}):
         kw = dict(threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
@@ -112,7 +113,10 @@ def _gpu_cluster(LocalCluster, n: int, gpus: int, kw: dict):
     """The embedded cluster on a machine with ``gpus`` GPUs: ``n`` worker processes of
     which the first ``min(n, gpus)`` each declare the resource ``GPU=1`` and see only
     their own GPU (``CUDA_VISIBLE_DEVICES``, unless already set), so that a job asking
-    ``GPU=1`` runs one task per GPU and other jobs use every worker."""
+    ``GPU=1`` runs one task per GPU and other jobs use every worker.
+
+    This is the pinning dask-cuda's ``LocalCUDACluster`` does, written here: dask-cuda
+    pins its own releases of dask and distributed and needs NVML (a GPU) to start."""
     import copy
 
     from distributed.system import MEMORY_LIMIT

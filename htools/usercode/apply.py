@@ -19,8 +19,9 @@ def expose_key(sample: dict) -> dict:
     return sample
 
 
-def outputs_of(result, key: str, aliased: bool) -> list[dict]:
-    """Normalise what ``process_sample`` returned into a list of output samples.
+def outputs_of(result, key: str, aliased: bool, what: str = "process_sample") -> list[dict]:
+    """Normalise what ``process_sample`` returned (or one entry of ``process_batch``'s
+    list: ``what`` names the function in errors) into a list of output samples.
 
     ``key`` is the input's key and ``aliased`` whether the script saw it as ``key``
     too.  An output with nothing to write (only ``_``-fields) is left out.
@@ -32,20 +33,21 @@ def outputs_of(result, key: str, aliased: bool) -> list[dict]:
     elif isinstance(result, Iterable) and not isinstance(result, (str, bytes)):
         items = list(result)
     else:
-        raise ScriptError(f"process_sample returned {type(result).__name__}; "
+        raise ScriptError(f"{what} returned {type(result).__name__}; "
                           "expected a dict, None, or a list of dicts")
     out = []
     for n, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ScriptError(f"process_sample returned a list holding {type(item).__name__}; "
+            raise ScriptError(f"{what} returned a list holding {type(item).__name__}; "
                               "expected dicts")
-        item = _with_key(item, key, aliased, n if len(items) > 1 else None)
+        item = _with_key(item, key, aliased, n if len(items) > 1 else None, what)
         if any(not f.startswith("_") for f in item):
             out.append(item)
     return out
 
 
-def _with_key(item: dict, key: str, aliased: bool, n: int | None) -> dict:
+def _with_key(item: dict, key: str, aliased: bool, n: int | None,
+              what: str = "process_sample") -> dict:
     """The output's ``__key__``: a changed ``__key__`` or ``key`` renames the sample; an
     unchanged one (or none) keeps the input's, suffixed ``-n`` when one input gives several."""
     item = dict(item)
@@ -54,7 +56,7 @@ def _with_key(item: dict, key: str, aliased: bool, n: int | None) -> dict:
         alias = item.pop("key")
         alias = bytes(alias).decode("utf-8") if isinstance(alias, (bytes, bytearray)) else alias
         if named != key and alias != key and named != alias:
-            raise ScriptError(f"process_sample returned __key__ {named!r} and key {alias!r}; "
+            raise ScriptError(f"{what} returned __key__ {named!r} and key {alias!r}; "
                               "give one of them")
         named = named if named != key else alias
     if isinstance(named, (bytes, bytearray)):

@@ -107,6 +107,20 @@ class Script:
         return cls("", f"<function {name}>", function=fn)
 
     @classmethod
+    def from_batch_function(cls, batch_fn: Callable, prepare_fn: Callable | None = None
+                            ) -> Script:
+        """Functions as a batched script (the Python API's ``batch_fn=``, ``prepare_fn=``):
+        ``batch_fn`` serves as ``process_batch``, ``prepare_fn`` as ``prepare_sample``."""
+        for what, fn in (("batch_fn", batch_fn), ("prepare_fn", prepare_fn)):
+            if fn is not None and not callable(fn):
+                raise ScriptError(f"{what} must be a function, not {type(fn).__name__}")
+        names = {"process_batch": batch_fn}
+        if prepare_fn is not None:
+            names["prepare_sample"] = prepare_fn
+        name = getattr(batch_fn, "__name__", "function")
+        return cls("", f"<function {name}>", function=types.SimpleNamespace(**names))
+
+    @classmethod
     def from_path(cls, path: str | os.PathLike, *, require: tuple[str, ...] = (),
                   one_of: tuple[str, ...] = (), py_files: tuple = ()) -> Script:
         try:
@@ -157,6 +171,8 @@ class Script:
         return replace(self, modules=modules, digest=_digest(self.source, modules))
 
     def defines(self, name: str) -> bool:
+        if isinstance(self.function, types.SimpleNamespace):  # from_batch_function
+            return name in vars(self.function)
         if self.function is not None or self.shell is not None:
             return name == "process_sample"
         return name in _top_level_names(self.source, self.filename)
@@ -164,6 +180,8 @@ class Script:
     def load(self) -> Any:
         """The script's module in this process, executed (and ``init()`` run) once
         (for a function: a namespace whose ``process_sample`` is the function)."""
+        if isinstance(self.function, types.SimpleNamespace):  # from_batch_function
+            return self.function
         if self.function is not None:
             return types.SimpleNamespace(process_sample=self.function)
         if self.shell is not None:  # a new runner (one temp dir) per call: per task

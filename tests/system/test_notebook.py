@@ -40,11 +40,13 @@ def test_tour_notebook_runs(tmp_path, monkeypatch):
     assert len(list(work.glob("thumbs-*.tar"))) == 4
     assert len(list(work.glob("shuffled-*.tar"))) == 3
     assert len(list(work.glob("sorted-*.tar"))) == 2
+    assert len(list(work.glob("emb-*.tar"))) == 4  # examples/embed.py, in batches
+    assert (work / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = work / "class_counts.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = [o for c in nb.cells for o in c.get("outputs", [])
              if "image/png" in o.get("data", {})]
-    assert shown, "the plot was not displayed"
+    assert len(shown) >= 2, "the plot or the thumbnails of the scores were not displayed"
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
 
