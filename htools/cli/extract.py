@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from htools.cli.common import command, finish
+from htools.cli.common import command, finish, select_options
 from htools.extract import extract
 from htools.extract_index import index_shards
 
@@ -40,8 +40,9 @@ from htools.extract_index import index_shards
 @click.option("--index", "index_to", metavar="OUT.json", default=None,
               help="Instead of rows: write the shard index of INPUTS (wids dataset "
                    "description: samples, size, sha256 and fields of every shard) to OUT.json.")
+@select_options
 def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_missing,
-         index_to, opts) -> None:
+         index_to, select, opts) -> None:
     """Extract fields of every sample of INPUTS (a shard set), in shard order.
 
     \b
@@ -52,11 +53,15 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_
       htextract 'data-@100.tar' --index data.index.json
       htextract 'data-@100.tar' -f __key__,cls,json -o meta-@100.parquet
       htextract 'data-@100.tar' -f __key__,cls --format parquet --to-dir meta/
+      htextract 'data-@100.tar' -f __key__,json --keep picked.parquet --select-by json:uid
     """
+    if index_to and (select["keep"] or select["drop"]):
+        raise click.UsageError("--index describes whole shards: not with --keep/--drop")
     if index_to:
         finish(index_shards(inputs, index_to, **opts.as_kwargs()), opts)
     kw = dict(fields=fields, field_names=field_names, count=count or 0, format=fmt,
-              binary=binary, to_dir=to_dir, allow_missing=allow_missing, **opts.as_kwargs())
+              binary=binary, to_dir=to_dir, allow_missing=allow_missing, **select,
+              **opts.as_kwargs())
     if output != "-":
         finish(extract(inputs, out=output, **kw), opts)
     try:
