@@ -18,6 +18,7 @@ from typing import IO
 
 from htools import shards, storage
 from htools.errors import HtoolsError, hide_credentials
+from htools.exchange.sizing import default_scratch
 from htools.extract_arrays import extract_with_arrays
 from htools.fields import check_present
 from htools.naming import CONTROL_CHARS, TEXT_FIELDS
@@ -28,6 +29,7 @@ from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
+from htools.selection import Selection, parse, prepared, selected
 from htools.summary import JobSummary, ShardResult
 
 
@@ -112,13 +114,15 @@ def safe_member_path(key: str, field: str) -> str:
     return norm
 
 
-def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None) -> dict:
-    """Task: the rows (or value counts) of one shard, plus the usual counts."""
+def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None,
+                  select: Selection | None = None) -> dict:
+    """Task: the rows (or value counts) of one shard (its samples that ``select``
+    keeps), plus the usual counts."""
     rows: list[str] = []
     counts: Counter = Counter()
     seen: set[str] = set()
     with shard_task(input) as result:
-        for sample in _samples(input, options, result):
+        for sample in _samples(input, options, result, select):
             seen.update(sample)
             values = row_values(sample, spec)
             if spec.to_dir:
@@ -136,9 +140,10 @@ def extract_shard(input: str, spec: ExtractSpec, *, options: dict | None = None)
     return result.as_dict()
 
 
-def _samples(url: str, options, result: ShardResult) -> Iterator[dict]:
+def _samples(url: str, options, result: ShardResult,
+             select: Selection | None = None) -> Iterator[dict]:
     with read_shard(url, options, result) as samples:
-        for sample in samples:
+        for sample in selected(samples, select, result, url, options):
             result.samples_read += 1
             yield sample
 
@@ -155,19 +160,23 @@ def _write_files(sample: dict, spec: ExtractSpec, options, result: ShardResult) 
         result.bytes_out += len(sample[f])
 
 
-def plan(inputs, spec: ExtractSpec, opts: RunOptions) -> list[Task]:
+def plan(inputs, spec: ExtractSpec, opts: RunOptions,
+         select: Selection | None = None) -> list[Task]:
     if spec.format not in ("tsv", "jsonl"):
         raise HtoolsError(f"unknown format {spec.format!r}: use tsv, jsonl or parquet")
     if spec.binary not in ("length", "base64"):
         raise HtoolsError(f"unknown binary rendering {spec.binary!r}: use length or base64")
-    kw = {"spec": spec, "options": storage.resolve_options(opts.storage_options)}
+    kw = {"spec": spec, "options": storage.resolve_options(opts.storage_options),
+          "select": select}
     return [Task(extract_shard, {"input": u, **kw}, input=u) for u in shards.expand_all(inputs)]
 
 
 def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: int = 0,
             format: str | None = None, binary: str = "length", to_dir: str | None = None,
             out: IO[str] | str | None = None, frame: bool | None = None,
-            allow_missing: bool = False, arrays: bool = False, **options):
+            allow_missing: bool = False, arrays: bool = False, keep: str | None = None,
+            drop: str | None = None, select_by: str | None = None,
+            select_column: str | None = None, **options):
     """Extract fields of every sample of ``inputs``, in shard order.
 
     Without ``out`` the results come back as data, with the job summary as their
@@ -201,27 +210,54 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
 
     ``arrays=True`` (without ``out``): each ``.npy`` field's values as numpy arrays, and
     the result's ``.arrays[FIELD]`` one 2-D array of them (see :mod:`htools.extract_arrays`).
+
+    ``keep``/``drop``: a list (text, one value a line, or ``.parquet``) of the values
+    (``select_by``: ``__key__``, a FIELD or FIELD:MEMBER) whose samples are the only
+    ones extracted / are left out (see :mod:`htools.selection`); every output format
+    takes it, and ``summary.extra["selection"]`` counts what it matched.
     """
     opts = RunOptions.of(options)
+    select = parse(keep, drop, select_by, select_column, opts.storage_options)
     if isinstance(fields, str):
         fields = tuple(f for f in fields.split(",") if f)
     if arrays:
         return _with_arrays(inputs, tuple(fields), opts, binary, frame,
                             field_names or count or out is not None or to_dir
-                            or format is not None)
+                            or format is not None or select is not None)
     format = output_format(out, format)
-    if format == "parquet":
-        if field_names or count:
-            raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
-        return extract_parquet(inputs, tuple(fields), out if isinstance(out, str) else None,
-                               opts, to_dir=to_dir,
-                               allow_missing=allow_missing)
-    if out is None and not to_dir and not field_names and not count:
-        return _typed_rows(inputs, tuple(fields), opts, frame, allow_missing)
-    as_data = out is None and not to_dir
-    spec = ExtractSpec(tuple(fields), field_names, count, "jsonl" if as_data else format,
-                       binary, to_dir)
-    tasks = plan(inputs, spec, opts)
+    if format == "parquet" and (field_names or count):
+        raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
+    spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
+    with prepared(select, opts, lambda o: default_scratch(o, _beside(out, to_dir))) as job:
+        result = _extract(inputs, spec, out, frame, allow_missing, job.selection, job.opts)
+        job.finish(result if isinstance(result, JobSummary) else result.summary)
+        return result
+
+
+def _beside(out, to_dir: str | None) -> shards.OutputSet:
+    """Where a job's scratch goes on a cluster elsewhere: beside ``out`` or in ``to_dir``
+    (rows on a stream: beside the current folder)."""
+    if to_dir:
+        return shards.OutputSet.parse(storage.join(shards.absolute(to_dir), "rows"))
+    if isinstance(out, str) and out not in ("", "-"):
+        return shards.OutputSet.parse(shards.absolute(out))
+    return shards.OutputSet.parse(shards.absolute("rows"))
+
+
+def _extract(inputs, spec: ExtractSpec, out, frame: bool | None, allow_missing: bool,
+             select: Selection | None, opts: RunOptions):
+    """:func:`extract` with its selection built: the data, or the summary."""
+    fields, count, field_names = spec.fields, spec.count, spec.field_names
+    if spec.format == "parquet":
+        return extract_parquet(inputs, fields, out if isinstance(out, str) else None,
+                               opts, to_dir=spec.to_dir, allow_missing=allow_missing,
+                               select=select)
+    if out is None and not spec.to_dir and not field_names and not count:
+        return _typed_rows(inputs, fields, opts, frame, allow_missing, select)
+    as_data = out is None and not spec.to_dir
+    spec = ExtractSpec(fields, field_names, count, "jsonl" if as_data else spec.format,
+                       spec.binary, spec.to_dir)
+    tasks = plan(inputs, spec, opts, select)
     if as_data:
         summary, top, rows = _run(tasks, spec, opts, None, allow_missing)
         summary = engine.finish(summary, opts)
@@ -323,13 +359,13 @@ def _run(tasks: list[Task], spec: ExtractSpec, opts: RunOptions, out,
 
 
 def _typed_rows(inputs, fields: tuple[str, ...], opts: RunOptions, frame: bool | None,
-                allow_missing: bool):
+                allow_missing: bool, select: Selection | None = None):
     """``extract(inputs, fields=...)`` as data: every row, typed as parquet types it."""
     if not fields:
         raise HtoolsError("extract() needs at least one field")
     options = storage.resolve_options(opts.storage_options)
     tasks = [Task(parquet_shard, {"input": u, "fields": fields, "out": None,
-                                  "options": options}, input=u)
+                                  "options": options, "select": select}, input=u)
              for u in shards.expand_all(inputs)]
     preflight.check([t.input for t in tasks], [], opts.storage_options, write=False)
     rows, summary = gather(tasks, fields, opts, allow_missing)
@@ -344,7 +380,7 @@ def _with_arrays(inputs, fields: tuple[str, ...], opts: RunOptions, binary: str,
                  frame: bool | None, other: object):
     if other:
         raise HtoolsError("extract(arrays=True) returns rows as data: not with out=, to_dir=, "
-                          "count=, field_names= or format=")
+                          "count=, field_names=, format=, keep= or drop=")
     rows, stacked, summary = extract_with_arrays(
         inputs, fields, opts, lambda value, name: render_value(value, binary, name))
     data = _as_data(list(fields), rows, None, summary, frame)

@@ -42,6 +42,7 @@ from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
+from htools.selection import Selection, selected
 from htools.summary import JobSummary, ShardResult
 
 
@@ -59,16 +60,17 @@ def write(names: list[str], rows: list[list], url: str, options: dict | None,
 
 
 def parquet_shard(input: str, fields: tuple[str, ...], out: str | None,
-                  options: dict | None, kinds: dict[str, str] | None = None) -> dict:
-    """Task: the selected fields of one shard; written to ``out`` as parquet (typed as
-    ``kinds`` say, else as the values call for), or (without ``out``) returned as rows
-    for the client to gather."""
+                  options: dict | None, kinds: dict[str, str] | None = None,
+                  select: Selection | None = None) -> dict:
+    """Task: the selected fields of one shard (of its samples that ``select`` keeps);
+    written to ``out`` as parquet (typed as ``kinds`` say, else as the values call
+    for), or (without ``out``) returned as rows for the client to gather."""
     rows: list[list] = []
     written: dict[str, str] = {}
     seen: set[str] = set()
     with shard_task(input, out or "") as result:
         with read_shard(input, options, result) as samples:
-            for sample in samples:
+            for sample in selected(samples, select, result, input, options):
                 result.samples_read += 1
                 seen.update(sample)
                 rows.append([sample.get(f) for f in fields])
@@ -116,7 +118,8 @@ def dir_targets(urls: list[str], to_dir: str) -> list[str]:
 
 
 def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
-                    to_dir: str | None = None, allow_missing: bool = False) -> JobSummary:
+                    to_dir: str | None = None, allow_missing: bool = False,
+                    select: Selection | None = None) -> JobSummary:
     """``extract(..., format="parquet", out=PATH | to_dir=DIR)``: see the module's docstring."""
     pyarrow()
     if to_dir and out not in (None, "", "-"):
@@ -142,7 +145,7 @@ def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
                               f"{len(urls)} input shards: one file per shard (@{len(urls)})")
         targets = list(outset.fixed)
     options = storage.resolve_options(opts.storage_options)
-    kw = {"fields": tuple(fields), "options": options}
+    kw = {"fields": tuple(fields), "options": options, "select": select}
     if single:
         tasks = [Task(parquet_shard, {"input": u, "out": None, **kw}, input=u) for u in urls]
     else:

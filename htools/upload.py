@@ -8,7 +8,9 @@ Sources:
 * a **list file** (``@files:LIST``, or any existing local file that is not a tar):
   one local path per line, grouped the same way (keys are the paths as written);
 * existing **tar shards** (any shard-set pattern): samples are re-sharded, in
-  order, after a counting pre-pass that reads each input once.
+  order, after a counting pre-pass that reads each input once.  ``--keep/--drop``
+  (:mod:`htools.selection`) choose the samples in that pre-pass (it counts them, and
+  outputs are balanced by the samples kept); the copy filters again without counting.
 
 Outputs: ``@N`` (or any pattern naming N URLs) splits into exactly N shards
 balanced by sample count; an open-ended numbered pattern (``out-%06d.tar``)
@@ -23,12 +25,14 @@ import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 
 from htools import lineage, shardindex, shards, storage, tar
 from htools.clusters import connection as clusters
 from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.plan import split
+from htools.exchange.sizing import default_scratch
 from htools.naming import TAR_SUFFIXES
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
@@ -37,6 +41,8 @@ from htools.runtime.executors import LocalExecutor
 from htools.runtime.shardio import write_shard
 from htools.runtime.streams import Counting
 from htools.runtime.task import shard_task
+from htools.selection import Selection, parse, prepared, selected, selection_lineage
+from htools.selection.filter import select_items
 from htools.summary import JobSummary, ShardResult
 from htools.tar import compress
 
@@ -171,49 +177,68 @@ def _read_local(path: str) -> bytes:
 
 # -------------------------------------------------------------- tar input --
 
-def count_shard(input: str, *, options: dict | None = None) -> dict:
-    """Task (pre-pass): the tar size of every sample of one input shard, and for an
-    uncompressed tar the byte offset where each sample starts (so a copy task can
-    range-read its samples instead of reading the shard from the beginning)."""
+def count_shard(input: str, *, options: dict | None = None, select: Selection | None = None,
+                max_errors: int = 0) -> dict:
+    """Task (pre-pass): the tar size of every sample of one input shard (that ``select``
+    keeps), and for an uncompressed tar the byte offset where each starts (so a copy
+    task can range-read its samples instead of reading the shard from the beginning)."""
     sizes: list[int] = []
     offsets: list[int] = []
-    with shard_task(input) as result:
+    with shard_task(input, max_errors=max_errors) as result:
         with storage.open_read(input, options) as raw:
             stream = tar.open_stream_reader(Counting(raw, result, "bytes_in"), input)
-            key, size, end = None, 0, 0
-            for name, data, hoff in tar.iter_members(stream, input):
-                k, field = tar.split_key(name)
-                if k != key:
-                    if key is not None:
-                        sizes.append(size)
-                    offsets.append(end)  # right after the previous sample's last member
-                    key, size = k, 0
-                if not field.startswith("_"):
-                    size += tar.member_size(k, field, len(data))
-                end = hoff + 512 + -(-len(data) // 512) * 512
-            if key is not None:
+            field = select.field if select is not None else None
+            counted = _counted(tar.iter_members(stream, input), input, field)
+            for _stub, size, offset in select_items(counted, itemgetter(0), select, result,
+                                                    input, options):
                 sizes.append(size)
-        result.samples_read = result.samples_mapped = len(sizes)
+                offsets.append(offset)
+        result.samples_read += len(sizes)
+        result.samples_mapped = len(sizes)
     seekable = compress.compression_for(input) is None and storage.protocol(input) != "pipe"
     result.extra = {"sizes": sizes, "offsets": offsets if seekable else None}
     return result.as_dict()
 
 
+def _counted(members, url: str, field: str | None) -> Iterator[tuple[dict, int, int]]:
+    """(sample, tar size, offset) of each sample of ``members``; the sample holds its
+    key and (only) ``field``, what a selection matches."""
+    key, size, start, end = None, 0, 0, 0
+    stub: dict = {}
+    for name, data, hoff in members:
+        k, f = tar.split_key(name)
+        if k != key:
+            if key is not None:
+                yield stub, size, start
+            key, size, start, stub = k, 0, end, {"__key__": k}
+        if not f.startswith("_"):
+            size += tar.member_size(k, f, len(data))
+        if f == field:
+            stub[f] = data
+        end = hoff + 512 + -(-len(data) // 512) * 512
+    if key is not None:
+        yield stub, size, start
+
+
 def write_tar_shard(output: str, segments: list[Segment], *, options: dict | None = None,
-                    mtime: float | None = 0, index: bool = True) -> dict:
-    """Task: copy samples ``[start, stop)`` of each segment's input into one shard."""
+                    mtime: float | None = 0, index: bool = True,
+                    select: Selection | None = None) -> dict:
+    """Task: copy samples ``[start, stop)`` of each segment's input (numbered among
+    those ``select`` keeps) into one shard."""
     with shard_task([s.url for s in segments], output) as result:
-        _write_shard(output, _segment_samples(segments, options, result), result, options,
-                     mtime, index)
+        _write_shard(output, _segment_samples(segments, options, result, select), result,
+                     options, mtime, index)
     return result.as_dict()
 
 
-def _segment_samples(segments: list[Segment], options, result) -> Iterator[dict]:
+def _segment_samples(segments: list[Segment], options, result,
+                     select: Selection | None = None) -> Iterator[dict]:
     for seg in segments:
         skip = seg.start if seg.offset is None else 0
         with storage.open_range(seg.url, seg.offset or 0, None, options) as raw:
             stream = tar.open_stream_reader(Counting(raw, result, "bytes_in"), seg.url)
-            samples = tar.read_samples(stream, seg.url)
+            samples = selected(tar.read_samples(stream, seg.url), select, None, seg.url,
+                               options)  # counted by the pre-pass
             for i, sample in enumerate(samples):
                 if i >= seg.stop - seg.start + skip:
                     break
@@ -259,7 +284,10 @@ def source_kind(source: str) -> str:
 
 def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = None,
          maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
-         mtime: float | None = 0) -> list[Task]:
+         mtime: float | None = 0, select: Selection | None = None,
+         counted: JobSummary | None = None) -> list[Task]:
+    """The copy tasks; with tar inputs the counting pre-pass runs first (its summary,
+    the samples the selection left out, added to ``counted``)."""
     outset = shards.OutputSet.parse(outputs)
     n = outset.count
     if n is not None and (maxcount or maxsize):
@@ -271,7 +299,8 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
         if shuffle:
             raise HtoolsError("--shuffle re-orders files of a directory or list; to shuffle "
                               "samples of existing tar shards use htshuffle")
-        return _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime)
+        return _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime, select,
+                          counted)
     samples = scan_list(source.removeprefix("@files:")) if kind == "list" \
         else scan_directory(source)
     if shuffle:
@@ -284,13 +313,18 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
             for o, (a, b) in zip(outs, bounds)]
 
 
-def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime) -> list[Task]:
+def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime, select=None,
+               counted: JobSummary | None = None) -> list[Task]:
     inputs = shards.expand_all(source, opts.storage_options)
     sizes: dict[int, dict] = {}
+    kw = {"options": options, "select": select, "max_errors": opts.max_errors}
     counts = engine.run("htupload-count",
-                        [Task(count_shard, {"input": u, "options": options}, input=u)
-                         for u in inputs], opts.with_(dry_run=False), check_outputs=False,
+                        [Task(count_shard, {"input": u, **kw}, input=u) for u in inputs],
+                        opts.with_(dry_run=False, summary=None), check_outputs=False,
                         on_result=lambda i, r: sizes.__setitem__(i, r))
+    if counted is not None:  # what the selection left out (or could not read)
+        for name in ("samples_dropped", "samples_failed", "sample_errors", "errors"):
+            setattr(counted, name, getattr(counted, name) + getattr(counts, name))
     if not counts.ok:
         failed = counts.failures[0]
         raise HtoolsError(f"cannot read input {hide_credentials(str(failed['input']))}: "
@@ -308,7 +342,8 @@ def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime) -> list[
                 for i, (url, first) in enumerate(owners)
                 if first < b and first + len(sizes[i]["extra"]["sizes"]) > a]
         tasks.append(Task(write_tar_shard, {"output": o, "segments": segs, "options": options,
-                                            "mtime": mtime, "index": opts.index},
+                                            "mtime": mtime, "index": opts.index,
+                                            "select": select},
                           input=[s.url for s in segs], output=o))
     return tasks
 
@@ -321,18 +356,26 @@ def _segment(url: str, start: int, stop: int, counted: dict) -> Segment:
 
 def upload(source: str, outputs: str, *, maxcount: int | None = None,
            maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
-           mtime: float | None = 0, **options) -> JobSummary:
+           mtime: float | None = 0, keep: str | None = None, drop: str | None = None,
+           select_by: str | None = None, select_column: str | None = None,
+           **options) -> JobSummary:
     """Shard a local directory, a list file of paths, or existing tar shards into
     ``outputs``; returns the job summary, prints nothing.  Tar sources share one
-    cluster between the counting pass and the copy."""
+    cluster between the counting pass and the copy, and take ``keep``/``drop`` (a list
+    of the values, ``select_by``, whose samples are kept/dropped: see
+    :mod:`htools.selection`)."""
     opts = RunOptions.of(options)
     kw = {"maxcount": maxcount, "maxsize": maxsize, "shuffle": shuffle, "seed": seed,
           "mtime": mtime}
     outset = shards.OutputSet.parse(outputs)
     files = source_kind(source) != "tars"
+    if files and (keep is not None or drop is not None):
+        raise HtoolsError("--keep/--drop choose samples of tar shards: not of a directory "
+                          "or a list of files (list the files you want instead)")
+    select = parse(keep, drop, select_by, select_column, opts.storage_options)
     ins = [] if files else shards.expand_all(source, opts.storage_options)
     preflight.check(ins, [outset.first()], opts.storage_options, write=not opts.dry_run)
-    made = None if files else _lineage(outputs, kw, ins)
+    made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
     shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
     if files or opts.dry_run:
         tasks = plan(source, outputs, opts, **kw)
@@ -340,12 +383,21 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
             made = _lineage(outputs, kw, tasks=tasks)
             shardindex.check_lineage(outset, made, opts)
         summary = _run_files(tasks, opts) if files else engine.run("htupload", tasks, opts)
-    else:
-        with clusters.connect(opts) as client:
-            copy = opts.with_(client=client)
-            tasks = plan(source, outputs, copy, **kw)
-            summary = engine.run("htupload", tasks, copy)
-    return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
+        return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
+    with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
+            clusters.connect(job.opts) as client:
+        copy = job.opts.with_(client=client)
+        counted = JobSummary("htupload")
+        tasks = plan(source, outputs, copy, select=job.selection, counted=counted, **kw)
+        summary = engine.run("htupload", tasks, copy.with_(summary=None))
+        summary.samples_read += counted.samples_dropped + counted.samples_failed
+        summary.samples_dropped += counted.samples_dropped
+        summary.samples_failed += counted.samples_failed
+        summary.sample_errors += counted.sample_errors
+        summary.errors = counted.errors + summary.errors
+        summary = shardindex.finish(summary, copy.with_(summary=None), outset,
+                                    [t.output for t in tasks], made)
+        return job.finish(summary)
 
 
 def _lineage(outputs: str, kw: dict, inputs: list[str] = (), tasks: list[Task] = ()) -> dict:

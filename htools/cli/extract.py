@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from htools.cli.common import command, finish, report
+from htools.cli.common import command, finish, report, select_options
 from htools.extract import extract
 from htools.extract_index import index_shards, verify
 
@@ -44,8 +44,9 @@ from htools.extract_index import index_shards, verify
               help="INPUTS is a STEM.index.json: check that every shard it lists exists "
                    "with its size and sha256 and still parses to its sample count; one "
                    "line per mismatch, exit 1 on any.")
+@select_options
 def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_missing,
-         index_to, verify_index, opts) -> None:
+         index_to, verify_index, select, opts) -> None:
     """Extract fields of every sample of INPUTS (a shard set), in shard order.
 
     \b
@@ -57,13 +58,17 @@ def main(inputs, fields, field_names, count, fmt, binary, to_dir, output, allow_
       htextract --verify data.index.json
       htextract 'data-@100.tar' -f __key__,cls,json -o meta-@100.parquet
       htextract 'data-@100.tar' -f __key__,cls --format parquet --to-dir meta/
+      htextract 'data-@100.tar' -f __key__,json --keep picked.parquet --select-by json:uid
     """
     if verify_index:
         _verify(inputs, opts)
+    if index_to and (select["keep"] or select["drop"]):
+        raise click.UsageError("--index describes whole shards: not with --keep/--drop")
     if index_to:
         finish(index_shards(inputs, index_to, **opts.as_kwargs()), opts)
     kw = dict(fields=fields, field_names=field_names, count=count or 0, format=fmt,
-              binary=binary, to_dir=to_dir, allow_missing=allow_missing, **opts.as_kwargs())
+              binary=binary, to_dir=to_dir, allow_missing=allow_missing, **select,
+              **opts.as_kwargs())
     if output != "-":
         finish(extract(inputs, out=output, **kw), opts)
     try:

@@ -13,6 +13,7 @@ from htools.cli.common import (
     mtime_option,
     parse_bytes,
     seed_option,
+    select_options,
 )
 from htools.upload import upload
 
@@ -27,7 +28,8 @@ from htools.upload import upload
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples of a directory or list.")
 @seed_option
 @mtime_option
-def main(source, outputs, maxcount, maxsize, shuffle, seed, mtime, opts) -> None:
+@select_options
+def main(source, outputs, maxcount, maxsize, shuffle, seed, mtime, select, opts) -> None:
     """Shard SOURCE (a directory, a list file of paths, or tar shards) into OUTPUTS.
 
     \b
@@ -35,6 +37,7 @@ def main(source, outputs, maxcount, maxsize, shuffle, seed, mtime, opts) -> None
       htupload photos/ s3://bucket/photos-@16.tar
       htupload photos/ http://host/photos-%06d.tar --maxcount 10000
       htupload 'old-{000..099}.tgz' gs://b/new-@20.tar
+      htupload 'old-{000..099}.tgz' gs://b/new-@20.tar --drop blocked-keys.txt
     """
     finish(upload(source, outputs, maxcount=maxcount, maxsize=maxsize, shuffle=shuffle,
-                  seed=seed, mtime=mtime, **opts.as_kwargs()), opts)
+                  seed=seed, mtime=mtime, **select, **opts.as_kwargs()), opts)

@@ -2,6 +2,10 @@
 value is (``--keep``) or is not (``--drop``) in the job's list pass; the others count as
 read and dropped, and as unselected.
 
+Samples are looked up a batch at a time (up to ``BATCH`` samples or ``BATCH_BYTES`` of
+fields read ahead, in stream order): the batch's values are digested in one pass and
+found with one ``np.searchsorted`` over the memory-mapped table (see :class:`Lookup`).
+
 When a shard's samples are all read, its counts go to the job's counts folder in one
 small file named by the shard's URL (a shard read twice, by a retry or htsort's key
 pre-pass, writes the same file again): the samples left out, and the table rows its
@@ -12,47 +16,115 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
 from htools import storage
 from htools.selection import table as tables
 from htools.selection.spec import Selection
-from htools.selection.values import digest, sample_value
+from htools.selection.values import digests, sample_value
 from htools.summary import ShardResult
 
+T = TypeVar("T")
+BATCH = 256  # samples looked up at once
+BATCH_BYTES = 16 << 20  # ... or fewer, when their fields reach this many bytes
 
-def selected(samples: Iterator[dict], sel: Selection | None, result: ShardResult,
+
+class Lookup:
+    """The job's table in this process, deciding batches of one shard's samples; it
+    collects the rows matched and (when ``result`` counts) the samples left out."""
+
+    def __init__(self, sel: Selection, url: str, result: ShardResult | None,
+                 options: dict | None):
+        self.sel, self.url, self.result = sel, url, result
+        self.table = tables.load(sel.table, sel.digest, options)
+        self.keep = sel.mode == "keep"
+        self.matched: list[np.ndarray] = []
+        self.left_out = 0
+
+    def passes(self, batch: list[dict]) -> list[bool]:
+        """Whether each sample of ``batch`` passes; a sample whose value cannot be read
+        (a JSON field that does not parse) does not, and is counted as failed."""
+        values: list[bytes | None] = []
+        bad = []
+        for s in batch:
+            try:
+                values.append(sample_value(s, self.sel))
+            except ValueError as e:
+                values.append(None)
+                bad.append(len(values) - 1)
+                self._failed(s, e)
+        rows = self.table.rows(*digests(values))
+        hit = rows >= 0
+        if hit.any():
+            self.matched.append(rows[hit])
+        passing = hit == self.keep
+        passing[bad] = False
+        if self.result is not None:
+            left = len(batch) - int(passing.sum()) - len(bad)
+            self.left_out += left
+            self.result.samples_read += left
+            self.result.samples_dropped += left
+        return passing.tolist()
+
+    def _failed(self, sample: dict, e: ValueError) -> None:
+        if self.result is not None:
+            self.result.samples_read += 1
+            self.result.sample_error(self.url, sample.get("__key__", ""),
+                                     f"{self.sel.flag} --select-by {self.sel.by}", e)
+
+    def close(self, options: dict | None) -> None:
+        """Write this shard's counts file (when counting)."""
+        if self.result is not None:
+            rows = np.concatenate(self.matched) if self.matched else np.zeros(0, np.int64)
+            write_counts(self.sel, self.url, self.left_out, rows, options)
+
+
+def selected(samples: Iterator[dict], sel: Selection | None, result: ShardResult | None,
              url: str, options: dict | None = None) -> Iterator[dict]:
-    """``samples`` without those the selection leaves out (all of them when ``sel`` is None)."""
-    return samples if sel is None else _selected(samples, sel, result, url, options)
+    """``samples`` without those the selection leaves out (all of them when ``sel`` is
+    None); ``result`` None: filtered without counting (a second read of a shard whose
+    counts a first pass wrote)."""
+    return select_items(samples, _same, sel, result, url, options)
 
 
-def _selected(samples: Iterator[dict], sel: Selection, result: ShardResult, url: str,
-              options: dict | None) -> Iterator[dict]:
-    table = tables.load(sel.table, sel.digest, options)
-    keep = sel.mode == "keep"
-    matched: list[int] = []
-    left_out = 0
-    for s in samples:
-        try:
-            value = sample_value(s, sel)
-        except ValueError as e:
-            result.samples_read += 1
-            result.sample_error(url, s.get("__key__", ""), f"{sel.flag} --select-by {sel.by}",
-                                e)
-            continue
-        row = table.index(digest(value)) if value is not None else -1
-        if row >= 0:
-            matched.append(row)
-        if (row >= 0) == keep:
-            yield s
-        else:
-            result.samples_read += 1
-            result.samples_dropped += 1
-            left_out += 1
-    write_counts(sel, url, left_out, matched, options)
+def _same(sample: dict) -> dict:
+    return sample
+
+
+def select_items(items: Iterator[T], sample_of: Callable[[T], dict], sel: Selection | None,
+                 result: ShardResult | None, url: str, options: dict | None = None
+                 ) -> Iterator[T]:
+    """:func:`selected` over items that each carry a sample (``sample_of(item)``)."""
+    if sel is None:
+        return items
+    return _selected(items, sample_of, Lookup(sel, url, result, options), options)
+
+
+def _selected(items: Iterator[T], sample_of: Callable[[T], dict], lookup: Lookup,
+              options: dict | None) -> Iterator[T]:
+    for batch in batches(items, sample_of):
+        for item, ok in zip(batch, lookup.passes([sample_of(i) for i in batch])):
+            if ok:
+                yield item
+    lookup.close(options)
+
+
+def batches(items: Iterator[T], sample_of: Callable[[T], dict]) -> Iterator[list[T]]:
+    """``items`` in lists of up to ``BATCH`` samples or ``BATCH_BYTES`` of fields."""
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += sum(len(v) for v in sample_of(item).values()
+                    if isinstance(v, (bytes, bytearray)))
+        if len(batch) >= BATCH or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def counts_url(sel: Selection, url: str) -> str:
@@ -60,7 +132,7 @@ def counts_url(sel: Selection, url: str) -> str:
     return storage.join(sel.counts, f"{name}.npy")
 
 
-def write_counts(sel: Selection, url: str, left_out: int, matched: list[int],
+def write_counts(sel: Selection, url: str, left_out: int, matched: np.ndarray,
                  options: dict | None) -> None:
     """[samples left out, distinct rows matched...] as one .npy file."""
     rows = np.unique(np.asarray(matched, dtype=np.int64))

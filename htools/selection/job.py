@@ -25,7 +25,7 @@ from htools.runtime import engine
 from htools.selection import table as tables
 from htools.selection.filter import read_counts
 from htools.selection.spec import Selection
-from htools.selection.values import digest, list_values
+from htools.selection.values import digest_block, list_blocks
 from htools.storage.local import local_path
 from htools.summary import JobSummary
 
@@ -67,7 +67,7 @@ def prepared(sel: Selection | None, opts: RunOptions,
         folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
         try:
             url = storage.join(folder, "list.digests")
-            listed, dg = tables.build((digest(v) for v in list_values(sel, options)), url,
+            listed, dg = tables.build(map(digest_block, list_blocks(sel, options)), url,
                                       options)
             built = sel.built(url, dg, listed, storage.join(folder, "counts/"))
             yield SelectedJob(built, run_opts, opts, options)

@@ -44,8 +44,9 @@ def _sorted_distinct(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def build(digests: Iterable[bytes], url: str, options: dict | None) -> tuple[int, str]:
-    """Write the table of ``digests`` (16 bytes each, any order, repeats allowed) to
-    ``url``; returns (distinct digests, the table's own digest)."""
+    """Write the table of ``digests`` (blocks of one or more 16-byte digests, any
+    order, repeats allowed) to ``url``; returns (distinct digests, the table's own
+    digest)."""
     folder = tempfile.mkdtemp(prefix="htools-select-")
     try:
         buf = bytearray()
@@ -113,14 +114,31 @@ class Table:
         self.hi, self.lo, self.n = mm[:n], mm[n:], n
 
     def index(self, d: bytes) -> int:
-        hi = np.uint64(int.from_bytes(d[:8], "big"))
-        lo = np.uint64(int.from_bytes(d[8:], "big"))
-        i = int(np.searchsorted(self.hi, hi))
-        while i < self.n and self.hi[i] == hi:  # more than one only on a 64-bit collision
-            if self.lo[i] == lo:
-                return i
-            i += 1
-        return -1
+        pairs = np.frombuffer(d, dtype=">u8").reshape(1, 2).astype(np.uint64)
+        return int(self.rows(pairs)[0])
+
+    def rows(self, pairs: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+        """The row of each digest of ``pairs`` ((n, 2) uint64: high, low), or -1 (also
+        where ``present`` is False): one binary search over the high halves for all."""
+        hi, lo = pairs[:, 0], pairs[:, 1]
+        out = np.full(len(hi), -1, dtype=np.int64)
+        if not self.n or not len(hi):
+            return out
+        i = np.searchsorted(self.hi, hi)
+        j = np.minimum(i, self.n - 1)
+        found = (i < self.n) & (self.hi[j] == hi)
+        if present is not None:
+            found &= present
+        exact = found & (self.lo[j] == lo)
+        out[exact] = i[exact]
+        for k in np.flatnonzero(found & ~exact):  # only where two listed values share a high half
+            r = int(i[k]) + 1
+            while r < self.n and self.hi[r] == hi[k]:
+                if self.lo[r] == lo[k]:
+                    out[k] = r
+                    break
+                r += 1
+        return out
 
 
 KEPT = 2  # tables a worker process keeps mapped (the jobs it serves at once)

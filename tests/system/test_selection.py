@@ -142,3 +142,95 @@ def test_missing_list_refused_before_any_shard_is_read(tmp_path):
     assert proc.returncode != 0
     assert "--keep" in proc.stderr and "no such file" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _uid_lists(tmp_path, samples: dict[str, dict]) -> tuple[set[str], set[str]]:
+    """keep.txt (half the uids, and one not in the data) and drop.txt (the same half)."""
+    uids = sorted(samples)
+    picked = set(random.Random(5).sample(uids, len(uids) // 2))
+    (tmp_path / "keep.txt").write_text("\n".join(sorted(picked) + ["absent"]) + "\n")
+    return picked, set(uids) - picked
+
+
+def _check_counts(summary_path, listed: int, kept: int, total: int = 120) -> None:
+    s = json.loads(summary_path.read_text())
+    assert s["extra"]["selection"] == {"listed": listed, "matched": listed - 1,
+                                       "unselected": total - kept}, s["extra"]
+    assert s["samples_read"] == total and s["samples_dropped"] == total - kept
+    assert s["samples_written"] == kept
+
+
+def test_htextract_keep_and_drop_in_every_format(tmp_path):
+    pd = require_module("pandas")
+    samples = make_uid_shards(tmp_path / "in")
+    picked, rest = _uid_lists(tmp_path, samples)
+    key_of = {uid: s["__key__"] for uid, s in samples.items()}
+    inputs = tmp_path / "in/d-{0..2}.tar"
+    sel = ["--keep", tmp_path / "keep.txt", "--select-by", "json:uid", "--workers", "1"]
+    summary = tmp_path / "s.json"
+
+    proc = ok(run("htextract", inputs, "-f", "__key__", "-o", tmp_path / "rows.tsv", *sel,
+                  "--summary", summary))
+    rows = (tmp_path / "rows.tsv").read_text().split()
+    assert rows == sorted(key_of[u] for u in picked)  # shard order is key order here
+    _check_counts(summary, len(picked) + 1, len(picked))
+    assert f"{120 - len(picked)} samples left out by --keep" in proc.stderr + proc.stdout
+
+    proc = ok(run("htextract", inputs, "-f", "__key__", "--format", "jsonl", "--drop",
+                  tmp_path / "keep.txt", "--select-by", "json:uid", "--workers", "1", "-q"))
+    assert sorted(json.loads(r)["__key__"] for r in proc.stdout.split("\n") if r) == \
+        sorted(key_of[u] for u in rest)
+
+    for out in ("meta-@3.parquet", "one.parquet"):
+        ok(run("htextract", inputs, "-f", "__key__,json", "-o", tmp_path / out, *sel,
+               "--summary", summary))
+        _check_counts(summary, len(picked) + 1, len(picked))
+    df = pd.read_parquet(tmp_path / "one.parquet")
+    per_shard = pd.concat(pd.read_parquet(tmp_path / f"meta-{i}.parquet") for i in range(3))
+    assert list(df["__key__"]) == list(per_shard["__key__"]) == rows
+    assert {json.loads(j)["uid"] for j in df["json"]} == picked
+
+    from htools import extract
+    data = extract(str(inputs), fields="__key__,json", keep=str(tmp_path / "keep.txt"),
+                   select_by="json:uid", workers=1)
+    assert list(data["__key__"]) == rows
+    assert data.summary.extra["selection"]["matched"] == len(picked)
+
+
+def test_htupload_keep_from_tar_shards(tmp_path):
+    import gzip
+    import shutil
+
+    samples = make_uid_shards(tmp_path / "in")
+    picked, rest = _uid_lists(tmp_path, samples)
+    key_of = {uid: s["__key__"] for uid, s in samples.items()}
+    summary = tmp_path / "s.json"
+    proc = ok(run("htupload", tmp_path / "in/d-{0..2}.tar", tmp_path / "up-@2.tar",
+                  "--keep", tmp_path / "keep.txt", "--select-by", "json:uid",
+                  "--workers", "1", "--summary", summary))
+    out = [read_wds([tmp_path / f"up-{i}.tar"]) for i in range(2)]
+    assert [s["__key__"] for s in out[0] + out[1]] == sorted(key_of[u] for u in picked)
+    assert abs(len(out[0]) - len(out[1])) <= 1  # balanced by the samples kept
+    for s in out[0] + out[1]:
+        assert s["jpg"] == samples[json.loads(s["json"])["uid"]]["jpg"]
+    _check_counts(summary, len(picked) + 1, len(picked))
+    assert "left out by --keep" in proc.stderr + proc.stdout
+
+    for i in range(3):  # compressed inputs: the copy skips by count, not by offset
+        with open(tmp_path / f"in/d-{i}.tar", "rb") as f, \
+                gzip.open(tmp_path / f"in/z-{i}.tgz", "wb") as g:
+            shutil.copyfileobj(f, g)
+    (tmp_path / "keys.txt").write_text("\n".join(key_of[u] for u in picked) + "\n")
+    ok(run("htupload", tmp_path / "in/z-{0..2}.tgz", tmp_path / "dr-%03d.tar", "--maxcount",
+           "25", "--drop", tmp_path / "keys.txt", "--workers", "1", "--summary", summary))
+    out = read_wds(sorted(tmp_path.glob("dr-*.tar")))
+    assert [s["__key__"] for s in out] == sorted(key_of[u] for u in rest)
+    assert json.loads(summary.read_text())["extra"]["selection"] == {
+        "listed": len(picked), "matched": len(picked), "unselected": len(picked)}
+
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files/a.txt").write_text("a")
+    proc = run("htupload", tmp_path / "files", tmp_path / "f-@1.tar", "--keep",
+               tmp_path / "keep.txt")
+    assert proc.returncode != 0 and "not of a directory" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
