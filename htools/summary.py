@@ -2,10 +2,13 @@
 
 Every task returns a :class:`ShardResult` as a plain dict (made by the task frame,
 :func:`htools.runtime.task.shard_task`).  For each shard,
-``samples_read == samples_mapped + samples_dropped + samples_failed``: a sample
-read is either mapped (it produced zero or more output samples), dropped by the
-script (``None``), or failed.  When a whole shard fails, its output is absent
-and every sample read from it counts as failed.
+``samples_read == samples_mapped + samples_dropped + samples_failed + samples_merged +
+samples_reduced``: a sample read is mapped (it produced an output sample, or several),
+dropped (the script's ``None``, a ``--dedup`` duplicate), failed, joined into another
+by ``--merge`` or folded into another by ``reduce_samples``.  So for a job whose samples
+map one to one, ``read == written + dropped + failed + merged + reduced``.  When a whole
+shard fails, in every tool, its output is absent and every sample read from it before
+the failure counts as failed (those dropped stay dropped).
 
 The summary stays compact however many shards a job has: counters, plus the first
 ``MAX_LISTED_FAILURES`` failed shards and ``MAX_LISTED_ERRORS`` failed samples.
@@ -27,7 +30,9 @@ from htools.naming import index_entry
 MAX_LISTED_ERRORS = 100
 MAX_LISTED_FAILURES = 100
 COUNTERS = ("samples_read", "samples_mapped", "samples_written", "samples_dropped",
-            "samples_failed", "sample_errors", "bytes_in", "bytes_out")
+            "samples_failed", "samples_merged", "samples_reduced", "sample_errors",
+            "bytes_in", "bytes_out")
+FOLDED = ("samples_merged", "samples_reduced")  # samples joined or folded into others
 READ_COUNTERS = ("samples_read", "samples_mapped", "samples_dropped", "samples_failed",
                  "sample_errors", "bytes_in")  # what the stage that reads samples counts
 
@@ -44,6 +49,8 @@ class ShardResult:
     samples_written: int = 0
     samples_dropped: int = 0
     samples_failed: int = 0
+    samples_merged: int = 0  # joined into another sample of the same key (--merge)
+    samples_reduced: int = 0  # folded into another by reduce_samples (n in, k < n out)
     bytes_in: int = 0
     bytes_out: int = 0
     sample_errors: int = 0  # samples whose processing raised (counted against --max-errors)
@@ -85,7 +92,7 @@ class ShardResult:
         self.transient = transient
         self.fatal = fatal
         self.samples_failed = self.samples_read - self.samples_dropped
-        self.samples_mapped = 0
+        self.samples_mapped = self.samples_merged = self.samples_reduced = 0
         self.samples_written = 0
         self.bytes_out = 0
 
@@ -206,6 +213,8 @@ class JobSummary:
     samples_written: int = 0
     samples_dropped: int = 0
     samples_failed: int = 0
+    samples_merged: int = 0  # joined into another by --merge
+    samples_reduced: int = 0  # folded into another by reduce_samples
     sample_errors: int = 0
     max_errors: int = 0
     bytes_in: int = 0
@@ -250,7 +259,7 @@ class JobSummary:
             if r["output"] and r.get("sha256"):
                 self.written.append(index_entry(r["output"], r))
         for name in COUNTERS:
-            setattr(self, name, getattr(self, name) + r[name])
+            setattr(self, name, getattr(self, name) + r.get(name, 0))
         room = MAX_LISTED_ERRORS - len(self.errors)
         if room > 0:
             self.errors.extend(r["errors"][:room])
@@ -291,13 +300,14 @@ class JobSummary:
 
     def wrote(self, end: JobSummary) -> None:
         """The outputs of the stage that wrote them: its shards are the job's; the samples
-        it dropped (reduce -> None) or lost (a failed output) move out of "mapped"."""
+        it dropped (reduce -> None, duplicates), lost (a failed output), joined (--merge)
+        or folded (a reduce) move out of "mapped"."""
         for name in ("shards_total", "shards_done", "shards_skipped", "shards_failed",
                      "samples_written", "written", "bytes_out"):
             setattr(self, name, getattr(end, name))
-        self.samples_mapped -= end.samples_dropped + end.samples_failed
-        self.samples_dropped += end.samples_dropped
-        self.samples_failed += end.samples_failed
+        for name in ("samples_dropped", "samples_failed", *FOLDED):
+            self.samples_mapped -= getattr(end, name)
+            setattr(self, name, getattr(self, name) + getattr(end, name))
 
     def nothing_written(self, outputs: int, note: str) -> None:
         """A stage failed before any output was written: every output failed, every
@@ -330,13 +340,17 @@ class JobSummary:
             f"shards {self.shards_done} done, {self.shards_skipped} skipped, "
             f"{self.shards_failed} failed of {self.shards_total}",
             f"samples {self.samples_read} read, {self.samples_written} written, "
-            f"{self.samples_dropped} dropped, {self.samples_failed} failed",
+            f"{self.samples_dropped} dropped, {self.samples_failed} failed{self._folded()}",
             f"{mb_in:.1f} MB in, {mb_out:.1f} MB out",
             *([f"{self.shards_retried} shards retried"] if self.shards_retried else []),
             *self.notes,
             f"{self.seconds:.1f}s",
         ]
         return "; ".join(parts)
+
+    def _folded(self, sep: str = "") -> str:
+        """``, 60 merged``, ``, 7 reduced``: the samples joined or folded, when any."""
+        return "".join(f", {getattr(self, n):{sep}} {n[8:]}" for n in FOLDED if getattr(self, n))
 
     def write_json(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -374,7 +388,8 @@ class JobSummary:
                        f"{self.shards_failed} failed of {self.shards_total}"
                        + (f" ({self.shards_retried} retried)" if self.shards_retried else "")),
             ("samples", f"{self.samples_read:,} read, {self.samples_written:,} written, "
-                        f"{self.samples_dropped:,} dropped, {self.samples_failed:,} failed"),
+                        f"{self.samples_dropped:,} dropped, {self.samples_failed:,} failed"
+                        + self._folded(",")),
             ("bytes", f"{format_bytes(self.bytes_in)} in, {format_bytes(self.bytes_out)} out"),
             ("time", f"{self.seconds:.1f} s"),
             ("throughput", f"{self.samples_read / secs:,.0f} samples/s, "

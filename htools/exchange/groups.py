@@ -73,10 +73,12 @@ def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
         samples = [decode(bytes(memoryview(rec)[start:]), url) for _k, _s, rec, start in group]
         for s in samples:
             s.pop("__url__", None)
-        n = len(samples)  # records in this group: counted as mapped, dropped or failed
+        n = len(samples)  # records in this group: mapped, merged, reduced, dropped or failed
         result.samples_read += n
         if spec.merge:
             samples = merge_by_key(samples)
+            result.samples_merged += n - len(samples)  # joined into the first of their key
+            n = len(samples)
         if fn is None:
             result.samples_mapped += n
             for s in samples:
@@ -92,7 +94,9 @@ def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
         if not outs:
             result.samples_dropped += n
             continue
-        result.samples_mapped += n
+        folded = max(0, n - len(outs))  # n samples in, fewer out: the others folded
+        result.samples_reduced += folded
+        result.samples_mapped += n - folded
         for o in outs:
             if not isinstance(o, dict):
                 raise ScriptError(f"reduce_samples returned {type(o).__name__} for key {key!r}; "

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from htools import lineage, shardindex, shards, storage
-from htools.clusters import connection as clusters
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
 from htools.exchange.dedup import dedup_and_partition, two_passes
@@ -132,7 +131,7 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
     started = time.time()
     job = None
     try:
-        with clusters.connect(opts) as client:
+        with engine.cluster(opts) as client:
             job = _Job(spec, inputs, outset, present, opts.with_(client=client))
             preflight.check_workers(client, inputs, [outset.first(), job.scratch_root])
             summary = job.run()

@@ -15,10 +15,14 @@ Nothing here prints a report or writes the shard index: library functions return
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 from htools import storage
 from htools.clusters.connection import check_resources, connect
@@ -160,12 +164,49 @@ def _on_cluster(opts: RunOptions, todo: list[tuple[int, Task]], outputs: list[st
                 shipment: Shipment | None) -> Iterator[DaskExecutor]:
     """The job's cluster, checked (paths the workers see, resources they hold), with
     the job's user code registered for as long as it runs."""
-    with connect(opts) as client, \
+    with cluster(opts) as client, \
             (shipment.registered(client) if shipment is not None else nullcontext()):
         preflight.check_workers(client, [t.input for _i, t in todo], outputs)  # issue 17
         check_resources(client, opts.resources)
         yield DaskExecutor(client, ClusterInfo.of(client).threads, retries=opts.retries,
                            resources=opts.resources)
+
+
+@contextmanager
+def cluster(opts: RunOptions) -> Iterator[Any]:
+    """The job's client (:func:`~htools.clusters.connection.connect`), whose closing a
+    Ctrl-C cannot cut short: an embedded cluster's close takes about a second, and one
+    interrupted half-way is closed again at exit, which then waits its 10 s timeout (a
+    Ctrl-C in a job's last second took 10 s).  A Ctrl-C while it closes is raised once it
+    is closed."""
+    cm = connect(opts)
+    client = cm.__enter__()
+    try:
+        yield client
+    except BaseException:
+        with interrupts_deferred():
+            if not cm.__exit__(*sys.exc_info()):
+                raise
+    else:
+        with interrupts_deferred():
+            cm.__exit__(None, None, None)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back while the block runs, then raised as KeyboardInterrupt
+    (in the main thread; elsewhere no signal arrives and the block just runs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and previous is not signal.SIG_IGN:
+        raise KeyboardInterrupt
 
 
 def finish(summary: JobSummary, opts: RunOptions) -> JobSummary:

@@ -43,9 +43,10 @@ def not_outputs(folder: Path) -> list[str]:
 
 
 def interrupt(cmd: list[str], ready: Callable[[], bool], env: dict[str, str],
-              timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run ``cmd``; once ``ready()`` (the job is under way), SIGINT its process group as
-    a terminal's Ctrl-C does, and wait for it to exit."""
+              timeout: float = 90, delay: float = 0.0) -> subprocess.CompletedProcess:
+    """Run ``cmd``; once ``ready()`` (the job is under way) and ``delay`` seconds more,
+    SIGINT its process group as a terminal's Ctrl-C does, and wait for it to exit (the
+    seconds that took: ``.seconds_to_exit``)."""
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
@@ -54,14 +55,19 @@ def interrupt(cmd: list[str], ready: Callable[[], bool], env: dict[str, str],
             assert proc.poll() is None, f"the job ended before it was interrupted:\n" \
                                         f"{proc.communicate()[1]}"
             assert time.monotonic() < deadline, "the job never got under way"
-            time.sleep(0.05)
+            time.sleep(0.02)
+        time.sleep(delay)
+        sent = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done.seconds_to_exit = took  # type: ignore[attr-defined]
+    return done
 
 
 # ------------------------------------------------------------------ interrupts --
@@ -102,6 +108,35 @@ def test_ctrl_c_mapper_leaves_only_complete_outputs(tmp_path):
     assert not_outputs(out) == []  # no hidden temp file
     for done in out.glob("o-*.tar"):
         assert len(read_wds([done])) == 40
+
+
+@pytest.mark.parametrize("point,delay", [("outputs", 0.0), ("outputs", 0.2), ("outputs", 0.4),
+                                         ("index", 0.0), ("summary", 0.0)])
+def test_ctrl_c_in_htsorts_last_second(tmp_path, point, delay):
+    """Ctrl-C at the end of a job -- as its last output appears (the embedded cluster is
+    closing: a Ctrl-C there used to take 10 s, the close being run again at exit until
+    its timeout), as its index appears, as its summary appears -- exits within seconds,
+    and either completed (exit 0, ``ok`` last, the summary stands) or says it was
+    interrupted (exit 130): never ``ok`` and 130."""
+    make_shards(tmp_path / "in", shards=2, per_shard=20)
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    ready = {"outputs": lambda: (out / "o-0.tar").exists() and (out / "o-1.tar").exists(),
+             "index": lambda: (out / "o.index.json").exists(),
+             "summary": summary.exists}[point]
+    cmd = [BIN / "htsort", tmp_path / "in" / "data-@2.tar", out / "o-@2.tar", "--workers", "2",
+           "--summary", summary]
+    p = interrupt(cmd, ready, child_env(), delay=delay)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.seconds_to_exit < 4, (p.seconds_to_exit, p.stderr[-3000:])
+    assert "Traceback" not in p.stderr, p.stderr
+    if p.returncode == 0:
+        assert last.startswith("htsort: ok;") and json.loads(summary.read_text())["ok"]
+        assert len(read_wds(sorted(out.glob("o-*.tar")))) == 40
+    else:
+        assert p.returncode == 130 and last.startswith("htools: interrupted"), p.stderr
+        assert "htsort: ok" not in p.stderr
+    if point == "summary":  # the job had finished: the interrupt changes nothing
+        assert p.returncode == 0, p.stderr
 
 
 # ------------------------------------------------------------------- failures --

@@ -315,7 +315,8 @@ def test_counts_add_up_with_merge_and_reduce(tmp_path, processes_client):
     s = htools.sort([str(tmp_path / "a" / "a.tar"), str(tmp_path / "b" / "b.tar")],
                     str(tmp_path / "o" / "o-@2.tar"), merge=True, client=processes_client, quiet=True)
     assert (s.samples_read, s.samples_written, s.samples_dropped, s.samples_failed) == (20, 10, 0, 0)
-    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
+    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed \
+        + s.samples_merged + s.samples_reduced
     script = tmp_path / "r.py"
     script.write_text("def reduce_samples(key, samples):\n"
                       "    if key == 'k3':\n        return None\n"
@@ -326,7 +327,8 @@ def test_counts_add_up_with_merge_and_reduce(tmp_path, processes_client):
                     client=processes_client, quiet=True)
     assert s.ok
     assert (s.samples_read, s.samples_written, s.samples_dropped, s.samples_failed) == (20, 8, 2, 2)
-    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed
+    assert s.samples_read == s.samples_mapped + s.samples_dropped + s.samples_failed \
+        + s.samples_merged + s.samples_reduced
 
 
 def test_nan_and_non_utf8_keys(tmp_path, processes_client):

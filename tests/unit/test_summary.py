@@ -17,7 +17,8 @@ SECRET_URL = "s3://alice:s3cret@bucket/in-0.tar"
 def adds_up(r) -> bool:
     """The invariant of a shard (a ShardResult) or of a job (its summary dict)."""
     d = r if isinstance(r, dict) else r.__dict__
-    return d["samples_read"] == d["samples_mapped"] + d["samples_dropped"] + d["samples_failed"]
+    return d["samples_read"] == d["samples_mapped"] + d["samples_dropped"] + d["samples_failed"] \
+        + d["samples_merged"] + d["samples_reduced"]
 
 
 def shard(read: int, mapped: int, dropped: int, written: int | None = None, *,
@@ -291,3 +292,23 @@ def test_merge_levels_add_up_as_one_stage():
     assert (first.shards_total, first.shards_done, first.shards_failed) == (3, 2, 1)
     assert (first.shards_retried, len(first.retries), len(first.failures)) == (1, 1, 1)
     assert first.failure_kinds == {"cannot read {shard}": 1} and not first.ok
+
+
+def test_merged_and_reduced_move_out_of_mapped_and_show_when_any():
+    """Stage 1 reads 30 (10 dropped); the writes join 4 into others (--merge) and fold 3
+    (a reduce), and one output that had joined 2 fails: read = written + dropped +
+    failed + merged + reduced, and the line names the merged and the reduced."""
+    lost = shard(read=5, mapped=3, dropped=0, name="o-1", samples_merged=2)
+    lost.fail("x")
+    assert (lost.samples_failed, lost.samples_merged) == (5, 0) and adds_up(lost)
+    writes = stage("htsort", shard(read=15, mapped=8, dropped=0, name="o-0", samples_merged=4,
+                                   samples_reduced=3), lost)
+    job = JobSummary.of_reads("htsort", stage("s1", shard(read=30, mapped=20, dropped=10)))
+    job.wrote(writes)
+    got = (job.samples_read, job.samples_written, job.samples_dropped, job.samples_failed,
+           job.samples_merged, job.samples_reduced)
+    assert got == (30, 8, 10, 5, 4, 3) and adds_up(job.as_dict())
+    assert job.samples_mapped == job.samples_written
+    assert "10 dropped, 5 failed, 4 merged, 3 reduced;" in job.line()
+    assert "4 merged, 3 reduced" in job._repr_html_()
+    assert "merged" not in job_of([shard(read=3, mapped=3, dropped=0)]).line()
