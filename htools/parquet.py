@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 from htools import shards, storage
-from htools.clusters import connection as clusters
 from htools.errors import HtoolsError, hide_credentials
 from htools.fields import check_present
 from htools.naming import TAR_SUFFIXES
@@ -164,7 +163,7 @@ def extract_parquet(inputs, fields: tuple[str, ...], out, opts: RunOptions,
 
         def connected() -> RunOptions:  # one client for both passes, made when needed
             if client[0] is None:
-                client[0] = stack.enter_context(clusters.connect(opts))
+                client[0] = stack.enter_context(engine.cluster(opts))
             return opts.with_(client=client[0])
 
         summary = JobSummary("htextract", max_errors=opts.max_errors)

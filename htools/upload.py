@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from operator import itemgetter
 
 from htools import lineage, shardindex, shards, storage, tar
-from htools.clusters import connection as clusters
 from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.plan import split
@@ -385,7 +384,7 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
         summary = _run_files(tasks, opts) if files else engine.run("htupload", tasks, opts)
         return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
-            clusters.connect(job.opts) as client:
+            engine.cluster(job.opts) as client:
         copy = job.opts.with_(client=client)
         counted = JobSummary("htupload")
         tasks = plan(source, outputs, copy, select=job.selection, counted=counted, **kw)
@@ -421,7 +420,7 @@ def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
         return engine.run("htupload", tasks, opts)
     first = next((t.kwargs["samples"][0].files[0][1] for t in tasks if t.kwargs["samples"]),
                  None)
-    with clusters.connect(opts) as client:
+    with engine.cluster(opts) as client:
         hidden = preflight.unseen(client, [first], [t.output for t in tasks])
         if not hidden:
             return engine.run("htupload", tasks, opts.with_(client=client))

@@ -50,6 +50,7 @@ from htools.runtime.engine import Task
 from htools.selection import Selection, selection_lineage
 from htools.summary import JobSummary
 from htools.usercode.script import Script
+from htools.usercode.shipping import Shipment
 
 SPLITTER_SHARDS = 32  # the pre-pass reads at most this many (random) input shards
 KEYS_PER_BUCKET = 20  # sampled keys per bucket, over all shards read
@@ -131,8 +132,11 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
     started = time.time()
     job = None
     try:
-        with engine.cluster(opts) as client:
-            job = _Job(spec, inputs, outset, present, opts.with_(client=client))
+        # the script's modules travel once per worker for the whole job (all its stages)
+        shipment = Shipment(spec.script)
+        with engine.cluster(opts) as client, shipment.registered(client):
+            job = _Job(replace(spec, script=shipment.script), inputs, outset, present,
+                       opts.with_(client=client))
             preflight.check_workers(client, inputs, [outset.first(), job.scratch_root])
             summary = job.run()
     finally:  # once an embedded cluster is gone: its workers write no more runs

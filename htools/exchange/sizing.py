@@ -16,6 +16,7 @@ from htools.clusters.info import ClusterInfo, is_embedded
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.plan import ExchangePlan
 from htools.options import RunOptions
+from htools.runtime import engine
 from htools.storage.local import local_path, nearest_existing
 from htools.summary import format_bytes
 
@@ -49,7 +50,7 @@ def dry_run_resources(opts: RunOptions, memory: int | None) -> Resources:
     arithmetic on ``--workers``."""
     address = clusters.cluster_address(opts.cluster)
     if opts.client is not None or (address and not address.startswith(("k8s://", "slurm://"))):
-        with clusters.connect(opts.with_(quiet=True)) as client:
+        with engine.cluster(opts.with_(quiet=True)) as client:
             return resources(client, memory)
     from distributed.system import MEMORY_LIMIT
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from htools import storage
-from htools.clusters import connection as clusters
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.runtime import engine
@@ -61,7 +60,7 @@ def prepared(sel: Selection | None, opts: RunOptions,
     if sel is None or opts.dry_run:
         yield SelectedJob(sel, opts, opts, options)
         return
-    with clusters.connect(opts) as client:
+    with engine.cluster(opts) as client:
         run_opts = opts.with_(client=client, summary=None)
         root = scratch(run_opts)
         folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
