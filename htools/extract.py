@@ -20,6 +20,7 @@ from htools import shards, storage
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.sizing import default_scratch
 from htools.extract_arrays import extract_with_arrays
+from htools.extract_data import as_data as data_of
 from htools.fields import check_present
 from htools.naming import CONTROL_CHARS, TEXT_FIELDS
 from htools.options import RunOptions
@@ -264,7 +265,7 @@ def _extract(inputs, spec: ExtractSpec, out, frame: bool | None, allow_missing: 
         if opts.dry_run:
             return summary
         names = ["__key__", "fields"] if field_names else list(spec.fields)
-        return _as_data(names, [json.loads(r) for r in rows], top if count else None,
+        return data_of(names, [json.loads(r) for r in rows], top if count else None,
                         summary, frame)
     return _to_text(tasks, spec, out, opts, allow_missing)
 
@@ -373,7 +374,7 @@ def _typed_rows(inputs, fields: tuple[str, ...], opts: RunOptions, frame: bool |
     if opts.dry_run:
         return summary
     columns = {f: python_values(f, [r[i] for r in rows]) for i, f in enumerate(fields)}
-    return _as_data(list(fields), columns, None, summary, frame)
+    return data_of(list(fields), columns, None, summary, frame)
 
 
 def _with_arrays(inputs, fields: tuple[str, ...], opts: RunOptions, binary: str,
@@ -383,53 +384,6 @@ def _with_arrays(inputs, fields: tuple[str, ...], opts: RunOptions, binary: str,
                           "count=, field_names=, format=, keep= or drop=")
     rows, stacked, summary = extract_with_arrays(
         inputs, fields, opts, lambda value, name: render_value(value, binary, name))
-    data = _as_data(list(fields), rows, None, summary, frame)
+    data = data_of(list(fields), rows, None, summary, frame)
     object.__setattr__(data, "arrays", stacked)  # on a DataFrame, without pandas' warning
-    return data
-
-
-class Rows(list):
-    """``extract``'s rows as a list of dicts (no pandas); the job summary is ``.summary``."""
-
-    summary: JobSummary
-
-
-class Counts(Counter):
-    """``extract``'s value counts (no pandas); the job summary is ``.summary``."""
-
-    summary: JobSummary
-
-
-def _series(pd, values: list):
-    """A column's values; integers with a missing value keep their type (pandas' Int64)."""
-    if any(v is None for v in values) and any(type(v) is int for v in values):
-        return pd.array(values, dtype="Int64")
-    return values
-
-
-def _as_data(names: list[str], rows: list[dict] | dict[str, list], top: list | None,
-             summary: JobSummary,
-             frame: bool | None):
-    pd = None
-    if frame is not False:
-        try:
-            import pandas as pd
-        except ImportError:
-            if frame:
-                raise HtoolsError("extract(frame=True) needs pandas: pip install pandas") from None
-    if top is not None:
-        if pd is not None:
-            data = pd.DataFrame([[*values, n] for values, n in top], columns=[*names, "count"])
-        else:
-            data = Counts({values[0] if len(values) == 1 else values: n for values, n in top})
-    elif isinstance(rows, dict):  # typed columns
-        if pd is not None:
-            data = pd.DataFrame({n: _series(pd, rows[n]) for n in names}, columns=names)
-        else:
-            data = Rows(dict(zip(names, values)) for values in zip(*rows.values()))
-    elif pd is not None:
-        data = pd.DataFrame(rows, columns=names)
-    else:
-        data = Rows(rows)
-    data.summary = summary  # a plain instance attribute, also on a DataFrame
     return data

@@ -37,22 +37,20 @@ from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.executors import LocalExecutor
-from htools.runtime.shardio import write_shard
 from htools.runtime.streams import Counting
 from htools.runtime.task import shard_task
 from htools.selection import Selection, parse, prepared, selected, selection_lineage
 from htools.selection.filter import select_items
-from htools.summary import JobSummary, ShardResult
+from htools.summary import JobSummary
 from htools.tar import compress
+from htools.upload_files import (
+    scan_directory,
+    scan_list,
+    write_file_shard,
+    write_samples_shard,
+)
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
-
-
-@dataclass(frozen=True)
-class FileSample:
-    key: str
-    files: tuple[tuple[str, str], ...]  # (field, local path)
-    size: int  # bytes in the tar, headers included
 
 
 @dataclass(frozen=True)
@@ -63,115 +61,6 @@ class Segment:
     start: int
     stop: int
     offset: int | None = None  # byte offset of sample ``start`` in an uncompressed tar
-
-
-def sample_size(key: str, fields) -> int:
-    """Bytes a sample's members take in the output tar, as the writer writes them: a
-    header each (two for a name that needs a pax record) and padded data."""
-    return sum(tar.member_size(key, field, n) for field, n in fields)
-
-
-# ------------------------------------------------------------ local files --
-
-def scan_directory(root: str) -> list[FileSample]:
-    """Every regular file below ``root``, grouped into samples by key (sorted by key)."""
-    if not os.path.isdir(root):
-        raise HtoolsError(f"{root}: not a directory")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in filenames:
-            full = os.path.abspath(os.path.join(dirpath, name))
-            paths.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
-    return group_files(paths, root)
-
-
-def scan_list(list_file: str) -> list[FileSample]:
-    """Paths from a list file, one per line; keys are the paths as written."""
-    try:
-        with open(list_file, encoding="utf-8") as f:
-            lines = [ln.strip() for ln in f]
-    except OSError as e:
-        raise HtoolsError(f"cannot read list file {list_file}: {e.strerror or e}") from None
-    base = os.path.dirname(os.path.abspath(list_file))
-    paths = []
-    for ln in lines:
-        if ln and not ln.startswith("#"):
-            full = ln if os.path.isabs(ln) else os.path.join(base, ln)
-            paths.append((_list_key_path(ln, list_file), full))
-    return group_files(paths, list_file)
-
-
-def _list_key_path(line: str, list_file: str) -> str:
-    """The member path a list-file line gives: without leading ``/`` and ``./``; no ``..``."""
-    path = line.lstrip("/")
-    while path.startswith("./"):
-        path = path[2:]
-    if ".." in path.split("/"):
-        raise HtoolsError(f"{list_file}: {line!r} climbs out with '..'; list paths below "
-                          "the dataset's root")
-    return path
-
-
-def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:
-    groups: dict[str, dict[str, str]] = {}
-    for rel, full in paths:
-        key, field = tar.split_key(rel)
-        if not field or field.startswith("_") or os.path.basename(rel).startswith("."):
-            continue  # no extension: not a sample member; hidden files are skipped
-        fields = groups.setdefault(key, {})
-        if field in fields:
-            raise HtoolsError(f"{where}: {rel!r} appears twice")
-        fields[field] = full
-    samples = []
-    for key in sorted(groups):
-        files = tuple(sorted(groups[key].items()))
-        try:
-            size = sample_size(key, [(f, os.path.getsize(p)) for f, p in files])
-        except OSError as e:
-            raise HtoolsError(f"{e.filename}: {e.strerror}") from None
-        samples.append(FileSample(key, files, size))
-    if not samples:
-        raise HtoolsError(f"{where}: no files to upload (a member needs an extension, "
-                          "like n01.jpg)")
-    return samples
-
-
-def write_file_shard(output: str, samples: list[FileSample], *, options: dict | None = None,
-                     mtime: float | None = 0, index: bool = True) -> dict:
-    """Task: write local files, grouped into samples, as one shard."""
-    with shard_task(f"{len(samples)} samples", output) as result:
-        _write_shard(output, _file_samples(samples, result), result, options, mtime, index)
-    return result.as_dict()
-
-
-def _file_samples(samples: list[FileSample], result: ShardResult) -> Iterator[dict]:
-    for s in samples:
-        sample = {"__key__": s.key}
-        for field, path in s.files:
-            sample[field] = _read_local(path)
-            result.bytes_in += len(sample[field])
-        yield sample
-
-
-def _write_shard(output: str, samples: Iterator[dict], result: ShardResult,
-                 options: dict | None, mtime: float | None, index: bool = True) -> None:
-    """Copy ``samples`` into the shard ``output``, counting (and hashing it for the shard
-    index when ``index``); a failure leaves no output."""
-    with write_shard(output, options, result, mtime=mtime, index=index) as w:
-        for sample in samples:
-            result.samples_read += 1
-            w.write(sample)
-            result.samples_mapped += 1
-            result.samples_written += 1
-
-
-def _read_local(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise HtoolsError(f"{path}: {e.strerror or e}") from None
 
 
 # -------------------------------------------------------------- tar input --
@@ -225,7 +114,7 @@ def write_tar_shard(output: str, segments: list[Segment], *, options: dict | Non
     """Task: copy samples ``[start, stop)`` of each segment's input (numbered among
     those ``select`` keeps) into one shard."""
     with shard_task([s.url for s in segments], output) as result:
-        _write_shard(output, _segment_samples(segments, options, result, select), result,
+        write_samples_shard(output, _segment_samples(segments, options, result, select), result,
                      options, mtime, index)
     return result.as_dict()
 

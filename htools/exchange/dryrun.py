@@ -4,8 +4,14 @@ one the run makes) as lines for people and as the figures the run's summary repo
 
 from __future__ import annotations
 
+from htools import shards
+from htools.errors import hide_credentials
+from htools.exchange import plan
+from htools.exchange.dedup import two_passes
 from htools.exchange.plan import ExchangePlan, MergeLevel
-from htools.exchange.sizing import Resources, human_size
+from htools.exchange.sizing import Resources, dry_run_resources, human_size, shard_size
+from htools.options import RunOptions
+from htools.summary import JobSummary
 
 
 def plan_lines(p: ExchangePlan, sized: Resources, dedup: str | None) -> list[str]:
@@ -53,3 +59,26 @@ def plan_figures(p: ExchangePlan) -> dict:
 def _level(stage: str, lv: MergeLevel) -> dict:
     return {"stage": stage, "tasks": lv.tasks, "runs_per_task": lv.runs_per_task,
             "requests_per_task": 2 * lv.runs_per_task}
+
+
+def plan_for(spec, inputs: int, outputs: int | None, shard_bytes: float | None,
+             sized: Resources, beside: bool = False) -> plan.ExchangePlan:
+    """The plan of ``spec`` (the run's and the dry run's)."""
+    return plan.plan_exchange(inputs=inputs, shard_bytes=shard_bytes, outputs=outputs,
+                              memory=sized.memory, workers=sized.threads,
+                              shuffle=spec.key.mode == "random", fan=spec.fan_in,
+                              dedup_pass=two_passes(spec.key), beside=beside)
+
+
+def dry_run(spec, outset: shards.OutputSet, inputs: list[str], known: list[str],
+            present: set[str], opts: RunOptions) -> JobSummary:
+    """``--dry-run``: the plan of ``spec`` (an ExchangeSpec) as lines and figures, nothing run."""
+    sized = dry_run_resources(opts, spec.memory)
+    planned = plan_for(spec, len(inputs), outset.count, shard_size(inputs, opts), sized)
+    summary = JobSummary(spec.tool, shards_total=len(known))
+    summary.plan = plan_lines(planned, sized, spec.key.dedup if two_passes(spec.key) else None)
+    for u in known or [outset.first() + " ..."]:
+        mark = "  (exists, skipped)" if u in present else ""
+        summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")
+    summary.extra = plan_figures(planned)
+    return summary.finish()

@@ -26,17 +26,15 @@ from htools import lineage, shardindex, shards, storage
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
 from htools.exchange.dedup import dedup_and_partition, two_passes
-from htools.exchange.dryrun import plan_figures, plan_lines
+from htools.exchange.dryrun import dry_run, plan_for
 from htools.exchange.groupcount import count_groups
 from htools.exchange.keys import KeySpec, pick_splitters
 from htools.exchange.merge import merge_runs
 from htools.exchange.partition import partition, sample_keys
 from htools.exchange.runfile import Run
 from htools.exchange.sizing import (
-    Resources,
     check_scratch_space,
     default_scratch,
-    dry_run_resources,
     outputs_beside,
     resources,
     shard_size,
@@ -93,15 +91,6 @@ def exchange_lineage(spec: ExchangeSpec, inputs: list[str]) -> dict:
                                  "mtime": spec.mtime, **selection_lineage(spec.select)})
 
 
-def plan_for(spec: ExchangeSpec, inputs: int, outputs: int | None, shard_bytes: float | None,
-             sized: Resources, beside: bool = False) -> plan.ExchangePlan:
-    """The plan of ``spec`` (the run's and the dry run's)."""
-    return plan.plan_exchange(inputs=inputs, shard_bytes=shard_bytes, outputs=outputs,
-                              memory=sized.memory, workers=sized.threads,
-                              shuffle=spec.key.mode == "random", fan=spec.fan_in,
-                              dedup_pass=two_passes(spec.key), beside=beside)
-
-
 def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
               opts: RunOptions, made: dict) -> tuple[JobSummary, list[str]]:
     n_out = outset.count
@@ -125,7 +114,7 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
     shardindex.check_lineage(outset, made, opts)
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
-        return _dry_run(spec, outset, inputs, known, present, opts), []
+        return dry_run(spec, outset, inputs, known, present, opts), []
     if known and len(present) == len(known):
         summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
         return summary.finish(), known
@@ -144,18 +133,6 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
             job.clean_up()
     summary.started = started
     return summary.finish(), job.outputs
-
-
-def _dry_run(spec, outset, inputs, known, present, opts) -> JobSummary:
-    sized = dry_run_resources(opts, spec.memory)
-    planned = plan_for(spec, len(inputs), outset.count, shard_size(inputs, opts), sized)
-    summary = JobSummary(spec.tool, shards_total=len(known))
-    summary.plan = plan_lines(planned, sized, spec.key.dedup if two_passes(spec.key) else None)
-    for u in known or [outset.first() + " ..."]:
-        mark = "  (exists, skipped)" if u in present else ""
-        summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")
-    summary.extra = plan_figures(planned)
-    return summary.finish()
 
 
 class _Job:
