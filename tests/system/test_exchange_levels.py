@@ -86,7 +86,9 @@ def test_reduce_and_merge_see_whole_groups_across_levels(tmp_path, processes_cli
         assert (got["g" + g]["first"], got["g" + g]["last"]) == (min(pos), max(pos))
     js = json.loads(summary.read_text())
     assert len(js["extra"]["levels"]) >= 2
-    assert js["samples_read"] == len(samples) == js["samples_mapped"] + js["samples_dropped"]
+    assert js["samples_read"] == len(samples) == js["samples_written"] + js["samples_dropped"] \
+        + js["samples_failed"] + js["samples_merged"] + js["samples_reduced"]  # they add up
+    assert js["samples_reduced"] == len(samples) - len(groups)
 
 
 def test_merge_joins_across_levels(tmp_path, processes_client):
