@@ -62,6 +62,8 @@ def why_not(p: str, job: Job) -> str | None:
         return None
     if job.scratch is not None:
         root = path(job.scratch).rstrip("/") + "/"
+        if posixpath.dirname(p) + "/" == root and name.startswith(".htools-probe-"):
+            return None  # the pre-flight write probe of the --scratch folder
         mine = p[len(root):].split("/")[0] if p.startswith(root) else ""
         if mine.startswith(f"{job.tool}-") and len(mine) > len(job.tool) + 1:
             return None
@@ -138,6 +140,7 @@ def test_every_delete_is_of_something_the_job_made(world):
     ("/d/s/scratch/htsort-0123456789ab/", False), ("/d/s/scratch/htsort-0123/r-1", False),
     ("/d/s/o-0.tar", False), ("/d/s/.o-0.tar.tmp-1f", False), ("/d/s/.htools-probe-9", False),
     ("/d/s/o.index.json", False), ("/d/s/other.tar", True), ("/d/o-0.tar", True),
+    ("/d/s/scratch/.htools-probe-9", False), ("/d/s/scratch/other", True),
 ])
 def test_the_rule_itself(p, bad):
     """The rule above tells a job's own objects from anything else."""
