@@ -57,7 +57,8 @@ MAX_LISTED = 10_000  # mismatch lines kept in the summary (the count covers them
 def verify(index_json: str, **options) -> JobSummary:
     """Check a shard set against its index ``index_json`` (``STEM.index.json``), one task per listed
     shard (:func:`verify_shard`): each shard exists, has the listed size and sha256, and
-    still parses to its ``nsamples``.  ``extra.mismatched``: how many shards differ;
+    still parses to its ``nsamples``.  ``shards_differ`` (and ``extra.mismatched``): how
+    many shards differ (the summary is not ``ok`` when any does);
     ``extra.mismatches``: one line each (``URL: missing``, ``URL: short: ...``), in the
     index's order.  A shard that cannot be read for a transient storage fault fails as
     in any job (after its retries)."""
@@ -79,7 +80,7 @@ def verify(index_json: str, **options) -> JobSummary:
 
     summary = engine.run("htextract", tasks, opts, on_result=keep, check_outputs=False)
     if not opts.dry_run:
-        summary.extra["mismatched"] = len(found)
+        summary.extra["mismatched"] = summary.shards_differ = len(found)
         summary.extra["mismatches"] = [found[i] for i in sorted(found)][:MAX_LISTED]
         summary.notes.append(f"{len(found)} of {len(urls)} shard(s) differ from "
                              f"{hide_credentials(at)}" if found else

@@ -221,6 +221,7 @@ class JobSummary:
     bytes_out: int = 0
     seconds: float = 0.0
     shards_retried: int = 0  # shards run again after a transient failure (each counted once)
+    shards_differ: int = 0  # shards a check found unlike what they should be (htextract --verify)
     retries: list[dict] = field(default_factory=list)  # the first retries: input, output, why
     # failed shards per error (the shard's own URLs taken out), for the first kinds
     failure_kinds: dict[str, int] = field(default_factory=dict)
@@ -321,7 +322,9 @@ class JobSummary:
     def ok(self) -> bool:
         # --max-errors is a per-shard budget, enforced by each task: a shard over it fails
         # and leaves no output, so a resumed job can never pass over lost samples.
-        return self.shards_failed == 0 and self.shards_done + self.shards_skipped == self.shards_total
+        # A check that ran on every shard and found some differing is not ok either.
+        return (self.shards_failed == 0 and self.shards_differ == 0
+                and self.shards_done + self.shards_skipped == self.shards_total)
 
     def finish(self) -> JobSummary:
         self.seconds = round(time.time() - self.started, 3)
@@ -343,6 +346,7 @@ class JobSummary:
             f"{self.samples_dropped} dropped, {self.samples_failed} failed{self._folded()}",
             f"{mb_in:.1f} MB in, {mb_out:.1f} MB out",
             *([f"{self.shards_retried} shards retried"] if self.shards_retried else []),
+            *([f"{self.shards_differ} differ"] if self.shards_differ else []),
             *self.notes,
             f"{self.seconds:.1f}s",
         ]

@@ -33,6 +33,12 @@ def test_verify_a_clean_set_then_a_damaged_one(tmp_path, place):
     assert lines[1].startswith(f"{base}v-1.tar: changed: sha256 "), lines[1]
     assert "samples" not in lines[1] and "bytes" not in lines[1]  # size and count still agree
     assert lines[2] == f"{base}v-3.tar: missing"
+    last = p.stderr.strip().splitlines()[-1]  # the summary line says it too, not "ok"
+    assert last.startswith("htextract: FAILED") and "; 3 differ;" in last, last
+
+    from htools.extract_index import verify  # the Python API: a summary that is not ok
+    summary = verify(index, workers=1)
+    assert not summary.ok and summary.shards_differ == 3 and summary.as_dict()["ok"] is False
 
 
 def test_verify_counts_samples_and_refuses_what_is_not_an_index(tmp_path):
