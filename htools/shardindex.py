@@ -141,28 +141,47 @@ def write(doc: dict, url: str, options: dict | None) -> int:
             time.sleep(delay)
 
 
-def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions) -> None:
-    """Before a job that writes ``outset`` runs a task, against the index beside it:
+def lineage_url(outset: OutputSet) -> str:
+    """Where a job that failed part-way records what made the outputs it wrote:
+    ``thumbs.lineage.json`` beside ``thumbs.index.json`` (no index vouches for a set a
+    job left incomplete, but ``--resume`` must still know whose outputs they are)."""
+    return index_url(outset).removesuffix(".index.json") + ".lineage.json"
 
-    * ``--resume`` when the index records a lineage other than ``made`` (this job's):
-      refused in one line saying what differs (``--resume-any`` keeps the outputs);
-    * ``--overwrite``: an index of another job is deleted first, so that a job that then
-      fails part-way leaves no index vouching for a set it changed.
+
+def recorded_lineage(outset: OutputSet, options: dict | None) -> tuple[dict | None, bool]:
+    """The lineage recorded beside ``outset`` -- the index's, else the one a failed job
+    left in :func:`lineage_url` -- and whether that failed job's record exists."""
+    old = (read_index(index_url(outset), options) or {}).get("lineage")
+    partial = read_index(lineage_url(outset), options)
+    if not isinstance(old, dict) and partial is not None:
+        old = partial.get("lineage")
+    return (old if isinstance(old, dict) else None), partial is not None
+
+
+def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions) -> None:
+    """Before a job that writes ``outset`` runs a task, against the lineage recorded
+    beside it (:func:`recorded_lineage`):
+
+    * ``--resume`` when it is another job's than ``made`` (this job's): refused in one
+      line saying what differs (``--resume-any`` keeps the outputs);
+    * ``--overwrite``: another job's index (or failed job's record) is deleted first, so
+      that a job that then fails part-way leaves no index vouching for a set it changed.
 
     Outputs without a recorded lineage are kept as before; :func:`finish` says so."""
     if made is None or not (opts.resume or opts.overwrite):
         return
-    url = index_url(outset)
-    old = (read_index(url, opts.storage_options) or {}).get("lineage")
-    diffs = lineage.differences(old, made) if isinstance(old, dict) else []
+    old, partial = recorded_lineage(outset, opts.storage_options)
+    diffs = lineage.differences(old, made) if old is not None else []
     if not diffs or opts.resume_any:
         return
     if opts.resume:
-        raise HtoolsError(f"--resume: the outputs beside {hide_credentials(url)} were made by "
-                          f"another job: {'; '.join(diffs)}; use --overwrite, or --resume-any "
-                          "to keep them")
+        raise HtoolsError(f"--resume: the outputs beside {hide_credentials(index_url(outset))} "
+                          f"were made by another job: {'; '.join(diffs)}; use --overwrite, "
+                          "or --resume-any to keep them")
     if opts.overwrite and not opts.dry_run:
-        storage.delete(url, opts.storage_options)
+        storage.delete(index_url(outset), opts.storage_options)
+        if partial:
+            storage.delete(lineage_url(outset), opts.storage_options)
 
 
 def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
@@ -170,20 +189,45 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     """The end of a job that wrote ``outputs`` (of the output set ``outset``): when it
     succeeded, the shard index beside them (unless ``index=False``) recording the job's
     lineage ``made`` (:mod:`htools.lineage`), then :func:`htools.runtime.engine.finish`
-    (``--summary`` JSON, naming the index).  Outputs kept by ``--resume`` whose
-    lineage was not checked (none recorded, or ``--resume-any``) get a note."""
-    previous = None
-    if opts.resume and summary.shards_skipped and not opts.dry_run \
-            and not any(storage.is_stream(u) for u in outputs):
+    (``--summary`` JSON, naming the index).  A job that failed after writing outputs
+    records ``made`` in :func:`lineage_url` instead, for a later ``--resume`` to check.
+    Outputs kept by ``--resume`` whose lineage was not checked (none recorded, or
+    ``--resume-any``) get a note."""
+    if opts.dry_run or any(storage.is_stream(u) for u in outputs):
+        return engine.finish(summary, opts)
+    previous, partial = None, False
+    if opts.resume or opts.overwrite:
         previous = read_index(index_url(outset), opts.storage_options)
+        old, partial = recorded_lineage(outset, opts.storage_options)
+        if old is not None and not (previous or {}).get("lineage"):
+            previous = {**(previous or {}), "lineage": old}
+    if opts.resume and summary.shards_skipped:
         note, mixed = _resume_note(previous, made, summary.shards_skipped)
         if note:
             summary.notes.append(note)
-        if mixed and made is not None:  # the index says the set is not one job's
+        if mixed and made is not None:  # the record says the set is not one job's
             made = {**made, "mixed": mixed}
-    if outputs and opts.index and summary.ok and not opts.dry_run:
+    if outputs and opts.index and summary.ok:
         write_for_job(outset, outputs, summary, opts.storage_options, made, previous)
+        if partial:  # the index vouches for the set now
+            storage.delete(lineage_url(outset), opts.storage_options)
+    elif outputs and opts.index and summary.shards_done and made is not None:
+        at = lineage_url(outset)
+        try:
+            write(_partial_record(made, summary), at, opts.storage_options)
+            summary.extra["lineage"] = at
+        except StorageError as e:  # the job's own failure is what the user must see
+            summary.notes.append(f"could not record the lineage of the outputs written in "
+                                 f"{hide_credentials(at)}: {e}")
     return engine.finish(summary, opts)
+
+
+def _partial_record(made: dict, summary: JobSummary) -> dict:
+    """What a job that failed part-way leaves beside its outputs (no shard list: it
+    vouches for nothing but who made them)."""
+    return {"complete": False, "lineage": made, "shards_done": summary.shards_done,
+            "shards_total": summary.shards_total,
+            "note": "outputs of a job that did not finish; --resume checks this lineage"}
 
 
 def _resume_note(previous: dict | None, made: dict | None, kept: int

@@ -79,6 +79,37 @@ def test_resume_after_changing_the_seed_is_refused_and_resume_any_keeps_them(tmp
     assert doc["lineage"]["options"]["seed"] == 2 and "--seed changed" in doc["lineage"]["mixed"]
 
 
+def test_a_job_that_failed_part_way_records_its_lineage_for_resume(tmp_path):
+    """No index vouches for the outputs of a failed job, but o.lineage.json says who
+    made them: --resume with another script is refused; the same script resumes, and
+    the index that then vouches for the set replaces the record."""
+    make_shards(tmp_path / "in", shards=3, per_shard=4)
+    out = tmp_path / "out"
+    script = tmp_path / "s.py"
+    script.write_text("import os\n"
+                      "def process_sample(s):\n"
+                      "    if s['__key__'].startswith('s1/') and not os.path.exists(%r):\n"
+                      "        raise RuntimeError('flaky')\n"
+                      "    return s\n" % str(tmp_path / "fixed"))
+    args = ("htmapper", "-p", script, tmp_path / "in" / "data-@3.tar", out / "o-@3.tar", *W1)
+    p = run(*args)
+    assert p.returncode == 1, p.stderr
+    assert sorted(x.name for x in out.iterdir()) == ["o-0.tar", "o-2.tar", "o.lineage.json"]
+    record = json.loads((out / "o.lineage.json").read_text())
+    assert record["complete"] is False and record["lineage"]["script"]["name"] == "s.py"
+    before = _snapshot(out)
+    edited = script.read_text().replace("return s", "s['v'] = b'2'\n    return s")
+    script.write_text(edited)
+    _refused(run(*args, "--resume"), "script digest changed: ")
+    assert _snapshot(out) == before
+    script.write_text(edited.replace("s['v'] = b'2'\n    ", ""))  # the failed job's script
+    (tmp_path / "fixed").touch()  # what failed was outside the script
+    ok(run(*args, "--resume"))
+    assert sorted(x.name for x in out.iterdir()) == ["o-0.tar", "o-1.tar", "o-2.tar",
+                                                     "o.index.json"]
+    assert json.loads((out / "o.index.json").read_text())["lineage"] == record["lineage"]
+
+
 def test_an_index_without_lineage_resumes_with_a_note(tmp_path):
     script, args = _mapped(tmp_path, 2)
     index = tmp_path / "out" / "o.index.json"
