@@ -45,7 +45,7 @@ def index_shards(inputs, to: str, **options) -> JobSummary:
         # bytes out: the index written, not the shards indexed
         summary.bytes_out = write(build((entries[i] for i in range(len(urls))), to, name), to,
                                   opts.storage_options)
-        summary.extra["index"] = to
+        summary.extra["index"] = hide_credentials(to)
     return engine.finish(summary, opts)
 
 

@@ -215,7 +215,7 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
         at = lineage_url(outset)
         try:
             write(_partial_record(made, summary), at, opts.storage_options)
-            summary.extra["lineage"] = at
+            summary.extra["lineage"] = hide_credentials(at)
         except StorageError as e:  # the job's own failure is what the user must see
             summary.notes.append(f"could not record the lineage of the outputs written in "
                                  f"{hide_credentials(at)}: {e}")
@@ -282,7 +282,7 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
     if made is not None:
         doc["lineage"] = made
     write(doc, url, options)
-    summary.extra["index"] = url
+    summary.extra["index"] = hide_credentials(url)
     return url
 
 

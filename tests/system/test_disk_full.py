@@ -22,9 +22,11 @@ from htools.errors import StorageError
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Everything under ``folder`` except completed .tar outputs."""
+    """Everything under ``folder`` except completed .tar outputs (and the record of who
+    made them that a job that failed part-way leaves)."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if not (p.is_file() and p.suffix == ".tar" and not p.name.startswith(".")))
+                  if not (p.is_file() and not p.name.startswith(".")
+                          and (p.suffix == ".tar" or p.name.endswith(".lineage.json"))))
 
 
 def test_full_disk_write_is_a_clear_permanent_error(small_disk):

@@ -42,7 +42,8 @@ def test_script_error_names_shard_and_key_and_leaves_no_output(tmp_path, data):
     assert 'raise ValueError("cannot handle this one")' in p.stderr  # the user's traceback
     assert "shards 2 done, 0 skipped, 1 failed of 3" in p.stderr
     outs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert outs == ["o-0.tar", "o-2.tar"]  # no partial output, no temp file left
+    # no partial output, no temp file left; who made the two written is recorded
+    assert outs == ["o-0.tar", "o-2.tar", "o.lineage.json"]
     assert len(read_wds([tmp_path / "out" / "o-0.tar", tmp_path / "out" / "o-2.tar"])) == 40
 
 
@@ -81,7 +82,8 @@ def test_input_missing_on_the_server_fails_that_shard_only(tmp_path, data, nginx
             f"{base}/data-@3.tar", tmp_path / "out" / "o-@3.tar", "--workers", "2")
     assert p.returncode == 1
     assert f"FAILED {base}/data-1.tar" in p.stderr and "404" in p.stderr
-    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["o-0.tar", "o-2.tar"]
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["o-0.tar", "o-2.tar",
+                                                                 "o.lineage.json"]
 
 
 def test_corrupt_shard_is_named_with_offset(tmp_path, data):
