@@ -68,12 +68,31 @@ def _with_key(item: dict, key: str, aliased: bool, n: int | None,
     return item
 
 
+def same_key_output(out, key: str, aliased: bool) -> dict | None:
+    """:func:`outputs_of` for its common case without its general checks: ``out`` is one
+    dict that keeps the input's key (as ``__key__`` and ``key``, or without them) and
+    has a field to write.  The output sample, or None when ``out`` is another case."""
+    if type(out) is dict and (
+            (named := out.get("__key__", key)) is key
+            or (type(named) is str and named == key)) and (
+            not aliased or (alias := out.get("key", key)) is key
+            or (type(alias) is str and alias == key)):
+        item = dict(out)  # _with_key(out, key, aliased, None), for this case
+        item["__key__"] = key
+        if aliased:
+            item.pop("key", None)
+        item.pop("__url__", None)
+        for f in item:
+            if not f.startswith("_"):
+                return item
+    return None  # several outputs, a new key, nothing to write, a bad type: outputs_of
+
+
 def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str) -> Iterator[dict]:
     """Apply ``fn`` to each sample, counting; yields the output samples.
 
-    The common case -- ``fn`` returns one dict that keeps the input's key (as
-    ``__key__`` and ``key``, or without them) -- is :func:`outputs_of` inlined: the
-    same output, without its general checks.
+    The common case -- ``fn`` returns one dict that keeps the input's key -- takes
+    :func:`same_key_output`: the same output, without the general checks.
     """
     for sample in samples:
         result.samples_read += 1
@@ -83,23 +102,8 @@ def map_samples(samples: Iterator[dict], fn, result: ShardResult, url: str) -> I
             if aliased:  # expose_key(), inlined
                 sample["key"] = key
             out = fn(sample)
-            if type(out) is dict and (
-                    (named := out.get("__key__", key)) is key
-                    or (type(named) is str and named == key)) and (
-                    not aliased or (alias := out.get("key", key)) is key
-                    or (type(alias) is str and alias == key)):
-                item = dict(out)  # _with_key(out, key, aliased, None), for this case
-                item["__key__"] = key
-                if aliased:
-                    item.pop("key", None)
-                item.pop("__url__", None)
-                outs = ()  # nothing to write, unless a field does not start with "_"
-                for f in item:
-                    if not f.startswith("_"):
-                        outs = None  # the one output is item
-                        break
-            else:
-                outs = outputs_of(out, key, aliased)
+            item = same_key_output(out, key, aliased)
+            outs = None if item is not None else outputs_of(out, key, aliased)
         except Exception as e:  # the user's code raised: name shard and key
             if getattr(e, "fatal", False):  # every sample would fail so (a missing program)
                 raise

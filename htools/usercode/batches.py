@@ -7,9 +7,12 @@ in front, run as a bounded pipeline inside one task::
 While the model runs on a batch, the next batches are read and prepared and the
 previous batch's outputs are written, so a job runs at the rate of its slowest stage,
 not at the sum of them (the same split as Ray Data's ``map_batches`` or a PyTorch
-``DataLoader`` feeding a model).  Memory stays bounded: the reader stops
-:data:`AHEAD_BATCHES` batches ahead of the model, the writer takes at most
-:data:`WRITE_BATCHES` batches of outputs.
+``DataLoader`` feeding a model).  Threads hand each other chunks of samples, not
+samples (a batch split among the prepare threads), so the Python work around the
+stages -- queue hand-offs, futures, wake-ups, all holding the GIL that the prepare
+threads need between their decodes -- is paid per chunk.  Memory stays bounded: the
+reader stops :data:`AHEAD_BATCHES` batches ahead of the model, the writer takes at
+most :data:`WRITE_BATCHES` batches of outputs.
 
 A batch holds up to ``batch_size`` samples of one shard, in shard order (a shard's
 last batch is shorter).  ``process_batch`` returns a list with one entry per input: a
@@ -33,7 +36,7 @@ from typing import Any
 
 from htools.errors import HtoolsError, ScriptError, hide_credentials
 from htools.summary import ShardResult
-from htools.usercode.apply import outputs_of
+from htools.usercode.apply import outputs_of, same_key_output
 from htools.usercode.script import user_traceback
 
 DEFAULT_BATCH_SIZE = 32
@@ -59,6 +62,14 @@ class BatchSpec:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise HtoolsError(f"{name} {value!r}: give a whole number of 1 or more")
         return cls(size, threads)
+
+    def chunks(self, prepared: bool) -> tuple[int, int]:
+        """Samples a hand-off from the reader carries, and hand-offs the look-ahead queue
+        holds: about :data:`AHEAD_BATCHES` batches in flight, counting the one the reader
+        holds.  With ``prepare_sample`` a batch is split among the prepare threads, so
+        that they all work on the next batch while the model runs."""
+        chunk = -(-self.batch_size // self.prepare_threads) if prepared else self.batch_size
+        return chunk, max(1, -(-AHEAD_BATCHES * self.batch_size // chunk) - 1)
 
 
 @dataclass
@@ -95,35 +106,50 @@ def _get(q: queue.Queue, stop: threading.Event):
                 raise _Stop from None
 
 
-def _prepared(prepare: Callable | None, sample: dict) -> _Item:
-    key = sample["__key__"]
-    aliased = "key" not in sample
-    if aliased:
-        sample["key"] = key
-    item = _Item(key, aliased, sample)
-    if prepare is not None:
-        try:
-            item.value = prepare(sample)
-        except Exception as e:  # noqa: BLE001 -- the user's prepare_sample: that sample's error
-            item.error = e
-    return item
+def _prepared(prepare: Callable | None, samples: list[dict]) -> list[_Item]:
+    """A chunk of samples as the script sees them (``key`` beside ``__key__``), each
+    through ``prepare_sample`` if there is one: one hand-off between threads a chunk."""
+    items = []
+    for sample in samples:
+        key = sample["__key__"]
+        aliased = "key" not in sample
+        if aliased:
+            sample["key"] = key
+        item = _Item(key, aliased, sample)
+        if prepare is not None:
+            try:
+                item.value = prepare(sample)
+            except Exception as e:  # noqa: BLE001 -- the user's prepare_sample: that sample's error
+                item.error = e
+        items.append(item)
+    return items
 
 
 def _feed(samples: Iterator[dict], prepare: Callable | None, pool: ThreadPoolExecutor | None,
-          out: queue.Queue, stop: threading.Event, errors: list) -> None:
-    """The reader thread: every sample, prepared on the pool (futures in order), into ``out``."""
+          chunk: int, out: queue.Queue, stop: threading.Event, errors: list) -> None:
+    """The reader thread: every sample, in chunks of ``chunk`` prepared on the pool
+    (futures in order), into ``out``."""
     try:
+        held: list[dict] = []
         for sample in samples:
-            if pool is None:
-                _put(out, _prepared(prepare, sample), stop)
-            else:
-                _put(out, pool.submit(_prepared, prepare, sample), stop)
+            held.append(sample)
+            if len(held) == chunk:
+                _put(out, _hand_off(prepare, pool, held), stop)
+                held = []
+        if held:
+            _put(out, _hand_off(prepare, pool, held), stop)
         _put(out, _END, stop)
     except _Stop:
         pass
     except BaseException as e:  # noqa: BLE001 -- reading failed: raised on the task thread
         errors.append(e)
         stop.set()
+
+
+def _hand_off(prepare: Callable | None, pool: ThreadPoolExecutor | None,
+              samples: list[dict]) -> list[_Item] | Future:
+    return _prepared(prepare, samples) if pool is None else pool.submit(_prepared, prepare,
+                                                                         samples)
 
 
 def _drain(q: queue.Queue, write: Callable[[dict], Any], stop: threading.Event,
@@ -158,12 +184,13 @@ def run_batches(samples: Iterator[dict], script: Any, result: ShardResult, url: 
     fn = script.process_batch
     stop = threading.Event()
     errors: list[BaseException] = []
-    ahead: queue.Queue = queue.Queue(maxsize=AHEAD_BATCHES * spec.batch_size)
+    chunk, chunks = spec.chunks(prepare is not None)
+    ahead: queue.Queue = queue.Queue(maxsize=chunks)
     written: queue.Queue = queue.Queue(maxsize=WRITE_BATCHES)
     pool = ThreadPoolExecutor(spec.prepare_threads, thread_name_prefix="htools-prepare") \
         if prepare is not None else None
-    reader = threading.Thread(target=_feed, args=(samples, prepare, pool, ahead, stop, errors),
-                              name="htools-read", daemon=True)
+    reader = threading.Thread(target=_feed, name="htools-read", daemon=True,
+                              args=(samples, prepare, pool, chunk, ahead, stop, errors))
     writer = threading.Thread(target=_drain, args=(written, write, stop, errors),
                               name="htools-write", daemon=True)
     reader.start()
@@ -198,19 +225,19 @@ def _batches(ahead: queue.Queue, size: int, stop: threading.Event, result: Shard
         got = _get(ahead, stop)
         if got is _END:
             break
-        item = got.result() if isinstance(got, Future) else got
-        result.samples_read += 1
-        if item.error is not None:
-            result.sample_error(url, item.key, "prepare_sample raised", item.error,
-                                user_traceback(item.error))
-            continue
-        if item.value is None:
-            result.samples_dropped += 1
-            continue
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
+        items = got.result() if isinstance(got, Future) else got
+        for item in items:
+            result.samples_read += 1
+            if item.error is not None:
+                result.sample_error(url, item.key, "prepare_sample raised", item.error,
+                                    user_traceback(item.error))
+            elif item.value is None:
+                result.samples_dropped += 1
+            else:
+                batch.append(item)
+                if len(batch) == size:
+                    yield batch
+                    batch = []
     if batch:
         yield batch
 
@@ -258,6 +285,10 @@ def _entries(got: Any, n: int, url: str, first: str) -> list:
 
 def _outputs(entry: Any, item: _Item, result: ShardResult, url: str) -> list[dict]:
     """One entry of a batch's result as output samples, counted as mapped or dropped."""
+    out = same_key_output(entry, item.key, item.aliased)
+    if out is not None:
+        result.samples_mapped += 1
+        return [out]
     try:
         outs = outputs_of(entry, item.key, item.aliased, what="process_batch")
     except ScriptError as e:
