@@ -42,6 +42,8 @@ class Partitioned(Stage):
     runs: list[Run] = field(default_factory=list)
     counts: np.ndarray | None = None
     keys: list[Run] = field(default_factory=list)  # the runs' keys files (.groupcount)
+    digests: list[Run] = field(default_factory=list)  # digest runs (.semijoin), or the
+    # decide tasks' drop runs
 
 
 @dataclass
