@@ -196,7 +196,7 @@ class _Job:
             decided = decide(self, s1.digests, counts)
             if not decided.summary.ok:
                 return self._summary(s1, Stage(decided.summary), "the dedup decisions")
-            self.drops, counts = decided.runs, decided.counts
+            self.deduped, self.drops, counts = decided, decided.runs, decided.counts
         if one.group_by:
             counted = self._count_groups(keys, counts)
             if not counted.summary.ok:

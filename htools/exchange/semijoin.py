@@ -8,10 +8,10 @@ its place and its sort bucket -- bucketed by the digest.  *Decide tasks*
 (:func:`keep_firsts`) read a range of digest buckets of every digest run, merged by
 ``(digest, place)``: the first place of each digest is kept (the first in input order,
 today's rule), every other one is written to the task's *drop run*, bucketed by sort
-bucket, sorted.  Each write task loads the drop runs' slices of its buckets
-(:class:`DropFilter`) and leaves those records out as it writes, counting them as
-dropped.  The data crosses scratch once, as a plain sort's does; the digests (about 70
-bytes a sample) are the only extra traffic.
+bucket, sorted; the duplicates count as dropped there, as the dedup pass counted
+them.  Each write task loads the drop runs' slices of its buckets (:class:`DropFilter`)
+and leaves those records out as it writes.  The data crosses scratch once, as a plain
+sort's does; the digests (about 60 bytes a sample) are the only extra traffic.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from htools.exchange.runfile import Run, RunWriter, bucket_offsets, open_slice, 
 from htools.exchange.specs import StageOne
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.task import shard_task
-from htools.summary import ShardResult
 
 DIGEST_MEMORY = 8  # a stage-1 task buffers digests up to 1/8 of its budget, then spills
 PLACE = np.dtype(">u8")  # a place in a drop run: input position << 32 | ordinal
@@ -90,6 +89,7 @@ def keep_firsts(runs: list[Run], a: int, b: int, url: str, buckets: int,
                     result.samples_read += 1
                     if k[0] == last:
                         drops.setdefault(k[3], []).append(k[1] << 32 | k[2])
+                        result.samples_dropped += 1
                     else:
                         last = k[0]
         finally:
@@ -115,27 +115,27 @@ def _write_drops(url: str, drops: dict[int, list[int]], buckets: int, options: d
 class DropFilter:
     """A write task's view of the drop runs: the places of its buckets ``[a, b)`` to
     leave out, loaded when first used (inside an output's task frame: a run that cannot
-    be read fails that output).  Records dropped count into ``result`` (the output being
-    written; None while a retry skips past outputs not written this time)."""
+    be read fails that output).  The decide tasks counted them as dropped already."""
 
     def __init__(self, runs: list[Run], a: int, b: int, options: dict):
         self.runs, self.a, self.b, self.options = runs, a, b, options
         self.places: set[int] | None = None
-        self.result: ShardResult | None = None
-        self.dropped = 0  # by the current output
-
-    def count_into(self, result: ShardResult | None) -> None:
-        self.result, self.dropped = result, 0
+        self.per_bucket = np.zeros(b - a, dtype=np.int64)  # places of each bucket
 
     def _load(self) -> set[int]:
         places: set[int] = set()
         for run in self.runs:
-            offsets = bucket_offsets(run, self.a, self.b, self.options)
+            offsets = bucket_offsets(run, self.a, self.b, self.options).astype(np.int64)
             lo, hi = int(offsets[0]), int(offsets[-1])
             if hi > lo:
+                self.per_bucket += np.diff(offsets) // PLACE.itemsize
                 with open_slice(run, lo, hi, self.options) as f:
                     places.update(np.frombuffer(f.read(hi - lo), dtype=PLACE).tolist())
         return places
+
+    def in_buckets(self, a: int, b: int) -> int:
+        """The places to leave out of buckets ``[a, b)`` (0 before they are loaded)."""
+        return int(self.per_bucket[a - self.a:b - self.a].sum())
 
     def apply(self, records_: Iterator[tuple]) -> Iterator[tuple]:
         """``records_`` without the dropped ones."""
@@ -144,10 +144,5 @@ class DropFilter:
         places = self.places
         for rec in records_:
             k = rec[0]  # [K, position, ordinal], negated under reverse
-            if (abs(k[1]) << 32 | abs(k[2])) in places:
-                self.dropped += 1
-                if self.result is not None:
-                    self.result.samples_read += 1
-                    self.result.samples_dropped += 1
-                continue
-            yield rec
+            if (abs(k[1]) << 32 | abs(k[2])) not in places:
+                yield rec

@@ -84,7 +84,6 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
             merged = itertools.chain.from_iterable(
                 bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
             if drops is not None:
-                drops.count_into(result)
                 merged = drops.apply(merged)
             if spec.dedup:
                 merged = dedup(merged, spec, result, url, duplicates)
@@ -94,7 +93,8 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
             # move every cursor to the next output's first bucket
             for c in cursors:
                 c.skip_to(b)
-            result.samples_read = sum(c.count for c in cursors) - read_before
+            result.samples_read = sum(c.count for c in cursors) - read_before \
+                - (drops.in_buckets(a, b) if drops is not None else 0)  # counted as dropped
             raise
     result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
     return result.as_dict()
@@ -212,17 +212,12 @@ def _write_slices(outputs: list[tuple], runs: list[Run], spec: StageTwo,
             duplicates = [0]
             with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
                 try:
-                    if drops is not None:
-                        drops.count_into(None)  # records of outputs not written this time
                     merged = slicer.take(a, bucket_begin, begin, count)
-                    if drops is not None:
-                        drops.count_into(result)
                     if spec.dedup:
                         merged = dedup(merged, spec, result, url, duplicates)
                     _write_records(url, merged, spec, result)
                 except BaseException:
-                    # the whole output is lost (and the records it dropped were read)
-                    result.samples_read = slicer.lost() + (drops.dropped if drops else 0)
+                    result.samples_read = slicer.lost()  # the whole output is lost
                     raise
             result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
             results.append(result.as_dict())
