@@ -67,7 +67,8 @@ def decide(job, digests: list[Run], counts: np.ndarray) -> Partitioned:
 
     s = engine.run(f"{job.spec.tool}-dedup", tasks, job.opts.with_(dry_run=False),
                    on_result=on_result, check_outputs=False)
-    job.stats.update(dedup_tasks=len(tasks), duplicates=reports.duplicates)
+    job.stats.update(dedup_tasks=len(tasks), duplicates=reports.duplicates,
+                     dedup_seconds=s.seconds)
     if merged.summary is not None:
         s.add_tasks(merged.summary)
     if s.ok:
