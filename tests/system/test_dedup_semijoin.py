@@ -130,6 +130,27 @@ def test_byte_identical_to_the_dedup_pass(tmp_path, processes_client, monkeypatc
     assert not any((tmp_path / "s1").rglob("*.bin"))
 
 
+#: the outputs of htsort --key grp --dedup img (o-@3) of write_dups(8 shards x 25, seed
+#: 42), as the dedup pass wrote them before the semi-join; forward, then --reverse
+PINNED = {False: ["288f3018706b76c5ebf47f5411b58922d515bbc500af9e43b94608e11a9c68e3",
+                  "badada28da038078652d6beffc5ac678547ccc359137b3abc224d7dc955e693d",
+                  "0ff7eeb2f388dc21bcba0a63d6c13c520160c09a453bab33aafb30c07eac6388"],
+          True: ["fa06da85323260347e078114f8cf495645005e3afff96bb851ba4604cdfeaf6c",
+                 "badada28da038078652d6beffc5ac678547ccc359137b3abc224d7dc955e693d",
+                 "837a4e8a76370a03c57a732e338b2af2f9749a0d7bcc889f9e5a4fe6b7f6eb20"]}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_pinned_digests_of_the_dedup_pass(tmp_path, processes_client, reverse):
+    write_dups(tmp_path / "in", shards=8, per_shard=25, seed=42)
+    s = htools.sort(str(tmp_path / "in" / "d-{00..07}.tar"), str(tmp_path / "o" / "o-@3.tar"),
+                    key="grp", key_type="int", dedup="img", reverse=reverse,
+                    client=processes_client, quiet=True)
+    assert s.ok, s.failures
+    assert digests(tmp_path / "o") == PINNED[reverse]
+    assert s.samples_dropped == s.extra["duplicates"] == 150
+
+
 def test_sample_errors_count_as_before(tmp_path, processes_client, monkeypatch):
     """Samples without the dedup field or the sort field: the same sample errors, the
     same counts (read = written + dropped + failed) and output as the dedup pass."""
