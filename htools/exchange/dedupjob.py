@@ -1,6 +1,7 @@
 """The client's side of htsort --dedup F by another key: which way it runs
-(:func:`dedup_mode`) and the decide stage of the semi-join (:func:`decide`, see
-:mod:`.semijoin`) between stage 1 and the merge levels."""
+(:func:`dedup_mode`), the decide stage of the semi-join (:func:`decide`, see
+:mod:`.semijoin`) between stage 1 and the merge levels, or with a reduce the dedup pass
+(:func:`dedup_pass`, see :mod:`.dedup`) between the two passes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import numpy as np
 
 from htools import storage
 from htools.exchange import plan
-from htools.exchange.dedup import two_passes
+from htools.exchange.dedup import dedup_and_partition, two_passes
 from htools.exchange.runfile import Run
 from htools.exchange.semijoin import keep_firsts
-from htools.exchange.specs import StageTwo, scratch_options
+from htools.exchange.specs import StageOne, StageTwo, scratch_options
 from htools.exchange.stages import Partitioned, Reports, add_counts
 from htools.runtime import engine
 from htools.runtime.engine import Task
@@ -74,3 +75,27 @@ def decide(job, digests: list[Run], counts: np.ndarray) -> Partitioned:
     if s.ok:
         job.delete([r for _a, _b, part in merged.parts for r in part])
     return Partitioned(s, reports, [made[i] for i in sorted(made)], counts - dropped)
+
+
+def dedup_pass(job, runs: list[Run], buckets: int, one: StageOne) -> Partitioned:
+    """htsort --dedup by another key with a reduce: first-pass runs (by F's content) ->
+    merge levels -> dedup tasks, which write the second pass's sorted runs (with their
+    counts per bucket, and the pass's summary: its tasks, failures, and the duplicates
+    dropped)."""
+    two = StageTwo(max_errors=job.opts.max_errors, mtime=job.spec.mtime,
+                   options=job.options, dedup=job.spec.key.dedup)
+    groups = [(j, j + 1) for j in range(buckets)]
+    merged = job.merge_levels([(0, buckets, runs)], groups, two, "dedup-merge")
+    if not merged.ok:
+        return Partitioned(merged.summary)
+    tasks = [Task(dedup_and_partition, {"runs": part, "a": j, "b": j + 1, "task": j,
+                                        "one": one, "two": two},
+                  input=f"{len(part)} runs, bucket {j}")
+             for j0, j1, part in merged.parts for j in range(j0, j1) if part]
+    dd = job.partitions("dedup", tasks, one.buckets, True)
+    job.stats.update(dedup_tasks=len(tasks), duplicates=dd.reports.duplicates)
+    if merged.summary is not None:
+        dd.summary.add_tasks(merged.summary)
+    if dd.summary.ok:
+        job.delete([r for _a, _b, part in merged.parts for r in part])
+    return dd

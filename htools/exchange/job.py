@@ -25,8 +25,7 @@ import numpy as np
 from htools import lineage, shardindex, shards, storage
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
-from htools.exchange.dedup import dedup_and_partition
-from htools.exchange.dedupjob import decide, dedup_mode
+from htools.exchange.dedupjob import decide, dedup_mode, dedup_pass
 from htools.exchange.dryrun import dry_run, plan_for
 from htools.exchange.groupcount import count_groups
 from htools.exchange.keys import KeySpec, pick_splitters
@@ -183,7 +182,7 @@ class _Job:
             s1 = self._stage_one(first)
             if not s1.summary.ok:
                 return self._summary(s1, None, "stage 1")
-            dd = self._dedup_pass(s1.runs, first.buckets, one)
+            dd = dedup_pass(self, s1.runs, first.buckets, one)
             if not dd.summary.ok:
                 return self._summary(s1, dd, "the dedup pass")
             self.deduped, runs, counts, keys = dd, dd.runs, dd.counts, dd.keys
@@ -252,7 +251,7 @@ class _Job:
         tasks = [Task(partition, {"inputs": chunk, "task": t, "spec": one},
                       input=chunk[0][1] if len(chunk) == 1 else [u for _i, u in chunk])
                  for t, chunk in enumerate(chunks)]
-        s1 = self._partitions("stage1", tasks, one.buckets, one.counts)
+        s1 = self.partitions("stage1", tasks, one.buckets, one.counts)
         self.stats.update(stage1_tasks=len(tasks), inputs_per_task=self.plan.inputs_per_task,
                           runs=len(s1.runs))
         return s1
@@ -278,7 +277,7 @@ class _Job:
             raise HtoolsError(f"sort keys of different types cannot be compared: {e}") from None
         return replace(one, splitters=splitters)
 
-    def _partitions(self, name: str, tasks: list[Task], buckets: int,
+    def partitions(self, name: str, tasks: list[Task], buckets: int,
                     counted: bool) -> Partitioned:
         """Run tasks that write runs of all ``buckets`` (stage 1, the dedup tasks)."""
         by_task: dict[int, list] = {}
@@ -323,29 +322,6 @@ class _Job:
                           group_count_seconds=s.seconds)
         self.delete(keys)
         return Partitioned(s, counts=counts)
-
-    # ---------------------------------------------------------- dedup pass --
-    def _dedup_pass(self, runs: list[Run], buckets: int, one: StageOne) -> Partitioned:
-        """First-pass runs (by F's content) -> merge levels -> dedup tasks, which write
-        the second pass's sorted runs (with their counts per bucket, and the pass's
-        summary: its tasks, failures, and the duplicates dropped)."""
-        two = StageTwo(max_errors=self.opts.max_errors, mtime=self.spec.mtime,
-                       options=self.options, dedup=self.spec.key.dedup)
-        groups = [(j, j + 1) for j in range(buckets)]
-        merged = self.merge_levels([(0, buckets, runs)], groups, two, "dedup-merge")
-        if not merged.ok:
-            return Partitioned(merged.summary)
-        tasks = [Task(dedup_and_partition, {"runs": part, "a": j, "b": j + 1, "task": j,
-                                            "one": one, "two": two},
-                      input=f"{len(part)} runs, bucket {j}")
-                 for j0, j1, part in merged.parts for j in range(j0, j1) if part]
-        dd = self._partitions("dedup", tasks, one.buckets, True)
-        self.stats.update(dedup_tasks=len(tasks), duplicates=dd.reports.duplicates)
-        if merged.summary is not None:
-            dd.summary.add_tasks(merged.summary)
-        if dd.summary.ok:
-            self.delete([r for _a, _b, part in merged.parts for r in part])
-        return dd
 
     # ------------------------------------------------------- merge levels --
     def _stage_two(self) -> StageTwo:
