@@ -22,6 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from htools import storage
+from htools.errors import HtoolsError
 from htools.exchange.cursors import bucket_records, close_all, open_cursors
 from htools.exchange.keys import KeySpec
 from htools.exchange.runfile import Run, RunWriter, bucket_offsets, open_slice, pack_key, record
@@ -124,6 +125,7 @@ class DropFilter:
 
     def _load(self) -> set[int]:
         places: set[int] = set()
+        self.per_bucket[:] = 0
         for run in self.runs:
             offsets = bucket_offsets(run, self.a, self.b, self.options).astype(np.int64)
             lo, hi = int(offsets[0]), int(offsets[-1])
@@ -134,7 +136,13 @@ class DropFilter:
         return places
 
     def in_buckets(self, a: int, b: int) -> int:
-        """The places to leave out of buckets ``[a, b)`` (0 before they are loaded)."""
+        """The places to leave out of buckets ``[a, b)`` (0 when the drop runs cannot be
+        read: every record then counts as failed)."""
+        if self.places is None:
+            try:
+                self.places = self._load()
+            except HtoolsError:
+                return 0
         return int(self.per_bucket[a - self.a:b - self.a].sum())
 
     def apply(self, records_: Iterator[tuple]) -> Iterator[tuple]:
