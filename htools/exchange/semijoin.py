@@ -30,15 +30,15 @@ from htools.exchange.specs import StageOne
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.task import shard_task
 
-DIGEST_MEMORY = 8  # a stage-1 task buffers digests up to 1/8 of its budget, then spills
 PLACE = np.dtype(">u8")  # a place in a drop run: input position << 32 | ordinal
 
 
 def digest_spec(spec: StageOne) -> StageOne:
-    """What a stage-1 task's digest spiller needs: the digest buckets, ascending keys."""
+    """What a stage-1 task's digest spiller needs: the digest buckets, ascending keys
+    (its budget is the task's, shared with the samples: :class:`DigestTee`)."""
     return replace(spec, scratch=storage.join(spec.scratch, "digests/"),
                    buckets=spec.dedup_buckets, key=KeySpec(), splitters=(), counts=False,
-                   group_by="", memory=max(1 << 16, spec.memory // DIGEST_MEMORY))
+                   group_by="")
 
 
 def digest_bucket(digest: bytes, buckets: int) -> int:
@@ -48,17 +48,21 @@ def digest_bucket(digest: bytes, buckets: int) -> int:
 class DigestTee:
     """Stage 1's output with --dedup by another key: every sample to ``samples`` (a
     :class:`.partition.Spiller` by K), its digest record to ``digests`` (one by digest).
-    Keys are :class:`.keys.Placed`: they carry the digest of F this far."""
+    Keys are :class:`.keys.Placed`: they carry the digest of F this far.  The two share
+    the task's memory budget: when what they hold reaches it, both spill."""
 
     def __init__(self, samples, digests):
         self.samples, self.digests = samples, digests
         self.buckets = digests.spec.buckets
+        self.memory = samples.spec.memory
 
     def add(self, bucket: int, k, rec: bytes) -> None:
         d, k.digest = k.digest, None
         entry = [d, abs(k[1]), abs(k[2]), bucket]
         self.digests.add(digest_bucket(d, self.buckets), entry, record(pack_key(entry), "", b""))
         self.samples.add(bucket, k, rec)
+        if self.samples.held + self.digests.held >= self.memory:
+            self.close()
 
     def close(self) -> None:
         self.samples.close()
