@@ -13,7 +13,11 @@
 * :mod:`.merge`     the merge-level task;
 * :mod:`.write`     the write tasks (whole buckets, or exact --maxcount slices), through
   :mod:`.groups` (dedup, --merge, reduce);
-* :mod:`.dedup`     the task between htsort's two passes when --dedup is not its key;
+* :mod:`.semijoin`  htsort --dedup by another key as a semi-join on digests: the digest
+  runs of stage 1, the decide tasks, the writes' drop filter;
+* :mod:`.dedupjob`  which way a --dedup job runs, and the decide stage's driver;
+* :mod:`.dedup`     the task between htsort's two passes when --dedup is not its key and
+  a reduce_samples() folds the sorted samples;
 * :mod:`.stages`    typed stage results, and the job's summary made from them;
 * :mod:`.dryrun`    the plan as ``--dry-run`` shows it;
 * :mod:`.job`       the driver: plan, stages in order, summary, scratch clean-up.

@@ -1,4 +1,6 @@
-"""htsort --dedup F by another sort key K: the task between the two passes.
+"""htsort --dedup F by another sort key K with a ``reduce_samples()``: the task between
+the two passes.  (Without a reduce, the job is a semi-join on digests instead, in the
+plain sort's passes: :mod:`.semijoin`; :func:`.dedupjob.dedup_mode` decides.)
 
 Duplicates of F must meet to be dropped, and samples must meet by K to be sorted; one
 bucketing cannot do both.  So the first pass partitions by F's content

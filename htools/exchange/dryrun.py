@@ -7,7 +7,7 @@ from __future__ import annotations
 from htools import shards
 from htools.errors import hide_credentials
 from htools.exchange import plan
-from htools.exchange.dedup import two_passes
+from htools.exchange.dedupjob import dedup_mode
 from htools.exchange.plan import ExchangePlan, MergeLevel
 from htools.exchange.sizing import Resources, dry_run_resources, human_size, shard_size
 from htools.options import RunOptions
@@ -20,7 +20,11 @@ def plan_lines(p: ExchangePlan, sized: Resources, dedup: str | None) -> list[str
              f"{human_size(sized.memory)} a task ({sized.source})",
              f"stage 1: {p.inputs} input shards in {p.stage1_tasks} tasks ({p.inputs_per_task} "
              f"input(s) each) -> about {p.runs} sorted runs in scratch"]
-    if dedup is not None:
+    if p.decide_tasks:
+        lines.append(f"dedup: stage 1 also writes each sample's sha256 of {dedup} and place "
+                     f"(about 60 bytes) by digest; {p.decide_tasks} decide tasks keep the first "
+                     "of each value and hand each write task the places to drop (no pass more)")
+    elif p.first_pass_buckets:
         lines.append(f"dedup pass: stage 1 buckets samples by the sha256 of {dedup}; "
                      f"{p.first_pass_buckets} dedup tasks (after {_levels(p.first_pass_levels)}) "
                      "drop all but the first of each value and write runs by the sort key "
@@ -51,8 +55,8 @@ def plan_figures(p: ExchangePlan) -> dict:
                "runs": p.runs, "write_tasks": p.write_tasks,
                "outputs_per_task": p.outputs_per_task, "max_runs_per_write": p.runs_per_write,
                "requests_per_write": 2 * p.runs_per_write, "worker_threads": p.workers}
-    if p.first_pass_buckets:
-        figures["dedup_tasks"] = p.first_pass_buckets
+    if p.first_pass_buckets or p.decide_tasks:
+        figures["dedup_tasks"] = p.first_pass_buckets or p.decide_tasks
     return figures
 
 
@@ -67,7 +71,9 @@ def plan_for(spec, inputs: int, outputs: int | None, shard_bytes: float | None,
     return plan.plan_exchange(inputs=inputs, shard_bytes=shard_bytes, outputs=outputs,
                               memory=sized.memory, workers=sized.threads,
                               shuffle=spec.key.mode == "random", fan=spec.fan_in,
-                              dedup_pass=two_passes(spec.key), beside=beside)
+                              dedup_pass=dedup_mode(spec.key, spec.script) == "pass",
+                              semijoin=dedup_mode(spec.key, spec.script) == "digests",
+                              beside=beside)
 
 
 def dry_run(spec, outset: shards.OutputSet, inputs: list[str], known: list[str],
@@ -76,7 +82,7 @@ def dry_run(spec, outset: shards.OutputSet, inputs: list[str], known: list[str],
     sized = dry_run_resources(opts, spec.memory)
     planned = plan_for(spec, len(inputs), outset.count, shard_size(inputs, opts), sized)
     summary = JobSummary(spec.tool, shards_total=len(known))
-    summary.plan = plan_lines(planned, sized, spec.key.dedup if two_passes(spec.key) else None)
+    summary.plan = plan_lines(planned, sized, spec.key.dedup)
     for u in known or [outset.first() + " ..."]:
         mark = "  (exists, skipped)" if u in present else ""
         summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")

@@ -25,7 +25,7 @@ import numpy as np
 from htools import lineage, shardindex, shards, storage
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
-from htools.exchange.dedup import dedup_and_partition, two_passes
+from htools.exchange.dedupjob import decide, dedup_mode, dedup_pass
 from htools.exchange.dryrun import dry_run, plan_for
 from htools.exchange.groupcount import count_groups
 from htools.exchange.keys import KeySpec, pick_splitters
@@ -152,7 +152,9 @@ class _Job:
         self.fan = plan.fan_in(self.memory, spec.fan_in)
         self.stats: dict = {"levels": [], "fan_in": self.fan}  # the summary's extra
         self.outputs: list[str] = []  # known once stage 1 has counted
-        self.two_passes = two_passes(spec.key)
+        self.dedup = dedup_mode(spec.key, spec.script)
+        self.two_passes = self.dedup == "pass"
+        self.drops: list[Run] | None = None  # the decide tasks' drop runs (.semijoin)
         self.deduped: Stage | None = None  # the dedup pass, once it succeeded
 
     # ------------------------------------------------------------ the job --
@@ -171,14 +173,16 @@ class _Job:
             one = self._with_splitters(one)
         if one.counts and not self._stage_two().passes_through:  # writes fold equal keys
             one = replace(one, group_by="head" if self.two_passes else "key")
-        if self.two_passes:  # htsort --dedup F by another key: first by F's content
+        if self.dedup == "digests":  # htsort --dedup F by another key: digests beside
+            one = replace(one, dedup_buckets=plan.DIGEST_BUCKETS)
+        if self.two_passes:  # htsort --dedup F by another key, a reduce: first by F's content
             first = replace(one, buckets=self.plan.first_pass_buckets, counts=False,
                             key=replace(spec.key, reverse=False), first_pass=True,
                             group_by="")
             s1 = self._stage_one(first)
             if not s1.summary.ok:
                 return self._summary(s1, None, "stage 1")
-            dd = self._dedup_pass(s1.runs, first.buckets, one)
+            dd = dedup_pass(self, s1.runs, first.buckets, one)
             if not dd.summary.ok:
                 return self._summary(s1, dd, "the dedup pass")
             self.deduped, runs, counts, keys = dd, dd.runs, dd.counts, dd.keys
@@ -187,13 +191,18 @@ class _Job:
             if not s1.summary.ok:
                 return self._summary(s1, None, "stage 1")
             runs, counts, keys = s1.runs, s1.counts, s1.keys
+        if one.dedup_buckets:  # which samples to drop: the semi-join on digests
+            decided = decide(self, s1.digests, counts)
+            if not decided.summary.ok:
+                return self._summary(s1, Stage(decided.summary), "the dedup decisions")
+            self.deduped, self.drops, counts = decided, decided.runs, decided.counts
         if one.group_by:
             counted = self._count_groups(keys, counts)
             if not counted.summary.ok:
                 return self._summary(s1, Stage(counted.summary), "counting groups")
             counts = counted.counts
         groups, slices = self._outputs(counts)
-        merged = self._merge_levels([(0, len(groups), runs)], groups, self._stage_two())
+        merged = self.merge_levels([(0, len(groups), runs)], groups, self._stage_two())
         if not merged.ok:
             return self._summary(s1, Stage(merged.summary), "a merge level")
         s2 = self._write(merged.parts, groups, sum(r.size for r in runs), slices)
@@ -242,7 +251,7 @@ class _Job:
         tasks = [Task(partition, {"inputs": chunk, "task": t, "spec": one},
                       input=chunk[0][1] if len(chunk) == 1 else [u for _i, u in chunk])
                  for t, chunk in enumerate(chunks)]
-        s1 = self._partitions("stage1", tasks, one.buckets, one.counts)
+        s1 = self.partitions("stage1", tasks, one.buckets, one.counts)
         self.stats.update(stage1_tasks=len(tasks), inputs_per_task=self.plan.inputs_per_task,
                           runs=len(s1.runs))
         return s1
@@ -268,11 +277,12 @@ class _Job:
             raise HtoolsError(f"sort keys of different types cannot be compared: {e}") from None
         return replace(one, splitters=splitters)
 
-    def _partitions(self, name: str, tasks: list[Task], buckets: int,
+    def partitions(self, name: str, tasks: list[Task], buckets: int,
                     counted: bool) -> Partitioned:
         """Run tasks that write runs of all ``buckets`` (stage 1, the dedup tasks)."""
         by_task: dict[int, list] = {}
         by_keys: dict[int, list] = {}
+        by_digests: dict[int, list] = {}
         counts = np.zeros(buckets, dtype=np.int64) if counted else None
         reports = Reports()
 
@@ -280,6 +290,7 @@ class _Job:
             extra = r.pop("extra")
             by_task[i] = extra.get("runs", [])
             by_keys[i] = extra.get("keys", [])
+            by_digests[i] = extra.get("digests", [])
             if counts is not None:
                 add_counts(counts, extra.get("counts"))
             reports.add(extra)
@@ -288,7 +299,9 @@ class _Job:
                        on_result=on_result, check_outputs=False)
         runs = [Run(url, size, 0, buckets) for t in sorted(by_task) for url, size in by_task[t]]
         keys = [Run(url, size, 0, buckets) for t in sorted(by_keys) for url, size in by_keys[t]]
-        return Partitioned(s, reports, runs, counts, keys)
+        digests = [Run(url, size, 0, plan.DIGEST_BUCKETS) for t in sorted(by_digests)
+                   for url, size in by_digests[t]]
+        return Partitioned(s, reports, runs, counts, keys, digests)
 
     def _count_groups(self, keys: list[Run], records: np.ndarray) -> Partitioned:
         """Distinct group keys per bucket (:mod:`.groupcount`): count tasks over ranges
@@ -307,31 +320,8 @@ class _Job:
                        check_outputs=False)
         self.stats.update(group_count_tasks=len(tasks), groups=int(counts.sum()),
                           group_count_seconds=s.seconds)
-        self._delete(keys)
+        self.delete(keys)
         return Partitioned(s, counts=counts)
-
-    # ---------------------------------------------------------- dedup pass --
-    def _dedup_pass(self, runs: list[Run], buckets: int, one: StageOne) -> Partitioned:
-        """First-pass runs (by F's content) -> merge levels -> dedup tasks, which write
-        the second pass's sorted runs (with their counts per bucket, and the pass's
-        summary: its tasks, failures, and the duplicates dropped)."""
-        two = StageTwo(max_errors=self.opts.max_errors, mtime=self.spec.mtime,
-                       options=self.options, dedup=self.spec.key.dedup)
-        groups = [(j, j + 1) for j in range(buckets)]
-        merged = self._merge_levels([(0, buckets, runs)], groups, two, "dedup-merge")
-        if not merged.ok:
-            return Partitioned(merged.summary)
-        tasks = [Task(dedup_and_partition, {"runs": part, "a": j, "b": j + 1, "task": j,
-                                            "one": one, "two": two},
-                      input=f"{len(part)} runs, bucket {j}")
-                 for j0, j1, part in merged.parts for j in range(j0, j1) if part]
-        dd = self._partitions("dedup", tasks, one.buckets, True)
-        self.stats.update(dedup_tasks=len(tasks), duplicates=dd.reports.duplicates)
-        if merged.summary is not None:
-            dd.summary.add_tasks(merged.summary)
-        if dd.summary.ok:
-            self._delete([r for _a, _b, part in merged.parts for r in part])
-        return dd
 
     # ------------------------------------------------------- merge levels --
     def _stage_two(self) -> StageTwo:
@@ -341,13 +331,13 @@ class _Job:
         key = spec.key
         two = StageTwo(reverse=key.reverse, reduce=reduce, merge=spec.merge,
                        max_errors=self.opts.max_errors, mtime=spec.mtime, options=self.options,
-                       dedup=None if self.two_passes else key.dedup,
+                       dedup=None if self.dedup else key.dedup,
                        dedup_by_key=key.mode == "field" and key.type == "str"
                        and key.field == key.dedup, index=self.opts.index,
-                       positions=self.two_passes)
+                       positions=bool(self.dedup))
         return replace(two, by_groups=bool(spec.maxcount) and not two.passes_through)
 
-    def _merge_levels(self, parts: list, groups: list[tuple[int, int]], two: StageTwo,
+    def merge_levels(self, parts: list, groups: list[tuple[int, int]], two: StageTwo,
                       name: str = "merge") -> Merged:
         """Merge runs F at a time until no output reads more than F runs (each level as
         :func:`.plan.next_level` plans it from the runs the level before really wrote)."""
@@ -392,12 +382,12 @@ class _Job:
                 total.add_tasks(s)
             if not s.ok:
                 return Merged(parts, total)
-            self._delete([r for m, (_a, _b, runs) in zip(shape.merges, parts) if m.groups
+            self.delete([r for m, (_a, _b, runs) in zip(shape.merges, parts) if m.groups
                           for r in runs])
             parts = [(a, b, [r for r in runs if r is not None]) for a, b, runs in nxt]
         return Merged(parts, total)
 
-    def _delete(self, runs: list[Run]) -> None:
+    def delete(self, runs: list[Run]) -> None:
         """Runs a level consumed: deleted now, so scratch holds about one copy of the data."""
         options = scratch_options(self.options)
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -414,7 +404,10 @@ class _Job:
             for chunk in plan.write_chunks(todo, per):
                 outs = [(outputs[j], groups[j][0], groups[j][1], *(slices[j] if slices else ()))
                         for j in chunk]
-                tasks.append(Task(write_outputs, {"outputs": outs, "runs": runs, "spec": two},
+                kwargs = {"outputs": outs, "runs": runs, "spec": two}
+                if self.drops is not None:
+                    kwargs["drops"] = self.drops
+                tasks.append(Task(write_outputs, kwargs,
                                   input=f"{len(runs)} runs", outputs=[o[0] for o in outs],
                                   narrow=narrow_write))
         reports = Reports()
@@ -427,7 +420,7 @@ class _Job:
         most = max((len(t.kwargs["runs"]) for t in tasks), default=0)
         self.stats.update(write_tasks=len(tasks), outputs_per_task=per,
                           max_runs_per_write=most, requests_per_write=2 * most)
-        if self.spec.key.dedup and not self.two_passes:  # dropped as duplicates
+        if self.spec.key.dedup and not self.dedup:  # dropped as duplicates
             self.stats["duplicates"] = reports.duplicates
         return Stage(s2, reports)
 

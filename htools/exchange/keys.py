@@ -89,6 +89,32 @@ def first_pass_key(key: KeySpec, script, index: int) -> Callable[[dict], list]:
     return key_of
 
 
+class Placed(list):
+    """A stage-1 key ``[K, position, ordinal]`` (:func:`placed_key`) that carries its
+    sample's digest of the --dedup field to the spiller (:mod:`.semijoin`)."""
+
+    __slots__ = ("digest",)
+
+
+def placed_key(key: KeySpec, script, index: int) -> Callable[[dict], Placed]:
+    """htsort --dedup F by another key K as a semi-join: the key of a plain sort, with
+    the sample's input place after it (:func:`second_pass_key`'s form, so equal K keep
+    their input order) and the sha256 of F beside it.  K is taken first, then F, as
+    :func:`first_pass_key` does (the same sample errors)."""
+    sort_key = key.key_fn(script, index)
+    ordinal = itertools.count()
+    name, reverse = key.dedup, key.reverse
+
+    def key_of(sample: dict) -> Placed:
+        k = checked_key(sort_key(sample))
+        d = field_digest(sample, name)
+        out = Placed(second_pass_key([None, index, next(ordinal), k], reverse))
+        out.digest = d
+        return out
+
+    return key_of
+
+
 def content_bucket(buckets: int) -> Callable[[list], int]:
     """The bucket of a first-pass key: the top bits of its content key."""
     return lambda k: (k[0] * buckets) >> RANDOM_BITS

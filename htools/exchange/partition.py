@@ -20,8 +20,15 @@ import numpy as np
 
 from htools import storage
 from htools.exchange.groupcount import distinct_digests
-from htools.exchange.keys import bucket_fn, checked_key, content_bucket, first_pass_key
+from htools.exchange.keys import (
+    bucket_fn,
+    checked_key,
+    content_bucket,
+    first_pass_key,
+    placed_key,
+)
 from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record
+from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
@@ -44,6 +51,8 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
     rss0 = rss()
     urls = [u for _i, u in inputs]
     out = Spiller(spec, task, np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None)
+    if spec.dedup_buckets:  # htsort --dedup by another key: digests beside (.semijoin)
+        out = DigestTee(out, Spiller(digest_spec(spec), task, None))
     with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result:
         try:
             _partition(inputs, spec, result, out)
@@ -58,11 +67,18 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
     encoder = SampleEncoder(spec.scratch, spec.mtime)
     if spec.first_pass:
         bucket_of = content_bucket(spec.buckets)
+    elif spec.dedup_buckets:  # keys [K, place]: the bucket of K
+        by_key = bucket_fn(spec.key, spec.buckets, spec.splitters)
+        bucket_of = lambda k: by_key(k[0])  # noqa: E731
     else:
         bucket_of = bucket_fn(spec.key, spec.buckets, spec.splitters)
     for index, url in inputs:
-        key_of = first_pass_key(spec.key, spec.script, index) if spec.first_pass \
-            else _checked(spec.key.key_fn(spec.script, index))
+        if spec.first_pass:
+            key_of = first_pass_key(spec.key, spec.script, index)
+        elif spec.dedup_buckets:
+            key_of = placed_key(spec.key, spec.script, index)
+        else:
+            key_of = _checked(spec.key.key_fn(spec.script, index))
         for sample in input_samples(url, spec, result):
             sample.pop("__url__", None)
             try:

@@ -33,6 +33,8 @@ BUCKETS_PER_OUTPUT = 16
 MAX_BUCKETS = 1 << 16
 DEFAULT_BUCKETS = 4096  # when the number of outputs is known only after stage 1
 TASKS_PER_WORKER = 4  # stage-1 / write tasks per worker thread, at least (load balance)
+DIGEST_BUCKETS = 1024  # htsort --dedup by another key: buckets of the digest runs
+DIGEST_SHARE = 64  # before stage 1, digest runs are estimated at 1/64 of the data
 
 
 def fan_in(memory: int, override: int | None = None) -> int:
@@ -232,6 +234,13 @@ def write_chunks(todo: list[int], per_task: int) -> list[list[int]]:
     return chunks
 
 
+def decide_tasks(digest_bytes: int, memory: int, workers: int) -> int:
+    """Decide tasks of the semi-join on digests (htsort --dedup by another key): one per
+    memory budget of digest runs, at least two per worker thread, at most one per
+    digest bucket."""
+    return max(1, min(DIGEST_BUCKETS, max(2 * workers, -(-digest_bytes // memory))))
+
+
 def outputs_per_task(outputs: int, total_bytes: int, memory: int, workers: int) -> int:
     """Outputs per write task: small outputs share a task (one read of each run's
     slice for all of them), keeping at least ``TASKS_PER_WORKER`` tasks per worker."""
@@ -266,6 +275,7 @@ class ExchangePlan:
     buckets: int
     first_pass_buckets: int  # dedup tasks of htsort's dedup pass (0: no dedup pass)
     first_pass_levels: tuple[MergeLevel, ...]  # merge levels before the dedup tasks
+    decide_tasks: int  # the semi-join's decide tasks (htsort --dedup by another key), or 0
     sort_runs: int  # the runs the merge levels start from (stage 1's, or the dedup tasks')
     levels: tuple[MergeLevel, ...]
     outputs_per_task: int
@@ -280,7 +290,8 @@ class ExchangePlan:
 
     @property
     def tasks(self) -> int:
-        return self.stage1_tasks + self.first_pass_buckets + self.merge_tasks + self.write_tasks
+        return self.stage1_tasks + self.first_pass_buckets + self.decide_tasks \
+            + self.merge_tasks + self.write_tasks
 
     @property
     def range_requests(self) -> int:
@@ -298,12 +309,15 @@ class ExchangePlan:
 
 def plan_exchange(*, inputs: int, shard_bytes: float | None, outputs: int | None,
                   memory: int, workers: int, shuffle: bool, fan: int | None = None,
-                  dedup_pass: bool = False, beside: bool = False) -> ExchangePlan:
+                  dedup_pass: bool = False, semijoin: bool = False,
+                  beside: bool = False) -> ExchangePlan:
     """Plan an exchange of ``inputs`` shards of about ``shard_bytes`` each (None: unknown)
     into ``outputs`` outputs (None: --maxcount decides) on ``workers`` worker threads,
     ``memory`` bytes a task; ``fan`` overrides the fan-in.  ``dedup_pass``: htsort's
     --dedup by another key (stage 1 by content, merge levels, dedup tasks, then the sort);
-    ``beside``: the outputs land on scratch's file system (for ``scratch_copies``)."""
+    ``semijoin``: the same by digests (stage 1 by the sort key with the digests beside,
+    decide tasks: no pass more); ``beside``: the outputs land on scratch's file system
+    (for ``scratch_copies``)."""
     group = inputs_per_task(inputs, shard_bytes, memory, workers)
     stage1 = -(-inputs // group)
     data = int((shard_bytes or 0) * inputs)
@@ -317,13 +331,15 @@ def plan_exchange(*, inputs: int, shard_bytes: float | None, outputs: int | None
         sort_runs = first_buckets * max(1, math.ceil(data / first_buckets / memory))
     levels, parts = merge_levels(sort_runs, planned, fan_, 2 * workers)
     per = outputs_per_task(planned, data, memory, workers)
+    decide = decide_tasks(data // DIGEST_SHARE, memory, workers) if semijoin else 0
+    writes = write_tasks(parts, per)
     copies = 2 if levels or dedup_pass or beside else 1
     return ExchangePlan(
         inputs=inputs, outputs=planned, memory=memory, workers=workers, fan_in=fan_,
         inputs_per_task=group, stage1_tasks=stage1, runs=runs,
         buckets=bucket_count(outputs, shuffle), first_pass_buckets=first_buckets,
-        first_pass_levels=first_levels, sort_runs=sort_runs, levels=levels,
-        outputs_per_task=per, write_tasks=write_tasks(parts, per),
+        first_pass_levels=first_levels, decide_tasks=decide, sort_runs=sort_runs,
+        levels=levels, outputs_per_task=per, write_tasks=writes,
         runs_per_write=max(r for _a, _b, r in parts),
-        write_ranges=sum(-(-(j1 - j0) // per) * r for j0, j1, r in parts),
+        write_ranges=sum(-(-(j1 - j0) // per) * r for j0, j1, r in parts) + writes * decide,
         scratch_copies=copies)

@@ -38,6 +38,8 @@ class StageOne:
     group_by: str = ""  # keys files of distinct groups beside each run: "key", or "head"
     select: Selection | None = None  # --keep/--drop LIST, applied as samples are read
     # (a key's first element, after htsort's dedup pass); "" none (see .groupcount)
+    dedup_buckets: int = 0  # htsort --dedup by another key as a semi-join: keys [K, place]
+    # and digest runs of this many buckets beside the runs (.semijoin); 0: none
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,14 @@ class Stage:
 
 @dataclass
 class Partitioned(Stage):
-    """Stage 1, or the dedup tasks: the runs they wrote (in task order, then spill order:
-    equal keys keep their input order) and, when counted, their records per bucket."""
+    """Stage 1, the dedup tasks, or the decide tasks (their drop runs): the runs they
+    wrote (in task order, then spill order: equal keys keep their input order) and, when
+    counted, their records per bucket."""
 
     runs: list[Run] = field(default_factory=list)
     counts: np.ndarray | None = None
     keys: list[Run] = field(default_factory=list)  # the runs' keys files (.groupcount)
+    digests: list[Run] = field(default_factory=list)  # stage 1's digest runs (.semijoin)
 
 
 @dataclass

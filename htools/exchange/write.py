@@ -15,6 +15,7 @@ from htools.exchange.cursors import Cursor, bucket_records, close_all, open_curs
 from htools.exchange.groupcount import digest, group_of
 from htools.exchange.groups import dedup, to_write
 from htools.exchange.runfile import Run
+from htools.exchange.semijoin import DropFilter
 from htools.exchange.specs import StageTwo
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import write_shard
@@ -26,22 +27,35 @@ if TYPE_CHECKING:  # the engine runs on the client; write tasks only on workers
     from htools.runtime.engine import Task
 
 
-def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
+def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo,
+                  drops: list[Run] | None = None) -> list[dict]:
     """Write task: each ``(url, a, b)`` output gets buckets ``[a, b)`` of every run,
     merged, reduced, written atomically; a ``(url, a, b, begin, count, bucket_begin)``
     output (``--maxcount``) gets ``count`` records of those buckets' merged order from
     global index ``begin`` (``bucket_begin`` being bucket a's first).  The outputs are in
     bucket order, so every run's slice is read once, front to back (a retry of some of
-    them skips the others).  One failed output does not fail the others."""
+    them skips the others).  One failed output does not fail the others.  ``drops``:
+    the drop runs of htsort --dedup by another key (:func:`drop_filter`)."""
     rss0 = rss()
     write = _write_slices if len(outputs[0]) > 3 else _write_buckets
-    results = write(outputs, runs, spec)
+    results = write(outputs, runs, spec, drop_filter(drops, outputs, spec))
     for r in results:
         r["extra"].update({"rss_start": rss0, "peak_rss": peak_rss()})
     return results
 
 
-def _write_buckets(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
+def drop_filter(drops: list[Run] | None, outputs: list[tuple], spec: StageTwo
+                ) -> DropFilter | None:
+    """The places a write task leaves out (htsort --dedup by another key): those the
+    drop runs list for its buckets.  The records are left out of the merged stream
+    before anything else sees them (a --maxcount slice counts the kept ones only)."""
+    if drops is None:
+        return None
+    return DropFilter(drops, outputs[0][1], outputs[-1][2], spec.scratch_options)
+
+
+def _write_buckets(outputs: list[tuple], runs: list[Run], spec: StageTwo,
+                   drops: DropFilter | None) -> list[dict]:
     results: list[dict] = []
     try:
         cursors = open_cursors(runs, outputs[0][1], outputs[-1][2], spec.scratch_options)
@@ -53,14 +67,14 @@ def _write_buckets(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> lis
         return results
     try:
         for url, a, b in outputs:
-            results.append(_write_output(url, a, b, cursors, runs, spec))
+            results.append(_write_output(url, a, b, cursors, runs, spec, drops))
     finally:
         close_all(cursors)
     return results
 
 
 def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Run],
-                  spec: StageTwo) -> dict:
+                  spec: StageTwo, drops: DropFilter | None) -> dict:
     with shard_task(f"{len(runs)} runs", url, max_errors=spec.max_errors) as result:
         for c in cursors:  # past outputs of this task not written this time (a retry)
             c.skip_to(a)
@@ -69,6 +83,8 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
         try:
             merged = itertools.chain.from_iterable(
                 bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
+            if drops is not None:
+                merged = drops.apply(merged)
             if spec.dedup:
                 merged = dedup(merged, spec, result, url, duplicates)
             _write_records(url, merged, spec, result)
@@ -77,7 +93,8 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
             # move every cursor to the next output's first bucket
             for c in cursors:
                 c.skip_to(b)
-            result.samples_read = sum(c.count for c in cursors) - read_before
+            result.samples_read = sum(c.count for c in cursors) - read_before \
+                - (drops.in_buckets(a, b) if drops is not None else 0)  # counted as dropped
             raise
     result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
     return result.as_dict()
@@ -103,8 +120,9 @@ class _Slicer:
     are :mod:`.groupcount`'s).  A read that fails leaves the stream broken: the next
     slice opens the runs again at its own first bucket."""
 
-    def __init__(self, runs: list[Run], last: int, spec: StageTwo):
-        self.runs, self.last, self.spec = runs, last, spec
+    def __init__(self, runs: list[Run], last: int, spec: StageTwo,
+                 drops: DropFilter | None = None):
+        self.runs, self.last, self.spec, self.drops = runs, last, spec, drops
         self.cursors: list[Cursor] = []
         self._records: Iterator | None = None
         self.at = 0  # global index of the next record (or group)
@@ -154,6 +172,8 @@ class _Slicer:
         self._records = itertools.chain.from_iterable(
             bucket_records(self.cursors, bucket, self.spec.reverse)
             for bucket in range(a, self.last))
+        if self.drops is not None:
+            self._records = self.drops.apply(self._records)
         if self.spec.by_groups:
             self._records = _groups(self._records, self.spec.positions)
         self.at, self.broken = bucket_begin, False
@@ -183,8 +203,9 @@ def _groups(records_: Iterator[tuple], head: bool) -> Iterator[list[tuple]]:
         yield list(group)
 
 
-def _write_slices(outputs: list[tuple], runs: list[Run], spec: StageTwo) -> list[dict]:
-    slicer = _Slicer(runs, outputs[-1][2], spec)
+def _write_slices(outputs: list[tuple], runs: list[Run], spec: StageTwo,
+                  drops: DropFilter | None) -> list[dict]:
+    slicer = _Slicer(runs, outputs[-1][2], spec, drops)
     results = []
     try:
         for url, a, _b, begin, count, bucket_begin in outputs:
