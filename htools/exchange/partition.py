@@ -21,7 +21,7 @@ import numpy as np
 from htools import storage
 from htools.exchange.groupcount import distinct_digests
 from htools.exchange.keys import bucket_fn, checked_key, content_bucket, first_pass_key
-from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record
+from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record_pieces
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
@@ -67,7 +67,7 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
             sample.pop("__url__", None)
             try:
                 k = key_of(sample)
-                rec = record(pack_key(k), sample["__key__"], encoder.encode(sample))
+                rec = record_pieces(pack_key(k), sample["__key__"], encoder.pieces(sample))
                 bucket = bucket_of(k)
             except Exception as e:  # noqa: BLE001 -- the user's sort_key or the sample: a sample error
                 result.samples_mapped = max(0, result.samples_mapped - 1)  # failed instead
@@ -90,9 +90,11 @@ class Spiller:
         self.buffers: dict[int, list] = {}
         self.held = 0
 
-    def add(self, bucket: int, k, rec: bytes) -> None:
+    def add(self, bucket: int, k, rec: bytes | list) -> None:
+        """Buffer one record: bytes, or a list of pieces (:func:`.runfile.record_pieces`)."""
         self.buffers.setdefault(bucket, []).append((k, rec))
-        self.held += len(rec) + RECORD_OVERHEAD
+        size = len(rec) if type(rec) is not list else sum(map(len, rec))
+        self.held += size + RECORD_OVERHEAD
         if self.held >= self.spec.memory:
             self.close()
 
@@ -135,7 +137,7 @@ def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, coun
         for bucket in sorted(buffers):
             buf = buffers[bucket]
             buf.sort(key=itemgetter(0), reverse=spec.key.reverse)  # stable: input order kept
-            w.write(bucket, b"".join(rec for _k, rec in buf), len(buf))
+            w.write_records(bucket, [rec for _k, rec in buf])
             if counts is not None:
                 counts[bucket] += len(buf)
         run = w.close()

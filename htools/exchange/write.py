@@ -68,7 +68,8 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
         duplicates = [0]
         try:
             merged = itertools.chain.from_iterable(
-                bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
+                bucket_records(cursors, bucket, spec.reverse, _views(spec))
+                for bucket in range(a, b))
             if spec.dedup:
                 merged = dedup(merged, spec, result, url, duplicates)
             _write_records(url, merged, spec, result)
@@ -81,6 +82,12 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
             raise
     result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
     return result.as_dict()
+
+
+def _views(spec: StageTwo) -> bool:
+    """Whether records may come as views of the runs' read windows: only when each is
+    written as it comes (a dedup, --merge, reduce or group keeps records a while)."""
+    return spec.passes_through and not spec.by_groups
 
 
 def _write_records(url: str, merged: Iterator[tuple], spec: StageTwo,
@@ -152,7 +159,7 @@ class _Slicer:
         self.close()
         self.cursors = open_cursors(self.runs, a, self.last, self.spec.scratch_options)
         self._records = itertools.chain.from_iterable(
-            bucket_records(self.cursors, bucket, self.spec.reverse)
+            bucket_records(self.cursors, bucket, self.spec.reverse, _views(self.spec))
             for bucket in range(a, self.last))
         if self.spec.by_groups:
             self._records = _groups(self._records, self.spec.positions)
