@@ -15,6 +15,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from operator import itemgetter
+from sys import getsizeof
 
 import numpy as np
 
@@ -93,7 +94,8 @@ class Spiller:
     def add(self, bucket: int, k, rec: bytes | list) -> None:
         """Buffer one record: bytes, or a list of pieces (:func:`.runfile.record_pieces`)."""
         self.buffers.setdefault(bucket, []).append((k, rec))
-        size = len(rec) if type(rec) is not list else sum(map(len, rec))
+        # pieces count as allocated: the tar writer's buffers keep their spare room
+        size = len(rec) if type(rec) is not list else sum(map(getsizeof, rec))
         self.held += size + RECORD_OVERHEAD
         if self.held >= self.spec.memory:
             self.close()
