@@ -41,7 +41,9 @@ SMALL_RANGE = 256 << 10  # ranges up to this size are fetched whole in one reque
 # it and passes a larger one straight to the file.
 BUFFER = 2 << 20
 WINDOW = 1 << 20  # a run reader reads this much at a time into one reused buffer
-SMALL_RECORDS = 4 << 10  # records this small (on average) are joined before the copy
+# Records under this size are kept joined, and a bucket's pieces this small on average
+# are joined before the copy (fewer Python calls).
+SMALL_RECORDS = 4 << 10
 
 
 @dataclass(frozen=True)
