@@ -1,6 +1,7 @@
 """htshuffle / htsort against the baselines of issue #4, on the same samples.
 
     .venv/bin/python benchmarks/bench_exchange.py [--gb 2] [--kib 16] [--quick] [--dir DIR]
+    .venv/bin/python benchmarks/bench_exchange.py --copies --kib 128 --gb 1.6
 
 Every figure is a ratio ``baseline seconds / htools seconds`` measured in this run
 (> 1: htools is faster).  What each baseline does:
@@ -9,6 +10,8 @@ Every figure is a ratio ``baseline seconds / htools seconds`` measured in this r
   input shard with htools' codec and write it back out: one read + one write of the
   data, no exchange.  An exchange reads and writes everything twice (runs in
   scratch), so its floor is 0.5.
+* **webdataset copy** (``--copies``) -- the same two processes, with webdataset's
+  reader and ``TarWriter`` and no flush to disk: CPU-bound (issue 26).
 * **dask P2P** -- the same samples as a pandas DataFrame (``key`` str, ``cls`` and
   ``bin`` bytes columns), one uncompressed parquet file per input shard in scratch.
   Timed: ``dd.read_parquet`` -> ``.shuffle(on="key", shuffle_method="p2p")`` (or
@@ -180,18 +183,46 @@ def _copy_one(args: tuple[str, str]) -> None:
             w.write(s)
 
 
-def copy_once(inputs: list[str], out: str, procs: int = 2) -> float:
-    """Read + write every shard once with htools' codec, ``procs`` processes."""
+def copy_once(inputs: list[str], out: str, procs: int = 2, copy_one=_copy_one) -> float:
+    """Read + write every shard once with htools' codec (or ``copy_one``), ``procs``
+    processes."""
     os.makedirs(out, exist_ok=True)
     jobs = [(u, os.path.join(out, os.path.basename(u))) for u in inputs]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
-        pool.map(_copy_one, jobs[:procs])  # warm the processes (imports) before the clock
+        pool.map(copy_one, jobs[:procs])  # warm the processes (imports) before the clock
         t0 = time.perf_counter()
-        pool.map(_copy_one, jobs, chunksize=1)
+        pool.map(copy_one, jobs, chunksize=1)
         elapsed = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     return elapsed
+
+
+def _wds_copy_one(args: tuple[str, str]) -> None:
+    import webdataset as wds
+
+    url, out = args
+    with wds.TarWriter(out) as w:
+        for s in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+            w.write({k: v for k, v in s.items() if k == "__key__" or not k.startswith("_")})
+
+
+def wds_copy(inputs: list[str], out: str, procs: int = 2) -> float:
+    """Read + write every shard once with webdataset's reader and TarWriter, ``procs``
+    processes, no flush to disk (issue 26's CPU-bound floor)."""
+    return copy_once(inputs, out, procs, _wds_copy_one)
+
+
+def copy_rows(work: str, inputs: list[str], kib: int) -> list[dict]:
+    """Issue 26's rows: htshuffle vs the two copies, measured in one run."""
+    mb = total_bytes(inputs) / 1e6
+    shuf, mem = htools_job("shuffle", inputs, os.path.join(work, "cs"))
+    copy = copy_once(inputs, os.path.join(work, "cc"))
+    wcopy = wds_copy(inputs, os.path.join(work, "cw"))
+    return [row(f"htshuffle vs copy once, {kib} KiB samples", shuf, copy, ">= 0.42"
+                if kib <= 16 else ">= 0.40", mem, None, mb),
+            row(f"htshuffle vs webdataset copy (2 procs, no flush), {kib} KiB", shuf, wcopy,
+                ">= 0.45", mem, None, mb)]
 
 
 def dask_p2p(kind: str, parquet_dir: str, out: str, partitions: int) -> tuple[float, int]:
@@ -307,11 +338,18 @@ def main() -> None:
     ap.add_argument("--memory-mb", type=int, default=64, help="htsort budget for the growth rows")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--copies", action="store_true",
+                    help="only htshuffle vs the two copies (issue 26's rows)")
     a = ap.parse_args()
     gb = 0.03 if a.quick else a.gb
     work = a.dir or tempfile.mkdtemp(prefix="bench-exchange-")
     try:
         inputs = make_dataset(os.path.join(work, "in"), gb, a.kib)
+        if a.copies:
+            for r in copy_rows(work, inputs, a.kib):
+                print(f"{r['operation']:60} {r['ratio']:6.2f}  goal {r['goal']:7}"
+                      f" {r['htools_s']:.2f}s vs {r['baseline_s']:.2f}s ({r['mb']:.0f} MB)")
+            return
         rows = compare(work, inputs)
         print(f"bench_exchange: {len(inputs)} shards, {rows[0]['mb']:.0f} MB of {a.kib} KiB samples")
         for r in rows:

@@ -1,7 +1,8 @@
 """Reading runs: a :class:`Cursor` reads one run's slice of buckets front to back (two
-range requests: the offset table, then the data); :func:`open_cursors` opens one per run
-(all or none); :func:`bucket_records` merges one bucket of every run by key, stably.
-Shared by the merge, write and dedup tasks.
+range requests: the offset table, then the data) through one reused window
+(:class:`.runfile.RecordReader`); :func:`open_cursors` opens one per run (all or none);
+:func:`bucket_records` merges one bucket of every run by key, stably.  Shared by the
+merge, write and dedup tasks.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import BinaryIO
 
-from htools.errors import HtoolsError
-from htools.exchange.runfile import Run, bucket_offsets, open_slice, raw_records, records
-
-COPY_CHUNK = 1 << 20
+from htools.exchange.runfile import RecordReader, Run, bucket_offsets, open_slice
 
 
 class Cursor:
@@ -30,13 +28,17 @@ class Cursor:
         end = int(self.offsets[-1])
         self.f: BinaryIO | None = open_slice(run, self.pos, end, options) if end > self.pos \
             else None
+        self._reader = RecordReader(self.f, run.url, end - self.pos) if self.f is not None \
+            else None
 
     def length(self, bucket: int) -> int:
         """Bytes of ``bucket`` left to read (all of it when the cursor is at its start)."""
         return int(self.offsets[bucket - self.a + 1]) - self.pos
 
-    def records(self, bucket: int) -> Iterator[tuple]:
-        for rec in records(self.f, self.length(bucket), self.run.url):
+    def records(self, bucket: int, view: bool = False) -> Iterator[tuple]:
+        """The records of ``bucket`` left to read; with ``view``, each is a view valid
+        until the next is asked for (for a caller that writes it at once)."""
+        for rec in self._reader.records(self.length(bucket), view):
             self.pos += len(rec[2])
             self.count += 1
             yield rec
@@ -45,17 +47,12 @@ class Cursor:
         """Skip to the start of ``bucket``, counting the records passed over."""
         n = int(self.offsets[bucket - self.a]) - self.pos
         if n > 0:
-            for rec in raw_records(self.f, n, self.run.url):
-                self.pos += len(rec)
-                self.count += 1
+            self.count += self._reader.skip(n)
+            self.pos += n
 
-    def copy(self, bucket: int) -> Iterator[bytes]:
-        left = self.length(bucket)
-        while left > 0:
-            chunk = self.f.read(min(left, COPY_CHUNK))
-            if not chunk:
-                raise HtoolsError(f"{self.run.url}: run file ends early")
-            left -= len(chunk)
+    def copy(self, bucket: int) -> Iterator[memoryview]:
+        """The bytes of ``bucket`` left to read, as views (each valid until the next)."""
+        for chunk in self._reader.chunks(self.length(bucket)):
             self.pos += len(chunk)
             yield chunk
 
@@ -64,15 +61,20 @@ class Cursor:
             self.f.close()
 
 
-def bucket_records(cursors: list[Cursor], bucket: int, reverse: bool) -> Iterator[tuple]:
+def bucket_records(cursors: list[Cursor], bucket: int, reverse: bool,
+                   view: bool = False) -> Iterator[tuple]:
     """The records of one bucket of every run, merged by key (stable: earlier runs
-    first on equal keys)."""
+    first on equal keys).  With ``view``, records are views of the cursors' windows,
+    each valid until the next is asked for: for callers that write each at once (the
+    merge holds one record of each run, whose window does not move until it is
+    taken)."""
     live = [c for c in cursors if c.length(bucket) > 0]
     if not live:
         return iter(())
     if len(live) == 1:
-        return live[0].records(bucket)
-    return heapq.merge(*(c.records(bucket) for c in live), key=itemgetter(0), reverse=reverse)
+        return live[0].records(bucket, view)
+    return heapq.merge(*(c.records(bucket, view) for c in live), key=itemgetter(0),
+                       reverse=reverse)
 
 
 def open_cursors(runs: list[Run], a: int, b: int, options: dict) -> list[Cursor]:

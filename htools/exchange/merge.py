@@ -38,6 +38,6 @@ def _merge_into(url: str, a: int, b: int, cursors: list[Cursor], reverse: bool,
                 for chunk in live[0].copy(bucket):
                     w.write(bucket, chunk, 0)
             elif live:
-                for rec in bucket_records(live, bucket, reverse):
+                for rec in bucket_records(live, bucket, reverse, view=True):
                     w.write(bucket, rec[2], 1)
         return w.close()

@@ -15,6 +15,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from operator import itemgetter
+from sys import getsizeof
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from htools.exchange.keys import (
     first_pass_key,
     placed_key,
 )
-from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record
+from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record_pieces
 from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
@@ -83,7 +84,7 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
             sample.pop("__url__", None)
             try:
                 k = key_of(sample)
-                rec = record(pack_key(k), sample["__key__"], encoder.encode(sample))
+                rec = record_pieces(pack_key(k), sample["__key__"], encoder.pieces(sample))
                 bucket = bucket_of(k)
             except Exception as e:  # noqa: BLE001 -- the user's sort_key or the sample: a sample error
                 result.samples_mapped = max(0, result.samples_mapped - 1)  # failed instead
@@ -106,9 +107,12 @@ class Spiller:
         self.buffers: dict[int, list] = {}
         self.held = 0
 
-    def add(self, bucket: int, k, rec: bytes) -> None:
+    def add(self, bucket: int, k, rec: bytes | list) -> None:
+        """Buffer one record: bytes, or a list of pieces (:func:`.runfile.record_pieces`)."""
         self.buffers.setdefault(bucket, []).append((k, rec))
-        self.held += len(rec) + RECORD_OVERHEAD
+        # pieces count as allocated: the tar writer's buffers keep their spare room
+        size = len(rec) if type(rec) is not list else sum(map(getsizeof, rec))
+        self.held += size + RECORD_OVERHEAD
         if self.held >= self.spec.memory:
             self.close()
 
@@ -151,7 +155,7 @@ def _spill(buffers: dict[int, list], spec: StageOne, task: int, spill: int, coun
         for bucket in sorted(buffers):
             buf = buffers[bucket]
             buf.sort(key=itemgetter(0), reverse=spec.key.reverse)  # stable: input order kept
-            w.write(bucket, b"".join(rec for _k, rec in buf), len(buf))
+            w.write_records(bucket, [rec for _k, rec in buf])
             if counts is not None:
                 counts[bucket] += len(buf)
         run = w.close()

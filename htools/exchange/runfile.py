@@ -36,7 +36,14 @@ MAGIC = b"HTRUN002"
 FOOTER = struct.Struct("<QQ8s")
 HEADER = struct.Struct("<QII")
 SMALL_RANGE = 256 << 10  # ranges up to this size are fetched whole in one request
-BUFFER = 1 << 20  # a run writer hands bytes to storage in pieces of about this size
+# A run writer hands bytes to storage in whole buffers of this size: more than a local
+# file writer's own buffer (storage's CHUNK, 1 MiB), which copies a write that fits in
+# it and passes a larger one straight to the file.
+BUFFER = 2 << 20
+WINDOW = 1 << 20  # a run reader reads this much at a time into one reused buffer
+# Records under this size are kept joined, and a bucket's pieces this small on average
+# are joined before the copy (fewer Python calls).
+SMALL_RECORDS = 4 << 10
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,18 @@ def record(key_bytes: bytes, sample_key: str, members: bytes) -> bytes:
                      members))
 
 
+def record_pieces(key_bytes: bytes, sample_key: str, members: list) -> bytes | list:
+    """The record of :func:`record` from the pieces of a sample's tar bytes
+    (:meth:`SampleEncoder.pieces`): joined when small, else a list of pieces, none of
+    them copied (the run writer copies each once, into its buffer)."""
+    skb = sample_key.encode("utf-8", "surrogateescape")
+    size = sum(map(len, members))
+    head = HEADER.pack(size, len(key_bytes), len(skb))
+    if size < SMALL_RECORDS:
+        return b"".join((head, key_bytes, skb, *members))
+    return [head + key_bytes + skb, *members]
+
+
 class SampleEncoder:
     """Samples -> the bytes of their tar members, as the output writer would write them."""
 
@@ -71,7 +90,11 @@ class SampleEncoder:
         self._writer = tar.TarWriter(self, url=url, mtime=mtime, compress=None)
 
     def write(self, data) -> int:  # the TarWriter's stream
-        self._parts.append(bytes(data))
+        # Kept as they are: bytes (a value), and the writer's own buffer, which it never
+        # touches again once handed over (it starts a new one).  A value the caller may
+        # still change (a bytearray, a memoryview) is copied.
+        keep = type(data) is bytes or data is self._writer._out
+        self._parts.append(data if keep else bytes(data))
         return len(data)
 
     def flush(self) -> None:
@@ -79,11 +102,16 @@ class SampleEncoder:
 
     def encode(self, sample: dict) -> bytes:
         """The sample's members (b"" when it has no field to write)."""
+        parts = self.pieces(sample)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def pieces(self, sample: dict) -> list:
+        """The sample's members as the pieces the writer wrote (headers, padding and
+        small values in its buffers; large values as they are), not joined."""
         self._writer.write(sample)
         self._writer.flush()
-        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        self._parts.clear()
-        return data
+        parts, self._parts = self._parts, []
+        return parts
 
 
 def decode(members: bytes, url: str) -> dict:
@@ -94,7 +122,9 @@ def decode(members: bytes, url: str) -> dict:
 
 
 class RunWriter:
-    """Write one run: ``bucket(b, records)`` in ascending bucket order, then ``close()``."""
+    """Write one run: ``write(b, data, n)`` / ``write_records(b, records)`` in ascending
+    bucket order, then ``close()``.  Bytes are copied once, into one reused buffer,
+    handed to storage whole (a piece larger than the buffer goes as it is)."""
 
     def __init__(self, url: str, lo: int, hi: int, options: dict):
         self.url, self.lo, self.hi = url, lo, hi
@@ -102,30 +132,72 @@ class RunWriter:
         self.records = 0
         self._next = lo
         self._pos = 0
-        self._buf = bytearray()
+        self._buf = memoryview(bytearray(BUFFER))
+        self._fill = 0
         self._out = storage.open_write(url, options)
 
-    def _advance(self, bucket: int) -> None:
-        self.offsets[self._next - self.lo:bucket - self.lo + 1] = self._pos
-        self._next = bucket + 1
-
-    def write(self, bucket: int, data: bytes | memoryview, records: int) -> None:
-        """Append ``records`` records (already encoded, in key order) to ``bucket``."""
+    def _at(self, bucket: int) -> None:
         if bucket >= self._next:
-            self._advance(bucket)
+            self.offsets[self._next - self.lo:bucket - self.lo + 1] = self._pos
+            self._next = bucket + 1
         elif bucket < self._next - 1 or bucket < self.lo:
             raise ValueError(f"bucket {bucket} written after bucket {self._next - 1}")
-        self._buf += data
-        self._pos += len(data)
+
+    def write(self, bucket: int, data: bytes | bytearray | memoryview, records: int) -> None:
+        """Append ``records`` records (already encoded, in key order) to ``bucket``."""
+        self._at(bucket)
+        self._put(data)
         self.records += records
-        if len(self._buf) >= BUFFER:
-            self._out.write(self._buf)
-            self._buf = bytearray()
+
+    def write_records(self, bucket: int, records: list) -> None:
+        """Append records in key order, each bytes or a list of pieces
+        (:func:`record_pieces`)."""
+        self._at(bucket)
+        pieces: list = []
+        for r in records:
+            if type(r) is list:
+                pieces += r
+            else:
+                pieces.append(r)
+        if sum(map(len, pieces)) < SMALL_RECORDS * len(pieces):  # small: one join in C
+            self._put(b"".join(pieces))
+        else:
+            put = self._put
+            for piece in pieces:
+                put(piece)
+        self.records += len(records)
+
+    def _put(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if not n:
+            return
+        self._pos += n
+        fill, buf = self._fill, self._buf
+        if fill + n <= BUFFER:
+            buf[fill:fill + n] = data
+            self._fill = fill + n
+            return
+        if n >= BUFFER:  # a whole buffer's worth: handed over as it is
+            self._drain()
+            self._out.write(data)
+            return
+        room = BUFFER - fill
+        view = memoryview(data)
+        buf[fill:] = view[:room]
+        self._fill = BUFFER
+        self._drain()
+        buf[:n - room] = view[room:]
+        self._fill = n - room
+
+    def _drain(self) -> None:
+        if self._fill:
+            self._out.write(self._buf[:self._fill])
+            self._fill = 0
 
     def close(self) -> Run:
         """Finish the run (offsets + footer, atomic commit)."""
         self.offsets[self._next - self.lo:] = self._pos
-        self._out.write(self._buf)
+        self._drain()
         self._out.write(self.offsets.tobytes())
         self._out.write(FOOTER.pack(self.lo, self.hi, MAGIC))
         self._out.commit()
@@ -176,45 +248,9 @@ def open_slice(run: Run, start: int, end: int, options: dict) -> BinaryIO:
 
 def records(f: BinaryIO, nbytes: int, url: str) -> Iterator[tuple]:
     """``(sort key, sample key, record, start)`` of each record in the next ``nbytes``
-    of ``f``; ``record[start:]`` is the sample's tar bytes."""
-    read, size, unpack = f.read, HEADER.size, HEADER.unpack
-    while nbytes > 0:
-        head = read(size)
-        if len(head) < size:
-            raise _short(url)
-        n_tar, n_key, n_skey = unpack(head)
-        n = size + n_key + n_skey + n_tar
-        if n > nbytes:  # a damaged length: fail before allocating it
-            raise _crosses(url)
-        rec = bytearray(n)
-        rec[:size] = head
-        if f.readinto(memoryview(rec)[size:]) < n - size:
-            raise _short(url)
-        nbytes -= n
-        start = size + n_key + n_skey
-        yield (unpack_key(bytes(rec[size:size + n_key])),
-               rec[size + n_key:start].decode("utf-8", "surrogateescape"), rec, start)
-    if nbytes < 0:
-        raise _crosses(url)
-
-
-def raw_records(f: BinaryIO, nbytes: int, url: str) -> Iterator[bytes]:
-    """The next ``nbytes`` of ``f`` as whole encoded records (for copies)."""
-    read, size, unpack = f.read, HEADER.size, HEADER.unpack
-    while nbytes > 0:
-        head = read(size)
-        if len(head) < size:
-            raise _short(url)
-        n = sum(unpack(head))
-        if size + n > nbytes:
-            raise _crosses(url)
-        body = read(n)
-        if len(body) < n:
-            raise _short(url)
-        nbytes -= size + n
-        yield head + body
-    if nbytes < 0:
-        raise _crosses(url)
+    of a fresh reader ``f`` (read ahead: :class:`RecordReader` owns it from now on);
+    ``record[start:]`` is the sample's tar bytes."""
+    return RecordReader(f, url).records(nbytes)
 
 
 def _crosses(url: str) -> HtoolsError:
@@ -223,3 +259,92 @@ def _crosses(url: str) -> HtoolsError:
 
 def _short(url: str) -> HtoolsError:
     return HtoolsError(f"{hide_credentials(url)}: run file ends inside a record")
+
+
+class RecordReader:
+    """The records of a run's slice read front to back through one reused window of
+    :data:`WINDOW` bytes (larger when a record is): one copy of each byte from
+    storage, no buffer allocated per record.  A record comes back as a view of the
+    window, valid until this reader is called again (for callers that copy or write
+    it at once), or as its own bytes (``view=False``, for callers that keep it)."""
+
+    def __init__(self, f: BinaryIO, url: str, size: int = WINDOW):
+        """``f`` fresh, ``size`` the bytes to be read of it, if known (a smaller window)."""
+        self.f, self.url = f, url
+        self._at = 0  # the window's next unread byte
+        self._end = 0  # the end of what the window holds
+        if type(f) is io.BytesIO:  # a small slice, fetched whole: its bytes are the window
+            self._buf = memoryview(f.getvalue())
+            self._at, self._end, self._whole = f.tell(), len(self._buf), True
+            return
+        raw = getattr(f, "raw", None)  # a storage reader: read under its buffer
+        self._readinto = raw.readinto if raw is not None else f.readinto
+        self._buf = memoryview(bytearray(min(WINDOW, size)))
+        self._whole = False
+
+    def _need(self, n: int) -> None:
+        """Hold the next ``n`` bytes in the window, from ``self._at``."""
+        have = self._end - self._at
+        if have >= n:
+            return
+        if self._whole:
+            raise _short(self.url)
+        buf = self._buf
+        if n > len(buf):  # a new window: views of the old one stay valid
+            self._buf = memoryview(bytearray(max(n, 2 * len(buf))))
+        self._buf[:have] = buf[self._at:self._end]
+        self._at, self._end = 0, have
+        while self._end < n:
+            got = self._readinto(self._buf[self._end:])
+            if not got:
+                raise _short(self.url)
+            self._end += got
+
+    def records(self, nbytes: int, view: bool = False) -> Iterator[tuple]:
+        """``(sort key, sample key, record, start)`` of each record in the next
+        ``nbytes``; ``record[start:]`` is the sample's tar bytes."""
+        size, unpack = HEADER.size, HEADER.unpack_from
+        while nbytes > 0:
+            self._need(size)
+            at = self._at
+            n_tar, n_key, n_skey = unpack(self._buf, at)
+            n = size + n_key + n_skey + n_tar
+            if n > nbytes:  # a damaged length: fail before reading it
+                raise _crosses(self.url)
+            self._need(n)
+            at, buf = self._at, self._buf
+            self._at = at + n
+            nbytes -= n
+            start = size + n_key + n_skey
+            rec = buf[at:at + n]
+            yield (unpack_key(rec[size:size + n_key]),
+                   str(rec[size + n_key:start], "utf-8", "surrogateescape"),
+                   rec if view else bytes(rec), start)
+
+    def skip(self, nbytes: int) -> int:
+        """Pass over the records in the next ``nbytes``; returns how many there were."""
+        count = 0
+        size, unpack = HEADER.size, HEADER.unpack_from
+        while nbytes > 0:
+            self._need(size)
+            n = size + sum(unpack(self._buf, self._at))
+            if n > nbytes:
+                raise _crosses(self.url)
+            while n > 0:  # through the window, however large the record
+                step = min(n, max(self._end - self._at, 1))
+                self._need(step)
+                self._at += step
+                n -= step
+                nbytes -= step
+            count += 1
+        return count
+
+    def chunks(self, nbytes: int) -> Iterator[memoryview]:
+        """The next ``nbytes`` as views of the window (each valid until the next)."""
+        while nbytes > 0:
+            if self._at == self._end:
+                self._need(min(nbytes, len(self._buf)))
+            take = min(nbytes, self._end - self._at)
+            yield self._buf[self._at:self._at + take]
+            self._at += take
+            nbytes -= take

@@ -82,7 +82,8 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
         duplicates = [0]
         try:
             merged = itertools.chain.from_iterable(
-                bucket_records(cursors, bucket, spec.reverse) for bucket in range(a, b))
+                bucket_records(cursors, bucket, spec.reverse, _views(spec))
+                for bucket in range(a, b))
             if drops is not None:
                 merged = drops.apply(merged)
             if spec.dedup:
@@ -98,6 +99,12 @@ def _write_output(url: str, a: int, b: int, cursors: list[Cursor], runs: list[Ru
             raise
     result.extra = {"duplicates": duplicates[0]} if spec.dedup else {}
     return result.as_dict()
+
+
+def _views(spec: StageTwo) -> bool:
+    """Whether records may come as views of the runs' read windows: only when each is
+    written as it comes (a dedup, --merge, reduce or group keeps records a while)."""
+    return spec.passes_through and not spec.by_groups
 
 
 def _write_records(url: str, merged: Iterator[tuple], spec: StageTwo,
@@ -170,7 +177,7 @@ class _Slicer:
         self.close()
         self.cursors = open_cursors(self.runs, a, self.last, self.spec.scratch_options)
         self._records = itertools.chain.from_iterable(
-            bucket_records(self.cursors, bucket, self.spec.reverse)
+            bucket_records(self.cursors, bucket, self.spec.reverse, _views(self.spec))
             for bucket in range(a, self.last))
         if self.drops is not None:
             self._records = self.drops.apply(self._records)

@@ -85,6 +85,58 @@ def test_a_damaged_record_length_is_named_not_allocated():
     run's name before any buffer of that size is allocated."""
     rec = runfile.record(runfile.pack_key(1), "k", b"x" * 100)
     bad = runfile.HEADER.pack(1 << 40, 1, 1) + rec[runfile.HEADER.size:]
-    for read in (runfile.records, runfile.raw_records):
+    def skip(f, nbytes, url):
+        return [runfile.RecordReader(f, url).skip(nbytes)]
+
+    for read in (runfile.records, skip):
         with pytest.raises(HtoolsError, match="r.bin: corrupt run file"):
             list(read(io.BytesIO(rec + bad), 2 * len(rec), "r.bin"))
+
+
+def test_records_as_pieces_big_and_small_read_back_through_the_window(tmp_path):
+    """Records given as pieces (small ones joined, pieces larger than the writer's buffer,
+    records larger than the reader's window) come back byte for byte: as views, as
+    bytes, skipped and copied in chunks."""
+    enc = SampleEncoder("x.tar", mtime=0)
+    sizes = [10, 1000, 70_000, runfile.BUFFER + 3, runfile.WINDOW * 2 + 7, 1]
+    samples = [{"__key__": f"s{i}", "bin": bytes([i]) * n, "cls": b"%d" % i}
+               for i, n in enumerate(sizes)]
+    recs = [runfile.record_pieces(runfile.pack_key(i), s["__key__"], enc.pieces(s))
+            for i, s in enumerate(samples)]
+    flat = [runfile.record(runfile.pack_key(i), s["__key__"], enc.encode(s))
+            for i, s in enumerate(samples)]
+    assert [type(r) for r in recs[:2]] == [bytes, bytes] and type(recs[2]) is list
+    url = str(tmp_path / "r.bin")
+    with RunWriter(url, 0, 2, {}) as w:
+        w.write_records(0, recs[:4])
+        w.write_records(1, recs[4:])
+        run = w.close()
+    offs = runfile.bucket_offsets(run, 0, 2, {})
+    with open(url, "rb") as f:
+        assert f.read(int(offs[-1])) == b"".join(flat)
+    assert w.records == len(samples)
+    data = (tmp_path / "r.bin").read_bytes()
+    for view, f in ((True, open(url, "rb", buffering=0)), (False, open(url, "rb")),
+                    (True, io.BytesIO(data))):  # a small slice is read whole: no window
+        with f:
+            reader = runfile.RecordReader(f, url, 1000)  # a window smaller than the records
+            got = [(k, s, bytes(rec), start) for k, s, rec, start in
+                   reader.records(int(offs[-1]), view)]
+        assert [(k, s) for k, s, _r, _s in got] == [(i, f"s{i}") for i in range(len(sizes))]
+        assert [r for _k, _s, r, _st in got] == flat
+        assert runfile.decode(got[4][2][got[4][3]:], url)["bin"] == samples[4]["bin"]
+    with open(url, "rb") as f:
+        reader = runfile.RecordReader(f, url)
+        assert reader.skip(int(offs[1])) == 4
+        chunks = [bytes(c) for c in reader.chunks(int(offs[2] - offs[1]))]  # each valid until the next
+        assert b"".join(chunks) == b"".join(flat[4:])
+
+
+def test_an_encoded_value_the_caller_may_change_is_copied():
+    """The encoder keeps bytes values uncopied, but not a bytearray its caller could
+    change before the record is spilled."""
+    enc = SampleEncoder("x.tar", mtime=0)
+    value = bytearray(b"a" * 100_000)
+    pieces = enc.pieces({"__key__": "k", "bin": value})
+    value[:] = b"b" * 100_000
+    assert runfile.decode(b"".join(pieces), "x.tar")["bin"] == b"a" * 100_000
