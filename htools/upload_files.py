@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 
 from htools import tar
 from htools.errors import HtoolsError
 from htools.runtime.shardio import write_shard
 from htools.runtime.task import shard_task
 from htools.summary import ShardResult
+from htools.tar.header import BLOCK, MAX_OCTAL_SIZE
 
 
 @dataclass(frozen=True)
@@ -29,16 +31,79 @@ def sample_size(key: str, fields) -> int:
 
 
 def scan_directory(root: str) -> list[FileSample]:
-    """Every regular file below ``root``, grouped into samples by key (sorted by key)."""
+    """Every file below ``root`` (links to folders followed), grouped into samples by key,
+    sorted by key.  Files whose name starts with ``.``, has no extension or a field
+    starting with ``_`` are not sample members.  A folder that cannot be listed, a file
+    that cannot be sized (it vanished, a broken link) and a link that leads back to a
+    folder above it are refused in one line."""
     if not os.path.isdir(root):
         raise HtoolsError(f"{root}: not a directory")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in filenames:
-            full = os.path.abspath(os.path.join(dirpath, name))
-            paths.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
-    return group_files(paths, root)
+    top = os.path.abspath(root)
+    samples: list[FileSample] = []
+    _scan_folder(top if top != "/" else "", "", samples, {_identity(top): top})
+    if not samples:
+        raise HtoolsError(f"{root}: no files to upload (a member needs an extension, "
+                          "like n01.jpg)")
+    samples.sort(key=attrgetter("key"))
+    return samples
+
+
+def _scan_folder(path: str, prefix: str, samples: list[FileSample],
+                 above: dict[tuple[int, int], str]) -> None:
+    """Add the samples of the folder ``path`` (keys starting with ``prefix``) and of the
+    folders below it to ``samples``; ``above``: the folders it lies in, by identity.  The
+    files of a sample share a folder (a key ends in the basename), so each folder's files
+    are grouped on their own."""
+    groups: dict[str, list[tuple[str, str, int]]] = {}
+    folders = []
+    try:
+        with os.scandir(path or "/") as entries:
+            for entry in entries:
+                name = entry.name
+                full = f"{path}/{name}"
+                try:
+                    is_folder = entry.is_dir()  # a link to a folder is one
+                except OSError:
+                    is_folder = False
+                if is_folder:
+                    folders.append((full, name))
+                    continue
+                dot = name.find(".")
+                if dot <= 0 or name[dot + 1:dot + 2] in ("", "_"):
+                    continue  # hidden, no extension, or a private field
+                try:
+                    size = entry.stat().st_size
+                except OSError as e:
+                    raise HtoolsError(f"{full}: {e.strerror or e}") from None
+                groups.setdefault(name[:dot], []).append((name[dot + 1:], full, size))
+    except OSError as e:
+        raise HtoolsError(f"cannot list {path or '/'}: {e.strerror or e}") from None
+    ascii_prefix = prefix.isascii()
+    for stem, members in groups.items():
+        key = prefix + stem
+        members.sort()
+        size = 0
+        for field, _p, n in members:
+            if ascii_prefix and len(key) + len(field) < 100 and n <= MAX_OCTAL_SIZE \
+                    and stem.isascii() and field.isascii():
+                size += BLOCK + n + -n % BLOCK  # tar.member_size()'s common case
+            else:
+                size += tar.member_size(key, field, n)
+        samples.append(FileSample(key, tuple([(f, p) for f, p, _n in members]), size))
+    for full, name in sorted(folders):
+        ident = _identity(full)
+        if ident in above:
+            raise HtoolsError(f"{full}: a symlink loop (it leads back to {above[ident]}); "
+                              "remove the link, or list the files to upload in a list file")
+        _scan_folder(full, f"{prefix}{name}/", samples, {**above, ident: full})
+
+
+def _identity(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise HtoolsError(f"{path}: {e.strerror or e}") from None
+    return st.st_dev, st.st_ino
 
 
 def scan_list(list_file: str) -> list[FileSample]:

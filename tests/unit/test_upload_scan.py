@@ -1,0 +1,109 @@
+"""htupload's scan of a local folder, without Dask: the samples (keys, files, sizes, in
+key order) are those the former ``os.walk`` scan found, the shards written from them are
+pinned byte for byte (balanced ``@N``, ``--maxcount``, ``--maxsize``), and a symlink loop, a
+folder that cannot be listed or a file that vanishes is refused in one clear line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from htools import tar
+from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.upload import plan, write_here
+from htools.upload_files import FileSample, scan_directory
+
+NAMES = [  # (path, size): names that sort around "/", ".", "-", nested, long, non-ASCII
+    ("a.txt", 10), ("a.cls", 1), ("a-1.txt", 700), ("b.txt", 512), ("empty.txt", 0),
+    ("a/x.txt", 3), ("a/x.json", 1500), ("a/y.seg.png", 9000), ("a.b/c.txt", 5),
+    ("a-1/z.txt", 6), ("d/e/f/g.txt", 7), ("d/e/f/g.cls", 2), ("d/e/h.txt", 1025),
+    (".hid.txt", 4), ("d/.hidden.txt", 4), ("README", 3), ("n._x", 3), ("n.txt", 3),
+    ("l" * 90 + "/" + "m" * 30 + ".txt", 100), ("k" * 120 + ".bin", 2000),
+    ("\u00e9t\u00e9/\u00fc.txt", 50), ("z/0.txt", 1), ("z0.txt", 1), ("z.0/a.txt", 1),
+]
+
+
+def make_tree(root) -> None:
+    for name, size in NAMES:
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(hashlib.sha256(name.encode()).digest() * (size // 32 + 1))
+            f.truncate(size)
+    os.symlink("d", os.path.join(root, "link"))  # a linked folder is followed
+    os.symlink("b.txt", os.path.join(root, "lf.txt"))  # a linked file is read
+
+
+def walk_scan(root: str) -> list[FileSample]:
+    """The scan as it was: os.walk, then files grouped by key and sized one by one."""
+    groups: dict[str, dict[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            full = os.path.abspath(os.path.join(dirpath, name))
+            rel = os.path.relpath(full, root)
+            key, field = tar.split_key(rel)
+            if field and not field.startswith("_") and not name.startswith("."):
+                groups.setdefault(key, {})[field] = full
+    out = []
+    for key in sorted(groups):
+        files = tuple(sorted(groups[key].items()))
+        out.append(FileSample(key, files, sum(tar.member_size(key, f, os.path.getsize(p))
+                                              for f, p in files)))
+    return out
+
+
+def test_scan_finds_what_os_walk_found(tmp_path):
+    make_tree(tmp_path / "src")
+    for root in (str(tmp_path / "src"), str(tmp_path / "src") + "/", "src", "./src/../src"):
+        os.chdir(tmp_path)
+        assert scan_directory(root) == walk_scan(root), root
+
+
+# sha256 of each shard written for make_tree() by the scan and writer before issue 26
+PINNED = {
+    "@3": ["b9e5c2cfd433c345", "14dc52c561e59377", "865de1d5738cc67b"],
+    "maxcount": ["ad607afbcdc231c9", "0e84cb0b6f3c0b99", "af6eafb6ab57b1f8", "e3937944d5be4c75",
+                 "e65d49f703b65422"],
+    "maxsize": ["b9e5c2cfd433c345", "c49933575a598e2d", "5e15182f09a6cf56"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_shards_are_pinned(tmp_path, case):
+    make_tree(tmp_path / "src")
+    pattern = {"@3": "o-@3.tar"}.get(case, "o-%04d.tar")
+    kw = {"maxcount": {"maxcount": 4}, "maxsize": {"maxsize": 20480}}.get(case, {})
+    opts = RunOptions.of({"quiet": True})
+    tasks = plan(str(tmp_path / "src"), str(tmp_path / "out" / pattern), opts, **kw)
+    assert write_here(tasks, opts).ok
+    digests = [hashlib.sha256(open(t.output, "rb").read()).hexdigest()[:16] for t in tasks]
+    assert digests == PINNED[case]
+
+
+def test_a_symlink_loop_is_refused(tmp_path):
+    make_tree(tmp_path / "src")
+    os.symlink("..", tmp_path / "src" / "d" / "e" / "up")
+    with pytest.raises(HtoolsError, match=r"src/d/e/up: a symlink loop \(it leads back to .*src/d\)"):
+        scan_directory(str(tmp_path / "src"))
+
+
+def test_a_vanished_file_is_named(tmp_path):
+    make_tree(tmp_path / "src")
+    os.symlink("gone.txt", tmp_path / "src" / "a" / "w.txt")  # listed, then not there
+    with pytest.raises(HtoolsError, match=r"a/w\.txt: No such file or directory"):
+        scan_directory(str(tmp_path / "src"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists any folder")
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path):
+    make_tree(tmp_path / "src")
+    os.chmod(tmp_path / "src" / "d" / "e", 0)
+    try:
+        with pytest.raises(HtoolsError, match=r"cannot list .*d/e: Permission denied"):
+            scan_directory(str(tmp_path / "src"))
+    finally:
+        os.chmod(tmp_path / "src" / "d" / "e", 0o755)
