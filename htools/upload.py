@@ -49,6 +49,7 @@ from htools.upload_files import (
     write_file_shard,
     write_samples_shard,
 )
+from htools.upload_start import cluster_meanwhile
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
 
@@ -266,11 +267,13 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
     shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
     if files or opts.dry_run:
-        tasks = plan(source, outputs, opts, **kw)
-        if files:
-            made = _lineage(outputs, kw, tasks=tasks)
-            shardindex.check_lineage(outset, made, opts)
-        summary = _run_files(tasks, opts) if files else engine.run("htupload", tasks, opts)
+        with cluster_meanwhile(opts) as ready:  # local files: scanned while it starts
+            tasks = plan(source, outputs, opts, **kw)
+            if files:
+                made = _lineage(outputs, kw, tasks=tasks)
+                shardindex.check_lineage(outset, made, opts)
+            summary = _run_files(tasks, ready()) if files \
+                else engine.run("htupload", tasks, opts)
         return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:

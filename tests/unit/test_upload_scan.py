@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from htools import tar
+from htools import tar, upload_files
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.upload import plan, write_here
@@ -51,8 +51,9 @@ def walk_scan(root: str) -> list[FileSample]:
     out = []
     for key in sorted(groups):
         files = tuple(sorted(groups[key].items()))
-        out.append(FileSample(key, files, sum(tar.member_size(key, f, os.path.getsize(p))
-                                              for f, p in files)))
+        sizes = tuple(os.path.getsize(p) for _f, p in files)
+        out.append(FileSample(key, files, sum(tar.member_size(key, f, n)
+                                              for (f, _p), n in zip(files, sizes)), sizes))
     return out
 
 
@@ -107,3 +108,19 @@ def test_a_folder_that_cannot_be_listed_is_named(tmp_path):
             scan_directory(str(tmp_path / "src"))
     finally:
         os.chmod(tmp_path / "src" / "d" / "e", 0o755)
+
+
+@pytest.mark.parametrize("read_max", [upload_files.READ_MAX, 1000, 4096])
+def test_a_file_is_read_whole_and_a_changed_size_is_refused(tmp_path, monkeypatch, read_max):
+    monkeypatch.setattr(upload_files, "READ_MAX", read_max)
+    path = tmp_path / "f.bin"
+    for n in (0, 1, 300, 4096, 70000):
+        data = os.urandom(n)
+        path.write_bytes(data)
+        assert upload_files._read_local(str(path), n) == data
+        assert upload_files._read_local(str(path)) == data  # size not known
+        for scanned in (n + 1, max(n - 1, 0)) if n else (1,):
+            now = "more" if n > scanned else n
+            with pytest.raises(HtoolsError, match=rf"f\.bin: the file changed while htupload "
+                               rf"ran \({scanned} bytes when listed, {now} now\)"):
+                upload_files._read_local(str(path), scanned)
