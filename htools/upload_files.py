@@ -20,8 +20,7 @@ READ_MAX = 1 << 26  # bytes of a file read at once
 
 
 class FileSample(NamedTuple):
-    """A sample of local files (a tuple: 100,000 of them unpickle on a worker in 0.05 s,
-    as a dataclass in 0.35 s)."""
+    """A sample of local files; a task gets it as a plain tuple (:func:`as_tuples`)."""
 
     key: str
     files: tuple[tuple[str, str], ...]  # (field, local path)
@@ -164,18 +163,26 @@ def group_files(paths: list[tuple[str, str]], where: str) -> list[FileSample]:
     return samples
 
 
-def write_file_shard(output: str, samples: list[FileSample], *, options: dict | None = None,
+def as_tuples(samples: list[FileSample]) -> list[tuple]:
+    """``samples`` as the plain tuples a task's arguments carry: 100,000 of them pickle
+    on the client and unpickle on a worker in 0.35 s, as FileSamples in 0.7 s (as
+    dataclasses: 1.1 s)."""
+    return [tuple(s) for s in samples]
+
+
+def write_file_shard(output: str, samples: list[tuple], *, options: dict | None = None,
                      mtime: float | None = 0, index: bool = True) -> dict:
-    """Task: write local files, grouped into samples, as one shard."""
+    """Task: write local files, grouped into samples (FileSample fields, as tuples), as
+    one shard."""
     with shard_task(f"{len(samples)} samples", output) as result:
         write_samples_shard(output, _file_samples(samples, result), result, options, mtime, index)
     return result.as_dict()
 
 
-def _file_samples(samples: list[FileSample], result: ShardResult) -> Iterator[dict]:
-    for s in samples:
-        sample = {"__key__": s.key}
-        for (field, path), size in zip(s.files, s.sizes or [-1] * len(s.files)):
+def _file_samples(samples: list[tuple], result: ShardResult) -> Iterator[dict]:
+    for key, files, _size, sizes in samples:
+        sample = {"__key__": key}
+        for (field, path), size in zip(files, sizes or [-1] * len(files)):
             sample[field] = data = _read_local(path, size)
             result.bytes_in += len(data)
         yield sample
