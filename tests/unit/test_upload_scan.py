@@ -64,22 +64,34 @@ def test_scan_finds_what_os_walk_found(tmp_path):
         assert scan_directory(root) == walk_scan(root), root
 
 
-# sha256 of each shard written for make_tree() by the scan and writer before issue 26
+# sha256 of each shard written for make_tree() (and a list file of some of its files) by
+# the scan, the list and the writer before issue 26
 PINNED = {
     "@3": ["b9e5c2cfd433c345", "14dc52c561e59377", "865de1d5738cc67b"],
     "maxcount": ["ad607afbcdc231c9", "0e84cb0b6f3c0b99", "af6eafb6ab57b1f8", "e3937944d5be4c75",
                  "e65d49f703b65422"],
     "maxsize": ["b9e5c2cfd433c345", "c49933575a598e2d", "5e15182f09a6cf56"],
+    "shuffle": ["76dbde09b75db2cb", "91194fa9ff8e062d"],
+    "list": ["29086fa74aba379d", "5878c371838190d2"],
+}
+CASES = {  # (output pattern, plan's options)
+    "@3": ("o-@3.tar", {}), "maxcount": ("o-%04d.tar", {"maxcount": 4}),
+    "maxsize": ("o-%04d.tar", {"maxsize": 20480}),
+    "shuffle": ("o-@2.tar", {"shuffle": True, "seed": 3}), "list": ("o-@2.tar", {}),
 }
 
 
 @pytest.mark.parametrize("case", sorted(PINNED))
 def test_shards_are_pinned(tmp_path, case):
     make_tree(tmp_path / "src")
-    pattern = {"@3": "o-@3.tar"}.get(case, "o-%04d.tar")
-    kw = {"maxcount": {"maxcount": 4}, "maxsize": {"maxsize": 20480}}.get(case, {})
+    source = str(tmp_path / "src")
+    if case == "list":
+        source += "/files.lst"
+        with open(source, "w") as f:
+            f.write("a/x.txt\n./a/x.json\nb.txt\n# note\n\nd/e/h.txt\nz0.txt\n")
+    pattern, kw = CASES[case]
     opts = RunOptions.of({"quiet": True})
-    tasks = plan(str(tmp_path / "src"), str(tmp_path / "out" / pattern), opts, **kw)
+    tasks = plan(source, str(tmp_path / "out" / pattern), opts, **kw)
     assert write_here(tasks, opts).ok
     digests = [hashlib.sha256(open(t.output, "rb").read()).hexdigest()[:16] for t in tasks]
     assert digests == PINNED[case]
