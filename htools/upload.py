@@ -270,7 +270,7 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
     shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
     if files or opts.dry_run:
-        with cluster_meanwhile(opts) as ready:  # local files: scanned while it starts
+        with cluster_meanwhile(opts, outset.first()) as ready:  # files scanned meanwhile
             tasks = plan(source, outputs, opts, **kw)
             if files:
                 made = _lineage(outputs, kw, tasks=tasks)

@@ -11,19 +11,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
+from htools import storage
 from htools.clusters.info import workers_elsewhere
 from htools.options import RunOptions
 from htools.runtime import engine
 
 
 @contextmanager
-def cluster_meanwhile(opts: RunOptions) -> Iterator[Callable[[], RunOptions]]:
+def cluster_meanwhile(opts: RunOptions, first_output: str
+                      ) -> Iterator[Callable[[], RunOptions]]:
     """Start the job's embedded cluster on a thread while the block runs; the block gets a
     function that waits for it and returns ``opts`` with its client.  The cluster is
     closed on leaving the block (after its start has finished, should the block fail
-    first).  A dry run, ``--resume`` (which may have nothing left to run), a given client
-    and a scheduler elsewhere start nothing early: the function returns ``opts``."""
-    if opts.dry_run or opts.resume or opts.client is not None or workers_elsewhere(opts):
+    first).  A dry run, ``--resume`` (which may have nothing left to run), a given client,
+    a scheduler elsewhere, and a job whose ``first_output`` exists (refused before any
+    task runs, unless ``--overwrite``) start nothing early: the function returns ``opts``."""
+    if opts.dry_run or opts.resume or opts.client is not None or workers_elsewhere(opts) \
+            or (not opts.overwrite and storage.exists(first_output, opts.storage_options)):
         yield lambda: opts
         return
     box: dict[str, Any] = {}

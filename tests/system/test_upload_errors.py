@@ -25,3 +25,17 @@ def test_a_folder_htupload_cannot_read_is_refused_in_one_line(tmp_path, link, sa
     assert says in p.stderr, p.stderr
     assert "Traceback" not in p.stderr, p.stderr
     assert not list(tmp_path.glob("out/o-*.tar"))
+
+
+def test_outputs_that_exist_are_refused_before_a_cluster_starts(tmp_path):
+    """The cluster starts beside the scan, but not for a job refused before its tasks."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "n0.txt").write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "o-0.tar").write_bytes(b"")
+    p = run("htupload", src, out / "o-@2.tar", "--workers", "1")
+    assert p.returncode != 0
+    assert "already exist" in p.stderr and "--overwrite" in p.stderr, p.stderr
+    assert "workers, dashboard" not in p.stderr, p.stderr
