@@ -44,11 +44,14 @@ from htools.selection.filter import select_items
 from htools.summary import JobSummary
 from htools.tar import compress
 from htools.upload_files import (
+    FileSample,
+    as_tuples,
     scan_directory,
     scan_list,
     write_file_shard,
     write_samples_shard,
 )
+from htools.upload_start import cluster_meanwhile
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
 
@@ -195,7 +198,8 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
         random.Random(seed).shuffle(samples)
     bounds = split_counts([s.size for s in samples], n, maxcount, maxsize)
     outs = outset.urls(len(bounds))
-    return [Task(write_file_shard, {"output": o, "samples": samples[a:b], "options": options,
+    return [Task(write_file_shard, {"output": o, "samples": as_tuples(samples[a:b]),
+                                    "options": options,
                                     "mtime": mtime, "index": opts.index},
                  input=f"{source} [{a}:{b}]", output=o)
             for o, (a, b) in zip(outs, bounds)]
@@ -266,11 +270,13 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
     shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
     if files or opts.dry_run:
-        tasks = plan(source, outputs, opts, **kw)
-        if files:
-            made = _lineage(outputs, kw, tasks=tasks)
-            shardindex.check_lineage(outset, made, opts)
-        summary = _run_files(tasks, opts) if files else engine.run("htupload", tasks, opts)
+        with cluster_meanwhile(opts, outset.first()) as ready:  # files scanned meanwhile
+            tasks = plan(source, outputs, opts, **kw)
+            if files:
+                made = _lineage(outputs, kw, tasks=tasks)
+                shardindex.check_lineage(outset, made, opts)
+            summary = _run_files(tasks, ready()) if files \
+                else engine.run("htupload", tasks, opts)
         return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:
@@ -291,10 +297,10 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
 def _lineage(outputs: str, kw: dict, inputs: list[str] = (), tasks: list[Task] = ()) -> dict:
     """htupload's lineage (:mod:`htools.lineage`): tar inputs by URL; local files (a
     folder or a list) by their paths and sizes as scanned, one entry per sample."""
-    samples = sorted((s for t in tasks for s in t.kwargs.get("samples", ())),
-                     key=lambda s: s.key)  # --shuffle's order is the seed's: recorded
+    samples = sorted((FileSample(*s) for t in tasks for s in t.kwargs.get("samples", ())),
+                     key=itemgetter(0))  # --shuffle's order is the seed's: recorded
     if samples:
-        inputs = ["\t".join(p for _f, p in s.files) for s in samples]
+        inputs = ["\t".join([p for _f, p in s.files]) for s in samples]
     return lineage.make("htupload", inputs=list(inputs), outputs=outputs,
                         sizes=[s.size for s in samples] if samples else None,
                         options={**kw, "seed": kw["seed"] if kw["shuffle"] else None})
@@ -307,8 +313,8 @@ def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
     workers of a cluster elsewhere cannot see the files (or a local output folder)."""
     if opts.dry_run or not tasks or not workers_elsewhere(opts):
         return engine.run("htupload", tasks, opts)
-    first = next((t.kwargs["samples"][0].files[0][1] for t in tasks if t.kwargs["samples"]),
-                 None)
+    first = next((FileSample(*t.kwargs["samples"][0]).files[0][1] for t in tasks
+                  if t.kwargs["samples"]), None)
     with engine.cluster(opts) as client:
         hidden = preflight.unseen(client, [first], [t.output for t in tasks])
         if not hidden:

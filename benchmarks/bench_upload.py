@@ -1,0 +1,76 @@
+"""htupload of a directory of small files vs GNU ``tar -cf`` of the same tree, wall time of
+each whole command (htupload's cluster start included), in one run.
+
+The tree: ``--samples`` samples of two 300-byte files (``.txt`` and ``.cls``), 1,000
+samples a folder; htupload writes ``--shards`` shards (the issue's row: 100,000 samples,
+200,000 files -> 64 shards).  Prints ``RATIO htupload / GNU tar ...`` (GNU tar's time over
+htupload's: higher is better, goal >= 0.4); asserts nothing about speed.
+
+    python benchmarks/bench_upload.py              # 100,000 samples -> 64 shards
+    python benchmarks/bench_upload.py --quick      # 5,000 samples -> 8 shards
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+PER_FOLDER = 1000
+FIELDS = ("cls", "txt")
+
+
+def make_tree(root: str, samples: int, size: int = 300) -> None:
+    """``samples`` samples of two ``size``-byte files, ``PER_FOLDER`` a folder."""
+    blob = os.urandom(size + 4096)
+    for i in range(samples):
+        folder = os.path.join(root, f"d{i // PER_FOLDER:04d}")
+        if i % PER_FOLDER == 0:
+            os.makedirs(folder)
+        for j, field in enumerate(FIELDS):
+            off = (7 * i + j) % 4096
+            with open(os.path.join(folder, f"s{i:07d}.{field}"), "wb") as f:
+                f.write(blob[off:off + size])
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--samples", type=int, default=100_000)
+    p.add_argument("--shards", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=2, help="best of N runs of each command")
+    p.add_argument("--quick", action="store_true", help="5,000 samples -> 8 shards, once")
+    p.add_argument("--dir", default=None, help="where to make the tree (a temporary folder)")
+    a = p.parse_args()
+    if a.quick:
+        a.samples, a.shards, a.repeat = 5000, 8, 1
+    with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
+        src = os.path.join(tmp, "src")
+        make_tree(src, a.samples)
+        out = os.path.join(tmp, "out")
+        up = ["htupload", src, os.path.join(out, f"s-@{a.shards}.tar"), "-q", "--workers",
+              str(a.workers)]
+        gnu = ["tar", "-cf", os.path.join(tmp, "all.tar"), "-C", src, "."]
+        t_up, t_tar = [], []
+        for _ in range(a.repeat):
+            shutil.rmtree(out, ignore_errors=True)
+            t_up.append(timed(up))
+            t_tar.append(timed(gnu))
+        files = a.samples * len(FIELDS)
+        print(f"htupload: {min(t_up):.2f} s ({', '.join(f'{t:.2f}' for t in t_up)})")
+        print(f"GNU tar -cf: {min(t_tar):.2f} s ({', '.join(f'{t:.2f}' for t in t_tar)})")
+        print(f"RATIO htupload / GNU tar -cf, {a.samples} samples ({files} files of 300 B) -> "
+              f"{a.shards} shards: {min(t_tar) / min(t_up):.3f} (goal >= 0.4)")
+
+
+if __name__ == "__main__":
+    main()
