@@ -9,6 +9,7 @@ import importlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,13 @@ def read_wds(paths) -> list[dict]:
     for sample in wds.WebDataset(paths, shardshuffle=False, empty_check=False):
         out.append({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
     return out
+
+
+def default_sigint() -> None:
+    """A ``preexec_fn`` for a process a test will Ctrl-C: SIGINT as in a terminal (a shell
+    running the suite in the background hands its children SIGINT ignored, and Python
+    then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(tool: str, *args: str, env: dict | None = None, timeout: float = 180,

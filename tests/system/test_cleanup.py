@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import BIN, child_env, make_shards, read_wds, run
+from helpers import BIN, child_env, default_sigint, make_shards, read_wds, run
 
 SLOW = "import time\ndef process_sample(s):\n    time.sleep(0.05)\n    return s\n"
 FAIL_ONE = ("def process_sample(s):\n"
@@ -48,7 +48,8 @@ def interrupt(cmd: list[str], ready: Callable[[], bool], env: dict[str, str],
     SIGINT its process group as a terminal's Ctrl-C does, and wait for it to exit (the
     seconds that took: ``.seconds_to_exit``)."""
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + timeout
         while not ready():

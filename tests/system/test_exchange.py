@@ -276,11 +276,17 @@ def test_missing_input_fails_before_writing_and_cleans_scratch(tmp_path):
     assert p.stderr.strip() == f"Error: input {tmp_path}/in/data-2.tar does not exist"
     assert not (tmp_path / "o").exists() and not any((tmp_path / "scratch").glob("**/*.bin"))
 
-def test_existing_outputs_refused_resume_skips(tmp_path, processes_client):
+def test_existing_outputs_refused_resume_skips(tmp_path, processes_client, monkeypatch):
     import glob
     import tempfile
 
+    # the default scratch is made here, in the client: in a temp dir of this test's own,
+    # where no other job on the machine (another pytest worker) makes one
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     temps = set(glob.glob(f"{tempfile.gettempdir()}/htools-scratch-*"))
+    made, mkdtemp = [], tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(mkdtemp(**kw)) or made[-1])
     make_shards(tmp_path / "in", shards=2, per_shard=10)
     src, dst = str(tmp_path / "in" / "data-@2.tar"), str(tmp_path / "o" / "o-@2.tar")
     assert htools.shuffle(src, dst, client=processes_client, quiet=True).ok
@@ -292,6 +298,7 @@ def test_existing_outputs_refused_resume_skips(tmp_path, processes_client):
     assert s.ok and s.shards_done == 1 and s.shards_skipped == 1
     assert [p.read_bytes() for p in outputs(tmp_path / "o", "o")] == first  # same seed, same bytes
     assert set(glob.glob(f"{tempfile.gettempdir()}/htools-scratch-*")) == temps  # removed
+    assert made and all(m.startswith(str(tmp_path / "tmp")) for m in made)  # it made them
 
 
 def test_scratch_on_s3_uses_the_jobs_storage_options(tmp_path, s3_server, processes_client):

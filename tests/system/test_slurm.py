@@ -19,6 +19,7 @@ import pytest
 from fixtures.slurm import Slurm
 from helpers import (
     BIN,
+    default_sigint,
     make_shards,
     ok,
     read_wds,
@@ -73,12 +74,6 @@ def _first_marks(tmp_path: Path, proc: subprocess.Popen) -> list[str]:
     found = sorted(p.name for p in marks.iterdir())
     assert found, "no worker job ever ran a sample"
     return found
-
-
-def _default_sigint() -> None:
-    """In the child: SIGINT as in a terminal (a shell running the suite in the background
-    may hand its children SIGINT ignored, and Python then keeps ignoring it)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_finished(cluster: Slurm, ids: list[str]) -> dict[str, dict[str, str]]:
@@ -179,7 +174,7 @@ def test_no_job_left_after_failure_or_ctrl_c(slurm_cluster, tmp_path):
     slurm_cluster.assert_no_job_left()
 
     proc = _marking_mapper(slurm_cluster, tmp_path, inputs, tmp_path / "out2" / "o-@4.tar",
-                           sleep=2, preexec_fn=_default_sigint)
+                           sleep=2, preexec_fn=default_sigint)
     try:
         _first_marks(tmp_path, proc)
         assert len(slurm_cluster.squeue("RUNNING")) == 2
