@@ -69,7 +69,8 @@ def run_job(tool: str, src: str, out: Path, lst: Path, mode: str, client, join: 
 
 
 def totals(s) -> dict:
-    names = ("samples_read", "samples_written", "samples_dropped", "samples_failed")
+    names = ("samples_read", "samples_mapped", "samples_written", "samples_dropped",
+             "samples_failed")
     return {n: getattr(s, n) for n in names}
 
 
