@@ -406,26 +406,94 @@ def model(results: list[dict], fans=(256, 1000), workers=(100, 1000), n=100_000,
             })
     return {"n": n, "shard_bytes": shard_bytes, "memory": memory, "client_fit": client,
             "tasks_per_s": tps, "rows": out,
-            "dedup": dedup_model(fans, workers, n, shard_bytes, memory)}
+            "dedup": dedup_model(fans, workers, n, shard_bytes, memory),
+            "list_join": list_join_model(fans, workers, n, shard_bytes, memory)}
 
 
 def dedup_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10**9,
                 memory=4 << 30) -> list[dict]:
-    """htsort --dedup F --key K (K not F) at 100 TB, from htools.exchange.plan_exchange:
-    stage 1 by F's content, its merge levels, the dedup tasks (one first-pass bucket
-    each, writing runs by K), the sort's merge levels, the writes (no I/O)."""
+    """htsort --dedup F --key K (K not F) at 100 TB as the semi-join on digests, from
+    htools.exchange.plan_exchange: stage 1 by K with each sample's digest record (F's
+    sha256, place, sort bucket) beside, the decide tasks (one digest range each, writing
+    drop runs by sort bucket), the sort's merge levels, the writes applying the drops
+    (no I/O).  ``pass_*``: the dedup pass it replaced (still run with a reduce)."""
     out = []
     for w in workers:
         for f in fans:
-            p = plan_at(n, shard_bytes, memory, w, f, dedup_pass=True)
+            p = _semijoin_plan(n, shard_bytes, memory, w, f)
+            old = plan_at(n, shard_bytes, memory, w, f, dedup_pass=True)
+            plain = plan_at(n, shard_bytes, memory, w, f)
             out.append({"workers": w, "fan_in": f, "stage1_tasks": p.stage1_tasks,
-                        "first_levels": [lv.tasks for lv in p.first_pass_levels],
-                        "dedup_tasks": p.first_pass_buckets, "runs2": p.sort_runs,
-                        "second_levels": [lv.tasks for lv in p.levels],
+                        "decide_tasks": p.decide_tasks,
+                        "digest_bytes": n * shard_bytes // DIGEST_SHARE,
+                        "levels": [lv.tasks for lv in p.levels],
                         "write_tasks": p.write_tasks, "passes": p.passes,
-                        "plain_passes": plan_at(n, shard_bytes, memory, w, f).passes,
-                        "tasks": p.tasks})
+                        "plain_passes": plain.passes, "pass_passes": old.passes,
+                        "write_requests": 2 * p.write_ranges,
+                        "plain_write_requests": 2 * plain.write_ranges, "tasks": p.tasks})
     return out
+
+
+DIGEST_SHARE = 64  # stage 1's digest records, as the plan estimates them (plan.DIGEST_SHARE)
+LIST_ENTRIES = 10**9  # the large --keep list of the model (DataComp-size: 10^9 uids)
+
+
+def _semijoin_plan(n: int, shard_bytes: int, memory: int, workers: int, fan: int,
+                   table: int = 0):
+    from htools.exchange import plan_exchange
+
+    return plan_exchange(inputs=n, shard_bytes=shard_bytes, outputs=n, memory=memory,
+                         workers=workers, shuffle=False, fan=fan, semijoin=True, table=table)
+
+
+def list_join_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10**9,
+                    memory=4 << 30, entries=LIST_ENTRIES) -> list[dict]:
+    """htsort --keep LIST of ``entries`` values at 100 TB, the list joined through the
+    exchange (a 16-byte digest a value: larger than a worker fetches): per decide task,
+    its table slice and digest records; requests (two binary searches of log2(entries)
+    8-byte reads and two slice reads a decide task; each write task reads its buckets of
+    every drop run); passes over the data (no I/O)."""
+    table = 16 * entries
+    out = []
+    for w in workers:
+        for f in fans:
+            p = _semijoin_plan(n, shard_bytes, memory, w, f, table)
+            plain = plan_at(n, shard_bytes, memory, w, f)
+            digests = n * shard_bytes // DIGEST_SHARE
+            out.append({"workers": w, "fan_in": f, "table_bytes": table,
+                        "decide_tasks": p.decide_tasks,
+                        "table_bytes_per_decide": table // p.decide_tasks,
+                        "digest_bytes_per_decide": digests // p.decide_tasks,
+                        "decide_requests": p.decide_tasks * (2 * entries.bit_length() + 2),
+                        "drop_requests": 2 * p.write_tasks * p.decide_tasks,
+                        "passes": p.passes, "plain_passes": plain.passes, "tasks": p.tasks})
+    return out
+
+
+def list_join_lines(rows: list[dict] | None = None) -> list[str]:
+    """The README lines of :func:`list_join_model`."""
+    rows = rows or list_join_model()
+    lines = [
+        "",
+        f"`htsort --keep LIST` with {LIST_ENTRIES:,} listed values at the same size: the "
+        f"digest table ({rows[0]['table_bytes'] / 1e9:.0f} GB) is more than a worker fetches "
+        "(a quarter of `--memory`), so the list joins through the exchange: stage 1 writes "
+        "each sample's value digest and place beside its runs, each decide task reads one "
+        "contiguous slice of the table and its digest range, and the write tasks drop what "
+        "the drop runs list (`bench_scale.list_join_model`):",
+        "",
+        "| W workers | F | decide tasks | table bytes per decide task | digest bytes per "
+        "decide task | decide requests | drop-run requests of the writes | passes over the "
+        "data (plain sort) | tasks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['fan_in']} | {r['decide_tasks']:,} | "
+            f"{r['table_bytes_per_decide'] / 1e6:.1f} MB | "
+            f"{r['digest_bytes_per_decide'] / 1e6:.0f} MB | {r['decide_requests']:,} | "
+            f"{r['drop_requests']:,} | {r['passes']} ({r['plain_passes']}) | {r['tasks']:,} |")
+    return lines
 
 
 def _client_fit(results: list[dict]) -> dict:
@@ -477,33 +545,31 @@ def model_lines(m: dict) -> list[str]:
             f"{r['passes']} | {r['tasks']:,} | {r['client_bytes'] / 1e9:.2f} GB | {sched} |")
     lines += [
         "",
-        "`htsort --key K --dedup F` (F not K) at the same size: stage 1 buckets samples by "
-        "F's hash, merge levels bring each bucket's runs under the fan-in, one dedup task "
-        "per first-pass bucket keeps the first of each F and writes runs by K, and the sort "
-        "goes on from those (`bench_scale.dedup_model`):",
+        "`htsort --key K --dedup F` (F not K) at the same size, as a semi-join: stage 1 "
+        "sorts by K and writes each sample's F digest, place and sort bucket beside its runs "
+        "(about 1/64 of the data); decide tasks, one digest range each, keep the first of "
+        "each F and write drop runs by sort bucket; the write tasks leave those out "
+        "(`bench_scale.dedup_model`):",
         "",
-        "| W workers | F | stage 1 tasks | first-pass merge tasks per level | dedup tasks "
-        "(runs they write) | sort merge tasks per level | write tasks | passes over the "
-        "data (plain sort) | tasks |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| W workers | F | stage 1 tasks | digest bytes | decide tasks | merge tasks per "
+        "level | write tasks | write requests (plain sort) | passes over the data (plain "
+        "sort; the old dedup pass) | tasks |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in m.get("dedup") or dedup_model():
         lines.append(
             f"| {r['workers']} | {r['fan_in']} | {r['stage1_tasks']:,} | "
-            f"{', '.join(f'{t:,}' for t in r['first_levels']) or 'none'} | "
-            f"{r['dedup_tasks']:,} ({r['runs2']:,}) | "
-            f"{', '.join(f'{t:,}' for t in r['second_levels']) or 'none'} | "
-            f"{r['write_tasks']:,} | {r['passes']} ({r['plain_passes']}) | {r['tasks']:,} |")
+            f"{r['digest_bytes'] / 1e12:.1f} TB | {r['decide_tasks']:,} | "
+            f"{', '.join(f'{t:,}' for t in r['levels']) or 'none'} | "
+            f"{r['write_tasks']:,} | {r['write_requests']:,} ({r['plain_write_requests']:,}) | "
+            f"{r['passes']} ({r['plain_passes']}; {r['pass_passes']}) | {r['tasks']:,} |")
     lines += [
         "",
-        "The dedup pass costs two passes over the data beyond the plain sort (the dedup "
-        "tasks' read and write, and the first pass's merge level), one fewer than the "
-        "two commands it replaces (`htshuffle --dedup F`, then `htsort --key K`: 3 + 3).  "
-        "Moving only each sample's F digest and place through a separate small exchange "
-        "(a semi-join: drop lists by sort bucket, applied by the write tasks) would bring "
-        "it back to the plain sort's passes plus about 50 bytes a sample; not built.",
+        "The semi-join costs the plain sort's passes over the data plus the digest records "
+        "and one range request per write task and decide task; the dedup pass it replaced "
+        "(still run with a `reduce_samples()`) cost two passes more.",
     ]
-    return lines
+    return lines + list_join_lines(m.get("list_join"))
 
 
 def section(saved: dict) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 from htools import storage
 from htools.exchange import plan
 from htools.exchange.dedup import dedup_and_partition, two_passes
+from htools.exchange.listjoin import ROW, join_slice
 from htools.exchange.runfile import Run
 from htools.exchange.semijoin import keep_firsts
 from htools.exchange.specs import StageOne, StageTwo, scratch_options
@@ -22,6 +23,7 @@ from htools.runtime.engine import Task
 
 if TYPE_CHECKING:
     from htools.exchange.keys import KeySpec
+    from htools.selection import Selection
     from htools.usercode.script import Script
 
 def dedup_mode(key: KeySpec, script: Script | None) -> str:
@@ -37,21 +39,26 @@ def dedup_mode(key: KeySpec, script: Script | None) -> str:
     return "digests"
 
 
-def decide(job, digests: list[Run], counts: np.ndarray) -> Partitioned:
+def decide(job, digests: list[Run], counts: np.ndarray, join: Selection | None = None
+           ) -> Partitioned:
     """Stage 1's digest runs -> (merge levels when they are more than the fan-in) ->
     decide tasks, each writing a drop run.  Returns the drop runs and the samples kept
-    per sort bucket (stage 1's ``counts`` less the drops), with the stage's summary."""
-    n = plan.decide_tasks(sum(r.size for r in digests), job.memory, job.workers)
+    per sort bucket (stage 1's ``counts`` less the drops), with the stage's summary.
+    ``join``: the decide tasks join a large --keep/--drop list (:mod:`.listjoin`)
+    instead of keeping the first of each --dedup value."""
+    table = ROW * join.listed if join is not None else 0
+    n = plan.decide_tasks(sum(r.size for r in digests) + table, job.memory, job.workers)
     groups = plan.split(plan.DIGEST_BUCKETS, n)
     merged = job.merge_levels([(0, len(groups), digests)], groups,
                                StageTwo(options=job.options), "dedup-merge")
     if not merged.ok:
         return Partitioned(merged.summary)
     options = scratch_options(job.options)
-    tasks = [Task(keep_firsts, {"runs": part, "a": groups[j][0], "b": groups[j][1],
-                                "url": storage.join(job.scratch, f"drops-{j:05d}-"
-                                                                 f"{uuid.uuid4().hex[:8]}.bin"),
-                                "buckets": len(counts), "options": options},
+    fn, more = (keep_firsts, {}) if join is None else (join_slice, {"sel": join})
+    tasks = [Task(fn, {"runs": part, "a": groups[j][0], "b": groups[j][1],
+                       "url": storage.join(job.scratch, f"drops-{j:05d}-"
+                                                        f"{uuid.uuid4().hex[:8]}.bin"),
+                       "buckets": len(counts), "options": options, **more},
                   input=f"{len(part)} digest runs, buckets {groups[j][0]}..{groups[j][1] - 1}")
              for j0, j1, part in merged.parts for j in range(j0, j1) if part]
     dropped = np.zeros(len(counts), dtype=np.int64)
@@ -66,10 +73,14 @@ def decide(job, digests: list[Run], counts: np.ndarray) -> Partitioned:
             made[i] = Run(url, size, 0, len(counts))
         reports.add(extra)
 
-    s = engine.run(f"{job.spec.tool}-dedup", tasks, job.opts.with_(dry_run=False),
+    name = "dedup" if join is None else "join"
+    s = engine.run(f"{job.spec.tool}-{name}", tasks, job.opts.with_(dry_run=False),
                    on_result=on_result, check_outputs=False)
-    job.stats.update(dedup_tasks=len(tasks), duplicates=reports.duplicates,
-                     dedup_seconds=s.seconds)
+    if join is None:
+        job.stats.update(dedup_tasks=len(tasks), duplicates=reports.duplicates,
+                         dedup_seconds=s.seconds)
+    else:
+        job.stats.update(decide_tasks=len(tasks), decide_seconds=s.seconds)
     if merged.summary is not None:
         s.add_tasks(merged.summary)
     if s.ok:

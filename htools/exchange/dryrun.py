@@ -4,23 +4,26 @@ one the run makes) as lines for people and as the figures the run's summary repo
 
 from __future__ import annotations
 
-from htools import shards
+from htools import shards, storage
 from htools.errors import hide_credentials
 from htools.exchange import plan
 from htools.exchange.dedupjob import dedup_mode
+from htools.exchange.listjoin import joins, plan_line, table_bytes
 from htools.exchange.plan import ExchangePlan, MergeLevel
 from htools.exchange.sizing import Resources, dry_run_resources, human_size, shard_size
 from htools.options import RunOptions
 from htools.summary import JobSummary
 
 
-def plan_lines(p: ExchangePlan, sized: Resources, dedup: str | None) -> list[str]:
-    """The plan, a line a stage (the outputs' lines follow)."""
+def plan_lines(p: ExchangePlan, sized: Resources, dedup: str | None,
+               join: bool = False) -> list[str]:
+    """The plan, a line a stage (the outputs' lines follow); ``join``: the decide tasks
+    join a --keep/--drop list (:func:`.listjoin.plan_line` says so)."""
     lines = [f"sized for {sized.threads} worker threads and a memory budget of "
              f"{human_size(sized.memory)} a task ({sized.source})",
              f"stage 1: {p.inputs} input shards in {p.stage1_tasks} tasks ({p.inputs_per_task} "
              f"input(s) each) -> about {p.runs} sorted runs in scratch"]
-    if p.decide_tasks:
+    if p.decide_tasks and not join:
         lines.append(f"dedup: stage 1 also writes each sample's sha256 of {dedup} and place "
                      f"(about 60 bytes) by digest; {p.decide_tasks} decide tasks keep the first "
                      "of each value and hand each write task the places to drop (no pass more)")
@@ -45,7 +48,7 @@ def _levels(levels: tuple[MergeLevel, ...]) -> str:
     return f"{len(levels)} merge level(s) of {', '.join(str(lv.tasks) for lv in levels)} tasks"
 
 
-def plan_figures(p: ExchangePlan) -> dict:
+def plan_figures(p: ExchangePlan, join: bool = False) -> dict:
     """The plan's figures under the names the run's summary gives them in ``extra``."""
     levels = [_level("dedup-merge", lv) for lv in p.first_pass_levels]
     levels += [_level("merge", lv) for lv in p.levels]
@@ -55,7 +58,9 @@ def plan_figures(p: ExchangePlan) -> dict:
                "runs": p.runs, "write_tasks": p.write_tasks,
                "outputs_per_task": p.outputs_per_task, "max_runs_per_write": p.runs_per_write,
                "requests_per_write": 2 * p.runs_per_write, "worker_threads": p.workers}
-    if p.first_pass_buckets or p.decide_tasks:
+    if join:
+        figures["decide_tasks"] = p.decide_tasks
+    elif p.first_pass_buckets or p.decide_tasks:
         figures["dedup_tasks"] = p.first_pass_buckets or p.decide_tasks
     return figures
 
@@ -66,25 +71,34 @@ def _level(stage: str, lv: MergeLevel) -> dict:
 
 
 def plan_for(spec, inputs: int, outputs: int | None, shard_bytes: float | None,
-             sized: Resources, beside: bool = False) -> plan.ExchangePlan:
-    """The plan of ``spec`` (the run's and the dry run's)."""
+             sized: Resources, beside: bool = False, join: bool = False,
+             options: dict | None = None) -> plan.ExchangePlan:
+    """The plan of ``spec`` (the run's and the dry run's); ``join``: its --keep/--drop
+    list joins through the exchange (:mod:`.listjoin`)."""
+    table = table_bytes(spec.select, options) if join else 0
     return plan.plan_exchange(inputs=inputs, shard_bytes=shard_bytes, outputs=outputs,
                               memory=sized.memory, workers=sized.threads,
                               shuffle=spec.key.mode == "random", fan=spec.fan_in,
                               dedup_pass=dedup_mode(spec.key, spec.script) == "pass",
-                              semijoin=dedup_mode(spec.key, spec.script) == "digests",
-                              beside=beside)
+                              semijoin=join or dedup_mode(spec.key, spec.script) == "digests",
+                              beside=beside, table=table)
 
 
 def dry_run(spec, outset: shards.OutputSet, inputs: list[str], known: list[str],
             present: set[str], opts: RunOptions) -> JobSummary:
     """``--dry-run``: the plan of ``spec`` (an ExchangeSpec) as lines and figures, nothing run."""
     sized = dry_run_resources(opts, spec.memory)
-    planned = plan_for(spec, len(inputs), outset.count, shard_size(inputs, opts), sized)
+    options = storage.resolve_options(opts.storage_options)
+    join = joins(spec, sized.memory, options)
+    planned = plan_for(spec, len(inputs), outset.count, shard_size(inputs, opts), sized,
+                       join=join, options=options)
     summary = JobSummary(spec.tool, shards_total=len(known))
-    summary.plan = plan_lines(planned, sized, spec.key.dedup)
+    summary.plan = plan_lines(planned, sized, spec.key.dedup, join)
+    if spec.select is not None:
+        summary.plan.insert(2, plan_line(spec.select, join, sized.memory, planned.decide_tasks,
+                                         options))
     for u in known or [outset.first() + " ..."]:
         mark = "  (exists, skipped)" if u in present else ""
         summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")
-    summary.extra = plan_figures(planned)
+    summary.extra = plan_figures(planned, join)
     return summary.finish()

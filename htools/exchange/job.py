@@ -29,6 +29,7 @@ from htools.exchange.dedupjob import decide, dedup_mode, dedup_pass
 from htools.exchange.dryrun import dry_run, plan_for
 from htools.exchange.groupcount import count_groups
 from htools.exchange.keys import KeySpec, pick_splitters
+from htools.exchange.listjoin import joins
 from htools.exchange.merge import merge_runs
 from htools.exchange.partition import partition, sample_keys
 from htools.exchange.runfile import Run
@@ -153,6 +154,7 @@ class _Job:
         self.stats: dict = {"levels": [], "fan_in": self.fan}  # the summary's extra
         self.outputs: list[str] = []  # known once stage 1 has counted
         self.dedup = dedup_mode(spec.key, spec.script)
+        self.join = False  # a large --keep/--drop list joins through the exchange (.run)
         self.two_passes = self.dedup == "pass"
         self.drops: list[Run] | None = None  # the decide tasks' drop runs (.semijoin)
         self.deduped: Stage | None = None  # the dedup pass, once it succeeded
@@ -162,19 +164,26 @@ class _Job:
         spec, n_out = self.spec, self.outset.count
         size = shard_size(self.inputs, self.opts)
         beside = outputs_beside(self.scratch_root, self.outset.first())
-        self.plan = plan_for(spec, len(self.inputs), n_out, size, self.sized, beside)
-        check_scratch_space(self.scratch_root, self.plan, size, spec.tool, beside)
         shuffle = spec.key.mode == "random"
+        self.join = joins(spec, self.memory, self.options)  # a large list: .listjoin
+        if spec.select is not None:
+            self.stats["list_mode"] = "join" if self.join else "fetch"
+        self.plan = plan_for(spec, len(self.inputs), n_out, size, self.sized, beside,
+                             self.join, self.options)
+        check_scratch_space(self.scratch_root, self.plan, size, spec.tool, beside)
         one = StageOne(scratch=self.scratch, buckets=self.plan.buckets, key=spec.key,
                        script=spec.script, memory=self.memory, max_errors=self.opts.max_errors,
                        options=self.options, mtime=spec.mtime,
-                       counts=not (shuffle and n_out is not None), select=spec.select)
+                       counts=self.join or not (shuffle and n_out is not None),
+                       select=spec.select)
         if not shuffle:
             one = self._with_splitters(one)
         if one.counts and not self._stage_two().passes_through:  # writes fold equal keys
             one = replace(one, group_by="head" if self.two_passes else "key")
         if self.dedup == "digests":  # htsort --dedup F by another key: digests beside
             one = replace(one, dedup_buckets=plan.DIGEST_BUCKETS)
+        if self.join:  # the list's digests beside, joined by the decide tasks
+            one = replace(one, dedup_buckets=plan.DIGEST_BUCKETS, select_join=True)
         if self.two_passes:  # htsort --dedup F by another key, a reduce: first by F's content
             first = replace(one, buckets=self.plan.first_pass_buckets, counts=False,
                             key=replace(spec.key, reverse=False), first_pass=True,
@@ -192,9 +201,10 @@ class _Job:
                 return self._summary(s1, None, "stage 1")
             runs, counts, keys = s1.runs, s1.counts, s1.keys
         if one.dedup_buckets:  # which samples to drop: the semi-join on digests
-            decided = decide(self, s1.digests, counts)
+            decided = decide(self, s1.digests, counts, spec.select if self.join else None)
             if not decided.summary.ok:
-                return self._summary(s1, Stage(decided.summary), "the dedup decisions")
+                return self._summary(s1, Stage(decided.summary), "the list join"
+                                     if self.join else "the dedup decisions")
             self.deduped, self.drops, counts = decided, decided.runs, decided.counts
         if one.group_by:
             counted = self._count_groups(keys, counts)
@@ -334,7 +344,7 @@ class _Job:
                        dedup=None if self.dedup else key.dedup,
                        dedup_by_key=key.mode == "field" and key.type == "str"
                        and key.field == key.dedup, index=self.opts.index,
-                       positions=bool(self.dedup))
+                       positions=bool(self.dedup) or self.join)
         return replace(two, by_groups=bool(spec.maxcount) and not two.passes_through)
 
     def merge_levels(self, parts: list, groups: list[tuple[int, int]], two: StageTwo,

@@ -28,13 +28,13 @@ from htools.exchange.keys import (
     first_pass_key,
     placed_key,
 )
+from htools.exchange.listjoin import Tags, drawing, joined_key, small_selected, tagged
 from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record_pieces
 from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
-from htools.selection import selected
 from htools.summary import ShardResult
 from htools.usercode.apply import map_samples
 from htools.usercode.script import user_traceback
@@ -74,13 +74,19 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
     else:
         bucket_of = bucket_fn(spec.key, spec.buckets, spec.splitters)
     for index, url in inputs:
+        tags = Tags()  # the input sample being keyed (.listjoin)
         if spec.first_pass:
             key_of = first_pass_key(spec.key, spec.script, index)
+        elif spec.select_join:  # a large --keep/--drop list: keys [K, place], its digest
+            key_of = joined_key(spec.key, spec.script, index, tags)
         elif spec.dedup_buckets:
             key_of = placed_key(spec.key, spec.script, index)
         else:
-            key_of = _checked(spec.key.key_fn(spec.script, index))
-        for sample in input_samples(url, spec, result):
+            key_of = spec.key.key_fn(spec.script, index)
+            if spec.select is not None and spec.key.mode == "random" and not spec.key.dedup:
+                key_of = drawing(key_of, tags)  # as the join path draws
+            key_of = _checked(key_of)
+        for sample in input_samples(url, spec, result, tags):
             sample.pop("__url__", None)
             try:
                 k = key_of(sample)
@@ -175,10 +181,17 @@ def _keys_file(buffers: dict[int, list], spec: StageOne, task: int, spill: int) 
         return w.close()
 
 
-def input_samples(url: str, spec: StageOne, result: ShardResult) -> Iterator[dict]:
-    """The samples of one input shard, through the script's process_sample if it has one."""
+def input_samples(url: str, spec: StageOne, result: ShardResult,
+                  tags: Tags | None = None) -> Iterator[dict]:
+    """The samples of one input shard, selected by --keep/--drop (not for the splitters'
+    pre-pass: ``tags`` None), through the script's process_sample if it has one."""
     with read_shard(url, spec.options, result) as samples:
-        samples = selected(samples, spec.select, result, url, spec.options)  # --keep/--drop
+        if tags is None:
+            pass  # the pre-pass samples keys of every sample: so do both of .listjoin's paths
+        elif spec.select_join:  # digest and place as the small path would look it up
+            samples = tagged(samples, spec.select, result, url, tags)
+        else:
+            samples = small_selected(samples, spec.select, result, url, spec.options, tags)
         if spec.script is not None and spec.script.defines("process_sample"):
             yield from map_samples(samples, spec.script.load().process_sample, result, url)
         else:

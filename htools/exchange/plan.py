@@ -310,14 +310,15 @@ class ExchangePlan:
 def plan_exchange(*, inputs: int, shard_bytes: float | None, outputs: int | None,
                   memory: int, workers: int, shuffle: bool, fan: int | None = None,
                   dedup_pass: bool = False, semijoin: bool = False,
-                  beside: bool = False) -> ExchangePlan:
+                  beside: bool = False, table: int = 0) -> ExchangePlan:
     """Plan an exchange of ``inputs`` shards of about ``shard_bytes`` each (None: unknown)
     into ``outputs`` outputs (None: --maxcount decides) on ``workers`` worker threads,
     ``memory`` bytes a task; ``fan`` overrides the fan-in.  ``dedup_pass``: htsort's
     --dedup by another key (stage 1 by content, merge levels, dedup tasks, then the sort);
     ``semijoin``: the same by digests (stage 1 by the sort key with the digests beside,
     decide tasks: no pass more); ``beside``: the outputs land on scratch's file system
-    (for ``scratch_copies``)."""
+    (for ``scratch_copies``); ``table``: the bytes of a --keep/--drop list's digest table
+    joined through the exchange by the decide tasks (``semijoin`` too: :mod:`.listjoin`)."""
     group = inputs_per_task(inputs, shard_bytes, memory, workers)
     stage1 = -(-inputs // group)
     data = int((shard_bytes or 0) * inputs)
@@ -331,7 +332,7 @@ def plan_exchange(*, inputs: int, shard_bytes: float | None, outputs: int | None
         sort_runs = first_buckets * max(1, math.ceil(data / first_buckets / memory))
     levels, parts = merge_levels(sort_runs, planned, fan_, 2 * workers)
     per = outputs_per_task(planned, data, memory, workers)
-    decide = decide_tasks(data // DIGEST_SHARE, memory, workers) if semijoin else 0
+    decide = decide_tasks(data // DIGEST_SHARE + table, memory, workers) if semijoin else 0
     writes = write_tasks(parts, per)
     copies = 2 if levels or dedup_pass or beside else 1
     return ExchangePlan(

@@ -40,6 +40,8 @@ class StageOne:
     # (a key's first element, after htsort's dedup pass); "" none (see .groupcount)
     dedup_buckets: int = 0  # htsort --dedup by another key as a semi-join: keys [K, place]
     # and digest runs of this many buckets beside the runs (.semijoin); 0: none
+    select_join: bool = False  # a large --keep/--drop list joins through the exchange
+    # (.listjoin): digests of its values beside the runs instead of lookups
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""The list join's pieces (issue 23, item 4): the fetch budget, and a decide task's
+table slice -- exactly the rows whose digests fall in its digest buckets."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from htools.exchange import listjoin
+from htools.exchange.semijoin import digest_bucket
+from htools.selection import table as tables
+from htools.selection.values import digest_block
+
+
+def test_fetch_budget_is_a_quarter_of_memory_unless_set(monkeypatch):
+    monkeypatch.delenv(listjoin.FETCH_ENV, raising=False)
+    assert listjoin.fetch_budget(256 << 20) == 64 << 20
+    monkeypatch.setenv(listjoin.FETCH_ENV, "123")
+    assert listjoin.fetch_budget(256 << 20) == 123
+
+
+def test_table_slices_cover_the_table_by_digest_bucket(tmp_path):
+    values = [f"v{i}".encode() for i in range(5000)]
+    url = str(tmp_path / "t.digests")
+    n, _digest = tables.build([digest_block(values)], url, None)
+    whole = tables.Table(url)
+    buckets, seen = 64, 0
+    for a, b in [(0, 1), (1, 7), (7, 40), (40, 63), (63, 64)]:
+        start, part = listjoin._table_slice(url, a, b, buckets, {})
+        assert start == seen
+        assert np.array_equal(part.hi, whole.hi[start:start + part.n])
+        for h in part.hi.tolist():
+            assert a <= digest_bucket(int(h).to_bytes(8, "big"), buckets) < b
+        seen += part.n
+    assert seen == n == os.path.getsize(url) // 16
