@@ -305,6 +305,45 @@ def test_read_samples_groups_consecutive_members():
     ]
 
 
+def grouped(members) -> list[dict]:
+    """The reference grouping: split_key() on every name, consecutive equal keys."""
+    out: list[dict] = []
+    for name, data, _ in members:
+        key, field = tar.split_key(name)
+        if not out or out[-1]["__key__"] != key:
+            out.append({"__key__": key, "__url__": "g.tar"})
+        assert field not in out[-1]
+        out[-1][field] = data
+    return out
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_read_samples_group_by_name_bytes_like_split_key(fmt):
+    """The hot loop joins a member to the current sample by its name's bytes (the key, a
+    dot, a field without '/'); every other name goes through split_key().  Names that
+    start with the key and a dot but belong to another key, empty fields, dotless
+    names, keys of 99 bytes (key + dot fills the name field), long names, non-ASCII."""
+    long_key = "p" * 99
+    names = ["k.a", "k.b/c.d", "k.b/c.e", "k.b/c", "k.b/cd", "x.jpg", "x.", "x/y.z",
+             ".a", ".b", "./q.r", "q.s", long_key + ".", long_key + ".jj",
+             "m" * 99 + ".jj", "m" * 99 + ".", "ü/ø.a", "ü/ø.b", "ü/ø", "ü/ø/.a", "k.a",
+             "d" * 150 + "/e.f", "d" * 150 + "/e.g", "e.f", "big.h", "big.i"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for i, name in enumerate(names):
+            data = bytes([i]) * (3 * tarread.CHUNK // 2 if name.startswith("big.") else i)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    expected = grouped(tar.iter_members(io.BytesIO(data), "g.tar"))
+    assert [s["__key__"] for s in expected] == [
+        "k", "k.b/c", "k.b/cd", "x", "x/y", "", "q", long_key, "m" * 99, "ü/ø", "ü/ø/",
+        "k", "d" * 150 + "/e", "e", "big"]
+    assert list(tar.read_samples(io.BytesIO(data), "g.tar")) == expected
+    assert list(tar.read_samples(Trickle(data, 1000), "g.tar")) == expected
+
+
 # --------------------------------------------------------------------------- GNU sparse
 
 SPARSE_FORMATS = {  # id -> GNU tar options
