@@ -24,6 +24,7 @@ from htools.tar.special import SpecialHeaders
 CHUNK = 1 << 20  # reader buffer size
 
 _ZERO_BLOCK = bytes(BLOCK)
+_NEVER = bytes(BLOCK + 1)  # a key prefix that no header starts with
 # Buffers of scanners that ended, for the next ones: a fresh 1 MiB buffer costs page
 # faults worth a tiny shard's whole read.
 _FREE_BUFFERS: list[bytearray] = []
@@ -106,7 +107,7 @@ class _Scanner(SpecialHeaders):
         plain = True
         sample: dict = {}
         key: str | None = None  # None before the first member
-        kdot, klen = b"\0", 1  # key + b".": never a plain name's start before the first
+        kdot, klen = _NEVER, 1  # key + b".": before the first member, no header starts so
         sizes: dict[bytes, int] = {}  # size field -> size (-1: not octal)
         fields: dict[bytes, str] = {}  # field bytes -> field
         tails: dict[bytes, str | bool] = {}  # name field after kdot -> field (False: none)
@@ -395,5 +396,5 @@ def _key_prefix(key: str) -> bytes:
     try:
         prefix = key.encode("utf-8", "surrogateescape") + b"."
     except UnicodeEncodeError:
-        return b"\0"
-    return b"\0" if b"\0" in prefix or len(prefix) > 100 else prefix
+        return _NEVER
+    return _NEVER if b"\0" in prefix or len(prefix) > 100 else prefix

@@ -344,6 +344,30 @@ def test_read_samples_group_by_name_bytes_like_split_key(fmt):
     assert list(tar.read_samples(Trickle(data, 1000), "g.tar")) == expected
 
 
+@pytest.mark.parametrize("at", [0, 1, 2, 3])
+def test_read_samples_skips_a_member_with_an_empty_name(at):
+    """A regular member whose name field is empty is skipped (as iter_members does):
+    before the first sample, after a sample, after one whose key no plain name can
+    start with (here: longer than the name field, from a pax record)."""
+    names = ["a.x", "a.y", "p" * 120 + ".x", "b.x"]
+    names.insert(at, "EMPTY.z")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(buf.getvalue())
+    hoff = data.index(b"EMPTY.z")
+    data[hoff:hoff + 100] = bytes(100)
+    _fix_checksum(data, hoff)
+    assert [name for name, _, _ in tar.iter_members(io.BytesIO(bytes(data)))] == \
+        [n for n in names if n != "EMPTY.z"]
+    assert [without_meta(s) for s in tar.read_samples(io.BytesIO(bytes(data)))] == [
+        {"__key__": "a", "x": b"abc", "y": b"abc"}, {"__key__": "p" * 120, "x": b"abc"},
+        {"__key__": "b", "x": b"abc"}]
+
+
 # --------------------------------------------------------------------------- GNU sparse
 
 SPARSE_FORMATS = {  # id -> GNU tar options
