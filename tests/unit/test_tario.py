@@ -107,6 +107,17 @@ def written(samples: list[dict], url: str = "out.tar", **kw) -> bytes:
     return buf.getvalue()
 
 
+def tar_of(names, data: bytes = b"z", fmt: int = tarfile.USTAR_FORMAT) -> bytes:
+    """A tar (Python's tarfile) of members named ``names``, each holding ``data``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def without_meta(sample: dict) -> dict:
     return {k: v for k, v in sample.items() if k != "__url__"}
 
@@ -351,13 +362,7 @@ def test_read_samples_skips_a_member_with_an_empty_name(at):
     start with (here: longer than the name field, from a pax record)."""
     names = ["a.x", "a.y", "p" * 120 + ".x", "b.x"]
     names.insert(at, "EMPTY.z")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name in names:
-            info = tarfile.TarInfo(name)
-            info.size = 3
-            tf.addfile(info, io.BytesIO(b"abc"))
-    data = bytearray(buf.getvalue())
+    data = bytearray(tar_of(names, b"abc", tarfile.PAX_FORMAT))
     hoff = data.index(b"EMPTY.z")
     data[hoff:hoff + 100] = bytes(100)
     _fix_checksum(data, hoff)
@@ -866,16 +871,10 @@ def test_error_repeated_field():
 def test_error_reserved_field_first_or_later(names, at):
     """A member named like KEY.__key__ (or .__url__) would overwrite the sample's own
     key: a named error wherever it stands in the sample, its first member included."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-        for name in names:
-            info = tarfile.TarInfo(name)
-            info.size = 1
-            tf.addfile(info, io.BytesIO(b"z"))
     bad = [n for n in names if ".__" in n][0]
     with pytest.raises(TarFormatError, match=rf"^r.tar, member '{bad}', key '{bad[0]}', "
                                              rf"offset {at}: reserved field name$"):
-        list(tar.read_samples(io.BytesIO(buf.getvalue()), "r.tar"))
+        list(tar.read_samples(io.BytesIO(tar_of(names)), "r.tar"))
 
 
 def test_error_truncated_stream_stops_reading():
