@@ -3,33 +3,28 @@
 Headers are parsed by hand out of a big reusable buffer (filled with
 ``readinto``), so a member costs a few slices and no system call.  A plain
 regular member (ustar or GNU, name in the name field, octal size, no pending
-long name or pax records) takes the fast path in :meth:`_Scanner.members`;
-every other header takes the one slow path, :meth:`_Scanner.special`.  GNU sparse
-members (old GNU 'S' and pax 0.0/0.1/1.0) come out as the real file, holes as zeros.
+long name or pax records) takes the fast path in :meth:`_Scanner._hot`, which
+also groups members into samples (a member of the current sample is recognised by
+its name's bytes); every other header takes the one slow path,
+:meth:`~htools.tar.special.SpecialHeaders.special`.  GNU sparse members (old GNU 'S'
+and pax 0.0/0.1/1.0) come out as the real file, holes as zeros.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
+from zlib import adler32
 
 from htools.errors import HtoolsError, TarFormatError, hide_credentials
 from htools.tar.compress import DECODE_ERRORS, compressed_span
-from htools.tar.header import BLOCK, USTAR_MAGIC, byte_sum, pax_items
-from htools.tar.header import nts as _nts
-from htools.tar.header import number as _number
-from htools.tar.sparse import SparseReading
+from htools.tar.header import BLOCK
+from htools.tar.special import SpecialHeaders
 
 CHUNK = 1 << 20  # reader buffer size
 
 _ZERO_BLOCK = bytes(BLOCK)
-_REGULAR = frozenset((0x30, 0x00, 0x37))  # '0', NUL (old), '7' (contiguous)
-_T_LONGNAME, _T_LONGLINK = 0x4C, 0x4B  # GNU 'L', 'K'
-_T_PAX_GLOBAL = 0x67  # 'g'
-_PAX = frozenset((0x78, _T_PAX_GLOBAL, 0x58))  # 'x', 'g', 'X' (Solaris)
-_T_SPARSE = 0x53  # old GNU 'S'
-_UNSUPPORTED = frozenset((0x4D,))  # 'M' multi-volume continuation
-_MAX_META = 1 << 24  # longname/pax payloads larger than this are corrupt
+_NEVER = bytes(BLOCK + 1)  # a key prefix that no header starts with
 # Buffers of scanners that ended, for the next ones: a fresh 1 MiB buffer costs page
 # faults worth a tiny shard's whole read.
 _FREE_BUFFERS: list[bytearray] = []
@@ -45,49 +40,15 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1:]
 
 
-# --------------------------------------------------------------------------- header fields
-
-
-def _header_size(h: bytes) -> int:
-    """The size field; the fast path inlines its first, common case."""
-    try:
-        return int(h[124:135], 8)
-    except ValueError:
-        return _number(h[124:136])
-
-
-def _decode_name(raw: bytes) -> str:
-    name = raw.decode("utf-8", "surrogateescape")
-    while name.startswith("./"):
-        name = name[2:]
-    return name
-
-
-def _header_name(h: bytes) -> str:
-    """The name in a header block: name field, joined to the ustar prefix if any."""
-    raw = _nts(h[:100])
-    if h[345] and h[257:263] == USTAR_MAGIC:
-        raw = _nts(h[345:500]) + b"/" + raw
-    return _decode_name(raw)
-
-
-def _checksums(header: bytes | bytearray) -> tuple[int, int]:
-    """The unsigned and the (historic) signed checksum of a header block."""
-    body = bytes(header[:148]) + b"        " + bytes(header[156:512])
-    unsigned = sum(body)
-    signed = unsigned - 256 * sum(1 for b in body if b > 127)
-    return unsigned, signed
-
-
 # --------------------------------------------------------------------------- scanner
 
 
-class _Scanner(SparseReading):
+class _Scanner(SpecialHeaders):
     """State of one tar stream being scanned: a reusable buffer over ``stream``.
 
-    ``buf[0]`` is at byte ``base`` of the tar stream.  :meth:`members` is the hot
+    ``buf[0]`` is at byte ``base`` of the tar stream.  :meth:`_hot` is the hot
     loop; the other methods are slow paths (refills, members larger than the
-    buffer, non-plain headers, errors).
+    buffer; non-plain headers and errors in :class:`SpecialHeaders`).
     """
 
     def __init__(self, stream: BinaryIO, url: str):
@@ -123,170 +84,130 @@ class _Scanner(SparseReading):
 
     def members(self) -> Iterator[tuple[str, bytes, int]]:
         """(name, data, header offset) of each regular member."""
+        return self._scan(False)  # type: ignore[return-value]
+
+    def samples(self) -> Iterator[dict]:
+        """WebDataset samples (see :func:`read_samples`)."""
+        return self._scan(True)  # type: ignore[return-value]
+
+    def _scan(self, group: bool) -> Iterator[Any]:
+        """Members, or with ``group`` samples: a plain member whose name is the current
+        key, a dot and a field without '/' joins its sample without its name being
+        decoded or split.  Every member's data is a copy: the buffer serves the next
+        scanner when this one ends."""
         try:
-            yield from self._members()
-        finally:  # every member's data is a copy: the buffer can serve another scanner
+            yield from self._hot(group)
+        finally:
             if len(_FREE_BUFFERS) < _KEEP_BUFFERS:
                 _FREE_BUFFERS.append(self.buf)
 
-    def _members(self) -> Iterator[tuple[str, bytes, int]]:
-        mv = self.mv
-        sums = self.sums
-        zero_block = _ZERO_BLOCK
-        pos = end = 0
+    def _hot(self, group: bool) -> Iterator[Any]:
+        url, mv, sums, zero_block = self.url, self.mv, self.sums, _ZERO_BLOCK
+        base = pos = end = 0
         plain = True
+        sample: dict = {}
+        key: str | None = None  # None before the first member
+        kdot, klen = _NEVER, 1  # key + b".": before the first member, no header starts so
+        sizes: dict[bytes, int] = {}  # size field -> size (-1: not octal)
+        fields: dict[bytes, str] = {}  # field bytes -> field
+        tails: dict[bytes, str | bool] = {}  # name field after kdot -> field (False: none)
         while True:
             if end - pos < BLOCK:
                 end = self.fill_header(pos, end)
-                pos = 0
+                pos, base = 0, self.base
                 if not end:
-                    return
+                    break
             h = mv[pos:pos + BLOCK].tobytes()
             if not h[0] and h == zero_block:
-                return  # end-of-archive marker
-            hoff = self.base + pos
+                break  # end-of-archive marker
             exp = sums.get(h[148:156])
             if exp is None:
                 exp = self.expected_sum(h[148:156])
-            if byte_sum(h) != exp or not (h.isascii() or h.count(0) >= 256):
-                self.check_header(h, hoff)  # not a match, or byte_sum() may be inexact
+            # byte_sum(h), inlined; it may be inexact unless ASCII or half NUL
+            if (adler32(h) & 0xFFFF) - 1 != exp or not (h.isascii() or h.count(0) >= 256):
+                self.check_header(h, base + pos)
             kind = h[156]
-            if plain and (kind == 0x30 or kind == 0):
-                try:
-                    size = int(h[124:135], 8)  # _header_size(h), its common case
-                except ValueError:
-                    size = -1
-                i = h.find(0, 0, 100)
-                if i < 0:
-                    i = 100
-                # _header_name(h) unless a name is empty, has a ustar prefix, a leading
-                # "./" or a trailing "/" (a v7 directory): those are special.
-                if (size >= 0 and i and not h[345] and h[i - 1] != 0x2F
-                        and not (h[0] == 0x2E and h[1] == 0x2F)):
-                    name = h[:i].decode("utf-8", "surrogateescape")
+            name = None
+            # A plain member: no ustar prefix, an octal size (else the slow path)
+            if plain and (kind == 0x30 or kind == 0) and not h[345]:
+                size = sizes.get(h[124:136])
+                if size is None:
+                    size = _size(sizes, h[124:136])
+                if size >= 0:
                     need = BLOCK + size + (-size % BLOCK)
-                    if end - pos >= need:
-                        data = mv[pos + BLOCK:pos + BLOCK + size].tobytes()
-                        pos += need
-                    else:
-                        data, pos, end = self.member_data(pos, end, size, name, hoff)
+                    field = None
+                    if group and h.startswith(kdot):  # the current sample's, unless a '/'
+                        field = tails.get(h[klen:100])
+                        if field is None:
+                            field = _tail(tails, h[klen:100])
+                        if field is not False and end - pos >= need and field not in sample:
+                            sample[field] = mv[pos + BLOCK:pos + BLOCK + size].tobytes()
+                            pos += need
+                            continue  # the common case: no name decoded, nothing split
+                    hoff = base + pos
+                    i = h.find(0)  # the name field's end: the first NUL, at most 100
+                    if not 0 <= i < 100:
+                        i = 100
+                    # empty, "./" and v7 directory ("/" at the end) names are special
+                    if i and h[i - 1] != 0x2F and not (h[0] == 0x2E and h[1] == 0x2F):
+                        if end - pos >= need:
+                            data = mv[pos + BLOCK:pos + BLOCK + size].tobytes()
+                            pos += need
+                        else:
+                            data, pos, end = self.member_data(pos, end, size,
+                                                              _decode(h, i), hoff)
+                            base = self.base
+                        if field is not None and field is not False:  # ("" too)
+                            if field in sample:
+                                raise _repeated(url, key, field, _decode(h, i), hoff)  # type: ignore[arg-type]
+                            sample[field] = data
+                            continue
+                        if not group:
+                            yield h[:i].decode("utf-8", "surrogateescape"), data, hoff
+                            continue
+                        # split_key() on the bytes: a new key, unless the name has no dot
+                        dot = h.find(0x2E, h.rfind(0x2F, 0, i) + 1, i)
+                        if dot >= 0:
+                            if key is not None:
+                                yield sample
+                            key = h[:dot].decode("utf-8", "surrogateescape")
+                            klen = dot + 1
+                            kdot, raw = h[:klen], h[klen:i]
+                            field = fields.get(raw)
+                            if field is None:
+                                field = _field(fields, raw)
+                            if field == "__key__" or field == "__url__":
+                                raise _repeated(url, key, field, _decode(h, i), hoff)
+                            sample = {"__key__": key, "__url__": url, field: data}
+                            continue
+                        name = _decode(h, i)
+            if name is None:
+                hoff = base + pos
+                name, data, pos, end = self.special(h, hoff, pos, end)
+                plain, base = self.plain, self.base
+                if data is None:
+                    continue
+                if not group:
                     yield name, data, hoff
                     continue
-            name, data, pos, end = self.special(h, hoff, pos, end)
-            plain = self.plain
-            if data is not None:
-                yield name, data, hoff
+            k, field = split_key(name)
+            if k == key:  # the slow path's member of the current sample
+                if field in sample:
+                    raise _repeated(url, k, field, name, hoff)
+                sample[field] = data
+                continue
+            if key is not None:
+                yield sample
+            if field == "__key__" or field == "__url__":  # would overwrite the reserved one
+                raise _repeated(url, k, field, name, hoff)
+            key = k
+            sample = {"__key__": k, "__url__": url, field: data}
+            kdot = _key_prefix(k)
+            klen = len(kdot)
+        if group and key is not None:
+            yield sample
 
-    # ---- the slow path
-
-    def special(self, h: bytes, hoff: int, pos: int,
-                end: int) -> tuple[str, bytes | None, int, int]:
-        """Every header the fast path leaves: long names, pax records, prefixed or
-        v7 names, base-256 sizes, non-regular members.  Returns (name, data or None
-        if there is no member to yield, pos, end)."""
-        try:
-            size = _header_size(h)
-        except ValueError:
-            raise TarFormatError(self.url, "bad size field in tar header",
-                                 member=_header_name(h), offset=hoff) from None
-        kind = h[156]
-        if kind == _T_LONGNAME or kind == _T_LONGLINK:
-            data, pos, end = self.meta_data(pos, end, size, hoff, "GNU long name")
-            if kind == _T_LONGNAME:
-                self.longname = _decode_name(_nts(data))
-                self.plain = False
-            return "", None, pos, end
-        if kind in _PAX:
-            data, pos, end = self.meta_data(pos, end, size, hoff, "pax")
-            self.pax_header(kind, pax_items(data, self.url, hoff), hoff)
-            return "", None, pos, end
-        sparse = self.sparse
-        name, size = self.pending(h, size, hoff)
-        if kind == _T_SPARSE:
-            return self.old_gnu_sparse(h, name, size, hoff, pos, end)
-        if kind in _UNSUPPORTED:
-            raise TarFormatError(self.url, f"unsupported tar member type {chr(kind)!r}",
-                                 member=name, offset=hoff)
-        if kind not in _REGULAR or not name or name[-1:] == "/":  # v7 directories too
-            pos, end = self.skip_data(pos, end, size, name, hoff)
-            return name, None, pos, end
-        info = None if sparse is None else self.sparse_records(*sparse, name, hoff)
-        data, pos, end = self.member_data(pos, end, size, name, hoff)
-        if info is not None:
-            data = self.pax_sparse(info, data, name, hoff)
-        return name, data, pos, end
-
-    def pax_header(self, kind: int, items: list[tuple[str, str]], hoff: int) -> None:
-        records = dict(items)
-        if any(k.startswith("GNU.sparse.") for k in records):
-            if kind == _T_PAX_GLOBAL:
-                raise TarFormatError(self.url, "GNU sparse records in a global pax header",
-                                     offset=hoff)
-            self.sparse = records, items  # checked with the member's header
-        if kind == _T_PAX_GLOBAL:
-            self.gpax = {k: v for k, v in {**self.gpax, **records}.items() if v}
-        else:
-            self.pax = records
-        self.plain = False
-
-    def pending(self, h: bytes, size: int, hoff: int) -> tuple[str, int]:
-        """The member's name and size after pending long-name and pax records (consumed)."""
-        merged = {**self.gpax, **self.pax}
-        if merged.get("path"):
-            name = _decode_name(merged["path"].encode("utf-8", "surrogateescape"))
-        elif self.longname is not None:
-            name = self.longname
-        else:
-            name = _header_name(h)
-        if self.sparse is not None:
-            real = self.sparse[0].get("GNU.sparse.name")
-            if real:  # pax 0.1/1.0: the header and any path record hold a made-up name
-                name = _decode_name(real.encode("utf-8", "surrogateescape"))
-            self.sparse = None
-        self.longname, self.pax = None, {}
-        self.plain = not self.gpax
-        if merged.get("size"):
-            try:
-                size = int(merged["size"])
-            except ValueError:
-                raise TarFormatError(self.url, "bad pax size record", member=name,
-                                     offset=hoff) from None
-        return name, size
-
-    def expected_sum(self, chk: bytes) -> int:
-        """The byte sum of a header block whose checksum field is ``chk``, if below 65520."""
-        try:
-            exp = _number(chk) - 256 + sum(chk)
-        except ValueError:
-            return -2
-        if not 0 <= exp < 65520:
-            exp = -2  # never matches the fast test: check_header() decides exactly
-        if len(self.sums) > 1 << 16:
-            self.sums.clear()
-        self.sums[chk] = exp
-        return exp
-
-    def check_header(self, h: bytes, hoff: int) -> None:
-        """Raise unless ``h`` passes the full checksum test (signed sums too)."""
-        try:
-            stored: int | str = _number(h[148:156])
-        except ValueError:
-            stored = repr(h[148:156])
-        sums = _checksums(h)
-        if stored in sums:
-            return
-        name = None
-        raw = _nts(h[:100])
-        if raw and raw.isascii() and raw.decode().isprintable():
-            name = _header_name(h)
-        hint = " (not a tar stream?)" if hoff == 0 else ""
-        span = compressed_span(self.stream)
-        if span is not None and hoff:  # a corrupt compressed stream may decode to garbage
-            hint = (f" (the compressed data may be corrupt at or before compressed byte "
-                    f"{span[1]:,}: gzip -t or zstd -t checks it)")
-        raise TarFormatError(
-            self.url, f"bad tar header checksum: stored {stored}, computed {sums[0]}{hint}",
-            member=name, offset=hoff)
+    # ---- the slow path (see SpecialHeaders for the headers)
 
     def truncated(self, name: str | None, hoff: int, size: int, got: int) -> TarFormatError:
         return TarFormatError(
@@ -392,14 +313,6 @@ class _Scanner(SparseReading):
                 raise self.truncated(name, hoff, size, max(0, size - todo))
         return pos + todo, end
 
-    def meta_data(self, pos: int, end: int, size: int, hoff: int,
-                  what: str) -> tuple[bytes, int, int]:
-        """The payload of a long-name/pax header: returns (data, pos, end)."""
-        if size > _MAX_META:
-            raise TarFormatError(self.url, f"{what} header of {size} bytes", offset=hoff)
-        return self.member_data(pos, end, size, what, hoff)
-
-
 # --------------------------------------------------------------------------- public
 
 
@@ -423,30 +336,65 @@ def read_samples(stream: BinaryIO, url: str = "") -> Iterator[dict]:
     undecodable compression), raised where the stream goes wrong.
     """
     url = hide_credentials(url)  # it lands in messages and in every sample's __url__
-    sample: dict = {}
-    key: str | None = None  # None before the first member
-    for name, data, hoff in _Scanner(stream, url).members():
-        dot = name.find(".", name.rfind("/") + 1)  # split_key, inlined
-        if dot < 0:
-            k, field = name, ""
-        else:
-            k, field = name[:dot], name[dot + 1:]
-        if k != key:
-            if key is not None:
-                yield sample
-            key = k
-            if field == "__key__" or field == "__url__":  # would overwrite the reserved one
-                raise _repeated(url, k, field, name, hoff)
-            sample = {"__key__": k, "__url__": url, field: data}
-        elif field in sample:
-            raise _repeated(url, k, field, name, hoff)
-        else:
-            sample[field] = data
-    if key is not None:
-        yield sample
+    return _Scanner(stream, url).samples()
 
 
 def _repeated(url: str, key: str, field: str, name: str, hoff: int) -> TarFormatError:
     why = ("reserved field name" if field in ("__key__", "__url__")
            else f"field {field!r} repeated within one sample")
     return TarFormatError(url, why, key=key, member=name, offset=hoff)
+
+
+def _decode(h: bytes, i: int) -> str:
+    """The name of a plain header whose name field ends at ``i``."""
+    return h[:i].decode("utf-8", "surrogateescape")
+
+
+# Caches of the hot loop, a few thousand entries at most: a member's header fields are
+# mostly those of a member before it (sizes, field names).
+_CACHED = 4096
+
+
+def _size(sizes: dict[bytes, int], raw: bytes) -> int:
+    """An octal size field (its first 11 bytes, as tar readers take it), -1 if it is
+    not one (base-256 and bad fields: the slow path decides)."""
+    try:
+        size = int(raw[:11], 8)
+    except ValueError:
+        size = -1
+    if len(sizes) >= _CACHED:
+        sizes.clear()
+    sizes[raw] = size
+    return size
+
+
+def _field(fields: dict[bytes, str], raw: bytes) -> str:
+    """``raw`` decoded, kept in ``fields``."""
+    if len(fields) >= _CACHED:
+        fields.clear()
+    field = fields[raw] = raw.decode("utf-8", "surrogateescape")
+    return field
+
+
+def _tail(tails: dict[bytes, str | bool], tail: bytes) -> str | bool:
+    """The field of a name that is the current key, a dot and ``tail`` (the rest of the
+    name field, up to its first NUL); False if a '/' makes it another key's."""
+    nul = tail.find(0)
+    raw = tail if nul < 0 else tail[:nul]
+    field: str | bool = False if b"/" in raw else raw.decode("utf-8", "surrogateescape")
+    if len(tails) >= _CACHED:
+        tails.clear()
+    tails[tail] = field
+    return field
+
+
+def _key_prefix(key: str) -> bytes:
+    """``key`` + ``"."`` as header bytes: a plain member's name that starts with it (and
+    has no '/' after it) belongs to the key's sample.  A key that no plain name can
+    start with (a NUL in it, longer than the name field, or not encodable back) gets
+    one that never matches."""
+    try:
+        prefix = key.encode("utf-8", "surrogateescape") + b"."
+    except UnicodeEncodeError:
+        return _NEVER
+    return _NEVER if b"\0" in prefix or len(prefix) > 100 else prefix

@@ -107,6 +107,17 @@ def written(samples: list[dict], url: str = "out.tar", **kw) -> bytes:
     return buf.getvalue()
 
 
+def tar_of(names, data: bytes = b"z", fmt: int = tarfile.USTAR_FORMAT) -> bytes:
+    """A tar (Python's tarfile) of members named ``names``, each holding ``data``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def without_meta(sample: dict) -> dict:
     return {k: v for k, v in sample.items() if k != "__url__"}
 
@@ -303,6 +314,63 @@ def test_read_samples_groups_consecutive_members():
         {"__key__": "a/x", "__url__": "u.tar", "txt": b"4"},  # not adjacent: a new sample
         {"__key__": "noext", "__url__": "u.tar", "": b"5"},
     ]
+
+
+def grouped(members) -> list[dict]:
+    """The reference grouping: split_key() on every name, consecutive equal keys."""
+    out: list[dict] = []
+    for name, data, _ in members:
+        key, field = tar.split_key(name)
+        if not out or out[-1]["__key__"] != key:
+            out.append({"__key__": key, "__url__": "g.tar"})
+        assert field not in out[-1]
+        out[-1][field] = data
+    return out
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_read_samples_group_by_name_bytes_like_split_key(fmt):
+    """The hot loop joins a member to the current sample by its name's bytes (the key, a
+    dot, a field without '/'); every other name goes through split_key().  Names that
+    start with the key and a dot but belong to another key, empty fields, dotless
+    names, keys of 99 bytes (key + dot fills the name field), long names, non-ASCII."""
+    long_key = "p" * 99
+    names = ["k.a", "k.b/c.d", "k.b/c.e", "k.b/c", "k.b/cd", "x.jpg", "x.", "x/y.z",
+             ".a", ".b", "./q.r", "q.s", long_key + ".", long_key + ".jj",
+             "m" * 99 + ".jj", "m" * 99 + ".", "ü/ø.a", "ü/ø.b", "ü/ø", "ü/ø/.a", "k.a",
+             "d" * 150 + "/e.f", "d" * 150 + "/e.g", "e.f", "big.h", "big.i"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for i, name in enumerate(names):
+            data = bytes([i]) * (3 * tarread.CHUNK // 2 if name.startswith("big.") else i)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    expected = grouped(tar.iter_members(io.BytesIO(data), "g.tar"))
+    assert [s["__key__"] for s in expected] == [
+        "k", "k.b/c", "k.b/cd", "x", "x/y", "", "q", long_key, "m" * 99, "ü/ø", "ü/ø/",
+        "k", "d" * 150 + "/e", "e", "big"]
+    assert list(tar.read_samples(io.BytesIO(data), "g.tar")) == expected
+    assert list(tar.read_samples(Trickle(data, 1000), "g.tar")) == expected
+
+
+@pytest.mark.parametrize("at", [0, 1, 2, 3])
+def test_read_samples_skips_a_member_with_an_empty_name(at):
+    """A regular member whose name field is empty is skipped (as iter_members does):
+    before the first sample, after a sample, after one whose key no plain name can
+    start with (here: longer than the name field, from a pax record)."""
+    names = ["a.x", "a.y", "p" * 120 + ".x", "b.x"]
+    names.insert(at, "EMPTY.z")
+    data = bytearray(tar_of(names, b"abc", tarfile.PAX_FORMAT))
+    hoff = data.index(b"EMPTY.z")
+    data[hoff:hoff + 100] = bytes(100)
+    _fix_checksum(data, hoff)
+    assert [name for name, _, _ in tar.iter_members(io.BytesIO(bytes(data)))] == \
+        [n for n in names if n != "EMPTY.z"]
+    assert [without_meta(s) for s in tar.read_samples(io.BytesIO(bytes(data)))] == [
+        {"__key__": "a", "x": b"abc", "y": b"abc"}, {"__key__": "p" * 120, "x": b"abc"},
+        {"__key__": "b", "x": b"abc"}]
 
 
 # --------------------------------------------------------------------------- GNU sparse
@@ -803,16 +871,10 @@ def test_error_repeated_field():
 def test_error_reserved_field_first_or_later(names, at):
     """A member named like KEY.__key__ (or .__url__) would overwrite the sample's own
     key: a named error wherever it stands in the sample, its first member included."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-        for name in names:
-            info = tarfile.TarInfo(name)
-            info.size = 1
-            tf.addfile(info, io.BytesIO(b"z"))
     bad = [n for n in names if ".__" in n][0]
     with pytest.raises(TarFormatError, match=rf"^r.tar, member '{bad}', key '{bad[0]}', "
                                              rf"offset {at}: reserved field name$"):
-        list(tar.read_samples(io.BytesIO(buf.getvalue()), "r.tar"))
+        list(tar.read_samples(io.BytesIO(tar_of(names)), "r.tar"))
 
 
 def test_error_truncated_stream_stops_reading():
