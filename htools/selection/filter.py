@@ -56,7 +56,7 @@ class Lookup:
                 values.append(None)
                 bad.append(len(values) - 1)
                 self._failed(s, e)
-        rows = self.table.rows(*digests(values))
+        rows = self.table.rows(*digests(values, self.sel.key))
         hit = rows >= 0
         if hit.any():
             self.matched.append(rows[hit])

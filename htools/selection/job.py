@@ -22,9 +22,10 @@ from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.runtime import engine
 from htools.selection import table as tables
+from htools.selection.digest import new_key
 from htools.selection.filter import read_counts
 from htools.selection.spec import Selection
-from htools.selection.values import digest_block, list_blocks
+from htools.selection.values import list_digests
 from htools.storage.local import local_path
 from htools.summary import JobSummary
 
@@ -66,9 +67,9 @@ def prepared(sel: Selection | None, opts: RunOptions,
         folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
         try:
             url = storage.join(folder, "list.digests")
-            listed, dg = tables.build(map(digest_block, list_blocks(sel, options)), url,
-                                      options)
-            built = sel.built(url, dg, listed, storage.join(folder, "counts/"))
+            key = new_key()
+            listed, dg = tables.build(list_digests(sel, options, key), url, options)
+            built = sel.built(url, dg, listed, storage.join(folder, "counts/"), key)
             yield SelectedJob(built, run_opts, opts, options)
         finally:
             _remove(folder, root, options)

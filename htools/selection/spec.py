@@ -30,6 +30,7 @@ class Selection:
     digest: str = ""  # of the table's bytes: a worker's cache key with ``table``
     listed: int = 0  # distinct values in the list
     counts: str = ""  # folder of per-shard counts files (set by job.prepared)
+    key: str = ""  # the job's digest key (hex; set by job.prepared)
 
     @property
     def flag(self) -> str:
@@ -49,8 +50,10 @@ class Selection:
     def is_parquet(self) -> bool:
         return self.source.lower().endswith(".parquet")
 
-    def built(self, table: str, digest: str, listed: int, counts: str) -> Selection:
-        return replace(self, table=table, digest=digest, listed=listed, counts=counts)
+    def built(self, table: str, digest: str, listed: int, counts: str,
+              key: str) -> Selection:
+        return replace(self, table=table, digest=digest, listed=listed, counts=counts,
+                       key=key)
 
 
 def parse(keep: str | None = None, drop: str | None = None, by: str | None = None,

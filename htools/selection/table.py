@@ -23,82 +23,121 @@ import numpy as np
 from htools import storage
 from htools.selection.values import local_copy
 
-CHUNK = 1 << 21  # digests sorted in memory at once (32 MiB of digests)
+CHUNK = 1 << 22  # digests sorted in memory at once (64 MiB of digests)
 PARTS = 256  # local files of a list larger than one chunk, by the digest's top byte
 COPY = 1 << 20
+Halves = tuple[np.ndarray, np.ndarray]  # (hi, lo) uint64 arrays
 
 
-def _halves(buf: bytearray | bytes) -> tuple[np.ndarray, np.ndarray]:
-    pairs = np.frombuffer(buf, dtype=">u8").reshape(-1, 2)
+def _halves(block: bytes | bytearray | Halves) -> Halves:
+    """A block of digests as (hi, lo): 16-byte big-endian digests back to back, or
+    (hi, lo) arrays already."""
+    if not isinstance(block, (bytes, bytearray)):
+        return np.asarray(block[0], np.uint64), np.asarray(block[1], np.uint64)
+    pairs = np.frombuffer(block, dtype=">u8").reshape(-1, 2)
     return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
 
 
-def _sorted_distinct(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((lo, hi))
+def _sorted_distinct(hi: np.ndarray, lo: np.ndarray) -> Halves:
+    """Sorted by (hi, lo), repeats removed: one argsort of the high halves, and a
+    lexsort of only the rows whose high half repeats (a value listed twice)."""
+    order = np.argsort(hi)
     hi, lo = hi[order], lo[order]
-    if len(hi) > 1:
+    del order
+    tie = np.flatnonzero(hi[1:] == hi[:-1])
+    if len(tie):
+        rows = np.union1d(tie, tie + 1)  # runs of one high half, each contiguous
+        sub = np.lexsort((lo[rows], hi[rows]))
+        lo[rows] = lo[rows][sub]
         keep = np.ones(len(hi), dtype=bool)
-        keep[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        keep[tie + 1] = lo[tie + 1] != lo[tie]
         hi, lo = hi[keep], lo[keep]
     return hi, lo
 
 
-def build(digests: Iterable[bytes], url: str, options: dict | None) -> tuple[int, str]:
-    """Write the table of ``digests`` (blocks of one or more 16-byte digests, any
-    order, repeats allowed) to ``url``; returns (distinct digests, the table's own
-    digest)."""
+def build(digests: Iterable[bytes | Halves], url: str, options: dict | None
+          ) -> tuple[int, str]:
+    """Write the table of ``digests`` (blocks of digests, any order, repeats allowed:
+    16-byte big-endian digests back to back, or (hi, lo) uint64 arrays) to ``url``;
+    returns (distinct digests, the table's own digest).  Up to ``CHUNK`` digests are
+    sorted in memory; more are cut by their top byte into ``PARTS`` local files."""
     folder = tempfile.mkdtemp(prefix="htools-select-")
     try:
-        buf = bytearray()
-        parts: list | None = None
-        for d in digests:
-            buf += d
-            if len(buf) >= 16 * CHUNK:
+        his: list[np.ndarray] = []
+        los: list[np.ndarray] = []
+        count, parts = 0, None
+        for block in digests:
+            hi, lo = _halves(block)
+            his.append(hi)
+            los.append(lo)
+            count += len(hi)
+            if count >= CHUNK:
                 parts = parts or [open(os.path.join(folder, f"p{i}"), "wb")
                                   for i in range(PARTS)]
-                _spread(buf, parts)
-                buf = bytearray()
-        his = os.path.join(folder, "hi")
-        los = os.path.join(folder, "lo")
-        n = 0
-        with open(his, "wb") as fh, open(los, "wb") as fl:
-            if parts is None:
-                n = _append(_sorted_distinct(*_halves(buf)), fh, fl)
-            else:
-                _spread(buf, parts)
-                for i, p in enumerate(parts):
-                    p.close()
-                    with open(p.name, "rb") as f:
-                        n += _append(_sorted_distinct(*_halves(f.read())), fh, fl)
-                    os.remove(p.name)
-        return n, _write(url, options, his, los)
+                _spread(_concat(his, los), parts)
+                count = 0
+        if parts is None:
+            hi, lo = _sorted_distinct(*_concat(his, los))
+            return len(hi), _write(url, options, [hi.astype("<u8"), lo.astype("<u8")])
+        _spread(_concat(his, los), parts)
+        return _merge_parts(parts, folder, url, options)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _spread(buf: bytearray, parts: list) -> None:
-    top = np.frombuffer(buf, dtype=np.uint8)[::16]
-    rows = np.frombuffer(buf, dtype="V16")
+def _concat(his: list[np.ndarray], los: list[np.ndarray]) -> Halves:
+    """The blocks as one (hi, lo), the lists emptied."""
+    hi = np.concatenate(his) if his else np.zeros(0, np.uint64)
+    lo = np.concatenate(los) if los else np.zeros(0, np.uint64)
+    his.clear()
+    los.clear()
+    return hi, lo
+
+
+def _merge_parts(parts: list, folder: str, url: str, options: dict | None
+                 ) -> tuple[int, str]:
+    """Sort each part on its own (digests are uniform: no merge) into two local files
+    (high halves, low halves), then write them as the table."""
+    his, los = os.path.join(folder, "hi"), os.path.join(folder, "lo")
+    n = 0
+    with open(his, "wb") as fh, open(los, "wb") as fl:
+        for p in parts:
+            p.close()
+            pairs = np.fromfile(p.name, dtype=np.uint64).reshape(-1, 2)
+            hi, lo = _sorted_distinct(pairs[:, 0].copy(), pairs[:, 1].copy())
+            del pairs
+            fh.write(hi.astype("<u8").tobytes())
+            fl.write(lo.astype("<u8").tobytes())
+            n += len(hi)
+            os.remove(p.name)
+    return n, _write(url, options, [his, los])
+
+
+def _spread(halves: Halves, parts: list) -> None:
+    hi, lo = halves
+    top = (hi >> np.uint64(56)).astype(np.uint8)
     order = np.argsort(top, kind="stable")
     bounds = np.searchsorted(top[order], np.arange(PARTS + 1))
+    rows = np.stack([hi[order], lo[order]], axis=1)
     for i in range(PARTS):
         a, b = bounds[i], bounds[i + 1]
         if b > a:
-            parts[i].write(rows[order[a:b]].tobytes())
+            parts[i].write(rows[a:b].tobytes())
 
 
-def _append(halves: tuple[np.ndarray, np.ndarray], fh, fl) -> int:
-    hi, lo = halves
-    fh.write(hi.astype("<u8").tobytes())
-    fl.write(lo.astype("<u8").tobytes())
-    return len(hi)
-
-
-def _write(url: str, options: dict | None, *paths: str) -> str:
+def _write(url: str, options: dict | None, pieces: list) -> str:
+    """Write ``pieces`` (arrays, or local files) one after the other to ``url``;
+    returns the digest of the bytes written."""
     h = hashlib.blake2b(digest_size=16)
     with storage.open_write(url, options) as out:
-        for path in paths:
-            with open(path, "rb") as f:
+        for piece in pieces:
+            if isinstance(piece, np.ndarray):
+                data = memoryview(piece).cast("B")
+                for a in range(0, len(data), COPY * 16):
+                    h.update(data[a:a + COPY * 16])
+                    out.write(data[a:a + COPY * 16])
+                continue
+            with open(piece, "rb") as f:
                 while chunk := f.read(COPY):
                     h.update(chunk)
                     out.write(chunk)
