@@ -234,3 +234,23 @@ def test_htupload_keep_from_tar_shards(tmp_path):
                tmp_path / "keep.txt")
     assert proc.returncode != 0 and "not of a directory" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_resume_with_an_edited_list_is_refused(tmp_path):
+    from helpers import make_shards
+
+    make_shards(tmp_path / "in", shards=2, per_shard=4)
+    (tmp_path / "s.py").write_text("def process_sample(s):\n    return s\n")
+    (tmp_path / "keep.txt").write_text("a\nb\n")
+    args = ("htmapper", "-p", tmp_path / "s.py", tmp_path / "in" / "data-@2.tar",
+            tmp_path / "out" / "o-@2.tar", "--keep", tmp_path / "keep.txt", "--workers", "1")
+    ok(run(*args))
+    made = json.loads((tmp_path / "out" / "o.index.json").read_text())["lineage"]
+    assert len(made["options"]["list_digest"]) == 16
+    (tmp_path / "out" / "o-1.tar").unlink()
+    ok(run(*args, "--resume"))  # the same list: resumed
+    (tmp_path / "out" / "o-1.tar").unlink()
+    (tmp_path / "keep.txt").write_text("a\nc\n")  # edited in place, same name
+    proc = run(*args, "--resume")
+    assert proc.returncode == 1 and "list content changed: " in proc.stderr, proc.stderr
+    assert not (tmp_path / "out" / "o-1.tar").exists()
