@@ -39,7 +39,7 @@ class Lookup:
     def __init__(self, sel: Selection, url: str, result: ShardResult | None,
                  options: dict | None):
         self.sel, self.url, self.result = sel, url, result
-        self.table = tables.load(sel.table, sel.digest, options)
+        self.table = tables.load(sel.table, sel.digest, options, sel.budget, sel.listed)
         self.keep = sel.mode == "keep"
         self.matched: list[np.ndarray] = []
         self.left_out = 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from htools import storage
+from htools.clusters.info import ClusterInfo
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.runtime import engine
@@ -30,6 +31,9 @@ from htools.storage.local import local_path
 from htools.summary import JobSummary
 
 READERS = 16  # counts files read at once at the end
+BUDGET = 0  # bytes of the table a worker holds, when set (tests, benchmarks)
+NO_LIMIT_BUDGET = 512 << 20  # when workers declare no memory limit
+MIN_BUDGET = 16 << 20
 
 
 @dataclass
@@ -69,10 +73,21 @@ def prepared(sel: Selection | None, opts: RunOptions,
             url = storage.join(folder, "list.digests")
             key = new_key()
             listed, dg = tables.build(list_digests(sel, options, key), url, options)
-            built = sel.built(url, dg, listed, storage.join(folder, "counts/"), key)
+            built = sel.built(url, dg, listed, storage.join(folder, "counts/"), key,
+                              budget(client))
             yield SelectedJob(built, run_opts, opts, options)
         finally:
             _remove(folder, root, options)
+
+
+def budget(client) -> int:
+    """Bytes of the list's table a worker may hold: ``BUDGET`` when set, else a quarter
+    of the smallest worker memory limit (512 MiB without limits), as the exchange's
+    --memory default; a larger table is looked up by partition."""
+    if BUDGET:
+        return BUDGET
+    memory = ClusterInfo.of(client).memory
+    return max(MIN_BUDGET, memory // 4) if memory else NO_LIMIT_BUDGET
 
 
 def run_selected(sel: Selection | None, opts: RunOptions,
@@ -115,6 +130,8 @@ def account(summary: JobSummary, sel: Selection, options: dict) -> None:
     summary.extra["selection"] = {"listed": sel.listed, "matched": matched,
                                   "unselected": left_out}
     summary.notes.append(f"{left_out} samples left out by {sel.flag} "
-                         f"({matched} of {sel.listed} listed values found)")
+                         f"({matched} of {sel.listed} listed values found"
+                         + (", looked up by partition: the list's table exceeds a worker's "
+                            f"budget of {sel.budget} bytes)" if sel.partitioned else ")"))
 
 

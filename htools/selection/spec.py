@@ -35,6 +35,7 @@ class Selection:
     counts: str = ""  # folder of per-shard counts files (set by job.prepared)
     key: str = ""  # the job's digest key (hex; set by job.prepared)
     content: str = ""  # digest of the list file's bytes (set by parse; for lineage)
+    budget: int = 0  # bytes of the table a worker holds (0: all; set by job.prepared)
 
     @property
     def flag(self) -> str:
@@ -55,10 +56,15 @@ class Selection:
     def is_parquet(self) -> bool:
         return self.source.lower().endswith(".parquet")
 
-    def built(self, table: str, digest: str, listed: int, counts: str,
-              key: str) -> Selection:
+    def built(self, table: str, digest: str, listed: int, counts: str, key: str,
+              budget: int = 0) -> Selection:
         return replace(self, table=table, digest=digest, listed=listed, counts=counts,
-                       key=key)
+                       key=key, budget=budget)
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether workers look the list up by partition (its table exceeds the budget)."""
+        return bool(self.budget) and 16 * self.listed > self.budget
 
 
 def parse(keep: str | None = None, drop: str | None = None, by: str | None = None,

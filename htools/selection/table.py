@@ -1,11 +1,20 @@
 """The sorted digest table: one owner of its on-disk format.
 
 A table of ``n`` distinct 128-bit digests is ``16 n`` bytes: the ``n`` high halves, then
-the ``n`` low halves, each a little-endian uint64, sorted by (high, low).  It is built once
-per job on the client, in bounded memory (digests are uniform, so a list larger than one
-chunk is cut by the top byte of the digest into 256 local files, each sorted on its own:
-no merge), and memory-mapped once per worker process (a remote table is fetched once to
-a local temporary file).  Lookups are binary searches over the high halves.
+the ``n`` low halves, each a little-endian uint64, sorted by (high, low).  Beside it,
+``URL.bounds`` cuts it into ``2^b`` partitions by the top ``b`` bits of the high half
+(about ``PART_ROWS`` rows each): ``2^b + 1`` little-endian int64, the first row of each
+partition and then ``n``.
+
+It is built once per job on the client, in bounded memory (up to ``CHUNK`` digests are
+sorted in memory; digests are uniform, so a larger list is cut by the top byte of the
+digest into 256 local files, each sorted on its own: no merge).  A worker process
+memory-maps it whole (a remote table fetched once to a local temporary file), or, for a
+table larger than the worker's budget, looks it up by partition
+(:mod:`htools.selection.parts`).
+
+Public and stable: :func:`build`, :func:`load`, :func:`search`, :class:`Table`
+(``rows``, ``index``), :func:`bounds_url`, :func:`part_bits`.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from htools.selection.values import local_copy
 CHUNK = 1 << 22  # digests sorted in memory at once (64 MiB of digests)
 PARTS = 256  # local files of a list larger than one chunk, by the digest's top byte
 COPY = 1 << 20
+PART_ROWS = 4096  # rows of a partition (64 KiB): what a partitioned lookup fetches at once
+MAX_BITS = 24  # at most 2^24 partitions (128 MiB of bounds: a list of 6.9e10 values)
 Halves = tuple[np.ndarray, np.ndarray]  # (hi, lo) uint64 arrays
 
 
@@ -78,6 +89,7 @@ def build(digests: Iterable[bytes | Halves], url: str, options: dict | None
                 count = 0
         if parts is None:
             hi, lo = _sorted_distinct(*_concat(his, los))
+            _write_bounds(url, options, hi)
             return len(hi), _write(url, options, [hi.astype("<u8"), lo.astype("<u8")])
         _spread(_concat(his, los), parts)
         return _merge_parts(parts, folder, url, options)
@@ -110,6 +122,8 @@ def _merge_parts(parts: list, folder: str, url: str, options: dict | None
             fl.write(lo.astype("<u8").tobytes())
             n += len(hi)
             os.remove(p.name)
+    _write_bounds(url, options, np.memmap(his, dtype="<u8", mode="r") if n else
+                  np.zeros(0, np.uint64))
     return n, _write(url, options, [his, los])
 
 
@@ -144,6 +158,53 @@ def _write(url: str, options: dict | None, pieces: list) -> str:
     return h.hexdigest()
 
 
+def bounds_url(url: str) -> str:
+    """The table's partition bounds, beside it."""
+    return url + ".bounds"
+
+
+def part_bits(n: int) -> int:
+    """Top bits of the high half that name a table's partition: about ``PART_ROWS``
+    rows (64 KiB) a partition."""
+    return max(0, min(MAX_BITS, int(np.ceil(np.log2(max(1, n / PART_ROWS))))))
+
+
+def _write_bounds(url: str, options: dict | None, hi: np.ndarray) -> None:
+    """``bounds[p]`` = the first row of partition ``p`` (rows whose high half's top
+    ``part_bits(n)`` bits are ``p``); ``2^bits + 1`` little-endian int64."""
+    bits = part_bits(len(hi))
+    edges = np.arange(2 ** bits, dtype=np.uint64) << np.uint64(64 - bits) if bits else \
+        np.zeros(1, np.uint64)
+    bounds = np.append(np.searchsorted(hi, edges), len(hi))  # the last edge: 2^64
+    with storage.open_write(bounds_url(url), options) as out:
+        out.write(bounds.astype("<i8").tobytes())
+
+
+def search(hi: np.ndarray, lo: np.ndarray, qhi: np.ndarray, qlo: np.ndarray,
+           present: np.ndarray | None = None) -> np.ndarray:
+    """The row of each digest (``qhi``, ``qlo``) in the sorted (``hi``, ``lo``), or -1
+    (also where ``present`` is False): one binary search over the high halves for all."""
+    n = len(hi)
+    out = np.full(len(qhi), -1, dtype=np.int64)
+    if not n or not len(qhi):
+        return out
+    i = np.searchsorted(hi, qhi)
+    j = np.minimum(i, n - 1)
+    found = (i < n) & (hi[j] == qhi)
+    if present is not None:
+        found &= present
+    exact = found & (lo[j] == qlo)
+    out[exact] = i[exact]
+    for k in np.flatnonzero(found & ~exact):  # only where two listed values share a high half
+        r = int(i[k]) + 1
+        while r < n and hi[r] == qhi[k]:
+            if lo[r] == qlo[k]:
+                out[k] = r
+                break
+            r += 1
+    return out
+
+
 class Table:
     """A memory-mapped table: ``index(digest)`` is its row, or -1."""
 
@@ -158,39 +219,28 @@ class Table:
 
     def rows(self, pairs: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
         """The row of each digest of ``pairs`` ((n, 2) uint64: high, low), or -1 (also
-        where ``present`` is False): one binary search over the high halves for all."""
-        hi, lo = pairs[:, 0], pairs[:, 1]
-        out = np.full(len(hi), -1, dtype=np.int64)
-        if not self.n or not len(hi):
-            return out
-        i = np.searchsorted(self.hi, hi)
-        j = np.minimum(i, self.n - 1)
-        found = (i < self.n) & (self.hi[j] == hi)
-        if present is not None:
-            found &= present
-        exact = found & (self.lo[j] == lo)
-        out[exact] = i[exact]
-        for k in np.flatnonzero(found & ~exact):  # only where two listed values share a high half
-            r = int(i[k]) + 1
-            while r < self.n and self.hi[r] == hi[k]:
-                if self.lo[r] == lo[k]:
-                    out[k] = r
-                    break
-                r += 1
-        return out
+        where ``present`` is False)."""
+        return search(self.hi, self.lo, pairs[:, 0], pairs[:, 1], present)
 
 
 KEPT = 2  # tables a worker process keeps mapped (the jobs it serves at once)
 _TABLES: dict[tuple[str, str], tuple[Table, ExitStack]] = {}
 
 
-def load(url: str, digest: str, options: dict | None) -> Table:
-    """The table at ``url``, fetched and mapped once per process (keyed by its digest);
-    the oldest of more than ``KEPT`` tables is unmapped and its local copy removed."""
+def load(url: str, digest: str, options: dict | None, budget: int = 0, n: int = 0):
+    """The table at ``url``, once per process (keyed by its digest): fetched whole and
+    memory-mapped when its ``16 n`` bytes fit ``budget`` (0: always), else looked up
+    by partition (:class:`~htools.selection.parts.PartTable`, at most ``budget`` bytes
+    of it held); the oldest of more than ``KEPT`` tables is let go."""
     key = (url, digest)
     if key not in _TABLES:
         held = ExitStack()
-        table = Table(held.enter_context(local_copy(url, options)))
+        if budget and 16 * n > budget:
+            from htools.selection.parts import PartTable
+
+            table = PartTable(url, n, budget, options)
+        else:
+            table = Table(held.enter_context(local_copy(url, options)))
         _TABLES[key] = (table, held)
         while len(_TABLES) > KEPT:
             _TABLES.pop(next(iter(_TABLES)))[1].close()

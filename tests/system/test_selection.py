@@ -254,3 +254,20 @@ def test_resume_with_an_edited_list_is_refused(tmp_path):
     proc = run(*args, "--resume")
     assert proc.returncode == 1 and "list content changed: " in proc.stderr, proc.stderr
     assert not (tmp_path / "out" / "o-1.tar").exists()
+
+
+def test_a_list_larger_than_the_budget_is_looked_up_by_partition(tmp_path, monkeypatch):
+    from htools import extract
+    from htools.selection import job
+
+    samples = make_uid_shards(tmp_path / "in")
+    picked, _ = _uid_lists(tmp_path, samples)
+    args = dict(fields="__key__,json", keep=str(tmp_path / "keep.txt"), select_by="json:uid",
+                workers=1)
+    whole = extract(str(tmp_path / "in/d-{0..2}.tar"), **args)
+    monkeypatch.setattr(job, "BUDGET", 256)  # the table: 16 * 61 bytes
+    parts = extract(str(tmp_path / "in/d-{0..2}.tar"), **args)
+    assert list(parts["__key__"]) == list(whole["__key__"])
+    assert {json.loads(j)["uid"] for j in parts["json"]} == picked
+    assert parts.summary.extra["selection"] == whole.summary.extra["selection"]
+    assert any("by partition" in n for n in parts.summary.notes), parts.summary.notes
