@@ -271,3 +271,26 @@ def test_a_list_larger_than_the_budget_is_looked_up_by_partition(tmp_path, monke
     assert {json.loads(j)["uid"] for j in parts["json"]} == picked
     assert parts.summary.extra["selection"] == whole.summary.extra["selection"]
     assert any("by partition" in n for n in parts.summary.notes), parts.summary.notes
+
+
+@pytest.mark.timeout(600)
+def test_bench_selection_quick_rows(tmp_path):
+    """bench_selection.py's rows for the suite, at toy sizes: every case runs and its
+    numbers parse (no speed asserted)."""
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import bench_selection
+    finally:
+        sys.path.remove(str(bench))
+
+    def row(name, ours, base, goal, mb, mem=None, base_mem=None):
+        return {"operation": name, "ratio": base / ours, "goal": goal, "mem": mem}
+
+    rows = bench_selection.rows(str(tmp_path), True, row)
+    assert [r["operation"].split(" ")[0] for r in rows] == ["htmapper", "htshuffle"]
+    assert "20,000-key --keep list" in rows[0]["operation"]
+    assert all(r["ratio"] > 0 for r in rows) and rows[0]["mem"] > 0
