@@ -406,7 +406,8 @@ def model(results: list[dict], fans=(256, 1000), workers=(100, 1000), n=100_000,
             })
     return {"n": n, "shard_bytes": shard_bytes, "memory": memory, "client_fit": client,
             "tasks_per_s": tps, "rows": out,
-            "dedup": dedup_model(fans, workers, n, shard_bytes, memory)}
+            "dedup": dedup_model(fans, workers, n, shard_bytes, memory),
+            "selection": selection_model(workers, n, memory=memory)}
 
 
 def dedup_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10**9,
@@ -426,6 +427,71 @@ def dedup_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10
                         "plain_passes": plan_at(n, shard_bytes, memory, w, f).passes,
                         "tasks": p.tasks})
     return out
+
+
+def selection_model(workers=(100, 1000), n=100_000, samples_per_shard=10_000,
+                    listed=10**9, value_bytes=33, memory=4 << 30) -> dict:
+    """htmapper/htextract --keep with a list of ``listed`` values over 100 TB (``n`` shards
+    of ``samples_per_shard`` samples), both lookup modes, from the table's own constants
+    (htools.selection.table; no I/O).  Whole: every worker process fetches the table once
+    (one streamed read) and memory-maps it.  By partition (the default when the table
+    exceeds the budget, ``memory``): a worker holds at most ``memory`` bytes of partitions;
+    samples' digests are uniform, so a lookup finds its partition held with probability
+    budget / table, else fetches it (2 range requests: high and low halves)."""
+    from htools.selection import table as tables
+
+    table = 16 * listed
+    bits = tables.part_bits(listed)
+    part = table / 2 ** bits
+    samples = n * samples_per_shard
+    held = min(1.0, memory / table)
+    out = []
+    for w in workers:
+        per = samples / w
+        fetches = per * (1 - held)
+        out.append({"workers": w, "samples_per_worker": per,
+                    "whole_bytes": table, "whole_requests": 1,
+                    "part_bytes": 8 * (2 ** bits + 1) + fetches * part,
+                    "part_requests": 1 + 2 * fetches, "part_held": min(memory, table)})
+    return {"listed": listed, "table": table, "list_bytes": listed * value_bytes,
+            "partitions": 2 ** bits, "partition_bytes": part, "memory": memory,
+            "samples": samples, "rows": out}
+
+
+def selection_lines(m: dict) -> list[str]:
+    lines = [
+        f"`htmapper --keep LIST` (or htextract) over the same 100 TB, {m['samples']:,} samples "
+        f"(10,000 a 1 GB shard), with a list of {m['listed']:,} values "
+        f"(`bench_scale.selection_model`): the client reads the list once "
+        f"({m['list_bytes'] / 1e9:.0f} GB of {m['list_bytes'] // m['listed']}-byte values) "
+        f"and writes its table once ({m['table'] / 1e9:.0f} GB of 128-bit digests, "
+        f"{m['partitions']:,} partitions of {m['partition_bytes'] / 1e3:.0f} KB); the job "
+        "itself makes one pass over the data in both modes.",
+        "",
+        "| W workers | samples a worker | whole table: bytes a worker, requests | by "
+        "partition: bytes a worker (held at most), range requests a worker | all workers: "
+        "whole vs by partition |",
+        "|---|---|---|---|---|",
+    ]
+    for r in m["rows"]:
+        w = r["workers"]
+        lines.append(
+            f"| {w} | {r['samples_per_worker']:,.0f} | {r['whole_bytes'] / 1e9:.0f} GB, "
+            f"{r['whole_requests']} | {r['part_bytes'] / 1e9:,.0f} GB "
+            f"({r['part_held'] / 2**30:.0f} GiB), {r['part_requests']:,.0f} | "
+            f"{w * r['whole_bytes'] / 1e12:.1f} TB vs {w * r['part_bytes'] / 1e12:.0f} TB |")
+    lines += [
+        "",
+        "By partition bounds each worker's memory but not its traffic: with uniform "
+        "digests nearly every lookup lands in a partition not held, so it fetches a "
+        "partition a sample -- more bytes than the whole table once a worker looks up "
+        "more samples than the table has partitions.  It suits a worker looking up few "
+        "samples (a small job, a sample of the data); for a whole 100 TB pass the whole "
+        "table per worker (on local disk, memory-mapped) moves less, and the exchange "
+        "tools (htshuffle, htsort) route a list that large through the exchange as a "
+        "semi-join, one pass.",
+    ]
+    return lines
 
 
 def _client_fit(results: list[dict]) -> dict:
@@ -502,6 +568,8 @@ def model_lines(m: dict) -> list[str]:
         "Moving only each sample's F digest and place through a separate small exchange "
         "(a semi-join: drop lists by sort bucket, applied by the write tasks) would bring "
         "it back to the plain sort's passes plus about 50 bytes a sample; not built.",
+        "",
+        *selection_lines(m.get("selection") or selection_model()),
     ]
     return lines
 
