@@ -90,9 +90,14 @@ def hash_spans(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     return lanes[0] * p + lanes[1], lanes[2] * p + lanes[3]
 
 
-def hash_values(values: list[bytes], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (hi, lo) digests of ``values`` (a list of bytes)."""
+def hash_values(values: list[bytes], key: str, strip_newline: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The (hi, lo) digests of ``values`` (a list of bytes); ``strip_newline``: of
+    each value without its trailing newline."""
     lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     ends = np.cumsum(lens)
+    starts = ends - lens
     buf = np.frombuffer(b"".join(values) + PAD, dtype=np.uint8)
-    return hash_spans(buf, ends - lens, ends, key)
+    if strip_newline and len(values):
+        ends = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == 10))
+    return hash_spans(buf, starts, ends, key)

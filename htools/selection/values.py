@@ -37,14 +37,15 @@ def digest(value: bytes, key: str = DEFAULT_KEY) -> bytes:
     return np.stack([hi, lo], axis=1).astype(">u8").tobytes()
 
 
-def digests(values: list[bytes | None], key: str = DEFAULT_KEY
-            ) -> tuple[np.ndarray, np.ndarray]:
+def digests(values: list[bytes | None], key: str = DEFAULT_KEY,
+            strip_newline: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The digests of ``values`` in one pass, as an (n, 2) array of the (high, low)
-    uint64 halves (zeros where a value is None), and which values are present."""
+    uint64 halves (zeros where a value is None), and which values are present;
+    ``strip_newline``: of each value without its trailing newline."""
     present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
     pairs = np.zeros((len(values), 2), dtype=np.uint64)
     if present.any():
-        hi, lo = hash_values([v for v in values if v is not None], key)
+        hi, lo = hash_values([v for v in values if v is not None], key, strip_newline)
         pairs[present, 0], pairs[present, 1] = hi, lo
     return pairs, present
 
@@ -68,6 +69,13 @@ def string_form(v) -> bytes | None:
     if isinstance(v, (int, float)):
         return json.dumps(v).encode()
     return json.dumps(v, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def field_values(batch: list[dict], field: str) -> list[bytes | None]:
+    """Each sample's ``field`` as bytes (None: missing), as :func:`sample_value` before
+    its trailing newline is cut (:func:`digests` cuts it)."""
+    values = [s.get(field) for s in batch]
+    return [v.encode("utf-8") if v.__class__ is str else v for v in values]
 
 
 def sample_value(sample: dict, sel: Selection) -> bytes | None:
