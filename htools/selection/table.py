@@ -49,11 +49,13 @@ def _halves(block: bytes | bytearray | Halves) -> Halves:
     return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
 
 
-def _sorted_distinct(hi: np.ndarray, lo: np.ndarray) -> Halves:
-    """Sorted by (hi, lo), repeats removed: one argsort of the high halves, and a
-    lexsort of only the rows whose high half repeats (a value listed twice)."""
-    order = np.argsort(hi)
-    hi, lo = hi[order], lo[order]
+def _sorted_distinct(halves: list[np.ndarray]) -> Halves:
+    """``[hi, lo]`` (the list emptied, so that each array is freed once sorted: peak
+    memory 32 bytes a digest) sorted by (hi, lo), repeats removed: one argsort of the
+    high halves, and a lexsort of only the rows whose high half repeats."""
+    order = np.argsort(halves[0])
+    hi = halves.pop(0)[order]
+    lo = halves.pop(0)[order]
     del order
     tie = np.flatnonzero(hi[1:] == hi[:-1])
     if len(tie):
@@ -74,36 +76,31 @@ def build(digests: Iterable[bytes | Halves], url: str, options: dict | None
     sorted in memory; more are cut by their top byte into ``PARTS`` local files."""
     folder = tempfile.mkdtemp(prefix="htools-select-")
     try:
-        his: list[np.ndarray] = []
-        los: list[np.ndarray] = []
+        chunk = [np.empty(CHUNK, np.uint64), np.empty(CHUNK, np.uint64)]  # pages as filled
         count, parts = 0, None
         for block in digests:
             hi, lo = _halves(block)
-            his.append(hi)
-            los.append(lo)
-            count += len(hi)
-            if count >= CHUNK:
-                parts = parts or [open(os.path.join(folder, f"p{i}"), "wb")
-                                  for i in range(PARTS)]
-                _spread(_concat(his, los), parts)
-                count = 0
+            while len(hi):
+                take = min(len(hi), CHUNK - count)
+                chunk[0][count:count + take] = hi[:take]
+                chunk[1][count:count + take] = lo[:take]
+                count += take
+                hi, lo = hi[take:], lo[take:]
+                if count == CHUNK:
+                    parts = parts or [open(os.path.join(folder, f"p{i}"), "wb")
+                                      for i in range(PARTS)]
+                    _spread((chunk[0], chunk[1]), parts)
+                    count = 0
         if parts is None:
-            hi, lo = _sorted_distinct(*_concat(his, los))
+            hi, lo = _sorted_distinct([chunk.pop(0)[:count], chunk.pop(0)[:count]])
             _write_bounds(url, options, hi)
-            return len(hi), _write(url, options, [hi.astype("<u8"), lo.astype("<u8")])
-        _spread(_concat(his, los), parts)
+            return len(hi), _write(url, options, [hi.astype("<u8", copy=False),
+                                                  lo.astype("<u8", copy=False)])
+        _spread((chunk[0][:count], chunk[1][:count]), parts)
+        del chunk
         return _merge_parts(parts, folder, url, options)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _concat(his: list[np.ndarray], los: list[np.ndarray]) -> Halves:
-    """The blocks as one (hi, lo), the lists emptied."""
-    hi = np.concatenate(his) if his else np.zeros(0, np.uint64)
-    lo = np.concatenate(los) if los else np.zeros(0, np.uint64)
-    his.clear()
-    los.clear()
-    return hi, lo
 
 
 def _merge_parts(parts: list, folder: str, url: str, options: dict | None
@@ -116,7 +113,7 @@ def _merge_parts(parts: list, folder: str, url: str, options: dict | None
         for p in parts:
             p.close()
             pairs = np.fromfile(p.name, dtype=np.uint64).reshape(-1, 2)
-            hi, lo = _sorted_distinct(pairs[:, 0].copy(), pairs[:, 1].copy())
+            hi, lo = _sorted_distinct([pairs[:, 0].copy(), pairs[:, 1].copy()])
             del pairs
             fh.write(hi.astype("<u8").tobytes())
             fl.write(lo.astype("<u8").tobytes())
