@@ -482,14 +482,14 @@ def selection_lines(m: dict) -> list[str]:
             f"{w * r['whole_bytes'] / 1e12:.1f} TB vs {w * r['part_bytes'] / 1e12:.0f} TB |")
     lines += [
         "",
-        "By partition bounds each worker's memory but not its traffic: with uniform "
-        "digests nearly every lookup lands in a partition not held, so it fetches a "
-        "partition a sample -- more bytes than the whole table once a worker looks up "
-        "more samples than the table has partitions.  It suits a worker looking up few "
-        "samples (a small job, a sample of the data); for a whole 100 TB pass the whole "
-        "table per worker (on local disk, memory-mapped) moves less, and the exchange "
-        "tools (htshuffle, htsort) route a list that large through the exchange as a "
-        "semi-join, one pass.",
+        "By partition bounds each worker's memory; its traffic is about one partition "
+        "and 2 range requests a sample (digests are uniform: a lookup finds its partition "
+        "held with probability budget / table), against one streamed read of the whole "
+        "table: fewer bytes when a worker looks up fewer samples than the table has "
+        "partitions (1000 workers here), more otherwise (100 workers), and many more "
+        "requests either way.  The whole table needs its 16 GB on each worker (local disk "
+        "or memory); htshuffle and htsort route a list that large through the exchange "
+        "as a semi-join instead, in the job's own passes.",
     ]
     return lines
 

@@ -4,8 +4,10 @@ The table (:mod:`htools.selection.table`) is cut by the top bits of the digests'
 halves into partitions of about ``PART_ROWS`` rows, whose first rows are in the
 ``.bounds`` file beside it (fetched once per process: 8 bytes a partition).  A batch of
 lookups asks for the partitions its digests fall in, missing ones fetched with two
-range requests per run of adjacent partitions (the high halves, the low halves), and
-keeps at most ``budget`` bytes of partitions, the least recently used let go first.
+range requests per run of adjacent partitions (the high halves, the low halves), looks
+them all up with one binary search over the batch's partitions side by side, and keeps
+at most ``budget`` bytes of partitions (beyond the batch's own), the least recently used
+let go first.
 Rows are the table's own, so counts of what matched are the same in both modes.
 """
 
@@ -44,11 +46,18 @@ class PartTable:
         ask = np.ones(len(qhi), bool) if present is None else np.asarray(present, bool)
         part = (qhi >> np.uint64(64 - self.bits)).astype(np.int64) if self.bits else \
             np.zeros(len(qhi), np.int64)
-        wanted = [int(p) for p in np.unique(part[ask])]
-        for p, (hi, lo) in self._parts(wanted):
-            at = np.flatnonzero(ask & (part == p))
-            rows = search(hi, lo, qhi[at], qlo[at])
-            out[at] = np.where(rows >= 0, rows + self.bounds[p], -1)
+        got = sorted(self._parts([int(p) for p in np.unique(part[ask])]), key=lambda g: g[0])
+        if not got:
+            return out
+        # the batch's partitions side by side, in order: sorted, so one search for all
+        sizes = np.array([len(hi) for _, (hi, _lo) in got], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        at = np.flatnonzero(ask)
+        c = search(np.concatenate([hi for _, (hi, _lo) in got]),
+                   np.concatenate([lo for _, (_hi, lo) in got]), qhi[at], qlo[at])
+        k = np.searchsorted(starts, c, side="right") - 1
+        first = self.bounds[np.array([p for p, _ in got], dtype=np.int64)]
+        out[at] = np.where(c >= 0, first[k] + c - starts[k], -1)
         return out
 
     def _parts(self, wanted: list[int]) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:

@@ -3,8 +3,8 @@
 A table of ``n`` distinct 128-bit digests is ``16 n`` bytes: the ``n`` high halves, then
 the ``n`` low halves, each a little-endian uint64, sorted by (high, low).  Beside it,
 ``URL.bounds`` cuts it into ``2^b`` partitions by the top ``b`` bits of the high half
-(about ``PART_ROWS`` rows each): ``2^b + 1`` little-endian int64, the first row of each
-partition and then ``n``.
+(about ``PART_ROWS`` rows each; the bounds are 1/512 of the table): ``2^b + 1``
+little-endian int64, the first row of each partition and then ``n``.
 
 It is built once per job on the client, in bounded memory (up to ``CHUNK`` digests are
 sorted in memory; digests are uniform, so a larger list is cut by the top byte of the
@@ -35,8 +35,8 @@ from htools.selection.values import local_copy
 CHUNK = 1 << 22  # digests sorted in memory at once (64 MiB of digests)
 PARTS = 256  # local files of a list larger than one chunk, by the digest's top byte
 COPY = 1 << 20
-PART_ROWS = 4096  # rows of a partition (64 KiB): what a partitioned lookup fetches at once
-MAX_BITS = 24  # at most 2^24 partitions (128 MiB of bounds: a list of 6.9e10 values)
+PART_ROWS = 256  # rows of a partition (4 KiB): what a partitioned lookup fetches at once
+MAX_BITS = 24  # at most 2^24 partitions (128 MiB of bounds); past 4.3e9 values they grow
 Halves = tuple[np.ndarray, np.ndarray]  # (hi, lo) uint64 arrays
 
 
@@ -162,7 +162,7 @@ def bounds_url(url: str) -> str:
 
 def part_bits(n: int) -> int:
     """Top bits of the high half that name a table's partition: about ``PART_ROWS``
-    rows (64 KiB) a partition."""
+    rows (4 KiB) a partition."""
     return max(0, min(MAX_BITS, int(np.ceil(np.log2(max(1, n / PART_ROWS))))))
 
 
