@@ -123,9 +123,10 @@ def batches(items: Iterator[T], sample_of: Callable[[T], dict]) -> Iterator[list
     size = 0
     for item in items:
         batch.append(item)
-        for v in sample_of(item).values():
-            if v.__class__ is bytes:
-                size += len(v)
+        try:
+            size += sum(map(len, sample_of(item).values()))  # str keys count too: close
+        except TypeError:  # a value without a length
+            size += sum(len(v) for v in sample_of(item).values() if hasattr(v, "__len__"))
         if len(batch) >= BATCH or size >= BATCH_BYTES:
             yield batch
             batch, size = [], 0

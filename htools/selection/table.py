@@ -185,7 +185,9 @@ def search(hi: np.ndarray, lo: np.ndarray, qhi: np.ndarray, qlo: np.ndarray,
     out = np.full(len(qhi), -1, dtype=np.int64)
     if not n or not len(qhi):
         return out
-    i = np.searchsorted(hi, qhi)
+    order = np.argsort(qhi)  # queries in order: each search starts where the last ended
+    i = np.empty(len(qhi), dtype=np.int64)
+    i[order] = np.searchsorted(hi, qhi[order])
     j = np.minimum(i, n - 1)
     found = (i < n) & (hi[j] == qhi)
     if present is not None:
