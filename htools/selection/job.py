@@ -9,6 +9,7 @@ passed in, so a list lands where the job's runs would.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,24 +61,31 @@ class SelectedJob:
 def prepared(sel: Selection | None, opts: RunOptions,
              scratch: Callable[[RunOptions], str]) -> Iterator[SelectedJob]:
     """The job's selection built into ``scratch(opts)`` (on the job's connected client),
-    removed when the block ends."""
+    removed when the block ends.  The table is built into a local temporary file while
+    the cluster starts (4M keys: about as long as an embedded cluster's start), then
+    copied to scratch."""
     options = storage.resolve_options(opts.storage_options)
     if sel is None or opts.dry_run:
         yield SelectedJob(sel, opts, opts, options)
         return
-    with engine.cluster(opts) as client:
-        run_opts = opts.with_(client=client, summary=None)
-        root = scratch(run_opts)
-        folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
-        try:
-            url = storage.join(folder, "list.digests")
-            key = new_key()
-            listed, dg = tables.build(list_digests(sel, options, key), url, options)
-            built = sel.built(url, dg, listed, storage.join(folder, "counts/"), key,
-                              budget(client))
-            yield SelectedJob(built, run_opts, opts, options)
-        finally:
-            _remove(folder, root, options)
+    key = new_key()
+    with tempfile.TemporaryDirectory(prefix="htools-list-") as tmp, \
+            ThreadPoolExecutor(max_workers=1) as builder:
+        local = os.path.join(tmp, "list.digests")
+        building = builder.submit(tables.build, list_digests(sel, options, key), local, None)
+        with engine.cluster(opts) as client:
+            run_opts = opts.with_(client=client, summary=None)
+            root = scratch(run_opts)
+            folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
+            try:
+                listed, dg = building.result()
+                url = storage.join(folder, "list.digests")
+                tables.copy(local, url, options)
+                built = sel.built(url, dg, listed, storage.join(folder, "counts/"), key,
+                                  budget(client))
+                yield SelectedJob(built, run_opts, opts, options)
+            finally:
+                _remove(folder, root, options)
 
 
 def budget(client) -> int:

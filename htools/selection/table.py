@@ -13,7 +13,7 @@ memory-maps it whole (a remote table fetched once to a local temporary file), or
 table larger than the worker's budget, looks it up by partition
 (:mod:`htools.selection.parts`).
 
-Public and stable: :func:`build`, :func:`load`, :func:`search`, :class:`Table`
+Public and stable: :func:`build`, :func:`copy`, :func:`load`, :func:`search`, :class:`Table`
 (``rows``, ``index``), :func:`bounds_url`, :func:`part_bits`.
 """
 
@@ -202,6 +202,13 @@ def search(hi: np.ndarray, lo: np.ndarray, qhi: np.ndarray, qlo: np.ndarray,
                 break
             r += 1
     return out
+
+
+def copy(path: str, url: str, options: dict | None) -> None:
+    """Put the table built at the local ``path`` (and its bounds) at ``url``."""
+    for src, dst in ((path, url), (bounds_url(path), bounds_url(url))):
+        with open(src, "rb") as f, storage.open_write(dst, options) as out:
+            shutil.copyfileobj(f, out, COPY)
 
 
 class Table:
