@@ -407,7 +407,8 @@ def model(results: list[dict], fans=(256, 1000), workers=(100, 1000), n=100_000,
     return {"n": n, "shard_bytes": shard_bytes, "memory": memory, "client_fit": client,
             "tasks_per_s": tps, "rows": out,
             "dedup": dedup_model(fans, workers, n, shard_bytes, memory),
-            "list_join": list_join_model(fans, workers, n, shard_bytes, memory)}
+            "list_join": list_join_model(fans, workers, n, shard_bytes, memory),
+            "selection": selection_model(workers, n, memory=memory)}
 
 
 def dedup_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_bytes=10**9,
@@ -496,6 +497,71 @@ def list_join_lines(rows: list[dict] | None = None) -> list[str]:
     return lines
 
 
+def selection_model(workers=(100, 1000), n=100_000, samples_per_shard=10_000,
+                    listed=10**9, value_bytes=33, memory=4 << 30) -> dict:
+    """htmapper/htextract --keep with a list of ``listed`` values over 100 TB (``n`` shards
+    of ``samples_per_shard`` samples), both lookup modes, from the table's own constants
+    (htools.selection.table; no I/O).  Whole: every worker process fetches the table once
+    (one streamed read) and memory-maps it.  By partition (the default when the table
+    exceeds the budget, ``memory``): a worker holds at most ``memory`` bytes of partitions;
+    samples' digests are uniform, so a lookup finds its partition held with probability
+    budget / table, else fetches it (2 range requests: high and low halves)."""
+    from htools.selection import table as tables
+
+    table = 16 * listed
+    bits = tables.part_bits(listed)
+    part = table / 2 ** bits
+    samples = n * samples_per_shard
+    held = min(1.0, memory / table)
+    out = []
+    for w in workers:
+        per = samples / w
+        fetches = per * (1 - held)
+        out.append({"workers": w, "samples_per_worker": per,
+                    "whole_bytes": table, "whole_requests": 1,
+                    "part_bytes": 8 * (2 ** bits + 1) + fetches * part,
+                    "part_requests": 1 + 2 * fetches, "part_held": min(memory, table)})
+    return {"listed": listed, "table": table, "list_bytes": listed * value_bytes,
+            "partitions": 2 ** bits, "partition_bytes": part, "memory": memory,
+            "samples": samples, "rows": out}
+
+
+def selection_lines(m: dict) -> list[str]:
+    lines = [
+        f"`htmapper --keep LIST` (or htextract) over the same 100 TB, {m['samples']:,} samples "
+        f"(10,000 a 1 GB shard), with a list of {m['listed']:,} values "
+        f"(`bench_scale.selection_model`): the client reads the list once "
+        f"({m['list_bytes'] / 1e9:.0f} GB of {m['list_bytes'] // m['listed']}-byte values) "
+        f"and writes its table once ({m['table'] / 1e9:.0f} GB of 128-bit digests, "
+        f"{m['partitions']:,} partitions of {m['partition_bytes'] / 1e3:.0f} KB); the job "
+        "itself makes one pass over the data in both modes.",
+        "",
+        "| W workers | samples a worker | whole table: bytes a worker, requests | by "
+        "partition: bytes a worker (held at most), range requests a worker | all workers: "
+        "whole vs by partition |",
+        "|---|---|---|---|---|",
+    ]
+    for r in m["rows"]:
+        w = r["workers"]
+        lines.append(
+            f"| {w} | {r['samples_per_worker']:,.0f} | {r['whole_bytes'] / 1e9:.0f} GB, "
+            f"{r['whole_requests']} | {r['part_bytes'] / 1e9:,.0f} GB "
+            f"({r['part_held'] / 2**30:.0f} GiB), {r['part_requests']:,.0f} | "
+            f"{w * r['whole_bytes'] / 1e12:.1f} TB vs {w * r['part_bytes'] / 1e12:.0f} TB |")
+    lines += [
+        "",
+        "By partition bounds each worker's memory; its traffic is about one partition "
+        "and 2 range requests a sample (digests are uniform: a lookup finds its partition "
+        "held with probability budget / table), against one streamed read of the whole "
+        "table: fewer bytes when a worker looks up fewer samples than the table has "
+        "partitions (1000 workers here), more otherwise (100 workers), and many more "
+        "requests either way.  The whole table needs its 16 GB on each worker (local disk "
+        "or memory); htshuffle and htsort route a list that large through the exchange "
+        "as a semi-join instead, in the job's own passes.",
+    ]
+    return lines
+
+
 def _client_fit(results: list[dict]) -> dict:
     """Client peak RSS as base + per_shard x (N + M), from the smallest and largest N of
     htshuffle and of its many-task variant ("levels"): the steeper of the two slopes."""
@@ -568,6 +634,8 @@ def model_lines(m: dict) -> list[str]:
         "The semi-join costs the plain sort's passes over the data plus the digest records "
         "and one range request per write task and decide task; the dedup pass it replaced "
         "(still run with a `reduce_samples()`) cost two passes more.",
+        "",
+        *selection_lines(m.get("selection") or selection_model()),
     ]
     return lines + list_join_lines(m.get("list_join"))
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 import bench_exchange as bx  # noqa: E402
 import bench_mapper as bm  # noqa: E402
 import bench_scale as bsc  # noqa: E402
+import bench_selection as bsel  # noqa: E402
 import bench_tario as bt  # noqa: E402
 
 REPO = HERE.parent
@@ -252,6 +253,11 @@ lifetime peak RSS belongs to that job.
   the key-only floor, no payload moves.  Reported for scale; no goal.
 * **HTTP** -- inputs and outputs on nginx (WebDAV PUT) on 127.0.0.1 vs local files;
   htshuffle's scratch stays local in both.
+* **selection** -- htmapper (identity, 2 workers) with a `--keep` list of 4 million keys
+  (every sample's key, padded with absent ones) vs the same job without a list, each in
+  its own process: peak RSS is the largest of the client's and the workers'
+  (`bench_selection.py`); htshuffle keeping 30% of the samples by a list vs htshuffle of
+  shards that hold only those samples.
 * **growth** -- htsort with a fixed `memory=` budget at 4 sizes (fresh cluster each).
 
 Peak worker memory: for htools, `peak_rss - rss_start_min` measured inside the
@@ -327,6 +333,8 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
         rows += copy_rows(work, data[kib], kib)
     step("HTTP vs local")
     rows += http_rows(work, data[16])
+    step("selection: --keep lists (htmapper, htshuffle)")
+    rows += bsel.rows(work, a.quick, row)
     for kib in KIBS:
         shutil.rmtree(os.path.dirname(data[kib][0]), ignore_errors=True)
     budget = (16 if a.quick else 64) * MIB

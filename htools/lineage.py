@@ -14,7 +14,8 @@ A lineage is a small JSON object::
 shell command; a function's code).  ``options`` holds only the options that change the
 outputs' bytes, each tool naming its own; an option left unset (None or False) is not
 written, so an option added later does not make every older lineage differ (``mtime``
-None, the time of writing, is written as ``"now"``).  The
+None, the time of writing, is written as ``"now"``; a ``--keep``/``--drop`` list is
+its URL and ``list_digest``, of its bytes).  The
 inputs are summarized by a digest of their URLs (credentials hidden) and the sizes the
 job already knew -- never a request per input shard.
 """
@@ -95,7 +96,10 @@ def differences(old: dict, new: dict) -> list[str]:
             out.append(f"script changed: {_script_name(a)} -> {_script_name(b)}")
     oa, ob = old.get("options") or {}, new.get("options") or {}
     for name in sorted(set(oa) | set(ob)):
-        if oa.get(name) != ob.get(name):
+        if oa.get(name) != ob.get(name) and name == "list_digest":  # --keep/--drop's list
+            out.append(f"list content changed: {_short(oa.get(name) or '')} -> "
+                       f"{_short(ob.get(name) or '')}")
+        elif oa.get(name) != ob.get(name):
             flag = name if name == "compression" else "--" + name.replace("_", "-")
             out.append(f"{flag} changed: {_value(oa.get(name))} -> {_value(ob.get(name))}")
     ia, ib = old.get("inputs") or {}, new.get("inputs") or {}

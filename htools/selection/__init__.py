@@ -1,8 +1,10 @@
 """Keep or drop samples by a list of any size (``--keep FILE`` / ``--drop FILE``).
 
-``spec.py`` (the options, checked in one line before any shard is read), ``values.py``
-(the list's values and a sample's value, as 128-bit digests), ``table.py`` (the sorted
-digest table: built once per job, memory-mapped once per worker process), ``filter.py``
+``spec.py`` (the options, checked in one line before any shard is read), ``digest.py``
+(the job's keyed 128-bit digest, many values at once), ``values.py`` (the list's values
+and a sample's value, digested), ``table.py`` (the sorted digest table: built once per
+job, memory-mapped once per worker process), ``parts.py`` (the table looked up by
+partition, for a list larger than a worker's budget), ``filter.py``
 (the generator stage every reading task puts right after ``read_shard``), ``job.py``
 (the job's side: build the table into scratch, count what matched, clean up).
 """

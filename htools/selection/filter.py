@@ -24,11 +24,11 @@ import numpy as np
 from htools import storage
 from htools.selection import table as tables
 from htools.selection.spec import Selection
-from htools.selection.values import digests, sample_value
+from htools.selection.values import digests, field_values, sample_value
 from htools.summary import ShardResult
 
 T = TypeVar("T")
-BATCH = 256  # samples looked up at once
+BATCH = 1024  # samples looked up at once (numpy calls amortized: 1.3 us a sample at 1024, 2.2 at 256)
 BATCH_BYTES = 16 << 20  # ... or fewer, when their fields reach this many bytes
 
 
@@ -39,7 +39,7 @@ class Lookup:
     def __init__(self, sel: Selection, url: str, result: ShardResult | None,
                  options: dict | None):
         self.sel, self.url, self.result = sel, url, result
-        self.table = tables.load(sel.table, sel.digest, options)
+        self.table = tables.load(sel.table, sel.digest, options, sel.budget, sel.listed)
         self.keep = sel.mode == "keep"
         self.matched: list[np.ndarray] = []
         self.left_out = 0
@@ -47,16 +47,21 @@ class Lookup:
     def passes(self, batch: list[dict]) -> list[bool]:
         """Whether each sample of ``batch`` passes; a sample whose value cannot be read
         (a JSON field that does not parse) does not, and is counted as failed."""
-        values: list[bytes | None] = []
-        bad = []
-        for s in batch:
-            try:
-                values.append(sample_value(s, self.sel))
-            except ValueError as e:
-                values.append(None)
-                bad.append(len(values) - 1)
-                self._failed(s, e)
-        rows = self.table.rows(*digests(values))
+        bad: list[int] = []
+        if self.sel.member is None:  # a field's bytes: its trailing newline cut vectorised
+            values = field_values(batch, self.sel.field)
+            pairs = digests(values, self.sel.key, strip_newline=True)
+        else:
+            values = []
+            for s in batch:
+                try:
+                    values.append(sample_value(s, self.sel))
+                except ValueError as e:
+                    values.append(None)
+                    bad.append(len(values) - 1)
+                    self._failed(s, e)
+            pairs = digests(values, self.sel.key)
+        rows = self.table.rows(*pairs)
         hit = rows >= 0
         if hit.any():
             self.matched.append(rows[hit])
@@ -118,8 +123,10 @@ def batches(items: Iterator[T], sample_of: Callable[[T], dict]) -> Iterator[list
     size = 0
     for item in items:
         batch.append(item)
-        size += sum(len(v) for v in sample_of(item).values()
-                    if isinstance(v, (bytes, bytearray)))
+        try:
+            size += sum(map(len, sample_of(item).values()))  # str keys count too: close
+        except TypeError:  # a value without a length
+            size += sum(len(v) for v in sample_of(item).values() if hasattr(v, "__len__"))
         if len(batch) >= BATCH or size >= BATCH_BYTES:
             yield batch
             batch, size = [], 0

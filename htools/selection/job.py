@@ -9,6 +9,7 @@ passed in, so a list lands where the job's runs would.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,17 +19,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from htools import storage
+from htools.clusters.info import ClusterInfo
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.runtime import engine
 from htools.selection import table as tables
+from htools.selection.digest import new_key
 from htools.selection.filter import read_counts
 from htools.selection.spec import Selection
-from htools.selection.values import digest_block, list_blocks
+from htools.selection.values import list_digests
 from htools.storage.local import local_path
 from htools.summary import JobSummary
 
 READERS = 16  # counts files read at once at the end
+BUDGET = 0  # bytes of the table a worker holds, when set (tests, benchmarks)
+NO_LIMIT_BUDGET = 512 << 20  # when workers declare no memory limit
+MIN_BUDGET = 16 << 20
 
 
 @dataclass
@@ -55,23 +61,41 @@ class SelectedJob:
 def prepared(sel: Selection | None, opts: RunOptions,
              scratch: Callable[[RunOptions], str]) -> Iterator[SelectedJob]:
     """The job's selection built into ``scratch(opts)`` (on the job's connected client),
-    removed when the block ends."""
+    removed when the block ends.  The table is built into a local temporary file while
+    the cluster starts (4M keys: about as long as an embedded cluster's start), then
+    copied to scratch."""
     options = storage.resolve_options(opts.storage_options)
     if sel is None or opts.dry_run:
         yield SelectedJob(sel, opts, opts, options)
         return
-    with engine.cluster(opts) as client:
-        run_opts = opts.with_(client=client, summary=None)
-        root = scratch(run_opts)
-        folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
-        try:
-            url = storage.join(folder, "list.digests")
-            listed, dg = tables.build(map(digest_block, list_blocks(sel, options)), url,
-                                      options)
-            built = sel.built(url, dg, listed, storage.join(folder, "counts/"))
-            yield SelectedJob(built, run_opts, opts, options)
-        finally:
-            _remove(folder, root, options)
+    key = new_key()
+    with tempfile.TemporaryDirectory(prefix="htools-list-") as tmp, \
+            ThreadPoolExecutor(max_workers=1) as builder:
+        local = os.path.join(tmp, "list.digests")
+        building = builder.submit(tables.build, list_digests(sel, options, key), local, None)
+        with engine.cluster(opts) as client:
+            run_opts = opts.with_(client=client, summary=None)
+            root = scratch(run_opts)
+            folder = storage.join(root, f"select-{uuid.uuid4().hex[:12]}/")
+            try:
+                listed, dg = building.result()
+                url = storage.join(folder, "list.digests")
+                tables.copy(local, url, options)
+                built = sel.built(url, dg, listed, storage.join(folder, "counts/"), key,
+                                  budget(client))
+                yield SelectedJob(built, run_opts, opts, options)
+            finally:
+                _remove(folder, root, options)
+
+
+def budget(client) -> int:
+    """Bytes of the list's table a worker may hold: ``BUDGET`` when set, else a quarter
+    of the smallest worker memory limit (512 MiB without limits), as the exchange's
+    --memory default; a larger table is looked up by partition."""
+    if BUDGET:
+        return BUDGET
+    memory = ClusterInfo.of(client).memory
+    return max(MIN_BUDGET, memory // 4) if memory else NO_LIMIT_BUDGET
 
 
 def run_selected(sel: Selection | None, opts: RunOptions,
@@ -114,6 +138,8 @@ def account(summary: JobSummary, sel: Selection, options: dict) -> None:
     summary.extra["selection"] = {"listed": sel.listed, "matched": matched,
                                   "unselected": left_out}
     summary.notes.append(f"{left_out} samples left out by {sel.flag} "
-                         f"({matched} of {sel.listed} listed values found)")
+                         f"({matched} of {sel.listed} listed values found"
+                         + (", looked up by partition: the list's table exceeds a worker's "
+                            f"budget of {sel.budget} bytes)" if sel.partitioned else ")"))
 
 

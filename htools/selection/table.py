@@ -1,11 +1,20 @@
 """The sorted digest table: one owner of its on-disk format.
 
 A table of ``n`` distinct 128-bit digests is ``16 n`` bytes: the ``n`` high halves, then
-the ``n`` low halves, each a little-endian uint64, sorted by (high, low).  It is built once
-per job on the client, in bounded memory (digests are uniform, so a list larger than one
-chunk is cut by the top byte of the digest into 256 local files, each sorted on its own:
-no merge), and memory-mapped once per worker process (a remote table is fetched once to
-a local temporary file).  Lookups are binary searches over the high halves.
+the ``n`` low halves, each a little-endian uint64, sorted by (high, low).  Beside it,
+``URL.bounds`` cuts it into ``2^b`` partitions by the top ``b`` bits of the high half
+(about ``PART_ROWS`` rows each; the bounds are 1/512 of the table): ``2^b + 1``
+little-endian int64, the first row of each partition and then ``n``.
+
+It is built once per job on the client, in bounded memory (up to ``CHUNK`` digests are
+sorted in memory; digests are uniform, so a larger list is cut by the top byte of the
+digest into 256 local files, each sorted on its own: no merge).  A worker process
+memory-maps it whole (a remote table fetched once to a local temporary file), or, for a
+table larger than the worker's budget, looks it up by partition
+(:mod:`htools.selection.parts`).
+
+Public and stable: :func:`build`, :func:`copy`, :func:`load`, :func:`search`, :class:`Table`
+(``rows``, ``index``), :func:`bounds_url`, :func:`part_bits`.
 """
 
 from __future__ import annotations
@@ -23,95 +32,194 @@ import numpy as np
 from htools import storage
 from htools.selection.values import local_copy
 
-CHUNK = 1 << 21  # digests sorted in memory at once (32 MiB of digests)
+CHUNK = 1 << 22  # digests sorted in memory at once (64 MiB of digests)
 PARTS = 256  # local files of a list larger than one chunk, by the digest's top byte
 COPY = 1 << 20
+PART_ROWS = 256  # rows of a partition (4 KiB): what a partitioned lookup fetches at once
+MAX_BITS = 24  # at most 2^24 partitions (128 MiB of bounds); past 4.3e9 values they grow
+Halves = tuple[np.ndarray, np.ndarray]  # (hi, lo) uint64 arrays
 
 
-def _halves(buf: bytearray | bytes) -> tuple[np.ndarray, np.ndarray]:
-    pairs = np.frombuffer(buf, dtype=">u8").reshape(-1, 2)
+def _halves(block: bytes | bytearray | Halves) -> Halves:
+    """A block of digests as (hi, lo): 16-byte big-endian digests back to back, or
+    (hi, lo) arrays already."""
+    if not isinstance(block, (bytes, bytearray)):
+        return np.asarray(block[0], np.uint64), np.asarray(block[1], np.uint64)
+    pairs = np.frombuffer(block, dtype=">u8").reshape(-1, 2)
     return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
 
 
-def _sorted_distinct(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((lo, hi))
-    hi, lo = hi[order], lo[order]
-    if len(hi) > 1:
+def _sorted_distinct(halves: list[np.ndarray]) -> Halves:
+    """``[hi, lo]`` (the list emptied, so that each array is freed once sorted: peak
+    memory 32 bytes a digest) sorted by (hi, lo), repeats removed: one argsort of the
+    high halves, and a lexsort of only the rows whose high half repeats."""
+    order = np.argsort(halves[0])
+    hi = halves.pop(0)[order]
+    lo = halves.pop(0)[order]
+    del order
+    tie = np.flatnonzero(hi[1:] == hi[:-1])
+    if len(tie):
+        rows = np.union1d(tie, tie + 1)  # runs of one high half, each contiguous
+        sub = np.lexsort((lo[rows], hi[rows]))
+        lo[rows] = lo[rows][sub]
         keep = np.ones(len(hi), dtype=bool)
-        keep[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        keep[tie + 1] = lo[tie + 1] != lo[tie]
         hi, lo = hi[keep], lo[keep]
     return hi, lo
 
 
-def build(digests: Iterable[bytes], url: str, options: dict | None) -> tuple[int, str]:
-    """Write the table of ``digests`` (blocks of one or more 16-byte digests, any
-    order, repeats allowed) to ``url``; returns (distinct digests, the table's own
-    digest)."""
+def build(digests: Iterable[bytes | Halves], url: str, options: dict | None
+          ) -> tuple[int, str]:
+    """Write the table of ``digests`` (blocks of digests, any order, repeats allowed:
+    16-byte big-endian digests back to back, or (hi, lo) uint64 arrays) to ``url``;
+    returns (distinct digests, the table's own digest).  Up to ``CHUNK`` digests are
+    sorted in memory; more are cut by their top byte into ``PARTS`` local files."""
     folder = tempfile.mkdtemp(prefix="htools-select-")
     try:
-        buf = bytearray()
-        parts: list | None = None
-        for d in digests:
-            buf += d
-            if len(buf) >= 16 * CHUNK:
-                parts = parts or [open(os.path.join(folder, f"p{i}"), "wb")
-                                  for i in range(PARTS)]
-                _spread(buf, parts)
-                buf = bytearray()
-        his = os.path.join(folder, "hi")
-        los = os.path.join(folder, "lo")
-        n = 0
-        with open(his, "wb") as fh, open(los, "wb") as fl:
-            if parts is None:
-                n = _append(_sorted_distinct(*_halves(buf)), fh, fl)
-            else:
-                _spread(buf, parts)
-                for i, p in enumerate(parts):
-                    p.close()
-                    with open(p.name, "rb") as f:
-                        n += _append(_sorted_distinct(*_halves(f.read())), fh, fl)
-                    os.remove(p.name)
-        return n, _write(url, options, his, los)
+        chunk = [np.empty(CHUNK, np.uint64), np.empty(CHUNK, np.uint64)]  # pages as filled
+        count, parts = 0, None
+        for block in digests:
+            hi, lo = _halves(block)
+            while len(hi):
+                take = min(len(hi), CHUNK - count)
+                chunk[0][count:count + take] = hi[:take]
+                chunk[1][count:count + take] = lo[:take]
+                count += take
+                hi, lo = hi[take:], lo[take:]
+                if count == CHUNK:
+                    parts = parts or [open(os.path.join(folder, f"p{i}"), "wb")
+                                      for i in range(PARTS)]
+                    _spread((chunk[0], chunk[1]), parts)
+                    count = 0
+        if parts is None:
+            hi, lo = _sorted_distinct([chunk.pop(0)[:count], chunk.pop(0)[:count]])
+            _write_bounds(url, options, hi)
+            return len(hi), _write(url, options, [hi.astype("<u8", copy=False),
+                                                  lo.astype("<u8", copy=False)])
+        _spread((chunk[0][:count], chunk[1][:count]), parts)
+        del chunk
+        return _merge_parts(parts, folder, url, options)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _spread(buf: bytearray, parts: list) -> None:
-    top = np.frombuffer(buf, dtype=np.uint8)[::16]
-    rows = np.frombuffer(buf, dtype="V16")
+def _merge_parts(parts: list, folder: str, url: str, options: dict | None
+                 ) -> tuple[int, str]:
+    """Sort each part on its own (digests are uniform: no merge) into two local files
+    (high halves, low halves), then write them as the table."""
+    his, los = os.path.join(folder, "hi"), os.path.join(folder, "lo")
+    n = 0
+    with open(his, "wb") as fh, open(los, "wb") as fl:
+        for p in parts:
+            p.close()
+            pairs = np.fromfile(p.name, dtype=np.uint64).reshape(-1, 2)
+            hi, lo = _sorted_distinct([pairs[:, 0].copy(), pairs[:, 1].copy()])
+            del pairs
+            fh.write(hi.astype("<u8").tobytes())
+            fl.write(lo.astype("<u8").tobytes())
+            n += len(hi)
+            os.remove(p.name)
+    _write_bounds(url, options, np.memmap(his, dtype="<u8", mode="r") if n else
+                  np.zeros(0, np.uint64))
+    return n, _write(url, options, [his, los])
+
+
+def _spread(halves: Halves, parts: list) -> None:
+    hi, lo = halves
+    top = (hi >> np.uint64(56)).astype(np.uint8)
     order = np.argsort(top, kind="stable")
     bounds = np.searchsorted(top[order], np.arange(PARTS + 1))
+    rows = np.stack([hi[order], lo[order]], axis=1)
     for i in range(PARTS):
         a, b = bounds[i], bounds[i + 1]
         if b > a:
-            parts[i].write(rows[order[a:b]].tobytes())
+            parts[i].write(rows[a:b].tobytes())
 
 
-def _append(halves: tuple[np.ndarray, np.ndarray], fh, fl) -> int:
-    hi, lo = halves
-    fh.write(hi.astype("<u8").tobytes())
-    fl.write(lo.astype("<u8").tobytes())
-    return len(hi)
-
-
-def _write(url: str, options: dict | None, *paths: str) -> str:
+def _write(url: str, options: dict | None, pieces: list) -> str:
+    """Write ``pieces`` (arrays, or local files) one after the other to ``url``;
+    returns the digest of the bytes written."""
     h = hashlib.blake2b(digest_size=16)
     with storage.open_write(url, options) as out:
-        for path in paths:
-            with open(path, "rb") as f:
+        for piece in pieces:
+            if isinstance(piece, np.ndarray):
+                data = memoryview(piece).cast("B")
+                for a in range(0, len(data), COPY * 16):
+                    h.update(data[a:a + COPY * 16])
+                    out.write(data[a:a + COPY * 16])
+                continue
+            with open(piece, "rb") as f:
                 while chunk := f.read(COPY):
                     h.update(chunk)
                     out.write(chunk)
     return h.hexdigest()
 
 
+def bounds_url(url: str) -> str:
+    """The table's partition bounds, beside it."""
+    return url + ".bounds"
+
+
+def part_bits(n: int) -> int:
+    """Top bits of the high half that name a table's partition: about ``PART_ROWS``
+    rows (4 KiB) a partition."""
+    return max(0, min(MAX_BITS, int(np.ceil(np.log2(max(1, n / PART_ROWS))))))
+
+
+def _write_bounds(url: str, options: dict | None, hi: np.ndarray) -> None:
+    """``bounds[p]`` = the first row of partition ``p`` (rows whose high half's top
+    ``part_bits(n)`` bits are ``p``); ``2^bits + 1`` little-endian int64."""
+    bits = part_bits(len(hi))
+    edges = np.arange(2 ** bits, dtype=np.uint64) << np.uint64(64 - bits) if bits else \
+        np.zeros(1, np.uint64)
+    bounds = np.append(np.searchsorted(hi, edges), len(hi))  # the last edge: 2^64
+    with storage.open_write(bounds_url(url), options) as out:
+        out.write(bounds.astype("<i8").tobytes())
+
+
+def search(hi: np.ndarray, lo: np.ndarray, qhi: np.ndarray, qlo: np.ndarray,
+           present: np.ndarray | None = None) -> np.ndarray:
+    """The row of each digest (``qhi``, ``qlo``) in the sorted (``hi``, ``lo``), or -1
+    (also where ``present`` is False): one binary search over the high halves for all."""
+    n = len(hi)
+    out = np.full(len(qhi), -1, dtype=np.int64)
+    if not n or not len(qhi):
+        return out
+    order = np.argsort(qhi)  # queries in order: each search starts where the last ended
+    i = np.empty(len(qhi), dtype=np.int64)
+    i[order] = np.searchsorted(hi, qhi[order])
+    j = np.minimum(i, n - 1)
+    found = (i < n) & (hi[j] == qhi)
+    if present is not None:
+        found &= present
+    exact = found & (lo[j] == qlo)
+    out[exact] = i[exact]
+    for k in np.flatnonzero(found & ~exact):  # only where two listed values share a high half
+        r = int(i[k]) + 1
+        while r < n and hi[r] == qhi[k]:
+            if lo[r] == qlo[k]:
+                out[k] = r
+                break
+            r += 1
+    return out
+
+
+def copy(path: str, url: str, options: dict | None) -> None:
+    """Put the table built at the local ``path`` (and its bounds) at ``url``."""
+    for src, dst in ((path, url), (bounds_url(path), bounds_url(url))):
+        with open(src, "rb") as f, storage.open_write(dst, options) as out:
+            shutil.copyfileobj(f, out, COPY)
+
+
 class Table:
-    """A memory-mapped table: ``index(digest)`` is its row, or -1."""
+    """A table read whole into memory (it fits the worker's budget; read, not mapped:
+    a memory map's first touches page-faulted in every binary search, 3 us a sample
+    over a shard): ``index(digest)`` is its row, or -1."""
 
     def __init__(self, path: str):
         n = os.path.getsize(path) // 16
-        mm = np.memmap(path, dtype="<u8", mode="r") if n else np.zeros(0, dtype="<u8")
-        self.hi, self.lo, self.n = mm[:n], mm[n:], n
+        data = np.fromfile(path, dtype="<u8") if n else np.zeros(0, dtype="<u8")
+        self.hi, self.lo, self.n = data[:n], data[n:], n
 
     def index(self, d: bytes) -> int:
         pairs = np.frombuffer(d, dtype=">u8").reshape(1, 2).astype(np.uint64)
@@ -119,39 +227,28 @@ class Table:
 
     def rows(self, pairs: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
         """The row of each digest of ``pairs`` ((n, 2) uint64: high, low), or -1 (also
-        where ``present`` is False): one binary search over the high halves for all."""
-        hi, lo = pairs[:, 0], pairs[:, 1]
-        out = np.full(len(hi), -1, dtype=np.int64)
-        if not self.n or not len(hi):
-            return out
-        i = np.searchsorted(self.hi, hi)
-        j = np.minimum(i, self.n - 1)
-        found = (i < self.n) & (self.hi[j] == hi)
-        if present is not None:
-            found &= present
-        exact = found & (self.lo[j] == lo)
-        out[exact] = i[exact]
-        for k in np.flatnonzero(found & ~exact):  # only where two listed values share a high half
-            r = int(i[k]) + 1
-            while r < self.n and self.hi[r] == hi[k]:
-                if self.lo[r] == lo[k]:
-                    out[k] = r
-                    break
-                r += 1
-        return out
+        where ``present`` is False)."""
+        return search(self.hi, self.lo, pairs[:, 0], pairs[:, 1], present)
 
 
 KEPT = 2  # tables a worker process keeps mapped (the jobs it serves at once)
 _TABLES: dict[tuple[str, str], tuple[Table, ExitStack]] = {}
 
 
-def load(url: str, digest: str, options: dict | None) -> Table:
-    """The table at ``url``, fetched and mapped once per process (keyed by its digest);
-    the oldest of more than ``KEPT`` tables is unmapped and its local copy removed."""
+def load(url: str, digest: str, options: dict | None, budget: int = 0, n: int = 0):
+    """The table at ``url``, once per process (keyed by its digest): fetched whole and
+    memory-mapped when its ``16 n`` bytes fit ``budget`` (0: always), else looked up
+    by partition (:class:`~htools.selection.parts.PartTable`, at most ``budget`` bytes
+    of it held); the oldest of more than ``KEPT`` tables is let go."""
     key = (url, digest)
     if key not in _TABLES:
         held = ExitStack()
-        table = Table(held.enter_context(local_copy(url, options)))
+        if budget and 16 * n > budget:
+            from htools.selection.parts import PartTable
+
+            table = PartTable(url, n, budget, options)
+        else:
+            table = Table(held.enter_context(local_copy(url, options)))
         _TABLES[key] = (table, held)
         while len(_TABLES) > KEPT:
             _TABLES.pop(next(iter(_TABLES)))[1].close()

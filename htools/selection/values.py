@@ -1,53 +1,59 @@
-"""Values as 128-bit digests: the list's values (text or parquet, streamed) and a
-sample's value (a field's bytes, a trailing newline ignored, or a top-level member of a
-JSON field as its string form).
+"""Values as 128-bit digests: the list's values (text or parquet, streamed, digested a
+chunk at a time with no Python object per value) and a sample's value (a field's bytes,
+a trailing newline ignored, or a top-level member of a JSON field as its string form).
 
-A value is its blake2b-128 digest: two different values share one with probability
-2^-128, so over 10^9 listed values and 10^11 looked-up values the chance that any
-sample is matched by another value's digest is below 10^20 / 2^128 ~ 3e-19.
+The digest is the job's keyed universal hash (:mod:`htools.selection.digest`: the
+collision figure is there): a list is built and looked up with one key, drawn per job.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 
 from htools import storage
 from htools.errors import hide_credentials
+from htools.selection.digest import DEFAULT_KEY, PAD, hash_spans, hash_values
 from htools.selection.spec import Selection, SelectionError
 from htools.storage.local import local_path
 
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 20  # bytes of text a thread digests at once (its temporaries: ~12x)
 PARQUET_BATCH = 65536
+THREADS = 2  # threads digesting a list's pieces on the client
+Digests = tuple[np.ndarray, np.ndarray]  # (hi, lo) uint64 halves of n digests
 
 
-def digest(value: bytes) -> bytes:
-    return hashlib.blake2b(value, digest_size=16).digest()
+def digest(value: bytes, key: str = DEFAULT_KEY) -> bytes:
+    """One value's digest as 16 bytes (high half, then low, big-endian)."""
+    hi, lo = hash_values([value], key)
+    return np.stack([hi, lo], axis=1).astype(">u8").tobytes()
 
 
-NONE = bytes(16)  # a missing value's place in a batch of digests (never looked up)
-
-
-def digests(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+def digests(values: list[bytes | None], key: str = DEFAULT_KEY,
+            strip_newline: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The digests of ``values`` in one pass, as an (n, 2) array of the (high, low)
-    uint64 halves, and which values are present (not None)."""
-    blake = hashlib.blake2b
-    raw = b"".join([NONE if v is None else blake(v, digest_size=16).digest() for v in values])
-    pairs = np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    return pairs, np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    uint64 halves (zeros where a value is None), and which values are present;
+    ``strip_newline``: of each value without its trailing newline."""
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    pairs = np.zeros((len(values), 2), dtype=np.uint64)
+    if present.any():
+        hi, lo = hash_values([v for v in values if v is not None], key, strip_newline)
+        pairs[present, 0], pairs[present, 1] = hi, lo
+    return pairs, present
 
 
-def digest_block(values: list[bytes]) -> bytes:
-    """The digests of ``values`` back to back (16 bytes each)."""
-    blake = hashlib.blake2b
-    return b"".join([blake(v, digest_size=16).digest() for v in values])
+def digest_block(values: list[bytes], key: str = DEFAULT_KEY) -> bytes:
+    """The digests of ``values`` back to back (16 bytes each, as :func:`digest`)."""
+    hi, lo = hash_values(values, key)
+    return np.stack([hi, lo], axis=1).astype(">u8").tobytes()
 
 
 def string_form(v) -> bytes | None:
@@ -63,6 +69,13 @@ def string_form(v) -> bytes | None:
     if isinstance(v, (int, float)):
         return json.dumps(v).encode()
     return json.dumps(v, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def field_values(batch: list[dict], field: str) -> list[bytes | None]:
+    """Each sample's ``field`` as bytes (None: missing), as :func:`sample_value` before
+    its trailing newline is cut (:func:`digests` cuts it)."""
+    values = [s.get(field) for s in batch]
+    return [v.encode("utf-8") if v.__class__ is str else v for v in values]
 
 
 def sample_value(sample: dict, sel: Selection) -> bytes | None:
@@ -98,36 +111,16 @@ def local_copy(url: str, options: dict | None) -> Iterator[str]:
 
 
 def list_values(sel: Selection, options: dict | None) -> Iterator[bytes]:
-    """Every value of the list, streamed (duplicates included)."""
-    for block in list_blocks(sel, options):
-        yield from block
-
-
-def list_blocks(sel: Selection, options: dict | None) -> Iterator[list[bytes]]:
-    """The list's values a block at a time (about ``READ_CHUNK`` bytes of text or
-    ``PARQUET_BATCH`` rows), in order, duplicates included."""
+    """Every value of the list, streamed (duplicates included): what the digests of
+    :func:`list_digests` are of, as Python objects (for tests and small lists)."""
     if sel.is_parquet:
-        yield from _parquet_blocks(sel, options)
-    else:
-        yield from _text_blocks(sel, options)
-
-
-def _text_blocks(sel: Selection, options: dict | None) -> Iterator[list[bytes]]:
-    with storage.open_read(sel.source, options) as f:
-        tail = b""
-        line_no = 0
-        while True:
-            chunk = f.read(READ_CHUNK)
-            data = tail + chunk
-            lines = data.split(b"\n")
-            tail = lines.pop() if chunk else b""
-            if b"\r" in data:
-                lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-            _check_utf8(sel, lines, line_no)
-            line_no += len(lines)
-            yield [ln for ln in lines if ln]
-            if not chunk:
-                return
+        for col in _parquet_columns(sel, options):
+            yield from (b for b in map(string_form, col.to_pylist()) if b is not None)
+        return
+    for body in _text_pieces(sel, options):
+        buf = np.frombuffer(body, dtype=np.uint8)
+        for a, b in zip(*_lines(buf, len(body))):
+            yield body[a:b]
 
 
 def _check_utf8(sel: Selection, lines: list[bytes], before: int) -> None:
@@ -143,7 +136,67 @@ def _check_utf8(sel: Selection, lines: list[bytes], before: int) -> None:
                                      f"{before + i + 1} is not UTF-8") from None
 
 
-def _parquet_blocks(sel: Selection, options: dict | None) -> Iterator[list[bytes]]:
+def list_digests(sel: Selection, options: dict | None, key: str,
+                 threads: int = THREADS) -> Iterator[Digests]:
+    """The digests of the list's values, a chunk at a time (duplicates included), on
+    ``threads`` threads (numpy releases the GIL: the client's cores, idle while it
+    builds the table, share the hashing)."""
+    if sel.is_parquet:
+        pieces, fn = _parquet_columns(sel, options), _column_digests
+    else:
+        pieces, fn = _text_pieces(sel, options), _text_digests
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for piece in pieces:
+            pending.append(pool.submit(fn, piece, key))
+            if len(pending) > 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _text_pieces(sel: Selection, options: dict | None) -> Iterator[bytes]:
+    """The text list in pieces of whole lines (about ``READ_CHUNK`` bytes), each
+    checked to be UTF-8."""
+    with storage.open_read(sel.source, options) as f:
+        tail = b""
+        line_no = 0
+        while True:
+            chunk = f.read(READ_CHUNK)
+            data = tail + chunk
+            cut = data.rfind(b"\n") if chunk else len(data)
+            if cut < 0:
+                tail = data
+                continue
+            body, tail = data[:cut], data[cut + 1:]
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                _check_utf8(sel, body.split(b"\n"), line_no)
+            line_no += body.count(b"\n") + 1
+            yield body
+            if not chunk:
+                return
+
+
+def _text_digests(body: bytes, key: str) -> Digests:
+    buf = np.frombuffer(body + PAD, dtype=np.uint8)
+    return hash_spans(buf, *_lines(buf, len(body)), key)
+
+
+def _lines(buf: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (start, end) of each non-blank line of ``buf[:size]`` (a trailing CR cut)."""
+    nl = np.flatnonzero(buf[:size] == 10)
+    starts = np.concatenate([[0], nl + 1])
+    ends = np.concatenate([nl, [size]])
+    cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
+    ends = ends - cr
+    keep = ends > starts
+    return starts[keep], ends[keep]
+
+
+def _parquet_columns(sel: Selection, options: dict | None) -> Iterator:
+    """The list's column, a batch of ``PARQUET_BATCH`` rows at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -151,13 +204,29 @@ def _parquet_blocks(sel: Selection, options: dict | None) -> Iterator[list[bytes
         try:
             pf = pq.ParquetFile(path)
             for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=[sel.column]):
-                col = batch.column(0)
-                if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                    col = col.cast(pa.binary() if pa.types.is_string(col.type)
-                                   else pa.large_binary())
-                    yield [v for v in col.to_pylist() if v is not None]
-                else:
-                    yield [b for b in map(string_form, col.to_pylist()) if b is not None]
+                yield batch.column(0)
         except (OSError, ValueError, pa.ArrowException) as e:
             raise SelectionError(f"{sel.flag} {hide_credentials(sel.source)}: cannot read "
                                  f"column {sel.column!r}: {e}") from None
+
+
+def _column_digests(col, key: str) -> Digests:
+    """A parquet column's digests: binary and string columns from their buffers (no
+    Python object per value), other types by their string form."""
+    import pyarrow as pa
+
+    kinds = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}
+    if col.type in kinds:
+        col = col.cast(kinds[col.type])
+    if col.type not in (pa.binary(), pa.large_binary()):
+        return hash_values([b for b in map(string_form, col.to_pylist()) if b is not None],
+                           key)
+    col = col.drop_null() if col.null_count else col
+    if not len(col):
+        return hash_values([], key)
+    _, offsets, data = col.buffers()
+    width = np.int64 if col.type == pa.large_binary() else np.int32
+    offs = np.frombuffer(offsets, dtype=width)[col.offset:col.offset + len(col) + 1]
+    body = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    buf = np.concatenate([body[:int(offs[-1])], np.zeros(len(PAD), np.uint8)])
+    return hash_spans(buf, offs[:-1].astype(np.int64), offs[1:].astype(np.int64), key)

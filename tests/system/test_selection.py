@@ -234,3 +234,63 @@ def test_htupload_keep_from_tar_shards(tmp_path):
                tmp_path / "keep.txt")
     assert proc.returncode != 0 and "not of a directory" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_resume_with_an_edited_list_is_refused(tmp_path):
+    from helpers import make_shards
+
+    make_shards(tmp_path / "in", shards=2, per_shard=4)
+    (tmp_path / "s.py").write_text("def process_sample(s):\n    return s\n")
+    (tmp_path / "keep.txt").write_text("a\nb\n")
+    args = ("htmapper", "-p", tmp_path / "s.py", tmp_path / "in" / "data-@2.tar",
+            tmp_path / "out" / "o-@2.tar", "--keep", tmp_path / "keep.txt", "--workers", "1")
+    ok(run(*args))
+    made = json.loads((tmp_path / "out" / "o.index.json").read_text())["lineage"]
+    assert len(made["options"]["list_digest"]) == 16
+    (tmp_path / "out" / "o-1.tar").unlink()
+    ok(run(*args, "--resume"))  # the same list: resumed
+    (tmp_path / "out" / "o-1.tar").unlink()
+    (tmp_path / "keep.txt").write_text("a\nc\n")  # edited in place, same name
+    proc = run(*args, "--resume")
+    assert proc.returncode == 1 and "list content changed: " in proc.stderr, proc.stderr
+    assert not (tmp_path / "out" / "o-1.tar").exists()
+
+
+def test_a_list_larger_than_the_budget_is_looked_up_by_partition(tmp_path, monkeypatch):
+    from htools import extract
+    from htools.selection import job
+
+    samples = make_uid_shards(tmp_path / "in")
+    picked, _ = _uid_lists(tmp_path, samples)
+    args = dict(fields="__key__,json", keep=str(tmp_path / "keep.txt"), select_by="json:uid",
+                workers=1)
+    whole = extract(str(tmp_path / "in/d-{0..2}.tar"), **args)
+    monkeypatch.setattr(job, "BUDGET", 256)  # the table: 16 * 61 bytes
+    parts = extract(str(tmp_path / "in/d-{0..2}.tar"), **args)
+    assert list(parts["__key__"]) == list(whole["__key__"])
+    assert {json.loads(j)["uid"] for j in parts["json"]} == picked
+    assert parts.summary.extra["selection"] == whole.summary.extra["selection"]
+    assert any("by partition" in n for n in parts.summary.notes), parts.summary.notes
+
+
+@pytest.mark.timeout(600)
+def test_bench_selection_quick_rows(tmp_path):
+    """bench_selection.py's rows for the suite, at toy sizes: every case runs and its
+    numbers parse (no speed asserted)."""
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import bench_selection
+    finally:
+        sys.path.remove(str(bench))
+
+    def row(name, ours, base, goal, mb, mem=None, base_mem=None):
+        return {"operation": name, "ratio": base / ours, "goal": goal, "mem": mem}
+
+    rows = bench_selection.rows(str(tmp_path), True, row)
+    assert [r["operation"].split(" ")[0] for r in rows] == ["htmapper", "htshuffle"]
+    assert "20,000-key --keep list" in rows[0]["operation"]
+    assert all(r["ratio"] > 0 for r in rows) and rows[0]["mem"] > 0
