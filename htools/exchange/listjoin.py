@@ -137,7 +137,8 @@ def tagged(samples: Iterator[dict], sel: Selection, result: ShardResult, url: st
                                     f"{sel.flag} --select-by {sel.by}", e)
                 good.append((None, ordinal, None))
             ordinal += 1
-        raw = digest_block([v for s, _o, v in good if s is not None and v is not None])
+        raw = digest_block([v for s, _o, v in good if s is not None and v is not None],
+                           sel.key)
         at = 0
         for s, o, v in good:
             if s is None:
