@@ -106,34 +106,40 @@ class _Shards(list):
 
 def encode(doc: dict) -> bytes:
     """An index document as its file holds it: ``json.dumps(doc, indent=1,
-    ensure_ascii=False)`` and a newline, in UTF-8, joined a MiB at a time (dumps()
-    would first hold every small piece of the text at once)."""
-    parts: list[bytes] = []
+    ensure_ascii=False)`` and a newline, in UTF-8."""
+    return b"".join(encode_chunks(doc))
+
+
+def encode_chunks(doc: dict) -> Iterator[bytes]:
+    """:func:`encode`'s bytes, a MiB at a time (dumps() would first hold every small
+    piece of the text at once, and the whole text after: 400 bytes a shard twice)."""
     pending: list[str] = []
     held = 0
     for chunk in json.JSONEncoder(indent=1, ensure_ascii=False).iterencode(doc):
         pending.append(chunk)
         held += len(chunk)
         if held >= 1 << 20:
-            parts.append("".join(pending).encode("utf-8"))
+            yield "".join(pending).encode("utf-8")
             pending, held = [], 0
     pending.append("\n")
-    parts.append("".join(pending).encode("utf-8"))
-    return b"".join(parts)
+    yield "".join(pending).encode("utf-8")
 
 
 def write(doc: dict, url: str, options: dict | None) -> int:
-    """Write an index document atomically; returns its size.  The body is in memory, so a
-    transient failure (a 503 at the commit) is replayed with the storage retry policy's
-    backoff."""
-    data = encode(doc)
+    """Write an index document atomically, encoded as it is written (never held whole);
+    returns its size.  A transient failure (a 503 at the commit) writes it again, encoded
+    afresh (a lazy shard list gives its entries again), after the storage retry
+    policy's backoff."""
     proto = storage.protocol(url)
     delays = retry_policy(storage.resolve_options(options).get(proto)).delays()
     while True:
         try:
+            size = 0
             with storage.open_write(url, options) as out:
-                out.write(data)
-            return len(data)
+                for data in encode_chunks(doc):
+                    out.write(data)
+                    size += len(data)
+            return size
         except StorageError as e:
             delay = next(delays, None)
             if not e.transient or delay is None:
@@ -215,9 +221,9 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
     url = index_url(outset)
     written = summary.written if isinstance(summary.written, Written) \
         else Written(summary.written)
-    at = written.positions()  # output -> its entry in `written`
+    at = written.order(outputs)  # each output's entry in `written`, or -1
     fresh: dict[str, dict] = {}  # entries of outputs this run did not write (resumed)
-    missing = [u for u in outputs if u not in at]
+    missing = [u for u, i in zip(outputs, at) if i < 0]
     if missing:
         if previous is None:
             previous = read_index(url, options)
@@ -231,8 +237,8 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
     name = url.rsplit("/", 1)[-1].removesuffix(".index.json")
 
     def entries() -> Iterator[dict]:
-        for u in outputs:
-            yield fresh[u] if u in fresh else written.entry(at[u])
+        for u, i in zip(outputs, at):
+            yield written.entry(i) if i >= 0 else fresh[u]
 
     doc = build(entries, url, name)
     if made is not None:
