@@ -18,6 +18,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from htools.summary import compact
+
 STOP_WAIT = 60.0  # seconds Ctrl-C waits for this job's running tasks to end
 PACK_ITEMS = 16  # a call with a list (or tuple) argument this long travels packed
 
@@ -49,7 +51,17 @@ def call(fn: Callable, kwargs: dict | bytes, delay: float = 0.0) -> Any:
         time.sleep(delay)
     if isinstance(kwargs, bytes):
         kwargs = pickle.loads(zlib.decompress(kwargs))
-    return fn(**kwargs)
+    return compacted(fn(**kwargs))
+
+
+def compacted(value: Any) -> Any:
+    """A task's result dicts (alone, in a list, a group's lists) as they travel back:
+    :func:`htools.summary.compact` (the run loop expands them)."""
+    if isinstance(value, dict) and "status" in value:
+        return compact(value)
+    if isinstance(value, list):
+        return [compacted(v) for v in value]
+    return value
 
 
 def pack(kwargs: dict) -> dict | bytes:
