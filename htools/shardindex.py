@@ -106,34 +106,40 @@ class _Shards(list):
 
 def encode(doc: dict) -> bytes:
     """An index document as its file holds it: ``json.dumps(doc, indent=1,
-    ensure_ascii=False)`` and a newline, in UTF-8, joined a MiB at a time (dumps()
-    would first hold every small piece of the text at once)."""
-    parts: list[bytes] = []
+    ensure_ascii=False)`` and a newline, in UTF-8."""
+    return b"".join(encode_chunks(doc))
+
+
+def encode_chunks(doc: dict) -> Iterator[bytes]:
+    """:func:`encode`'s bytes, a MiB at a time (dumps() would first hold every small
+    piece of the text at once, and the whole text after: 400 bytes a shard twice)."""
     pending: list[str] = []
     held = 0
     for chunk in json.JSONEncoder(indent=1, ensure_ascii=False).iterencode(doc):
         pending.append(chunk)
         held += len(chunk)
         if held >= 1 << 20:
-            parts.append("".join(pending).encode("utf-8"))
+            yield "".join(pending).encode("utf-8")
             pending, held = [], 0
     pending.append("\n")
-    parts.append("".join(pending).encode("utf-8"))
-    return b"".join(parts)
+    yield "".join(pending).encode("utf-8")
 
 
 def write(doc: dict, url: str, options: dict | None) -> int:
-    """Write an index document atomically; returns its size.  The body is in memory, so a
-    transient failure (a 503 at the commit) is replayed with the storage retry policy's
-    backoff."""
-    data = encode(doc)
+    """Write an index document atomically, encoded as it is written (never held whole);
+    returns its size.  A transient failure (a 503 at the commit) writes it again, encoded
+    afresh (a lazy shard list gives its entries again), after the storage retry
+    policy's backoff."""
     proto = storage.protocol(url)
     delays = retry_policy(storage.resolve_options(options).get(proto)).delays()
     while True:
         try:
+            size = 0
             with storage.open_write(url, options) as out:
-                out.write(data)
-            return len(data)
+                for data in encode_chunks(doc):
+                    out.write(data)
+                    size += len(data)
+            return size
         except StorageError as e:
             delay = next(delays, None)
             if not e.transient or delay is None:
@@ -151,7 +157,7 @@ def lineage_url(outset: OutputSet) -> str:
 def recorded_lineage(outset: OutputSet, options: dict | None) -> tuple[dict | None, bool]:
     """The lineage recorded beside ``outset`` -- the index's, else the one a failed job
     left in :func:`lineage_url` -- and whether that failed job's record exists."""
-    old = (read_index(index_url(outset), options) or {}).get("lineage")
+    old = read_lineage(index_url(outset), options)
     partial = read_index(lineage_url(outset), options)
     if not isinstance(old, dict) and partial is not None:
         old = partial.get("lineage")
@@ -195,13 +201,13 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     ``--resume-any``) get a note."""
     if opts.dry_run or any(storage.is_stream(u) for u in outputs):
         return engine.finish(summary, opts)
-    previous, partial = None, False
+    previous, old, partial = None, None, False
     if opts.resume or opts.overwrite:
-        previous = read_index(index_url(outset), opts.storage_options)
         old, partial = recorded_lineage(outset, opts.storage_options)
+    if opts.resume and summary.shards_skipped:  # their entries come from the old index
+        previous = read_index(index_url(outset), opts.storage_options)
         if old is not None and not (previous or {}).get("lineage"):
             previous = {**(previous or {}), "lineage": old}
-    if opts.resume and summary.shards_skipped:
         note, mixed = _resume_note(previous, made, summary.shards_skipped)
         if note:
             summary.notes.append(note)
@@ -259,9 +265,9 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
     url = index_url(outset)
     written = summary.written if isinstance(summary.written, Written) \
         else Written(summary.written)
-    at = written.positions()  # output -> its entry in `written`
+    at = written.order(outputs)  # each output's entry in `written`, or -1
     fresh: dict[str, dict] = {}  # entries of outputs this run did not write (resumed)
-    missing = [u for u in outputs if u not in at]
+    missing = [u for u, i in zip(outputs, at) if i < 0]
     if missing:
         if previous is None:
             previous = read_index(url, options)
@@ -275,8 +281,8 @@ def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,
     name = url.rsplit("/", 1)[-1].removesuffix(".index.json")
 
     def entries() -> Iterator[dict]:
-        for u in outputs:
-            yield fresh[u] if u in fresh else written.entry(at[u])
+        for u, i in zip(outputs, at):
+            yield written.entry(i) if i >= 0 else fresh[u]
 
     doc = build(entries, url, name)
     if made is not None:
@@ -302,6 +308,33 @@ def read_index(url: str, options: dict | None) -> dict | None:
     except (StorageError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+LINEAGE_TAIL = 1 << 16  # bytes at the end of an index that hold its lineage
+
+
+def read_lineage(url: str, options: dict | None) -> dict | None:
+    """The lineage recorded in the index at ``url`` (None when none is): read from the
+    file's tail, where :func:`write_for_job` puts it (its last key), and only when that
+    is not found from the whole document -- an index of a million shards is 200 MB of
+    text and four times that parsed."""
+    try:
+        size = storage.size(url, options)
+        tail = storage.read_range(url, max(0, size - LINEAGE_TAIL), size, options)
+    except StorageError:
+        return None
+    at = tail.rfind(b'\n "lineage": ')
+    if at >= 0:
+        text = tail[at:].decode("utf-8", "replace")
+        start = text.index(":") + 1
+        try:
+            lineage, end = json.JSONDecoder().raw_decode(text, start + 1)
+        except ValueError:
+            lineage, end = None, 0
+        if isinstance(lineage, dict) and text[end:].strip() == "}":
+            return lineage
+    old = (read_index(url, options) or {}).get("lineage")
+    return old if isinstance(old, dict) else None
 
 
 def _previous_entries(doc: dict | None, url: str, outputs: list[str],

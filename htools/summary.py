@@ -26,6 +26,7 @@ from typing import Any
 from htools import summary_view
 from htools.errors import TooManyErrors, hide_credentials
 from htools.naming import index_entry
+from htools.written import Written
 
 MAX_LISTED_ERRORS = 100
 MAX_LISTED_FAILURES = 100
@@ -133,70 +134,22 @@ def _hide(value: str | list[str]) -> str | list[str]:
     return hide_credentials(value) if isinstance(value, str) else [hide_credentials(v) for v in value]
 
 
-class Written:
-    """The index entries of a job's outputs (``output``, ``nsamples``, ``filesize``,
-    ``sha256``, ``fields``), kept compact: a job of 100,000 shards keeps one each.
+_FRESH = ShardResult().as_dict()  # a result's values before its task changed any
 
-    ``append`` takes an entry dict, iterating gives them back as dicts, equal to those
-    appended.  Stored as a tuple each, the sha256 as its 32 bytes and the field counts
-    as a tuple beside a shared tuple of the field names (one per distinct set of names):
-    about a third of the dicts' memory."""
 
-    __slots__ = ("_rows", "_names")
+def compact(r: dict) -> dict:
+    """A result dict as it travels from its worker to the client: ``status`` and the
+    values a task changed (a result of one sample is about 150 bytes pickled, not 700:
+    a write task of 1,024 outputs returns them all at once)."""
+    return {k: v for k, v in r.items() if k == "status" or k not in _FRESH or v != _FRESH[k]}
 
-    def __init__(self, entries=()) -> None:
-        self._rows: list[tuple] = []
-        self._names: dict[tuple, tuple] = {}
-        for e in entries:
-            self.append(e)
 
-    def append(self, e: dict) -> None:
-        fields = e.get("fields") or {}
-        names = tuple(fields)
-        names = self._names.setdefault(names, names)
-        sha = digest = e["sha256"]
-        if isinstance(sha, str) and len(sha) == 64:
-            try:
-                digest = bytes.fromhex(sha)
-            except ValueError:
-                pass
-            else:
-                digest = digest if digest.hex() == sha else sha  # lower-case hex only
-        self._rows.append((e["output"], e["nsamples"], e["filesize"], digest, names,
-                           tuple(fields.values())))
-
-    def __iter__(self):
-        for row in self._rows:
-            yield self._entry(row)
-
-    def entry(self, i: int) -> dict:
-        """Entry number ``i`` (in the order appended)."""
-        return self._entry(self._rows[i])
-
-    def positions(self) -> dict[str, int]:
-        """Each output's entry number (the last one, for an output appended twice)."""
-        return {row[0]: i for i, row in enumerate(self._rows)}
-
-    @staticmethod
-    def _entry(row: tuple) -> dict:
-        output, nsamples, filesize, digest, names, counts = row
-        return {"output": output, "nsamples": nsamples, "filesize": filesize,
-                "sha256": digest.hex() if isinstance(digest, bytes) else digest,
-                "fields": dict(zip(names, counts))}
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __bool__(self) -> bool:
-        return bool(self._rows)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (Written, list)):
-            return list(self) == list(other)
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"Written({len(self._rows)} entries)"
+def expand(r: dict) -> dict:
+    """A :func:`compact` result whole again (as ``as_dict`` made it, keys in order)."""
+    out = dict(_FRESH)
+    out["errors"], out["extra"], out["fields"] = [], {}, {}  # its own, not shared
+    out.update(r)
+    return out
 
 
 @dataclass

@@ -31,7 +31,7 @@ from htools.options import RunOptions
 from htools.runtime.executors import Call, Done
 from htools.runtime.progress import progress_display
 from htools.storage.base import RetryPolicy, retry_policy
-from htools.summary import JobSummary, ShardResult
+from htools.summary import JobSummary, ShardResult, expand
 
 if TYPE_CHECKING:
     from htools.runtime.engine import Task
@@ -272,7 +272,8 @@ def results_of_group(done: Done) -> list[list[dict]] | None:
     dying (its tasks then run again, each alone)."""
     if done.error is not None:
         return None
-    return [r if isinstance(r, list) else [r] for r in done.value]
+    return [[expand(x) for x in r] if isinstance(r, list) else [expand(r)]
+            for r in done.value]
 
 
 def results_of(done: Done, task: Task) -> list[dict]:
@@ -281,7 +282,8 @@ def results_of(done: Done, task: Task) -> list[dict]:
     if done.error is not None:
         e = done.error
         return failed_all(task, f"{type(e).__name__}: {e}")
-    return done.value if isinstance(done.value, list) else [done.value]
+    return [expand(r) for r in done.value] if isinstance(done.value, list) \
+        else [expand(done.value)]
 
 
 def failed_all(task: Task, error: str) -> list[dict]:

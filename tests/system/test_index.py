@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from helpers import make_shards, ok, read_wds, run
 
 import htools
@@ -116,3 +117,23 @@ def test_a_big_index_is_encoded_entry_by_entry_as_dumps_would():
     assert json.loads(data) == eager and eager["totals"]["shards"] == 3001
     assert encode(build([], "/d/o.index.json", "o")) == \
         (json.dumps(build([], "/d/o.index.json", "o"), indent=1) + "\n").encode()
+
+
+def test_the_lineage_is_read_from_the_index_tail_without_parsing_its_shards(tmp_path,
+                                                                             monkeypatch):
+    from htools import shardindex
+    from htools.summary import Written
+
+    w = Written({"output": str(tmp_path / f"o-{i:05d}.tar"), "nsamples": 1, "filesize": 10,
+                 "sha256": f"{i:064x}", "fields": {"txt": 1}} for i in range(3000))
+    url = str(tmp_path / "o.index.json")
+    doc = shardindex.build(lambda: iter(w), url, "o")
+    doc["lineage"] = {"tool": "htshuffle", "options": {"seed": 3, "note": "a \"lineage\": x"}}
+    shardindex.write(doc, url, None)
+    assert (tmp_path / "o.index.json").stat().st_size > 4 * shardindex.LINEAGE_TAIL
+    monkeypatch.setattr(shardindex, "read_index", lambda *a: pytest.fail("parsed it all"))
+    assert shardindex.read_lineage(url, None) == doc["lineage"]
+    assert shardindex.read_lineage(str(tmp_path / "none.index.json"), None) is None
+    (tmp_path / "old.index.json").write_text('{"wids_version": 1, "shardlist": []}\n')
+    monkeypatch.undo()
+    assert shardindex.read_lineage(str(tmp_path / "old.index.json"), None) is None

@@ -159,6 +159,33 @@ def test_a_bounded_window_submitted_and_gathered_in_batches():
     assert len(client.maps) == client.gathers == 3  # 16 + 16 + 8: one map, one gather a turn
 
 
+def many_outputs_task(index: int, outputs: list[tuple[str, int]]) -> dict:
+    r = ShardResult(input=f"in-{index}.tar", samples_read=len(outputs),
+                    samples_mapped=len(outputs), samples_written=len(outputs),
+                    output=outputs[-1][0])
+    return r.as_dict()
+
+
+def test_a_long_argument_list_travels_packed_and_arrives_whole():
+    """What the scheduler keeps of a sent task (its message log) is one small bytes
+    object for a task of many shards, not their URLs as Python objects."""
+    from htools.runtime.executors import PACK_ITEMS, call, pack
+
+    small = {"index": 1, "outputs": [("o.tar", 0)] * (PACK_ITEMS - 1)}
+    assert pack(small) is small  # a short task goes as it is
+    outs = [(f"/data/out/shard-{j:06d}.tar", j) for j in range(2048)]
+    packed = pack({"index": 7, "outputs": outs})
+    assert isinstance(packed, bytes) and len(packed) < 8 * len(outs)
+    assert call(many_outputs_task, packed)["output"] == outs[-1][0]
+    client = FakeClient()  # and through the loop: each task's own arguments arrive
+    tasks = [Task(many_outputs_task, {"index": i, "outputs": outs[i:i + 100]},
+                  input=f"in-{i}.tar", output=outs[i + 99][0]) for i in range(20)]
+    got: dict[int, dict] = {}
+    _rl, s = loop(client, tasks, on_result=lambda i, r: got.setdefault(i, r))
+    assert s.ok and s.samples_read == 2000
+    assert all(got[i]["output"] == outs[i + 99][0] for i in range(20))
+
+
 def test_short_tasks_are_grouped_each_with_its_own_result():
     client = FakeClient()
     tasks = [Task(ok_task, {"index": i, "seconds": 0.001}, input=f"in-{i}.tar")

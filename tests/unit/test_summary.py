@@ -312,3 +312,22 @@ def test_merged_and_reduced_move_out_of_mapped_and_show_when_any():
     assert "10 dropped, 5 failed, 4 merged, 3 reduced;" in job.line()
     assert "4 merged, 3 reduced" in job._repr_html_()
     assert "merged" not in job_of([shard(read=3, mapped=3, dropped=0)]).line()
+
+
+def test_a_result_travels_compact_and_comes_back_whole():
+    import pickle
+
+    from htools.summary import compact, expand
+
+    r = ShardResult(input="/d/in-1.tar", output="/d/out-1.tar", samples_read=3,
+                    samples_mapped=3, samples_written=3, bytes_in=900, bytes_out=1024,
+                    sha256="ab" * 32, fields={"jpg": 3}).as_dict()
+    c = compact(r)
+    assert c["status"] == "ok" and "errors" not in c and "samples_failed" not in c
+    assert len(pickle.dumps(c)) < 0.75 * len(pickle.dumps(r))
+    back = expand(c)
+    assert back == r and list(back) == list(r)  # the same keys, in as_dict's order
+    a, b = expand({"status": "ok"}), expand({"status": "ok"})
+    a["extra"]["x"] = 1
+    a["errors"].append({})
+    assert b["extra"] == {} and b["errors"] == [] == ShardResult().as_dict()["errors"]
