@@ -37,9 +37,11 @@ def files(folder: Path) -> list[str]:
 
 
 def not_outputs(folder: Path) -> list[str]:
-    """Files under ``folder`` that are not completed ``.tar`` outputs."""
+    """Files under ``folder`` that are not completed ``.tar`` outputs (or the record of
+    who made them that a job that failed part-way leaves: ``STEM.lineage.json``)."""
     return [f for f in files(folder)
-            if not (f.endswith(".tar") and not os.path.basename(f).startswith("."))]
+            if not ((f.endswith(".tar") or f.endswith(".lineage.json"))
+                    and not os.path.basename(f).startswith("."))]
 
 
 def interrupt(cmd: list[str], ready: Callable[[], bool], env: dict[str, str],
@@ -297,7 +299,7 @@ def test_http_move_mode_failed_and_interrupted_jobs(tmp_path, nginx_server):
             f"{nginx_server.url}/{sub}/f-@4.tar", "--workers", "2", "--storage-options", opts)
     assert p.returncode == 1 and "bad sample" in p.stderr, p.stderr
     assert not_outputs(root) == []
-    assert sorted(f for f in files(root)) == ["f-0.tar", "f-1.tar", "f-3.tar"]
+    assert sorted(f for f in files(root)) == ["f-0.tar", "f-1.tar", "f-3.tar", "f.lineage.json"]
 
     cmd = [BIN / "htmapper", "-p", script(tmp_path, SLOW, "slow.py"),
            tmp_path / "in" / "data-@4.tar", f"{nginx_server.url}/{sub}/i-@4.tar",
