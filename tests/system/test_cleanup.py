@@ -130,7 +130,8 @@ def test_ctrl_c_in_htsorts_last_second(tmp_path, point, delay):
            "--summary", summary]
     p = interrupt(cmd, ready, child_env(), delay=delay)
     last = p.stderr.strip().splitlines()[-1]
-    assert p.seconds_to_exit < 4, (p.seconds_to_exit, p.stderr[-3000:])
+    # the bug took the close's 10 s timeout; a second test file runs beside this one
+    assert p.seconds_to_exit < 7, (p.seconds_to_exit, p.stderr[-3000:])
     assert "Traceback" not in p.stderr, p.stderr
     if p.returncode == 0:
         assert last.startswith("htsort: ok;") and json.loads(summary.read_text())["ok"]
