@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,36 @@ AHEAD_BATCHES = 2  # batches the reader and prepare threads work ahead of the mo
 WRITE_BATCHES = 2  # batches of outputs waiting for the writer thread at most
 _POLL = 0.1  # seconds a blocked thread waits before looking whether the task stopped
 _END = object()
+HAND_ON = 0.001  # seconds the reader or writer thread holds the GIL at most while not needed
+
+
+class _Pause:
+    """Lets go of the GIL, at most once every :data:`HAND_ON` seconds, while the thread
+    is not what the task waits for.
+
+    The reader and writer threads run Python (tar parsing, writing) for milliseconds at
+    a time, letting go of the GIL only at their next read or write call.  A thread
+    coming back from code that ran without the GIL -- the model (a sleep, a GPU call,
+    BLAS) or a prepare thread's decode -- waits for them that long (up to the
+    interpreter's 5 ms switch interval), every batch or every sample.  While the
+    reader is ahead (a chunk waits in its queue) or the writer is not holding the
+    model back (its queue has room), a ``time.sleep(0)`` hands the GIL on: it keeps
+    the thread away long enough (about 50-90 us) for a waiting thread to wake and take
+    it, where a bare release would take it straight back."""
+
+    __slots__ = ("last", "q", "reader")
+
+    def __init__(self, q: queue.Queue, reader: bool) -> None:
+        self.last = time.perf_counter()
+        self.q = q
+        self.reader = reader
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if now - self.last >= HAND_ON:
+            if (self.q.qsize() > 0) if self.reader else not self.q.full():
+                time.sleep(0)
+            self.last = time.perf_counter()
 
 
 @dataclass(frozen=True)
@@ -129,10 +160,12 @@ def _feed(samples: Iterator[dict], prepare: Callable | None, pool: ThreadPoolExe
           chunk: int, out: queue.Queue, stop: threading.Event, errors: list) -> None:
     """The reader thread: every sample, in chunks of ``chunk`` prepared on the pool
     (futures in order), into ``out``."""
+    pause = _Pause(out, reader=True)
     try:
         held: list[dict] = []
         for sample in samples:
             held.append(sample)
+            pause()
             if len(held) == chunk:
                 _put(out, _hand_off(prepare, pool, held), stop)
                 held = []
@@ -155,6 +188,7 @@ def _hand_off(prepare: Callable | None, pool: ThreadPoolExecutor | None,
 def _drain(q: queue.Queue, write: Callable[[dict], Any], stop: threading.Event,
            errors: list) -> None:
     """The writer thread: write each batch of outputs, in order, until the end mark."""
+    pause = _Pause(q, reader=False)
     try:
         while True:
             outs = _get(q, stop)
@@ -164,6 +198,7 @@ def _drain(q: queue.Queue, write: Callable[[dict], Any], stop: threading.Event,
                 if stop.is_set():
                     return
                 write(sample)
+                pause()
     except _Stop:
         pass
     except BaseException as e:  # noqa: BLE001 -- writing failed: raised on the task thread
