@@ -58,7 +58,8 @@ def main() -> None:
         src = os.path.join(tmp, "src")
         make_tree(src, a.samples)
         out = os.path.join(tmp, "out")
-        up = [os.path.join(os.path.dirname(sys.executable), "htupload"), src, os.path.join(out, f"s-@{a.shards}.tar"), "-q", "--workers",
+        htupload = os.path.join(os.path.dirname(sys.executable), "htupload")
+        up = [htupload, src, os.path.join(out, f"s-@{a.shards}.tar"), "-q", "--workers",
               str(a.workers)]
         gnu = ["tar", "-cf", os.path.join(tmp, "all.tar"), "-C", src, "."]
         t_up, t_tar = [], []
