@@ -34,6 +34,8 @@ ROWS = [
     r"htshuffle scale: s per shard at \d+ vs at \d+ shards",
     r"htshuffle vs dask P2P shuffle, \d+ -> \d+ tiny shards",
     r"htmapper scale: s per shard at \d+ vs at \d+ shards",
+    r"htmapper with a [\d,]+-key --keep list vs without",
+    r"htshuffle keeping 30% by a --keep list vs htshuffle of the pre-filtered shards",
 ]
 
 
