@@ -98,6 +98,38 @@ def write_grouped(folder: Path, shards: int, per_shard: int, seed: int = 0,
     return samples
 
 
+def write_duplicates(folder: Path, shards: int, per_shard: int, *, seed: int, distinct: int,
+                     longest: int, extra) -> list[dict]:
+    """Shards whose ``img`` takes one of ``distinct`` values (up to ``longest`` bytes):
+    duplicates within a shard and across shards; ``extra(rng, v)``: the fields between
+    ``img`` and ``pos`` (the sample's place in input order) of a sample whose ``img`` is
+    value ``v``.  Returns the samples in input order."""
+    wds = require_module("webdataset")
+    rng = random.Random(seed)
+    values = [rng.randbytes(rng.randrange(1, longest)) for _ in range(distinct)]
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"d-{s:02d}.tar")) as w:
+            for i in range(per_shard):
+                v = rng.randrange(distinct)
+                sample = {"__key__": f"s{s:02d}-{i:03d}", "img": values[v], **extra(rng, v),
+                          "pos": f"{s:02d}-{i:03d}".encode()}
+                w.write(sample)
+                samples.append(sample)
+    return samples
+
+
+def firsts(samples: list[dict], field: str) -> list[dict]:
+    """The first sample of each distinct ``field`` value, in input order."""
+    seen, out = set(), []
+    for x in samples:
+        if x[field] not in seen:
+            seen.add(x[field])
+            out.append(x)
+    return out
+
+
 def read_wds(paths) -> list[dict]:
     """All samples of local tar files, read by the webdataset package."""
     wds = require_module("webdataset")

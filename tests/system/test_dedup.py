@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from helpers import ok, read_wds, run
+from helpers import firsts, ok, read_wds, run, write_duplicates
 
 import htools
 from htools.errors import HtoolsError
@@ -20,32 +20,9 @@ from htools.errors import HtoolsError
 
 def write_shards(folder: Path, shards: int, per_shard: int, seed: int = 0,
                  distinct: int = 40) -> list[dict]:
-    """Shards whose ``img`` takes one of ``distinct`` values: duplicates within a shard
-    and across shards; ``pos`` is the sample's place in input order."""
-    rng = random.Random(seed)
-    values = [rng.randbytes(rng.randrange(1, 700)) for _ in range(distinct)]
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for s in range(shards):
-        with wds.TarWriter(str(folder / f"d-{s:02d}.tar")) as w:
-            for i in range(per_shard):
-                v = rng.randrange(distinct)
-                sample = {"__key__": f"s{s:02d}-{i:03d}", "img": values[v],
-                          "name": f"v{v:03d}".encode(), "pos": f"{s:02d}-{i:03d}".encode()}
-                w.write(sample)
-                samples.append(sample)
-    return samples
-
-
-def firsts(samples: list[dict], field: str) -> list[dict]:
-    """The first sample of each distinct ``field`` value, in input order."""
-    seen, out = set(), []
-    for x in samples:
-        d = hashlib.sha256(x[field]).digest()
-        if d not in seen:
-            seen.add(d)
-            out.append(x)
-    return out
+    """Shards whose ``img`` takes one of ``distinct`` values, named by ``name``."""
+    return write_duplicates(folder, shards, per_shard, seed=seed, distinct=distinct,
+                            longest=700, extra=lambda rng, v: {"name": f"v{v:03d}".encode()})
 
 
 def outputs(folder: Path) -> list[Path]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import re
 import signal
 import sys
@@ -18,7 +17,7 @@ import pytest
 import webdataset as wds
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
-from helpers import read_wds
+from helpers import firsts, read_wds, write_duplicates
 
 import htools
 from htools.exchange import dryrun as exchange_dryrun
@@ -33,27 +32,9 @@ def write_dups(folder: Path, shards: int, per_shard: int, seed: int = 0,
     """Shards whose ``img`` takes one of ``distinct`` values (duplicates within and
     across shards, the first of a value anywhere), sorted by ``grp`` (5 values, so many
     equal keys whose input order must hold; duplicates of one img in other buckets)."""
-    rng = random.Random(seed)
-    values = [rng.randbytes(rng.randrange(1, 2000)) for _ in range(distinct)]
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for s in range(shards):
-        with wds.TarWriter(str(folder / f"d-{s:02d}.tar")) as w:
-            for i in range(per_shard):
-                sample = {"__key__": f"s{s:02d}-{i:03d}", "img": values[rng.randrange(distinct)],
-                          "grp": str(rng.randrange(5)).encode(), "pos": f"{s:02d}-{i:03d}".encode()}
-                w.write(sample)
-                samples.append(sample)
-    return samples
-
-
-def firsts(samples: list[dict]) -> list[dict]:
-    seen, out = set(), []
-    for x in samples:
-        if x["img"] not in seen:
-            seen.add(x["img"])
-            out.append(x)
-    return out
+    return write_duplicates(folder, shards, per_shard, seed=seed, distinct=distinct,
+                            longest=2000,
+                            extra=lambda rng, v: {"grp": str(rng.randrange(5)).encode()})
 
 
 def digests(folder: Path) -> list[str]:
@@ -119,7 +100,7 @@ def test_byte_identical_to_the_dedup_pass(tmp_path, processes_client, monkeypatc
         ref = sort(src, tmp_path / "pass", processes_client, scratch=str(tmp_path / "s2"), **kw)
     assert digests(tmp_path / "semi") == digests(tmp_path / "pass")
     assert len(digests(tmp_path / "semi")) >= 2
-    keep = firsts(samples)
+    keep = firsts(samples, "img")
     expect = sorted(keep, key=lambda x: int(x["grp"]), reverse=kw.get("reverse", False))
     assert read_wds(sorted((tmp_path / "semi").glob("o-*.tar"))) == expect
     assert counts(semi) == counts(ref)
