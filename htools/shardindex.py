@@ -201,26 +201,29 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     ``--resume-any``) get a note."""
     if opts.dry_run or any(storage.is_stream(u) for u in outputs):
         return engine.finish(summary, opts)
-    previous, old, partial = None, None, False
-    if opts.resume or opts.overwrite:
-        old, partial = recorded_lineage(outset, opts.storage_options)
+    options = opts.storage_options
+    # a failed job's record beside the outputs: replaced by the index a success writes
+    record = read_index(lineage_url(outset), options) if opts.resume or opts.overwrite \
+        else None
+    previous = None
     if opts.resume and summary.shards_skipped:  # their entries come from the old index
-        previous = read_index(index_url(outset), opts.storage_options)
-        if old is not None and not (previous or {}).get("lineage"):
-            previous = {**(previous or {}), "lineage": old}
+        previous = read_index(index_url(outset), options)
+        if not (previous or {}).get("lineage") and isinstance((record or {}).get("lineage"),
+                                                              dict):
+            previous = {**(previous or {}), "lineage": record["lineage"]}
         note, mixed = _resume_note(previous, made, summary.shards_skipped)
         if note:
             summary.notes.append(note)
         if mixed and made is not None:  # the record says the set is not one job's
             made = {**made, "mixed": mixed}
     if outputs and opts.index and summary.ok:
-        write_for_job(outset, outputs, summary, opts.storage_options, made, previous)
-        if partial:  # the index vouches for the set now
-            storage.delete(lineage_url(outset), opts.storage_options)
+        write_for_job(outset, outputs, summary, options, made, previous)
+        if record is not None:  # the index vouches for the set now
+            storage.delete(lineage_url(outset), options)
     elif outputs and opts.index and summary.shards_done and made is not None:
         at = lineage_url(outset)
         try:
-            write(_partial_record(made, summary), at, opts.storage_options)
+            write(_partial_record(made, summary), at, options)
             summary.extra["lineage"] = hide_credentials(at)
         except StorageError as e:  # the job's own failure is what the user must see
             summary.notes.append(f"could not record the lineage of the outputs written in "
