@@ -76,11 +76,11 @@ def plan_for(spec, inputs: int, outputs: int | None, shard_bytes: float | None,
     """The plan of ``spec`` (the run's and the dry run's); ``join``: its --keep/--drop
     list joins through the exchange (:mod:`.listjoin`)."""
     table = table_bytes(spec.select, options) if join else 0
+    mode = dedup_mode(spec.key, spec.script)
     return plan.plan_exchange(inputs=inputs, shard_bytes=shard_bytes, outputs=outputs,
                               memory=sized.memory, workers=sized.threads,
                               shuffle=spec.key.mode == "random", fan=spec.fan_in,
-                              dedup_pass=dedup_mode(spec.key, spec.script) == "pass",
-                              semijoin=join or dedup_mode(spec.key, spec.script) == "digests",
+                              dedup_pass=mode == "pass", semijoin=join or mode == "digests",
                               beside=beside, table=table)
 
 

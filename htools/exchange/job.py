@@ -155,7 +155,6 @@ class _Job:
         self.outputs: list[str] = []  # known once stage 1 has counted
         self.dedup = dedup_mode(spec.key, spec.script)
         self.join = False  # a large --keep/--drop list joins through the exchange (.run)
-        self.two_passes = self.dedup == "pass"
         self.drops: list[Run] | None = None  # the decide tasks' drop runs (.semijoin)
         self.deduped: Stage | None = None  # the dedup pass, once it succeeded
 
@@ -179,12 +178,12 @@ class _Job:
         if not shuffle:
             one = self._with_splitters(one)
         if one.counts and not self._stage_two().passes_through:  # writes fold equal keys
-            one = replace(one, group_by="head" if self.two_passes else "key")
+            one = replace(one, group_by="head" if self.dedup == "pass" else "key")
         if self.dedup == "digests":  # htsort --dedup F by another key: digests beside
             one = replace(one, dedup_buckets=plan.DIGEST_BUCKETS)
         if self.join:  # the list's digests beside, joined by the decide tasks
             one = replace(one, dedup_buckets=plan.DIGEST_BUCKETS, select_join=True)
-        if self.two_passes:  # htsort --dedup F by another key, a reduce: first by F's content
+        if self.dedup == "pass":  # htsort --dedup F by another key, a reduce: first by F's content
             first = replace(one, buckets=self.plan.first_pass_buckets, counts=False,
                             key=replace(spec.key, reverse=False), first_pass=True,
                             group_by="")

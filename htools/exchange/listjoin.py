@@ -40,8 +40,8 @@ from htools.errors import HtoolsError
 from htools.exchange.cursors import bucket_records, close_all, open_cursors
 from htools.exchange.keys import KeySpec, Placed, checked_key, second_pass_key
 from htools.exchange.plan import DIGEST_BUCKETS
-from htools.exchange.runfile import Run, RunWriter
-from htools.exchange.semijoin import PLACE
+from htools.exchange.runfile import Run
+from htools.exchange.semijoin import write_drop_run
 from htools.exchange.sizing import human_size
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.task import shard_task
@@ -231,7 +231,7 @@ def join_slice(runs: list[Run], a: int, b: int, url: str, buckets: int, sel: Sel
             result.samples_read += len(digests)
         dropped = np.concatenate(places) if places else np.zeros(0, np.uint64)
         left_out = len(dropped)
-        made, counts = _write_drop_run(
+        made, counts = write_drop_run(
             url, np.concatenate(sort_buckets) if sort_buckets else np.zeros(0, np.int64),
             dropped, buckets, options)
         write_counts(sel, f"{url}#decide",
@@ -266,22 +266,6 @@ def _columns(chunk: list[list]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     return ([k[0] for k in chunk],
             np.fromiter((k[1] << 32 | k[2] for k in chunk), dtype=np.uint64, count=len(chunk)),
             np.fromiter((k[3] for k in chunk), dtype=np.int64, count=len(chunk)))
-
-
-def _write_drop_run(url: str, sort_buckets: np.ndarray, places: np.ndarray, buckets: int,
-                    options: dict) -> tuple[Run | None, tuple[bytes, bytes]]:
-    """The places left out, by sort bucket, each bucket's sorted (as
-    :class:`.semijoin.DropFilter` reads them), and their counts per sort bucket."""
-    order = np.lexsort((places, sort_buckets))
-    sort_buckets, places = sort_buckets[order], places[order]
-    nz, first, n = np.unique(sort_buckets, return_index=True, return_counts=True)
-    counts = (nz.astype(np.uint32).tobytes(), n.astype(np.uint64).tobytes())
-    if not len(places):
-        return None, counts
-    with RunWriter(url, 0, buckets, options) as w:
-        for j, i, m in zip(nz.tolist(), first.tolist(), n.tolist()):
-            w.write(j, places[i:i + m].astype(PLACE).tobytes(), m)
-        return w.close(), counts
 
 
 def _pairs(digests: list[bytes]) -> np.ndarray:

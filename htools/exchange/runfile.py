@@ -246,13 +246,6 @@ def open_slice(run: Run, start: int, end: int, options: dict) -> BinaryIO:
     return storage.open_range(run.url, start, end, options)
 
 
-def records(f: BinaryIO, nbytes: int, url: str) -> Iterator[tuple]:
-    """``(sort key, sample key, record, start)`` of each record in the next ``nbytes``
-    of a fresh reader ``f`` (read ahead: :class:`RecordReader` owns it from now on);
-    ``record[start:]`` is the sample's tar bytes."""
-    return RecordReader(f, url).records(nbytes)
-
-
 def _crosses(url: str) -> HtoolsError:
     return HtoolsError(f"{hide_credentials(url)}: corrupt run file (record crosses a bucket)")
 

@@ -83,8 +83,9 @@ def keep_firsts(runs: list[Run], a: int, b: int, url: str, buckets: int,
     (by sort bucket, each bucket's places sorted; none when nothing is dropped), and
     their counts per sort bucket."""
     rss0 = rss()
-    drops: dict[int, list[int]] = {}
-    made = None
+    sort_buckets: list[int] = []  # of each place dropped
+    places: list[int] = []
+    made, counts = None, (b"", b"")  # a failed task's
     with shard_task(f"{len(runs)} digest runs, buckets {a}..{b - 1}", url) as result:
         cursors = open_cursors(runs, a, b, options)
         try:
@@ -93,28 +94,34 @@ def keep_firsts(runs: list[Run], a: int, b: int, url: str, buckets: int,
                 for k, _skey, _rec, _start in bucket_records(cursors, bucket, False):
                     result.samples_read += 1
                     if k[0] == last:
-                        drops.setdefault(k[3], []).append(k[1] << 32 | k[2])
+                        sort_buckets.append(k[3])
+                        places.append(k[1] << 32 | k[2])
                         result.samples_dropped += 1
                     else:
                         last = k[0]
         finally:
             close_all(cursors)
-        if drops:
-            made = _write_drops(url, drops, buckets, options)
-    nz = np.array(sorted(drops), dtype=np.int64)
-    n = np.array([len(drops[j]) for j in nz.tolist()], dtype=np.int64)
-    result.extra = {"run": (made.url, made.size) if made else None,
-                    "counts": (nz.astype(np.uint32).tobytes(), n.astype(np.uint64).tobytes()),
-                    "duplicates": int(n.sum()), "rss_start": rss0, "peak_rss": peak_rss()}
+        made, counts = write_drop_run(url, np.array(sort_buckets, dtype=np.int64),
+                                      np.array(places, dtype=np.uint64), buckets, options)
+    result.extra = {"run": (made.url, made.size) if made else None, "counts": counts,
+                    "duplicates": len(places), "rss_start": rss0, "peak_rss": peak_rss()}
     return result.as_dict()
 
 
-def _write_drops(url: str, drops: dict[int, list[int]], buckets: int, options: dict) -> Run:
+def write_drop_run(url: str, sort_buckets: np.ndarray, places: np.ndarray, buckets: int,
+                   options: dict) -> tuple[Run | None, tuple[bytes, bytes]]:
+    """The places left out, by sort bucket, each bucket's sorted (as
+    :class:`DropFilter` reads them), and their counts per sort bucket."""
+    order = np.lexsort((places, sort_buckets))
+    sort_buckets, places = sort_buckets[order], places[order]
+    nz, first, n = np.unique(sort_buckets, return_index=True, return_counts=True)
+    counts = (nz.astype(np.uint32).tobytes(), n.astype(np.uint64).tobytes())
+    if not len(places):
+        return None, counts
     with RunWriter(url, 0, buckets, options) as w:
-        for bucket in sorted(drops):
-            places = np.array(sorted(drops[bucket]), dtype=PLACE)
-            w.write(bucket, places.tobytes(), len(places))
-        return w.close()
+        for j, i, m in zip(nz.tolist(), first.tolist(), n.tolist()):
+            w.write(j, places[i:i + m].astype(PLACE).tobytes(), m)
+        return w.close(), counts
 
 
 class DropFilter:

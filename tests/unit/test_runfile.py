@@ -28,7 +28,7 @@ def test_offsets_slice_each_bucket(tmp_path):
     assert len(offs) == 5 and offs[1] == offs[2] == offs[3] - (offs[3] - offs[2])
     with open(run.url, "rb") as f:
         f.seek(int(offs[2]))
-        got = list(runfile.records(f, int(offs[3] - offs[2]), run.url))
+        got = list(runfile.RecordReader(f, run.url).records(int(offs[3] - offs[2])))
     assert [(k, s, bytes(rec[start:])) for k, s, rec, start in got] == \
         [(5, "b", b"BB"), (6, "c", b"C" * 300)]
     assert runfile.bucket_offsets(run, 2, 3, {}).tolist() == [int(offs[2]), int(offs[3])]
@@ -49,8 +49,8 @@ def test_a_run_cut_short_is_named(tmp_path):
     data = (tmp_path / "r.bin").read_bytes()
     offs = runfile.bucket_offsets(run, 1, 2, {})
     with pytest.raises(HtoolsError, match="ends inside a record"):
-        list(runfile.records(io.BytesIO(data[int(offs[0]):int(offs[1]) - 5]),
-                             int(offs[1] - offs[0]), run.url))
+        list(runfile.RecordReader(io.BytesIO(data[int(offs[0]):int(offs[1]) - 5]),
+                                  run.url).records(int(offs[1] - offs[0])))
     bad = Run(run.url, run.size, 0, 3)  # a footer naming other buckets
     with pytest.raises(HtoolsError, match="bad footer"):
         runfile.check_footer(bad, {})
@@ -85,10 +85,13 @@ def test_a_damaged_record_length_is_named_not_allocated():
     run's name before any buffer of that size is allocated."""
     rec = runfile.record(runfile.pack_key(1), "k", b"x" * 100)
     bad = runfile.HEADER.pack(1 << 40, 1, 1) + rec[runfile.HEADER.size:]
+    def records(f, nbytes, url):
+        return runfile.RecordReader(f, url).records(nbytes)
+
     def skip(f, nbytes, url):
         return [runfile.RecordReader(f, url).skip(nbytes)]
 
-    for read in (runfile.records, skip):
+    for read in (records, skip):
         with pytest.raises(HtoolsError, match="r.bin: corrupt run file"):
             list(read(io.BytesIO(rec + bad), 2 * len(rec), "r.bin"))
 
