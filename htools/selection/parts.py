@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from htools import storage
-from htools.selection.table import bounds_url, search
+from htools.selection.table import Table, bounds_url, search
 
 
 class PartTable:
@@ -34,9 +34,7 @@ class PartTable:
         self.held = 0
         self.requests = 0  # range requests made (for tests and benchmarks)
 
-    def index(self, d: bytes) -> int:
-        pairs = np.frombuffer(d, dtype=">u8").reshape(1, 2).astype(np.uint64)
-        return int(self.rows(pairs)[0])
+    index = Table.index  # the row of one 16-byte digest, through rows()
 
     def rows(self, pairs: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
         """The table's row of each digest of ``pairs`` ((n, 2) uint64), or -1 (also

@@ -64,7 +64,13 @@ class Selection:
     @property
     def partitioned(self) -> bool:
         """Whether workers look the list up by partition (its table exceeds the budget)."""
-        return bool(self.budget) and 16 * self.listed > self.budget
+        return by_partition(self.listed, self.budget)
+
+
+def by_partition(listed: int, budget: int) -> bool:
+    """Whether a table of ``listed`` values (16 bytes each) is looked up by partition
+    rather than held whole: it exceeds a worker's ``budget`` (0: no budget)."""
+    return bool(budget) and 16 * listed > budget
 
 
 def parse(keep: str | None = None, drop: str | None = None, by: str | None = None,

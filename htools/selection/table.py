@@ -30,6 +30,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from htools import storage
+from htools.selection.spec import by_partition
 from htools.selection.values import local_copy
 
 CHUNK = 1 << 22  # digests sorted in memory at once (64 MiB of digests)
@@ -243,7 +244,7 @@ def load(url: str, digest: str, options: dict | None, budget: int = 0, n: int = 
     key = (url, digest)
     if key not in _TABLES:
         held = ExitStack()
-        if budget and 16 * n > budget:
+        if by_partition(n, budget):
             from htools.selection.parts import PartTable
 
             table = PartTable(url, n, budget, options)

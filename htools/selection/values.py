@@ -33,8 +33,7 @@ Digests = tuple[np.ndarray, np.ndarray]  # (hi, lo) uint64 halves of n digests
 
 def digest(value: bytes, key: str = DEFAULT_KEY) -> bytes:
     """One value's digest as 16 bytes (high half, then low, big-endian)."""
-    hi, lo = hash_values([value], key)
-    return np.stack([hi, lo], axis=1).astype(">u8").tobytes()
+    return digest_block([value], key)
 
 
 def digests(values: list[bytes | None], key: str = DEFAULT_KEY,
