@@ -176,9 +176,11 @@ def source_kind(source: str) -> str:
 def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = None,
          maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
          mtime: float | None = 0, select: Selection | None = None,
-         counted: JobSummary | None = None) -> list[Task]:
+         counted: JobSummary | None = None,
+         scanned: list[FileSample] | None = None) -> list[Task]:
     """The copy tasks; with tar inputs the counting pre-pass runs first (its summary,
-    the samples the selection left out, added to ``counted``)."""
+    the samples the selection left out, added to ``counted``); ``scanned``: a folder's
+    or list's samples when :func:`scan` already listed them."""
     outset = shards.OutputSet.parse(outputs)
     n = outset.count
     if n is not None and (maxcount or maxsize):
@@ -192,8 +194,7 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
                               "samples of existing tar shards use htshuffle")
         return _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime, select,
                           counted)
-    samples = scan_list(source.removeprefix("@files:")) if kind == "list" \
-        else scan_directory(source)
+    samples = list(scanned if scanned is not None else scan(source))
     if shuffle:
         random.Random(seed).shuffle(samples)
     bounds = split_counts([s.size for s in samples], n, maxcount, maxsize)
@@ -203,6 +204,13 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
                                     "mtime": mtime, "index": opts.index},
                  input=f"{source} [{a}:{b}]", output=o)
             for o, (a, b) in zip(outs, bounds)]
+
+
+def scan(source: str) -> list[FileSample]:
+    """A folder's or a list file's samples, in key order."""
+    if source_kind(source) == "list":
+        return scan_list(source.removeprefix("@files:"))
+    return scan_directory(source)
 
 
 def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime, select=None,
@@ -271,10 +279,11 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
     if files or opts.dry_run:
         with cluster_meanwhile(opts, outset.first()) as ready:  # files scanned meanwhile
-            tasks = plan(source, outputs, opts, **kw)
+            scanned = scan(source) if files else None
             if files:
-                made = _lineage(outputs, kw, tasks=tasks)
+                made = _lineage(outputs, kw, samples=scanned)
                 shardindex.check_lineage(outset, made, opts)
+            tasks = plan(source, outputs, opts, scanned=scanned, **kw)
             summary = _run_files(tasks, ready()) if files \
                 else engine.run("htupload", tasks, opts)
         return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
@@ -294,11 +303,11 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
         return job.finish(summary)
 
 
-def _lineage(outputs: str, kw: dict, inputs: list[str] = (), tasks: list[Task] = ()) -> dict:
+def _lineage(outputs: str, kw: dict, inputs: list[str] = (),
+             samples: list[FileSample] = ()) -> dict:
     """htupload's lineage (:mod:`htools.lineage`): tar inputs by URL; local files (a
-    folder or a list) by their paths and sizes as scanned, one entry per sample."""
-    samples = sorted((FileSample(*s) for t in tasks for s in t.kwargs.get("samples", ())),
-                     key=itemgetter(0))  # --shuffle's order is the seed's: recorded
+    folder or a list) by their paths and sizes as scanned (in key order: --shuffle's
+    order is the seed's, recorded), one entry per sample."""
     if samples:
         inputs = ["\t".join([p for _f, p in s.files]) for s in samples]
     return lineage.make("htupload", inputs=list(inputs), outputs=outputs,
