@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,14 +36,22 @@ class Sha256:
     Buffers are recycled: fresh memory costs page faults, more than the copy.  A
     ``bytes`` object of BATCH bytes or more is hashed as it is.  At most
     :data:`AHEAD` bytes wait for that thread; :meth:`hexdigest` waits for the rest.
+
+    The thread pays only with a core to spare: it costs about a third more CPU than
+    hashing inline (the copies, the hand-overs, the bytes read on another core), so
+    where every core is busy (as many task threads as cores, or other processes) it
+    slows the machine's other work more than it speeds this stream.  ``threaded``
+    None asks :func:`spare_core` once the stream is past SYNC (once a shard); True or
+    False decide.
     """
 
     SYNC = 1 << 20
     BATCH = 1 << 20
     AHEAD = 8 << 20
 
-    def __init__(self) -> None:
+    def __init__(self, threaded: bool | None = None) -> None:
         self.hash = hashlib.sha256()
+        self.threaded = threaded  # None: decided once the stream is past SYNC
         self.size = 0
         self._buf: bytearray | None = None
         self._fill = 0
@@ -49,7 +59,9 @@ class Sha256:
         self._ahead = 0
 
     def update(self, data) -> None:
-        if self.size < self.SYNC:
+        if self.threaded is None and self.size >= self.SYNC:
+            self.threaded = spare_core()
+        if self.size < self.SYNC or not self.threaded:
             self.hash.update(data)
             self.size += memoryview(data).nbytes
             return
@@ -88,7 +100,7 @@ class Sha256:
             job = (_hash_buffer, self.hash, buf, n)
         else:
             n = len(data)
-            job = (self.hash.update, data)
+            job = (_hash_bytes, self.hash, data)
         queued = self._queued
         while queued and queued[0][0].done():
             self._ahead -= queued.popleft()[1]
@@ -105,6 +117,63 @@ class Sha256:
             self._queued.popleft()[0].result()
         self._ahead = 0
         return self.hash.hexdigest()
+
+
+SPARE = 0.5  # of a core left by all other work (the caller's own thread too): the thread pays
+SPARE_EVERY = 0.25  # seconds between looks at the machine's load (shorter shards reuse one)
+_seen: list = []  # the last look: (time, machine's busy seconds, the thread's), decision
+_hashed = [0.0]  # CPU seconds the hashing thread has used (it sets this after each batch)
+
+
+def spare_core() -> bool:
+    """Whether a core is free for the hashing thread: of the machine's cores, all the
+    work but that thread's (``/proc/stat``'s busy time, the task threads of this process
+    too) since the last look leaves at least :data:`SPARE` of one.  Looks at most every
+    :data:`SPARE_EVERY` seconds (tiny shards reuse the last answer); True without
+    ``/proc/stat`` or before there is an interval to judge (the thread, as always)."""
+    now = time.monotonic()
+    if _seen and now - _seen[0][0] < SPARE_EVERY:
+        return _seen[1]
+    busy = machine_busy()
+    if busy is None:
+        return True
+    threaded = True
+    if _seen:
+        (t0, busy0, hashed0), _ = _seen
+        others = max(0.0, (busy - busy0) - (_hashed[0] - hashed0)) / (now - t0)
+        threaded = has_spare(_cores(), others)
+    _seen[:] = [(now, busy, _hashed[0]), threaded]
+    return threaded
+
+
+def machine_busy() -> float | None:
+    """Seconds of CPU the machine's cores have been busy since boot (``/proc/stat``: all
+    but idle and I/O wait); None where there is no such file."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / _CLOCK
+
+
+def has_spare(cores: int, others: float) -> bool:
+    """With ``others`` cores busy on average with all work but the hashing thread's,
+    whether :data:`SPARE` of a core is left for it."""
+    return cores - others >= SPARE
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+try:
+    _CLOCK = float(os.sysconf("SC_CLK_TCK"))
+except (AttributeError, ValueError, OSError):
+    _CLOCK = 100.0
 
 
 _free: list[bytearray] = []  # hashed buffers, for reuse
@@ -128,6 +197,12 @@ def _hash_buffer(hash, buf: bytearray, n: int) -> None:
     with memoryview(buf) as view, view[:n] as part:
         hash.update(part)
     _recycle(buf)
+    _hashed[0] = time.thread_time()
+
+
+def _hash_bytes(hash, data: bytes) -> None:
+    hash.update(data)
+    _hashed[0] = time.thread_time()
 
 
 _pool: ThreadPoolExecutor | None = None
