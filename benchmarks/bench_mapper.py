@@ -132,7 +132,8 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
     import htools
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as c:
+                      dashboard_address=None, silence_logs=40,  # as htools' embedded one:
+                      preload=["htools.clusters.workerinit"]) as cluster, Client(cluster) as c:
         c.run(lambda: None)  # workers are up
         w0, c0 = c.run(_cpu_seconds), _cpu_seconds()
         t0 = time.perf_counter()
