@@ -30,12 +30,13 @@ class Sha256:
     """The sha256 of a stream's bytes, hashed off the calling thread once it is big.
 
     The first :data:`SYNC` bytes are hashed inline (a tiny shard never waits for a
-    thread); later ones are copied into :data:`BATCH`-byte buffers (the caller may
-    reuse what it wrote) and hashed, in order, by the process's one hashing thread,
-    which runs while the caller goes on (hashlib releases the GIL while it hashes).
-    Buffers are recycled: fresh memory costs page faults, more than the copy.  A
-    ``bytes`` object of BATCH bytes or more is hashed as it is.  At most
-    :data:`AHEAD` bytes wait for that thread; :meth:`hexdigest` waits for the rest.
+    thread); later ones are hashed, in order, by the process's one hashing thread, in
+    batches of about :data:`BATCH` bytes, while the caller goes on (hashlib releases the
+    GIL while it hashes).  A ``bytes`` object of :data:`BY_REF` bytes or more (a large
+    field the tar writer hands on as it is) goes into the batch as it is; other pieces
+    are copied into recycled :data:`BATCH`-byte buffers (the caller may reuse what it
+    wrote; fresh memory costs page faults, more than the copy).  At most :data:`AHEAD`
+    bytes wait for that thread; :meth:`hexdigest` waits for the rest.
 
     The thread pays only with a core to spare: it costs about a third more CPU than
     hashing inline (the copies, the hand-overs, the bytes read on another core), so
@@ -48,13 +49,18 @@ class Sha256:
     SYNC = 1 << 20
     BATCH = 1 << 20
     AHEAD = 8 << 20
+    BY_REF = 64 << 10  # a ``bytes`` object this large is hashed as it is, not copied
 
     def __init__(self, threaded: bool | None = None) -> None:
         self.hash = hashlib.sha256()
         self.threaded = threaded  # None: decided once the stream is past SYNC
         self.size = 0
         self._buf: bytearray | None = None
+        self._start = 0  # the current buffer's bytes from here on are in no part yet
         self._fill = 0
+        self._parts: list = []  # the next batch, in order: bytes, or (buffer, start, end)
+        self._bufs: list[bytearray] = []  # buffers to recycle once that batch is hashed
+        self._pending = 0  # bytes of the next batch
         self._queued: deque[tuple[Future, int]] = deque()
         self._ahead = 0
 
@@ -69,9 +75,12 @@ class Sha256:
         n = view.nbytes
         self.size += n
         batch = self.BATCH
-        if n >= batch and type(data) is bytes:  # immutable: hashed as it is
-            self._submit()
-            self._submit(data)
+        if n >= self.BY_REF and type(data) is bytes:  # immutable: hashed as it is
+            self._cut()
+            self._parts.append(data)
+            self._pending += n
+            if self._pending >= batch:
+                self._submit()
             return
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
@@ -79,32 +88,38 @@ class Sha256:
         while pos < n:
             if self._buf is None:
                 self._buf = _buffer(batch)
-                self._fill = 0
+                self._start = self._fill = 0
             fill = self._fill
             take = min(batch - fill, n - pos)
             self._buf[fill:fill + take] = view[pos:pos + take] if take < n else view
             self._fill = fill + take
+            self._pending += take
             pos += take
-            if self._fill >= batch:
+            if self._pending >= batch:
                 self._submit()
 
-    def _submit(self, data: bytes | None = None) -> None:
-        """Queue ``data``, or the filled part of the current buffer."""
-        if data is None:
-            buf, n = self._buf, self._fill
-            self._buf, self._fill = None, 0
-            if buf is None or not n:
-                if buf is not None:
-                    _recycle(buf)
-                return
-            job = (_hash_buffer, self.hash, buf, n)
-        else:
-            n = len(data)
-            job = (_hash_bytes, self.hash, data)
+    def _cut(self) -> None:
+        """The current buffer's bytes not yet in a part become one."""
+        if self._fill > self._start:
+            self._parts.append((self._buf, self._start, self._fill))
+            self._start = self._fill
+
+    def _submit(self) -> None:
+        """Queue the next batch (the current buffer goes with it)."""
+        self._cut()
+        if self._buf is not None:
+            self._bufs.append(self._buf)
+            self._buf = None
+        parts, bufs, n = self._parts, self._bufs, self._pending
+        self._parts, self._bufs, self._pending = [], [], 0
+        if not parts:
+            for buf in bufs:
+                _recycle(buf)
+            return
         queued = self._queued
         while queued and queued[0][0].done():
             self._ahead -= queued.popleft()[1]
-        queued.append((_hasher().submit(*job), n))
+        queued.append((_hasher().submit(_hash_parts, self.hash, parts, bufs), n))
         self._ahead += n
         while self._ahead > self.AHEAD:
             future, m = queued.popleft()
@@ -193,15 +208,17 @@ def _recycle(buf: bytearray) -> None:
         _free.append(buf)
 
 
-def _hash_buffer(hash, buf: bytearray, n: int) -> None:
-    with memoryview(buf) as view, view[:n] as part:
-        hash.update(part)
-    _recycle(buf)
-    _hashed[0] = time.thread_time()
-
-
-def _hash_bytes(hash, data: bytes) -> None:
-    hash.update(data)
+def _hash_parts(hash, parts: list, bufs: list[bytearray]) -> None:
+    """The hashing thread's work: one batch of a stream, in order."""
+    for part in parts:
+        if type(part) is tuple:
+            buf, start, end = part
+            with memoryview(buf) as view, view[start:end] as piece:
+                hash.update(piece)
+        else:
+            hash.update(part)
+    for buf in bufs:
+        _recycle(buf)
     _hashed[0] = time.thread_time()
 
 

@@ -83,3 +83,17 @@ def test_either_way_every_kind_of_piece_hashes_as_hashlib(threaded):
         h.update(rng.choice([bytes, bytearray, memoryview])(data[pos:pos + n]))
         pos += n
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_large_bytes_go_as_they_are_other_pieces_are_copied():
+    h = Sha256(threaded=True)
+    h.update(bytes(Sha256.SYNC))  # past the inline part
+    big = random.Random(3).randbytes(Sha256.BY_REF)
+    header = bytearray(b"h" * 512)
+    h.update(header)
+    h.update(big)
+    assert any(part is big for part in h._parts)  # not copied
+    header[:] = b"x" * 512  # the caller reuses its buffer: what was hashed stays
+    h.update(header)
+    expected = bytes(Sha256.SYNC) + b"h" * 512 + big + b"x" * 512
+    assert h.hexdigest() == hashlib.sha256(expected).hexdigest()
