@@ -9,6 +9,12 @@ Prints ratios measured in one run (absolute times only beside them):
   * with ``--index-off``: the same without the shard index (``index=False``: no sha256
     of the outputs, which the loop does not compute either) -- for information;
   * htmapper with 2 workers vs 1 worker -- goal >= 1.7x;
+  * the CPU a MB of those jobs (information; the figure that holds while other work
+    shares the machine): the workers' CPU seconds a MB, 1 worker over the loop, and the
+    workers' and this process's (client and embedded scheduler) over the 1-worker
+    job's, 2 workers over 1 (1.0: the second worker costs no CPU the first did not;
+    2 workers reach 2x on 2 cores only near 1.0 and with the 1-worker job using
+    one core);
   * the fixed cost per shard on empty shards -- goal <= 50 ms;
   * with ``--tiny N``: htmapper (2 workers) over N tiny shards (one ~200-byte sample
     each) -- shards per second after the cluster is up (goal >= 250 at 16,384), and the
@@ -108,15 +114,28 @@ class _RssWatch:
         return max([r for t, r in self.samples if t <= until] or [_rss()])
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process so far, all its threads (run on a worker too)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
-                 watch: _RssWatch | None = None, index: bool = True) -> float:
+                 watch: _RssWatch | None = None, index: bool = True,
+                 cpu: dict | None = None) -> float:
+    """Seconds of one htmapper job (identity) on a fresh cluster of ``workers``; ``cpu``
+    (a dict) gets the job's CPU seconds: ``client`` (this process: the client and the
+    embedded scheduler) and ``workers`` (their sum), the reliable figures when other
+    work shares the machine."""
     from distributed import Client, LocalCluster
 
     import htools
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as c:
+                      dashboard_address=None, silence_logs=40,  # as htools' embedded one:
+                      preload=["htools.clusters.workerinit"]) as cluster, Client(cluster) as c:
         c.run(lambda: None)  # workers are up
+        w0, c0 = c.run(_cpu_seconds), _cpu_seconds()
         t0 = time.perf_counter()
         if watch is not None:
             with watch:
@@ -126,9 +145,17 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
             summary = htools.map_shards(inputs, out_pattern, identity, client=c, quiet=True,
                                         overwrite=True, index=index)
         elapsed = time.perf_counter() - t0
+        if cpu is not None:
+            c1, w1 = _cpu_seconds(), c.run(_cpu_seconds)
+            cpu.update(client=c1 - c0, workers=sum(w1[w] - w0[w] for w in w0))
     if not summary.ok:
         sys.exit(f"htmapper failed: {summary.failures[:1]}")
     return elapsed
+
+
+def _per_mb(cpu: dict, mb: float) -> str:
+    return (f"ms of CPU a MB: workers {cpu['workers'] / mb * 1e3:.2f}, "
+            f"client+scheduler {cpu['client'] / mb * 1e3:.2f}")
 
 
 def main() -> None:
@@ -151,19 +178,30 @@ def main() -> None:
             inputs = make_shards(os.path.join(work, f"in{kib}"), gb, sample_kib=kib)
             n = len(inputs)
             mb = sum(os.path.getsize(u) for u in inputs) / 1e6
+            c0 = _cpu_seconds()
             base = min(baseline_loop(inputs, os.path.join(work, "loop")) for _ in range(2))
-            one = timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1)
+            loop_cpu = (_cpu_seconds() - c0) / 2
+            cpu1: dict = {}
+            one = timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1,
+                               cpu=cpu1)
             rows.append((f"htmapper {kib} KiB: 1 worker vs single-process loop", base / one,
                          ">= 0.9", f"{mb / one:.0f} vs {mb / base:.0f} MB/s ({mb:.0f} MB)"))
+            rows.append((f"htmapper {kib} KiB: CPU a MB, 1 worker / loop", cpu1["workers"]
+                         / loop_cpu, "info", _per_mb(cpu1, mb) + f"; loop {loop_cpu / mb * 1e3:.2f}"))
             if a.index_off:
                 off = timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1,
                                    index=False)
                 rows.append((f"htmapper {kib} KiB, no index: 1 worker vs loop", base / off,
                              "info", f"{mb / off:.0f} vs {mb / base:.0f} MB/s"))
             if not a.no_two:
-                two = timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"), 2)
+                cpu2: dict = {}
+                two = timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"), 2,
+                                   cpu=cpu2)
                 rows.append((f"htmapper {kib} KiB: 2 workers vs 1 worker", one / two, ">= 1.7",
                              f"{mb / two:.0f} vs {mb / one:.0f} MB/s"))
+                rows.append((f"htmapper {kib} KiB: CPU a MB, 2 workers / 1 worker",
+                             (cpu2["workers"] + cpu2["client"]) / (cpu1["workers"] + cpu1["client"]),
+                             "info", _per_mb(cpu2, mb)))
             for d in (f"in{kib}", "loop", "m1", "m2"):
                 shutil.rmtree(os.path.join(work, d), ignore_errors=True)
         empties = [os.path.join(work, "empty", f"e-{i:04d}.tar")

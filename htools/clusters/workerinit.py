@@ -6,18 +6,44 @@ printing a KeyboardInterrupt traceback from each of its threads; as before, its 
 threads (not daemons) finish or abort their writes before the process ends, so no
 temp object is left behind.  The client handles the Ctrl-C for the job (cancels its
 tasks, removes scratch and partial outputs, aborts unfinished uploads, closes the
-cluster)."""
+cluster).
+
+The worker also runs without Dask's statistical profiler (a look at every thread's
+stack every 10 ms, for the dashboard's Profile page) and checks its event loop every
+:data:`TICK_MS` instead of 20 ms (:func:`quiet_monitoring`): measured on 2 cores, an
+idle worker's own CPU went from 16-22 to 4-6 ms a second.
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
+
+TICK_MS = 100  # the worker's event-loop check (Dask's default: 20 ms)
 
 
 def _quit(signum, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def quiet_monitoring(worker: Any) -> None:
+    """Before ``worker`` starts its periodic callbacks: drop the statistical profiler's
+    (``profile``, ``profile-cycle``) and tick no more often than :data:`TICK_MS`."""
+    callbacks = getattr(worker, "periodic_callbacks", None)
+    if not isinstance(callbacks, dict):
+        return
+    for name in ("profile", "profile-cycle"):
+        pc = callbacks.pop(name, None)
+        if pc is not None:
+            pc.stop()
+    tick = callbacks.get("tick")
+    if tick is not None and tick.callback_time < TICK_MS:
+        tick.callback_time = TICK_MS
+
+
 def dask_setup(worker=None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _quit)
+    if worker is not None:
+        quiet_monitoring(worker)

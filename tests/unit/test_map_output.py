@@ -117,7 +117,7 @@ def test_map_output_is_pinned(name, tmp_path):
 def test_threaded_sha256_matches_hashlib(size):
     rng = random.Random(size)
     data = rng.randbytes(size)
-    h = Sha256()
+    h = Sha256(threaded=True)
     pos = 0
     while pos < size:  # pieces of every kind and size, around the batch size too
         n = rng.choice([1, 511, 4096, 70_000, 1 << 20, 3 << 20])
@@ -129,7 +129,7 @@ def test_threaded_sha256_matches_hashlib(size):
 
 
 def test_threaded_sha256_copies_what_it_is_given():
-    h = Sha256()
+    h = Sha256(threaded=True)
     h.update(bytes(Sha256.SYNC))  # past the inline part
     buf = bytearray(b"a" * 5000)
     h.update(buf)

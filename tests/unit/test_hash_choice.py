@@ -1,0 +1,99 @@
+"""The output's sha256 (for the shard index) hashed on the hashing thread only when a core
+is free for it (:func:`htools.runtime.streams.spare_core`), inline otherwise: the same
+digest either way, and the choice follows the machine's load."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from htools.runtime import streams
+from htools.runtime.streams import Sha256, has_spare, spare_core
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine of 2 cores whose clock and busy time the test sets."""
+    state = {"now": 100.0, "busy": 1000.0}
+    monkeypatch.setattr(streams, "_seen", [])
+    monkeypatch.setattr(streams, "_hashed", [0.0])
+    monkeypatch.setattr(streams, "_cores", lambda: 2)
+    monkeypatch.setattr(streams, "machine_busy", lambda: state["busy"])
+    monkeypatch.setattr(streams.time, "monotonic", lambda: state["now"])
+    return state
+
+
+def test_spare_means_half_a_core_left_by_all_other_work():
+    assert has_spare(2, 1.1)  # one worker's task thread and the client: the thread pays
+    assert not has_spare(2, 1.6)  # two workers' task threads (or other jobs): inline
+    assert has_spare(4, 2.0)
+    assert not has_spare(1, 0.6)
+
+
+def test_the_choice_follows_the_load_since_the_last_look(machine):
+    assert spare_core()  # nothing to judge yet: the thread, as before
+    machine["now"] += 1.0
+    machine["busy"] += 1.9  # two busy task threads
+    assert not spare_core()
+    machine["now"] += 0.1  # too soon to look again: the last answer
+    machine["busy"] += 0.0
+    assert not spare_core()
+    machine["now"] += 1.0
+    machine["busy"] += 1.6  # of which the hashing thread's own 0.6: one task thread
+    streams._hashed[0] += 0.6
+    assert spare_core()
+
+
+def test_a_busy_machine_hashes_inline_with_the_same_digest(machine, monkeypatch):
+    spare_core()
+    machine["now"] += 1.0
+    machine["busy"] += 2.0
+    submitted = []
+    monkeypatch.setattr(streams, "_hasher", lambda: submitted.append(1))
+    rng = random.Random(5)
+    data = rng.randbytes(5 << 20)
+    h = Sha256()
+    for pos in range(0, len(data), 70_000):
+        h.update(bytearray(data[pos:pos + 70_000]))
+    assert h.threaded is False and not submitted
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest() and h.size == len(data)
+
+
+def test_a_small_stream_never_looks_at_the_machine(monkeypatch):
+    def looked() -> bool:
+        raise AssertionError("spare_core called for a stream under SYNC")
+
+    monkeypatch.setattr(streams, "spare_core", looked)
+    h = Sha256()
+    h.update(bytes(Sha256.SYNC - 1))
+    assert h.threaded is None
+    assert h.hexdigest() == hashlib.sha256(bytes(Sha256.SYNC - 1)).hexdigest()
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_either_way_every_kind_of_piece_hashes_as_hashlib(threaded):
+    rng = random.Random(7)
+    data = rng.randbytes(6 << 20)
+    h = Sha256(threaded=threaded)
+    pos = 0
+    while pos < len(data):
+        n = rng.choice([1, 511, 70_000, 1 << 20, 3 << 20])
+        h.update(rng.choice([bytes, bytearray, memoryview])(data[pos:pos + n]))
+        pos += n
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_large_bytes_go_as_they_are_other_pieces_are_copied():
+    h = Sha256(threaded=True)
+    h.update(bytes(Sha256.SYNC))  # past the inline part
+    big = random.Random(3).randbytes(Sha256.BY_REF)
+    header = bytearray(b"h" * 512)
+    h.update(header)
+    h.update(big)
+    assert any(part is big for part in h._parts)  # not copied
+    header[:] = b"x" * 512  # the caller reuses its buffer: what was hashed stays
+    h.update(header)
+    expected = bytes(Sha256.SYNC) + b"h" * 512 + big + b"x" * 512
+    assert h.hexdigest() == hashlib.sha256(expected).hexdigest()
