@@ -17,6 +17,7 @@ from htools.summary import ShardResult
 from htools.tar.header import BLOCK, MAX_OCTAL_SIZE
 
 READ_MAX = 1 << 26  # bytes of a file read at once
+SMALL = 1 << 20  # a file below this many bytes is read by one os.read, inline
 
 
 class FileSample(NamedTuple):
@@ -180,11 +181,29 @@ def write_file_shard(output: str, samples: list[tuple], *, options: dict | None 
 
 
 def _file_samples(samples: list[tuple], result: ShardResult) -> Iterator[dict]:
+    """The samples of local files, each file read whole.  A file below ``SMALL`` bytes
+    takes one ``os.open``/``os.read``/``os.close`` here, inline (a function call a file
+    costs 0.3 us of the 3 us it takes); a larger one, a file that changed size, and one
+    that cannot be read go through :func:`_read_local`, which reads it or says why not."""
+    open_, read, close, rdonly = os.open, os.read, os.close, os.O_RDONLY
     for key, files, _size, sizes in samples:
         sample = {"__key__": key}
-        for (field, path), size in zip(files, sizes or [-1] * len(files)):
-            sample[field] = data = _read_local(path, size)
-            result.bytes_in += len(data)
+        for (field, path), size in zip(files, sizes):
+            data = None
+            if size < SMALL:
+                try:
+                    fd = open_(path, rdonly)
+                except OSError:
+                    pass  # _read_local names the error
+                else:
+                    try:
+                        data = read(fd, size + 1)  # one byte more: a file that grew
+                    finally:
+                        close(fd)
+            if data is None or len(data) != size:
+                data = _read_local(path, size)
+            sample[field] = data
+        result.bytes_in += sum(sizes)
         yield sample
 
 
@@ -200,35 +219,26 @@ def write_samples_shard(output: str, samples: Iterator[dict], result: ShardResul
             result.samples_written += 1
 
 
-def _read_local(path: str, size: int = -1) -> bytes:
-    """The bytes of the file ``path``, which had ``size`` bytes when it was scanned (-1:
-    not known); a small file takes one ``os.read``.  A file whose size changed since is
-    refused: the shard's planned size (``--maxsize``) would no longer hold."""
+def _read_local(path: str, size: int) -> bytes:
+    """The bytes of the file ``path``, which had ``size`` bytes when it was scanned.  A
+    file whose size changed since is refused: the shard's planned size (``--maxsize``)
+    would no longer hold."""
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
-            want = min(size + 1, READ_MAX) if size >= 0 else 1 << 16
-            data = os.read(fd, want)
-            if len(data) < size or (len(data) == want and (size < 0 or want <= size)):
-                data = _read_rest(fd, [data], size)  # a large file, or one that shrank
+            parts = [os.read(fd, min(size + 1, READ_MAX))]
+            n = len(parts[0])
+            while n <= size:  # the rest, until the file ends or has more than ``size``
+                more = os.read(fd, min(max(1 << 20, size + 1 - n), READ_MAX))
+                if not more:
+                    break
+                parts.append(more)
+                n += len(more)
         finally:
             os.close(fd)
     except OSError as e:
         raise HtoolsError(f"{path}: {e.strerror or e}") from None
-    if size >= 0 and len(data) != size:
+    if n != size:
         raise HtoolsError(f"{path}: the file changed while htupload ran ({size} bytes when "
-                          f"listed, {'more' if len(data) > size else len(data)} now)")
-    return data
-
-
-def _read_rest(fd: int, parts: list[bytes], size: int) -> bytes:
-    """The bytes ``parts`` read so far and the rest, up to the end of the file or (with
-    ``size`` known) until it has more than ``size`` bytes."""
-    n = sum(map(len, parts))
-    while size < 0 or n <= size:
-        more = os.read(fd, min(max(1 << 20, size + 1 - n), READ_MAX))
-        if not more:
-            break
-        parts.append(more)
-        n += len(more)
-    return b"".join(parts)
+                          f"listed, {'more' if n > size else n} now)")
+    return parts[0] if len(parts) == 1 else b"".join(parts)

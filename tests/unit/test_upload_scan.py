@@ -13,8 +13,9 @@ import pytest
 from htools import tar, upload_files
 from htools.errors import HtoolsError
 from htools.options import RunOptions
+from htools.summary import ShardResult
 from htools.upload import plan, write_here
-from htools.upload_files import FileSample, scan_directory
+from htools.upload_files import FileSample, as_tuples, scan_directory
 
 NAMES = [  # (path, size): names that sort around "/", ".", "-", nested, long, non-ASCII
     ("a.txt", 10), ("a.cls", 1), ("a-1.txt", 700), ("b.txt", 512), ("empty.txt", 0),
@@ -133,9 +134,31 @@ def test_a_file_is_read_whole_and_a_changed_size_is_refused(tmp_path, monkeypatc
         data = os.urandom(n)
         path.write_bytes(data)
         assert upload_files._read_local(str(path), n) == data
-        assert upload_files._read_local(str(path)) == data  # size not known
         for scanned in (n + 1, max(n - 1, 0)) if n else (1,):
             now = "more" if n > scanned else n
             with pytest.raises(HtoolsError, match=rf"f\.bin: the file changed while htupload "
                                rf"ran \({scanned} bytes when listed, {now} now\)"):
                 upload_files._read_local(str(path), scanned)
+
+
+def test_a_task_reads_each_file_once_and_refuses_one_that_changed(tmp_path):
+    """The task's inline read (small files) and its fallback (large ones) read the bytes
+    scanned, and a file that grew, shrank or vanished since the scan fails the shard."""
+    big = os.urandom(upload_files.SMALL + 5)
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    (tmp_path / "a.big").write_bytes(big)
+    (tmp_path / "e.txt").write_bytes(b"")
+    samples = as_tuples(scan_directory(str(tmp_path)))
+    result = ShardResult("in", "out")
+    got = list(upload_files._file_samples(samples, result))
+    assert got == [{"__key__": "a", "big": big, "bin": b"abc"}, {"__key__": "e", "txt": b""}]
+    assert result.bytes_in == len(big) + 3
+    for change, now in ((b"abcd", "more"), (b"ab", "2"), (None, None)):
+        if change is None:
+            os.remove(tmp_path / "a.bin")
+            says = r"a\.bin: No such file or directory"
+        else:
+            (tmp_path / "a.bin").write_bytes(change)
+            says = rf"a\.bin: the file changed while htupload ran \(3 bytes when listed, {now} now\)"
+        with pytest.raises(HtoolsError, match=says):
+            list(upload_files._file_samples(samples, ShardResult("in", "out")))
