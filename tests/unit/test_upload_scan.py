@@ -14,7 +14,7 @@ from htools import tar, upload_files
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.summary import ShardResult
-from htools.upload import plan, write_here
+from htools.upload import _lineage, _reported_sizes, plan, write_here
 from htools.upload_files import FileSample, as_tuples, scan_directory
 
 NAMES = [  # (path, size): names that sort around "/", ".", "-", nested, long, non-ASCII
@@ -114,14 +114,14 @@ def test_a_vanished_file_is_named(tmp_path):
 
 def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
     make_tree(tmp_path / "src")
-    scandir = os.scandir
+    open_ = os.open
 
-    def refused(path):  # what a folder without read permission does (root reads any)
-        if str(path).endswith("d/e"):
+    def refused(path, flags, *a, **kw):  # what a folder without read permission does
+        if str(path).endswith("d/e"):  # (root reads any)
             raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
+        return open_(path, flags, *a, **kw)
 
-    monkeypatch.setattr(os, "scandir", refused)
+    monkeypatch.setattr(os, "open", refused)
     with pytest.raises(HtoolsError, match=r"cannot list .*src/d/e: Permission denied"):
         scan_directory(str(tmp_path / "src"))
 
@@ -153,6 +153,8 @@ def test_a_task_reads_each_file_once_and_refuses_one_that_changed(tmp_path):
     got = list(upload_files._file_samples(samples, result))
     assert got == [{"__key__": "a", "big": big, "bin": b"abc"}, {"__key__": "e", "txt": b""}]
     assert result.bytes_in == len(big) + 3
+    unsized = as_tuples(scan_directory(str(tmp_path), sized=False))  # read to their end
+    assert list(upload_files._file_samples(unsized, ShardResult("in", "out"))) == got
     for change, now in ((b"abcd", "more"), (b"ab", "2"), (None, None)):
         if change is None:
             os.remove(tmp_path / "a.bin")
@@ -162,3 +164,38 @@ def test_a_task_reads_each_file_once_and_refuses_one_that_changed(tmp_path):
             says = rf"a\.bin: the file changed while htupload ran \(3 bytes when listed, {now} now\)"
         with pytest.raises(HtoolsError, match=says):
             list(upload_files._file_samples(samples, ShardResult("in", "out")))
+
+
+@pytest.mark.parametrize("case", ["@3", "maxcount", "shuffle"])
+def test_a_scan_without_sizes_writes_the_same_shards_and_lineage(tmp_path, case):
+    """A plan by count scans without a stat a file: the shards are the pinned ones, and the
+    sizes the tasks report make the lineage the sized scan makes (which --resume checks)."""
+    make_tree(tmp_path / "src")
+    source = str(tmp_path / "src")
+    sized = scan_directory(source)
+    unsized = scan_directory(source, sized=False)
+    assert [(s.key, s.files) for s in unsized] == [(s.key, s.files) for s in sized]
+    assert {(s.size, s.sizes) for s in unsized} == {(0, ())}
+    pattern, kw = CASES[case]
+    opts = RunOptions.of({"quiet": True})
+    tasks = plan(source, str(tmp_path / "out" / pattern), opts, scanned=unsized, **kw)
+    reported: dict = {}
+    assert write_here(tasks, opts, on_result=lambda i, r: reported.__setitem__(
+        i, r["extra"].get("sizes"))).ok
+    digests = [hashlib.sha256(open(t.output, "rb").read()).hexdigest()[:16] for t in tasks]
+    assert digests == PINNED[case]
+    sizes = _reported_sizes(unsized, tasks, reported)
+    assert sizes == [s.size for s in sized]
+    kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0, **kw}
+    assert _lineage(pattern, kw, samples=unsized, sizes=sizes) == _lineage(pattern, kw,
+                                                                          samples=sized)
+    assert _reported_sizes(unsized, tasks, {}) == sizes  # no reports: sized by the client
+    os.remove(tmp_path / "src" / "b.txt")
+    assert _reported_sizes(unsized, tasks, {}) is None  # a file gone: no lineage
+
+
+def test_a_scan_without_sizes_still_refuses_a_broken_link(tmp_path):
+    make_tree(tmp_path / "src")
+    os.symlink("gone.txt", tmp_path / "src" / "a" / "w.txt")
+    with pytest.raises(HtoolsError, match=r"a/w\.txt: No such file or directory"):
+        scan_directory(str(tmp_path / "src"), sized=False)
