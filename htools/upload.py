@@ -308,48 +308,53 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
     ``--resume``/``--overwrite`` lineage check) scans a folder without a ``stat`` a file:
     its tasks report the sizes, and the lineage is made from them at the end."""
     sized = bool(kw["maxsize"] or opts.resume or opts.overwrite)
-    reported: dict[int, list[int] | None] = {}
+    by_key: dict[str, int] = {}  # the tar size of each sample, as its task reported it
+
+    def reported(i: int, result: dict) -> None:  # while the other tasks run
+        sizes = result.get("extra", {}).get("sizes")
+        if sizes is not None:
+            by_key.update(zip([s[0] for s in tasks[i].kwargs["samples"]], sizes))
+
     with cluster_meanwhile(opts, outset.first()) as ready:
         scanned = scan(source, sized)
-        made = _lineage(outputs, kw, samples=scanned) if sized else None
+        unsized = not scanned[0].sizes  # a list's files are sized all the same
+        made = None if unsized else _lineage(outputs, kw, samples=scanned)
         shardindex.check_lineage(outset, made, opts)
         tasks = plan(source, outputs, opts, scanned=scanned, **kw)
-        summary = _run_files(tasks, ready(), lambda i, r: reported.__setitem__(
-            i, r.get("extra", {}).get("sizes")))
-    if not sized and not opts.dry_run:
-        sizes = _reported_sizes(scanned, tasks, reported)
-        made = _lineage(outputs, kw, samples=scanned, sizes=sizes) if sizes else None
+        paths = _lineage_paths(scanned) if unsized else None  # while the cluster starts
+        summary = _run_files(tasks, ready(), reported if unsized else None)
+    if paths is not None and not opts.dry_run:
+        sizes = _reported_sizes(scanned, by_key)
+        made = _lineage(outputs, kw, paths, sizes=sizes) if sizes is not None else None
     return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
 
 
-def _reported_sizes(samples: list[FileSample], tasks: list[Task],
-                    reported: dict[int, list[int] | None]) -> list[int] | None:
-    """The tar sizes of ``samples`` (scanned without them) as their tasks reported them;
-    those of a task that did not report are sized here, from the files as they are now
-    (None when one is gone: that job's lineage is not recorded)."""
-    by_key: dict[str, int] = {}
-    for i, task in enumerate(tasks):
-        mine = task.kwargs["samples"]
-        got = reported.get(i)
-        if got is None or len(got) != len(mine):
-            try:
-                got = [sample_size(key, [(f, os.path.getsize(p)) for f, p in files])
-                       for key, files, _size, _sizes in mine]
-            except OSError:
-                return None
-        by_key.update(zip([s[0] for s in mine], got))
-    return [by_key[s.key] for s in samples]
+def _reported_sizes(samples: list[FileSample], by_key: dict[str, int]) -> list[int] | None:
+    """The tar sizes of ``samples`` (scanned without them): as their tasks reported them
+    (``by_key``), else from the files as they are now (a task that failed); None when a
+    file is gone (that job's lineage is not recorded)."""
+    get = by_key.get
+    try:
+        return [n if (n := get(s.key)) is not None
+                else sample_size(s.key, [(f, os.path.getsize(p)) for f, p in s.files])
+                for s in samples]
+    except OSError:
+        return None
+
+
+def _lineage_paths(samples: list[FileSample]) -> list[str]:
+    """The lineage's entry of each sample of local files: its paths."""
+    return ["\t".join([p for _f, p in s.files]) for s in samples]
 
 
 def _lineage(outputs: str, kw: dict, inputs: list[str] = (),
              samples: list[FileSample] = (), sizes: list[int] | None = None) -> dict:
     """htupload's lineage (:mod:`htools.lineage`): tar inputs by URL; local files (a
     folder or a list) by their paths and sizes as scanned (in key order: --shuffle's
-    order is the seed's, recorded), one entry per sample; ``sizes``: theirs, when the
-    scan left them out."""
+    order is the seed's, recorded), one entry per sample: given as ``samples``, or as
+    their :func:`_lineage_paths` and tar ``sizes``."""
     if samples:
-        inputs = ["\t".join([p for _f, p in s.files]) for s in samples]
-        sizes = sizes if sizes is not None else [s.size for s in samples]
+        inputs, sizes = _lineage_paths(samples), [s.size for s in samples]
     return lineage.make("htupload", inputs=list(inputs), outputs=outputs, sizes=sizes,
                         options={**kw, "seed": kw["seed"] if kw["shuffle"] else None})
 

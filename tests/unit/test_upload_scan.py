@@ -14,7 +14,7 @@ from htools import tar, upload_files
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.summary import ShardResult
-from htools.upload import _lineage, _reported_sizes, plan, write_here
+from htools.upload import _lineage, _lineage_paths, _reported_sizes, plan, write_here
 from htools.upload_files import FileSample, as_tuples, scan_directory
 
 NAMES = [  # (path, size): names that sort around "/", ".", "-", nested, long, non-ASCII
@@ -179,19 +179,19 @@ def test_a_scan_without_sizes_writes_the_same_shards_and_lineage(tmp_path, case)
     pattern, kw = CASES[case]
     opts = RunOptions.of({"quiet": True})
     tasks = plan(source, str(tmp_path / "out" / pattern), opts, scanned=unsized, **kw)
-    reported: dict = {}
-    assert write_here(tasks, opts, on_result=lambda i, r: reported.__setitem__(
-        i, r["extra"].get("sizes"))).ok
+    by_key: dict = {}
+    assert write_here(tasks, opts, on_result=lambda i, r: by_key.update(
+        zip([s[0] for s in tasks[i].kwargs["samples"]], r["extra"]["sizes"]))).ok
     digests = [hashlib.sha256(open(t.output, "rb").read()).hexdigest()[:16] for t in tasks]
     assert digests == PINNED[case]
-    sizes = _reported_sizes(unsized, tasks, reported)
+    sizes = _reported_sizes(unsized, by_key)
     assert sizes == [s.size for s in sized]
     kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0, **kw}
-    assert _lineage(pattern, kw, samples=unsized, sizes=sizes) == _lineage(pattern, kw,
-                                                                          samples=sized)
-    assert _reported_sizes(unsized, tasks, {}) == sizes  # no reports: sized by the client
+    assert _lineage(pattern, kw, _lineage_paths(unsized), sizes=sizes) == _lineage(
+        pattern, kw, samples=sized)
+    assert _reported_sizes(unsized, {}) == sizes  # no reports: sized by the client
     os.remove(tmp_path / "src" / "b.txt")
-    assert _reported_sizes(unsized, tasks, {}) is None  # a file gone: no lineage
+    assert _reported_sizes(unsized, {}) is None  # a file gone: no lineage
 
 
 def test_a_scan_without_sizes_still_refuses_a_broken_link(tmp_path):
