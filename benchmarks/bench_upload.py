@@ -8,11 +8,19 @@ htupload's: higher is better, goal >= 0.4); asserts nothing about speed.
 
     python benchmarks/bench_upload.py              # 100,000 samples -> 64 shards
     python benchmarks/bench_upload.py --quick      # 5,000 samples -> 8 shards
+    python benchmarks/bench_upload.py --parts      # and htupload's own CPU, part by part
+
+``--parts`` times, in this process (CPU seconds, best of ``--repeat``), what htupload does
+besides Dask: the client's scan (with and without a ``stat`` a file), its lineage and
+plan, and the tasks' work (read the files, build the tar, sha256 for the index), each
+also in microseconds a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -37,6 +45,51 @@ def make_tree(root: str, samples: int, size: int = 300) -> None:
                 f.write(blob[off:off + size])
 
 
+def cpu() -> float:
+    return time.process_time()
+
+
+def parts(src: str, shards: int, files: int, repeat: int) -> None:
+    """htupload's own CPU, part by part, without a cluster."""
+    from htools import tar
+    from htools.options import RunOptions
+    from htools.summary import ShardResult
+    from htools.upload import _lineage, _lineage_paths, plan, scan
+    from htools.upload_files import _file_samples
+
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        t = [cpu()]
+        sized = scan(src)
+        t.append(cpu())
+        samples = scan(src, sized=False)
+        t.append(cpu())
+        kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0}
+        _lineage("o-@1.tar", kw, _lineage_paths(samples), sizes=[s.size for s in sized])
+        t.append(cpu())
+        tasks = plan(src, f"o-@{shards}.tar", RunOptions.of({"quiet": True}), scanned=samples)
+        t.append(cpu())
+        read = [list(_file_samples(k.kwargs["samples"], ShardResult())) for k in tasks]
+        t.append(cpu())
+        out = []
+        for task in read:
+            buf = io.BytesIO()
+            with tar.TarWriter(buf, count_fields=True) as w:
+                for sample in task:
+                    w.write(sample)
+            out.append(buf.getvalue())
+        t.append(cpu())
+        for data in out:
+            hashlib.sha256(data).digest()
+        t.append(cpu())
+        names = ["scan, sized", "scan, no stat", "lineage", "plan", "task: read files",
+                 "task: tar writer", "task: sha256"]
+        for name, a, b in zip(names, t, t[1:]):
+            best[name] = min(best.get(name, b - a), b - a)
+    for name, s in best.items():
+        print(f"PART {name}: {s:.3f} s CPU, {s / files * 1e6:.2f} us a file")
+
+
 def timed(cmd: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -51,6 +104,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="best of N runs of each command")
     p.add_argument("--quick", action="store_true", help="5,000 samples -> 8 shards, once")
     p.add_argument("--dir", default=None, help="where to make the tree (a temporary folder)")
+    p.add_argument("--parts", action="store_true", help="also htupload's own CPU by part")
     a = p.parse_args()
     if a.quick:
         a.samples, a.shards, a.repeat = 5000, 8, 1
@@ -68,6 +122,8 @@ def main() -> None:
             t_up.append(timed(up))
             t_tar.append(timed(gnu))
         files = a.samples * len(FIELDS)
+        if a.parts:
+            parts(src, a.shards, files, a.repeat)
         print(f"htupload: {min(t_up):.2f} s ({', '.join(f'{t:.2f}' for t in t_up)})")
         print(f"GNU tar -cf: {min(t_tar):.2f} s ({', '.join(f'{t:.2f}' for t in t_tar)})")
         print(f"RATIO htupload / GNU tar -cf, {a.samples} samples ({files} files of 300 B) -> "
