@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -46,6 +46,7 @@ from htools.tar import compress
 from htools.upload_files import (
     FileSample,
     as_tuples,
+    sample_size,
     scan_directory,
     scan_list,
     write_file_shard,
@@ -176,11 +177,11 @@ def source_kind(source: str) -> str:
 def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = None,
          maxsize: int | None = None, shuffle: bool = False, seed: int = 0,
          mtime: float | None = 0, select: Selection | None = None,
-         counted: JobSummary | None = None,
+         counted: list[JobSummary] | None = None,
          scanned: list[FileSample] | None = None) -> list[Task]:
     """The copy tasks; with tar inputs the counting pre-pass runs first (its summary,
-    the samples the selection left out, added to ``counted``); ``scanned``: a folder's
-    or list's samples when :func:`scan` already listed them."""
+    with the samples the selection left out, appended to ``counted``); ``scanned``: a
+    folder's or list's samples when :func:`scan` already listed them."""
     outset = shards.OutputSet.parse(outputs)
     n = outset.count
     if n is not None and (maxcount or maxsize):
@@ -206,15 +207,16 @@ def plan(source: str, outputs: str, opts: RunOptions, *, maxcount: int | None = 
             for o, (a, b) in zip(outs, bounds)]
 
 
-def scan(source: str) -> list[FileSample]:
-    """A folder's or a list file's samples, in key order."""
+def scan(source: str, sized: bool = True) -> list[FileSample]:
+    """A folder's or a list file's samples, in key order; ``sized=False``: a folder's files
+    without their sizes (:func:`~htools.upload_files.scan_directory`)."""
     if source_kind(source) == "list":
         return scan_list(source.removeprefix("@files:"))
-    return scan_directory(source)
+    return scan_directory(source, sized)
 
 
 def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime, select=None,
-               counted: JobSummary | None = None) -> list[Task]:
+               counted: list[JobSummary] | None = None) -> list[Task]:
     inputs = shards.expand_all(source, opts.storage_options)
     sizes: dict[int, dict] = {}
     kw = {"options": options, "select": select, "max_errors": opts.max_errors}
@@ -222,9 +224,8 @@ def _plan_tars(source, outset, maxcount, maxsize, opts, options, mtime, select=N
                         [Task(count_shard, {"input": u, **kw}, input=u) for u in inputs],
                         opts.with_(dry_run=False, summary=None), check_outputs=False,
                         on_result=lambda i, r: sizes.__setitem__(i, r))
-    if counted is not None:  # what the selection left out (or could not read)
-        for name in ("samples_dropped", "samples_failed", "sample_errors", "errors"):
-            setattr(counted, name, getattr(counted, name) + getattr(counts, name))
+    if counted is not None:
+        counted.append(counts)
     if not counts.ok:
         failed = counts.failures[0]
         raise HtoolsError(f"cannot read input {hide_credentials(str(failed['input']))}: "
@@ -277,67 +278,112 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     preflight.check(ins, [outset.first()], opts.storage_options, write=not opts.dry_run)
     made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
     shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
-    if files or opts.dry_run:
-        with cluster_meanwhile(opts, outset.first()) as ready:  # files scanned meanwhile
-            scanned = scan(source) if files else None
-            if files:
-                made = _lineage(outputs, kw, samples=scanned)
-                shardindex.check_lineage(outset, made, opts)
-            tasks = plan(source, outputs, opts, scanned=scanned, **kw)
-            summary = _run_files(tasks, ready()) if files \
-                else engine.run("htupload", tasks, opts)
+    if files:
+        return _upload_files(source, outputs, opts, outset, kw)
+    if opts.dry_run:
+        tasks = plan(source, outputs, opts, **kw)
+        summary = engine.run("htupload", tasks, opts)
         return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:
         copy = job.opts.with_(client=client)
-        counted = JobSummary("htupload")
+        counted: list[JobSummary] = []
         tasks = plan(source, outputs, copy, select=job.selection, counted=counted, **kw)
         summary = engine.run("htupload", tasks, copy.with_(summary=None))
-        summary.samples_read += counted.samples_dropped + counted.samples_failed
-        summary.samples_dropped += counted.samples_dropped
-        summary.samples_failed += counted.samples_failed
-        summary.sample_errors += counted.sample_errors
-        summary.errors = counted.errors + summary.errors
+        for counts in counted:  # what the selection left out (or could not read)
+            summary.samples_read += counts.samples_dropped + counts.samples_failed
+            summary.samples_dropped += counts.samples_dropped
+            summary.samples_failed += counts.samples_failed
+            summary.sample_errors += counts.sample_errors
+            summary.errors = counts.errors + summary.errors
         summary = shardindex.finish(summary, copy.with_(summary=None), outset,
                                     [t.output for t in tasks], made)
         return job.finish(summary)
 
 
+def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.OutputSet,
+                  kw: dict) -> JobSummary:
+    """htupload of a folder or a list, its embedded cluster started while the files are
+    scanned.  A job that needs no sizes before its tasks run (no ``--maxsize`` split, no
+    ``--resume``/``--overwrite`` lineage check) scans a folder without a ``stat`` a file:
+    its tasks report the sizes, and the lineage is made from them at the end."""
+    sized = bool(kw["maxsize"] or opts.resume or opts.overwrite)
+    by_key: dict[str, int] = {}  # the tar size of each sample, as its task reported it
+
+    def reported(i: int, result: dict) -> None:  # while the other tasks run
+        sizes = result.get("extra", {}).get("sizes")
+        if sizes is not None:
+            by_key.update(zip([s[0] for s in tasks[i].kwargs["samples"]], sizes))
+
+    with cluster_meanwhile(opts, outset.first()) as ready:
+        scanned = scan(source, sized)
+        unsized = not scanned[0].sizes  # a list's files are sized all the same
+        made = None if unsized else _lineage(outputs, kw, samples=scanned)
+        shardindex.check_lineage(outset, made, opts)
+        tasks = plan(source, outputs, opts, scanned=scanned, **kw)
+        paths = _lineage_paths(scanned) if unsized else None  # while the cluster starts
+        summary = _run_files(tasks, ready(), reported if unsized else None)
+    if paths is not None and not opts.dry_run:
+        sizes = _reported_sizes(scanned, by_key)
+        made = _lineage(outputs, kw, paths, sizes=sizes) if sizes is not None else None
+    return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
+
+
+def _reported_sizes(samples: list[FileSample], by_key: dict[str, int]) -> list[int] | None:
+    """The tar sizes of ``samples`` (scanned without them): as their tasks reported them
+    (``by_key``), else from the files as they are now (a task that failed); None when a
+    file is gone (that job's lineage is not recorded)."""
+    get = by_key.get
+    try:
+        return [n if (n := get(s.key)) is not None
+                else sample_size(s.key, [(f, os.path.getsize(p)) for f, p in s.files])
+                for s in samples]
+    except OSError:
+        return None
+
+
+def _lineage_paths(samples: list[FileSample]) -> list[str]:
+    """The lineage's entry of each sample of local files: its paths."""
+    return ["\t".join([p for _f, p in s.files]) for s in samples]
+
+
 def _lineage(outputs: str, kw: dict, inputs: list[str] = (),
-             samples: list[FileSample] = ()) -> dict:
+             samples: list[FileSample] = (), sizes: list[int] | None = None) -> dict:
     """htupload's lineage (:mod:`htools.lineage`): tar inputs by URL; local files (a
     folder or a list) by their paths and sizes as scanned (in key order: --shuffle's
-    order is the seed's, recorded), one entry per sample."""
+    order is the seed's, recorded), one entry per sample: given as ``samples``, or as
+    their :func:`_lineage_paths` and tar ``sizes``."""
     if samples:
-        inputs = ["\t".join([p for _f, p in s.files]) for s in samples]
-    return lineage.make("htupload", inputs=list(inputs), outputs=outputs,
-                        sizes=[s.size for s in samples] if samples else None,
+        inputs, sizes = _lineage_paths(samples), [s.size for s in samples]
+    return lineage.make("htupload", inputs=list(inputs), outputs=outputs, sizes=sizes,
                         options={**kw, "seed": kw["seed"] if kw["shuffle"] else None})
 
 
 # ------------------------------------------------------ from the client --
 
-def _run_files(tasks: list[Task], opts: RunOptions) -> JobSummary:
+def _run_files(tasks: list[Task], opts: RunOptions,
+               on_result: Callable[[int, dict], None] | None = None) -> JobSummary:
     """Write the shards of local files: by the workers, or by this process when the
     workers of a cluster elsewhere cannot see the files (or a local output folder)."""
     if opts.dry_run or not tasks or not workers_elsewhere(opts):
-        return engine.run("htupload", tasks, opts)
+        return engine.run("htupload", tasks, opts, on_result=on_result)
     first = next((FileSample(*t.kwargs["samples"][0]).files[0][1] for t in tasks
                   if t.kwargs["samples"]), None)
     with engine.cluster(opts) as client:
         hidden = preflight.unseen(client, [first], [t.output for t in tasks])
         if not hidden:
-            return engine.run("htupload", tasks, opts.with_(client=client))
+            return engine.run("htupload", tasks, opts.with_(client=client),
+                              on_result=on_result)
     if not opts.quiet:
         print(f"htools: the workers cannot see {hidden[0]}: this machine reads the files "
               f"and writes the {len(tasks)} shards itself", file=sys.stderr, flush=True)
-    return write_here(tasks, opts)
+    return write_here(tasks, opts, on_result=on_result)
 
 
-def write_here(tasks: list[Task], opts: RunOptions, writers: int = CLIENT_WRITERS
-               ) -> JobSummary:
+def write_here(tasks: list[Task], opts: RunOptions, writers: int = CLIENT_WRITERS,
+               on_result: Callable[[int, dict], None] | None = None) -> JobSummary:
     """Run upload tasks in this process, ``writers`` shards at a time (each holds one
     sample in memory), through the engine's run loop: the same resume/overwrite,
     retries of transient faults (and their backoff), progress and summary as on workers."""
-    return engine.run("htupload", tasks, opts,
+    return engine.run("htupload", tasks, opts, on_result=on_result,
                       executor=LocalExecutor(min(writers, len(tasks)), "htupload"))

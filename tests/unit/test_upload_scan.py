@@ -13,8 +13,9 @@ import pytest
 from htools import tar, upload_files
 from htools.errors import HtoolsError
 from htools.options import RunOptions
-from htools.upload import plan, write_here
-from htools.upload_files import FileSample, scan_directory
+from htools.summary import ShardResult
+from htools.upload import _lineage, _lineage_paths, _reported_sizes, plan, write_here
+from htools.upload_files import FileSample, as_tuples, scan_directory
 
 NAMES = [  # (path, size): names that sort around "/", ".", "-", nested, long, non-ASCII
     ("a.txt", 10), ("a.cls", 1), ("a-1.txt", 700), ("b.txt", 512), ("empty.txt", 0),
@@ -113,14 +114,14 @@ def test_a_vanished_file_is_named(tmp_path):
 
 def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
     make_tree(tmp_path / "src")
-    scandir = os.scandir
+    open_ = os.open
 
-    def refused(path):  # what a folder without read permission does (root reads any)
-        if str(path).endswith("d/e"):
+    def refused(path, flags, *a, **kw):  # what a folder without read permission does
+        if str(path).endswith("d/e"):  # (root reads any)
             raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
+        return open_(path, flags, *a, **kw)
 
-    monkeypatch.setattr(os, "scandir", refused)
+    monkeypatch.setattr(os, "open", refused)
     with pytest.raises(HtoolsError, match=r"cannot list .*src/d/e: Permission denied"):
         scan_directory(str(tmp_path / "src"))
 
@@ -133,9 +134,68 @@ def test_a_file_is_read_whole_and_a_changed_size_is_refused(tmp_path, monkeypatc
         data = os.urandom(n)
         path.write_bytes(data)
         assert upload_files._read_local(str(path), n) == data
-        assert upload_files._read_local(str(path)) == data  # size not known
         for scanned in (n + 1, max(n - 1, 0)) if n else (1,):
             now = "more" if n > scanned else n
             with pytest.raises(HtoolsError, match=rf"f\.bin: the file changed while htupload "
                                rf"ran \({scanned} bytes when listed, {now} now\)"):
                 upload_files._read_local(str(path), scanned)
+
+
+def test_a_task_reads_each_file_once_and_refuses_one_that_changed(tmp_path):
+    """The task's inline read (small files) and its fallback (large ones) read the bytes
+    scanned, and a file that grew, shrank or vanished since the scan fails the shard."""
+    big = os.urandom(upload_files.SMALL + 5)
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    (tmp_path / "a.big").write_bytes(big)
+    (tmp_path / "e.txt").write_bytes(b"")
+    samples = as_tuples(scan_directory(str(tmp_path)))
+    result = ShardResult("in", "out")
+    got = list(upload_files._file_samples(samples, result))
+    assert got == [{"__key__": "a", "big": big, "bin": b"abc"}, {"__key__": "e", "txt": b""}]
+    assert result.bytes_in == len(big) + 3
+    unsized = as_tuples(scan_directory(str(tmp_path), sized=False))  # read to their end
+    assert list(upload_files._file_samples(unsized, ShardResult("in", "out"))) == got
+    for change, now in ((b"abcd", "more"), (b"ab", "2"), (None, None)):
+        if change is None:
+            os.remove(tmp_path / "a.bin")
+            says = r"a\.bin: No such file or directory"
+        else:
+            (tmp_path / "a.bin").write_bytes(change)
+            says = rf"a\.bin: the file changed while htupload ran \(3 bytes when listed, {now} now\)"
+        with pytest.raises(HtoolsError, match=says):
+            list(upload_files._file_samples(samples, ShardResult("in", "out")))
+
+
+@pytest.mark.parametrize("case", ["@3", "maxcount", "shuffle"])
+def test_a_scan_without_sizes_writes_the_same_shards_and_lineage(tmp_path, case):
+    """A plan by count scans without a stat a file: the shards are the pinned ones, and the
+    sizes the tasks report make the lineage the sized scan makes (which --resume checks)."""
+    make_tree(tmp_path / "src")
+    source = str(tmp_path / "src")
+    sized = scan_directory(source)
+    unsized = scan_directory(source, sized=False)
+    assert [(s.key, s.files) for s in unsized] == [(s.key, s.files) for s in sized]
+    assert {(s.size, s.sizes) for s in unsized} == {(0, ())}
+    pattern, kw = CASES[case]
+    opts = RunOptions.of({"quiet": True})
+    tasks = plan(source, str(tmp_path / "out" / pattern), opts, scanned=unsized, **kw)
+    by_key: dict = {}
+    assert write_here(tasks, opts, on_result=lambda i, r: by_key.update(
+        zip([s[0] for s in tasks[i].kwargs["samples"]], r["extra"]["sizes"]))).ok
+    digests = [hashlib.sha256(open(t.output, "rb").read()).hexdigest()[:16] for t in tasks]
+    assert digests == PINNED[case]
+    sizes = _reported_sizes(unsized, by_key)
+    assert sizes == [s.size for s in sized]
+    kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0, **kw}
+    assert _lineage(pattern, kw, _lineage_paths(unsized), sizes=sizes) == _lineage(
+        pattern, kw, samples=sized)
+    assert _reported_sizes(unsized, {}) == sizes  # no reports: sized by the client
+    os.remove(tmp_path / "src" / "b.txt")
+    assert _reported_sizes(unsized, {}) is None  # a file gone: no lineage
+
+
+def test_a_scan_without_sizes_still_refuses_a_broken_link(tmp_path):
+    make_tree(tmp_path / "src")
+    os.symlink("gone.txt", tmp_path / "src" / "a" / "w.txt")
+    with pytest.raises(HtoolsError, match=r"a/w\.txt: No such file or directory"):
+        scan_directory(str(tmp_path / "src"), sized=False)
