@@ -141,8 +141,8 @@ def upload_rows(work: str, quick: bool) -> list[dict]:
     t_up, t_tar = [], []
     for _ in range(1 if quick else 2):
         shutil.rmtree(out, ignore_errors=True)
-        t_up.append(bu.timed(up))
-        t_tar.append(bu.timed(gnu))
+        t_up.append(bu.timed(up)[0])
+        t_tar.append(bu.timed(gnu)[0])
     mb = sum(e.stat().st_size for d in os.scandir(src) for e in os.scandir(d)) / 1e6
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
