@@ -13,6 +13,8 @@ from collections.abc import Callable
 import click
 
 from htools import __version__
+from htools.clusters import forkserver
+from htools.clusters.connection import cluster_address
 from htools.errors import HtoolsError, hide_credentials
 from htools.options import RunOptions
 from htools.summary import JobSummary, failure_kind, sample_error_kind
@@ -216,6 +218,10 @@ def command(fn: Callable | None = None, *, without: tuple[str, ...] = ()) -> Cal
     def wrapper(*args, **kw):
         try:
             opts = RunOptions(**{name: kw.pop(name) for name, _ in flags})
+            if not opts.dry_run and cluster_address(opts.cluster) is None:
+                # the embedded cluster's workers fork from a server that starts now and
+                # imports Dask and this command beside the job's own start
+                forkserver.start(fn.__module__)
             return fn(*args, opts=opts, **kw)
         except HtoolsError as e:
             raise click.ClickException(str(e)) from None
