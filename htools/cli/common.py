@@ -14,7 +14,6 @@ import click
 
 from htools import __version__
 from htools.clusters import forkserver
-from htools.clusters.connection import cluster_address
 from htools.errors import HtoolsError, hide_credentials
 from htools.options import RunOptions
 from htools.summary import JobSummary, failure_kind, sample_error_kind
@@ -218,10 +217,7 @@ def command(fn: Callable | None = None, *, without: tuple[str, ...] = ()) -> Cal
     def wrapper(*args, **kw):
         try:
             opts = RunOptions(**{name: kw.pop(name) for name, _ in flags})
-            if not opts.dry_run and cluster_address(opts.cluster) is None:
-                # the embedded cluster's workers fork from a server that starts now and
-                # imports Dask and this command beside the job's own start
-                forkserver.start(fn.__module__)
+            forkserver.for_command(fn.__module__)  # what an embedded cluster's workers import
             return fn(*args, opts=opts, **kw)
         except HtoolsError as e:
             raise click.ClickException(str(e)) from None

@@ -45,10 +45,12 @@ def connect(opts: RunOptions) -> Iterator[Any]:
     if opts.client is not None:
         yield opts.client
         return
+    address = cluster_address(opts.cluster)
+    if not address:
+        forkserver.start()  # its imports beside this process's own
     import dask
     from distributed import Client, LocalCluster
 
-    address = cluster_address(opts.cluster)
     if address and address.startswith("k8s://"):
         from htools.clusters import kube
 
@@ -73,7 +75,6 @@ def connect(opts: RunOptions) -> Iterator[Any]:
             _announce(client, opts)
             yield client
         return
-    forkserver.start()  # started already by a command (htools.cli.common)
     gpus = count_gpus()
     n = opts.workers or max(os.cpu_count() or 1, gpus)  # at least one worker per GPU
     with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),

@@ -7,10 +7,9 @@ console script is run again as ``__mp_main__``), about a second of CPU each, all
 at once on a small machine.  With ``forkserver`` a single server process (a new Python
 too, started with ``exec``: nothing is forked from this process, whose threads may hold
 locks) imports :data:`PRELOAD` once and forks a worker from itself on each request.  The
-server starts as soon as a command knows it will run an embedded cluster
-(:func:`start`, from :func:`htools.cli.common.command` or
-:func:`htools.clusters.connection.connect`), so its imports run beside this process's own
-(``distributed``, listing the inputs, planning) rather than after them.
+server starts with the job's cluster (:func:`start`, from
+:func:`htools.clusters.connection.connect`) before this process imports ``distributed``,
+so that its imports run beside this process's own rather than after them.
 
 What a spawned worker got before it started, a forked one gets the same way: Dask's
 ``distributed.nanny.pre-spawn-environ`` variables (``MALLOC_TRIM_THRESHOLD_``, the
@@ -21,8 +20,10 @@ the nanny's fixed ``PYTHONHASHSEED``.  ``HTOOLS_START_METHOD=spawn`` keeps Dask'
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
+import signal
 import threading
 
 METHOD_ENV = "HTOOLS_START_METHOD"
@@ -31,6 +32,7 @@ PRELOAD = ("distributed", "htools", "htools.clusters.workerinit", "htools.runtim
 
 _lock = threading.Lock()
 _started = False
+_command: list[str] = []  # the module of the command this process runs, if it is one
 
 
 def method() -> str:
@@ -42,10 +44,18 @@ def method() -> str:
     return "spawn"
 
 
-def start(*modules: str) -> None:
+def for_command(module: str) -> None:
+    """This process is a command (``module``, its CLI module, imported by every worker
+    as the script's ``__mp_main__``, is preloaded too), whose jobs have closed their
+    clusters by the time it exits: the server is then ended at once (:func:`stop`)."""
+    _command[:] = [module]
+
+
+def start() -> None:
     """Start the fork server now, if it is the start method and not already running; it
-    imports :data:`PRELOAD` and ``modules`` (the command's own module) in its own process
-    while this one goes on.  Once per process: later jobs fork from the same server."""
+    imports :data:`PRELOAD` (and the command's module) in its own process while this one
+    goes on (importing ``distributed``, starting the scheduler).  Once per process: later
+    jobs fork from the same server."""
     global _started
     if method() != "forkserver":
         return
@@ -55,10 +65,30 @@ def start(*modules: str) -> None:
         _started = True
         _set_spawn_environ()
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([*PRELOAD, *modules])
+        ctx.set_forkserver_preload([*PRELOAD, *_command])
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+        if _command:
+            atexit.register(stop)
+
+
+def stop() -> None:
+    """End the fork server now.  Left alone, it ends when it sees this process gone, but
+    only once its imports are done, and it holds this process's stdout and stderr open
+    until then: a command that stopped early (a missing input) would keep a pipe reading
+    its output waiting a second or more.  Only once no worker it forked is still needed:
+    a worker's nanny learns of its end from the server."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def config() -> dict:
