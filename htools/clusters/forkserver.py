@@ -75,10 +75,10 @@ def start() -> None:
 
 def stop() -> None:
     """End the fork server now.  Left alone, it ends when it sees this process gone, but
-    only once its imports are done, and it holds this process's stdout and stderr open
-    until then: a command that stopped early (a missing input) would keep a pipe reading
-    its output waiting a second or more.  Only once no worker it forked is still needed:
-    a worker's nanny learns of its end from the server."""
+    only once its own imports are done, holding this process's stdout and stderr open
+    until then: a command stopped while its cluster started (Ctrl-C, a failed start)
+    would keep a pipe reading its output waiting.  Only once no worker it forked is still
+    needed: a worker's nanny learns of its end from the server."""
     from multiprocessing import forkserver
 
     pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
