@@ -18,7 +18,6 @@ from typing import IO
 
 from htools import shards, storage
 from htools.errors import HtoolsError, hide_credentials
-from htools.exchange.sizing import default_scratch
 from htools.extract_arrays import extract_with_arrays
 from htools.extract_data import as_data as data_of
 from htools.fields import check_present
@@ -229,7 +228,12 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     if format == "parquet" and (field_names or count):
         raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
     spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
-    with prepared(select, opts, lambda o: default_scratch(o, _beside(out, to_dir))) as job:
+    def scratch(o: RunOptions) -> str:
+        from htools.exchange.sizing import default_scratch  # the exchange: only if needed
+
+        return default_scratch(o, _beside(out, to_dir))
+
+    with prepared(select, opts, scratch) as job:
         result = _extract(inputs, spec, out, frame, allow_missing, job.selection, job.opts)
         job.finish(result if isinstance(result, JobSummary) else result.summary)
         return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from htools import lineage, shardindex, shards, storage
 from htools.errors import HtoolsError, ScriptError, hide_credentials
-from htools.exchange.sizing import default_scratch
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
@@ -152,7 +151,12 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
         summary = engine.run("htmapper", tasks, run_opts, group=True, shipment=shipment)
         return shardindex.finish(summary, run_opts, outset, [t.output for t in tasks], made)
 
-    return run_selected(select, opts, lambda o: default_scratch(o, outset), run)
+    def scratch(o: RunOptions) -> str:
+        from htools.exchange.sizing import default_scratch  # the exchange: only if needed
+
+        return default_scratch(o, outset)
+
+    return run_selected(select, opts, scratch, run)
 
 
 def _script(script, shell: str | None, batch_fn, prepare_fn, py_files) -> Script:

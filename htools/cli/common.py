@@ -13,6 +13,7 @@ from collections.abc import Callable
 import click
 
 from htools import __version__
+from htools.clusters import forkserver
 from htools.errors import HtoolsError, hide_credentials
 from htools.options import RunOptions
 from htools.summary import JobSummary, failure_kind, sample_error_kind
@@ -216,6 +217,7 @@ def command(fn: Callable | None = None, *, without: tuple[str, ...] = ()) -> Cal
     def wrapper(*args, **kw):
         try:
             opts = RunOptions(**{name: kw.pop(name) for name, _ in flags})
+            forkserver.for_command(fn.__module__)  # what an embedded cluster's workers import
             return fn(*args, opts=opts, **kw)
         except HtoolsError as e:
             raise click.ClickException(str(e)) from None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from htools.clusters import forkserver
 from htools.display import in_notebook
 from htools.errors import HtoolsError
 
@@ -44,10 +45,12 @@ def connect(opts: RunOptions) -> Iterator[Any]:
     if opts.client is not None:
         yield opts.client
         return
+    address = cluster_address(opts.cluster)
+    if not address:
+        forkserver.start()  # its imports beside this process's own
     import dask
     from distributed import Client, LocalCluster
 
-    address = cluster_address(opts.cluster)
     if address and address.startswith("k8s://"):
         from htools.clusters import kube
 
@@ -75,9 +78,13 @@ def connect(opts: RunOptions) -> Iterator[Any]:
     gpus = count_gpus()
     n = opts.workers or max(os.cpu_count() or 1, gpus)  # at least one worker per GPU
     with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
-                          "distributed.worker.daemon": False}):
+                          "distributed.worker.daemon": False, **forkserver.config()}):
+        # the dashboard (bokeh: half a second of this process's CPU before any worker
+        # starts) only for a job that shows its link; a quiet job's random port is known
+        # to no one
         kw = dict(threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                  host="127.0.0.1", silence_logs=40, preload=["htools.clusters.workerinit"])
+                  scheduler_kwargs={"dashboard": not opts.quiet}, host="127.0.0.1",
+                  silence_logs=40, preload=["htools.clusters.workerinit"])
         if gpus:
             cluster = _gpu_cluster(LocalCluster, n, gpus, kw)
         else:

@@ -1,0 +1,137 @@
+"""The embedded cluster's worker processes, forked from one server process that imported
+Dask and htools once, instead of each started afresh.
+
+Dask's nannies start worker processes with ``multiprocessing``'s ``spawn``: every worker
+is a new Python that imports ``distributed`` and then the command's own modules (the
+console script is run again as ``__mp_main__``), about a second of CPU each, all of them
+at once on a small machine.  With ``forkserver`` a single server process (a new Python
+too, started with ``exec``: nothing is forked from this process, whose threads may hold
+locks) imports :data:`PRELOAD` once and forks a worker from itself on each request.  The
+server starts with the job's cluster (:func:`start`, from
+:func:`htools.clusters.connection.connect`) before this process imports ``distributed``,
+so that its imports run beside this process's own rather than after them.
+
+What a spawned worker got before it started, a forked one gets the same way: Dask's
+``distributed.nanny.pre-spawn-environ`` variables (``MALLOC_TRIM_THRESHOLD_``, the
+``*_NUM_THREADS``), which must be set when a process starts, are set here before the
+server starts, as the nanny sets them before each spawn (in this process too), and so is
+the nanny's fixed ``PYTHONHASHSEED``.  ``HTOOLS_START_METHOD=spawn`` keeps Dask's way.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import signal
+import threading
+
+METHOD_ENV = "HTOOLS_START_METHOD"
+# what every worker imports anyway, imported once by the server before it forks them
+PRELOAD = ("distributed", "htools", "htools.clusters.workerinit", "htools.runtime.task")
+
+_lock = threading.Lock()
+_started = False
+_command: list[str] = []  # the module of the command this process runs, if it is one
+
+
+def method() -> str:
+    """How the embedded cluster starts its worker processes: ``forkserver`` where the
+    platform has it (Linux, macOS), unless ``$HTOOLS_START_METHOD`` says ``spawn``."""
+    asked = os.environ.get(METHOD_ENV, "forkserver")
+    if asked == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+def for_command(module: str) -> None:
+    """This process is a command (``module``, its CLI module, imported by every worker
+    as the script's ``__mp_main__``, is preloaded too), whose jobs have closed their
+    clusters by the time it exits: the server is then ended at once (:func:`stop`)."""
+    _command[:] = [module]
+
+
+def start() -> None:
+    """Start the fork server now, if it is the start method and not already running; it
+    imports :data:`PRELOAD` (and the command's module) in its own process while this one
+    goes on (importing ``distributed``, starting the scheduler).  Once per process: later
+    jobs fork from the same server."""
+    global _started
+    if method() != "forkserver":
+        return
+    with _lock:
+        if _started:
+            return
+        _started = True
+        _set_spawn_environ()
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([*PRELOAD, *_command])
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+        if _command:
+            atexit.register(stop)
+
+
+def stop() -> None:
+    """End the fork server now.  Left alone, it ends when it sees this process gone, but
+    only once its own imports are done, holding this process's stdout and stderr open
+    until then: a command stopped while its cluster started (Ctrl-C, a failed start)
+    would keep a pipe reading its output waiting.  Only once no worker it forked is still
+    needed: a worker's nanny learns of its end from the server."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def config() -> dict:
+    """The Dask config of the embedded cluster's start method (call it after
+    :func:`start`)."""
+    if method() == "forkserver":
+        # Dask sets its own preload list on first use of the start method, importing
+        # numpy and pandas into this process to do so: the server already runs with
+        # ours, so that would only cost this process those imports
+        import distributed.utils
+
+        if hasattr(distributed.utils, "_forkserver_preload_set"):
+            distributed.utils._forkserver_preload_set = True
+    return {"distributed.worker.multiprocessing-method": method()}
+
+
+def _set_spawn_environ() -> None:
+    """What a nanny puts in ``os.environ`` before it spawns a worker (an existing value
+    wins), put there before the fork server starts, whose workers inherit it."""
+    env = {k: os.environ.get(k, str(v)) for k, v in _spawn_environ().items() if v is not None}
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = "6640"  # as the nanny does: the same hashes on every worker
+    os.environ.update(env)
+
+
+def _spawn_environ() -> dict:
+    """``distributed.nanny.pre-spawn-environ``: the user's Dask config over distributed's
+    defaults, read from its YAML file (importing ``distributed`` to load them would cost
+    half a second before the server could start)."""
+    import importlib.util
+
+    import dask.config
+    import yaml
+
+    key = "distributed.nanny.pre-spawn-environ"
+    defaults: dict = {}
+    spec = importlib.util.find_spec("distributed")
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), "distributed.yaml")
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            defaults = dict(tree["distributed"]["nanny"]["pre-spawn-environ"] or {})
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            defaults = {}
+    return {**defaults, **(dask.config.get(key, default=None) or {})}
