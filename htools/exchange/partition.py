@@ -135,22 +135,27 @@ class Spiller:
         self.buffers.setdefault(bucket, []).append((k, rec))
         self.held += size + RECORD_OVERHEAD
         if self.held >= self.spec.memory:
-            self.close()
+            self.spill()
 
     def close(self) -> None:
+        """The last spill of the task: the arena's chunks are left to rest."""
+        self.spill(rest=True)
+
+    def spill(self, rest: bool = False) -> None:
+        """Write what is buffered as one run (the arena's chunks reused for the next)."""
         if self.buffers:
             if self.spec.group_by:
                 self.keys.append(_keys_file(self.buffers, self.spec, self.task,
                                             len(self.runs)))
             self.runs.append(_spill(self.buffers, self.spec, self.task, len(self.runs),
                                     self.counts))
-        self.arena.release(self.spec.memory)
+        self.arena.release(self.spec.memory, rest)
         self.held = 0
 
     def discard(self) -> None:
         """A failed attempt: its runs are useless now."""
         self.buffers.clear()
-        self.arena.release(self.spec.memory)
+        self.arena.release(self.spec.memory, rest=True)
         for r in self.runs + self.keys:
             storage.delete(r.url, scratch_options(self.spec.options))
         self.runs.clear()
@@ -168,10 +173,11 @@ class Spiller:
         return extra
 
 
-# Arena chunks of tasks that ended, for the next ones (at most a task's memory budget):
+# Arena chunks not in use, for the next spill or task (at most a task's memory budget):
 # fresh memory costs a page fault every 4 KiB, which at 128 KiB samples took more CPU
-# than the rest of stage 1's own work.  Given back with MADV_FREE: the kernel may take
-# the pages when it needs them; until then they are reused without a fault.
+# than the rest of stage 1's own work.  When a task ends its chunks rest (MADV_FREE):
+# the kernel may take their pages when it needs them; until then they are reused
+# without a fault (for about a third of a fault's cost: a page's first write after).
 _CHUNKS: list = []
 
 
@@ -213,12 +219,13 @@ class Arena:
         self.chunks.append(chunk)
         self._mv, self._fill = memoryview(chunk), 0
 
-    def release(self, keep: int) -> None:
+    def release(self, keep: int, rest: bool = False) -> None:
         """Done with every view: the chunks go back for later records or tasks (up to
-        ``keep`` bytes of them kept)."""
+        ``keep`` bytes of them kept); with ``rest``, the kernel may take back their
+        pages if it needs them (done here, while no other task can have them)."""
         for chunk in self.chunks:
             if (len(_CHUNKS) + 1) * self.chunk <= keep:
-                if isinstance(chunk, mmap.mmap) and hasattr(mmap, "MADV_FREE"):
+                if rest and isinstance(chunk, mmap.mmap) and hasattr(mmap, "MADV_FREE"):
                     chunk.madvise(mmap.MADV_FREE)
                 _CHUNKS.append(chunk)
         self.chunks = []
