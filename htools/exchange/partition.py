@@ -11,7 +11,6 @@ files (:mod:`.runfile`).
 
 from __future__ import annotations
 
-import mmap
 import random
 import uuid
 from collections.abc import Iterator
@@ -30,14 +29,7 @@ from htools.exchange.keys import (
     placed_key,
 )
 from htools.exchange.listjoin import Tags, drawing, joined_key, small_selected, tagged
-from htools.exchange.runfile import (
-    SMALL_RECORDS,
-    Run,
-    RunWriter,
-    SampleEncoder,
-    pack_key,
-    record_pieces,
-)
+from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record_pieces
 from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
@@ -48,8 +40,6 @@ from htools.usercode.apply import map_samples
 from htools.usercode.script import user_traceback
 
 RECORD_OVERHEAD = 100  # Python bytes of a buffered record beyond its payload
-ARENA_CHUNK = 8 << 20  # the arena's memory comes in chunks of this size at most (a
-# sixteenth of the memory budget, at least 64 KiB); a larger record keeps its own bytes
 
 
 def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
@@ -122,40 +112,27 @@ class Spiller:
         self.keys: list[Run] = []  # the runs' keys files (spec.group_by)
         self.buffers: dict[int, list] = {}
         self.held = 0
-        self.arena = Arena(min(ARENA_CHUNK, max(64 << 10, spec.memory // 16)))
 
     def add(self, bucket: int, k, rec: bytes | list) -> None:
-        """Buffer one record: bytes, or a list of pieces (:func:`.runfile.record_pieces`).
-        A large one is copied into the arena, and its own memory freed at once."""
-        size = len(rec) if type(rec) is not list else sum(map(len, rec))
-        if SMALL_RECORDS <= size <= self.arena.chunk:
-            rec = self.arena.copy(rec, size)
-        elif type(rec) is list:  # pieces count as allocated: the tar writer's buffers
-            size = sum(map(getsizeof, rec))  # keep their spare room
+        """Buffer one record: bytes, or a list of pieces (:func:`.runfile.record_pieces`)."""
         self.buffers.setdefault(bucket, []).append((k, rec))
+        # pieces count as allocated: the tar writer's buffers keep their spare room
+        size = len(rec) if type(rec) is not list else sum(map(getsizeof, rec))
         self.held += size + RECORD_OVERHEAD
         if self.held >= self.spec.memory:
-            self.spill()
+            self.close()
 
     def close(self) -> None:
-        """The last spill of the task: the arena's chunks are left to rest."""
-        self.spill(rest=True)
-
-    def spill(self, rest: bool = False) -> None:
-        """Write what is buffered as one run (the arena's chunks reused for the next)."""
         if self.buffers:
             if self.spec.group_by:
                 self.keys.append(_keys_file(self.buffers, self.spec, self.task,
                                             len(self.runs)))
             self.runs.append(_spill(self.buffers, self.spec, self.task, len(self.runs),
                                     self.counts))
-        self.arena.release(self.spec.memory, rest)
         self.held = 0
 
     def discard(self) -> None:
         """A failed attempt: its runs are useless now."""
-        self.buffers.clear()
-        self.arena.release(self.spec.memory, rest=True)
         for r in self.runs + self.keys:
             storage.delete(r.url, scratch_options(self.spec.options))
         self.runs.clear()
@@ -171,71 +148,6 @@ class Spiller:
             extra["counts"] = (nz.astype(np.uint32).tobytes(),
                                self.counts[nz].astype(np.uint64).tobytes())
         return extra
-
-
-# Arena chunks not in use, for the next spill or task (at most a task's memory budget):
-# fresh memory costs a page fault every 4 KiB, which at 128 KiB samples took more CPU
-# than the rest of stage 1's own work.  When a task ends its chunks rest (MADV_FREE):
-# the kernel may take their pages when it needs them; until then they are reused
-# without a fault (for about a third of a fault's cost: a page's first write after).
-_CHUNKS: list = []
-
-
-class Arena:
-    """Stage 1's large records, copied one after another into chunks of reused memory
-    while they wait for their spill (a record's own bytes are freed at once, and its
-    memory reused for the next)."""
-
-    def __init__(self, chunk: int) -> None:
-        self.chunk = chunk  # bytes of a chunk
-        self.chunks: list = []
-        self._mv = memoryview(b"")
-        self._fill = 0
-
-    def copy(self, rec: bytes | list, size: int) -> memoryview:
-        """``rec`` (bytes, or a list of pieces of ``size`` bytes in all, at most a chunk)
-        as a view of the arena, valid until :meth:`release`."""
-        if self._fill + size > len(self._mv):
-            self._next()
-        mv, at = self._mv, self._fill
-        if type(rec) is list:
-            for piece in rec:
-                end = at + len(piece)
-                mv[at:end] = piece
-                at = end
-        else:
-            at += size
-            mv[self._fill:at] = rec
-        self._fill = at
-        return mv[at - size:at]
-
-    def _next(self) -> None:
-        try:
-            chunk = _CHUNKS.pop()
-        except IndexError:  # none left (another task's thread may have taken the last)
-            chunk = None
-        if chunk is None or len(chunk) != self.chunk:  # none, or another budget's
-            chunk = _chunk(self.chunk)
-        self.chunks.append(chunk)
-        self._mv, self._fill = memoryview(chunk), 0
-
-    def release(self, keep: int, rest: bool = False) -> None:
-        """Done with every view: the chunks go back for later records or tasks (up to
-        ``keep`` bytes of them kept); with ``rest``, the kernel may take back their
-        pages if it needs them (done here, while no other task can have them)."""
-        for chunk in self.chunks:
-            if (len(_CHUNKS) + 1) * self.chunk <= keep:
-                if rest and isinstance(chunk, mmap.mmap) and hasattr(mmap, "MADV_FREE"):
-                    chunk.madvise(mmap.MADV_FREE)
-                _CHUNKS.append(chunk)
-        self.chunks = []
-        self._mv, self._fill = memoryview(b""), 0
-
-
-def _chunk(size: int) -> mmap.mmap | bytearray:
-    if hasattr(mmap, "MAP_PRIVATE"):  # private: MADV_FREE applies to it
-        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return bytearray(size)
 
 
 def _checked(key_of):
