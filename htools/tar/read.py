@@ -62,8 +62,7 @@ class _Scanner(SpecialHeaders):
         self.sums: dict[bytes, int] = {}  # checksum field -> expected byte sum of the block
         readinto = getattr(stream, "readinto", None)
         self._readinto: Callable[[Any], int] = readinto or self._read_copy
-        self.cap = len(self.buf) if getattr(stream, "htools_compressed", None) is None \
-            else DECODED  # how far a refill fills the buffer
+        self.grows = getattr(stream, "htools_compressed", None) is None  # plain: see fill
         # Pending metadata for the next member, set by long-name and pax headers.
         self.longname: str | None = None
         self.pax: dict[str, str] = {}
@@ -231,7 +230,9 @@ class _Scanner(SpecialHeaders):
             buf[:rem] = mv[pos:end].tobytes()
         self.base += pos
         end = rem
-        cap = max(need, self.cap)
+        # how far to fill: DECODED, or for a plain stream up to a quarter of what was read
+        # (a range read that stops early reads little past its end) and the whole buffer
+        cap = max(need, min(len(buf), max(DECODED, self.base // 4)) if self.grows else DECODED)
         readinto = self._readinto
         try:
             while end < need:

@@ -1,6 +1,6 @@
-"""How the tar reader refills: a plain stream in requests larger than storage's
-buffered reader holds (so that it reads straight into the tar reader's buffer), a
-decoder in requests of the size it always had."""
+"""How the tar reader refills: a plain stream, once a few MiB are read, in requests
+larger than storage's buffered reader holds (so that it reads straight into the tar
+reader's buffer), a decoder in requests of the size it always had."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Recorder(io.RawIOBase):
         return self.f.readinto(b)
 
 
-def shard(n: int = 40) -> bytes:
+def shard(n: int = 200) -> bytes:
     out = io.BytesIO()
     tar.write_samples(out, [{"__key__": f"k{i:03d}", "bin": os.urandom(128 << 10)}
                             for i in range(n)], compress=None)
@@ -37,7 +37,7 @@ def shard(n: int = 40) -> bytes:
 def test_a_plain_stream_is_read_past_storage_buffer():
     raw = Recorder(shard())
     stream = io.BufferedReader(raw, buffer_size=STORAGE_CHUNK)  # as storage hands it out
-    assert len(list(tar.read_samples(stream, "p.tar"))) == 40
+    assert len(list(tar.read_samples(stream, "p.tar"))) == 200
     assert max(raw.asked) > STORAGE_CHUNK  # the buffered reader passed it straight on
 
 
@@ -52,5 +52,5 @@ def test_a_decoder_is_read_a_mebibyte_at_a_time():
         return readinto(b)
 
     stream.readinto = recorded
-    assert len(list(tar.read_samples(stream, "p.tgz"))) == 40
+    assert len(list(tar.read_samples(stream, "p.tgz"))) == 200
     assert max(asked) <= tarread.DECODED
