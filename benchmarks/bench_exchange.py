@@ -1,7 +1,7 @@
 """htshuffle / htsort against the baselines of issue #4, on the same samples.
 
     .venv/bin/python benchmarks/bench_exchange.py [--gb 2] [--kib 16] [--quick] [--dir DIR]
-    .venv/bin/python benchmarks/bench_exchange.py --copies --kib 128 --gb 1.6
+    .venv/bin/python benchmarks/bench_exchange.py --copies [--quick] [--gb 1.6]
 
 Every figure is a ratio ``baseline seconds / htools seconds`` measured in this run
 (> 1: htools is faster).  What each baseline does:
@@ -12,6 +12,11 @@ Every figure is a ratio ``baseline seconds / htools seconds`` measured in this r
   scratch), so its floor is 0.5.
 * **webdataset copy** (``--copies``) -- the same two processes, with webdataset's
   reader and ``TarWriter`` and no flush to disk: CPU-bound (issue 26).
+  ``--copies`` prints issue 26's rows (:func:`rows`, which benchmarks/suite.py can call):
+  htshuffle of 128 KiB samples vs the webdataset copy, and htshuffle vs copy once at 16
+  and 128 KiB, each with the CPU seconds a GB of both sides (htools: its two workers'
+  processes; a copy: its two processes' own), steadier than wall time on a shared
+  machine.
 * **dask P2P** -- the same samples as a pandas DataFrame (``key`` str, ``cls`` and
   ``bin`` bytes columns), one uncompressed parquet file per input shard in scratch.
   Timed: ``dd.read_parquet`` -> ``.shuffle(on="key", shuffle_method="p2p")`` (or
@@ -159,52 +164,77 @@ def measured(dask, fn, /, *args, **kw):
 def htools_job(kind: str, inputs: list[str], out: str, memory: int | None = None,
                workers: int = 2) -> tuple[float, int]:
     """Seconds and peak worker memory growth of one htshuffle / htsort on a fresh cluster."""
+    elapsed, growth, _cpu = htools_job_cpu(kind, inputs, out, memory, workers)
+    return elapsed, growth
+
+
+def htools_job_cpu(kind: str, inputs: list[str], out: str, memory: int | None = None,
+                   workers: int = 2) -> tuple[float, int, float]:
+    """:func:`htools_job`, and the CPU seconds its workers' processes spent on it."""
     import htools
 
     fn = htools.shuffle if kind == "shuffle" else htools.sort
     pattern = os.path.join(out, f"out-@{len(inputs):04d}.tar")
     with cluster(workers) as client:
+        cpu0 = sum(client.run(_cpu_now).values())
         elapsed, growth, summary = measured(client, fn, inputs, pattern, client=client,
                                             quiet=True, overwrite=True, memory=memory)
+        cpu = sum(client.run(_cpu_now).values()) - cpu0
     if not summary.ok:
         sys.exit(f"ht{kind} failed: {summary.failures[:1]}")
     shutil.rmtree(out, ignore_errors=True)
-    return elapsed, growth
+    return elapsed, growth, cpu
+
+
+def _cpu_now() -> float:
+    """This process's CPU seconds (all its threads, user and system)."""
+    return time.process_time()
 
 
 # ------------------------------------------------------------- baselines --
 
-def _copy_one(args: tuple[str, str]) -> None:
+def _copy_one(args: tuple[str, str]) -> float:
+    """Copy one shard with htools' codec; the CPU seconds it took."""
+    cpu0 = time.process_time()
     url, out = args
     with storage.open_read(url) as raw, storage.open_write(out) as dst, \
             tar.TarWriter(dst) as w:
         for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
             s.pop("__url__", None)
             w.write(s)
+    return time.process_time() - cpu0
 
 
 def copy_once(inputs: list[str], out: str, procs: int = 2, copy_one=_copy_one) -> float:
     """Read + write every shard once with htools' codec (or ``copy_one``), ``procs``
     processes."""
+    return copy_cpu(inputs, out, procs, copy_one)[0]
+
+
+def copy_cpu(inputs: list[str], out: str, procs: int = 2, copy_one=_copy_one
+             ) -> tuple[float, float]:
+    """:func:`copy_once`'s seconds, and the CPU seconds its processes spent copying."""
     os.makedirs(out, exist_ok=True)
     jobs = [(u, os.path.join(out, os.path.basename(u))) for u in inputs]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         pool.map(copy_one, jobs[:procs])  # warm the processes (imports) before the clock
         t0 = time.perf_counter()
-        pool.map(copy_one, jobs, chunksize=1)
+        cpu = sum(pool.map(copy_one, jobs, chunksize=1))
         elapsed = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
-    return elapsed
+    return elapsed, cpu
 
 
-def _wds_copy_one(args: tuple[str, str]) -> None:
+def _wds_copy_one(args: tuple[str, str]) -> float:
     import webdataset as wds
 
+    cpu0 = time.process_time()
     url, out = args
     with wds.TarWriter(out) as w:
         for s in wds.WebDataset(url, shardshuffle=False, empty_check=False):
             w.write({k: v for k, v in s.items() if k == "__key__" or not k.startswith("_")})
+    return time.process_time() - cpu0
 
 
 def wds_copy(inputs: list[str], out: str, procs: int = 2) -> float:
@@ -213,16 +243,40 @@ def wds_copy(inputs: list[str], out: str, procs: int = 2) -> float:
     return copy_once(inputs, out, procs, _wds_copy_one)
 
 
-def copy_rows(work: str, inputs: list[str], kib: int) -> list[dict]:
-    """Issue 26's rows: htshuffle vs the two copies, measured in one run."""
-    mb = total_bytes(inputs) / 1e6
-    shuf, mem = htools_job("shuffle", inputs, os.path.join(work, "cs"))
-    copy = copy_once(inputs, os.path.join(work, "cc"))
-    wcopy = wds_copy(inputs, os.path.join(work, "cw"))
-    return [row(f"htshuffle vs copy once, {kib} KiB samples", shuf, copy, ">= 0.42"
-                if kib <= 16 else ">= 0.40", mem, None, mb),
-            row(f"htshuffle vs webdataset copy (2 procs, no flush), {kib} KiB", shuf, wcopy,
-                ">= 0.45", mem, None, mb)]
+ISSUE_26 = {  # GB of data at 16 and 128 KiB: issue 26's (the README's 16 KiB rows: 2 GB)
+    False: {16: 2.0, 128: 1.6}, True: {16: 0.02, 128: 0.02}}
+COPY_GOALS = {16: ">= 0.42", 128: ">= 0.40"}
+
+
+def rows(work: str, quick: bool, row, sizes: dict[int, float] | None = None) -> list[dict]:
+    """Issue 26's rows, each side measured in this run (``row``: benchmarks/suite.py's
+    ``row(name, ours, base, goal, mb, mem=...)``): htshuffle vs copy once (2 procs,
+    htools codec) at 16 and 128 KiB, and htshuffle of 128 KiB samples vs the 2-process
+    webdataset copy.  Each row also carries ``cpu`` and ``base_cpu``, CPU seconds of
+    the two sides (:func:`htools_job_cpu`, :func:`copy_cpu`)."""
+    out = []
+    for kib, gb in (sizes or ISSUE_26[quick]).items():
+        inputs = make_dataset(os.path.join(work, f"issue26-{kib}"), gb, kib)
+        mb = total_bytes(inputs) / 1e6
+        try:
+            shuf, mem, cpu = htools_job_cpu("shuffle", inputs, os.path.join(work, "i26-s"))
+            copy, copy_cpu_s = copy_cpu(inputs, os.path.join(work, "i26-c"))
+            out.append({**row(f"htshuffle vs copy once (2 procs, htools codec), {kib} KiB",
+                              shuf, copy, COPY_GOALS.get(kib, ">= 0.4"), mb, mem=mem),
+                        "cpu": cpu, "base_cpu": copy_cpu_s})
+            if kib == 128:
+                wcopy, wcpu = copy_cpu(inputs, os.path.join(work, "i26-w"), 2, _wds_copy_one)
+                out.append({**row("htshuffle of 128 KiB samples vs webdataset copy "
+                                  "(2 procs, no flush)", shuf, wcopy, ">= 0.45", mb, mem=mem),
+                            "cpu": cpu, "base_cpu": wcpu})
+        finally:
+            shutil.rmtree(os.path.dirname(inputs[0]), ignore_errors=True)
+    return out
+
+
+def _suite_row(name: str, ours: float, base: float, goal: str, mb: float,
+               mem: int | None = None, base_mem: int | None = None) -> dict:
+    return row(name, ours, base, goal, mem, base_mem, mb)
 
 
 def dask_p2p(kind: str, parquet_dir: str, out: str, partitions: int) -> tuple[float, int]:
@@ -333,35 +387,53 @@ def growth(work: str, sizes: list[float], sample_kib: int, memory: int) -> list[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gb", type=float, default=2.0)
-    ap.add_argument("--kib", type=int, default=16)
+    ap.add_argument("--gb", type=float, default=None, help="GB of data (default 2; with "
+                    "--copies: issue 26's sizes, 2 at 16 KiB and 1.6 at 128 KiB)")
+    ap.add_argument("--kib", type=int, default=None, help="sample size (default 16; with "
+                    "--copies: both 16 and 128)")
     ap.add_argument("--memory-mb", type=int, default=64, help="htsort budget for the growth rows")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--copies", action="store_true",
                     help="only htshuffle vs the two copies (issue 26's rows)")
     a = ap.parse_args()
-    gb = 0.03 if a.quick else a.gb
     work = a.dir or tempfile.mkdtemp(prefix="bench-exchange-")
     try:
-        inputs = make_dataset(os.path.join(work, "in"), gb, a.kib)
         if a.copies:
-            for r in copy_rows(work, inputs, a.kib):
-                print(f"{r['operation']:60} {r['ratio']:6.2f}  goal {r['goal']:7}"
-                      f" {r['htools_s']:.2f}s vs {r['baseline_s']:.2f}s ({r['mb']:.0f} MB)")
+            sizes = dict(ISSUE_26[a.quick])
+            if a.kib is not None:
+                sizes = {a.kib: sizes.get(a.kib, sizes[16])}
+            if a.gb is not None:
+                sizes = dict.fromkeys(sizes, a.gb)
+            print_copies(rows(work, a.quick, _suite_row, sizes))
             return
-        rows = compare(work, inputs)
-        print(f"bench_exchange: {len(inputs)} shards, {rows[0]['mb']:.0f} MB of {a.kib} KiB samples")
-        for r in rows:
+        kib = a.kib or 16
+        gb = 0.03 if a.quick else a.gb or 2.0
+        inputs = make_dataset(os.path.join(work, "in"), gb, kib)
+        found = compare(work, inputs)
+        print(f"bench_exchange: {len(inputs)} shards, {found[0]['mb']:.0f} MB of {kib} KiB samples")
+        for r in found:
             print(f"{r['operation']:52} {r['ratio']:6.2f}  goal {r['goal']:7}"
                   f" {r['htools_s']:.1f}s vs {r['baseline_s']:.1f}s")
         sizes = [gb / 4, gb / 2, gb, gb * 2]
-        for g in growth(work, sizes, a.kib, a.memory_mb << 20):
+        for g in growth(work, sizes, kib, a.memory_mb << 20):
             print(f"htsort {g['mb']:.0f} MB: {g['seconds']:.1f}s, peak worker memory "
                   f"{g['mem'] / 2**20:.0f} MiB")
     finally:
         if not a.dir:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def print_copies(found: list[dict]) -> None:
+    """Issue 26's rows: the wall-time ratio and goal, then each side's CPU a GB."""
+    os_load = os.getloadavg()[0]
+    for r in found:
+        gb = r["mb"] / 1e3
+        print(f"{r['operation']:66} {r['ratio']:5.2f}  goal {r['goal']:7}"
+              f" {r['htools_s']:.2f}s vs {r['baseline_s']:.2f}s ({r['mb']:.0f} MB);"
+              f" CPU {r['cpu'] / gb:.2f} vs {r['base_cpu'] / gb:.2f} s/GB"
+              f" (ratio {r['base_cpu'] / r['cpu']:.2f})")
+    print(f"load average at the end: {os_load:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The tar layout shared by :mod:`htools.tar.read` and :mod:`htools.tar.write`: block
-sizes, the ustar magic, pax extended records and a fast byte sum for checksums."""
+sizes, the ustar magic, pax extended records, a fast byte sum for checksums, and the
+field names of an encoded sample's headers (:func:`encoded_fields`)."""
 
 from __future__ import annotations
 
@@ -163,3 +164,71 @@ def number(field: bytes | bytearray) -> int:
         return n
     digits = nts(field).strip()
     return int(digits, 8) if digits else 0
+
+
+def encoded_fields(data: bytes | bytearray | memoryview) -> list[str]:
+    """The field names of one sample as this module encodes it: ustar headers (the name
+    split into prefix and name when long) and pax ``x`` headers carrying ``path``/``size``.
+    A plain header (no prefix, no pax record) is read in place: its name field's bytes
+    after the basename's first dot, and its size field, each looked up in a small cache."""
+    mv = memoryview(data)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    pos, end = 0, len(mv)
+    fields: list[str] = []
+    names, sizes = _FIELD_NAMES, _SIZES
+    while pos + BLOCK <= end:
+        if mv[pos + 156] == 0x78 or mv[pos + 345]:  # pax record or prefix: the slow path
+            return fields + _fields_from(mv, pos)
+        raw = mv[pos:pos + 100].tobytes()
+        nul = raw.find(0)
+        if nul >= 0:
+            raw = raw[:nul]
+        dot = raw.find(b".", raw.rfind(b"/") + 1)
+        tail = raw[dot + 1:] if dot >= 0 else b""
+        field = names.get(tail)
+        if field is None:
+            field = _remember(names, tail, tail.decode("utf-8", "surrogateescape"))
+        fields.append(field)
+        digits = mv[pos + 124:pos + 135].tobytes()
+        size = sizes.get(digits)
+        if size is None:
+            size = _remember(sizes, digits, int(digits or b"0", 8))
+        pos += BLOCK + size + (-size % BLOCK)
+    return fields
+
+
+_FIELD_NAMES: dict[bytes, str] = {}  # a name field's bytes after the key's dot -> field
+_SIZES: dict[bytes, int] = {}  # size field digits -> size
+_CACHED = 4096  # entries of each cache, at most
+
+
+def _remember(cache: dict, key: bytes, value):
+    if len(cache) >= _CACHED:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _fields_from(mv: memoryview, pos: int) -> list[str]:
+    """:func:`encoded_fields` of the headers from ``pos`` on, any header."""
+    end = len(mv)
+    fields: list[str] = []
+    pending: dict[str, str] = {}
+    while pos + BLOCK <= end:
+        h = bytes(mv[pos:pos + BLOCK])
+        size = int(pending.pop("size")) if "size" in pending else int(h[124:135] or b"0", 8)
+        if h[156] == ord("x"):
+            pending.update(parse_pax(bytes(mv[pos + BLOCK:pos + BLOCK + size]), "", pos))
+        else:
+            name = pending.pop("path", None)
+            if name is None:
+                raw = h[:100].split(b"\0", 1)[0]
+                prefix = h[345:500].split(b"\0", 1)[0]
+                name = ((prefix + b"/" + raw) if prefix else raw).decode("utf-8",
+                                                                       "surrogateescape")
+            base = name.rfind("/") + 1
+            dot = name.find(".", base)
+            fields.append(name[dot + 1:] if dot >= 0 else "")
+        pos += BLOCK + size + (-size % BLOCK)
+    return fields

@@ -21,7 +21,9 @@ from htools.tar.compress import DECODE_ERRORS, compressed_span
 from htools.tar.header import BLOCK
 from htools.tar.special import SpecialHeaders
 
-CHUNK = 1 << 20  # reader buffer size
+# Reader buffer: above storage's 1 MiB buffered reader, which then reads a plain stream
+# straight into it (not into its own, then copied); a decoder is read DECODED at a time.
+CHUNK, DECODED = 4 << 20, 1 << 20
 
 _ZERO_BLOCK = bytes(BLOCK)
 _NEVER = bytes(BLOCK + 1)  # a key prefix that no header starts with
@@ -60,6 +62,7 @@ class _Scanner(SpecialHeaders):
         self.sums: dict[bytes, int] = {}  # checksum field -> expected byte sum of the block
         readinto = getattr(stream, "readinto", None)
         self._readinto: Callable[[Any], int] = readinto or self._read_copy
+        self.grows = getattr(stream, "htools_compressed", None) is None  # plain: see fill
         # Pending metadata for the next member, set by long-name and pax headers.
         self.longname: str | None = None
         self.pax: dict[str, str] = {}
@@ -227,7 +230,9 @@ class _Scanner(SpecialHeaders):
             buf[:rem] = mv[pos:end].tobytes()
         self.base += pos
         end = rem
-        cap = len(buf)
+        # how far to fill: DECODED, or for a plain stream up to a quarter of what was read
+        # (a range read that stops early reads little past its end) and the whole buffer
+        cap = max(need, min(len(buf), max(DECODED, self.base // 4)) if self.grows else DECODED)
         readinto = self._readinto
         try:
             while end < need:

@@ -24,7 +24,7 @@ from htools.tar.header import (
     RECORD,
     USTAR_POSIX,
     byte_sum,
-    parse_pax,
+    encoded_fields,
     pax_records,
 )
 
@@ -387,32 +387,6 @@ def archive_size(members: int) -> int:
     writes them."""
     total = members + 2 * BLOCK
     return total + -total % RECORD
-
-
-def encoded_fields(data: bytes | bytearray | memoryview) -> list[str]:
-    """The field names of one sample as this module encodes it: ustar headers (the name
-    split into prefix and name when long) and pax ``x`` headers carrying ``path``/``size``."""
-    mv = memoryview(data)
-    pos, end = 0, len(mv)
-    fields: list[str] = []
-    pending: dict[str, str] = {}
-    while pos + BLOCK <= end:
-        h = bytes(mv[pos:pos + BLOCK])
-        size = int(pending.pop("size")) if "size" in pending else int(h[124:135] or b"0", 8)
-        if h[156] == ord("x"):
-            pending.update(parse_pax(bytes(mv[pos + BLOCK:pos + BLOCK + size]), "", pos))
-        else:
-            name = pending.pop("path", None)
-            if name is None:
-                raw = h[:100].split(b"\0", 1)[0]
-                prefix = h[345:500].split(b"\0", 1)[0]
-                name = ((prefix + b"/" + raw) if prefix else raw).decode("utf-8",
-                                                                       "surrogateescape")
-            base = name.rfind("/") + 1
-            dot = name.find(".", base)
-            fields.append(name[dot + 1:] if dot >= 0 else "")
-        pos += BLOCK + size + (-size % BLOCK)
-    return fields
 
 
 def write_samples(stream: BinaryIO, samples: Iterable[dict], **kw: Any) -> tuple[int, int]:
