@@ -28,7 +28,7 @@ import numpy as np
 
 P = 4294967291  # 2^32 - 5, prime
 LANES = 4
-SAFE_WORDS = 255  # words summed unreduced: 255 * 2^32 * 2^24 + 2^32 * 2^24 <= 2^64
+SAFE_WORDS = 255  # words summed unreduced, with the length term: 256 products < 2^56 each
 SHORT = 1 << 24  # values shorter than this many bytes add their length term unreduced
 TAIL_COST = 3  # a word summed value by value costs about 3 words of a column
 _MASKS = np.array([0, 0xFF, 0xFFFF, 0xFFFFFF], dtype=np.uint32)

@@ -237,7 +237,9 @@ def copy(path: str, url: str, options: dict | None) -> None:
 class Table:
     """A table memory-mapped whole (read-only, shared with the page cache: no copy per
     worker process; its pages mapped at once, ``MAP_POPULATE``, so that lookups take no
-    page faults): ``index(digest)`` is its row, or -1.  ``close()`` unmaps it."""
+    page faults): ``index(digest)`` is its row, or -1.  Unmapped when the last reference
+    to it (or to its arrays) goes: a task still using a table that ``load`` let go, or
+    whose file was deleted, keeps the mapping it has."""
 
     _map: mmap.mmap | None = None
 
@@ -261,16 +263,6 @@ class Table:
         where ``present`` is False)."""
         return search(self.hi, self.lo, pairs[:, 0], pairs[:, 1], present)
 
-    def close(self) -> None:
-        """Let the mapping go (the arrays must not be used after)."""
-        self.hi = self.lo = np.zeros(0, dtype="<u8")
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:  # a caller still holds a view: unmapped when it goes
-                pass
-            self._map = None
-
 
 KEPT = 2  # tables a worker process keeps mapped (the jobs it serves at once)
 _TABLES: dict[tuple[str, str], tuple[Table, ExitStack]] = {}
@@ -290,7 +282,6 @@ def load(url: str, digest: str, options: dict | None, budget: int = 0, n: int = 
             table = PartTable(url, n, budget, options)
         else:
             table = Table(held.enter_context(local_copy(url, options)))
-            held.callback(table.close)
         _TABLES[key] = (table, held)
         while len(_TABLES) > KEPT:
             _TABLES.pop(next(iter(_TABLES)))[1].close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import weakref
 
 import pytest
 from helpers import ok, read_wds, require_module, run
@@ -40,8 +41,8 @@ def test_small_and_empty_tables(tmp_path):
 
 def test_a_table_is_mapped_once_per_process_and_let_go(tmp_path, monkeypatch):
     """A local table is memory-mapped in place (no copy), once per process: a second
-    job's load gets the same object; a table pushed out by ``KEPT`` newer ones is
-    unmapped, and loads again."""
+    job's load gets the same object; a table pushed out by ``KEPT`` newer ones loads
+    again, and answers whoever still holds it."""
     monkeypatch.setattr(table, "_TABLES", {})
     values = [f"k{i}".encode() for i in range(3000)]
     urls = []
@@ -55,9 +56,12 @@ def test_a_table_is_mapped_once_per_process_and_let_go(tmp_path, monkeypatch):
     assert sorted(first.index(digest(v)) for v in values) == list(range(n))
     for other, _n, other_dg in urls[1:]:
         table.load(other, other_dg, None)
-    assert first._map is None  # let go: KEPT = 2
-    again = table.load(url, dg, None)
+    again = table.load(url, dg, None)  # let go (KEPT = 2), so mapped again
     assert again is not first and again.index(digest(values[7])) >= 0
+    assert first.index(digest(values[7])) >= 0  # a task still using it: still mapped
+    gone = weakref.ref(first)
+    del first
+    assert gone() is None  # unmapped once no one holds it
 
 
 def test_a_remote_table_is_fetched_once_and_mapped(tmp_path, monkeypatch, nginx_server):
@@ -76,8 +80,9 @@ def test_a_remote_table_is_fetched_once_and_mapped(tmp_path, monkeypatch, nginx_
     assert len(list((tmp_path / "tmp").iterdir())) == 1  # one local copy
     assert sorted(fetched.index(digest(v)) for v in values) == list(range(n))
     assert fetched.index(digest(b"absent")) == -1
-    table._close_all()
-    assert fetched._map is None and not list((tmp_path / "tmp").iterdir())
+    table._close_all()  # as at exit, or when load lets it go: the local copy removed
+    assert not list((tmp_path / "tmp").iterdir())
+    assert fetched.index(digest(values[3])) >= 0  # the mapping outlives the file
 
 
 def test_list_values_and_sample_values(tmp_path):
