@@ -32,11 +32,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 MIB = 1 << 20
 CASE = r"""
-import json, resource, sys, time
+import json, sys, time
 import htools
+from htools.runtime.memory import peak_rss
 kind, root, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 t = time.time()
 if kind == "map":
@@ -48,8 +50,7 @@ else:
                        workers=2, overwrite=True, **args.get("sel", {}))
 assert s.ok, str(s)
 print(json.dumps({"seconds": time.time() - t, "written": s.samples_written,
-                  "client_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+                  "client_mb": peak_rss() / 2**20}))
 """
 
 
@@ -91,12 +92,54 @@ def _make_subset_shard(root: str, s: int, per_shard: int) -> list[str]:
 
 
 def case(kind: str, root: str, **args) -> dict:
-    out = subprocess.run([sys.executable, "-c", CASE, kind, root, json.dumps(args)],
-                         capture_output=True, text=True, check=True)
+    """One case in its own process: its result, the client's peak RSS (its VmHWM) and
+    the largest peak RSS of its worker processes (their VmHWM, read every 0.2 s while
+    they live: ru_maxrss would count what their parent held when it started them)."""
+    with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
+            [sys.executable, "-c", CASE, kind, root, json.dumps(args)], stdout=out,
+            stderr=subprocess.DEVNULL, text=True) as proc:
+        workers = 0
+        while proc.poll() is None:
+            workers = max([workers] + [_hwm(pid) for pid in _descendants(proc.pid)])
+            time.sleep(0.2)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, "bench_selection case")
+        out.seek(0)
+        result = json.loads(out.read().strip().splitlines()[-1])
     for name in glob.glob(f"{root}/{args['out']}-*.tar"):  # outputs read by no later case
         if args["out"] not in ("pre",):
             os.remove(name)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**result, "workers_mb": workers / MIB}
+
+
+def _descendants(pid: int) -> list[int]:
+    parent = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.split("/")[2])] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
+def _hwm(pid: int) -> int:
+    """A process's peak RSS so far (VmHWM), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def pair(root: str, repeat: int, plain: dict, listed: dict) -> tuple[dict, dict]:
