@@ -28,7 +28,9 @@ import numpy as np
 
 P = 4294967291  # 2^32 - 5, prime
 LANES = 4
-SAFE_WORDS = 255  # words summed unreduced: 255 * 2^32 * 2^24 + 2^32 * 765 < 2^64
+SAFE_WORDS = 255  # words summed unreduced, with the length term: 256 products < 2^56 each
+SHORT = 1 << 24  # values shorter than this many bytes add their length term unreduced
+TAIL_COST = 3  # a word summed value by value costs about 3 words of a column
 _MASKS = np.array([0, 0xFF, 0xFFFF, 0xFFFFFF], dtype=np.uint32)
 DEFAULT_KEY = "00" * 16  # a fixed key: for callers that build and look up in one process
 PAD = bytes(3)  # after the last value: 4-byte loads at its last bytes
@@ -60,34 +62,85 @@ def _u32(buf: np.ndarray) -> np.ndarray:
 def hash_spans(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                key: str) -> tuple[np.ndarray, np.ndarray]:
     """The (hi, lo) digests of the values ``buf[starts[i]:ends[i]]`` (``buf`` uint8
-    with at least 3 bytes after the last end)."""
+    with at least 3 bytes after the last end).
+
+    Word ``j`` of every value is one column (a value's missing words are zeros, which
+    add nothing): ``width`` columns summed for all values at once, and the words past
+    them, of the few longer values, summed value by value (:func:`_tail_sums`)."""
     starts = np.asarray(starts, dtype=np.int64)
     lens = np.asarray(ends, dtype=np.int64) - starts
-    n = len(lens)
-    if not n:
+    if not len(lens):
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
     nw = (lens + 2) // 3
-    offs = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(nw, out=offs[1:])
-    which = np.repeat(np.arange(n), nw)
-    j = np.arange(offs[-1], dtype=np.int64) - offs[which]
-    pos = starts[which] + 3 * j
-    rem = np.minimum(lens[which] - 3 * j, 3).astype(np.uint32)
-    words = (_u32(buf)[pos] & _MASKS[rem]).astype(np.uint64)
+    width = _width(nw)
     k = keys(key, int(nw.max()))
-    long = int(nw.max()) > SAFE_WORDS
-    lens64 = lens.astype(np.uint64)
-    lanes = []
-    for t in range(LANES):
-        prod = k[:, t][j + 1] * words
-        if long:
-            prod %= np.uint64(P)
-        sums = np.zeros(len(prod) + 1, dtype=np.uint64)
-        np.cumsum(prod, out=sums[1:])  # wraps mod 2^64; each value's sum does not
-        h = sums[offs[1:]] - sums[offs[:-1]] + k[0, t] * lens64  # < 2^64: see SAFE_WORDS
-        lanes.append(h % np.uint64(P))
     p = np.uint64(P)
+    lanes = _column_sums(buf, starts, lens, width, k)  # < width * 2^56 each
+    lens64 = lens.astype(np.uint64)
+    short = int(lens.max()) < SHORT  # then K * len < 2^56: the sum stays < 2^64
+    for t, h in enumerate(lanes):
+        if short:
+            h += k[0, t] * lens64
+        else:
+            h %= p
+            h += k[0, t] * (lens64 % p) % p
+        h %= p
+    longer = np.flatnonzero(nw > width)
+    if len(longer):
+        tails = _tail_sums(buf, starts[longer], lens[longer], width, k)
+        for h, tail in zip(lanes, tails):
+            h[longer] = (h[longer] + tail) % p
     return lanes[0] * p + lanes[1], lanes[2] * p + lanes[3]
+
+
+def _width(nw: np.ndarray) -> int:
+    """The columns summed for all values: the fewest whose cost (a column: ``n`` words)
+    plus the rest's (``TAIL_COST`` a word) is least; at most ``SAFE_WORDS``."""
+    top = min(int(nw.max()), SAFE_WORDS)
+    if not top:  # empty values only
+        return 0
+    counts = np.bincount(np.minimum(nw, top), minlength=top + 1)
+    w = np.arange(top + 1)
+    below = np.concatenate([[0], np.cumsum(w * counts)[:-1]])  # words of values < w
+    at_least = len(nw) - np.concatenate([[0], np.cumsum(counts)[:-1]])  # values >= w
+    tail = int(nw.sum()) - (below + w * at_least)
+    return int(np.argmin(len(nw) * w + TAIL_COST * tail))
+
+
+def _column_sums(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int,
+                 k: np.ndarray) -> list[np.ndarray]:
+    """Per lane, ``sum_{j < width} K[j + 1] * word_j`` of every value (unreduced)."""
+    u = _u32(buf)
+    last = len(u) - 1
+    lanes = [np.zeros(len(lens), np.uint64) for _ in range(LANES)]
+    prod = np.empty(len(lens), np.uint64)
+    for j in range(width):
+        rem = np.clip(lens - 3 * j, 0, 3)
+        word = (u[np.minimum(starts + 3 * j, last)] & _MASKS[rem]).astype(np.uint64)
+        for t, h in enumerate(lanes):
+            np.multiply(word, k[j + 1, t], out=prod)
+            h += prod
+    return lanes
+
+
+def _tail_sums(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, first: int,
+               k: np.ndarray) -> list[np.ndarray]:
+    """Per lane, ``sum_{j >= first} K[j + 1] * word_j mod P`` of each value (every
+    product reduced, so any length sums below 2^64)."""
+    nw = (lens + 2) // 3 - first
+    offs = np.zeros(len(nw) + 1, dtype=np.int64)
+    np.cumsum(nw, out=offs[1:])
+    which = np.repeat(np.arange(len(nw)), nw)
+    j = np.arange(offs[-1], dtype=np.int64) - offs[which] + first
+    rem = np.minimum(lens[which] - 3 * j, 3)
+    words = (_u32(buf)[starts[which] + 3 * j] & _MASKS[rem]).astype(np.uint64)
+    p = np.uint64(P)
+    out = []
+    for t in range(LANES):
+        sums = np.zeros(len(words) + 1, dtype=np.uint64)
+        np.cumsum(k[:, t][j + 1] * words % p, out=sums[1:])
+        out.append((sums[offs[1:]] - sums[offs[:-1]]) % p)
+    return out
 
 
 def hash_values(values: list[bytes], key: str, strip_newline: bool = False

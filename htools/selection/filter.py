@@ -24,7 +24,7 @@ import numpy as np
 from htools import storage
 from htools.selection import table as tables
 from htools.selection.spec import Selection
-from htools.selection.values import digests, field_values, sample_value
+from htools.selection.values import digests, field_values, member_values
 from htools.summary import ShardResult
 
 T = TypeVar("T")
@@ -52,14 +52,10 @@ class Lookup:
             values = field_values(batch, self.sel.field)
             pairs = digests(values, self.sel.key, strip_newline=True)
         else:
-            values = []
-            for s in batch:
-                try:
-                    values.append(sample_value(s, self.sel))
-                except ValueError as e:
-                    values.append(None)
-                    bad.append(len(values) - 1)
-                    self._failed(s, e)
+            values, errors = member_values(batch, self.sel)
+            for i, e in errors:
+                bad.append(i)
+                self._failed(batch[i], e)
             pairs = digests(values, self.sel.key)
         rows = self.table.rows(*pairs)
         hit = rows >= 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
+import weakref
 
 import pytest
 from helpers import ok, read_wds, require_module, run
@@ -14,7 +16,7 @@ from helpers import ok, read_wds, require_module, run
 from htools.errors import HtoolsError
 from htools.selection import parse, table
 from htools.selection.spec import Selection
-from htools.selection.values import digest, list_values, sample_value
+from htools.selection.values import digest, digest_block, list_values, sample_value
 
 
 def test_table_finds_exactly_the_listed_values(tmp_path, monkeypatch):
@@ -35,6 +37,52 @@ def test_small_and_empty_tables(tmp_path):
     assert n == 1 and table.load(str(tmp_path / "a"), dg, None).index(digest(b"a")) == 0
     n, dg = table.build(iter([]), str(tmp_path / "e"), None)
     assert n == 0 and table.load(str(tmp_path / "e"), dg, None).index(digest(b"a")) == -1
+
+
+def test_a_table_is_mapped_once_per_process_and_let_go(tmp_path, monkeypatch):
+    """A local table is memory-mapped in place (no copy), once per process: a second
+    job's load gets the same object; a table pushed out by ``KEPT`` newer ones loads
+    again, and answers whoever still holds it."""
+    monkeypatch.setattr(table, "_TABLES", {})
+    values = [f"k{i}".encode() for i in range(3000)]
+    urls = []
+    for name in "abc":
+        urls.append((str(tmp_path / name), *table.build([digest_block(values)],
+                                                        str(tmp_path / name), None)))
+    url, n, dg = urls[0]
+    first = table.load(url, dg, None)
+    assert table.load(url, dg, None) is first and first._map is not None
+    assert not first.hi.flags.writeable and first.hi.base is not None  # a view of the map
+    assert sorted(first.index(digest(v)) for v in values) == list(range(n))
+    for other, _n, other_dg in urls[1:]:
+        table.load(other, other_dg, None)
+    again = table.load(url, dg, None)  # let go (KEPT = 2), so mapped again
+    assert again is not first and again.index(digest(values[7])) >= 0
+    assert first.index(digest(values[7])) >= 0  # a task still using it: still mapped
+    gone = weakref.ref(first)
+    del first
+    assert gone() is None  # unmapped once no one holds it
+
+
+def test_a_remote_table_is_fetched_once_and_mapped(tmp_path, monkeypatch, nginx_server):
+    """A table in a remote scratch: fetched once into a local temporary file, mapped,
+    found exactly; the file goes when the table is let go."""
+    monkeypatch.setattr(table, "_TABLES", {})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    values = [f"r{i}".encode() for i in range(2000)]
+    local = str(tmp_path / "built")
+    n, dg = table.build([digest_block(values)], local, None)
+    url = f"{nginx_server.url}/sel-{dg[:8]}/list.digests"
+    table.copy(local, url, {})
+    fetched = table.load(url, dg, {})
+    assert table.load(url, dg, {}) is fetched
+    assert len(list((tmp_path / "tmp").iterdir())) == 1  # one local copy
+    assert sorted(fetched.index(digest(v)) for v in values) == list(range(n))
+    assert fetched.index(digest(b"absent")) == -1
+    table._close_all()  # as at exit, or when load lets it go: the local copy removed
+    assert not list((tmp_path / "tmp").iterdir())
+    assert fetched.index(digest(values[3])) >= 0  # the mapping outlives the file
 
 
 def test_list_values_and_sample_values(tmp_path):
@@ -291,6 +339,7 @@ def test_bench_selection_quick_rows(tmp_path):
         return {"operation": name, "ratio": base / ours, "goal": goal, "mem": mem}
 
     rows = bench_selection.rows(str(tmp_path), True, row)
-    assert [r["operation"].split(" ")[0] for r in rows] == ["htmapper", "htshuffle"]
-    assert "20,000-key --keep list" in rows[0]["operation"]
-    assert all(r["ratio"] > 0 for r in rows) and rows[0]["mem"] > 0
+    assert [r["operation"].split(" ")[0] for r in rows] == ["htmapper"] * 2 + ["htshuffle"]
+    assert "half of 2,000 samples" in rows[0]["operation"] and rows[0]["goal"] == ">= 0.87"
+    assert "20,000-key --keep list" in rows[1]["operation"] and rows[1]["goal"] == "info"
+    assert all(r["ratio"] > 0 for r in rows) and rows[0]["mem"] > 0 and rows[1]["mem"] > 0

@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 
+from htools.selection import digest
 from htools.selection.digest import LANES, P, hash_values, keys, new_key
 
 
@@ -42,3 +43,18 @@ def test_zero_padding_and_keys():
     other = hash_values(values, new_key())
     assert not np.array_equal(hi, other[0])
     assert np.array_equal(keys(key, 5)[:6], keys(key, 500)[:6])  # a stream: longer extends it
+
+
+def test_every_path_of_the_columns_is_the_formula(monkeypatch):
+    """Mixed lengths (a few values past the summed columns), one length only, and the
+    length term reduced first (as for values of 16 MiB or more)."""
+    rng = random.Random(11)
+    key = new_key()
+    mixed = [rng.randbytes(rng.choice([5, 9, 12, 30, 200, 900])) for _ in range(300)]
+    same = [rng.randbytes(32) for _ in range(50)]
+    for values in (mixed, same, [b""], [b"", b"abc"]):
+        hi, lo = hash_values(values, key)
+        assert [(int(a), int(b)) for a, b in zip(hi, lo)] == [reference(v, key) for v in values]
+    monkeypatch.setattr(digest, "SHORT", 1)
+    hi, lo = hash_values(mixed, key)
+    assert [(int(a), int(b)) for a, b in zip(hi, lo)] == [reference(v, key) for v in mixed]
