@@ -299,11 +299,18 @@ lifetime peak RSS belongs to that job.
   the key-only floor, no payload moves.  Reported for scale; no goal.
 * **HTTP** -- inputs and outputs on nginx (WebDAV PUT) on 127.0.0.1 vs local files;
   htshuffle's scratch stays local in both.
-* **selection** -- htmapper (identity, 2 workers) with a `--keep` list of 4 million keys
-  (every sample's key, padded with absent ones) vs the same job without a list, each in
-  its own process: peak RSS is the largest of the client's and the workers'
-  (`bench_selection.py`); htshuffle keeping 30% of the samples by a list vs htshuffle of
-  shards that hold only those samples.
+* **selection** -- htmapper (identity, 2 workers) over 4 million samples with a `--keep`
+  list of all their `json:uid` (shuffled), by `--select-by json:uid`, vs the same job
+  without a list (the same outputs: the ratio is the list's whole cost); the same with a
+  list of 4 million keys on 160,000 samples (every sample's key padded with absent ones:
+  the list's fixed cost on a short job, information); each job in its own process, peak
+  RSS the largest VmHWM of the client and the workers (`bench_selection.py`); htshuffle
+  keeping 30% of the samples by a list vs htshuffle of shards that hold only those.
+* **upload** -- `htupload` of a tree of 100,000 samples (200,000 files of 300 B, 1,000 a
+  folder) into 64 shards vs GNU `tar -cf` of the tree: wall time of each whole command
+  (htupload's imports and cluster start included), best of 2.
+* **whole commands** -- `htmapper -p identity.py` with `--workers 1` and `2`, timed as a
+  user sees them (imports, cluster start and close included).
 * **growth** -- htsort with a fixed `memory=` budget at 4 sizes (fresh cluster each).
 
 Peak worker memory: for htools, `peak_rss - rss_start_min` measured inside the
@@ -423,11 +430,13 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
 
 
 #: rows saved before rows carried their group: the group is told by the name
-_PREFIXES = (("tar ", "codec"), ("htmapper identity", "mapper"), ("htmapper 2 workers: HTTP",
-             "http"), ("htshuffle: HTTP", "http"), ("htshuffle vs copy once,", "copy"),
+_PREFIXES = (("tar ", "codec"), ("htmapper identity", "mapper"),
+             ("htmapper 2 workers: HTTP", "http"), ("htshuffle: HTTP", "http"),
+             ("htshuffle vs copy once,", "copy"),
              ("htshuffle vs copy once (2 procs, htools codec), ", "copy"),
-             ("htshuffle of 128 KiB samples vs webdataset copy", "copy"), ("htsort growth", "growth"),
-             ("htshuffle scale", "scale"), ("htupload", "upload"), ("htmapper with", "selection"),
+             ("htshuffle of 128 KiB samples vs webdataset copy", "copy"),
+             ("htsort growth", "growth"), ("htshuffle scale", "scale"), ("htupload", "upload"),
+             ("htmapper with", "selection"), ("htmapper over", "selection"),
              ("htshuffle keeping", "selection"))
 
 

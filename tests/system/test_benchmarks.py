@@ -37,7 +37,8 @@ ROWS = [
     r"htshuffle scale: s per shard at \d+ vs at \d+ shards",
     r"htshuffle vs dask P2P shuffle, \d+ -> \d+ tiny shards",
     r"htmapper scale: s per shard at \d+ vs at \d+ shards",
-    r"htmapper with a [\d,]+-key --keep list vs without",
+    r"htmapper with a [\d,]+-key --keep list vs without: list 25x the data",
+    r"htmapper over [\d,]+ samples with a --keep list of all their json:uid vs without",
     r"htshuffle keeping 30% by a --keep list vs htshuffle of the pre-filtered shards",
 ]
 
