@@ -32,6 +32,7 @@ PRELOAD = ("distributed", "htools", "htools.clusters.workerinit", "htools.runtim
 
 _lock = threading.Lock()
 _started = False
+_unusable = False  # the server could not start here (a socket path too long): spawn
 _command: list[str] = []  # the module of the command this process runs, if it is one
 
 
@@ -39,7 +40,8 @@ def method() -> str:
     """How the embedded cluster starts its worker processes: ``forkserver`` where the
     platform has it (Linux, macOS), unless ``$HTOOLS_START_METHOD`` says ``spawn``."""
     asked = os.environ.get(METHOD_ENV, "forkserver")
-    if asked == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods():
+    if asked == "forkserver" and not _unusable \
+            and "forkserver" in multiprocessing.get_all_start_methods():
         return "forkserver"
     return "spawn"
 
@@ -55,8 +57,10 @@ def start() -> None:
     """Start the fork server now, if it is the start method and not already running; it
     imports :data:`PRELOAD` (and the command's module) in its own process while this one
     goes on (importing ``distributed``, starting the scheduler).  Once per process: later
-    jobs fork from the same server."""
-    global _started
+    jobs fork from the same server.  Where the server cannot start (its socket lives in
+    the temporary folder, and a ``$TMPDIR`` longer than about 90 bytes makes a Unix
+    socket path too long), the workers are spawned, Dask's way."""
+    global _started, _unusable
     if method() != "forkserver":
         return
     with _lock:
@@ -68,7 +72,11 @@ def start() -> None:
         ctx.set_forkserver_preload([*PRELOAD, *_command])
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+        try:
+            forkserver.ensure_running()
+        except OSError:
+            _unusable = True
+            return
         if _command:
             atexit.register(stop)
 

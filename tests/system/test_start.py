@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import child_env, make_shards, ok, read_wds, run
 
 from htools.clusters.connection import connect
 from htools.options import RunOptions
@@ -34,3 +35,19 @@ def test_workers_start_by_the_method_with_the_nannys_environment(method, monkeyp
         assert parents == {os.getpid()}
     assert {trim for _parent, trim, _hash in seen} == {"65536"}
     assert len({h for _parent, _trim, h in seen}) == 1  # the nanny's PYTHONHASHSEED
+
+
+def test_a_long_tmpdir_spawns_the_workers_instead(tmp_path):
+    """The fork server's socket lives in the temporary folder: a ``$TMPDIR`` too long for
+    a Unix socket path (as a test's or a batch system's can be) must not fail the job; its
+    workers are spawned, Dask's way, and the outputs are the same."""
+    long_tmp = tmp_path / ("t" * 60) / ("m" * 60)
+    long_tmp.mkdir(parents=True)
+    make_shards(tmp_path / "in", shards=2, per_shard=5)
+    script = tmp_path / "identity.py"
+    script.write_text("def process_sample(sample):\n    return sample\n")
+    env = child_env(TMPDIR=str(long_tmp), HTOOLS_START_METHOD="forkserver")
+    ok(run("htmapper", "-p", script, tmp_path / "in" / "data-{0..1}.tar",
+           tmp_path / "out" / "o-@2.tar", "--workers", "2", "-q", env=env))
+    out = read_wds(sorted((tmp_path / "out").glob("o-*.tar")))
+    assert out == read_wds(sorted((tmp_path / "in").glob("data-*.tar")))
