@@ -17,6 +17,7 @@ import random
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -83,6 +84,7 @@ def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     outset = shards.OutputSet.parse(spec.outputs)
     inputs = shards.expand_all(list(spec.inputs), opts.storage_options)
     made = exchange_lineage(spec, inputs)
+    inputs = compact(inputs, 0, len(inputs))  # a brace pattern's: five values, not N URLs
     summary, outputs = _exchange(spec, outset, inputs, opts, made)
     return shardindex.finish(summary, opts, outset, outputs, made)
 
@@ -99,7 +101,7 @@ def exchange_lineage(spec: ExchangeSpec, inputs: list[str]) -> dict:
                                  "mtime": spec.mtime, **selection_lineage(spec.select)})
 
 
-def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
+def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: Sequence[str],
               opts: RunOptions, made: dict) -> tuple[JobSummary, list[str]]:
     n_out = outset.count
     if n_out is None and not spec.maxcount:
@@ -126,6 +128,7 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
     if known and len(present) == len(known):
         summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
         return summary.finish(), known
+    del known  # the job makes its own list of the outputs (_Job._outputs)
     started = time.time()
     job = None
     try:
@@ -143,7 +146,7 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
     return summary.finish(), job.outputs
 
 
-def stage_one_tasks(inputs: list[str], pieces: int, one: StageOne) -> list[Task]:
+def stage_one_tasks(inputs: Sequence[str], pieces: int, one: StageOne) -> list[Task]:
     """Stage 1's tasks: ``pieces`` ranges of the inputs, each task's travelling as a
     range (:class:`~.specs.InputSpan`): the arguments of a brace pattern's task do not
     grow with its inputs."""
@@ -156,7 +159,7 @@ def stage_one_tasks(inputs: list[str], pieces: int, one: StageOne) -> list[Task]
 class _Job:
     """One exchange on a connected client: the stages, their results, the scratch."""
 
-    def __init__(self, spec: ExchangeSpec, inputs: list[str], outset: shards.OutputSet,
+    def __init__(self, spec: ExchangeSpec, inputs: Sequence[str], outset: shards.OutputSet,
                  present: set[str], opts: RunOptions):
         self.spec, self.inputs, self.outset, self.present, self.opts = \
             spec, inputs, outset, present, opts

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -115,6 +115,9 @@ class Numbered(Sequence):
 def compact(urls: Sequence[str], a: int, b: int) -> Sequence[str]:
     """``urls[a:b]`` as :class:`Numbered` when they follow one (checked URL by URL),
     else as a list (an arbitrary list of inputs)."""
+    if isinstance(urls, Numbered):
+        a, b = min(a, len(urls)), min(b, len(urls))
+        return replace(urls, start=urls.start + a, n=max(0, b - a))
     m = _NUMBER.match(urls[a]) if b > a else None
     if m is not None:
         prefix, digits, suffix = m.groups()

@@ -79,3 +79,12 @@ def test_bucket_bounds_are_group_buckets():
         bounds = plan.bucket_bounds(counts, outputs, maxcount).tolist()
         assert list(zip(bounds[:-1], bounds[1:])) == \
             plan.group_buckets(counts, outputs, maxcount)
+
+
+def test_a_range_of_a_numbered_range_is_numbered_without_making_its_urls():
+    urls = shards.expand_all("/d/in-{0000..1999}.tar")
+    whole = compact(urls, 0, len(urls))
+    part = compact(whole, 100, 350)
+    assert isinstance(part, Numbered) and list(part) == urls[100:350]
+    assert whole[::400] == urls[::400] and whole[-1] == urls[-1]
+    assert list(compact(whole, 1990, 2500)) == urls[1990:]
