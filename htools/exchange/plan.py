@@ -113,12 +113,17 @@ class Groups:
     begin, count, bucket_begin): arrays, 16-40 bytes an output instead of tuples;
     ``groups[j]`` is ``(a, b)``."""
 
-    a: np.ndarray
-    b: np.ndarray
+    a: np.ndarray | range
+    b: np.ndarray | range
     slices: np.ndarray | None = None
 
     @classmethod
     def of_bounds(cls, bounds: np.ndarray) -> Groups:
+        """Outputs between ``bounds``; a bucket each (a shuffle into @M): two ranges,
+        whose slices a write task's arguments carry as two numbers each."""
+        first, n = (int(bounds[0]) if len(bounds) else 0), len(bounds) - 1
+        if n >= 0 and np.array_equal(bounds, np.arange(first, first + n + 1)):
+            return cls(range(first, first + n), range(first + 1, first + n + 1))
         return cls(bounds[:-1], bounds[1:])
 
     @classmethod

@@ -146,8 +146,8 @@ class OutputSpan(Sequence):
     ``(url, a, b[, begin, count, bucket_begin])`` tuples the task writes."""
 
     urls: Sequence[str]
-    a: np.ndarray
-    b: np.ndarray
+    a: np.ndarray | range
+    b: np.ndarray | range
     slices: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -160,7 +160,7 @@ class OutputSpan(Sequence):
         return (self.urls[j], int(self.a[j]), int(self.b[j]), *rest)
 
     def __iter__(self) -> Iterator[tuple]:
-        a, b = self.a.tolist(), self.b.tolist()
+        a, b = (x.tolist() if isinstance(x, np.ndarray) else x for x in (self.a, self.b))
         rows = self.slices.tolist() if self.slices is not None else None
         for j, url in enumerate(self.urls):
             yield (url, a[j], b[j], *rows[j]) if rows is not None else (url, a[j], b[j])

@@ -57,8 +57,13 @@ def test_write_arguments_of_numbered_outputs(tmp_path):
     assert isinstance(span.urls, Numbered)
     assert list(span) == [(outputs[j], j, j + 1) for j in range(10, 1034)]
     assert span[0] == (outputs[10], 10, 11) and span[-1] == (outputs[1033], 1033, 1034)
-    tuples = [(outputs[j], j, j + 1) for j in range(10, 1034)]
-    assert len(pickle.dumps(span)) < len(pickle.dumps(tuples)) // 2
+    few = OutputSpan(compact(outputs, 10, 20), groups.a[10:20], groups.b[10:20])
+    assert len(pickle.dumps(span)) <= len(pickle.dumps(few)) + 8  # a bucket an output
+    bounds = np.array([0, 2, 3, 3, 7])  # a sort's outputs: arrays, 16 bytes an output
+    sorted_ = plan.Groups.of_bounds(bounds)
+    assert [sorted_[j] for j in range(4)] == [(0, 2), (2, 3), (3, 3), (3, 7)]
+    assert list(OutputSpan(outputs[:4], sorted_.a, sorted_.b)) == \
+        [(outputs[0], 0, 2), (outputs[1], 2, 3), (outputs[2], 3, 3), (outputs[3], 3, 7)]
 
 
 def test_write_arguments_of_exact_maxcount_slices():
