@@ -73,13 +73,15 @@ def child(args: dict) -> dict:
     from distributed import Client, LocalCluster
 
     import htools
+    from htools import shards
     from htools.runtime.memory import peak_rss
 
     kind, folder, n = args["kind"], args["folder"], args["n"]
-    inputs = [os.path.join(folder, f"in-{s:06d}.tar") for s in range(n)]
+    # the inputs as a user names them, a brace pattern (the job expands it once)
+    inputs = os.path.join(folder, f"in-{{000000..{n - 1:06d}}}.tar")
     out = args["out"]
     pattern = os.path.join(out, f"out-@{n:06d}.tar")
-    frame = _frame(inputs) if kind == "p2p" else None
+    frame = _frame(shards.expand(inputs)) if kind == "p2p" else None
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=40) as c, Client(c) as client:
         client.run(lambda: __import__("htools.exchange") and None)

@@ -15,8 +15,10 @@ import pickle
 import tempfile
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO
+
+import numpy as np
 
 CHUNK = 1024  # rows a spooled chunk holds
 
@@ -84,9 +86,8 @@ class Written:
         return self._chunk(i // CHUNK)[i % CHUNK]
 
     def rows(self) -> Iterator[tuple]:
-        for c in range(len(self._offsets) - 1):
-            yield from self._chunk(c)
-        yield from self._rows
+        for rows in self._chunks():
+            yield from rows
 
     def __iter__(self) -> Iterator[dict]:
         return map(self._entry, self.rows())
@@ -95,21 +96,27 @@ class Written:
         """Entry number ``i`` (in the order appended)."""
         return self._entry(self._row(i))
 
-    def order(self, outputs: list[str]) -> array:
+    def order(self, outputs: Sequence[str]) -> array:
         """For each of ``outputs``, its entry number (the last, for an output appended
-        twice), or -1 when it has none."""
-        first: dict[str, int] = {}
-        for j, u in enumerate(outputs):
-            first.setdefault(u, j)
+        twice), or -1 when it has none.  Outputs are found by their hash in a sorted
+        array (16 bytes an output, not a dict of a million URLs)."""
         at = array("q", [-1]) * len(outputs)
-        for i, row in enumerate(self.rows()):
-            j = first.get(row[0])
-            if j is not None:
-                at[j] = i
-        for j, u in enumerate(outputs):  # an output named twice: both take its entry
-            if at[j] < 0 and first[u] != j:
-                at[j] = at[first[u]]
+        find = _Finder(outputs)
+        for c, rows in enumerate(self._chunks()):
+            for k, j in enumerate(find.first_of([row[0] for row in rows])):
+                if j >= 0:
+                    at[j] = c * CHUNK + k
+        for j in find.repeated():  # an output named twice: both take its entry
+            first = find.first(outputs[j])
+            if at[j] < 0 and first != j:
+                at[j] = at[first]
         return at
+
+    def _chunks(self) -> Iterator[list[tuple]]:
+        """The rows, a chunk of :data:`CHUNK` at a time (the unspooled ones last)."""
+        for c in range(len(self._offsets) - 1):
+            yield self._chunk(c)
+        yield self._rows
 
     @staticmethod
     def _entry(row: tuple) -> dict:
@@ -134,3 +141,40 @@ class Written:
 
     def __repr__(self) -> str:
         return f"Written({len(self)} entries)"
+
+
+class _Finder:
+    """Where each URL first stands in ``outputs``: their hashes sorted (stably, so that
+    equal hashes keep the outputs' order), searched a chunk of URLs at a time; a hash
+    found is checked against the URL itself."""
+
+    def __init__(self, outputs: Sequence[str]) -> None:
+        self.outputs = outputs
+        hashes = np.fromiter((hash(u) for u in outputs), dtype=np.int64, count=len(outputs))
+        self.by = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[self.by]
+
+    def first(self, url: str) -> int:
+        """The first j with ``outputs[j] == url``, or -1."""
+        h = hash(url)
+        k = int(np.searchsorted(self.hashes, h))
+        while k < len(self.hashes) and self.hashes[k] == h:
+            j = int(self.by[k])
+            if self.outputs[j] == url:
+                return j
+            k += 1
+        return -1
+
+    def first_of(self, urls: list[str]) -> list[int]:
+        """:meth:`first` of each of ``urls`` (the first candidate is nearly always it)."""
+        if not urls or not len(self.hashes):
+            return [-1] * len(urls)
+        ks = np.searchsorted(self.hashes, np.fromiter(map(hash, urls), dtype=np.int64,
+                                                      count=len(urls)))
+        js = self.by[np.minimum(ks, len(self.by) - 1)].tolist()
+        return [j if self.outputs[j] == u else self.first(u) for u, j in zip(urls, js)]
+
+    def repeated(self) -> list[int]:
+        """Outputs whose hash an earlier one has (the same URL named again, mostly)."""
+        same = np.flatnonzero(self.hashes[1:] == self.hashes[:-1]) + 1
+        return self.by[same].tolist()

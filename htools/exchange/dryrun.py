@@ -4,6 +4,8 @@ one the run makes) as lines for people and as the figures the run's summary repo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from htools import shards, storage
 from htools.errors import hide_credentials
 from htools.exchange import plan
@@ -84,7 +86,7 @@ def plan_for(spec, inputs: int, outputs: int | None, shard_bytes: float | None,
                               beside=beside, table=table)
 
 
-def dry_run(spec, outset: shards.OutputSet, inputs: list[str], known: list[str],
+def dry_run(spec, outset: shards.OutputSet, inputs: Sequence[str], known: list[str],
             present: set[str], opts: RunOptions) -> JobSummary:
     """``--dry-run``: the plan of ``spec`` (an ExchangeSpec) as lines and figures, nothing run."""
     sized = dry_run_resources(opts, spec.memory)

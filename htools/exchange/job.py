@@ -17,6 +17,7 @@ import random
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -40,7 +41,14 @@ from htools.exchange.sizing import (
     resources,
     shard_size,
 )
-from htools.exchange.specs import StageOne, StageTwo, scratch_options
+from htools.exchange.specs import (
+    InputSpan,
+    OutputSpan,
+    StageOne,
+    StageTwo,
+    compact,
+    scratch_options,
+)
 from htools.exchange.stages import Merged, Partitioned, Reports, Stage, add_counts, job_summary
 from htools.exchange.write import narrow_write, write_outputs
 from htools.options import RunOptions
@@ -76,6 +84,7 @@ def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     outset = shards.OutputSet.parse(spec.outputs)
     inputs = shards.expand_all(list(spec.inputs), opts.storage_options)
     made = exchange_lineage(spec, inputs)
+    inputs = compact(inputs, 0, len(inputs))  # a brace pattern's: five values, not N URLs
     summary, outputs = _exchange(spec, outset, inputs, opts, made)
     return shardindex.finish(summary, opts, outset, outputs, made)
 
@@ -92,7 +101,7 @@ def exchange_lineage(spec: ExchangeSpec, inputs: list[str]) -> dict:
                                  "mtime": spec.mtime, **selection_lineage(spec.select)})
 
 
-def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
+def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: Sequence[str],
               opts: RunOptions, made: dict) -> tuple[JobSummary, list[str]]:
     n_out = outset.count
     if n_out is None and not spec.maxcount:
@@ -119,6 +128,7 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
     if known and len(present) == len(known):
         summary = JobSummary(spec.tool, shards_total=len(known), shards_skipped=len(known))
         return summary.finish(), known
+    del known  # the job makes its own list of the outputs (_Job._outputs)
     started = time.time()
     job = None
     try:
@@ -136,10 +146,20 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: list[str],
     return summary.finish(), job.outputs
 
 
+def stage_one_tasks(inputs: Sequence[str], pieces: int, one: StageOne) -> list[Task]:
+    """Stage 1's tasks: ``pieces`` ranges of the inputs, each task's travelling as a
+    range (:class:`~.specs.InputSpan`): the arguments of a brace pattern's task do not
+    grow with its inputs."""
+    return [Task(partition, {"inputs": InputSpan(compact(inputs, a, b), a), "task": t,
+                             "spec": one},
+                 input=inputs[a] if b - a == 1 else inputs[a:b])
+            for t, (a, b) in enumerate(plan.split(len(inputs), pieces))]
+
+
 class _Job:
     """One exchange on a connected client: the stages, their results, the scratch."""
 
-    def __init__(self, spec: ExchangeSpec, inputs: list[str], outset: shards.OutputSet,
+    def __init__(self, spec: ExchangeSpec, inputs: Sequence[str], outset: shards.OutputSet,
                  present: set[str], opts: RunOptions):
         self.spec, self.inputs, self.outset, self.present, self.opts = \
             spec, inputs, outset, present, opts
@@ -210,31 +230,27 @@ class _Job:
             if not counted.summary.ok:
                 return self._summary(s1, Stage(counted.summary), "counting groups")
             counts = counted.counts
-        groups, slices = self._outputs(counts)
+        groups = self._outputs(counts)
         merged = self.merge_levels([(0, len(groups), runs)], groups, self._stage_two())
         if not merged.ok:
             return self._summary(s1, Stage(merged.summary), "a merge level")
-        s2 = self._write(merged.parts, groups, sum(r.size for r in runs), slices)
+        s2 = self._write(merged.parts, groups, sum(r.size for r in runs))
         if merged.summary is not None:  # merge tasks rerun after a transient fault count too
             s2.summary.add_failures(merged.summary)
         return self._summary(s1, s2)
 
-    def _outputs(self, counts: np.ndarray | None) -> tuple[list[tuple[int, int]], list | None]:
-        """Each output's buckets (and with exact --maxcount slices, its records), from
-        stage 1's counts per bucket; the output URLs and which of them exist."""
+    def _outputs(self, counts: np.ndarray | None) -> plan.Groups:
+        """Each output's buckets (and with exact --maxcount, its records), from stage 1's
+        counts per bucket; the output URLs and which of them exist."""
         spec, n_out = self.spec, self.outset.count
-        slices = None  # --maxcount N exactly: outputs cut by record count
         if counts is None:  # a shuffle into @M: one bucket per output
-            groups = [(j, j + 1) for j in range(self.plan.buckets)]
+            groups = plan.Groups.of_bounds(np.arange(self.plan.buckets + 1, dtype=np.int64))
         elif spec.maxcount:  # records, or groups of equal keys (StageTwo.by_groups)
-            cuts = plan.count_slices(counts, spec.maxcount)
-            starts = plan.bucket_starts(counts)
-            groups = [(a, b) for a, b, _begin, _n in cuts]
-            slices = [(begin, n, int(starts[a])) for a, _b, begin, n in cuts]
+            groups = plan.Groups.of_slices(counts, spec.maxcount)
         else:
-            groups = plan.group_buckets(counts, n_out, spec.maxcount)
+            groups = plan.Groups.of_bounds(plan.bucket_bounds(counts, n_out, spec.maxcount))
         buckets = self.plan.buckets
-        if n_out is None and slices is None and len(groups) > buckets // 4:
+        if n_out is None and groups.slices is None and len(groups) > buckets // 4:
             raise HtoolsError(
                 f"{int(counts.sum())} samples at --maxcount {spec.maxcount} need {len(groups)} "
                 f"outputs, more than an open-ended pattern can balance ({buckets // 4}); "
@@ -242,7 +258,7 @@ class _Job:
         self.outputs = self.outset.urls(len(groups))
         if n_out is None:
             self.present = engine.plan_outputs(self.outputs, self.opts)
-        return groups, slices
+        return groups
 
     def clean_up(self) -> None:
         try:
@@ -255,11 +271,7 @@ class _Job:
 
     # ------------------------------------------------------------ stage 1 --
     def _stage_one(self, one: StageOne) -> Partitioned:
-        numbered = list(enumerate(self.inputs))
-        chunks = [numbered[a:b] for a, b in plan.split(len(numbered), self.plan.stage1_tasks)]
-        tasks = [Task(partition, {"inputs": chunk, "task": t, "spec": one},
-                      input=chunk[0][1] if len(chunk) == 1 else [u for _i, u in chunk])
-                 for t, chunk in enumerate(chunks)]
+        tasks = stage_one_tasks(self.inputs, self.plan.stage1_tasks, one)
         s1 = self.partitions("stage1", tasks, one.buckets, one.counts)
         self.stats.update(stage1_tasks=len(tasks), inputs_per_task=self.plan.inputs_per_task,
                           runs=len(s1.runs))
@@ -403,22 +415,21 @@ class _Job:
             list(pool.map(lambda r: storage.delete(r.url, options), runs))
 
     # ------------------------------------------------------------- writes --
-    def _write(self, parts: list, groups: list[tuple[int, int]], total_bytes: int,
-               slices: list | None = None) -> Stage:
+    def _write(self, parts: list, groups: plan.Groups, total_bytes: int) -> Stage:
         two, outputs = self._stage_two(), self.outputs
         per = plan.outputs_per_task(len(outputs), total_bytes, self.memory, self.workers)
         tasks = []
         for j0, j1, runs in parts:
-            todo = [j for j in range(j0, j1) if outputs[j] not in self.present]
-            for chunk in plan.write_chunks(todo, per):
-                outs = [(outputs[j], groups[j][0], groups[j][1], *(slices[j] if slices else ()))
-                        for j in chunk]
+            todo = (j for j in range(j0, j1) if outputs[j] not in self.present)
+            for a, b in plan.write_ranges(todo, per):
+                # a range of the outputs, not a tuple an output (see specs.OutputSpan)
+                outs = OutputSpan(compact(outputs, a, b), groups.a[a:b], groups.b[a:b],
+                                  None if groups.slices is None else groups.slices[a:b])
                 kwargs = {"outputs": outs, "runs": runs, "spec": two}
                 if self.drops is not None:
                     kwargs["drops"] = self.drops
-                tasks.append(Task(write_outputs, kwargs,
-                                  input=f"{len(runs)} runs", outputs=[o[0] for o in outs],
-                                  narrow=narrow_write))
+                tasks.append(Task(write_outputs, kwargs, input=f"{len(runs)} runs",
+                                  outputs=outputs[a:b], narrow=narrow_write))
         reports = Reports()
         s2 = engine.run(self.spec.tool, tasks, self.opts.with_(dry_run=False),
                         on_result=lambda _i, r: reports.add(r.pop("extra", {})),

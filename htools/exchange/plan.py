@@ -13,7 +13,7 @@ fan-in, W worker threads):
   merge task reads F ranges (one per run of its group, its part's buckets) and writes
   one run: R shrinks F-fold per level.  The run plans each level from the runs the
   level before really wrote; :func:`merge_levels` assumes one run per merge task;
-* write tasks take consecutive outputs (:func:`write_chunks`) and read one range per
+* write tasks take consecutive outputs (:func:`write_ranges`) and read one range per
   run of their part: requests total about R*(parts) + M*G instead of N*M.
 
 The client holds O(N + M + buckets): run URLs and sizes, output bucket ranges, and
@@ -23,6 +23,7 @@ the counts per bucket summed over stage 1; never offsets per run.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,9 +81,17 @@ def split(n: int, pieces: int, *, allow_empty: bool = False) -> list[tuple[int, 
 def group_buckets(counts: np.ndarray, outputs: int | None, maxcount: int | None
                   ) -> list[tuple[int, int]]:
     """Contiguous bucket ranges, one per output, balanced by sample count."""
+    bounds = bucket_bounds(counts, outputs, maxcount).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def bucket_bounds(counts: np.ndarray, outputs: int | None, maxcount: int | None
+                  ) -> np.ndarray:
+    """:func:`group_buckets` as the outputs' boundaries: output j holds buckets
+    ``[bounds[j], bounds[j + 1])`` (one array, not a tuple an output)."""
     b = len(counts)
     if outputs is not None and outputs == b:
-        return [(i, i + 1) for i in range(b)]
+        return np.arange(b + 1, dtype=np.int64)
     cum = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     total = int(cum[-1])
     if outputs is None:
@@ -95,7 +104,41 @@ def group_buckets(counts: np.ndarray, outputs: int | None, maxcount: int | None
             cut -= 1  # the nearer boundary
         bounds.append(min(max(cut, bounds[-1]), b))
     bounds.append(b)
-    return list(zip(bounds[:-1], bounds[1:]))
+    return np.array(bounds, dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class Groups:
+    """Each output's buckets ``[a[j], b[j])``, and with exact --maxcount its slice (rows of
+    begin, count, bucket_begin): arrays, 16-40 bytes an output instead of tuples;
+    ``groups[j]`` is ``(a, b)``."""
+
+    a: np.ndarray | range
+    b: np.ndarray | range
+    slices: np.ndarray | None = None
+
+    @classmethod
+    def of_bounds(cls, bounds: np.ndarray) -> Groups:
+        """Outputs between ``bounds``; a bucket each (a shuffle into @M): two ranges,
+        whose slices a write task's arguments carry as two numbers each."""
+        first, n = (int(bounds[0]) if len(bounds) else 0), len(bounds) - 1
+        if n >= 0 and np.array_equal(bounds, np.arange(first, first + n + 1)):
+            return cls(range(first, first + n), range(first + 1, first + n + 1))
+        return cls(bounds[:-1], bounds[1:])
+
+    @classmethod
+    def of_slices(cls, counts: np.ndarray, per_output: int) -> Groups:
+        """--maxcount N exactly (:func:`count_slices`)."""
+        cuts = np.array(count_slices(counts, per_output), dtype=np.int64).reshape(-1, 4)
+        starts = bucket_starts(counts)
+        return cls(cuts[:, 0], cuts[:, 1],
+                   np.stack([cuts[:, 2], cuts[:, 3], starts[cuts[:, 0]]], axis=1))
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, j: int) -> tuple[int, int]:
+        return int(self.a[j]), int(self.b[j])
 
 
 def count_slices(counts: np.ndarray, per_output: int) -> list[tuple[int, int, int, int]]:
@@ -222,16 +265,16 @@ def merge_levels(runs: int, outputs: int, fan: int, min_tasks: int
     return tuple(out), parts
 
 
-def write_chunks(todo: list[int], per_task: int) -> list[list[int]]:
-    """Consecutive output indexes, at most ``per_task`` a task; a gap (an output that
-    already exists) starts a new task, so a task's buckets are one range."""
-    chunks: list[list[int]] = []
+def write_ranges(todo: Iterable[int], per_task: int) -> list[tuple[int, int]]:
+    """Consecutive output indexes ``[first, end)``, at most ``per_task`` a task; a gap (an
+    output that already exists) starts a new task, so a task's buckets are one range."""
+    ranges: list[list[int]] = []
     for j in todo:
-        if chunks and chunks[-1][-1] == j - 1 and len(chunks[-1]) < per_task:
-            chunks[-1].append(j)
+        if ranges and ranges[-1][1] == j and j - ranges[-1][0] < per_task:
+            ranges[-1][1] = j + 1
         else:
-            chunks.append([j])
-    return chunks
+            ranges.append([j, j + 1])
+    return [(a, b) for a, b in ranges]
 
 
 def decide_tasks(digest_bytes: int, memory: int, workers: int) -> int:
@@ -253,7 +296,7 @@ def outputs_per_task(outputs: int, total_bytes: int, memory: int, workers: int) 
 
 
 def write_tasks(parts: list[Part], per_task: int) -> int:
-    """Write tasks for ``parts`` when no output exists yet (:func:`write_chunks` of each)."""
+    """Write tasks for ``parts`` when no output exists yet (:func:`write_ranges` of each)."""
     return sum(-(-(j1 - j0) // per_task) for j0, j1, _r in parts)
 
 

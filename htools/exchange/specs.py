@@ -5,7 +5,12 @@ tasks: order, reduce, --merge, --dedup), both frozen; and the storage options of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from htools.exchange.keys import KeySpec
 from htools.selection import Selection
@@ -69,3 +74,93 @@ class StageTwo:
         """Whether the writes copy records as they come (no reduce, --merge, or dedup
         among equal keys), so that an output may end inside a bucket (--maxcount)."""
         return not (self.reduce or self.merge or self.dedup)
+
+
+# ------------------------------------------------------- spans of shards --
+# A task's inputs or outputs travel as a range of the job's list, not as one tuple a
+# shard: a million outputs' (url, a, b) tuples held ~200 bytes a shard on the client.
+
+_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")  # the last run of digits of a URL
+
+
+@dataclass(frozen=True)
+class Numbered(Sequence):
+    """``n`` URLs ``prefix + number + suffix``, numbers from ``start`` zero-padded to
+    ``width`` (what a brace range ``in-{000..999}`` or ``out-@1000`` names): the task
+    makes its URLs itself from these five values."""
+
+    prefix: str
+    width: int
+    suffix: str
+    start: int
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return f"{self.prefix}{self.start + i:0{self.width}d}{self.suffix}"
+
+    def __iter__(self) -> Iterator[str]:
+        p, w, s = self.prefix, self.width, self.suffix
+        return (f"{p}{k:0{w}d}{s}" for k in range(self.start, self.start + self.n))
+
+
+def compact(urls: Sequence[str], a: int, b: int) -> Sequence[str]:
+    """``urls[a:b]`` as :class:`Numbered` when they follow one (checked URL by URL),
+    else as a list (an arbitrary list of inputs)."""
+    if isinstance(urls, Numbered):
+        a, b = min(a, len(urls)), min(b, len(urls))
+        return replace(urls, start=urls.start + a, n=max(0, b - a))
+    m = _NUMBER.match(urls[a]) if b > a else None
+    if m is not None:
+        prefix, digits, suffix = m.groups()
+        span = Numbered(prefix, len(digits), suffix, int(digits), b - a)
+        if all(x == y for x, y in zip(span, itertools.islice(urls, a, b))):
+            return span
+    return list(urls[a:b])
+
+
+@dataclass(frozen=True, eq=False)
+class InputSpan:
+    """A stage-1 task's inputs: ``urls``, at places ``first``... of the job's inputs;
+    iterated as ``(place, url)``."""
+
+    urls: Sequence[str]
+    first: int
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        return enumerate(self.urls, self.first)
+
+
+@dataclass(frozen=True, eq=False)
+class OutputSpan(Sequence):
+    """A write task's outputs: ``urls`` and their buckets ``[a, b)`` (arrays), and with
+    exact --maxcount their slices (rows of begin, count, bucket_begin); items are the
+    ``(url, a, b[, begin, count, bucket_begin])`` tuples the task writes."""
+
+    urls: Sequence[str]
+    a: np.ndarray | range
+    b: np.ndarray | range
+    slices: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __getitem__(self, j):  # type: ignore[override]
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        rest = tuple(self.slices[j].tolist()) if self.slices is not None else ()
+        return (self.urls[j], int(self.a[j]), int(self.b[j]), *rest)
+
+    def __iter__(self) -> Iterator[tuple]:
+        a, b = (x.tolist() if isinstance(x, np.ndarray) else x for x in (self.a, self.b))
+        rows = self.slices.tolist() if self.slices is not None else None
+        for j, url in enumerate(self.urls):
+            yield (url, a[j], b[j], *rows[j]) if rows is not None else (url, a[j], b[j])

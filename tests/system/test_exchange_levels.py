@@ -163,7 +163,7 @@ def test_planner_groups_small_inputs_and_chunks_outputs():
     assert plan.inputs_per_task(16_384, 10_000, 256 << 20, 2) == 16_384 // 8
     assert plan.inputs_per_task(1000, 1 << 30, 256 << 20, 2) == 1
     assert plan.inputs_per_task(1000, None, 256 << 20, 2) == 1
-    assert plan.write_chunks([0, 1, 2, 4, 5, 6, 7], 3) == [[0, 1, 2], [4, 5, 6], [7]]
+    assert plan.write_ranges([0, 1, 2, 4, 5, 6, 7], 3) == [(0, 3), (4, 7), (7, 8)]
     assert plan.outputs_per_task(16_384, 16_384 * 1000, 256 << 20, 2) == 1024
     assert plan.outputs_per_task(10, 10 << 30, 256 << 20, 2) == 1
     assert plan.bucket_count(100_000, shuffle=True) == 100_000
