@@ -34,3 +34,19 @@ def test_table_slices_cover_the_table_by_digest_bucket(tmp_path):
             assert a <= digest_bucket(int(h).to_bytes(8, "big"), buckets) < b
         seen += part.n
     assert seen == n == os.path.getsize(url) // 16
+
+
+def test_a_table_slice_costs_a_few_requests_whatever_the_table_size(tmp_path, monkeypatch):
+    """Each edge of a slice is found in one partition (by the ``.bounds`` file), not by a
+    binary search of 8-byte reads over the whole table (log2(rows) requests an edge)."""
+    values = [f"v{i}".encode() for i in range(100_000)]
+    url = str(tmp_path / "t.digests")
+    tables.build([digest_block(values)], url, None)
+    whole = tables.Table(url)
+    calls = []
+    real = listjoin.storage.read_range
+    monkeypatch.setattr(listjoin.storage, "read_range",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    start, part = listjoin._table_slice(url, 10, 20, 64, {})
+    assert np.array_equal(part.hi, whole.hi[start:start + part.n]) and part.n > 0
+    assert len(calls) <= 6, calls  # 2 edges x (bounds, partition) + the two halves
