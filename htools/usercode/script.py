@@ -344,9 +344,16 @@ def _install(modules: tuple[tuple[str, str], ...], key: str) -> None:
     _active[0] = key
 
 
+#: CPython 3.11's ``ast.parse`` keeps its recursion count per interpreter, not per thread:
+#: two threads parsing at once (two jobs started together in one notebook) can fail with
+#: ``SystemError: AST constructor recursion depth mismatch``
+_PARSE_LOCK = threading.Lock()
+
+
 def _top_level_names(source: str, filename: str) -> set[str]:
     try:
-        tree = ast.parse(source, filename=filename)
+        with _PARSE_LOCK:
+            tree = ast.parse(source, filename=filename)
     except SyntaxError as e:
         where = f"line {e.lineno}" + (f", column {e.offset}" if e.offset else "")
         raise ScriptError(f"script {filename} has a syntax error at {where}: {e.msg}") from None
