@@ -5,7 +5,6 @@ tasks: order, reduce, --merge, --dedup), both frozen; and the storage options of
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -118,13 +117,14 @@ def compact(urls: Sequence[str], a: int, b: int) -> Sequence[str]:
     if isinstance(urls, Numbered):
         a, b = min(a, len(urls)), min(b, len(urls))
         return replace(urls, start=urls.start + a, n=max(0, b - a))
-    m = _NUMBER.match(urls[a]) if b > a else None
+    part = list(urls[a:b])  # a slice: O(b - a) wherever the range starts
+    m = _NUMBER.match(part[0]) if part else None
     if m is not None:
         prefix, digits, suffix = m.groups()
-        span = Numbered(prefix, len(digits), suffix, int(digits), b - a)
-        if all(x == y for x, y in zip(span, itertools.islice(urls, a, b))):
+        span = Numbered(prefix, len(digits), suffix, int(digits), len(part))
+        if all(x == y for x, y in zip(span, part)):
             return span
-    return list(urls[a:b])
+    return part
 
 
 @dataclass(frozen=True, eq=False)

@@ -196,11 +196,13 @@ _KEEP = 10  # AHEAD / BATCH, and two more
 
 
 def _buffer(size: int) -> bytearray:
-    while _free:
-        buf = _free.pop()
+    while True:
+        try:  # another writer thread may take the last one between a test and a pop
+            buf = _free.pop()
+        except IndexError:
+            return bytearray(size)
         if len(buf) == size:
             return buf
-    return bytearray(size)
 
 
 def _recycle(buf: bytearray) -> None:

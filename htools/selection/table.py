@@ -25,6 +25,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable
 from contextlib import ExitStack
 
@@ -266,6 +267,7 @@ class Table:
 
 KEPT = 2  # tables a worker process keeps mapped (the jobs it serves at once)
 _TABLES: dict[tuple[str, str], tuple[Table, ExitStack]] = {}
+_LOCK = threading.Lock()
 
 
 def load(url: str, digest: str, options: dict | None, budget: int = 0, n: int = 0):
@@ -274,18 +276,19 @@ def load(url: str, digest: str, options: dict | None, budget: int = 0, n: int = 
     by partition (:class:`~htools.selection.parts.PartTable`, at most ``budget`` bytes
     of it held); the oldest of more than ``KEPT`` tables is let go."""
     key = (url, digest)
-    if key not in _TABLES:
-        held = ExitStack()
-        if by_partition(n, budget):
-            from htools.selection.parts import PartTable
+    with _LOCK:  # a worker's threads: one fetch and mapping a table, one eviction
+        if key not in _TABLES:
+            held = ExitStack()
+            if by_partition(n, budget):
+                from htools.selection.parts import PartTable
 
-            table = PartTable(url, n, budget, options)
-        else:
-            table = Table(held.enter_context(local_copy(url, options)))
-        _TABLES[key] = (table, held)
-        while len(_TABLES) > KEPT:
-            _TABLES.pop(next(iter(_TABLES)))[1].close()
-    return _TABLES[key][0]
+                table = PartTable(url, n, budget, options)
+            else:
+                table = Table(held.enter_context(local_copy(url, options)))
+            _TABLES[key] = (table, held)
+            while len(_TABLES) > KEPT:
+                _TABLES.pop(next(iter(_TABLES)))[1].close()
+        return _TABLES[key][0]
 
 
 @atexit.register

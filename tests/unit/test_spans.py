@@ -93,3 +93,16 @@ def test_a_range_of_a_numbered_range_is_numbered_without_making_its_urls():
     assert isinstance(part, Numbered) and list(part) == urls[100:350]
     assert whole[::400] == urls[::400] and whole[-1] == urls[-1]
     assert list(compact(whole, 1990, 2500)) == urls[1990:]
+
+
+def test_compact_slices_the_list_without_walking_it_from_the_start():
+    """A write task's outputs are compacted from the job's list once a task: reading it
+    from index 0 every time made planning quadratic in the shard count."""
+    class Unwalkable(list):
+        def __iter__(self):
+            raise AssertionError("walked from the start")
+
+    urls = Unwalkable(f"/d/o-{i:05d}.tar" for i in range(100))
+    span = compact(urls, 40, 50)
+    assert isinstance(span, Numbered) and list(span) == list.__getitem__(urls, slice(40, 50))
+    assert list(compact(urls, 95, 120)) == [f"/d/o-{i:05d}.tar" for i in range(95, 100)]

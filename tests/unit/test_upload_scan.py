@@ -166,6 +166,18 @@ def test_a_task_reads_each_file_once_and_refuses_one_that_changed(tmp_path):
             list(upload_files._file_samples(samples, ShardResult("in", "out")))
 
 
+def test_an_unsized_read_that_comes_back_short_reads_on_to_the_end(tmp_path, monkeypatch):
+    """A network file system may return fewer bytes than asked before a file's end: a file
+    the scan did not size is read to its end, never cut at the first short read."""
+    data = os.urandom(5000)
+    (tmp_path / "a.bin").write_bytes(data)
+    real = os.read
+    monkeypatch.setattr(upload_files.os, "read", lambda fd, n: real(fd, min(n, 700)))
+    unsized = as_tuples(scan_directory(str(tmp_path), sized=False))
+    assert list(upload_files._file_samples(unsized, ShardResult("in", "out"))) == \
+        [{"__key__": "a", "bin": data}]
+
+
 @pytest.mark.parametrize("case", ["@3", "maxcount", "shuffle"])
 def test_a_scan_without_sizes_writes_the_same_shards_and_lineage(tmp_path, case):
     """A plan by count scans without a stat a file: the shards are the pinned ones, and the
