@@ -101,6 +101,25 @@ def timed(cmd: list[str]) -> tuple[float, float]:
                                      - used.ru_utime - used.ru_stime)
 
 
+def compare(src: str, tmp: str, shards: int, repeat: int, workers: int | None = None
+            ) -> dict[str, list[tuple[float, float]]]:
+    """htupload of the tree ``src`` into ``shards`` shards and GNU ``tar -cf`` of it, each
+    ``repeat`` times, alternated (outputs in ``tmp``, removed): (wall, CPU) of every run."""
+    out, archive = os.path.join(tmp, "out"), os.path.join(tmp, "all.tar")
+    htupload = os.path.join(os.path.dirname(sys.executable), "htupload")
+    up = [htupload, src, os.path.join(out, f"s-@{shards}.tar"), "-q",
+          *(["--workers", str(workers)] if workers else [])]
+    gnu = ["tar", "-cf", archive, "-C", src, "."]
+    runs: dict[str, list[tuple[float, float]]] = {"htupload": [], "GNU tar -cf": []}
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        runs["htupload"].append(timed(up))
+        runs["GNU tar -cf"].append(timed(gnu))
+    shutil.rmtree(out, ignore_errors=True)
+    os.remove(archive)
+    return runs
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=100_000)
@@ -118,16 +137,7 @@ def main() -> None:
         src = a.src or os.path.join(tmp, "src")
         if not a.src:
             make_tree(src, a.samples)
-        out = os.path.join(tmp, "out")
-        htupload = os.path.join(os.path.dirname(sys.executable), "htupload")
-        up = [htupload, src, os.path.join(out, f"s-@{a.shards}.tar"), "-q", "--workers",
-              str(a.workers)]
-        gnu = ["tar", "-cf", os.path.join(tmp, "all.tar"), "-C", src, "."]
-        runs: dict[str, list[tuple[float, float]]] = {"htupload": [], "GNU tar -cf": []}
-        for _ in range(a.repeat):
-            shutil.rmtree(out, ignore_errors=True)
-            runs["htupload"].append(timed(up))
-            runs["GNU tar -cf"].append(timed(gnu))
+        runs = compare(src, tmp, a.shards, a.repeat, a.workers)
         files = a.samples * len(FIELDS)
         if a.parts:
             parts(src, a.shards, files, a.repeat)

@@ -131,24 +131,18 @@ def whole_mapper(work: str, inputs: list[str], workers: int) -> float:
 
 
 def upload_rows(work: str, quick: bool) -> list[dict]:
-    """htupload of a tree of small files vs GNU ``tar -cf`` of it, whole commands."""
+    """htupload of a tree of small files vs GNU ``tar -cf`` of it, whole commands
+    (:func:`bench_upload.compare`)."""
     samples, shards = (5000, 8) if quick else (100_000, 64)
-    src, out = os.path.join(work, "up-src"), os.path.join(work, "up-out")
+    src = os.path.join(work, "up-src")
     bu.make_tree(src, samples)
-    up = [os.path.join(os.path.dirname(sys.executable), "htupload"), src,
-          os.path.join(out, f"s-@{shards}.tar"), "-q"]
-    gnu = ["tar", "-cf", os.path.join(work, "up.tar"), "-C", src, "."]
-    t_up, t_tar = [], []
-    for _ in range(1 if quick else 2):
-        shutil.rmtree(out, ignore_errors=True)
-        t_up.append(bu.timed(up)[0])
-        t_tar.append(bu.timed(gnu)[0])
+    runs = bu.compare(src, work, shards, 1 if quick else 2)
     mb = sum(e.stat().st_size for d in os.scandir(src) for e in os.scandir(d)) / 1e6
     shutil.rmtree(src, ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
-    os.remove(os.path.join(work, "up.tar"))
+    best = {name: min(wall for wall, _cpu in got) for name, got in runs.items()}
     return [row(f"htupload {samples} samples ({2 * samples} files of 300 B) -> {shards} "
-                "shards vs GNU tar -cf (whole commands)", min(t_up), min(t_tar), ">= 0.4", mb)]
+                "shards vs GNU tar -cf (whole commands)", best["htupload"],
+                best["GNU tar -cf"], ">= 0.4", mb)]
 
 
 # ------------------------------------------------------------------ HTTP --
@@ -429,15 +423,12 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
     return rows, points, {"sizes": sizes, "budget": budget, **scale}
 
 
-#: rows saved before rows carried their group: the group is told by the name
+#: rows saved before rows carried their group (every row since has one): the group is
+#: told by the name; the scale rows by their client memory (``mem_label``)
 _PREFIXES = (("tar ", "codec"), ("htmapper identity", "mapper"),
              ("htmapper 2 workers: HTTP", "http"), ("htshuffle: HTTP", "http"),
-             ("htshuffle vs copy once,", "copy"),
-             ("htshuffle vs copy once (2 procs, htools codec), ", "copy"),
-             ("htshuffle of 128 KiB samples vs webdataset copy", "copy"),
-             ("htsort growth", "growth"), ("htshuffle scale", "scale"), ("htupload", "upload"),
-             ("htmapper with", "selection"), ("htmapper over", "selection"),
-             ("htshuffle keeping", "selection"))
+             ("htshuffle vs copy once,", "copy"), ("htsort growth", "growth"),
+             ("htmapper with", "selection"), ("htshuffle keeping", "selection"))
 
 
 def group_of(r: dict) -> str:
