@@ -453,10 +453,10 @@ def list_join_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_byte
                     memory=4 << 30, entries=LIST_ENTRIES) -> list[dict]:
     """htsort --keep LIST of ``entries`` values at 100 TB, the list joined through the
     exchange (a 16-byte digest a value: larger than a worker fetches): per decide task,
-    its table slice and digest records; requests (the table's and its bounds' sizes, a
-    bound pair and one partition's high halves for each of the slice's two edges, the two
-    halves of the slice: 8 a decide task; each write task reads its buckets of every drop
-    run); passes over the data (no I/O)."""
+    its table slice and digest records; requests (a bound pair and one partition's high
+    halves for each of the slice's two edges, the two halves of the slice: 6 a decide
+    task; each write task reads its buckets of every drop run); passes over the data (no
+    I/O)."""
     table = 16 * entries
     out = []
     for w in workers:
@@ -468,7 +468,7 @@ def list_join_model(fans=(256, 1000), workers=(100, 1000), n=100_000, shard_byte
                         "decide_tasks": p.decide_tasks,
                         "table_bytes_per_decide": table // p.decide_tasks,
                         "digest_bytes_per_decide": digests // p.decide_tasks,
-                        "decide_requests": p.decide_tasks * 8,
+                        "decide_requests": p.decide_tasks * 6,
                         "drop_requests": 2 * p.write_tasks * p.decide_tasks,
                         "passes": p.passes, "plain_passes": plain.passes, "tasks": p.tasks})
     return out

@@ -47,7 +47,7 @@ from htools.runtime.memory import peak_rss, rss
 from htools.runtime.task import shard_task
 from htools.selection import Selection, selected
 from htools.selection.filter import batches, write_counts
-from htools.selection.table import Table, bounds_url
+from htools.selection.table import Table, bounds_url, part_bits
 from htools.selection.values import digest_block, sample_value
 from htools.summary import ShardResult
 
@@ -216,8 +216,10 @@ def join_slice(runs: list[Run], a: int, b: int, url: str, buckets: int, sel: Sel
     out."""
     rss0 = rss()
     keep = sel.mode == "keep"
+    made, counts, left_out = None, (b"", b""), 0  # a failed task's (shard_task keeps it)
     with shard_task(f"{len(runs)} digest runs, buckets {a}..{b - 1}", url) as result:
-        start, table = _table_slice(sel.table, a, b, DIGEST_BUCKETS, options)
+        start, table = _table_slice(sel.table, sel.listed, a, b, DIGEST_BUCKETS,
+                                    options)
         places, sort_buckets, matched = [], [], []
         for digests, where, bucket_of in _digest_chunks(runs, a, b, options):
             present = np.fromiter((len(d) == ROW for d in digests), dtype=bool,
@@ -281,15 +283,15 @@ class _Slice(Table):
         self.hi, self.lo, self.n = hi, lo, len(hi)
 
 
-def _table_slice(url: str, a: int, b: int, buckets: int, options: dict
+def _table_slice(url: str, n: int, a: int, b: int, buckets: int, options: dict
                  ) -> tuple[int, _Slice]:
-    """The table's rows whose digest falls in digest buckets ``[a, b)``: the first row,
-    and the rows' high and low halves.  Each edge is found in the one partition of the
-    table that holds it (its bounds, then its high halves: two small range reads), then
-    the slice is two range reads: about eight requests, whatever the table's size."""
-    n = storage.size(url, options) // ROW
+    """The rows of the table at ``url`` (``n`` rows) whose digest falls in digest buckets
+    ``[a, b)``: the first row, and the rows' high and low halves.  Each edge is found in
+    the one partition of the table that holds it (its bounds, then its high halves: two
+    small range reads), then the slice is two range reads: six requests, whatever the
+    table's size."""
     bounds = bounds_url(url)
-    bits = (storage.size(bounds, options) // 8 - 1).bit_length() - 1  # 2^bits partitions
+    bits = part_bits(n)  # as the table's build cut its partitions
     start = _first_row(url, bounds, bits, -(-(a << 64) // buckets), options)
     stop = n if b >= buckets else _first_row(url, bounds, bits, -(-(b << 64) // buckets),
                                              options)
