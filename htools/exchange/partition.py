@@ -83,7 +83,7 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
             key_of = placed_key(spec.key, spec.script, index)
         else:
             key_of = spec.key.key_fn(spec.script, index)
-            if spec.select is not None and spec.key.mode == "random" and not spec.key.dedup:
+            if _draws_owed(spec):
                 key_of = drawing(key_of, tags)  # as the join path draws
             key_of = _checked(key_of)
         for sample in input_samples(url, spec, result, tags):
@@ -181,6 +181,13 @@ def _keys_file(buffers: dict[int, list], spec: StageOne, task: int, spill: int) 
         return w.close()
 
 
+def _draws_owed(spec: StageOne) -> bool:
+    """Whether a small-list stage 1 draws the random keys of the samples the list leaves
+    out (:func:`.listjoin.drawing`): a shuffle's keys, so that they match the join path's;
+    only then does the selection count what it left out before each sample it passes."""
+    return spec.select is not None and spec.key.mode == "random" and not spec.key.dedup
+
+
 def input_samples(url: str, spec: StageOne, result: ShardResult,
                   tags: Tags | None = None) -> Iterator[dict]:
     """The samples of one input shard, selected by --keep/--drop (not for the splitters'
@@ -191,7 +198,8 @@ def input_samples(url: str, spec: StageOne, result: ShardResult,
         elif spec.select_join:  # digest and place as the small path would look it up
             samples = tagged(samples, spec.select, result, url, tags)
         else:
-            samples = small_selected(samples, spec.select, result, url, spec.options, tags)
+            samples = small_selected(samples, spec.select, result, url, spec.options,
+                                     tags if _draws_owed(spec) else None)
         if spec.script is not None and spec.script.defines("process_sample"):
             yield from map_samples(samples, spec.script.load().process_sample, result, url)
         else:
