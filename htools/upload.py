@@ -321,9 +321,9 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
         made = None if unsized else _lineage(outputs, kw, samples=scanned)
         shardindex.check_lineage(outset, made, opts)
         tasks = plan(source, outputs, opts, scanned=scanned, **kw)
-        paths = _lineage_paths(scanned) if unsized else None  # while the cluster starts
+        paths = _lineage_paths(scanned) if unsized and not opts.dry_run else None  # cluster starting
         summary = _run_files(tasks, ready(), reported if unsized else None)
-    if paths is not None and not opts.dry_run:
+    if paths is not None:
         sizes = _reported_sizes(scanned, by_key)
         made = _lineage(outputs, kw, paths, sizes=sizes) if sizes is not None else None
     return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
