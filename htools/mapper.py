@@ -9,7 +9,7 @@ script with ``process_batch`` runs as a pipeline of threads inside the task
 
 from __future__ import annotations
 
-from htools import lineage, shardindex, shards, storage
+from htools import lineage, lineage_record, shards, storage
 from htools.errors import HtoolsError, ScriptError, hide_credentials
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
@@ -143,13 +143,15 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
                         script=shipment.script,
                         options={"mtime": mtime, **selection_lineage(select),
                                  **({"batch_size": batch.batch_size} if batch else {})})
-    shardindex.check_lineage(outset, made, opts)
+    replacing = lineage_record.check_lineage(outset, made, opts, [t.output for t in tasks])
 
     def run(sel: Selection | None, run_opts: RunOptions) -> JobSummary:
         for t in tasks:
             t.kwargs["select"] = sel
-        summary = engine.run("htmapper", tasks, run_opts, group=True, shipment=shipment)
-        return shardindex.finish(summary, run_opts, outset, [t.output for t in tasks], made)
+        summary = engine.run("htmapper", tasks, run_opts, group=True, shipment=shipment,
+                             on_start=lambda kept: lineage_record.start_record(
+                                 outset, made, run_opts, replacing, kept))
+        return lineage_record.finish(summary, run_opts, outset, [t.output for t in tasks], made)
 
     def scratch(o: RunOptions) -> str:
         from htools.exchange.sizing import default_scratch  # the exchange: only if needed

@@ -20,11 +20,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from htools import lineage, storage
+from htools import storage
 from htools.errors import HtoolsError, StorageError, hide_credentials
 from htools.naming import TAR_SUFFIXES, index_entry
-from htools.options import RunOptions
-from htools.runtime import engine
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
 from htools.shards import OutputSet
@@ -145,116 +143,6 @@ def write(doc: dict, url: str, options: dict | None) -> int:
             if not e.transient or delay is None:
                 raise
             time.sleep(delay)
-
-
-def lineage_url(outset: OutputSet) -> str:
-    """Where a job that failed part-way records what made the outputs it wrote:
-    ``thumbs.lineage.json`` beside ``thumbs.index.json`` (no index vouches for a set a
-    job left incomplete, but ``--resume`` must still know whose outputs they are)."""
-    return index_url(outset).removesuffix(".index.json") + ".lineage.json"
-
-
-def recorded_lineage(outset: OutputSet, options: dict | None) -> tuple[dict | None, bool]:
-    """The lineage recorded beside ``outset`` -- the index's, else the one a failed job
-    left in :func:`lineage_url` -- and whether that failed job's record exists."""
-    old = read_lineage(index_url(outset), options)
-    partial = read_index(lineage_url(outset), options)
-    if not isinstance(old, dict) and partial is not None:
-        old = partial.get("lineage")
-    return (old if isinstance(old, dict) else None), partial is not None
-
-
-def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions) -> None:
-    """Before a job that writes ``outset`` runs a task, against the lineage recorded
-    beside it (:func:`recorded_lineage`):
-
-    * ``--resume`` when it is another job's than ``made`` (this job's): refused in one
-      line saying what differs (``--resume-any`` keeps the outputs);
-    * ``--overwrite``: another job's index (or failed job's record) is deleted first, so
-      that a job that then fails part-way leaves no index vouching for a set it changed.
-
-    Outputs without a recorded lineage are kept as before; :func:`finish` says so."""
-    if made is None or not (opts.resume or opts.overwrite):
-        return
-    old, partial = recorded_lineage(outset, opts.storage_options)
-    diffs = lineage.differences(old, made) if old is not None else []
-    if not diffs or opts.resume_any:
-        return
-    if opts.resume:
-        raise HtoolsError(f"--resume: the outputs beside {hide_credentials(index_url(outset))} "
-                          f"were made by another job: {'; '.join(diffs)}; use --overwrite, "
-                          "or --resume-any to keep them")
-    if opts.overwrite and not opts.dry_run:
-        storage.delete(index_url(outset), opts.storage_options)
-        if partial:
-            storage.delete(lineage_url(outset), opts.storage_options)
-
-
-def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
-           outputs: list[str], made: dict | None = None) -> JobSummary:
-    """The end of a job that wrote ``outputs`` (of the output set ``outset``): when it
-    succeeded, the shard index beside them (unless ``index=False``) recording the job's
-    lineage ``made`` (:mod:`htools.lineage`), then :func:`htools.runtime.engine.finish`
-    (``--summary`` JSON, naming the index).  A job that failed after writing outputs
-    records ``made`` in :func:`lineage_url` instead, for a later ``--resume`` to check.
-    Outputs kept by ``--resume`` whose lineage was not checked (none recorded, or
-    ``--resume-any``) get a note."""
-    if opts.dry_run or any(storage.is_stream(u) for u in outputs):
-        return engine.finish(summary, opts)
-    options = opts.storage_options
-    # a failed job's record beside the outputs: replaced by the index a success writes
-    record = read_index(lineage_url(outset), options) if opts.resume or opts.overwrite \
-        else None
-    previous = None
-    if opts.resume and summary.shards_skipped:  # their entries come from the old index
-        previous = read_index(index_url(outset), options)
-        if not (previous or {}).get("lineage") and isinstance((record or {}).get("lineage"),
-                                                              dict):
-            previous = {**(previous or {}), "lineage": record["lineage"]}
-        note, mixed = _resume_note(previous, made, summary.shards_skipped)
-        if note:
-            summary.notes.append(note)
-        if mixed and made is not None:  # the record says the set is not one job's
-            made = {**made, "mixed": mixed}
-    if outputs and opts.index and summary.ok:
-        write_for_job(outset, outputs, summary, options, made, previous)
-        if record is not None:  # the index vouches for the set now
-            storage.delete(lineage_url(outset), options)
-    elif outputs and opts.index and summary.shards_done and made is not None:
-        at = lineage_url(outset)
-        try:
-            write(_partial_record(made, summary), at, options)
-            summary.extra["lineage"] = hide_credentials(at)
-        except StorageError as e:  # the job's own failure is what the user must see
-            summary.notes.append(f"could not record the lineage of the outputs written in "
-                                 f"{hide_credentials(at)}: {e}")
-    return engine.finish(summary, opts)
-
-
-def _partial_record(made: dict, summary: JobSummary) -> dict:
-    """What a job that failed part-way leaves beside its outputs (no shard list: it
-    vouches for nothing but who made them)."""
-    return {"complete": False, "lineage": made, "shards_done": summary.shards_done,
-            "shards_total": summary.shards_total,
-            "note": "outputs of a job that did not finish; --resume checks this lineage"}
-
-
-def _resume_note(previous: dict | None, made: dict | None, kept: int
-                 ) -> tuple[str | None, str | None]:
-    """The summary's note on ``kept`` outputs a resumed job did not write, and, when
-    some were made by another job (kept by ``--resume-any``), what differs."""
-    old = (previous or {}).get("lineage")
-    if made is None:
-        return None, None
-    if not isinstance(old, dict):
-        return (f"{kept} output(s) kept by --resume have no recorded lineage (an index made "
-                "before lineage was recorded, or none): not checked that this job made "
-                "them"), None
-    diffs = lineage.differences(old, made)
-    if diffs:
-        note = f"{kept} output(s) kept by --resume-any were made by another job: "
-        return note + "; ".join(diffs), "; ".join(diffs)
-    return None, old.get("mixed")
 
 
 def write_for_job(outset: OutputSet, outputs: list[str], summary: JobSummary,

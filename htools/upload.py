@@ -25,9 +25,10 @@ import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
 
-from htools import lineage, shardindex, shards, storage, tar
+from htools import lineage, lineage_record, shards, storage, tar
 from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange.plan import split
@@ -277,26 +278,27 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     ins = [] if files else shards.expand_all(source, opts.storage_options)
     preflight.check(ins, [outset.first()], opts.storage_options, write=not opts.dry_run)
     made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
-    shardindex.check_lineage(outset, made, opts)  # tars: before their counting pass
+    replacing = lineage_record.check_lineage(outset, made, opts)  # tars: before counting
     if files:
         return _upload_files(source, outputs, opts, outset, kw)
     if opts.dry_run:
         tasks = plan(source, outputs, opts, **kw)
         summary = engine.run("htupload", tasks, opts)
-        return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
+        return lineage_record.finish(summary, opts, outset, [t.output for t in tasks], made)
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:
         copy = job.opts.with_(client=client)
         counted: list[JobSummary] = []
         tasks = plan(source, outputs, copy, select=job.selection, counted=counted, **kw)
-        summary = engine.run("htupload", tasks, copy.with_(summary=None))
+        summary = engine.run("htupload", tasks, copy.with_(summary=None), on_start=lambda kept:
+                             lineage_record.start_record(outset, made, copy, replacing, kept))
         for counts in counted:  # what the selection left out (or could not read)
             summary.samples_read += counts.samples_dropped + counts.samples_failed
             summary.samples_dropped += counts.samples_dropped
             summary.samples_failed += counts.samples_failed
             summary.sample_errors += counts.sample_errors
             summary.errors = counts.errors + summary.errors
-        summary = shardindex.finish(summary, copy.with_(summary=None), outset,
+        summary = lineage_record.finish(summary, copy.with_(summary=None), outset,
                                     [t.output for t in tasks], made)
         return job.finish(summary)
 
@@ -319,14 +321,16 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
         scanned = scan(source, sized)
         unsized = not scanned[0].sizes  # a list's files are sized all the same
         made = None if unsized else _lineage(outputs, kw, samples=scanned)
-        shardindex.check_lineage(outset, made, opts)
+        replacing = lineage_record.check_lineage(outset, made, opts)
         tasks = plan(source, outputs, opts, scanned=scanned, **kw)
         paths = _lineage_paths(scanned) if unsized and not opts.dry_run else None  # cluster starting
-        summary = _run_files(tasks, ready(), reported if unsized else None)
+        summary = _run_files(tasks, ready(), reported if unsized else None,
+                             lambda kept: lineage_record.start_record(outset, made, opts, replacing,
+                                                                 kept))
     if paths is not None:
         sizes = _reported_sizes(scanned, by_key)
         made = _lineage(outputs, kw, paths, sizes=sizes) if sizes is not None else None
-    return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
+    return lineage_record.finish(summary, opts, outset, [t.output for t in tasks], made)
 
 
 def _reported_sizes(samples: list[FileSample], by_key: dict[str, int]) -> list[int] | None:
@@ -362,28 +366,32 @@ def _lineage(outputs: str, kw: dict, inputs: list[str] = (),
 # ------------------------------------------------------ from the client --
 
 def _run_files(tasks: list[Task], opts: RunOptions,
-               on_result: Callable[[int, dict], None] | None = None) -> JobSummary:
+               on_result: Callable[[int, dict], None] | None = None,
+               on_start: Callable[[int], Callable[[], None] | None] | None = None
+               ) -> JobSummary:
     """Write the shards of local files: by the workers, or by this process when the
     workers of a cluster elsewhere cannot see the files (or a local output folder)."""
+    run = partial(engine.run, on_result=on_result, on_start=on_start)
     if opts.dry_run or not tasks or not workers_elsewhere(opts):
-        return engine.run("htupload", tasks, opts, on_result=on_result)
+        return run("htupload", tasks, opts)
     first = next((FileSample(*t.kwargs["samples"][0]).files[0][1] for t in tasks
                   if t.kwargs["samples"]), None)
     with engine.cluster(opts) as client:
         hidden = preflight.unseen(client, [first], [t.output for t in tasks])
         if not hidden:
-            return engine.run("htupload", tasks, opts.with_(client=client),
-                              on_result=on_result)
+            return run("htupload", tasks, opts.with_(client=client))
     if not opts.quiet:
         print(f"htools: the workers cannot see {hidden[0]}: this machine reads the files "
               f"and writes the {len(tasks)} shards itself", file=sys.stderr, flush=True)
-    return write_here(tasks, opts, on_result=on_result)
+    return write_here(tasks, opts, on_result=on_result, on_start=on_start)
 
 
 def write_here(tasks: list[Task], opts: RunOptions, writers: int = CLIENT_WRITERS,
-               on_result: Callable[[int, dict], None] | None = None) -> JobSummary:
+               on_result: Callable[[int, dict], None] | None = None,
+               on_start: Callable[[int], Callable[[], None] | None] | None = None
+               ) -> JobSummary:
     """Run upload tasks in this process, ``writers`` shards at a time (each holds one
     sample in memory), through the engine's run loop: the same resume/overwrite,
     retries of transient faults (and their backoff), progress and summary as on workers."""
-    return engine.run("htupload", tasks, opts, on_result=on_result,
+    return engine.run("htupload", tasks, opts, on_result=on_result, on_start=on_start,
                       executor=LocalExecutor(min(writers, len(tasks)), "htupload"))

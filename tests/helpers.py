@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -177,3 +179,32 @@ def reduce_samples(key, samples):
         os.kill(os.getpid(), signal.SIGKILL)
     return samples
 """
+
+
+def interrupt(cmd: list[str], ready: Callable[[], bool], env: dict[str, str],
+              timeout: float = 90, delay: float = 0.0) -> subprocess.CompletedProcess:
+    """Run ``cmd``; once ``ready()`` (the job is under way) and ``delay`` seconds more,
+    SIGINT its process group as a terminal's Ctrl-C does, and wait for it to exit (the
+    seconds that took: ``.seconds_to_exit``)."""
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"the job ended before it was interrupted:\n" \
+                                        f"{proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "the job never got under way"
+            time.sleep(0.02)
+        time.sleep(delay)
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done.seconds_to_exit = took  # type: ignore[attr-defined]
+    return done

@@ -17,13 +17,13 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from htools import lineage, shardindex, shards, storage
+from htools import lineage, lineage_record, shards, storage
 from htools.errors import HtoolsError, hide_credentials
 from htools.exchange import plan
 from htools.exchange.dedupjob import decide, dedup_mode, dedup_pass
@@ -86,7 +86,7 @@ def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     made = exchange_lineage(spec, inputs)
     inputs = compact(inputs, 0, len(inputs))  # a brace pattern's: five values, not N URLs
     summary, outputs = _exchange(spec, outset, inputs, opts, made)
-    return shardindex.finish(summary, opts, outset, outputs, made)
+    return lineage_record.finish(summary, opts, outset, outputs, made)
 
 
 def exchange_lineage(spec: ExchangeSpec, inputs: list[str]) -> dict:
@@ -121,7 +121,7 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: Sequence[str
         except preflight.Unreachable as e:  # say which folder: scratch, not the outputs
             raise preflight.Unreachable(
                 str(e).replace("cannot write outputs", "cannot write scratch", 1)) from None
-    shardindex.check_lineage(outset, made, opts)
+    replacing = lineage_record.check_lineage(outset, made, opts, known)
     present = engine.plan_outputs(known, opts)
     if opts.dry_run:
         return dry_run(spec, outset, inputs, known, present, opts), []
@@ -138,6 +138,8 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: Sequence[str
             job = _Job(replace(spec, script=shipment.script), inputs, outset, present,
                        opts.with_(client=client))
             preflight.check_workers(client, inputs, [outset.first(), job.scratch_root])
+            job.on_write = lambda _: lineage_record.start_record(outset, made, opts, replacing,
+                                                             len(present))
             summary = job.run()
     finally:  # once an embedded cluster is gone: its workers write no more runs
         if job is not None:
@@ -177,6 +179,7 @@ class _Job:
         self.join = False  # a large --keep/--drop list joins through the exchange (.run)
         self.drops: list[Run] | None = None  # the decide tasks' drop runs (.semijoin)
         self.deduped: Stage | None = None  # the dedup pass, once it succeeded
+        self.on_write: Callable[[int], Callable[[], None] | None] | None = None  # lineage_record
 
     # ------------------------------------------------------------ the job --
     def run(self) -> JobSummary:
@@ -433,7 +436,7 @@ class _Job:
         reports = Reports()
         s2 = engine.run(self.spec.tool, tasks, self.opts.with_(dry_run=False),
                         on_result=lambda _i, r: reports.add(r.pop("extra", {})),
-                        check_outputs=False)
+                        check_outputs=False, on_start=self.on_write)
         skipped = len(outputs) - s2.shards_total
         s2.shards_total += skipped
         s2.shards_skipped += skipped

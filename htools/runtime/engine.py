@@ -113,8 +113,8 @@ def plan_lines(tasks: list[Task], skip: set[str], resume: bool) -> list[str]:
 def run(tool: str, tasks: list[Task], opts: RunOptions, *,
         on_result: Callable[[int, dict], None] | None = None,
         ordered: bool = False, check_outputs: bool = True, group: bool = False,
-        executor: LocalExecutor | DaskExecutor | None = None, shipment: Shipment | None = None
-        ) -> JobSummary:
+        executor: LocalExecutor | DaskExecutor | None = None, shipment: Shipment | None = None,
+        on_start: Callable[[int], Callable[[], None] | None] | None = None) -> JobSummary:
     """Run ``tasks`` (one per shard) and return the job summary.
 
     ``on_result(index, result)`` is called as results arrive -- in task order
@@ -129,7 +129,12 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
     ``executor``: where the tasks run (default: the job's Dask cluster, see
     :func:`htools.clusters.connection.connect`), entered for this run; the same loop,
     retries and summary either way.  ``shipment``: the job's user code, whose tasks carry its
-    :attr:`~htools.usercode.shipping.Shipment.script`.
+    :attr:`~htools.usercode.shipping.Shipment.script`.  ``on_start(skipped)`` is called once the
+    executor is ready, before the first task runs (not when every task is skipped, nor
+    in a dry run), with the count of outputs ``--resume`` keeps: e.g.
+    :func:`htools.lineage_record.start_record`; what it returns (if not None) is called
+    when every task then failed (not on Ctrl-C: an output may have been written whose
+    result never came back).
     """
     refuse_stdio(tasks)
     summary = JobSummary(tool=tool, shards_total=sum(t.shards for t in tasks),
@@ -152,8 +157,11 @@ def run(tool: str, tasks: list[Task], opts: RunOptions, *,
         try:
             with executor if executor is not None \
                     else _on_cluster(opts, todo, outputs, shipment) as ex:
+                undo = on_start(len(tasks) - len(todo)) if on_start is not None else None
                 RunLoop(ex, tool, todo, opts, summary, on_result=on_result,
                         ordered=ordered, group=group).run()
+                if undo is not None and not summary.shards_done:
+                    undo()
         finally:  # a worker killed mid-write can leave a hidden temp file behind
             storage.remove_partials(outputs, opts.storage_options)
     return summary.finish()

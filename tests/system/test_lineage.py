@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_shards, ok, run
+from helpers import BIN, child_env, interrupt, make_shards, ok, read_wds, run
 
-from htools import lineage, shardindex
+from htools import lineage, lineage_record
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.shards import OutputSet
@@ -150,12 +150,98 @@ def test_overwrite_by_another_job_first_deletes_the_index_that_vouched_for_the_s
                        options={"seed": 1})
     new = {**old, "options": {**old["options"], "seed": 2}}
     index.write_text(json.dumps({"shardlist": [], "lineage": old}))
-    shardindex.check_lineage(outset, old, RunOptions(overwrite=True))  # the same job
-    shardindex.check_lineage(outset, new, RunOptions())  # refused later if outputs exist
-    shardindex.check_lineage(outset, new, RunOptions(resume_any=True))
-    shardindex.check_lineage(outset, new, RunOptions(overwrite=True, dry_run=True))
+    lineage_record.check_lineage(outset, old, RunOptions(overwrite=True))  # the same job
+    lineage_record.check_lineage(outset, new, RunOptions())  # refused later if outputs exist
+    lineage_record.check_lineage(outset, new, RunOptions(resume_any=True))
+    lineage_record.check_lineage(outset, new, RunOptions(overwrite=True, dry_run=True))
     assert index.exists()
     with pytest.raises(HtoolsError, match="--seed changed: 1 -> 2; use --overwrite"):
-        shardindex.check_lineage(outset, new, RunOptions(resume=True, dry_run=True))
-    shardindex.check_lineage(outset, new, RunOptions(overwrite=True))
+        lineage_record.check_lineage(outset, new, RunOptions(resume=True, dry_run=True))
+    lineage_record.check_lineage(outset, new, RunOptions(overwrite=True))
     assert not index.exists()
+
+
+SLOW = ("import time\n"
+        "def process_sample(s):\n"
+        "    time.sleep(0.1)\n"
+        "    s['v'] = b'%s'\n"
+        "    return s\n")
+
+
+def _interrupted(script: Path, args: tuple, out: Path) -> None:
+    """Run ``args`` and Ctrl-C it once its first output exists (and more remain)."""
+    cmd = [BIN / str(args[0]), *args[1:]]
+    p = interrupt(cmd, lambda: any(out.glob("o-*.tar")), child_env())
+    assert p.returncode == 130, p.stderr[-3000:]
+    assert (out / "o.lineage.json").exists() and not (out / "o.index.json").exists()
+
+
+def test_a_job_stopped_by_ctrl_c_leaves_its_lineage_for_resume(tmp_path):
+    """The record is written before the first task runs, so a client stopped by Ctrl-C
+    (or killed) leaves who made the outputs it wrote: --resume with another script is
+    refused, the same script resumes, and the index then replaces the record."""
+    make_shards(tmp_path / "in", shards=4, per_shard=10)
+    out, script = tmp_path / "out", tmp_path / "s.py"
+    script.write_text(SLOW % "1")
+    args = ("htmapper", "-p", script, tmp_path / "in" / "data-@4.tar", out / "o-@4.tar", *W1)
+    _interrupted(script, args, out)
+    record = json.loads((out / "o.lineage.json").read_text())
+    assert record["complete"] is False and record["lineage"]["script"]["name"] == "s.py"
+    kept = sorted(out.glob("o-*.tar"))
+    assert 1 <= len(kept) < 4
+    script.write_text(SLOW % "2")
+    before = _snapshot(out)
+    _refused(run(*args, "--resume"), "script digest changed: ")
+    assert _snapshot(out) == before
+    script.write_text(SLOW % "1")
+    ok(run(*args, "--resume"))
+    assert sorted(x.name for x in out.iterdir()) == ["o-0.tar", "o-1.tar", "o-2.tar", "o-3.tar",
+                                                     "o.index.json"]
+    assert {s["v"] for s in read_wds(sorted(out.glob("o-*.tar")))} == {b"1"}
+
+
+def test_an_overwrite_stopped_part_way_is_not_resumed_as_one_jobs_set(tmp_path):
+    """Job A's set, then job B (another script) --overwrite, stopped after some outputs:
+    the others are still A's, so B's --resume is refused (it would mix the two jobs);
+    --resume-any keeps them and the index says the set is mixed; --overwrite redoes it."""
+    make_shards(tmp_path / "in", shards=4, per_shard=10)
+    out, script = tmp_path / "out", tmp_path / "s.py"
+    script.write_text(SLOW % "A")
+    args = ("htmapper", "-p", script, tmp_path / "in" / "data-@4.tar", out / "o-@4.tar", *W1)
+    ok(run(*args))
+    script.write_text(SLOW % "B")
+    before = {x.name: x.stat().st_mtime_ns for x in out.glob("o-*.tar")}
+    cmd = [BIN / "htmapper", *args[1:], "--overwrite"]
+    p = interrupt(cmd, lambda: any(x.stat().st_mtime_ns != before[x.name]
+                                   for x in out.glob("o-*.tar")), child_env())
+    assert p.returncode == 130, p.stderr[-3000:]
+    record = json.loads((out / "o.lineage.json").read_text())
+    assert "script digest changed" in record["overwriting"]
+    values = {s["v"] for s in read_wds(sorted(out.glob("o-*.tar")))}
+    assert values == {b"A", b"B"}  # what a silent resume would have called B's
+    p = run(*args, "--resume")
+    assert p.returncode == 1 and "did not finish: some may still be another job's" in p.stderr
+    assert "--resume-any" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = ok(run(*args, "--resume-any"))
+    assert "mixed" in json.loads((out / "o.index.json").read_text())["lineage"]
+    assert not (out / "o.lineage.json").exists()
+    ok(run(*args, "--overwrite"))
+    doc = json.loads((out / "o.index.json").read_text())
+    assert "mixed" not in doc["lineage"]
+    assert {s["v"] for s in read_wds(sorted(out.glob("o-*.tar")))} == {b"B"}
+
+
+def test_a_record_beside_no_output_does_not_refuse_another_job(tmp_path):
+    """Ctrl-C before the first output: the record names no output that exists, so a
+    --resume by another script runs (and its index replaces the record)."""
+    make_shards(tmp_path / "in", shards=2, per_shard=10)
+    out, script = tmp_path / "out", tmp_path / "s.py"
+    script.write_text(SLOW.replace("0.1", "2") % "1")
+    args = ("htmapper", "-p", script, tmp_path / "in" / "data-@2.tar", out / "o-@2.tar", *W1)
+    cmd = [BIN / "htmapper", *args[1:]]
+    p = interrupt(cmd, (out / "o.lineage.json").exists, child_env())
+    assert p.returncode == 130, p.stderr[-3000:]
+    assert sorted(x.name for x in out.iterdir()) == ["o.lineage.json"]
+    script.write_text(SLOW % "2")
+    ok(run(*args, "--resume"))
+    assert sorted(x.name for x in out.iterdir()) == ["o-0.tar", "o-1.tar", "o.index.json"]
