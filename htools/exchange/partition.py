@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from operator import itemgetter
 from sys import getsizeof
 
@@ -34,7 +35,7 @@ from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
-from htools.runtime.task import shard_task
+from htools.runtime.task import TRIM_THRESHOLD, mallopt, shard_task
 from htools.summary import ShardResult
 from htools.usercode.apply import map_samples
 from htools.usercode.script import user_traceback
@@ -54,7 +55,8 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
     out = Spiller(spec, task, np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None)
     if spec.dedup_buckets:  # htsort --dedup by another key: digests beside (.semijoin)
         out = DigestTee(out, Spiller(digest_spec(spec), task, None))
-    with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result:
+    with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result, \
+            heap_kept(spec.memory):
         try:
             _partition(inputs, spec, result, out)
         except BaseException:
@@ -62,6 +64,28 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
             raise
     result.extra = {**out.made(), "rss_start": rss0, "peak_rss": peak_rss()}
     return result.as_dict()
+
+
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
+
+
+@contextmanager
+def heap_kept(budget: int) -> Iterator[None]:
+    """While a stage-1 task runs, the heap it frees (its records, at each spill and at
+    its end) stays in the process, up to ``budget`` bytes, instead of going back to the
+    system beyond :data:`~htools.runtime.task.TRIM_THRESHOLD`: its next spill and the
+    next stage-1 task of the worker reuse it rather than fault fresh pages in for every
+    record (measured at 16 KiB samples, 0.59 GB: 154,000 -> 8,000-21,000 faults, CPU
+    1.9-2.0 -> 1.55-1.6 s a GB).  Afterwards the setting is back, and the next free at
+    the heap's top gives what is beyond it back (a later task that is not stage 1, the
+    write tasks).  Nothing changes off glibc."""
+    set_trim = mallopt()
+    kept = set_trim is not None and set_trim(M_TRIM_THRESHOLD, max(budget, TRIM_THRESHOLD))
+    try:
+        yield
+    finally:
+        if kept:
+            set_trim(M_TRIM_THRESHOLD, TRIM_THRESHOLD)  # type: ignore[misc]
 
 
 def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> None:
