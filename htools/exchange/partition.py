@@ -67,6 +67,7 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
 
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
+_C_INT_MAX = (1 << 31) - 1  # mallopt's value is a C int (a larger one would wrap around)
 
 
 @contextmanager
@@ -80,7 +81,8 @@ def heap_kept(budget: int) -> Iterator[None]:
     the heap's top gives what is beyond it back (a later task that is not stage 1, the
     write tasks).  Nothing changes off glibc."""
     set_trim = mallopt()
-    kept = set_trim is not None and set_trim(M_TRIM_THRESHOLD, max(budget, TRIM_THRESHOLD))
+    kept = set_trim is not None and set_trim(M_TRIM_THRESHOLD,
+                                             min(max(budget, TRIM_THRESHOLD), _C_INT_MAX))
     try:
         yield
     finally:

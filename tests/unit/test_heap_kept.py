@@ -41,6 +41,12 @@ def test_the_setting_is_back_after_a_failure_too(mallopt):
     assert mallopt == [(part.M_TRIM_THRESHOLD, TRIM_THRESHOLD)] * 2
 
 
+def test_a_budget_beyond_a_c_int_keeps_the_most_mallopt_takes(mallopt):
+    with part.heap_kept(5 << 30):  # passed as it is, it would wrap around to 1 GiB
+        pass
+    assert mallopt[0] == (part.M_TRIM_THRESHOLD, (1 << 31) - 1)
+
+
 def test_nothing_without_mallopt(monkeypatch):
     monkeypatch.setattr(part, "mallopt", lambda: None)
     with part.heap_kept(300 << 20):
