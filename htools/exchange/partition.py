@@ -76,10 +76,11 @@ def heap_kept(budget: int) -> Iterator[None]:
     its end) stays in the process, up to ``budget`` bytes, instead of going back to the
     system beyond :data:`~htools.runtime.task.TRIM_THRESHOLD`: its next spill and the
     next stage-1 task of the worker reuse it rather than fault fresh pages in for every
-    record (measured at 16 KiB samples, 0.59 GB: 154,000 -> 8,000-21,000 faults, CPU
-    1.9-2.0 -> 1.55-1.6 s a GB).  Afterwards the setting is back, and the next free at
-    the heap's top gives what is beyond it back (a later task that is not stage 1, the
-    write tasks).  Nothing changes off glibc."""
+    record (htshuffle of 1 GB of 16 KiB samples on 2 workers: stage 1's faults 148,000-
+    160,000 -> 90,000 a GB, most of them now the first task's of each worker; its CPU
+    1.67-1.78 -> 1.52-1.55 s a GB; at 128 KiB no change).  Afterwards the setting is
+    back, and the next free at the heap's top gives what is beyond it back (a later task
+    that is not stage 1, the write tasks).  Nothing changes off glibc."""
     set_trim = mallopt()
     kept = set_trim is not None and set_trim(M_TRIM_THRESHOLD,
                                              min(max(budget, TRIM_THRESHOLD), _C_INT_MAX))
