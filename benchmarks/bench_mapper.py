@@ -5,7 +5,9 @@
 
 Prints ratios measured in one run (absolute times only beside them):
   * htmapper (identity script, 1 worker) vs a single-process read-write loop with
-    htools' own codec, per sample size (``--kib 1,16,128``) -- goal >= 0.9;
+    htools' own codec and storage (its outputs committed as htmapper's are: fsynced,
+    with their disk writes started as they are written), per sample size (``--kib
+    1,16,128``) -- goal >= 0.9;
   * with ``--index-off``: the same without the shard index (``index=False``: no sha256
     of the outputs, which the loop does not compute either) -- for information;
   * htmapper with 2 workers vs 1 worker -- goal >= 1.7x;

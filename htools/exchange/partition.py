@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from operator import itemgetter
 from sys import getsizeof
 
@@ -34,7 +35,7 @@ from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
-from htools.runtime.task import shard_task
+from htools.runtime.task import TRIM_THRESHOLD, mallopt, shard_task
 from htools.summary import ShardResult
 from htools.usercode.apply import map_samples
 from htools.usercode.script import user_traceback
@@ -54,7 +55,8 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
     out = Spiller(spec, task, np.zeros(spec.buckets, dtype=np.int64) if spec.counts else None)
     if spec.dedup_buckets:  # htsort --dedup by another key: digests beside (.semijoin)
         out = DigestTee(out, Spiller(digest_spec(spec), task, None))
-    with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result:
+    with shard_task(urls[0] if len(urls) == 1 else urls, max_errors=spec.max_errors) as result, \
+            heap_kept(spec.memory):
         try:
             _partition(inputs, spec, result, out)
         except BaseException:
@@ -62,6 +64,31 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
             raise
     result.extra = {**out.made(), "rss_start": rss0, "peak_rss": peak_rss()}
     return result.as_dict()
+
+
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
+_C_INT_MAX = (1 << 31) - 1  # mallopt's value is a C int (a larger one would wrap around)
+
+
+@contextmanager
+def heap_kept(budget: int) -> Iterator[None]:
+    """While a stage-1 task runs, the heap it frees (its records, at each spill and at
+    its end) stays in the process, up to ``budget`` bytes, instead of going back to the
+    system beyond :data:`~htools.runtime.task.TRIM_THRESHOLD`: its next spill and the
+    next stage-1 task of the worker reuse it rather than fault fresh pages in for every
+    record (htshuffle of 1 GB of 16 KiB samples on 2 workers: stage 1's faults 148,000-
+    160,000 -> 90,000 a GB, most of them now the first task's of each worker; its CPU
+    1.67-1.78 -> 1.52-1.55 s a GB; at 128 KiB no change).  Afterwards the setting is
+    back, and the next free at the heap's top gives what is beyond it back (a later task
+    that is not stage 1, the write tasks).  Nothing changes off glibc."""
+    set_trim = mallopt()
+    kept = set_trim is not None and set_trim(M_TRIM_THRESHOLD,
+                                             min(max(budget, TRIM_THRESHOLD), _C_INT_MAX))
+    try:
+        yield
+    finally:
+        if kept:
+            set_trim(M_TRIM_THRESHOLD, TRIM_THRESHOLD)  # type: ignore[misc]
 
 
 def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> None:

@@ -81,12 +81,19 @@ def tune_malloc() -> bool:
         return False
     if trim >= TRIM_THRESHOLD or os.environ.get("HTOOLS_MALLOC_TUNE", "1") == "0":
         return False
+    set_option = mallopt()
+    if set_option is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(set_option(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+        bool(set_option(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def mallopt():
+    """The C library's ``mallopt(param, value)`` (glibc; musl's does nothing), or None."""
     try:
         import ctypes
 
-        mallopt = ctypes.CDLL(None).mallopt  # glibc (and musl, where it does nothing)
+        return ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
-        bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        return None
