@@ -76,18 +76,22 @@ def table_bytes(sel: Selection, options: dict | None) -> int:
         return 0
 
 
-def joins(spec, memory: int, options: dict | None) -> bool:
-    """Whether ``spec``'s list (an :class:`.job.ExchangeSpec`) joins through the exchange;
-    a large list in a job the join cannot serve is refused in one line."""
+def joins(spec, memory: int, options: dict | None, table: int | None = None) -> bool:
+    """Whether ``spec``'s list (an :class:`.job.ExchangeSpec`) joins through the exchange
+    (``table``: its :func:`table_bytes`, when known); a large list in a job the join
+    cannot serve is refused in one line."""
     sel = spec.select
-    if sel is None or table_bytes(sel, options) <= fetch_budget(memory):
+    if sel is None:
+        return False
+    table = table_bytes(sel, options) if table is None else table
+    if table <= fetch_budget(memory):
         return False
     reduce = spec.script is not None and spec.script.defines("reduce_samples")
     other = ("--dedup" if spec.key.dedup else "--merge" if spec.merge
              else "reduce_samples()" if reduce else "")
     if other:
         raise HtoolsError(
-            f"{sel.flag} list of {table_bytes(sel, options)} table bytes is larger than a worker "
+            f"{sel.flag} list of {table} table bytes is larger than a worker "
             f"fetches ({fetch_budget(memory)}: a quarter of --memory, or {FETCH_ENV}) and joins "
             f"through the exchange, which does not combine with {other}: raise --memory, or "
             "select first and run this on the selected shards")
@@ -95,9 +99,10 @@ def joins(spec, memory: int, options: dict | None) -> bool:
 
 
 def plan_line(sel: Selection, joined: bool, memory: int, decide_tasks: int,
-              options: dict | None) -> str:
-    """The plan's line of the selection: which mode, and the join's decide tasks."""
-    size = human_size(table_bytes(sel, options))
+              table: int) -> str:
+    """The plan's line of the selection (``table``: its :func:`table_bytes`): which
+    mode, and the join's decide tasks."""
+    size = human_size(table)
     head = (f"selection: {sel.flag} by {sel.by}, a digest table of {size}"
             + ("" if sel.table else " (about: the list file's size)"))
     budget = human_size(fetch_budget(memory))
