@@ -28,12 +28,13 @@ def test_table_slices_cover_the_table_by_digest_bucket(tmp_path):
     whole = tables.Table(url)
     buckets, seen = 64, 0
     for a, b in [(0, 1), (1, 7), (7, 40), (40, 63), (63, 64)]:
-        start, part = listjoin._table_slice(url, n, a, b, buckets, {})
+        start, hi, lo = listjoin._table_slice(url, n, a, b, buckets, {})
         assert start == seen
-        assert np.array_equal(part.hi, whole.hi[start:start + part.n])
-        for h in part.hi.tolist():
+        assert np.array_equal(hi, whole.hi[start:start + len(hi)])
+        assert np.array_equal(lo, whole.lo[start:start + len(lo)])
+        for h in hi.tolist():
             assert a <= digest_bucket(int(h).to_bytes(8, "big"), buckets) < b
-        seen += part.n
+        seen += len(hi)
     assert seen == n == os.path.getsize(url) // 16
 
 
@@ -48,8 +49,8 @@ def test_a_table_slice_costs_a_few_requests_whatever_the_table_size(tmp_path, mo
     real = listjoin.storage.read_range
     monkeypatch.setattr(listjoin.storage, "read_range",
                         lambda *a, **k: calls.append(a[0]) or real(*a, **k))
-    start, part = listjoin._table_slice(url, n, 10, 20, 64, {})
-    assert np.array_equal(part.hi, whole.hi[start:start + part.n]) and part.n > 0
+    start, hi, _lo = listjoin._table_slice(url, n, 10, 20, 64, {})
+    assert np.array_equal(hi, whole.hi[start:start + len(hi)]) and len(hi) > 0
     assert len(calls) <= 6, calls  # 2 edges x (bounds, partition) + the two halves
 
 
