@@ -18,7 +18,7 @@ from zlib import adler32
 
 from htools.errors import HtoolsError, TarFormatError, hide_credentials
 from htools.tar.compress import DECODE_ERRORS, compressed_span
-from htools.tar.header import BLOCK
+from htools.tar.header import BLOCK, remember
 from htools.tar.special import SpecialHeaders
 
 # Reader buffer: above storage's 1 MiB buffered reader, which then reads a plain stream
@@ -345,9 +345,8 @@ def _decode(h: bytes, i: int) -> str:
     return h[:i].decode("utf-8", "surrogateescape")
 
 
-# Caches of the hot loop, a few thousand entries at most: a member's header fields are
-# mostly those of a member before it (sizes, field names).
-_CACHED = 4096
+# The hot loop's caches (:func:`~htools.tar.header.remember`: a few thousand entries at
+# most): a member's header fields are mostly those of a member before it.
 
 
 def _size(sizes: dict[bytes, int], raw: bytes) -> int:
@@ -357,18 +356,12 @@ def _size(sizes: dict[bytes, int], raw: bytes) -> int:
         size = int(raw[:11], 8)
     except ValueError:
         size = -1
-    if len(sizes) >= _CACHED:
-        sizes.clear()
-    sizes[raw] = size
-    return size
+    return remember(sizes, raw, size)
 
 
 def _field(fields: dict[bytes, str], raw: bytes) -> str:
     """``raw`` decoded, kept in ``fields``."""
-    if len(fields) >= _CACHED:
-        fields.clear()
-    field = fields[raw] = raw.decode("utf-8", "surrogateescape")
-    return field
+    return remember(fields, raw, raw.decode("utf-8", "surrogateescape"))
 
 
 def _tail(tails: dict[bytes, str | bool], tail: bytes) -> str | bool:
@@ -376,11 +369,8 @@ def _tail(tails: dict[bytes, str | bool], tail: bytes) -> str | bool:
     name field, up to its first NUL); False if a '/' makes it another key's."""
     nul = tail.find(0)
     raw = tail if nul < 0 else tail[:nul]
-    field: str | bool = False if b"/" in raw else raw.decode("utf-8", "surrogateescape")
-    if len(tails) >= _CACHED:
-        tails.clear()
-    tails[tail] = field
-    return field
+    return remember(tails, tail,
+                    False if b"/" in raw else raw.decode("utf-8", "surrogateescape"))
 
 
 def _key_prefix(key: str) -> bytes:
