@@ -74,10 +74,14 @@ def _level(stage: str, lv: MergeLevel) -> dict:
 
 def plan_for(spec, inputs: int, outputs: int | None, shard_bytes: float | None,
              sized: Resources, beside: bool = False, join: bool = False,
-             options: dict | None = None) -> plan.ExchangePlan:
+             options: dict | None = None, table: int | None = None) -> plan.ExchangePlan:
     """The plan of ``spec`` (the run's and the dry run's); ``join``: its --keep/--drop
-    list joins through the exchange (:mod:`.listjoin`)."""
-    table = table_bytes(spec.select, options) if join else 0
+    list joins through the exchange (:mod:`.listjoin`), its table ``table`` bytes (when
+    known; else :func:`.listjoin.table_bytes`)."""
+    if not join:
+        table = 0
+    elif table is None:
+        table = table_bytes(spec.select, options)
     mode = dedup_mode(spec.key, spec.script)
     return plan.plan_exchange(inputs=inputs, shard_bytes=shard_bytes, outputs=outputs,
                               memory=sized.memory, workers=sized.threads,
@@ -91,14 +95,15 @@ def dry_run(spec, outset: shards.OutputSet, inputs: Sequence[str], known: list[s
     """``--dry-run``: the plan of ``spec`` (an ExchangeSpec) as lines and figures, nothing run."""
     sized = dry_run_resources(opts, spec.memory)
     options = storage.resolve_options(opts.storage_options)
-    join = joins(spec, sized.memory, options)
+    table = table_bytes(spec.select, options) if spec.select is not None else 0  # once:
+    join = joins(spec, sized.memory, options, table)  # before the build, a request
     planned = plan_for(spec, len(inputs), outset.count, shard_size(inputs, opts), sized,
-                       join=join, options=options)
+                       join=join, options=options, table=table)
     summary = JobSummary(spec.tool, shards_total=len(known))
     summary.plan = plan_lines(planned, sized, spec.key.dedup, join)
     if spec.select is not None:
         summary.plan.insert(2, plan_line(spec.select, join, sized.memory, planned.decide_tasks,
-                                         options))
+                                         table))
     for u in known or [outset.first() + " ..."]:
         mark = "  (exists, skipped)" if u in present else ""
         summary.plan.append(f"stage 2: -> {hide_credentials(u)}{mark}")

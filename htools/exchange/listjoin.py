@@ -37,18 +37,17 @@ import numpy as np
 
 from htools import storage
 from htools.errors import HtoolsError
-from htools.exchange.cursors import bucket_records, close_all, open_cursors
 from htools.exchange.keys import KeySpec, Placed, checked_key, second_pass_key
 from htools.exchange.plan import DIGEST_BUCKETS
 from htools.exchange.runfile import Run
-from htools.exchange.semijoin import write_drop_run
+from htools.exchange.semijoin import decided, digest_records, write_drop_run
 from htools.exchange.sizing import human_size
-from htools.runtime.memory import peak_rss, rss
+from htools.runtime.memory import rss
 from htools.runtime.task import shard_task
 from htools.selection import Selection, selected
 from htools.selection.filter import batches, write_counts
-from htools.selection.table import Table, bounds_url, part_bits
-from htools.selection.values import digest_block, sample_value
+from htools.selection.table import _halves, bounds_url, part_bits, search
+from htools.selection.values import digests, field_values, member_values
 from htools.summary import ShardResult
 
 FETCH_SHARE = 4  # a worker fetches a table of at most 1/4 of the task memory budget
@@ -76,18 +75,22 @@ def table_bytes(sel: Selection, options: dict | None) -> int:
         return 0
 
 
-def joins(spec, memory: int, options: dict | None) -> bool:
-    """Whether ``spec``'s list (an :class:`.job.ExchangeSpec`) joins through the exchange;
-    a large list in a job the join cannot serve is refused in one line."""
+def joins(spec, memory: int, options: dict | None, table: int | None = None) -> bool:
+    """Whether ``spec``'s list (an :class:`.job.ExchangeSpec`) joins through the exchange
+    (``table``: its :func:`table_bytes`, when known); a large list in a job the join
+    cannot serve is refused in one line."""
     sel = spec.select
-    if sel is None or table_bytes(sel, options) <= fetch_budget(memory):
+    if sel is None:
+        return False
+    table = table_bytes(sel, options) if table is None else table
+    if table <= fetch_budget(memory):
         return False
     reduce = spec.script is not None and spec.script.defines("reduce_samples")
     other = ("--dedup" if spec.key.dedup else "--merge" if spec.merge
              else "reduce_samples()" if reduce else "")
     if other:
         raise HtoolsError(
-            f"{sel.flag} list of {table_bytes(sel, options)} table bytes is larger than a worker "
+            f"{sel.flag} list of {table} table bytes is larger than a worker "
             f"fetches ({fetch_budget(memory)}: a quarter of --memory, or {FETCH_ENV}) and joins "
             f"through the exchange, which does not combine with {other}: raise --memory, or "
             "select first and run this on the selected shards")
@@ -95,9 +98,10 @@ def joins(spec, memory: int, options: dict | None) -> bool:
 
 
 def plan_line(sel: Selection, joined: bool, memory: int, decide_tasks: int,
-              options: dict | None) -> str:
-    """The plan's line of the selection: which mode, and the join's decide tasks."""
-    size = human_size(table_bytes(sel, options))
+              table: int) -> str:
+    """The plan's line of the selection (``table``: its :func:`table_bytes`): which
+    mode, and the join's decide tasks."""
+    size = human_size(table)
     head = (f"selection: {sel.flag} by {sel.by}, a digest table of {size}"
             + ("" if sel.table else " (about: the list file's size)"))
     budget = human_size(fetch_budget(memory))
@@ -124,32 +128,31 @@ def tagged(samples: Iterator[dict], sel: Selection, result: ShardResult, url: st
            tags: Tags) -> Iterator[dict]:
     """The join path's selection stage: every sample passes, ``tags`` naming its place
     and digest as it does; a sample whose value cannot be read fails, as in the small
-    path (and owes its random key, as the small path's do)."""
+    path (and owes its random key, as the small path's do).  Values are digested a
+    batch at a time, as the small path looks them up (:class:`.filter.Lookup`)."""
     ordinal = 0
     for batch in batches(samples, _same):
-        good: list[tuple[dict, int, bytes | None]] = []
-        for s in batch:
-            try:
-                good.append((s, ordinal, sample_value(s, sel)))
-            except ValueError as e:
+        bad: set[int] = set()
+        if sel.member is None:  # a field's bytes: its trailing newline cut vectorised
+            pairs, present = digests(field_values(batch, sel.field), sel.key,
+                                     strip_newline=True)
+        else:
+            values, errors = member_values(batch, sel)
+            for i, e in errors:
+                bad.add(i)
                 result.samples_read += 1
-                result.sample_error(url, s.get("__key__", ""),
+                result.sample_error(url, batch[i].get("__key__", ""),
                                     f"{sel.flag} --select-by {sel.by}", e)
-                good.append((None, ordinal, None))
-            ordinal += 1
-        raw = digest_block([v for s, _o, v in good if s is not None and v is not None],
-                           sel.key)
-        at = 0
-        for s, o, v in good:
-            if s is None:
+            pairs, present = digests(values, sel.key)
+        raw = pairs.astype(">u8").tobytes()  # as digest_block: 16 bytes a sample
+        for i, (s, has) in enumerate(zip(batch, present.tolist())):
+            if i in bad:
                 tags.owed += 1
                 continue
-            if v is None:
-                tags.ordinal, tags.digest = o, MISSING
-            else:
-                tags.ordinal, tags.digest = o, raw[at:at + ROW]
-                at += ROW
+            tags.ordinal = ordinal + i
+            tags.digest = raw[i * ROW:(i + 1) * ROW] if has else MISSING
             yield s
+        ordinal += len(batch)
 
 
 def _same(sample: dict) -> dict:
@@ -218,19 +221,20 @@ def join_slice(runs: list[Run], a: int, b: int, url: str, buckets: int, sel: Sel
     keep = sel.mode == "keep"
     made, counts, left_out = None, (b"", b""), 0  # a failed task's (shard_task keeps it)
     with shard_task(f"{len(runs)} digest runs, buckets {a}..{b - 1}", url) as result:
-        start, table = _table_slice(sel.table, sel.listed, a, b, DIGEST_BUCKETS,
-                                    options)
+        start, hi, lo = _table_slice(sel.table, sel.listed, a, b, DIGEST_BUCKETS,
+                                     options)
         places, sort_buckets, matched = [], [], []
-        for digests, where, bucket_of in _digest_chunks(runs, a, b, options):
-            present = np.fromiter((len(d) == ROW for d in digests), dtype=bool,
-                                  count=len(digests))
-            rows = table.rows(_pairs(digests), present)
+        for found, where, bucket_of in _digest_chunks(runs, a, b, options):
+            present = np.fromiter((len(d) == ROW for d in found), dtype=bool,
+                                  count=len(found))
+            qhi, qlo = _halves(b"".join(d if len(d) == ROW else bytes(ROW) for d in found))
+            rows = search(hi, lo, qhi, qlo, present)
             hit = rows >= 0
             out = ~hit if keep else hit
             places.append(where[out])
             sort_buckets.append(bucket_of[out])
             matched.append(rows[hit] + start)
-            result.samples_read += len(digests)
+            result.samples_read += len(found)
         dropped = np.concatenate(places) if places else np.zeros(0, np.uint64)
         left_out = len(dropped)
         made, counts = write_drop_run(
@@ -240,8 +244,7 @@ def join_slice(runs: list[Run], a: int, b: int, url: str, buckets: int, sel: Sel
                      left_out, np.concatenate(matched) if matched else np.zeros(0, np.int64),
                      options)
         result.samples_dropped += left_out
-    result.extra = {"run": (made.url, made.size) if made else None, "counts": counts,
-                    "unselected": left_out, "rss_start": rss0, "peak_rss": peak_rss()}
+    result.extra = decided(made, counts, rss0, unselected=left_out)
     return result.as_dict()
 
 
@@ -249,19 +252,14 @@ def _digest_chunks(runs: list[Run], a: int, b: int, options: dict
                    ) -> Iterator[tuple[list[bytes], np.ndarray, np.ndarray]]:
     """The digest records of buckets ``[a, b)``, merged, ``CHUNK`` at a time: their
     digests, places and sort buckets."""
-    cursors = open_cursors(runs, a, b, options)
-    try:
-        chunk: list[list] = []
-        for bucket in range(a, b):
-            for k, _skey, _rec, _start in bucket_records(cursors, bucket, False):
-                chunk.append(k)
-                if len(chunk) >= CHUNK:
-                    yield _columns(chunk)
-                    chunk = []
-        if chunk:
+    chunk: list[list] = []
+    for k in digest_records(runs, a, b, options):
+        chunk.append(k)
+        if len(chunk) >= CHUNK:
             yield _columns(chunk)
-    finally:
-        close_all(cursors)
+            chunk = []
+    if chunk:
+        yield _columns(chunk)
 
 
 def _columns(chunk: list[list]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
@@ -270,23 +268,11 @@ def _columns(chunk: list[list]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
             np.fromiter((k[3] for k in chunk), dtype=np.int64, count=len(chunk)))
 
 
-def _pairs(digests: list[bytes]) -> np.ndarray:
-    raw = b"".join(d if len(d) == ROW else bytes(ROW) for d in digests)
-    return np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-
-
-class _Slice(Table):
-    """Rows ``[start, stop)`` of the table, in memory: :meth:`Table.rows` finds
-    digests among them (the rows are relative to ``start``)."""
-
-    def __init__(self, hi: np.ndarray, lo: np.ndarray):  # noqa: D107 -- no file mapped
-        self.hi, self.lo, self.n = hi, lo, len(hi)
-
-
 def _table_slice(url: str, n: int, a: int, b: int, buckets: int, options: dict
-                 ) -> tuple[int, _Slice]:
+                 ) -> tuple[int, np.ndarray, np.ndarray]:
     """The rows of the table at ``url`` (``n`` rows) whose digest falls in digest buckets
-    ``[a, b)``: the first row, and the rows' high and low halves.  Each edge is found in
+    ``[a, b)``: the first row, and the rows' high and low halves (for
+    :func:`~htools.selection.table.search`: rows relative to the first).  Each edge is found in
     the one partition of the table that holds it (its bounds, then its high halves: two
     small range reads), then the slice is two range reads: six requests, whatever the
     table's size."""
@@ -296,11 +282,11 @@ def _table_slice(url: str, n: int, a: int, b: int, buckets: int, options: dict
     stop = n if b >= buckets else _first_row(url, bounds, bits, -(-(b << 64) // buckets),
                                              options)
     if stop <= start:
-        return start, _Slice(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        return start, np.zeros(0, np.uint64), np.zeros(0, np.uint64)
     hi = storage.read_range(url, 8 * start, 8 * stop, options)
     lo = storage.read_range(url, 8 * (n + start), 8 * (n + stop), options)
-    return start, _Slice(np.frombuffer(hi, dtype="<u8").astype(np.uint64),
-                         np.frombuffer(lo, dtype="<u8").astype(np.uint64))
+    return (start, np.frombuffer(hi, dtype="<u8").astype(np.uint64),
+            np.frombuffer(lo, dtype="<u8").astype(np.uint64))
 
 
 def _first_row(url: str, bounds: str, bits: int, value: int, options: dict) -> int:

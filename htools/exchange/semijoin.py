@@ -87,25 +87,38 @@ def keep_firsts(runs: list[Run], a: int, b: int, url: str, buckets: int,
     places: list[int] = []
     made, counts = None, (b"", b"")  # a failed task's
     with shard_task(f"{len(runs)} digest runs, buckets {a}..{b - 1}", url) as result:
-        cursors = open_cursors(runs, a, b, options)
-        try:
-            last = None
-            for bucket in range(a, b):
-                for k, _skey, _rec, _start in bucket_records(cursors, bucket, False):
-                    result.samples_read += 1
-                    if k[0] == last:
-                        sort_buckets.append(k[3])
-                        places.append(k[1] << 32 | k[2])
-                        result.samples_dropped += 1
-                    else:
-                        last = k[0]
-        finally:
-            close_all(cursors)
+        last = None
+        for k in digest_records(runs, a, b, options):
+            result.samples_read += 1
+            if k[0] == last:
+                sort_buckets.append(k[3])
+                places.append(k[1] << 32 | k[2])
+                result.samples_dropped += 1
+            else:
+                last = k[0]
         made, counts = write_drop_run(url, np.array(sort_buckets, dtype=np.int64),
                                       np.array(places, dtype=np.uint64), buckets, options)
-    result.extra = {"run": (made.url, made.size) if made else None, "counts": counts,
-                    "duplicates": len(places), "rss_start": rss0, "peak_rss": peak_rss()}
+    result.extra = decided(made, counts, rss0, duplicates=len(places))
     return result.as_dict()
+
+
+def digest_records(runs: list[Run], a: int, b: int, options: dict) -> Iterator[list]:
+    """The keys ``[digest, position, ordinal, sort bucket]`` of the digest records of
+    buckets ``[a, b)`` of ``runs``, merged by (digest, place): a decide task's input."""
+    cursors = open_cursors(runs, a, b, options)
+    try:
+        for bucket in range(a, b):
+            for k, _skey, _rec, _start in bucket_records(cursors, bucket, False):
+                yield k
+    finally:
+        close_all(cursors)
+
+
+def decided(made: Run | None, counts: tuple[bytes, bytes], rss0: int, **more) -> dict:
+    """A decide task's ``extra``: its drop run, its counts per sort bucket, ``more``,
+    its memory."""
+    return {"run": (made.url, made.size) if made else None, "counts": counts, **more,
+            "rss_start": rss0, "peak_rss": peak_rss()}
 
 
 def write_drop_run(url: str, sort_buckets: np.ndarray, places: np.ndarray, buckets: int,

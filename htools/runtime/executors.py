@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from htools.summary import compact
+from htools.summary import compact, expand
 
 STOP_WAIT = 60.0  # seconds Ctrl-C waits for this job's running tasks to end
 PACK_ITEMS = 16  # a call with a list (or tuple) argument this long travels packed
@@ -51,16 +51,22 @@ def call(fn: Callable, kwargs: dict | bytes, delay: float = 0.0) -> Any:
         time.sleep(delay)
     if isinstance(kwargs, bytes):
         kwargs = pickle.loads(zlib.decompress(kwargs))
-    return compacted(fn(**kwargs))
+    return fn(**kwargs)
 
 
-def compacted(value: Any) -> Any:
-    """A task's result dicts (alone, in a list, a group's lists) as they travel back:
-    :func:`htools.summary.compact` (the run loop expands them)."""
+def dask_call(fn: Callable, kwargs: dict | bytes, delay: float = 0.0) -> Any:
+    """What a Dask task runs: :func:`call`, its result dicts compacted for the trip back
+    to the client (:class:`DaskExecutor` expands them)."""
+    return _resized(call(fn, kwargs, delay), compact)
+
+
+def _resized(value: Any, fn: Callable[[dict], dict]) -> Any:
+    """``fn`` of each of a task's result dicts (alone, in a list, a group's lists):
+    :func:`htools.summary.compact` on the worker, :func:`~htools.summary.expand` back."""
     if isinstance(value, dict) and "status" in value:
-        return compact(value)
+        return fn(value)
     if isinstance(value, list):
-        return [compacted(v) for v in value]
+        return [_resized(v, fn) for v in value]
     return value
 
 
@@ -110,7 +116,7 @@ class DaskExecutor:
         if not calls:
             return
         self.ac.update(self.client.map(
-            call, [c.fn for c in calls], [pack(c.kwargs) for c in calls],
+            dask_call, [c.fn for c in calls], [pack(c.kwargs) for c in calls],
             [c.delay for c in calls],
             key=[c.key for c in calls], pure=False, retries=self.retries,
             resources=self.resources))
@@ -165,11 +171,12 @@ def _gather(client: Any, futures: list) -> dict:
 
 
 def _done(fut: Any, value: Any) -> Done:
-    """A finished future as :class:`Done` (``value``: its result, already gathered)."""
+    """A finished future as :class:`Done` (``value``: its result, already gathered), its
+    result dicts whole again."""
     try:
         if not (fut.status == "finished" and value is not None):
             value = fut.result()
-        return Done(fut.key, value)
+        return Done(fut.key, _resized(value, expand))
     except Exception as e:  # noqa: BLE001 - KilledWorker, a lost connection, a task raised
         return Done(fut.key, error=e)
 

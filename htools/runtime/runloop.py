@@ -31,7 +31,7 @@ from htools.options import RunOptions
 from htools.runtime.executors import Call, Done
 from htools.runtime.progress import progress_display
 from htools.storage.base import RetryPolicy, retry_policy
-from htools.summary import JobSummary, ShardResult, expand
+from htools.summary import JobSummary, ShardResult
 
 if TYPE_CHECKING:
     from htools.runtime.engine import Task
@@ -272,8 +272,7 @@ def results_of_group(done: Done) -> list[list[dict]] | None:
     dying (its tasks then run again, each alone)."""
     if done.error is not None:
         return None
-    return [[expand(x) for x in r] if isinstance(r, list) else [expand(r)]
-            for r in done.value]
+    return [r if isinstance(r, list) else [r] for r in done.value]
 
 
 def results_of(done: Done, task: Task) -> list[dict]:
@@ -282,8 +281,7 @@ def results_of(done: Done, task: Task) -> list[dict]:
     if done.error is not None:
         e = done.error
         return failed_all(task, f"{type(e).__name__}: {e}")
-    return [expand(r) for r in done.value] if isinstance(done.value, list) \
-        else [expand(done.value)]
+    return done.value if isinstance(done.value, list) else [done.value]
 
 
 def failed_all(task: Task, error: str) -> list[dict]:

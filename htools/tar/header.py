@@ -188,12 +188,12 @@ def encoded_fields(data: bytes | bytearray | memoryview) -> list[str]:
         tail = raw[dot + 1:] if dot >= 0 else b""
         field = names.get(tail)
         if field is None:
-            field = _remember(names, tail, tail.decode("utf-8", "surrogateescape"))
+            field = remember(names, tail, tail.decode("utf-8", "surrogateescape"))
         fields.append(field)
         digits = mv[pos + 124:pos + 135].tobytes()
         size = sizes.get(digits)
         if size is None:
-            size = _remember(sizes, digits, int(digits or b"0", 8))
+            size = remember(sizes, digits, int(digits or b"0", 8))
         pos += BLOCK + size + (-size % BLOCK)
     return fields
 
@@ -203,7 +203,9 @@ _SIZES: dict[bytes, int] = {}  # size field digits -> size
 _CACHED = 4096  # entries of each cache, at most
 
 
-def _remember(cache: dict, key: bytes, value):
+def remember(cache: dict, key: bytes, value):
+    """``cache[key] = value`` (returned), the cache emptied first when full: the
+    readers' small caches of header fields (a member's are mostly those of one before)."""
     if len(cache) >= _CACHED:
         cache.clear()
     cache[key] = value

@@ -18,7 +18,7 @@ from zlib import adler32
 
 from htools.errors import HtoolsError, TarFormatError, hide_credentials
 from htools.tar.compress import DECODE_ERRORS, compressed_span
-from htools.tar.header import BLOCK
+from htools.tar.header import BLOCK, remember
 from htools.tar.special import SpecialHeaders
 
 # Reader buffer: above storage's 1 MiB buffered reader, which then reads a plain stream
@@ -27,6 +27,7 @@ CHUNK, DECODED = 4 << 20, 1 << 20
 
 _ZERO_BLOCK = bytes(BLOCK)
 _NEVER = bytes(BLOCK + 1)  # a key prefix that no header starts with
+_SPLIT = "\0split"  # a marker, compared by identity (see _Scanner._hot)
 # Buffers of scanners that ended, for the next ones: a fresh 1 MiB buffer costs page
 # faults worth a tiny shard's whole read.
 _FREE_BUFFERS: list[bytearray] = []
@@ -114,6 +115,7 @@ class _Scanner(SpecialHeaders):
         sizes: dict[bytes, int] = {}  # size field -> size (-1: not octal)
         fields: dict[bytes, str] = {}  # field bytes -> field
         tails: dict[bytes, str | bool] = {}  # name field after kdot -> field (False: none)
+        split = _SPLIT  # as a name: this plain member's new key was split on the bytes
         while True:
             if end - pos < BLOCK:
                 end = self.fill_header(pos, end)
@@ -160,53 +162,41 @@ class _Scanner(SpecialHeaders):
                             data, pos, end = self.member_data(pos, end, size,
                                                               _decode(h, i), hoff)
                             base = self.base
-                        if field is not None and field is not False:  # ("" too)
-                            if field in sample:
-                                raise _repeated(url, key, field, _decode(h, i), hoff)  # type: ignore[arg-type]
-                            sample[field] = data
-                            continue
-                        if not group:
-                            yield h[:i].decode("utf-8", "surrogateescape"), data, hoff
-                            continue
-                        # split_key() on the bytes: a new key, unless the name has no dot
-                        dot = h.find(0x2E, h.rfind(0x2F, 0, i) + 1, i)
-                        if dot >= 0:
-                            if key is not None:
-                                yield sample
-                            key = h[:dot].decode("utf-8", "surrogateescape")
+                        # split_key() on the bytes: a new key (no dot: all key, the tail's)
+                        if group and field is None and \
+                                (dot := h.find(0x2E, h.rfind(0x2F, 0, i) + 1, i)) >= 0:
                             klen = dot + 1
                             kdot, raw = h[:klen], h[klen:i]
+                            key = h[:dot].decode("utf-8", "surrogateescape")
                             field = fields.get(raw)
                             if field is None:
                                 field = _field(fields, raw)
-                            if field == "__key__" or field == "__url__":
-                                raise _repeated(url, key, field, _decode(h, i), hoff)
-                            sample = {"__key__": key, "__url__": url, field: data}
-                            continue
-                        name = _decode(h, i)
-            if name is None:
-                hoff = base + pos
-                name, data, pos, end = self.special(h, hoff, pos, end)
-                plain, base = self.plain, self.base
-                if data is None:
-                    continue
+                            name = split
+                        else:
+                            name = h[:i].decode("utf-8", "surrogateescape")  # _decode, inlined
+            if name is not split:
+                if name is None:
+                    hoff = base + pos
+                    name, data, pos, end = self.special(h, hoff, pos, end)
+                    plain, base = self.plain, self.base
+                    if data is None:
+                        continue
                 if not group:
                     yield name, data, hoff
                     continue
-            k, field = split_key(name)
-            if k == key:  # the slow path's member of the current sample
-                if field in sample:
-                    raise _repeated(url, k, field, name, hoff)
-                sample[field] = data
-                continue
-            if key is not None:
+                k, field = split_key(name)
+                if k == key:  # a member of the current sample, past the fast path
+                    if field in sample:
+                        raise _repeated(url, k, field, name, hoff)
+                    sample[field] = data
+                    continue
+                key, kdot = k, _key_prefix(k)
+                klen = len(kdot)
+            if sample:  # the last key's ({} before the first member)
                 yield sample
             if field == "__key__" or field == "__url__":  # would overwrite the reserved one
-                raise _repeated(url, k, field, name, hoff)
-            key = k
-            sample = {"__key__": k, "__url__": url, field: data}
-            kdot = _key_prefix(k)
-            klen = len(kdot)
+                raise _repeated(url, key, field, _decode(h, i) if name is split else name, hoff)
+            sample = {"__key__": key, "__url__": url, field: data}
         if group and key is not None:
             yield sample
 
@@ -355,9 +345,8 @@ def _decode(h: bytes, i: int) -> str:
     return h[:i].decode("utf-8", "surrogateescape")
 
 
-# Caches of the hot loop, a few thousand entries at most: a member's header fields are
-# mostly those of a member before it (sizes, field names).
-_CACHED = 4096
+# The hot loop's caches (:func:`~htools.tar.header.remember`: a few thousand entries at
+# most): a member's header fields are mostly those of a member before it.
 
 
 def _size(sizes: dict[bytes, int], raw: bytes) -> int:
@@ -367,18 +356,12 @@ def _size(sizes: dict[bytes, int], raw: bytes) -> int:
         size = int(raw[:11], 8)
     except ValueError:
         size = -1
-    if len(sizes) >= _CACHED:
-        sizes.clear()
-    sizes[raw] = size
-    return size
+    return remember(sizes, raw, size)
 
 
 def _field(fields: dict[bytes, str], raw: bytes) -> str:
     """``raw`` decoded, kept in ``fields``."""
-    if len(fields) >= _CACHED:
-        fields.clear()
-    field = fields[raw] = raw.decode("utf-8", "surrogateescape")
-    return field
+    return remember(fields, raw, raw.decode("utf-8", "surrogateescape"))
 
 
 def _tail(tails: dict[bytes, str | bool], tail: bytes) -> str | bool:
@@ -386,11 +369,8 @@ def _tail(tails: dict[bytes, str | bool], tail: bytes) -> str | bool:
     name field, up to its first NUL); False if a '/' makes it another key's."""
     nul = tail.find(0)
     raw = tail if nul < 0 else tail[:nul]
-    field: str | bool = False if b"/" in raw else raw.decode("utf-8", "surrogateescape")
-    if len(tails) >= _CACHED:
-        tails.clear()
-    tails[tail] = field
-    return field
+    return remember(tails, tail,
+                    False if b"/" in raw else raw.decode("utf-8", "surrogateescape"))
 
 
 def _key_prefix(key: str) -> bytes:

@@ -129,13 +129,19 @@ def test_dry_run_says_which_mode(tmp_path, monkeypatch):
     make_shards(tmp_path / "in", shards=2)
     (tmp_path / "list.txt").write_text("a\nb\n")
     src = str(tmp_path / "in" / "d-{00..01}.tar")
+    sized = []  # the list file's size stands for the table's: asked once a dry run
+    real = listjoin.storage.size
+    monkeypatch.setattr(listjoin.storage, "size", lambda url, *a: (
+        sized.append(url) if url.endswith("list.txt") else None) or real(url, *a))
     for env, word in (("0", "joined through the exchange"), ("1000000", "fetches it once")):
         monkeypatch.setenv(listjoin.FETCH_ENV, env)
+        sized.clear()
         s = htools.shuffle(src, str(tmp_path / "o" / "o-@2.tar"), keep=str(tmp_path / "list.txt"),
                            dry_run=True, quiet=True)
         line = next(x for x in s.plan if x.startswith("selection: --keep by __key__, a digest"))
         assert word in line, s.plan
         assert ("decide_tasks" in s.extra) == (env == "0")
+        assert len(sized) == 1, sized
 
 
 def test_a_large_list_with_dedup_is_refused_in_one_line(tmp_path, monkeypatch):

@@ -351,6 +351,22 @@ def test_the_local_executor_runs_the_same_loop_and_backoff():
     assert all(_RUNS[f"l-{i}"] == 2 for i in range(4))
 
 
+def test_only_dask_tasks_travel_compacted():
+    """A result crosses to the client compacted (the values its task changed) only from
+    a Dask worker, and arrives whole; the local executor hands the task's dict as is."""
+    from htools.runtime.executors import Call, dask_call
+
+    whole = ok_task(3)
+    assert dask_call(ok_task, {"index": 3}) != whole  # compacted for the trip
+    dx = executor(FakeClient())
+    dx.submit([Call("d", ok_task, {"index": 3})])
+    assert [d.value for done in dx.batches() for d in done] == [whole]
+    with LocalExecutor(1) as lx:
+        lx.submit([Call("l", ok_task, {"index": 3})])
+        (done,) = [d for batch in lx.batches() for d in batch]
+    assert done.value == whole and list(done.value) == list(whole)
+
+
 def test_backoff_follows_the_retry_policy(monkeypatch):
     monkeypatch.setenv("HTOOLS_RETRY_BACKOFF", "4")
     monkeypatch.setenv("HTOOLS_RETRY_CAP", "6")
