@@ -5,7 +5,7 @@ of them; ``write_samples_shard`` is the write step every htupload task ends with
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -66,37 +66,29 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
     are grouped on their own: sorted by name, a sample's files (``STEM.*``) lie side by
     side, in the order of their fields.  The folder is listed through a descriptor, so
     that each file's ``stat`` looks up one name, not the whole path."""
-    found: list[tuple[str, int]] = []  # (name, size) of each member file
+    names: list[str] = []  # of every entry that is not a folder
+    sizes: dict[str, int] = {}  # of the member files sized (all, or the links), by path
     folders = []
     try:
         fd = os.open(path or "/", os.O_RDONLY | os.O_DIRECTORY)
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
-                    name = entry.name
                     try:
-                        is_folder = entry.is_dir()  # a link to a folder is one
+                        if entry.is_dir():  # a link to a folder is one
+                            folders.append(entry.name)
+                            continue
                     except OSError:
-                        is_folder = False
-                    if is_folder:
-                        folders.append(name)
-                        continue
-                    dot = name.find(".")
-                    if dot <= 0 or name[dot + 1:dot + 2] in ("", "_"):
-                        continue  # hidden, no extension, or a private field
-                    if not (sized or entry.is_symlink()):
-                        found.append((name, 0))
-                        continue
-                    try:
-                        found.append((name, entry.stat().st_size))
-                    except OSError as e:
-                        raise HtoolsError(f"{path}/{name}: {e.strerror or e}") from None
+                        pass
+                    names.append(entry.name)
+                    if sized or entry.is_symlink():
+                        _size(entry, path, sizes)
         finally:
             os.close(fd)
     except OSError as e:
         raise HtoolsError(f"cannot list {path or '/'}: {e.strerror or e}") from None
-    found.sort()
-    _group(found, path, prefix, samples, sized)
+    names.sort()
+    _group(names, path, prefix, samples, sizes if sized else None)
     for name in sorted(folders):
         full = f"{path}/{name}"
         ident = _identity(full)
@@ -106,29 +98,47 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
         _scan_folder(full, f"{prefix}{name}/", samples, {**above, ident: full}, sized)
 
 
-def _group(found: list[tuple[str, int]], path: str, prefix: str, samples: list[FileSample],
-           sized: bool) -> None:
-    """Add the samples of one folder's member files ``found`` (sorted by name) to
-    ``samples``."""
-    member_size, make = tar.member_size, tuple.__new__  # make: no NamedTuple.__new__ call
+def _size(entry: os.DirEntry, path: str, sizes: dict[str, int]) -> None:
+    """The size of a member file (a link followed) into ``sizes``; a file that cannot be
+    sized (it vanished, a broken link) is refused.  Other names are not looked at."""
+    name = entry.name
+    stem, _dot, field = name.partition(".")
+    if stem and field and field[0] != "_":
+        try:
+            sizes[f"{path}/{name}"] = entry.stat().st_size
+        except OSError as e:
+            raise HtoolsError(f"{path}/{name}: {e.strerror or e}") from None
+
+
+def _group(names: list[str], path: str, prefix: str, samples: list[FileSample],
+           sizes: dict[str, int] | None) -> None:
+    """Add the samples of one folder's files ``names`` (sorted) to ``samples``, sized from
+    ``sizes`` unless None.  Names that are hidden, have no extension or a field starting
+    with ``_`` are not sample members."""
+    make = tuple.__new__  # no NamedTuple.__new__ call
+    member_size, append, base = tar.member_size, samples.append, f"{path}/"
     stem = key = None
     files: list[tuple[str, str]] = []
-    sizes: list[int] = []
-    size = 0
-    for name, n in found:
-        dot = name.find(".")
-        if name[:dot] != stem:
+    for (s, _dot, field), name in zip([n.partition(".") for n in names], names):
+        if not s or not field or field[0] == "_":
+            continue  # hidden, no extension, or a private field
+        if s != stem:
             if stem is not None:
-                samples.append(make(FileSample, (key, tuple(files), size, tuple(sizes))))
-            stem = name[:dot]
-            key, files, sizes, size = prefix + stem, [], [], 0
-        field = name[dot + 1:]
-        files.append((field, f"{path}/{name}"))
-        if sized:
-            sizes.append(n)
-            size += member_size(key, field, n)
+                append(make(FileSample, _sample(key, files, sizes, member_size)))
+            stem, key, files = s, prefix + s, []
+        files.append((field, base + name))
     if stem is not None:
-        samples.append(make(FileSample, (key, tuple(files), size, tuple(sizes))))
+        append(make(FileSample, _sample(key, files, sizes, member_size)))
+
+
+def _sample(key: str, files: list[tuple[str, str]], sizes: dict[str, int] | None,
+            member_size: Callable[[str, str, int], int]) -> tuple:
+    """A FileSample's fields: (key, files, tar size, file sizes), unsized without ``sizes``."""
+    if sizes is None:
+        return key, tuple(files), 0, ()
+    got = tuple([sizes[p] for _f, p in files])
+    return key, tuple(files), sum(map(member_size, [key] * len(got), [f for f, _p in files],
+                                      got)), got
 
 
 def _identity(path: str) -> tuple[int, int]:
