@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, BinaryIO
+from zlib import adler32
 
 from htools.errors import TarFormatError, hide_credentials
 from htools.tar.compress import open_stream_writer
@@ -163,7 +164,9 @@ class TarWriter:
         self.closed = False
         self._out = bytearray()
         self._suffixes: dict[str, bytes] = {}
-        self._plans: dict[tuple, tuple[tuple[str, bytes], ...]] = {}
+        self._size_fields: dict[int, tuple[bytes, int]] = {}  # see _size_field()
+        self._checksums: dict[int, bytes] = {}  # see _checksum()
+        self._plans: dict[tuple, tuple[tuple[str, bytes, int, int], ...]] = {}
         self._reg = _Header(b"0", mode, self.mtime, user, group)
         self._pax = _Header(b"x", mode, self.mtime, user, group)
 
@@ -183,48 +186,46 @@ class TarWriter:
         if (type(key) is not str or not key or key[0] == "/" or key[0] == "."
                 or key[-1] == "/" or "\0" in key or key.find(".", key.rfind("/") + 1) >= 0):
             key = _check_key(key, self.url)
-        kb = key.encode("utf-8", "surrogateescape")
-        # The plan of a field-name set (which fields, in which order, their b".field"),
-        # made once by _items(), which checks every name: later samples with the same
-        # names only have their values checked.
+        # The plan of a field-name set (its fields in order, each with its b".field", the
+        # byte sum of that and the room left for the key in a ustar name), made once by
+        # _plan(), which checks every name: later samples with the same names only have
+        # their values checked.
         names = tuple(sample)
         plan = self._plans.get(names)
         if plan is None:
-            items = self._items(sample, key)
-            if len(self._plans) >= _MAX_CACHED:
-                self._plans.clear()
-            plan = self._plans[names] = tuple((f, x) for f, x, _v in items)
-            values = [v for _f, _x, v in items]
+            plan, values = self._plan(names, sample, key)
         else:
-            values = []
-            for field, _x in plan:
-                value = sample[field]
+            values = [sample[step[0]] for step in plan]
+            for i, value in enumerate(values):
                 if type(value) is not bytes:
-                    value = self._as_bytes(value, field, key)
-                values.append(value)
+                    values[i] = self._as_bytes(value, plan[i][0], key)
         if not values:
             return 0
         counts = self._field_sets
         if counts is not None:  # the fields are counted once per field-name set
             counts[names] = counts.get(names, 0) + 1
+        kb = key.encode("utf-8", "surrogateescape")
+        # a short ASCII name gets its header in one pack(), its checksum from sums kept:
+        # the template's and the key's, the field's (in the plan), the size field's
+        klen = len(kb) if kb.isascii() else BLOCK
         out = self._out
         start = len(out)
         flushed = 0
         reg = self._reg
-        pack, head_sum, mode_to_size = _SHORT.pack, reg.sum, reg.mode_to_size
+        pack, mode_to_size = _SHORT.pack, reg.mode_to_size
         size_end_to_chk, type_to_end = reg.size_end_to_chk, reg.type_to_end
-        ascii_key = kb.isascii()
+        head_sum = reg.sum + (adler32(kb) & 0xFFFF) - 1 if klen <= 100 else 0  # byte_sum
+        size_fields, checksums = self._size_fields, self._checksums
         pads = _PADS
-        for value, (field, suffix) in zip(values, plan):
+        for value, (field, suffix, suffix_sum, room) in zip(values, plan):
             size = len(value)
-            nb = kb + suffix
-            if len(nb) <= 100 and size <= MAX_OCTAL_SIZE and ascii_key and suffix.isascii():
-                size_f = b"%011o" % size  # what _long_header() would write, sooner:
-                out += pack(nb, mode_to_size, size_f, size_end_to_chk,
-                            b"%06o\0 " % (head_sum + byte_sum(nb) + byte_sum(size_f)),
-                            type_to_end)
+            if klen <= room and size <= MAX_OCTAL_SIZE:  # what _long_header() would
+                size_f, size_sum = size_fields.get(size) or self._size_field(size)  # write
+                total = head_sum + suffix_sum + size_sum
+                out += pack(kb + suffix, mode_to_size, size_f, size_end_to_chk,
+                            checksums.get(total) or self._checksum(total), type_to_end)
             else:
-                out += self._long_header(key + "." + field, nb, size)
+                out += self._long_header(key + "." + field, kb + suffix, size)
             if size >= DIRECT:  # big values go straight to the stream, uncopied
                 flushed += len(out) - start + size
                 self.stream.write(out)
@@ -241,6 +242,33 @@ class TarWriter:
         self.bytes_written += n
         self.samples_written += 1
         return n
+
+    def _size_field(self, size: int) -> tuple[bytes, int]:
+        """A header's size field for ``size`` (11 octal digits) and its byte sum, kept for
+        the sizes seen last (files of one kind often share a size)."""
+        if len(self._size_fields) >= _MAX_CACHED:
+            self._size_fields.clear()
+        size_f = b"%011o" % size
+        got = self._size_fields[size] = (size_f, byte_sum(size_f))
+        return got
+
+    def _checksum(self, total: int) -> bytes:
+        """A header's checksum field for the byte sum ``total``, kept (formatting it costs
+        a fifth of a short member's header)."""
+        if len(self._checksums) >= 4 * _MAX_CACHED:
+            self._checksums.clear()
+        got = self._checksums[total] = b"%06o\0 " % total
+        return got
+
+    def _plan(self, names: tuple, sample: dict, key: str) -> tuple[tuple, list]:
+        """The write plan of the field-name set ``names`` (kept for later samples) and
+        ``sample``'s values in its order."""
+        items = self._items(sample, key)
+        if len(self._plans) >= _MAX_CACHED:
+            self._plans.clear()
+        plan = self._plans[names] = tuple(
+            (f, x, byte_sum(x), 100 - len(x) if x.isascii() else -1) for f, x, _v in items)
+        return plan, [v for _f, _x, v in items]
 
     @property
     def fields(self) -> Counter[str] | None:
