@@ -5,7 +5,7 @@ of them; ``write_samples_shard`` is the write step every htupload task ends with
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -66,7 +66,7 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
     side, in the order of their fields.  The folder is listed through a descriptor, so
     that each file's ``stat`` looks up one name, not the whole path."""
     names: list[str] = []  # of every entry that is not a folder
-    sizes: dict[str, int] = {}  # of the member files sized (all, or the links), by path
+    sizes: dict[str, int] = {}  # of the member files sized here (all, or the links)
     folders = []
     try:
         fd = os.open(path or "/", os.O_RDONLY | os.O_DIRECTORY)
@@ -79,9 +79,14 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
                             continue
                     except OSError:
                         pass
-                    names.append(entry.name)
-                    if sized or entry.is_symlink():
-                        _size(entry, path, sizes)
+                    name = entry.name
+                    names.append(name)
+                    if (sized or entry.is_symlink()) and (dot := name.find(".")) > 0 \
+                            and name[dot + 1:dot + 2] not in ("", "_"):  # a member
+                        try:
+                            sizes[name] = entry.stat().st_size
+                        except OSError as e:
+                            raise HtoolsError(f"{path}/{name}: {e.strerror or e}") from None
         finally:
             os.close(fd)
     except OSError as e:
@@ -97,47 +102,31 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
         _scan_folder(full, f"{prefix}{name}/", samples, {**above, ident: full}, sized)
 
 
-def _size(entry: os.DirEntry, path: str, sizes: dict[str, int]) -> None:
-    """The size of a member file (a link followed) into ``sizes``; a file that cannot be
-    sized (it vanished, a broken link) is refused.  Other names are not looked at."""
-    name = entry.name
-    stem, _dot, field = name.partition(".")
-    if stem and field and field[0] != "_":
-        try:
-            sizes[f"{path}/{name}"] = entry.stat().st_size
-        except OSError as e:
-            raise HtoolsError(f"{path}/{name}: {e.strerror or e}") from None
-
-
 def _group(names: list[str], path: str, prefix: str, samples: list[FileSample],
            sizes: dict[str, int] | None) -> None:
     """Add the samples of one folder's files ``names`` (sorted) to ``samples``, sized from
-    ``sizes`` unless None.  Names that are hidden, have no extension or a field starting
-    with ``_`` are not sample members."""
+    ``sizes`` (by name) unless None.  Names that are hidden, have no extension or a field
+    starting with ``_`` are not sample members."""
     make = tuple.__new__  # no NamedTuple.__new__ call
     member_size, append, base = tar.member_size, samples.append, f"{path}/"
     stem = key = None
     files: list[tuple[str, str]] = []
+    got: list[int] = []
+    total = 0
     for (s, _dot, field), name in zip([n.partition(".") for n in names], names):
         if not s or not field or field[0] == "_":
             continue  # hidden, no extension, or a private field
         if s != stem:
             if stem is not None:
-                append(make(FileSample, _sample(key, files, sizes, member_size)))
-            stem, key, files = s, prefix + s, []
+                append(make(FileSample, (key, tuple(files), total, tuple(got))))
+            stem, key, files, got, total = s, prefix + s, [], [], 0
         files.append((field, base + name))
+        if sizes is not None:
+            n = sizes[name]
+            got.append(n)
+            total += member_size(key, field, n)
     if stem is not None:
-        append(make(FileSample, _sample(key, files, sizes, member_size)))
-
-
-def _sample(key: str, files: list[tuple[str, str]], sizes: dict[str, int] | None,
-            member_size: Callable[[str, str, int], int]) -> tuple:
-    """A FileSample's fields: (key, files, tar size, file sizes), unsized without ``sizes``."""
-    if sizes is None:
-        return key, tuple(files), 0, ()
-    got = tuple([sizes[p] for _f, p in files])
-    return key, tuple(files), sum(map(member_size, [key] * len(got), [f for f, _p in files],
-                                      got)), got
+        append(make(FileSample, (key, tuple(files), total, tuple(got))))
 
 
 def _identity(path: str) -> tuple[int, int]:
