@@ -14,6 +14,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any, BinaryIO
 from zlib import adler32
 
@@ -114,6 +115,19 @@ class _Header:
                          self.tail))
 
 
+@lru_cache(maxsize=_MAX_CACHED)
+def _size_field(size: int) -> tuple[bytes, int]:
+    """A header's size field (11 octal digits) and its byte sum (files often share a size)."""
+    size_f = b"%011o" % size
+    return size_f, byte_sum(size_f)
+
+
+@lru_cache(maxsize=4 * _MAX_CACHED)
+def _checksum(total: int) -> bytes:
+    """A header's checksum field (kept: formatting it costs a fifth of a short header)."""
+    return b"%06o\0 " % total
+
+
 def _ustar_split(name: bytes) -> tuple[bytes, bytes] | None:
     """(prefix, name) for the ustar prefix field, or None if the name does not fit."""
     if len(name) > 256:
@@ -164,8 +178,6 @@ class TarWriter:
         self.closed = False
         self._out = bytearray()
         self._suffixes: dict[str, bytes] = {}
-        self._size_fields: dict[int, tuple[bytes, int]] = {}  # see _size_field()
-        self._checksums: dict[int, bytes] = {}  # see _checksum()
         self._plans: dict[tuple, tuple[tuple[str, bytes, int, int], ...]] = {}
         self._reg = _Header(b"0", mode, self.mtime, user, group)
         self._pax = _Header(b"x", mode, self.mtime, user, group)
@@ -215,15 +227,13 @@ class TarWriter:
         pack, mode_to_size = _SHORT.pack, reg.mode_to_size
         size_end_to_chk, type_to_end = reg.size_end_to_chk, reg.type_to_end
         head_sum = reg.sum + (adler32(kb) & 0xFFFF) - 1 if klen <= 100 else 0  # byte_sum
-        size_fields, checksums = self._size_fields, self._checksums
-        pads = _PADS
+        size_field, checksum, pads = _size_field, _checksum, _PADS
         for value, (field, suffix, suffix_sum, room) in zip(values, plan):
             size = len(value)
             if klen <= room and size <= MAX_OCTAL_SIZE:  # what _long_header() would
-                size_f, size_sum = size_fields.get(size) or self._size_field(size)  # write
-                total = head_sum + suffix_sum + size_sum
+                size_f, size_sum = size_field(size)  # write
                 out += pack(kb + suffix, mode_to_size, size_f, size_end_to_chk,
-                            checksums.get(total) or self._checksum(total), type_to_end)
+                            checksum(head_sum + suffix_sum + size_sum), type_to_end)
             else:
                 out += self._long_header(key + "." + field, kb + suffix, size)
             if size >= DIRECT:  # big values go straight to the stream, uncopied
@@ -243,33 +253,6 @@ class TarWriter:
         self.samples_written += 1
         return n
 
-    def _size_field(self, size: int) -> tuple[bytes, int]:
-        """A header's size field for ``size`` (11 octal digits) and its byte sum, kept for
-        the sizes seen last (files of one kind often share a size)."""
-        if len(self._size_fields) >= _MAX_CACHED:
-            self._size_fields.clear()
-        size_f = b"%011o" % size
-        got = self._size_fields[size] = (size_f, byte_sum(size_f))
-        return got
-
-    def _checksum(self, total: int) -> bytes:
-        """A header's checksum field for the byte sum ``total``, kept (formatting it costs
-        a fifth of a short member's header)."""
-        if len(self._checksums) >= 4 * _MAX_CACHED:
-            self._checksums.clear()
-        got = self._checksums[total] = b"%06o\0 " % total
-        return got
-
-    def _plan(self, names: tuple, sample: dict, key: str) -> tuple[tuple, list]:
-        """The write plan of the field-name set ``names`` (kept for later samples) and
-        ``sample``'s values in its order."""
-        items = self._items(sample, key)
-        if len(self._plans) >= _MAX_CACHED:
-            self._plans.clear()
-        plan = self._plans[names] = tuple(
-            (f, x, byte_sum(x), 100 - len(x) if x.isascii() else -1) for f, x, _v in items)
-        return plan, [v for _f, _x, v in items]
-
     @property
     def fields(self) -> Counter[str] | None:
         """With ``count_fields=True``: how many written samples had each field."""
@@ -282,26 +265,27 @@ class TarWriter:
                     fields[field] += n
         return fields
 
-    def _items(self, sample: dict, key: str) -> list[tuple[str, bytes, Any]]:
-        """(field, suffix, value) to write, sorted; every field is checked before any
-        is written, so a bad sample leaves no partial members."""
+    def _plan(self, names: tuple, sample: dict, key: str) -> tuple[tuple, list]:
+        """The write plan of the field-name set ``names`` (kept for later samples), sorted,
+        and ``sample``'s values in its order; every field is checked before any is
+        written, so a bad sample leaves no partial members."""
         try:
             fields = sorted(sample)
         except TypeError:
             raise SampleFormatError(self.url, "field names must be str", key=key) from None
-        items = []
-        suffixes = self._suffixes
+        plan, values = [], []
         for field in fields:
             if field[:1] == "_":
                 continue
-            suffix = suffixes.get(field)
-            if suffix is None:
-                suffix = self._suffix(field, key)
+            suffix = self._suffixes.get(field) or self._suffix(field, key)
             value = sample[field]
-            if type(value) is not bytes:
-                value = self._as_bytes(value, field, key)
-            items.append((field, suffix, value))
-        return items
+            values.append(value if type(value) is bytes else self._as_bytes(value, field, key))
+            plan.append((field, suffix, byte_sum(suffix),
+                         100 - len(suffix) if suffix.isascii() else -1))
+        if len(self._plans) >= _MAX_CACHED:
+            self._plans.clear()
+        self._plans[names] = plan = tuple(plan)
+        return plan, values
 
     def _long_header(self, name: str, nb: bytes, size: int) -> bytes:
         """Headers for a name that needs the ustar prefix or a pax record, or a huge size."""
