@@ -198,6 +198,7 @@ class TarWriter:
         if (type(key) is not str or not key or key[0] == "/" or key[0] == "."
                 or key[-1] == "/" or "\0" in key or key.find(".", key.rfind("/") + 1) >= 0):
             key = _check_key(key, self.url)
+        kb = key.encode("utf-8", "surrogateescape")
         # The plan of a field-name set (its fields in order, each with its b".field", the
         # byte sum of that and the room left for the key in a ustar name), made once by
         # _plan(), which checks every name: later samples with the same names only have
@@ -216,7 +217,6 @@ class TarWriter:
         counts = self._field_sets
         if counts is not None:  # the fields are counted once per field-name set
             counts[names] = counts.get(names, 0) + 1
-        kb = key.encode("utf-8", "surrogateescape")
         # a short ASCII name gets its header in one pack(), its checksum from sums kept:
         # the template's and the key's, the field's (in the plan), the size field's
         klen = len(kb) if kb.isascii() else BLOCK
