@@ -30,8 +30,6 @@ from operator import itemgetter
 from htools import lineage, shardindex, shards, storage, tar
 from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
-from htools.exchange.plan import split
-from htools.exchange.sizing import default_scratch
 from htools.naming import TAR_SUFFIXES
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
@@ -145,6 +143,8 @@ def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
     """Split items (with tar sizes) into ``[start, stop)`` ranges, one per output."""
     total = len(sizes)
     if n is not None:
+        from htools.exchange.plan import split  # the exchange package: 40 ms to import
+
         return split(total, n, allow_empty=True)
     if not maxcount and not maxsize:
         raise HtoolsError("an open-ended output pattern needs --maxcount or --maxsize")
@@ -284,6 +284,8 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
         tasks = plan(source, outputs, opts, **kw)
         summary = engine.run("htupload", tasks, opts)
         return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
+    from htools.exchange.sizing import default_scratch  # 40 ms, for tar inputs only
+
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:
         copy = job.opts.with_(client=client)
