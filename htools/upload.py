@@ -55,6 +55,14 @@ from htools.upload_start import cluster_meanwhile
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
 
 
+def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
+    """:func:`htools.exchange.sizing.default_scratch`, imported when a job needs it (the
+    exchange package takes 40 ms to import, before the cluster starts)."""
+    from htools.exchange.sizing import default_scratch as scratch
+
+    return scratch(opts, outset)
+
+
 @dataclass(frozen=True)
 class Segment:
     """Samples ``[start, stop)`` of one input shard."""
@@ -284,8 +292,6 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
         tasks = plan(source, outputs, opts, **kw)
         summary = engine.run("htupload", tasks, opts)
         return shardindex.finish(summary, opts, outset, [t.output for t in tasks], made)
-    from htools.exchange.sizing import default_scratch  # 40 ms, for tar inputs only
-
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:
         copy = job.opts.with_(client=client)
