@@ -13,7 +13,8 @@ htupload's: higher is better, goal >= 0.4); asserts nothing about speed.
 ``--parts`` times, in this process (CPU seconds, best of ``--repeat``), what htupload does
 besides Dask: the client's scan (with and without a ``stat`` a file), its lineage and
 plan, and the tasks' work (read the files, build the tar, sha256 for the index), each
-also in microseconds a file.
+also in microseconds a file; then the wall time of a shard's write and commit with and
+without its fsyncs (the wait a worker's one thread spends on the disk).
 """
 
 from __future__ import annotations
@@ -89,6 +90,30 @@ def parts(src: str, shards: int, files: int, repeat: int) -> None:
             best[name] = min(best.get(name, b - a), b - a)
     for name, s in best.items():
         print(f"PART {name}: {s:.3f} s CPU, {s / files * 1e6:.2f} us a file")
+    commits(out, os.path.join(os.path.dirname(src), "commits"), repeat)
+
+
+def commits(shards: list[bytes], folder: str, repeat: int) -> None:
+    """The commit of each shard (written whole, then committed), with and without the
+    fsyncs (the file's, then its folder's): wall milliseconds a shard, of which the
+    task's thread waits for the disk in the fsyncs (a core left idle unless another
+    thread or process has work), best of ``repeat``."""
+    from htools import storage
+
+    for fsync in (False, True):
+        best = float("inf")
+        for _ in range(repeat):
+            shutil.rmtree(folder, ignore_errors=True)
+            t = time.perf_counter()
+            for i, data in enumerate(shards):
+                with storage.open_write(os.path.join(folder, f"s-{i:04d}.tar"),
+                                        {"file": {"fsync": fsync}}) as f:
+                    f.write(data)
+            best = min(best, time.perf_counter() - t)
+        print(f"PART write and commit, fsync {'on' if fsync else 'off'}: "
+              f"{best / len(shards) * 1e3:.2f} ms a shard of "
+              f"{sum(map(len, shards)) / len(shards) / 1e6:.1f} MB (wall)")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:

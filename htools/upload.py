@@ -31,8 +31,6 @@ from operator import itemgetter
 from htools import lineage, lineage_record, shards, storage, tar
 from htools.clusters.info import workers_elsewhere
 from htools.errors import HtoolsError, hide_credentials
-from htools.exchange.plan import split
-from htools.exchange.sizing import default_scratch
 from htools.naming import TAR_SUFFIXES
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
@@ -56,6 +54,14 @@ from htools.upload_files import (
 from htools.upload_start import cluster_meanwhile
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
+
+
+def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
+    """:func:`htools.exchange.sizing.default_scratch`, imported when a job needs it (the
+    exchange package takes 40 ms to import, before the cluster starts)."""
+    from htools.exchange.sizing import default_scratch as scratch
+
+    return scratch(opts, outset)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,8 @@ def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
     """Split items (with tar sizes) into ``[start, stop)`` ranges, one per output."""
     total = len(sizes)
     if n is not None:
+        from htools.exchange.plan import split  # the exchange package: 40 ms to import
+
         return split(total, n, allow_empty=True)
     if not maxcount and not maxsize:
         raise HtoolsError("an open-ended output pattern needs --maxcount or --maxsize")

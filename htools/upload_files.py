@@ -16,7 +16,6 @@ from htools.runtime.task import shard_task
 from htools.summary import ShardResult
 
 READ_MAX = 1 << 26  # bytes of a file read at once
-SMALL = 1 << 20  # a file below this many bytes is read by one os.read, inline
 CHUNK = 1 << 16  # the first read of a file not sized by the scan (1 MiB would be mmap'ed)
 
 
@@ -66,37 +65,34 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
     are grouped on their own: sorted by name, a sample's files (``STEM.*``) lie side by
     side, in the order of their fields.  The folder is listed through a descriptor, so
     that each file's ``stat`` looks up one name, not the whole path."""
-    found: list[tuple[str, int]] = []  # (name, size) of each member file
+    names: list[str] = []  # of every entry that is not a folder
+    sizes: dict[str, int] = {}  # of the member files sized here (all, or the links)
     folders = []
     try:
         fd = os.open(path or "/", os.O_RDONLY | os.O_DIRECTORY)
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
-                    name = entry.name
                     try:
-                        is_folder = entry.is_dir()  # a link to a folder is one
+                        if entry.is_dir():  # a link to a folder is one
+                            folders.append(entry.name)
+                            continue
                     except OSError:
-                        is_folder = False
-                    if is_folder:
-                        folders.append(name)
-                        continue
-                    dot = name.find(".")
-                    if dot <= 0 or name[dot + 1:dot + 2] in ("", "_"):
-                        continue  # hidden, no extension, or a private field
-                    if not (sized or entry.is_symlink()):
-                        found.append((name, 0))
-                        continue
-                    try:
-                        found.append((name, entry.stat().st_size))
-                    except OSError as e:
-                        raise HtoolsError(f"{path}/{name}: {e.strerror or e}") from None
+                        pass
+                    name = entry.name
+                    names.append(name)
+                    if (sized or entry.is_symlink()) and (dot := name.find(".")) > 0 \
+                            and name[dot + 1:dot + 2] not in ("", "_"):  # a member
+                        try:
+                            sizes[name] = entry.stat().st_size
+                        except OSError as e:
+                            raise HtoolsError(f"{path}/{name}: {e.strerror or e}") from None
         finally:
             os.close(fd)
     except OSError as e:
         raise HtoolsError(f"cannot list {path or '/'}: {e.strerror or e}") from None
-    found.sort()
-    _group(found, path, prefix, samples, sized)
+    names.sort()
+    _group(names, path, prefix, samples, sizes if sized else None)
     for name in sorted(folders):
         full = f"{path}/{name}"
         ident = _identity(full)
@@ -106,29 +102,31 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
         _scan_folder(full, f"{prefix}{name}/", samples, {**above, ident: full}, sized)
 
 
-def _group(found: list[tuple[str, int]], path: str, prefix: str, samples: list[FileSample],
-           sized: bool) -> None:
-    """Add the samples of one folder's member files ``found`` (sorted by name) to
-    ``samples``."""
-    member_size, make = tar.member_size, tuple.__new__  # make: no NamedTuple.__new__ call
+def _group(names: list[str], path: str, prefix: str, samples: list[FileSample],
+           sizes: dict[str, int] | None) -> None:
+    """Add the samples of one folder's files ``names`` (sorted) to ``samples``, sized from
+    ``sizes`` (by name) unless None.  Names that are hidden, have no extension or a field
+    starting with ``_`` are not sample members."""
+    make = tuple.__new__  # no NamedTuple.__new__ call
+    member_size, append, base = tar.member_size, samples.append, f"{path}/"
     stem = key = None
     files: list[tuple[str, str]] = []
-    sizes: list[int] = []
-    size = 0
-    for name, n in found:
-        dot = name.find(".")
-        if name[:dot] != stem:
+    got: list[int] = []
+    total = 0
+    for (s, _dot, field), name in zip([n.partition(".") for n in names], names):
+        if not s or not field or field[0] == "_":
+            continue  # hidden, no extension, or a private field
+        if s != stem:
             if stem is not None:
-                samples.append(make(FileSample, (key, tuple(files), size, tuple(sizes))))
-            stem = name[:dot]
-            key, files, sizes, size = prefix + stem, [], [], 0
-        field = name[dot + 1:]
-        files.append((field, f"{path}/{name}"))
-        if sized:
-            sizes.append(n)
-            size += member_size(key, field, n)
+                append(make(FileSample, (key, tuple(files), total, tuple(got))))
+            stem, key, files, got, total = s, prefix + s, [], [], 0
+        files.append((field, base + name))
+        if sizes is not None:
+            n = sizes[name]
+            got.append(n)
+            total += member_size(key, field, n)
     if stem is not None:
-        samples.append(make(FileSample, (key, tuple(files), size, tuple(sizes))))
+        append(make(FileSample, (key, tuple(files), total, tuple(got))))
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -208,39 +206,40 @@ def write_file_shard(output: str, samples: list[tuple], *, options: dict | None 
     with shard_task(f"{len(samples)} samples", output) as result:
         write_samples_shard(output, _file_samples(samples, result), result, options, mtime,
                             index, sizes)
-        if unsized:
-            result.extra = {"sizes": sizes}
-    return result.as_dict()
+    done = result.as_dict()
+    if unsized and result.status == "ok":  # not through as_dict(), which would deep-copy
+        done["extra"] = {"sizes": sizes}  # them (1 us a sample)
+    return done
 
 
 def _file_samples(samples: list[tuple], result: ShardResult) -> Iterator[dict]:
-    """The samples of local files, each file read whole.  A file below ``SMALL`` bytes (one
-    not sized by the scan: below ``CHUNK``, and a second ``os.read`` to see its end, as a
-    network file system may return fewer bytes than asked before the end) takes one
-    ``os.open``/``os.read``/``os.close`` here, inline (a function call a file costs 0.3 us
-    of the 3 us it takes); a larger one, a file that changed size, and one that cannot be
-    read go through :func:`_read_local`, which reads it or says why not."""
+    """The samples of local files, each file read whole, inline: one ``os.open``, an
+    ``os.read`` of its scanned size and one byte more (of ``CHUNK`` bytes and a second
+    read that sees its end when the scan did not size it: a network file system may return
+    fewer bytes than asked before the end) and ``os.close`` (a function call a file costs
+    0.3 us of the 3 us it takes).  A file those reads do not end, one that changed size
+    and one that cannot be opened go on to :func:`_read_local`, which reads the rest or
+    says why not."""
     open_, read, close, rdonly = os.open, os.read, os.close, os.O_RDONLY
     for key, files, _size, sizes in samples:
         sample = {"__key__": key}
         n = 0
         for (field, path), size in zip(files, sizes or (-1,) * len(files)):
-            data = None
-            if size < SMALL:
-                want = size + 1 if size >= 0 else CHUNK  # one byte more: a file that grew
+            try:
+                fd = open_(path, rdonly)
+            except OSError:
+                data = _read_local(path, size)  # names the error
+            else:
                 try:
-                    fd = open_(path, rdonly)
-                except OSError:
-                    pass  # _read_local names the error
-                else:
-                    try:
-                        data = read(fd, want)
-                        if size < 0 and data and read(fd, 1):  # a short read (FUSE, NFS):
-                            data = None  # the whole file, to its end, by _read_local
-                    finally:
-                        close(fd)
-            if data is None or (len(data) != size if size >= 0 else len(data) == CHUNK):
-                data = _read_local(path, size)
+                    data = read(fd, min(size + 1, READ_MAX) if size >= 0 else CHUNK)
+                    if size < 0:  # not sized by the scan: it ends where a read gives nothing
+                        more = read(fd, CHUNK) if data else b""
+                        if more:
+                            data = _read_local(path, size, fd, data + more)
+                    elif len(data) != size:  # it grew or shrank (or a short read)
+                        data = _read_local(path, size, fd, data)
+                finally:
+                    close(fd)
             sample[field] = data
             n += len(data)
         result.bytes_in += n
@@ -263,23 +262,29 @@ def write_samples_shard(output: str, samples: Iterator[dict], result: ShardResul
             result.samples_written += 1
 
 
-def _read_local(path: str, size: int) -> bytes:
+def _read_local(path: str, size: int, fd: int | None = None, first: bytes = b"") -> bytes:
     """The bytes of the file ``path``, which had ``size`` bytes when it was scanned (-1:
-    not sized).  A file whose size changed since is refused: the shard's planned size
-    (``--maxsize``) would no longer hold."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    not sized); ``fd``: the file already open, ``first`` its bytes read so far.  A file
+    whose size changed since is refused: the shard's planned size (``--maxsize``) would
+    no longer hold.  A file not sized ends where a read returns nothing (a network file
+    system may return fewer bytes than asked before the end)."""
+    if fd is None:
         try:
-            parts = [os.read(fd, min(size + 1, READ_MAX) if size >= 0 else SMALL)]
-            n = len(parts[0])
-            while size < 0 or n <= size:  # the rest, to the end (or past ``size``)
-                more = os.read(fd, min(max(1 << 20, size + 1 - n), READ_MAX))
-                if not more:
-                    break
-                parts.append(more)
-                n += len(more)
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise HtoolsError(f"{path}: {e.strerror or e}") from None
+        try:
+            return _read_local(path, size, fd)
         finally:
             os.close(fd)
+    parts, n = [first], len(first)
+    try:
+        while size < 0 or n <= size:  # the rest, to the end (or past ``size``)
+            more = os.read(fd, min(max(1 << 20, size + 1 - n), READ_MAX))
+            if not more:
+                break
+            parts.append(more)
+            n += len(more)
     except OSError as e:
         raise HtoolsError(f"{path}: {e.strerror or e}") from None
     if size >= 0 and n != size:

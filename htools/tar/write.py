@@ -14,7 +14,9 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any, BinaryIO
+from zlib import adler32
 
 from htools.errors import TarFormatError, hide_credentials
 from htools.tar.compress import open_stream_writer
@@ -113,6 +115,19 @@ class _Header:
                          self.tail))
 
 
+@lru_cache(maxsize=_MAX_CACHED)
+def _size_field(size: int) -> tuple[bytes, int]:
+    """A header's size field (11 octal digits) and its byte sum (files often share a size)."""
+    size_f = b"%011o" % size
+    return size_f, byte_sum(size_f)
+
+
+@lru_cache(maxsize=4 * _MAX_CACHED)
+def _checksum(total: int) -> bytes:
+    """A header's checksum field (kept: formatting it costs a fifth of a short header)."""
+    return b"%06o\0 " % total
+
+
 def _ustar_split(name: bytes) -> tuple[bytes, bytes] | None:
     """(prefix, name) for the ustar prefix field, or None if the name does not fit."""
     if len(name) > 256:
@@ -163,7 +178,7 @@ class TarWriter:
         self.closed = False
         self._out = bytearray()
         self._suffixes: dict[str, bytes] = {}
-        self._plans: dict[tuple, tuple[tuple[str, bytes], ...]] = {}
+        self._plans: dict[tuple, tuple[tuple[str, bytes, int, int], ...]] = {}
         self._reg = _Header(b"0", mode, self.mtime, user, group)
         self._pax = _Header(b"x", mode, self.mtime, user, group)
 
@@ -184,47 +199,43 @@ class TarWriter:
                 or key[-1] == "/" or "\0" in key or key.find(".", key.rfind("/") + 1) >= 0):
             key = _check_key(key, self.url)
         kb = key.encode("utf-8", "surrogateescape")
-        # The plan of a field-name set (which fields, in which order, their b".field"),
-        # made once by _items(), which checks every name: later samples with the same
-        # names only have their values checked.
+        # The plan of a field-name set (its fields in order, each with its b".field", the
+        # byte sum of that and the room left for the key in a ustar name), made once by
+        # _plan(), which checks every name: later samples with the same names only have
+        # their values checked.
         names = tuple(sample)
         plan = self._plans.get(names)
         if plan is None:
-            items = self._items(sample, key)
-            if len(self._plans) >= _MAX_CACHED:
-                self._plans.clear()
-            plan = self._plans[names] = tuple((f, x) for f, x, _v in items)
-            values = [v for _f, _x, v in items]
+            plan, values = self._plan(names, sample, key)
         else:
-            values = []
-            for field, _x in plan:
-                value = sample[field]
+            values = [sample[step[0]] for step in plan]
+            for i, value in enumerate(values):
                 if type(value) is not bytes:
-                    value = self._as_bytes(value, field, key)
-                values.append(value)
+                    values[i] = self._as_bytes(value, plan[i][0], key)
         if not values:
             return 0
         counts = self._field_sets
         if counts is not None:  # the fields are counted once per field-name set
             counts[names] = counts.get(names, 0) + 1
+        # a short ASCII name gets its header in one pack(), its checksum from sums kept:
+        # the template's and the key's, the field's (in the plan), the size field's
+        klen = len(kb) if kb.isascii() else BLOCK
         out = self._out
         start = len(out)
         flushed = 0
         reg = self._reg
-        pack, head_sum, mode_to_size = _SHORT.pack, reg.sum, reg.mode_to_size
+        pack, mode_to_size = _SHORT.pack, reg.mode_to_size
         size_end_to_chk, type_to_end = reg.size_end_to_chk, reg.type_to_end
-        ascii_key = kb.isascii()
-        pads = _PADS
-        for value, (field, suffix) in zip(values, plan):
+        head_sum = reg.sum + (adler32(kb) & 0xFFFF) - 1 if klen <= 100 else 0  # byte_sum
+        size_field, checksum, pads = _size_field, _checksum, _PADS
+        for value, (field, suffix, suffix_sum, room) in zip(values, plan):
             size = len(value)
-            nb = kb + suffix
-            if len(nb) <= 100 and size <= MAX_OCTAL_SIZE and ascii_key and suffix.isascii():
-                size_f = b"%011o" % size  # what _long_header() would write, sooner:
-                out += pack(nb, mode_to_size, size_f, size_end_to_chk,
-                            b"%06o\0 " % (head_sum + byte_sum(nb) + byte_sum(size_f)),
-                            type_to_end)
+            if klen <= room and size <= MAX_OCTAL_SIZE:  # what _long_header() would
+                size_f, size_sum = size_field(size)  # write
+                out += pack(kb + suffix, mode_to_size, size_f, size_end_to_chk,
+                            checksum(head_sum + suffix_sum + size_sum), type_to_end)
             else:
-                out += self._long_header(key + "." + field, nb, size)
+                out += self._long_header(key + "." + field, kb + suffix, size)
             if size >= DIRECT:  # big values go straight to the stream, uncopied
                 flushed += len(out) - start + size
                 self.stream.write(out)
@@ -254,26 +265,27 @@ class TarWriter:
                     fields[field] += n
         return fields
 
-    def _items(self, sample: dict, key: str) -> list[tuple[str, bytes, Any]]:
-        """(field, suffix, value) to write, sorted; every field is checked before any
-        is written, so a bad sample leaves no partial members."""
+    def _plan(self, names: tuple, sample: dict, key: str) -> tuple[tuple, list]:
+        """The write plan of the field-name set ``names`` (kept for later samples), sorted,
+        and ``sample``'s values in its order; every field is checked before any is
+        written, so a bad sample leaves no partial members."""
         try:
             fields = sorted(sample)
         except TypeError:
             raise SampleFormatError(self.url, "field names must be str", key=key) from None
-        items = []
-        suffixes = self._suffixes
+        plan, values = [], []
         for field in fields:
             if field[:1] == "_":
                 continue
-            suffix = suffixes.get(field)
-            if suffix is None:
-                suffix = self._suffix(field, key)
+            suffix = self._suffixes.get(field) or self._suffix(field, key)
             value = sample[field]
-            if type(value) is not bytes:
-                value = self._as_bytes(value, field, key)
-            items.append((field, suffix, value))
-        return items
+            values.append(value if type(value) is bytes else self._as_bytes(value, field, key))
+            plan.append((field, suffix, byte_sum(suffix),
+                         100 - len(suffix) if suffix.isascii() else -1))
+        if len(self._plans) >= _MAX_CACHED:
+            self._plans.clear()
+        self._plans[names] = plan = tuple(plan)
+        return plan, values
 
     def _long_header(self, name: str, nb: bytes, size: int) -> bytes:
         """Headers for a name that needs the ustar prefix or a pax record, or a huge size."""

@@ -1080,3 +1080,27 @@ def check_gzip_frame(gz: bytes, plain: bytes) -> None:
     assert gz[-8:] == struct.pack("<II", zlib.crc32(plain), len(plain) & 0xFFFFFFFF)
     assert compress.open_stream_reader(io.BytesIO(gz), "pin.tgz").read() == plain
     assert zlib.decompress(gz, wbits=31) == plain  # an independent reader: stdlib zlib
+
+
+def test_a_writer_keeps_header_fields_of_many_sizes_right():
+    """The writer keeps the size and checksum fields it formatted, and its write plan of
+    each field-name set: a long run of distinct sizes and keys writes, sample by sample,
+    what a fresh writer writes, and tarfile accepts every header's checksum."""
+    samples = [{"__key__": f"d{i % 7}/k{i:05d}", "bin": bytes([i % 251]) * (i * 37 % 3000),
+                "txt": b"x" * (i % 600)} for i in range(1500)]
+    buf = io.BytesIO()
+    with tar.TarWriter(buf) as w:
+        alone = []
+        for s in samples:
+            start = len(w._out)
+            w.write(s)
+            alone.append(bytes(w._out[start:]) if len(w._out) > start else None)
+    for s, got in zip(samples, alone):
+        one = io.BytesIO()
+        with tar.TarWriter(one) as fresh:
+            n = fresh.write(s)
+        if got is not None:
+            assert got == one.getvalue()[:n], s["__key__"]
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        names = [(m.name, m.size) for m in tf.getmembers()]
+    assert names == [(f"{s['__key__']}.{f}", len(s[f])) for s in samples for f in ("bin", "txt")]

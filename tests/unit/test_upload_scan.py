@@ -142,9 +142,10 @@ def test_a_file_is_read_whole_and_a_changed_size_is_refused(tmp_path, monkeypatc
 
 
 def test_a_task_reads_each_file_once_and_refuses_one_that_changed(tmp_path):
-    """The task's inline read (small files) and its fallback (large ones) read the bytes
-    scanned, and a file that grew, shrank or vanished since the scan fails the shard."""
-    big = os.urandom(upload_files.SMALL + 5)
+    """The task's inline read (one read of a file's size and a byte more) and its
+    fallback (the rest of a file the scan did not size) read the bytes scanned, and a
+    file that grew, shrank or vanished since the scan fails the shard."""
+    big = os.urandom((1 << 20) + 5)
     (tmp_path / "a.bin").write_bytes(b"abc")
     (tmp_path / "a.big").write_bytes(big)
     (tmp_path / "e.txt").write_bytes(b"")
