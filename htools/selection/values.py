@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
+import orjson
 
 from htools import storage
 from htools.errors import hide_credentials
@@ -93,19 +94,49 @@ def sample_value(sample: dict, sel: Selection) -> bytes | None:
 def member_values(batch: list[dict], sel: Selection
                   ) -> tuple[list[bytes | None], list[tuple[int, ValueError]]]:
     """:func:`sample_value` of each sample of ``batch`` (``sel`` names a JSON member),
-    None where it raised; and (index, error) of those."""
+    None where it raised; and (index, error) of those.
+
+    A field is first parsed with orjson (0.26 us a small object, json's scanner 0.74),
+    and its member taken from that only when orjson's value is provably json's: orjson
+    accepts nothing json refuses, but turns an integer past 64 bits into a float, so a
+    member that is a float, a list or an object, a document orjson refuses (NaN, lone
+    surrogates, non-UTF-8, a BOM...) and one that could nest deep enough for json's
+    recursion limit are read as before (:func:`_member`: json's value or error)."""
     out: list[bytes | None] = []
     bad: list[tuple[int, ValueError]] = []
-    field = sel.field
+    field, member, loads = sel.field, sel.member, orjson.loads
     for i, s in enumerate(batch):
         v = s.get(field)
+        if v is None:
+            out.append(None)
+            continue
+        if v.__class__ is bytes and (len(v) < SHALLOW or _shallow(v)):
+            try:
+                m = loads(v).get(member)
+            except (ValueError, AttributeError):  # not JSON to orjson, or not an object
+                pass
+            else:
+                if m.__class__ is str:
+                    out.append(m.encode("utf-8"))  # orjson's strings have no surrogates
+                    continue
+                if m is None or m.__class__ is int or m.__class__ is bool:
+                    out.append(string_form(m))
+                    continue
         try:
-            out.append(None if v is None else
-                       _member(v.encode("utf-8") if v.__class__ is str else v, sel))
+            out.append(_member(v.encode("utf-8") if v.__class__ is str else v, sel))
         except ValueError as e:
             out.append(None)
             bad.append((i, e))
     return out, bad
+
+
+SHALLOW = 512  # bytes: a shorter document nests at most 256 deep, far from json's limit
+
+
+def _shallow(v: bytes) -> bool:
+    """Whether ``v`` opens too few arrays and objects to reach json's recursion limit
+    (1000 frames, the caller's included): json raises RecursionError there, orjson not."""
+    return v.count(b"{") + v.count(b"[") < SHALLOW // 2
 
 
 def _member(v: bytes, sel: Selection) -> bytes | None:
