@@ -46,8 +46,9 @@ def test_zero_padding_and_keys():
 
 
 def test_every_path_of_the_columns_is_the_formula(monkeypatch):
-    """Mixed lengths (a few values past the summed columns), one length only, and the
-    length term reduced first (as for values of 16 MiB or more)."""
+    """Mixed lengths (a few values past the summed columns), one length only, the
+    length term reduced first (as for values of 16 MiB or more), and values in many
+    blocks of rows."""
     rng = random.Random(11)
     key = new_key()
     mixed = [rng.randbytes(rng.choice([5, 9, 12, 30, 200, 900])) for _ in range(300)]
@@ -58,3 +59,7 @@ def test_every_path_of_the_columns_is_the_formula(monkeypatch):
     monkeypatch.setattr(digest, "SHORT", 1)
     hi, lo = hash_values(mixed, key)
     assert [(int(a), int(b)) for a, b in zip(hi, lo)] == [reference(v, key) for v in mixed]
+    monkeypatch.setattr(digest, "BLOCK_WORDS", 40)  # many blocks of rows, a last short one
+    for values in (mixed, same, [rng.randbytes(7) for _ in range(13)]):
+        hi, lo = hash_values(values, key)
+        assert [(int(a), int(b)) for a, b in zip(hi, lo)] == [reference(v, key) for v in values]
