@@ -50,14 +50,14 @@ class Lookup:
         bad: list[int] = []
         if self.sel.member is None:  # a field's bytes: its trailing newline cut vectorised
             values = field_values(batch, self.sel.field)
-            pairs = digests(values, self.sel.key, strip_newline=True)
+            found = digests(values, self.sel.key, strip_newline=True)
         else:
-            values, errors = member_values(batch, self.sel)
+            values, errors, complete = member_values(batch, self.sel)
             for i, e in errors:
                 bad.append(i)
                 self._failed(batch[i], e)
-            pairs = digests(values, self.sel.key)
-        rows = self.table.rows(*pairs)
+            found = digests(values, self.sel.key, complete=complete)
+        rows = self.table.rows(*found)
         hit = rows >= 0
         if hit.any():
             self.matched.append(rows[hit])

@@ -37,7 +37,8 @@ def test_member_values_are_sample_values():
     batch = [{"json": b'{"uid": "a1"}'}, {"json": '{"uid": 7}'}, {"txt": b"no json"},
              {"json": b'{"uid": '}, {"json": b"[1, 2]"}, {"json": b'{"uid": null}'},
              {"json": b'{"uid": {"b": 1, "a": [true]}}'}]
-    values, bad = member_values(batch, sel)
+    values, bad, complete = member_values(batch, sel)
+    assert not complete
     assert [i for i, _e in bad] == [3, 4]
     for i, s in enumerate(batch):
         if i in (3, 4):
@@ -68,10 +69,11 @@ def _result(fn, *args):
 def _batch_results(docs: list, member: str = "uid") -> list:
     sel = Selection("keep", "list.txt", "json", member, member)
     try:
-        values, bad = member_values([{"json": d} for d in docs], sel)
+        values, bad, complete = member_values([{"json": d} for d in docs], sel)
     except RecursionError:
         return ["recursion"]
     errors = dict(bad)
+    assert complete == (None not in values)
     return [("error", type(errors[i]).__name__) if i in errors else ("value", v)
             for i, v in enumerate(values)]
 
