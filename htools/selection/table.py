@@ -253,6 +253,8 @@ class Table:
     computed here, once), all side by side (:func:`first_rows`)."""
 
     _map: mmap.mmap | None = None
+    bounds: np.ndarray | None = None  # None: one binary search (a subclass's rows in memory)
+    bits = steps = 0
 
     def __init__(self, path: str):
         n = os.path.getsize(path) // 16
