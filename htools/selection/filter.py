@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable, Iterator
+from itertools import compress
 from typing import TypeVar
 
 import numpy as np
@@ -106,10 +107,10 @@ def select_items(items: Iterator[T], sample_of: Callable[[T], dict], sel: Select
 
 def _selected(items: Iterator[T], sample_of: Callable[[T], dict], lookup: Lookup,
               options: dict | None) -> Iterator[T]:
+    same = sample_of is _same  # samples themselves: no list of them made again
     for batch in batches(items, sample_of):
-        for item, ok in zip(batch, lookup.passes([sample_of(i) for i in batch])):
-            if ok:
-                yield item
+        yield from compress(batch, lookup.passes(
+            batch if same else [sample_of(i) for i in batch]))
     lookup.close(options)
 
 
@@ -117,13 +118,15 @@ def batches(items: Iterator[T], sample_of: Callable[[T], dict]) -> Iterator[list
     """``items`` in lists of up to ``BATCH`` samples or ``BATCH_BYTES`` of fields."""
     batch: list[T] = []
     size = 0
+    same = sample_of is _same
     for item in items:
         batch.append(item)
+        sample = item if same else sample_of(item)
         try:
-            size += sum(map(len, sample_of(item).values()))  # str keys count too: close
+            size += sum(map(len, sample.values()))  # str keys count too: close
         except TypeError:  # a value without a length
-            size += sum(len(v) for v in sample_of(item).values() if hasattr(v, "__len__"))
-        if len(batch) >= BATCH or size >= BATCH_BYTES:
+            size += sum(len(v) for v in sample.values() if hasattr(v, "__len__"))
+        if size >= BATCH_BYTES or len(batch) >= BATCH:
             yield batch
             batch, size = [], 0
     if batch:
