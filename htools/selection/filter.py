@@ -4,7 +4,8 @@ read and dropped, and as unselected.
 
 Samples are looked up a batch at a time (up to ``BATCH`` samples or ``BATCH_BYTES`` of
 fields read ahead, in stream order): the batch's values are digested in one pass and
-found with one ``np.searchsorted`` over the memory-mapped table (see :class:`Lookup`).
+found in the memory-mapped table all at once, each within its partition (see
+:class:`Lookup` and :func:`htools.selection.table.first_rows`).
 
 When a shard's samples are all read, its counts go to the job's counts folder in one
 small file named by the shard's URL (a shard read twice, by a retry or htsort's key

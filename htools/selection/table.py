@@ -293,13 +293,14 @@ def first_rows(hi: np.ndarray, bounds: np.ndarray, bits: int, steps: int,
     """``np.searchsorted(hi, q)``, each query searched only within its partition
     (``bounds``: :func:`partition_bounds`; ``steps``: the bit length of the largest
     partition), all queries side by side: a few numpy calls a step, and each step's
-    loads from the 64 MB table independent of each other, so their cache misses
-    overlap (``np.searchsorted`` misses its way down ~22 levels a query, one at a time:
-    1.2 -> ~0.2 us a query in a worker, where the rest of its work evicts the table).
+    loads from the table (64 MB for 4 M values) independent of each other, so their
+    cache misses overlap (``np.searchsorted`` misses its way down ~22 levels a query,
+    one at a time: 0.5-1.2 us a query once the batch's other work has evicted the
+    table, ~0.15-0.2 us this way).
 
-    Position ``i + step - 1`` is read as ``hi[min(it, n - 1)]``: rows past the partition
-    are >= every query in it, and a read clipped at ``n - 1`` below the query means the
-    whole partition is, so the count is cut at the partition's end."""
+    Position ``i + 2^k - 1`` is read as ``hi[min(i + 2^k - 1, n - 1)]``: rows past the
+    partition are >= every query in it, and a read clipped at ``n - 1`` below the query
+    means the whole partition is, so the count is cut at the partition's end."""
     part = (q >> np.uint64(64 - bits)).astype(np.intp)
     i = bounds[part]
     at = np.empty_like(i)
