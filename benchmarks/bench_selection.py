@@ -96,18 +96,25 @@ def _make_subset_shard(root: str, s: int, per_shard: int) -> list[str]:
 def case(kind: str, root: str, **args) -> dict:
     """One case in its own process: its result, the client's peak RSS (its VmHWM) and
     the largest peak RSS of its worker processes (their VmHWM, read every 0.2 s while
-    they live: ru_maxrss would count what their parent held when it started them)."""
+    they live: ru_maxrss would count what their parent held when it started them), and
+    the CPU seconds of all its processes (``cpu_s``: each one's own, as last read: the
+    last 0.2 s of each process may be missed)."""
+    cpu: dict[int, float] = {}
     with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
             [sys.executable, "-c", CASE, kind, root, json.dumps(args)], stdout=out,
             stderr=subprocess.DEVNULL, text=True) as proc:
         workers = 0
         while proc.poll() is None:
-            workers = max([workers] + [_hwm(pid) for pid in _descendants(proc.pid)])
+            kids = _descendants(proc.pid)
+            workers = max([workers] + [_hwm(pid) for pid in kids])
+            for pid in [proc.pid, *kids]:
+                cpu[pid] = max(cpu.get(pid, 0.0), _cpu(pid))
             time.sleep(0.2)
         if proc.returncode:
             raise subprocess.CalledProcessError(proc.returncode, "bench_selection case")
         out.seek(0)
         result = json.loads(out.read().strip().splitlines()[-1])
+    result["cpu_s"] = sum(cpu.values())
     for name in glob.glob(f"{root}/{args['out']}-*.tar"):  # outputs read by no later case
         if args["out"] not in ("pre",):
             os.remove(name)
@@ -130,6 +137,16 @@ def _descendants(pid: int) -> list[int]:
         found += kids
         todo += kids
     return found
+
+
+def _cpu(pid: int) -> float:
+    """A process's own CPU seconds so far (user and system), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm(pid: int) -> int:

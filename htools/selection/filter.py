@@ -4,7 +4,8 @@ read and dropped, and as unselected.
 
 Samples are looked up a batch at a time (up to ``BATCH`` samples or ``BATCH_BYTES`` of
 fields read ahead, in stream order): the batch's values are digested in one pass and
-found with one ``np.searchsorted`` over the memory-mapped table (see :class:`Lookup`).
+found in the memory-mapped table all at once, each within its partition (see
+:class:`Lookup` and :func:`htools.selection.table.first_rows`).
 
 When a shard's samples are all read, its counts go to the job's counts folder in one
 small file named by the shard's URL (a shard read twice, by a retry or htsort's key
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable, Iterator
+from itertools import compress
 from typing import TypeVar
 
 import numpy as np
@@ -50,14 +52,14 @@ class Lookup:
         bad: list[int] = []
         if self.sel.member is None:  # a field's bytes: its trailing newline cut vectorised
             values = field_values(batch, self.sel.field)
-            pairs = digests(values, self.sel.key, strip_newline=True)
+            found = digests(values, self.sel.key, strip_newline=True)
         else:
-            values, errors = member_values(batch, self.sel)
+            values, errors, complete = member_values(batch, self.sel)
             for i, e in errors:
                 bad.append(i)
                 self._failed(batch[i], e)
-            pairs = digests(values, self.sel.key)
-        rows = self.table.rows(*pairs)
+            found = digests(values, self.sel.key, complete=complete)
+        rows = self.table.rows(*found)
         hit = rows >= 0
         if hit.any():
             self.matched.append(rows[hit])
@@ -106,10 +108,10 @@ def select_items(items: Iterator[T], sample_of: Callable[[T], dict], sel: Select
 
 def _selected(items: Iterator[T], sample_of: Callable[[T], dict], lookup: Lookup,
               options: dict | None) -> Iterator[T]:
+    same = sample_of is _same  # samples themselves: no list of them made again
     for batch in batches(items, sample_of):
-        for item, ok in zip(batch, lookup.passes([sample_of(i) for i in batch])):
-            if ok:
-                yield item
+        yield from compress(batch, lookup.passes(
+            batch if same else [sample_of(i) for i in batch]))
     lookup.close(options)
 
 
@@ -117,13 +119,15 @@ def batches(items: Iterator[T], sample_of: Callable[[T], dict]) -> Iterator[list
     """``items`` in lists of up to ``BATCH`` samples or ``BATCH_BYTES`` of fields."""
     batch: list[T] = []
     size = 0
+    same = sample_of is _same
     for item in items:
         batch.append(item)
+        sample = item if same else sample_of(item)
         try:
-            size += sum(map(len, sample_of(item).values()))  # str keys count too: close
+            size += sum(map(len, sample.values()))  # str keys count too: close
         except TypeError:  # a value without a length
-            size += sum(len(v) for v in sample_of(item).values() if hasattr(v, "__len__"))
-        if len(batch) >= BATCH or size >= BATCH_BYTES:
+            size += sum(len(v) for v in sample.values() if hasattr(v, "__len__"))
+        if size >= BATCH_BYTES or len(batch) >= BATCH:
             yield batch
             batch, size = [], 0
     if batch:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from htools import storage
-from htools.selection.table import Table, bounds_url, search
+from htools.selection.table import Halves, Table, bounds_url, search
 
 
 class PartTable:
@@ -36,10 +36,11 @@ class PartTable:
 
     index = Table.index  # the row of one 16-byte digest, through rows()
 
-    def rows(self, pairs: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
-        """The table's row of each digest of ``pairs`` ((n, 2) uint64), or -1 (also
-        where ``present`` is False)."""
-        qhi, qlo = pairs[:, 0], pairs[:, 1]
+    def rows(self, pairs: np.ndarray | Halves, present: np.ndarray | None = None
+             ) -> np.ndarray:
+        """The table's row of each digest of ``pairs`` ((n, 2) uint64, or the (high,
+        low) arrays), or -1 (also where ``present`` is False)."""
+        qhi, qlo = (pairs[:, 0], pairs[:, 1]) if isinstance(pairs, np.ndarray) else pairs
         out = np.full(len(qhi), -1, dtype=np.int64)
         ask = np.ones(len(qhi), bool) if present is None else np.asarray(present, bool)
         part = (qhi >> np.uint64(64 - self.bits)).astype(np.int64) if self.bits else \

@@ -14,7 +14,7 @@ table larger than the worker's budget, looks it up by partition
 (:mod:`htools.selection.parts`).
 
 Public and stable: :func:`build`, :func:`copy`, :func:`load`, :func:`search`, :class:`Table`
-(``rows``, ``index``), :func:`bounds_url`, :func:`part_bits`.
+(``rows``, ``index``), :func:`bounds_url`, :func:`part_bits`, :func:`partition_bounds`.
 """
 
 from __future__ import annotations
@@ -184,25 +184,32 @@ def part_bits(n: int) -> int:
 def _write_bounds(url: str, options: dict | None, hi: np.ndarray) -> None:
     """``bounds[p]`` = the first row of partition ``p`` (rows whose high half's top
     ``part_bits(n)`` bits are ``p``); ``2^bits + 1`` little-endian int64."""
+    with storage.open_write(bounds_url(url), options) as out:
+        out.write(partition_bounds(hi).astype("<i8").tobytes())
+
+
+def partition_bounds(hi: np.ndarray) -> np.ndarray:
+    """The first row of each of the ``2^part_bits(n)`` partitions of the sorted high
+    halves ``hi``, then ``n`` (int64)."""
     bits = part_bits(len(hi))
     edges = np.arange(2 ** bits, dtype=np.uint64) << np.uint64(64 - bits) if bits else \
         np.zeros(1, np.uint64)
-    bounds = np.append(np.searchsorted(hi, edges), len(hi))  # the last edge: 2^64
-    with storage.open_write(bounds_url(url), options) as out:
-        out.write(bounds.astype("<i8").tobytes())
+    return np.append(np.searchsorted(hi, edges), len(hi)).astype(np.int64)  # last edge: 2^64
 
 
 def search(hi: np.ndarray, lo: np.ndarray, qhi: np.ndarray, qlo: np.ndarray,
-           present: np.ndarray | None = None) -> np.ndarray:
+           present: np.ndarray | None = None, i: np.ndarray | None = None) -> np.ndarray:
     """The row of each digest (``qhi``, ``qlo``) in the sorted (``hi``, ``lo``), or -1
-    (also where ``present`` is False): one binary search over the high halves for all."""
+    (also where ``present`` is False): one binary search over the high halves for all
+    (``i``: its result, ``np.searchsorted(hi, qhi)``, when the caller has it)."""
     n = len(hi)
     out = np.full(len(qhi), -1, dtype=np.int64)
     if not n or not len(qhi):
         return out
-    order = np.argsort(qhi)  # queries in order: each search starts where the last ended
-    i = np.empty(len(qhi), dtype=np.int64)
-    i[order] = np.searchsorted(hi, qhi[order])
+    if i is None:
+        order = np.argsort(qhi)  # queries in order: each search starts where the last ended
+        i = np.empty(len(qhi), dtype=np.int64)
+        i[order] = np.searchsorted(hi, qhi[order])
     j = np.minimum(i, n - 1)
     found = (i < n) & (hi[j] == qhi)
     if present is not None:
@@ -240,9 +247,14 @@ class Table:
     worker process; its pages mapped at once, ``MAP_POPULATE``, so that lookups take no
     page faults): ``index(digest)`` is its row, or -1.  Unmapped when the last reference
     to it (or to its arrays) goes: a task still using a table that ``load`` let go, or
-    whose file was deleted, keeps the mapping it has."""
+    whose file was deleted, keeps the mapping it has.
+
+    A batch of digests is searched within each one's partition (its rows' bounds
+    computed here, once), all side by side (:func:`first_rows`)."""
 
     _map: mmap.mmap | None = None
+    bounds: np.ndarray | None = None  # None: one binary search (a subclass's rows in memory)
+    bits = steps = 0
 
     def __init__(self, path: str):
         n = os.path.getsize(path) // 16
@@ -254,15 +266,50 @@ class Table:
         else:
             data = np.zeros(0, dtype="<u8")
         self.hi, self.lo, self.n = data[:n], data[n:], n
+        self.bits = part_bits(n)
+        self.bounds = partition_bounds(self.hi) if self.bits else None
+        self.steps = int(np.diff(self.bounds).max()).bit_length() if self.bits else 0
 
     def index(self, d: bytes) -> int:
         pairs = np.frombuffer(d, dtype=">u8").reshape(1, 2).astype(np.uint64)
         return int(self.rows(pairs)[0])
 
-    def rows(self, pairs: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
-        """The row of each digest of ``pairs`` ((n, 2) uint64: high, low), or -1 (also
-        where ``present`` is False)."""
-        return search(self.hi, self.lo, pairs[:, 0], pairs[:, 1], present)
+    def rows(self, pairs: np.ndarray | Halves, present: np.ndarray | None = None
+             ) -> np.ndarray:
+        """The row of each digest of ``pairs`` ((n, 2) uint64: high, low; or the (high,
+        low) arrays), or -1 (also where ``present`` is False)."""
+        qhi, qlo = (pairs[:, 0], pairs[:, 1]) if isinstance(pairs, np.ndarray) else pairs
+        i = None
+        if self.bounds is not None and len(qhi) >= BOUNDED:
+            i = first_rows(self.hi, self.bounds, self.bits, self.steps, qhi)
+        return search(self.hi, self.lo, qhi, qlo, present, i)
+
+
+BOUNDED = 32  # queries from which a batch is searched within partitions
+
+
+def first_rows(hi: np.ndarray, bounds: np.ndarray, bits: int, steps: int,
+               q: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(hi, q)``, each query searched only within its partition
+    (``bounds``: :func:`partition_bounds`; ``steps``: the bit length of the largest
+    partition), all queries side by side: a few numpy calls a step, and each step's
+    loads from the table (64 MB for 4 M values) independent of each other, so their
+    cache misses overlap (``np.searchsorted`` misses its way down ~22 levels a query,
+    one at a time: 0.5-1.2 us a query once the batch's other work has evicted the
+    table, ~0.15-0.2 us this way).
+
+    Position ``i + 2^k - 1`` is read as ``hi[min(i + 2^k - 1, n - 1)]``: rows past the
+    partition are >= every query in it, and a read clipped at ``n - 1`` below the query
+    means the whole partition is, so the count is cut at the partition's end."""
+    part = (q >> np.uint64(64 - bits)).astype(np.intp)
+    i = bounds[part]
+    at = np.empty_like(i)
+    less = np.empty(len(q), dtype=bool)
+    for k in range(steps - 1, -1, -1):  # steps of 2^k rows, largest first
+        np.add(i, (1 << k) - 1, out=at)
+        np.less(hi.take(at, mode="clip"), q, out=less)
+        np.add(i, 1 << k, out=i, where=less)
+    return np.minimum(i, bounds[part + 1], out=i)
 
 
 KEPT = 2  # tables a worker process keeps mapped (the jobs it serves at once)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
+import orjson
 
 from htools import storage
 from htools.errors import hide_credentials
@@ -37,16 +38,20 @@ def digest(value: bytes, key: str = DEFAULT_KEY) -> bytes:
 
 
 def digests(values: list[bytes | None], key: str = DEFAULT_KEY,
-            strip_newline: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The digests of ``values`` in one pass, as an (n, 2) array of the (high, low)
-    uint64 halves (zeros where a value is None), and which values are present;
-    ``strip_newline``: of each value without its trailing newline."""
+            strip_newline: bool = False, complete: bool = False
+            ) -> tuple[Digests, np.ndarray | None]:
+    """The digests of ``values`` in one pass, as the (high, low) uint64 halves (zeros
+    where a value is None), and which values are present (None: all of them; the
+    caller may say so, ``complete``); ``strip_newline``: of each value without its
+    trailing newline."""
+    if complete or None not in values:
+        return hash_values(values, key, strip_newline), None
     present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-    pairs = np.zeros((len(values), 2), dtype=np.uint64)
+    hi, lo = np.zeros(len(values), np.uint64), np.zeros(len(values), np.uint64)
     if present.any():
-        hi, lo = hash_values([v for v in values if v is not None], key, strip_newline)
-        pairs[present, 0], pairs[present, 1] = hi, lo
-    return pairs, present
+        hi[present], lo[present] = hash_values([v for v in values if v is not None], key,
+                                               strip_newline)
+    return (hi, lo), present
 
 
 def digest_block(values: list[bytes], key: str = DEFAULT_KEY) -> bytes:
@@ -91,21 +96,59 @@ def sample_value(sample: dict, sel: Selection) -> bytes | None:
 
 
 def member_values(batch: list[dict], sel: Selection
-                  ) -> tuple[list[bytes | None], list[tuple[int, ValueError]]]:
+                  ) -> tuple[list[bytes | None], list[tuple[int, ValueError]], bool]:
     """:func:`sample_value` of each sample of ``batch`` (``sel`` names a JSON member),
-    None where it raised; and (index, error) of those."""
+    None where it raised; (index, error) of those; and whether no value is None.
+
+    A field is first parsed with orjson (0.26 us a small object, json's scanner 0.74),
+    and its member taken from that only when orjson's value is provably json's: orjson
+    accepts nothing json refuses, but turns an integer past 64 bits into a float, so a
+    member that is a float, a list or an object, a document orjson refuses (NaN, lone
+    surrogates, non-UTF-8, a BOM...) and one that could nest deep enough for json's
+    recursion limit are read as before (:func:`_member`: json's value or error)."""
     out: list[bytes | None] = []
     bad: list[tuple[int, ValueError]] = []
-    field = sel.field
+    field, member, loads = sel.field, sel.member, orjson.loads
+    complete = True
     for i, s in enumerate(batch):
         v = s.get(field)
-        try:
-            out.append(None if v is None else
-                       _member(v.encode("utf-8") if v.__class__ is str else v, sel))
-        except ValueError as e:
+        if v is None:
             out.append(None)
+            complete = False
+            continue
+        if v.__class__ is bytes and (len(v) < SHALLOW or _shallow(v)):
+            try:
+                m = loads(v).get(member)
+            except (ValueError, AttributeError):  # not JSON to orjson, or not an object
+                pass
+            else:
+                if m.__class__ is str:
+                    out.append(m.encode("utf-8"))  # orjson's strings have no surrogates
+                    continue
+                if m.__class__ is int or m.__class__ is bool:
+                    out.append(string_form(m))
+                    continue
+                if m is None:
+                    out.append(None)
+                    complete = False
+                    continue
+        try:
+            value = _member(v.encode("utf-8") if v.__class__ is str else v, sel)
+        except ValueError as e:
+            value = None
             bad.append((i, e))
-    return out, bad
+        out.append(value)
+        complete = complete and value is not None
+    return out, bad, complete
+
+
+SHALLOW = 512  # bytes: a shorter document nests at most 256 deep, far from json's limit
+
+
+def _shallow(v: bytes) -> bool:
+    """Whether ``v`` opens too few arrays and objects to reach json's recursion limit
+    (1000 frames, the caller's included): json raises RecursionError there, orjson not."""
+    return v.count(b"{") + v.count(b"[") < SHALLOW // 2
 
 
 def _member(v: bytes, sel: Selection) -> bytes | None:

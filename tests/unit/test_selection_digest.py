@@ -46,8 +46,9 @@ def test_zero_padding_and_keys():
 
 
 def test_every_path_of_the_columns_is_the_formula(monkeypatch):
-    """Mixed lengths (a few values past the summed columns), one length only, and the
-    length term reduced first (as for values of 16 MiB or more)."""
+    """Mixed lengths (a few values past the summed columns), one length only, the
+    length term reduced first (as for values of 16 MiB or more), and values in many
+    blocks of rows."""
     rng = random.Random(11)
     key = new_key()
     mixed = [rng.randbytes(rng.choice([5, 9, 12, 30, 200, 900])) for _ in range(300)]
@@ -58,3 +59,29 @@ def test_every_path_of_the_columns_is_the_formula(monkeypatch):
     monkeypatch.setattr(digest, "SHORT", 1)
     hi, lo = hash_values(mixed, key)
     assert [(int(a), int(b)) for a, b in zip(hi, lo)] == [reference(v, key) for v in mixed]
+    monkeypatch.setattr(digest, "BLOCK_WORDS", 40)  # many blocks of rows, a last short one
+    for values in (mixed, same, [rng.randbytes(7) for _ in range(13)]):
+        hi, lo = hash_values(values, key)
+        assert [(int(a), int(b)) for a, b in zip(hi, lo)] == [reference(v, key) for v in values]
+
+
+def test_spans_of_one_length_at_even_and_uneven_steps(monkeypatch):
+    """Values of one length read through a strided view (at even steps, a list's lines)
+    or gathered (at uneven steps): both the formula, in one block or many."""
+    rng = random.Random(5)
+    key = new_key()
+    values = [rng.randbytes(10) for _ in range(40)]
+    gaps = {"even": [1] * 40, "uneven": [rng.randint(0, 4) for _ in range(40)]}
+    want = [reference(v, key) for v in values]
+    for block in (digest.BLOCK_WORDS, 9):
+        monkeypatch.setattr(digest, "BLOCK_WORDS", block)
+        for name, gap in gaps.items():
+            body, starts = b"", []
+            for v, g in zip(values, gap):
+                starts.append(len(body))
+                body += v + b"\n" * g
+            buf = np.frombuffer(body + digest.PAD, dtype=np.uint8)
+            starts_a = np.array(starts, dtype=np.int64)
+            assert (digest._even_step(starts_a) is None) == (name == "uneven")
+            hi, lo = digest.hash_spans(buf, starts_a, starts_a + 10, key)
+            assert [(int(a), int(b)) for a, b in zip(hi, lo)] == want, (name, block)
