@@ -23,7 +23,17 @@ from typing import Any
 TICK_MS = 100  # the worker's event-loop check (Dask's default: 20 ms)
 
 
+_worker: list[Any] = []  # this process's worker, once dask_setup has seen it
+CLOSING = frozenset({"stopping", "stopped", "closing", "closing_gracefully", "closed", "failed"})
+
+
 def _quit(signum, _frame) -> None:
+    """SIGINT: exit quietly -- unless the worker is already closing (the client closes
+    the cluster as the job ends): a SystemExit then would cut that close short, and
+    Dask would log each cancelled step of it as an error with its traceback."""
+    status = getattr(getattr(_worker[0], "status", None), "name", "") if _worker else ""
+    if status in CLOSING:
+        return
     raise SystemExit(128 + signum)
 
 
@@ -46,4 +56,5 @@ def dask_setup(worker=None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _quit)
     if worker is not None:
+        _worker[:] = [worker]
         quiet_monitoring(worker)

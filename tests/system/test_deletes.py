@@ -54,6 +54,7 @@ def why_not(p: str, job: Job) -> str | None:
     folder = posixpath.dirname(path(job.output))
     stem = posixpath.basename(path(job.output)).split("@")[0].rstrip("-_.")
     outputs.add(f"{folder}/{stem}.index.json")
+    outputs.add(f"{folder}/{stem}.lineage.json")  # the record of who makes them, replaced
     name = posixpath.basename(p)
     if p in outputs:
         return None

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
+from htools.clusters import workerinit
 from htools.clusters.workerinit import TICK_MS, quiet_monitoring
 
 
@@ -34,3 +37,19 @@ def test_a_slower_tick_or_no_profiler_is_left_as_it_is():
     quiet_monitoring(worker)
     assert worker.periodic_callbacks == {"tick": tick} and tick.callback_time == 1000
     quiet_monitoring(SimpleNamespace())  # not a worker: nothing to do
+
+
+@pytest.mark.parametrize("status,exits", [("running", True), ("closing", False),
+                                          ("closed", False), ("closing_gracefully", False)])
+def test_ctrl_c_exits_a_running_worker_but_not_one_already_closing(monkeypatch, status,
+                                                                    exits):
+    """A Ctrl-C as the job ends reaches workers the client is closing: a SystemExit
+    then cut their close short (Dask logged a traceback for each cancelled step)."""
+    worker = SimpleNamespace(status=SimpleNamespace(name=status))
+    monkeypatch.setattr(workerinit, "_worker", [worker])
+    if exits:
+        with pytest.raises(SystemExit) as e:
+            workerinit._quit(2, None)
+        assert e.value.code == 130
+    else:
+        assert workerinit._quit(2, None) is None
