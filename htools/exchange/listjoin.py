@@ -45,9 +45,8 @@ from htools.exchange.sizing import human_size
 from htools.runtime.memory import rss
 from htools.runtime.task import shard_task
 from htools.selection import Selection, selected
-from htools.selection.filter import batches, write_counts
+from htools.selection.filter import batch_digests, batches, count_failed, write_counts
 from htools.selection.table import _halves, bounds_url, part_bits, search
-from htools.selection.values import digests, field_values, member_values
 from htools.summary import ShardResult
 
 FETCH_SHARE = 4  # a worker fetches a table of at most 1/4 of the task memory budget
@@ -132,20 +131,13 @@ def tagged(samples: Iterator[dict], sel: Selection, result: ShardResult, url: st
     batch at a time, as the small path looks them up (:class:`.filter.Lookup`)."""
     ordinal = 0
     for batch in batches(samples, _same):
-        bad: set[int] = set()
-        if sel.member is None:  # a field's bytes: its trailing newline cut vectorised
-            pairs, present = digests(field_values(batch, sel.field), sel.key,
-                                     strip_newline=True)
-        else:
-            values, errors = member_values(batch, sel)
-            for i, e in errors:
-                bad.add(i)
-                result.samples_read += 1
-                result.sample_error(url, batch[i].get("__key__", ""),
-                                    f"{sel.flag} --select-by {sel.by}", e)
-            pairs, present = digests(values, sel.key)
-        raw = pairs.astype(">u8").tobytes()  # as digest_block: 16 bytes a sample
-        for i, (s, has) in enumerate(zip(batch, present.tolist())):
+        (hi, lo), present, errors = batch_digests(batch, sel)
+        bad = {i for i, _e in errors}
+        for i, e in errors:
+            count_failed(result, url, sel, batch[i], e)
+        raw = np.stack([hi, lo], axis=1).astype(">u8").tobytes()  # as digest_block
+        has_value = [True] * len(batch) if present is None else present.tolist()
+        for i, (s, has) in enumerate(zip(batch, has_value)):
             if i in bad:
                 tags.owed += 1
                 continue

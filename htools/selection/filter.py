@@ -26,12 +26,32 @@ import numpy as np
 from htools import storage
 from htools.selection import table as tables
 from htools.selection.spec import Selection
-from htools.selection.values import digests, field_values, member_values
+from htools.selection.values import Digests, digests, field_values, member_values
 from htools.summary import ShardResult
 
 T = TypeVar("T")
 BATCH = 1024  # samples looked up at once (numpy calls amortized: 1.3 us a sample at 1024, 2.2 at 256)
 BATCH_BYTES = 16 << 20  # ... or fewer, when their fields reach this many bytes
+
+
+def batch_digests(batch: list[dict], sel: Selection
+                  ) -> tuple[Digests, np.ndarray | None, list[tuple[int, ValueError]]]:
+    """The digests of what ``sel`` matches in each sample of ``batch`` (high and low
+    halves), which are present (None: all), and (index, error) of the samples whose
+    value cannot be read (a JSON field that does not parse: not present)."""
+    if sel.member is None:  # a field's bytes: its trailing newline cut vectorised
+        found, present = digests(field_values(batch, sel.field), sel.key, strip_newline=True)
+        return found, present, []
+    values, errors, complete = member_values(batch, sel)
+    found, present = digests(values, sel.key, complete=complete)
+    return found, present, errors
+
+
+def count_failed(result: ShardResult, url: str, sel: Selection, sample: dict,
+                 e: ValueError) -> None:
+    """A sample whose value ``sel`` cannot read: read, and failed with ``e``."""
+    result.samples_read += 1
+    result.sample_error(url, sample.get("__key__", ""), f"{sel.flag} --select-by {sel.by}", e)
 
 
 class Lookup:
@@ -49,17 +69,12 @@ class Lookup:
     def passes(self, batch: list[dict]) -> list[bool]:
         """Whether each sample of ``batch`` passes; a sample whose value cannot be read
         (a JSON field that does not parse) does not, and is counted as failed."""
-        bad: list[int] = []
-        if self.sel.member is None:  # a field's bytes: its trailing newline cut vectorised
-            values = field_values(batch, self.sel.field)
-            found = digests(values, self.sel.key, strip_newline=True)
-        else:
-            values, errors, complete = member_values(batch, self.sel)
+        found, present, errors = batch_digests(batch, self.sel)
+        bad = [i for i, _e in errors]
+        if self.result is not None:
             for i, e in errors:
-                bad.append(i)
-                self._failed(batch[i], e)
-            found = digests(values, self.sel.key, complete=complete)
-        rows = self.table.rows(*found)
+                count_failed(self.result, self.url, self.sel, batch[i], e)
+        rows = self.table.rows(found, present)
         hit = rows >= 0
         if hit.any():
             self.matched.append(rows[hit])
@@ -71,12 +86,6 @@ class Lookup:
             self.result.samples_read += left
             self.result.samples_dropped += left
         return passing.tolist()
-
-    def _failed(self, sample: dict, e: ValueError) -> None:
-        if self.result is not None:
-            self.result.samples_read += 1
-            self.result.sample_error(self.url, sample.get("__key__", ""),
-                                     f"{self.sel.flag} --select-by {self.sel.by}", e)
 
     def close(self, options: dict | None) -> None:
         """Write this shard's counts file (when counting)."""
