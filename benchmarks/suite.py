@@ -94,18 +94,26 @@ def _write_file(fn, samples: list[dict], path: str) -> None:
 
 # ---------------------------------------------------------------- mapper --
 
-def mapper_rows(work: str, inputs: list[str], kib: int) -> list[dict]:
+def mapper_rows(work: str, inputs: list[str], kib: int, repeat: int = 1) -> list[dict]:
     """htmapper identity (index on) vs the own-codec loop; 2 workers vs 1, as the job alone
-    (clusters started before the clock) and as whole ``htmapper`` commands."""
+    (clusters started before the clock) and as whole ``htmapper`` commands.  With
+    ``repeat`` > 1 the five runs are made that many times in turn, the fastest of each
+    kept (single runs of these second-long jobs move 10-20% on 2 cores)."""
     n = len(inputs)
     mb = bx.total_bytes(inputs) / 1e6
-    loop = bm.baseline_loop(inputs, os.path.join(work, "loop"))
-    shutil.rmtree(os.path.join(work, "loop"), ignore_errors=True)
-    one = bm.timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1)
-    two = bm.timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"), 2)
-    cmd_one, cmd_two = (whole_mapper(work, inputs, w) for w in (1, 2))
-    for d in ("m1", "m2", "mc"):
-        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+    fastest: dict[str, float] = {}
+    for _ in range(repeat):
+        times = {"loop": bm.baseline_loop(inputs, os.path.join(work, "loop"))}
+        shutil.rmtree(os.path.join(work, "loop"), ignore_errors=True)
+        for w, name in ((1, "one"), (2, "two")):
+            times[name] = bm.timed_mapper(inputs, os.path.join(work, f"m{w}",
+                                                                f"out-@{n:04d}.tar"), w)
+        times["cmd_one"], times["cmd_two"] = (whole_mapper(work, inputs, w) for w in (1, 2))
+        for d in ("m1", "m2", "mc"):
+            shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+        fastest = {k: min(v, fastest.get(k, v)) for k, v in times.items()}
+    loop, one, two, cmd_one, cmd_two = (fastest[k] for k in ("loop", "one", "two", "cmd_one",
+                                                          "cmd_two"))
     return [
         row(f"htmapper identity, {kib} KiB: 1 worker vs single-process loop (index on)", one,
             loop, ">= 0.85", mb),
@@ -274,7 +282,9 @@ lifetime peak RSS belongs to that job.
   `tar -cf` of the same members extracted to files (page cache).  htools and
   tarfile write to a file as GNU tar does.
 * **htmapper** -- identity script over the shards vs a single-process read/write
-  loop with htools' codec (`bench_mapper.py`); and 2 workers vs 1.
+  loop with htools' codec (`bench_mapper.py`; its outputs fsynced as htmapper's are,
+  without the index's sha256); and 2 workers vs 1.  Each of the five runs is made three
+  times in turn and the fastest kept; the `--keep` list's htmapper cases twice.
 * **htshuffle vs copy once** -- two processes read every shard with htools' codec and
   write it back: one pass.  The exchange makes two (runs in scratch, then the
   outputs), so its floor is 0.5.
@@ -388,7 +398,7 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
     if "mapper" in only:
         for kib in KIBS:
             step(f"htmapper, {kib} KiB")
-            add("mapper", mapper_rows(work, data[kib], kib))
+            add("mapper", mapper_rows(work, data[kib], kib, 1 if a.quick else 3))
     if "exchange" in only:
         step("exchange comparisons, 16 KiB")
         add("exchange", bx.compare(work, data[16]))
@@ -420,7 +430,8 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
     sizes = ("Data: " + ", ".join(f"{cfg['gb'][k] * 1024:.0f} MiB of {k} KiB samples"
                                   for k in KIBS)
              + f" ({bx.SHARD_MB} MiB input shards); tar codec cases {cfg['tar_mb']} MB each.")
-    return rows, points, {"sizes": sizes, "budget": budget, **scale}
+    data = ", ".join(f"{cfg['gb'][k] * 1024:.0f} MiB of {k} KiB" for k in KIBS)
+    return rows, points, {"sizes": sizes, "data": data, "budget": budget, **scale}
 
 
 #: rows saved before rows carried their group (every row since has one): the group is
@@ -457,7 +468,7 @@ def merge_rows(out: str, rows: list[dict], points: list[dict], info: dict,
             saved[k] = info[k]
     saved["info"].setdefault("reruns", []).append(
         f"{time.strftime('%Y-%m-%d')}: {', '.join(g for g in GROUPS if g in groups)} "
-        f"({info['elapsed'] / 60:.1f} min)")
+        f"({info['elapsed'] / 60:.1f} min; data {info.get('data', 'as above')})")
     return saved
 
 
