@@ -29,7 +29,7 @@ from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import shard_task
-from htools.scratch import lazy_scratch
+from htools.scratch import default_scratch
 from htools.selection import Selection, parse, prepared, selected
 from htools.summary import JobSummary, ShardResult
 
@@ -229,7 +229,7 @@ def extract(inputs, *, fields=("__key__",), field_names: bool = False, count: in
     if format == "parquet" and (field_names or count):
         raise HtoolsError("--format parquet writes fields (-f): not with -K or --count")
     spec = ExtractSpec(tuple(fields), field_names, count, format, binary, to_dir)
-    with prepared(select, opts, lazy_scratch(lambda: _beside(out, to_dir))) as job:
+    with prepared(select, opts, lambda o: default_scratch(o, _beside(out, to_dir))) as job:
         result = _extract(inputs, spec, out, frame, allow_missing, job.selection, job.opts)
         job.finish(result if isinstance(result, JobSummary) else result.summary)
         return result

@@ -17,7 +17,7 @@ from htools.runtime.engine import Task
 from htools.runtime.shardio import read_shard, write_shard
 from htools.runtime.streams import distinct_keys
 from htools.runtime.task import shard_task
-from htools.scratch import lazy_scratch
+from htools.scratch import default_scratch
 from htools.selection import Selection, parse, run_selected, selected, selection_lineage
 from htools.summary import JobSummary
 from htools.usercode.apply import map_samples
@@ -154,7 +154,7 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
                                  outset, made, run_opts, replacing, kept))
         return lineage_record.finish(summary, run_opts, outset, [t.output for t in tasks], made)
 
-    return run_selected(select, opts, lazy_scratch(lambda: outset), run)
+    return run_selected(select, opts, lambda o: default_scratch(o, outset), run)
 
 
 def _script(script, shell: str | None, batch_fn, prepare_fn, py_files) -> Script:

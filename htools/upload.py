@@ -38,6 +38,7 @@ from htools.runtime.engine import Task
 from htools.runtime.executors import LocalExecutor
 from htools.runtime.streams import Counting
 from htools.runtime.task import shard_task
+from htools.scratch import default_scratch
 from htools.selection import Selection, parse, prepared, selected, selection_lineage
 from htools.selection.filter import select_items
 from htools.summary import JobSummary
@@ -54,14 +55,6 @@ from htools.upload_files import (
 from htools.upload_start import cluster_meanwhile
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
-
-
-def default_scratch(opts: RunOptions, outset: shards.OutputSet) -> str:
-    """:func:`htools.exchange.sizing.default_scratch`, imported when a job needs it (the
-    exchange package takes 40 ms to import, before the cluster starts)."""
-    from htools.exchange.sizing import default_scratch as scratch
-
-    return scratch(opts, outset)
 
 
 @dataclass(frozen=True)
