@@ -45,8 +45,9 @@ from htools.exchange.sizing import human_size
 from htools.runtime.memory import rss
 from htools.runtime.task import shard_task
 from htools.selection import Selection, selected
-from htools.selection.filter import batch_digests, batches, count_failed, write_counts
-from htools.selection.table import _halves, bounds_url, part_bits, search
+from htools.selection.filter import batch_digests, batches, count_failed, same_sample, write_counts
+from htools.selection.table import bounds_url, halves, part_bits, search
+from htools.selection.values import digest_bytes
 from htools.summary import ShardResult
 
 FETCH_SHARE = 4  # a worker fetches a table of at most 1/4 of the task memory budget
@@ -130,12 +131,12 @@ def tagged(samples: Iterator[dict], sel: Selection, result: ShardResult, url: st
     path (and owes its random key, as the small path's do).  Values are digested a
     batch at a time, as the small path looks them up (:class:`.filter.Lookup`)."""
     ordinal = 0
-    for batch in batches(samples, _same):
+    for batch in batches(samples, same_sample):
         (hi, lo), present, errors = batch_digests(batch, sel)
         bad = {i for i, _e in errors}
         for i, e in errors:
             count_failed(result, url, sel, batch[i], e)
-        raw = np.stack([hi, lo], axis=1).astype(">u8").tobytes()  # as digest_block
+        raw = digest_bytes(hi, lo)
         has_value = [True] * len(batch) if present is None else present.tolist()
         for i, (s, has) in enumerate(zip(batch, has_value)):
             if i in bad:
@@ -145,10 +146,6 @@ def tagged(samples: Iterator[dict], sel: Selection, result: ShardResult, url: st
             tags.digest = raw[i * ROW:(i + 1) * ROW] if has else MISSING
             yield s
         ordinal += len(batch)
-
-
-def _same(sample: dict) -> dict:
-    return sample
 
 
 def small_selected(samples: Iterator[dict], sel: Selection | None, result: ShardResult,
@@ -219,7 +216,7 @@ def join_slice(runs: list[Run], a: int, b: int, url: str, buckets: int, sel: Sel
         for found, where, bucket_of in _digest_chunks(runs, a, b, options):
             present = np.fromiter((len(d) == ROW for d in found), dtype=bool,
                                   count=len(found))
-            qhi, qlo = _halves(b"".join(d if len(d) == ROW else bytes(ROW) for d in found))
+            qhi, qlo = halves(b"".join(d if len(d) == ROW else bytes(ROW) for d in found))
             rows = search(hi, lo, qhi, qlo, present)
             hit = rows >= 0
             out = ~hit if keep else hit

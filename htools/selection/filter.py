@@ -99,10 +99,12 @@ def selected(samples: Iterator[dict], sel: Selection | None, result: ShardResult
     """``samples`` without those the selection leaves out (all of them when ``sel`` is
     None); ``result`` None: filtered without counting (a second read of a shard whose
     counts a first pass wrote)."""
-    return select_items(samples, _same, sel, result, url, options)
+    return select_items(samples, same_sample, sel, result, url, options)
 
 
-def _same(sample: dict) -> dict:
+def same_sample(sample: dict) -> dict:
+    """The ``sample_of`` of items that are samples (:func:`batches` then makes no list
+    of them again)."""
     return sample
 
 
@@ -117,7 +119,7 @@ def select_items(items: Iterator[T], sample_of: Callable[[T], dict], sel: Select
 
 def _selected(items: Iterator[T], sample_of: Callable[[T], dict], lookup: Lookup,
               options: dict | None) -> Iterator[T]:
-    same = sample_of is _same  # samples themselves: no list of them made again
+    same = sample_of is same_sample  # samples themselves: no list of them made again
     for batch in batches(items, sample_of):
         yield from compress(batch, lookup.passes(
             batch if same else [sample_of(i) for i in batch]))
@@ -128,7 +130,7 @@ def batches(items: Iterator[T], sample_of: Callable[[T], dict]) -> Iterator[list
     """``items`` in lists of up to ``BATCH`` samples or ``BATCH_BYTES`` of fields."""
     batch: list[T] = []
     size = 0
-    same = sample_of is _same
+    same = sample_of is same_sample
     for item in items:
         batch.append(item)
         sample = item if same else sample_of(item)

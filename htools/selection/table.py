@@ -45,7 +45,7 @@ Halves = tuple[np.ndarray, np.ndarray]  # (hi, lo) uint64 arrays
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map the pages up front
 
 
-def _halves(block: bytes | bytearray | Halves) -> Halves:
+def halves(block: bytes | bytearray | Halves) -> Halves:
     """A block of digests as (hi, lo): 16-byte big-endian digests back to back, or
     (hi, lo) arrays already."""
     if not isinstance(block, (bytes, bytearray)):
@@ -94,7 +94,7 @@ def build(digests: Iterable[bytes | Halves], url: str, options: dict | None
         chunk = [np.empty(CHUNK, np.uint64), np.empty(CHUNK, np.uint64)]  # pages as filled
         count, parts = 0, None
         for block in digests:
-            hi, lo = _halves(block)
+            hi, lo = halves(block)
             while len(hi):
                 take = min(len(hi), CHUNK - count)
                 chunk[0][count:count + take] = hi[:take]
@@ -253,8 +253,6 @@ class Table:
     computed here, once), all side by side (:func:`first_rows`)."""
 
     _map: mmap.mmap | None = None
-    bounds: np.ndarray | None = None  # None: one binary search (a subclass's rows in memory)
-    bits = steps = 0
 
     def __init__(self, path: str):
         n = os.path.getsize(path) // 16
@@ -323,6 +321,9 @@ def load(url: str, digest: str, options: dict | None, budget: int = 0, n: int = 
     by partition (:class:`~htools.selection.parts.PartTable`, at most ``budget`` bytes
     of it held); the oldest of more than ``KEPT`` tables is let go."""
     key = (url, digest)
+    got = _TABLES.get(key)  # held already: no wait behind another table's fetch
+    if got is not None:
+        return got[0]
     with _LOCK:  # a worker's threads: one fetch and mapping a table, one eviction
         if key not in _TABLES:
             held = ExitStack()

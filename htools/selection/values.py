@@ -56,7 +56,12 @@ def digests(values: list[bytes | None], key: str = DEFAULT_KEY,
 
 def digest_block(values: list[bytes], key: str = DEFAULT_KEY) -> bytes:
     """The digests of ``values`` back to back (16 bytes each, as :func:`digest`)."""
-    hi, lo = hash_values(values, key)
+    return digest_bytes(*hash_values(values, key))
+
+
+def digest_bytes(hi: np.ndarray, lo: np.ndarray) -> bytes:
+    """Digests' (high, low) halves as 16 bytes each (high half, then low, big-endian),
+    back to back."""
     return np.stack([hi, lo], axis=1).astype(">u8").tobytes()
 
 
