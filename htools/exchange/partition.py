@@ -35,7 +35,7 @@ from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
-from htools.runtime.task import TRIM_THRESHOLD, mallopt, shard_task
+from htools.runtime.task import M_TRIM_THRESHOLD, TRIM_THRESHOLD, malloc_tuned, mallopt, shard_task
 from htools.summary import ShardResult
 from htools.usercode.apply import map_samples
 from htools.usercode.script import user_traceback
@@ -66,7 +66,6 @@ def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
     return result.as_dict()
 
 
-M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
 _C_INT_MAX = (1 << 31) - 1  # mallopt's value is a C int (a larger one would wrap around)
 
 
@@ -80,8 +79,9 @@ def heap_kept(budget: int) -> Iterator[None]:
     160,000 -> 90,000 a GB, most of them now the first task's of each worker; its CPU
     1.67-1.78 -> 1.52-1.55 s a GB; at 128 KiB no change).  Afterwards the setting is
     back, and the next free at the heap's top gives what is beyond it back (a later task
-    that is not stage 1, the write tasks).  Nothing changes off glibc."""
-    set_trim = mallopt()
+    that is not stage 1, the write tasks).  Nothing changes off glibc, nor where
+    :func:`~htools.runtime.task.tune_malloc` left the user's setting as it was."""
+    set_trim = mallopt() if malloc_tuned() else None
     kept = set_trim is not None and set_trim(M_TRIM_THRESHOLD,
                                              min(max(budget, TRIM_THRESHOLD), _C_INT_MAX))
     try:

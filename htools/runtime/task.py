@@ -22,6 +22,7 @@ processes (:func:`tune_malloc`), which costs a task a page fault for most sample
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -55,7 +56,9 @@ def shard_task(input: str | list[str], output: str = "", *,
 # glibc malloc thresholds for a task's process (see tune_malloc)
 MMAP_THRESHOLD = 4 << 20  # blocks from this size on get their own mmap
 TRIM_THRESHOLD = 8 << 20  # free memory kept at the top of the heap (2 x the above, as glibc)
-_tuned = False
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_tuned = False  # tune_malloc ran in this process
+_applied = False  # and changed the thresholds
 
 
 def tune_malloc() -> bool:
@@ -73,7 +76,7 @@ def tune_malloc() -> bool:
     the system, still holds beyond those few MiB.  Nothing changes in a process
     without the variable, off glibc, or with ``HTOOLS_MALLOC_TUNE=0``.  Once per
     process; returns whether the thresholds were changed."""
-    global _tuned
+    global _tuned, _applied
     _tuned = True
     try:
         trim = int(os.environ.get("MALLOC_TRIM_THRESHOLD_", ""))
@@ -84,11 +87,18 @@ def tune_malloc() -> bool:
     set_option = mallopt()
     if set_option is None:
         return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(set_option(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+    _applied = bool(set_option(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
         bool(set_option(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _applied
 
 
+def malloc_tuned() -> bool:
+    """Whether :func:`tune_malloc` set this process's thresholds (not where the user's
+    ``MALLOC_TRIM_THRESHOLD_``, ``HTOOLS_MALLOC_TUNE=0`` or the C library left them)."""
+    return _applied
+
+
+@functools.cache
 def mallopt():
     """The C library's ``mallopt(param, value)`` (glibc; musl's does nothing), or None."""
     try:

@@ -25,6 +25,7 @@ def mallopt(monkeypatch):
         return 1
 
     monkeypatch.setattr(part, "mallopt", lambda: record)
+    monkeypatch.setattr(part, "malloc_tuned", lambda: True)
     return calls
 
 
@@ -45,6 +46,15 @@ def test_a_budget_beyond_a_c_int_keeps_the_most_mallopt_takes(mallopt):
     with part.heap_kept(5 << 30):  # passed as it is, it would wrap around to 1 GiB
         pass
     assert mallopt[0] == (part.M_TRIM_THRESHOLD, (1 << 31) - 1)
+
+
+def test_nothing_where_htools_left_the_users_malloc_setting(mallopt, monkeypatch):
+    """MALLOC_TRIM_THRESHOLD_ of 8 MiB or more, HTOOLS_MALLOC_TUNE=0, or no variable:
+    tune_malloc changed nothing, and neither does a stage-1 task (it put back 8 MiB)."""
+    monkeypatch.setattr(part, "malloc_tuned", lambda: False)
+    with part.heap_kept(300 << 20):
+        pass
+    assert mallopt == []
 
 
 def test_nothing_without_mallopt(monkeypatch):
