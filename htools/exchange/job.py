@@ -138,8 +138,9 @@ def _exchange(spec: ExchangeSpec, outset: shards.OutputSet, inputs: Sequence[str
             job = _Job(replace(spec, script=shipment.script), inputs, outset, present,
                        opts.with_(client=client))
             preflight.check_workers(client, inputs, [outset.first(), job.scratch_root])
+            # the outputs --resume keeps: known once stage 1 has counted (--maxcount)
             job.on_write = lambda _: lineage_record.start_record(outset, made, opts, replacing,
-                                                             len(present))
+                                                             len(job.present))
             summary = job.run()
     finally:  # once an embedded cluster is gone: its workers write no more runs
         if job is not None:
