@@ -86,7 +86,7 @@ def _scan_folder(path: str, prefix: str, samples: list[FileSample],
                         try:
                             sizes[name] = entry.stat().st_size
                         except OSError as e:
-                            raise HtoolsError(f"{path}/{name}: {e.strerror or e}") from None
+                            raise _unreadable(f"{path}/{name}", e) from None
         finally:
             os.close(fd)
     except OSError as e:
@@ -133,7 +133,7 @@ def _identity(path: str) -> tuple[int, int]:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise HtoolsError(f"{path}: {e.strerror or e}") from None
+        raise _unreadable(path, e) from None
     return st.st_dev, st.st_ino
 
 
@@ -238,6 +238,8 @@ def _file_samples(samples: list[tuple], result: ShardResult) -> Iterator[dict]:
                             data = _read_local(path, size, fd, data + more)
                     elif len(data) != size:  # it grew or shrank (or a short read)
                         data = _read_local(path, size, fd, data)
+                except OSError as e:  # EIO, EISDIR (a folder since the scan), ...
+                    raise _unreadable(path, e) from None
                 finally:
                     close(fd)
             sample[field] = data
@@ -262,6 +264,11 @@ def write_samples_shard(output: str, samples: Iterator[dict], result: ShardResul
             result.samples_written += 1
 
 
+def _unreadable(path: str, e: OSError) -> HtoolsError:
+    """The error of a file that cannot be read (or statted): the file and why."""
+    return HtoolsError(f"{path}: {e.strerror or e}")
+
+
 def _read_local(path: str, size: int, fd: int | None = None, first: bytes = b"") -> bytes:
     """The bytes of the file ``path``, which had ``size`` bytes when it was scanned (-1:
     not sized); ``fd``: the file already open, ``first`` its bytes read so far.  A file
@@ -272,7 +279,7 @@ def _read_local(path: str, size: int, fd: int | None = None, first: bytes = b"")
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as e:
-            raise HtoolsError(f"{path}: {e.strerror or e}") from None
+            raise _unreadable(path, e) from None
         try:
             return _read_local(path, size, fd)
         finally:
@@ -286,7 +293,7 @@ def _read_local(path: str, size: int, fd: int | None = None, first: bytes = b"")
             parts.append(more)
             n += len(more)
     except OSError as e:
-        raise HtoolsError(f"{path}: {e.strerror or e}") from None
+        raise _unreadable(path, e) from None
     if size >= 0 and n != size:
         raise HtoolsError(f"{path}: the file changed while htupload ran ({size} bytes when "
                           f"listed, {'more' if n > size else n} now)")

@@ -167,6 +167,18 @@ def test_a_task_reads_each_file_once_and_refuses_one_that_changed(tmp_path):
             list(upload_files._file_samples(samples, ShardResult("in", "out")))
 
 
+@pytest.mark.parametrize("sized", [True, False])
+def test_a_file_that_cannot_be_read_fails_the_shard_naming_it(tmp_path, sized):
+    """A read that fails (here: a scanned file that is a folder now, EISDIR) fails the
+    shard with the file and the reason, not as an htools bug."""
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    samples = as_tuples(scan_directory(str(tmp_path), sized=sized))
+    os.remove(tmp_path / "a.bin")
+    os.mkdir(tmp_path / "a.bin")
+    with pytest.raises(HtoolsError, match=r"a\.bin: Is a directory$"):
+        list(upload_files._file_samples(samples, ShardResult("in", "out")))
+
+
 def test_an_unsized_read_that_comes_back_short_reads_on_to_the_end(tmp_path, monkeypatch):
     """A network file system may return fewer bytes than asked before a file's end: a file
     the scan did not size is read to its end, never cut at the first short read."""
