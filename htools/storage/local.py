@@ -14,6 +14,7 @@ written so far and the free space, and removes the temp file at once.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import sys
@@ -105,12 +106,11 @@ class _FileReader(RangeReader):
 WRITEBACK = 8 << 20  # bytes written between two starts of their writing to the disk
 
 
+@functools.cache
 def _writeback_starter() -> Callable[[int, int], Any] | None:
     """``sync_file_range(fd, offset, 0, SYNC_FILE_RANGE_WRITE)`` (Linux), which starts the
     disk writes of a file's dirty pages from ``offset`` on and returns without waiting
-    for them; None where the C library has none."""
-    if _starter:
-        return _starter[0]
+    for them; None where the C library has none (looked up once)."""
     fn = None
     if sys.platform.startswith("linux"):
         import ctypes  # here: only writers that fsync on Linux need it
@@ -121,11 +121,7 @@ def _writeback_starter() -> Callable[[int, int], Any] | None:
             fn.restype = ctypes.c_int
         except (OSError, AttributeError):
             fn = None
-    _starter.append(None if fn is None else lambda fd, offset: fn(fd, offset, 0, 2))
-    return _starter[0]
-
-
-_starter: list = []  # the function _writeback_starter found, once looked for
+    return None if fn is None else lambda fd, offset: fn(fd, offset, 0, 2)
 
 
 class _LocalWriter(Writer):

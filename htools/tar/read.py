@@ -28,7 +28,7 @@ CHUNK, DECODED = 4 << 20, 1 << 20
 _ZERO_BLOCK = bytes(BLOCK)
 _NEVER = bytes(BLOCK + 1)  # a key prefix that no header starts with
 _SPLIT = "\0split"  # a marker, compared by identity (see _Scanner._hot)
-# Buffers of scanners that ended, for the next ones: a fresh 1 MiB buffer costs page
+# Buffers of scanners that ended, for the next ones: a fresh CHUNK buffer costs page
 # faults worth a tiny shard's whole read.
 _FREE_BUFFERS: list[bytearray] = []
 _KEEP_BUFFERS = 4

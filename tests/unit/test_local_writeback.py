@@ -18,7 +18,8 @@ def starts(monkeypatch):
     """The offsets the writers start disk writes from, in order."""
     calls: list[int] = []
     monkeypatch.setattr(local, "WRITEBACK", 2 << 20)
-    monkeypatch.setattr(local, "_starter", [lambda fd, offset: calls.append(offset)])
+    monkeypatch.setattr(local, "_writeback_starter",
+                        lambda: lambda fd, offset: calls.append(offset))
     return calls
 
 
@@ -46,7 +47,7 @@ def test_no_writeback_without_fsync(tmp_path, starts):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
 def test_the_real_starter_is_found_and_accepted(tmp_path, monkeypatch):
-    monkeypatch.setattr(local, "_starter", [])
+    local._writeback_starter.cache_clear()
     start = local._writeback_starter()
     assert start is not None
     with open(tmp_path / "f", "wb") as f:
