@@ -153,10 +153,13 @@ def stage_one_tasks(inputs: Sequence[str], pieces: int, one: StageOne) -> list[T
     """Stage 1's tasks: ``pieces`` ranges of the inputs, each task's travelling as a
     range (:class:`~.specs.InputSpan`): the arguments of a brace pattern's task do not
     grow with its inputs."""
-    return [Task(partition, {"inputs": InputSpan(compact(inputs, a, b), a), "task": t,
-                             "spec": one},
-                 input=inputs[a] if b - a == 1 else inputs[a:b])
-            for t, (a, b) in enumerate(plan.split(len(inputs), pieces))]
+    tasks = []
+    for t, (a, b) in enumerate(plan.split(len(inputs), pieces)):
+        urls = compact(inputs, a, b)  # a list of inputs: its slice, shown as the task's too
+        shown = inputs[a] if b - a == 1 else urls if isinstance(urls, list) else inputs[a:b]
+        tasks.append(Task(partition, {"inputs": InputSpan(urls, a), "task": t, "spec": one},
+                          input=shown))
+    return tasks
 
 
 class _Job:
@@ -362,7 +365,7 @@ class _Job:
                        positions=bool(self.dedup) or self.join)
         return replace(two, by_groups=bool(spec.maxcount) and not two.passes_through)
 
-    def merge_levels(self, parts: list, groups: list[tuple[int, int]], two: StageTwo,
+    def merge_levels(self, parts: list, groups: plan.Groups, two: StageTwo,
                       name: str = "merge") -> Merged:
         """Merge runs F at a time until no output reads more than F runs (each level as
         :func:`.plan.next_level` plans it from the runs the level before really wrote)."""

@@ -32,7 +32,7 @@ from htools.exchange.keys import (
 from htools.exchange.listjoin import Tags, drawing, joined_key, small_selected, tagged
 from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record_pieces
 from htools.exchange.semijoin import DigestTee, digest_spec
-from htools.exchange.specs import StageOne, scratch_options
+from htools.exchange.specs import InputSpan, StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.shardio import read_shard
 from htools.runtime.task import M_TRIM_THRESHOLD, TRIM_THRESHOLD, malloc_tuned, mallopt, shard_task
@@ -43,10 +43,10 @@ from htools.usercode.script import user_traceback
 RECORD_OVERHEAD = 100  # Python bytes of a buffered record beyond its payload
 
 
-def partition(inputs: list[tuple[int, str]], task: int, spec: StageOne) -> dict:
+def partition(inputs: InputSpan | list[tuple[int, str]], task: int, spec: StageOne) -> dict:
     """Stage-1 task: samples of a few input shards -> sorted run files in scratch.
 
-    ``inputs`` are (position in the job's input list, URL).  Records are buffered per
+    ``inputs`` yield (position in the job's input list, URL).  Records are buffered per
     bucket up to the memory budget; each spill sorts every bucket (stably) and writes
     one run of all buckets.
     """
