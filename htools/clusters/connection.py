@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from htools.clusters import forkserver
+from htools.clusters import forkserver, workerinit
 from htools.display import in_notebook
 from htools.errors import HtoolsError
 
@@ -78,13 +78,17 @@ def connect(opts: RunOptions) -> Iterator[Any]:
     gpus = count_gpus()
     n = opts.workers or max(os.cpu_count() or 1, gpus)  # at least one worker per GPU
     with dask.config.set({"distributed.scheduler.allowed-failures": max(opts.retries, 0),
-                          "distributed.worker.daemon": False, **forkserver.config()}):
+                          "distributed.worker.daemon": False, **forkserver.config(),
+                          **workerinit.monitoring_config()}):
         # the dashboard (bokeh: half a second of this process's CPU before any worker
         # starts) only for a job that shows its link; a quiet job's random port is known
         # to no one
         kw = dict(threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                   scheduler_kwargs={"dashboard": not opts.quiet}, host="127.0.0.1",
                   silence_logs=40, preload=["htools.clusters.workerinit"])
+        env = forkserver.worker_env()  # what forked workers would otherwise miss
+        if env:
+            kw["env"] = env
         if gpus:
             cluster = _gpu_cluster(LocalCluster, n, gpus, kw)
         else:
@@ -136,7 +140,8 @@ def _gpu_cluster(LocalCluster, n: int, gpus: int, kw: dict):
             if i < gpus:
                 spec["options"]["resources"] = {"GPU": 1}
                 if not pinned:
-                    spec["options"]["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+                    spec["options"]["env"] = {**spec["options"].get("env", {}),
+                                               "CUDA_VISIBLE_DEVICES": str(i)}
             cluster.worker_spec[i] = spec
         cluster.scale(n)
     except BaseException:

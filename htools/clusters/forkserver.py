@@ -16,6 +16,13 @@ What a spawned worker got before it started, a forked one gets the same way: Das
 ``*_NUM_THREADS``), which must be set when a process starts, are set here before the
 server starts, as the nanny sets them before each spawn (in this process too), and so is
 the nanny's fixed ``PYTHONHASHSEED``.  ``HTOOLS_START_METHOD=spawn`` keeps Dask's way.
+
+A forked worker's ``os.environ`` is the server's, as it was when the server started; a
+spawned one's is this process's as it is now.  In a notebook the server outlives the
+first job, so a variable set or changed after it (credentials, ``HTOOLS_*``) goes to
+later jobs' workers through the cluster's ``env=`` (:func:`worker_env`: the nanny sets
+them in each worker before it runs anything), and a cluster started after a variable
+was removed spawns its workers (:func:`method`).
 """
 
 from __future__ import annotations
@@ -34,16 +41,32 @@ _lock = threading.Lock()
 _started = False
 _unusable = False  # the server could not start here (a socket path too long): spawn
 _command: list[str] = []  # the module of the command this process runs, if it is one
+_environ: dict[str, str] = {}  # os.environ as the server started with it
 
 
 def method() -> str:
     """How the embedded cluster starts its worker processes: ``forkserver`` where the
     platform has it (Linux, macOS), unless ``$HTOOLS_START_METHOD`` says ``spawn``."""
     asked = os.environ.get(METHOD_ENV, "forkserver")
-    if asked == "forkserver" and not _unusable \
+    if asked == "forkserver" and not _unusable and not _removed() \
             and "forkserver" in multiprocessing.get_all_start_methods():
         return "forkserver"
     return "spawn"
+
+
+def worker_env() -> dict[str, str]:
+    """The variables set or changed in this process's ``os.environ`` since the server
+    started, for the embedded cluster's ``env=`` (empty before it started, or when its
+    workers are spawned: they inherit ``os.environ`` as it is)."""
+    if not _environ or method() != "forkserver":
+        return {}
+    return {k: v for k, v in os.environ.items() if _environ.get(k) != v}
+
+
+def _removed() -> bool:
+    """Whether a variable the server's workers would inherit is gone from ``os.environ``
+    (``env=`` can only set variables: such a cluster spawns its workers)."""
+    return bool(_environ) and any(k not in os.environ for k in _environ)
 
 
 def for_command(module: str) -> None:
@@ -68,6 +91,7 @@ def start() -> None:
             return
         _started = True
         _set_spawn_environ()
+        _environ.update(os.environ)
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([*PRELOAD, *_command])
         from multiprocessing import forkserver

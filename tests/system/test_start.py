@@ -51,3 +51,60 @@ def test_a_long_tmpdir_spawns_the_workers_instead(tmp_path):
            tmp_path / "out" / "o-@2.tar", "--workers", "2", "-q", env=env))
     out = read_wds(sorted((tmp_path / "out").glob("o-*.tar")))
     assert out == read_wds(sorted((tmp_path / "in").glob("data-*.tar")))
+
+
+NOTEBOOK = '''
+import json, os
+from htools.clusters.connection import connect
+from htools.options import RunOptions
+
+def seen():
+    return [os.getppid(), *(os.environ.get(k) for k in ("HT_CHANGED", "HT_NEW", "HT_GONE"))]
+
+def job():
+    with connect(RunOptions(workers=1, quiet=True)) as client:
+        return list(client.run(seen).values())[0]
+
+if __name__ == "__main__":  # a notebook's cells, run in turn
+    os.environ.update(HT_CHANGED="before", HT_GONE="here")
+    first = job()
+    os.environ.update(HT_CHANGED="after", HT_NEW="new")
+    second = job()
+    del os.environ["HT_GONE"]
+    third = job()
+    print(json.dumps([os.getpid(), first, second, third]))
+'''
+
+
+def test_later_jobs_workers_see_the_environment_as_it_is_now(tmp_path):
+    """A notebook's fork server outlives its first job: a variable set or changed after
+    it started reaches later jobs' forked workers, and one removed since makes the
+    cluster spawn its workers, which then do not see it."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "notebook.py"
+    script.write_text(NOTEBOOK)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=child_env(HTOOLS_START_METHOD="forkserver"), timeout=180,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    pid, first, second, third = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first[1:] == ["before", None, "here"] and first[0] != pid  # forked by the server
+    assert second[1:] == ["after", "new", "here"] and second[0] == first[0]
+    assert third[1:] == ["after", "new", None] and third[0] == pid  # spawned
+
+
+def _monitoring(dask_worker) -> tuple[list[str], float]:
+    callbacks = dask_worker.periodic_callbacks
+    return sorted(callbacks), callbacks["tick"].callback_time
+
+
+def test_workers_run_without_the_profiler_and_tick_slowly():
+    from htools.clusters.workerinit import TICK_MS
+
+    with connect(RunOptions(workers=1, quiet=True)) as client:
+        (names, tick), = client.run(_monitoring).values()
+    assert "profile" not in names and "profile-cycle" not in names and "heartbeat" in names
+    assert tick == TICK_MS
