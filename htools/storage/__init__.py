@@ -229,7 +229,8 @@ def remove_partials(urls: list[str], options: Options | None = None) -> int:
 
     Local writes leave a hidden ``.NAME.tmp-*`` file, which is deleted; an unfinished S3
     multipart upload of one of ``urls`` (invisible, but stored and billed) is aborted;
-    HTTP direct PUTs and GCS resumable uploads never leave a partial object.  Returns
+    HTTP ``put_mode="move"``'s ``NAME.tmp-<uuid>`` objects are deleted; HTTP direct PUTs
+    and GCS resumable uploads never leave a partial object.  Returns
     how many leftovers were removed.
     """
     by_proto: dict[str, list[str]] = {}

@@ -22,6 +22,7 @@ import io
 import os
 import random
 import socket
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -86,21 +87,38 @@ class Transient(Exception):
 def unresolvable(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a failed host name lookup: a typo in a
     host or endpoint does not heal with retries, so it is never transient."""
-    seen = 0
-    while exc is not None and seen < 6:
-        if isinstance(exc, socket.gaierror) and exc.errno != socket.EAI_AGAIN:
+    return _caused_by(exc, lambda e: isinstance(e, socket.gaierror)
+                      and e.errno != socket.EAI_AGAIN)
+
+
+def untrusted(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a TLS certificate the client does not
+    trust: retries do not change a certificate."""
+    return _caused_by(exc, lambda e: isinstance(e, ssl.SSLCertVerificationError))
+
+
+def _caused_by(exc: BaseException | None, test: Callable[[BaseException], bool]) -> bool:
+    """Whether ``test`` holds for ``exc`` or one of the exceptions it came from."""
+    for _ in range(6):
+        if exc is None:
+            return False
+        if test(exc):
             return True
         exc = exc.__cause__ or exc.__context__
-        seen += 1
     return False
 
 
 def connection_fault(url: str, why: str, exc: BaseException) -> Exception:
     """The exception for a connection-level failure (``why`` describes it): a permanent
-    StorageError when the host name does not resolve, else :class:`Transient`."""
+    StorageError when the host name does not resolve or the server's certificate is not
+    trusted, else :class:`Transient`."""
     if unresolvable(exc):
         return StorageError(hide_credentials(url), f"{why} (the host name does not resolve: "
                             "check the URL or the endpoint)", transient=False)
+    if untrusted(exc):
+        return StorageError(hide_credentials(url), f"{why} (the server's certificate is not "
+                            "trusted: fix it, or set the storage option http.verify to false)",
+                            transient=False)
     return Transient(why)
 
 

@@ -36,7 +36,6 @@ from htools.errors import (
 from htools.storage.base import (
     CHUNK,
     Backend,
-    RangeReader,
     Transient,
     buffered,
     connection_fault,
@@ -52,6 +51,7 @@ from htools.storage.httpconn import (
     status_error,
     target,
 )
+from htools.storage.httpread import HTTPReader, range_total
 from htools.storage.writer import Writer
 
 CONTINUE_WAIT = 1.0        # seconds to wait for "100 Continue" before sending anyway
@@ -62,7 +62,7 @@ class HTTPBackend(Backend):
 
     def open_range(self, url: str, start: int, end: int | None,
                    opts: Mapping[str, Any]) -> BinaryIO:
-        return buffered(_HTTPReader(url, opts, start, end))
+        return buffered(HTTPReader(url, opts, start, end))
 
     def open_write(self, url: str, opts: Mapping[str, Any]) -> Writer:
         return HTTPWriter(url, opts)
@@ -83,11 +83,11 @@ class HTTPBackend(Backend):
         if length is None:  # some servers and proxies omit it on HEAD: ask a 1-byte range
             status, answer, _ = request(target(url, opts), "GET", {"Range": "bytes=0-0"},
                                         ok=lambda s: s < 300 or s == 416)
-            total = re.match(r"bytes (?:\d+-\d+|\*)/(\d+)", answer.get("Content-Range", ""))
+            total = range_total(answer.get("Content-Range"))
             if total is None:
                 raise SizeUnknown(hide_credentials(url), "the server tells no length (no "
                                   "Content-Length, no Content-Range); it is read as a stream")
-            return int(total.group(1))
+            return total
         return int(length)
 
     def read_range(self, url: str, start: int, end: int, opts: Mapping[str, Any]) -> bytes:
@@ -119,6 +119,33 @@ class HTTPBackend(Backend):
         request(target(url, opts), "DELETE", {"Depth": "infinity"},
                 ok=lambda s: s < 300 or s == 404)
 
+    def remove_partials(self, urls: list[str], opts: Mapping[str, Any]) -> int:
+        """In ``put_mode="move"``, delete the ``NAME.tmp-<uuid>`` objects of ``urls``
+        that killed writers (or aborts whose DELETE failed) left; one listing a folder,
+        best effort.  Direct PUTs leave nothing."""
+        if str(opts.get("put_mode", "direct")) != "move":
+            return 0
+        by_folder: dict[str, set[str]] = {}
+        for url in urls:
+            folder, _, name = url.rpartition("/")
+            by_folder.setdefault(folder, set()).add(name)
+        removed = 0
+        for folder, names in by_folder.items():
+            try:
+                entries = self.listdir(folder, opts)
+            except StorageError:
+                continue
+            for entry in entries:
+                tmp = TMP_NAME.fullmatch(entry.rpartition("/")[2])
+                if tmp is None or tmp.group(1) not in names:
+                    continue
+                try:
+                    self.delete(entry, opts, missing_ok=True)
+                    removed += 1
+                except StorageError:
+                    pass
+        return removed
+
     def listdir(self, url: str, opts: Mapping[str, Any]) -> list[str]:
         """Entries of a directory from an nginx ``autoindex_format json`` listing."""
         base = url if url.endswith("/") else url + "/"
@@ -132,86 +159,37 @@ class HTTPBackend(Backend):
         return sorted((base + name).rstrip("/") for name in names)
 
 
-def move(src: str, dst: str, opts: Mapping[str, Any] | None = None) -> None:
-    """WebDAV MOVE ``src`` onto ``dst`` (overwriting), retried like everything else."""
+TMP_NAME = re.compile(r"(.+)\.tmp-[0-9a-f]{32}")  # put_mode="move"'s temporary names
+
+
+def move(src: str, dst: str, opts: Mapping[str, Any] | None = None,
+         size: int | None = None) -> None:
+    """WebDAV MOVE ``src`` onto ``dst`` (overwriting), retried like everything else.
+
+    A MOVE whose answer was lost may have been carried out: a retry that then finds no
+    ``src`` (404) looks at ``dst``, and is done when it is there with ``size`` bytes;
+    otherwise the failure is transient (the whole body is sent again), never a
+    permanent error about a temporary name."""
     t = target(src, opts)
     headers = {"Destination": target(dst, opts).absolute(), "Overwrite": "T"}
-    with_retries(src, retry_policy(opts), lambda: request(t, "MOVE", headers))
+    tried = [False]
+
+    def attempt() -> None:
+        retry, tried[0] = tried[0], True
+        status, _, _ = request(t, "MOVE", headers, ok=lambda s: s < 300 or (retry and s == 404))
+        if status == 404 and not _moved(dst, opts, size):
+            raise StorageError(hide_credentials(src), "MOVE answered 404 on a retry and "
+                               f"{hide_credentials(dst)} is not the uploaded object",
+                               404, transient=True)
+
+    with_retries(src, retry_policy(opts), attempt)
 
 
-# --------------------------------------------------------------------------- streaming GET
-
-class _HTTPReader(RangeReader):
-    """Streaming GET of [start, end); a resumed GET carries ``If-Match`` with the first
-    answer's strong ETag, so a changed object fails (412) instead of mixing versions."""
-
-    exact_end = True
-
-    def __init__(self, url: str, opts: Mapping[str, Any] | None, start: int, end: int | None):
-        self._t = target(url, opts)
-        self._etag: str | None = None
-        self._conn: http.client.HTTPConnection | None = None
-        self._resp: http.client.HTTPResponse | None = None
-        super().__init__(url, start, end, retry_policy(opts))
-
-    def _open(self) -> bool:
-        headers = dict(self._t.headers)
-        if self._pos > 0 or self._end is not None:
-            last = "" if self._end is None else str(self._end - 1)
-            headers["Range"] = f"bytes={self._pos}-{last}"
-        if self._etag:
-            headers["If-Match"] = self._etag
-        conn = new_connection(self._t)
-        try:
-            conn.connect()
-            socket_buffer(conn, socket.SO_RCVBUF)
-            conn.request("GET", self._t.path, headers=headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise connection_fault(self._t.url, f"GET failed: {describe(exc)}", exc) from None
-        if resp.status == 416:  # range starts at or past the end: nothing to read
-            conn.close()
-            return False
-        if resp.status == 412:
-            conn.close()
-            raise StorageError(self.name, "object changed while it was being read", 412)
-        if resp.status >= 300:
-            conn.close()
-            raise status_error(self._t, "GET", resp.status, resp.reason)
-        self._conn, self._resp = conn, resp
-        if resp.status == 200 and self._pos > 0:
-            self._skip(resp, self._pos)  # the server ignored Range
-        etag = resp.getheader("ETag")
-        if self._etag is None and etag and not etag.startswith("W/"):
-            self._etag = etag  # strong ETags only: If-Match never matches a weak one
-        length = resp.getheader("Content-Length")
-        if length is not None and "Content-Encoding" not in resp.headers:
-            known_end = self._pos + int(length)
-            self._end = known_end if self._end is None else min(self._end, known_end)
-        return True
-
-    @staticmethod
-    def _skip(resp: http.client.HTTPResponse, count: int) -> None:
-        while count > 0:
-            try:
-                got = resp.read(min(count, CHUNK))
-            except (OSError, http.client.HTTPException) as exc:
-                raise Transient(f"GET failed: {describe(exc)}") from None  # mid-body
-            if not got:
-                raise Transient("short body while skipping to the resume offset")
-            count -= len(got)
-
-    def _read(self, view: memoryview) -> int:
-        try:
-            return self._resp.readinto(view)  # type: ignore[union-attr]
-        except (OSError, http.client.HTTPException) as exc:
-            raise Transient(describe(exc)) from None
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = self._resp = None
+def _moved(dst: str, opts: Mapping[str, Any] | None, size: int | None) -> bool:
+    """Whether ``dst`` exists with ``size`` bytes (any size when None)."""
+    status, headers = HTTPBackend().head(dst, opts or {})
+    length = headers.get("Content-Length")
+    return status < 300 and (size is None or length is None or int(length) == size)
 
 
 # --------------------------------------------------------------------------- streaming PUT
@@ -344,7 +322,12 @@ class HTTPWriter(Writer):
         if resp.status >= 300:  # a Transient (5xx, 429) is sent again from the spool
             raise status_error(target(self.url, self._opts), "PUT", resp.status, resp.reason)
         if self._mode == "move":
-            move(self._tmp_url, self.url, self._opts)
+            try:
+                move(self._tmp_url, self.url, self._opts, size=self._pos)
+            except StorageError as exc:
+                if exc.status == 404 and exc.transient:  # a lost MOVE: the body goes again
+                    raise Transient(exc.why, 404) from None
+                raise
 
     def _abort(self) -> None:
         conn = self._conn
