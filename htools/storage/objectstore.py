@@ -170,7 +170,8 @@ def bucket_path(url: str) -> str:
 # --------------------------------------------------------------------------- reader, writer
 
 class _ObjectReader(RangeReader):
-    """Bytes [start, end) of an object through an fsspec file with read-ahead."""
+    """Bytes [start, end) of an object through an fsspec file with read-ahead (s3fs pins
+    each block's GET to the object's ETag)."""
 
     exact_end = True
 
@@ -185,18 +186,25 @@ class _ObjectReader(RangeReader):
             self._f = f = self._fs.open(self._path, "rb", block_size=READ_BLOCK,
                                         cache_type="readahead")
             details = getattr(f, "details", None) or {}
-            version = (f.size, details.get("ETag") or details.get("etag")
-                       or details.get("generation"))
-            if self._version is None:
-                self._version = version
-            elif version != self._version:
-                raise StorageError(self.name, "object changed while it was being read", 412)
-            self._end = f.size if self._end is None else min(self._end, f.size)
-            if self._pos >= self._end:
-                self._drop()
+            if not self._pinned(f.size, details.get("ETag") or details.get("etag")
+                                or details.get("generation")):
                 return False
             if self._pos:
                 f.seek(self._pos)
+        return True
+
+    def _pinned(self, size: int, tag: Any) -> bool:
+        """Note the object's version at the first open, and fail a later open of another
+        (412); clip the range to the object: whether any of it is left to read."""
+        version = (size, tag)
+        if self._version is None:
+            self._version = version
+        elif version != self._version:
+            raise StorageError(self.name, "object changed while it was being read", 412)
+        self._end = size if self._end is None else min(self._end, size)
+        if self._pos >= self._end:
+            self._drop()
+            return False
         return True
 
     def _read(self, view: memoryview) -> int:
@@ -213,6 +221,41 @@ class _ObjectReader(RangeReader):
                 f.close()
             except Exception:  # noqa: BLE001 - a read-only file has nothing to lose
                 pass
+
+
+class _GCSReader(_ObjectReader):
+    """gcsfs's read-ahead file GETs each block of whatever generation is live then, so
+    an object overwritten during a read gave the bytes of two versions: here each block
+    is a GET of the generation the first open saw (:data:`READ_BLOCK` bytes at a time),
+    and one of a generation gone (replaced, deleted) fails as "object changed"."""
+
+    _block = b""
+    _block_at = 0
+
+    def _open(self) -> bool:
+        with _errors(self.url):
+            info = self._fs.info(self._path)
+        self._f = None
+        return self._pinned(int(info["size"]), info.get("generation"))
+
+    def _read(self, view: memoryview) -> int:
+        offset = self._pos - self._block_at
+        if not 0 <= offset < len(self._block):
+            end = min(self._pos + READ_BLOCK, self._end)  # type: ignore[type-var]
+            try:
+                with _errors(self.url):
+                    self._block = self._fs.cat_file(self._path, start=self._pos, end=end,
+                                                    generation=self._version[1])  # type: ignore[index]
+            except NotFound:
+                raise StorageError(self.name, "object changed while it was being read (its "
+                                   "generation is gone)", 412) from None
+            self._block_at, offset = self._pos, 0
+        n = min(view.nbytes, len(self._block) - offset)
+        view[:n] = memoryview(self._block)[offset:offset + n]
+        return n
+
+    def _drop(self) -> None:
+        self._block = b""
 
 
 class _ObjectWriter(Writer):
@@ -272,6 +315,7 @@ class ObjectStoreBackend(Backend):
     """An fsspec object store; subclasses name the package and build the filesystem."""
 
     package = ""
+    reader: type[_ObjectReader] = _ObjectReader
 
     def __init__(self) -> None:
         self._module = importlib.import_module(self.package)  # ImportError: registry says
@@ -299,7 +343,7 @@ class ObjectStoreBackend(Backend):
 
     def open_range(self, url: str, start: int, end: int | None,
                    opts: Mapping[str, Any]) -> BinaryIO:
-        return buffered(_ObjectReader(url, self.filesystem(opts), start, end, opts))
+        return buffered(self.reader(url, self.filesystem(opts), start, end, opts))
 
     def open_write(self, url: str, opts: Mapping[str, Any]) -> Writer:
         return _ObjectWriter(url, self.filesystem(opts), bucket_path(url), retry_policy(opts))
@@ -407,6 +451,7 @@ class GCSBackend(ObjectStoreBackend):
     """``gs://`` (and ``gcs://``) through gcsfs."""
 
     package = "gcsfs"
+    reader = _GCSReader
 
     def __init__(self) -> None:
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
