@@ -38,6 +38,7 @@ import threading
 import time
 
 from htools import storage, tar
+from htools.mapper import map_shards  # imported before any clock starts, as the loop's modules
 from htools.runtime.memory import rss as _rss
 
 
@@ -131,8 +132,6 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
     work shares the machine."""
     from distributed import Client, LocalCluster
 
-    import htools
-
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=40,  # as htools' embedded one:
                       preload=["htools.clusters.workerinit"]) as cluster, Client(cluster) as c:
@@ -141,11 +140,11 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
         t0 = time.perf_counter()
         if watch is not None:
             with watch:
-                summary = htools.map_shards(inputs, out_pattern, identity, client=c,
-                                            quiet=True, overwrite=True, index=index)
+                summary = map_shards(inputs, out_pattern, identity, client=c, quiet=True,
+                                     overwrite=True, index=index)
         else:
-            summary = htools.map_shards(inputs, out_pattern, identity, client=c, quiet=True,
-                                        overwrite=True, index=index)
+            summary = map_shards(inputs, out_pattern, identity, client=c, quiet=True,
+                                 overwrite=True, index=index)
         elapsed = time.perf_counter() - t0
         if cpu is not None:
             c1, w1 = _cpu_seconds(), c.run(_cpu_seconds)
