@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from htools.errors import HtoolsError, hide_credentials
@@ -32,10 +32,12 @@ class Sha256:
     The first :data:`SYNC` bytes are hashed inline (a tiny shard never waits for a
     thread); later ones are hashed, in order, by the process's one hashing thread, in
     batches of about :data:`BATCH` bytes, while the caller goes on (hashlib releases the
-    GIL while it hashes).  A ``bytes`` object of :data:`BY_REF` bytes or more (a large
-    field the tar writer hands on as it is) goes into the batch as it is; other pieces
-    are copied into recycled :data:`BATCH`-byte buffers (the caller may reuse what it
-    wrote; fresh memory costs page faults, more than the copy).  At most :data:`AHEAD`
+    GIL while it hashes).  A piece of :data:`BY_REF` bytes or more goes into the batch as
+    it is when nothing can change it: a ``bytes`` object (a large field the tar writer
+    hands on as it is), or one ``update(data, handed=True)`` hands over (the tar
+    writer's own buffer, which it drops once written); other pieces are copied into
+    recycled :data:`BATCH`-byte buffers (the caller may reuse what it wrote; fresh
+    memory costs page faults, more than the copy).  At most :data:`AHEAD`
     bytes wait for that thread; :meth:`hexdigest` waits for the rest.
 
     The thread pays only with a core to spare: it costs about a third more CPU than
@@ -64,7 +66,9 @@ class Sha256:
         self._queued: deque[tuple[Future, int]] = deque()
         self._ahead = 0
 
-    def update(self, data) -> None:
+    def update(self, data, handed: bool = False) -> None:
+        """Hash ``data`` next; ``handed``: the caller never changes it again (so it
+        need not be copied to be hashed later)."""
         if self.threaded is None and self.size >= self.SYNC:
             self.threaded = spare_core()
         if self.size < self.SYNC or not self.threaded:
@@ -75,7 +79,7 @@ class Sha256:
         n = view.nbytes
         self.size += n
         batch = self.BATCH
-        if n >= self.BY_REF and type(data) is bytes:  # immutable: hashed as it is
+        if n >= self.BY_REF and (handed or type(data) is bytes):  # hashed as it is
             self._cut()
             self._parts.append(data)
             self._pending += n
@@ -240,13 +244,17 @@ def _hasher() -> ThreadPoolExecutor:
 
 class Counting:
     """A pass-through stream that adds the bytes it moves to ``result.<attr>``, and
-    with ``digest=True`` keeps the sha256 of the bytes it moves (``hexdigest()``)."""
+    with ``digest=True`` keeps the sha256 of the bytes it moves (``hexdigest()``).
+
+    ``handed(data)``, when set, tells which written buffers their writer hands over (it
+    never changes them once written): those are hashed without a copy."""
 
     def __init__(self, raw, result: ShardResult, attr: str, digest: bool = False):
         self.raw = raw
         self.result = result
         self.attr = attr
         self.hash = Sha256() if digest else None
+        self.handed: Callable[[object], bool] | None = None
 
     def hexdigest(self) -> str:
         return self.hash.hexdigest() if self.hash is not None else ""
@@ -271,7 +279,7 @@ class Counting:
     def write(self, b) -> int:
         self.raw.write(b)
         if self.hash is not None:
-            self.hash.update(b)
+            self.hash.update(b, self.handed is not None and self.handed(b))
         n = len(b)
         self._add(n)
         return n
