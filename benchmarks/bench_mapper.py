@@ -16,7 +16,8 @@ Prints ratios measured in one run (absolute times only beside them):
     workers' and this process's (client and embedded scheduler) over the 1-worker
     job's, 2 workers over 1 (1.0: the second worker costs no CPU the first did not;
     2 workers reach 2x on 2 cores only near 1.0 and with the 1-worker job using
-    one core);
+    one core), and for how many outputs the sha256 went to the hashing thread (the rest
+    hashed inline: no core was spare, see ``htools.runtime.streams.spare_core``);
   * the fixed cost per shard on empty shards -- goal <= 50 ms;
   * with ``--tiny N``: htmapper (2 workers) over N tiny shards (one ~200-byte sample
     each) -- shards per second after the cluster is up (goal >= 250 at 16,384), and the
@@ -137,6 +138,7 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
                       preload=["htools.clusters.workerinit"]) as cluster, Client(cluster) as c:
         c.run(lambda: None)  # workers are up
         w0, c0 = c.run(_cpu_seconds), _cpu_seconds()
+        h0 = c.run(_hash_choices) if cpu is not None else {}
         t0 = time.perf_counter()
         if watch is not None:
             with watch:
@@ -148,15 +150,27 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
         elapsed = time.perf_counter() - t0
         if cpu is not None:
             c1, w1 = _cpu_seconds(), c.run(_cpu_seconds)
-            cpu.update(client=c1 - c0, workers=sum(w1[w] - w0[w] for w in w0))
+            cpu.update(client=c1 - c0, workers=sum(w1[w] - w0[w] for w in w0),
+                       hashed=[{k: n - h0[w][k] for k, n in h.items()}
+                               for w, h in c.run(_hash_choices).items()])
     if not summary.ok:
         sys.exit(f"htmapper failed: {summary.failures[:1]}")
     return elapsed
 
 
+def _hash_choices() -> dict:
+    """Run on a worker: how many of its outputs' sha256 went to the hashing thread and
+    how many were hashed inline (:func:`htools.runtime.streams.spare_core`), so far."""
+    from htools.runtime import streams
+
+    return dict(streams.CHOSEN)
+
+
 def _per_mb(cpu: dict, mb: float) -> str:
+    thread, inline = (sum(d.get(k, 0) for d in cpu.get("hashed", ())) for k in ("thread", "inline"))
     return (f"ms of CPU a MB: workers {cpu['workers'] / mb * 1e3:.2f}, "
-            f"client+scheduler {cpu['client'] / mb * 1e3:.2f}")
+            f"client+scheduler {cpu['client'] / mb * 1e3:.2f}; sha256 on the hashing thread "
+            f"for {thread} of {thread + inline} outputs")
 
 
 def main() -> None:

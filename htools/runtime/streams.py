@@ -71,6 +71,7 @@ class Sha256:
         need not be copied to be hashed later)."""
         if self.threaded is None and self.size >= self.SYNC:
             self.threaded = spare_core()
+            CHOSEN["thread" if self.threaded else "inline"] += 1
         if self.size < self.SYNC or not self.threaded:
             self.hash.update(data)
             self.size += memoryview(data).nbytes
@@ -138,6 +139,8 @@ class Sha256:
         return self.hash.hexdigest()
 
 
+CHOSEN = {"thread": 0, "inline": 0}  # this process's streams, by where spare_core() had them
+# hashed (benchmarks/bench_mapper.py shows it; a stream under SYNC never asks)
 SPARE = 0.5  # of a core left by all other work (the caller's own thread too): the thread pays
 SPARE_EVERY = 0.25  # seconds between looks at the machine's load (shorter shards reuse one)
 _seen: list = []  # the last look: (time, machine's busy seconds, the thread's), decision
