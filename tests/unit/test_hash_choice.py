@@ -85,18 +85,47 @@ def test_either_way_every_kind_of_piece_hashes_as_hashlib(threaded):
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
-def test_large_bytes_go_as_they_are_other_pieces_are_copied():
+@pytest.fixture
+def batches(monkeypatch) -> list[list]:
+    """The parts of every batch the hashing thread gets, as it gets them."""
+    seen: list[list] = []
+    hash_parts = streams._hash_parts
+
+    def spy(hash, parts, bufs):
+        seen.append([p if type(p) is tuple else bytes(p) for p in parts])
+        hash_parts(hash, parts, bufs)
+
+    monkeypatch.setattr(streams, "_hash_parts", spy)
+    return seen
+
+
+def test_large_bytes_go_as_they_are_other_pieces_are_copied(batches):
     h = Sha256(threaded=True)
     h.update(bytes(Sha256.SYNC))  # past the inline part
     big = random.Random(3).randbytes(Sha256.BY_REF)
     header = bytearray(b"h" * 512)
     h.update(header)
     h.update(big)
-    assert any(part is big for part in h._parts)  # not copied
     header[:] = b"x" * 512  # the caller reuses its buffer: what was hashed stays
     h.update(header)
     expected = bytes(Sha256.SYNC) + b"h" * 512 + big + b"x" * 512
     assert h.hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert any(part == big for parts in batches for part in parts)  # as it was, not copied
+
+
+def test_fields_under_a_mib_reach_the_thread_as_one_part_a_batch(batches):
+    """128 KiB fields and their headers are copied into the batch's buffer: the thread
+    hashes each batch in one call (one GIL hand-back a MiB, not one a field)."""
+    rng = random.Random(17)
+    h = Sha256(threaded=True)
+    h.update(bytes(Sha256.SYNC))
+    data = [bytes(Sha256.SYNC)]
+    for _ in range(64):
+        for piece in (bytearray(rng.randbytes(512)), rng.randbytes(128 << 10)):
+            h.update(piece)
+            data.append(bytes(piece))
+    assert h.hexdigest() == hashlib.sha256(b"".join(data)).hexdigest()
+    assert len(batches) >= 8 and all(len(parts) == 1 for parts in batches)
 
 
 # ------------------------------------------- the tar writer's buffers, uncopied --
