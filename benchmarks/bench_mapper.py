@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 
 from htools import storage, tar
 from htools.mapper import map_shards  # imported before any clock starts, as the loop's modules
@@ -130,8 +131,9 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
     """Seconds of one htmapper job (identity) on a fresh cluster of ``workers``; ``cpu``
     (a dict) gets the job's CPU seconds: ``client`` (this process: the client and the
     embedded scheduler) and ``workers`` (their sum), the reliable figures when other
-    work shares the machine."""
-    from distributed import Client, LocalCluster
+    work shares the machine; where the sha256 went (see :func:`_hash_choices`); and
+    the seconds its task threads were busy (Dask's task stream) beside its wall time."""
+    from distributed import Client, LocalCluster, get_task_stream
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=40,  # as htools' embedded one:
@@ -139,12 +141,9 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
         c.run(lambda: None)  # workers are up
         w0, c0 = c.run(_cpu_seconds), _cpu_seconds()
         h0 = c.run(_hash_choices) if cpu is not None else {}
+        tasks = get_task_stream(client=c) if cpu is not None else nullcontext()
         t0 = time.perf_counter()
-        if watch is not None:
-            with watch:
-                summary = map_shards(inputs, out_pattern, identity, client=c, quiet=True,
-                                     overwrite=True, index=index)
-        else:
+        with watch if watch is not None else nullcontext(), tasks as stream:
             summary = map_shards(inputs, out_pattern, identity, client=c, quiet=True,
                                  overwrite=True, index=index)
         elapsed = time.perf_counter() - t0
@@ -152,7 +151,10 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
             c1, w1 = _cpu_seconds(), c.run(_cpu_seconds)
             cpu.update(client=c1 - c0, workers=sum(w1[w] - w0[w] for w in w0),
                        hashed=[{k: n - h0[w][k] for k, n in h.items()}
-                               for w, h in c.run(_hash_choices).items()])
+                               for w, h in c.run(_hash_choices).items()],
+                       wall=elapsed, tasks=sum(s["stop"] - s["start"] for t in stream.data
+                                               for s in t["startstops"]
+                                               if s["action"] == "compute"))
     if not summary.ok:
         sys.exit(f"htmapper failed: {summary.failures[:1]}")
     return elapsed
@@ -160,17 +162,22 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
 
 def _hash_choices() -> dict:
     """Run on a worker: how many of its outputs' sha256 went to the hashing thread and
-    how many were hashed inline (:func:`htools.runtime.streams.spare_core`), so far."""
+    how many were hashed inline (:func:`htools.runtime.streams.spare_core`), and the
+    seconds its tasks waited for that thread (``ahead``: with its queue full; ``end``:
+    at each output's end), so far."""
     from htools.runtime import streams
 
-    return dict(streams.CHOSEN)
+    return {**streams.CHOSEN, **streams.WAITED}
 
 
 def _per_mb(cpu: dict, mb: float) -> str:
-    thread, inline = (sum(d.get(k, 0) for d in cpu.get("hashed", ())) for k in ("thread", "inline"))
+    thread, inline, ahead, end = (sum(d.get(k, 0) for d in cpu.get("hashed", ()))
+                                  for k in ("thread", "inline", "ahead", "end"))
     return (f"ms of CPU a MB: workers {cpu['workers'] / mb * 1e3:.2f}, "
             f"client+scheduler {cpu['client'] / mb * 1e3:.2f}; sha256 on the hashing thread "
-            f"for {thread} of {thread + inline} outputs")
+            f"for {thread} of {thread + inline} outputs, the tasks waiting for it "
+            f"{ahead:.2f} s (queue full) + {end:.2f} s (outputs' ends); task threads busy "
+            f"{cpu.get('tasks', 0.0):.2f} s in the job's {cpu.get('wall', 0.0):.2f} s")
 
 
 def main() -> None:

@@ -131,21 +131,30 @@ class Sha256:
             self._ahead -= queued.popleft()[1]
         queued.append((_hasher().submit(_hash_parts, self.hash, parts, bufs), n))
         self._ahead += n
-        while self._ahead > self.AHEAD:
-            future, m = queued.popleft()
-            future.result()
-            self._ahead -= m
+        if self._ahead > self.AHEAD:
+            t0 = time.perf_counter()
+            while self._ahead > self.AHEAD:
+                future, m = queued.popleft()
+                future.result()
+                self._ahead -= m
+            WAITED["ahead"] += time.perf_counter() - t0
 
     def hexdigest(self) -> str:
         self._submit()
-        while self._queued:
-            self._queued.popleft()[0].result()
+        if self._queued:
+            t0 = time.perf_counter()
+            while self._queued:
+                self._queued.popleft()[0].result()
+            WAITED["end"] += time.perf_counter() - t0
         self._ahead = 0
         return self.hash.hexdigest()
 
 
-CHOSEN = {"thread": 0, "inline": 0}  # this process's streams, by where spare_core() had them
-# hashed (benchmarks/bench_mapper.py shows it; a stream under SYNC never asks)
+# This process's streams by where spare_core() had them hashed (one under SYNC never
+# asks), and the seconds their callers waited for the hashing thread: with AHEAD bytes
+# queued, and for the rest at hexdigest() (benchmarks/bench_mapper.py shows both).
+CHOSEN = {"thread": 0, "inline": 0}
+WAITED = {"ahead": 0.0, "end": 0.0}
 SPARE = 0.5  # of a core left by all other work (the caller's own thread too): the thread pays
 SPARE_EVERY = 0.25  # seconds between looks at the machine's load (shorter shards reuse one)
 _seen: list = []  # the last look: (time, machine's busy seconds, the thread's), decision

@@ -195,3 +195,25 @@ def test_write_shard_hashes_handed_buffers_uncopied_and_user_values_as_they_were
     assert kept and all(type(b) is bytearray and b is not reused for b in kept)
     data = open(out, "rb").read()
     assert result.sha256 == hashlib.sha256(data).hexdigest() and result.bytes_out == len(data)
+
+
+def test_the_waits_for_a_slow_hashing_thread_are_counted(monkeypatch):
+    """streams.WAITED: the seconds callers waited with AHEAD bytes queued and at the end
+    (bench_mapper shows them); the digest is the same."""
+    import time
+
+    hash_parts = streams._hash_parts
+
+    def slow(hash, parts, bufs):
+        time.sleep(0.01)
+        hash_parts(hash, parts, bufs)
+
+    monkeypatch.setattr(streams, "_hash_parts", slow)
+    monkeypatch.setattr(streams, "WAITED", {"ahead": 0.0, "end": 0.0})
+    data = random.Random(19).randbytes(Sha256.SYNC + Sha256.AHEAD + (3 << 20))
+    h = Sha256(threaded=True)
+    for pos in range(0, len(data), 1 << 20):
+        h.update(data[pos:pos + (1 << 20)])
+    assert streams.WAITED["ahead"] > 0.0 and streams.WAITED["end"] == 0.0
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert streams.WAITED["end"] > 0.0
