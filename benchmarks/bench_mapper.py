@@ -16,7 +16,8 @@ Prints ratios measured in one run (absolute times only beside them):
     workers' and this process's (client and embedded scheduler) over the 1-worker
     job's, 2 workers over 1 (1.0: the second worker costs no CPU the first did not;
     2 workers reach 2x on 2 cores only near 1.0 and with the 1-worker job using
-    one core);
+    one core), and for how many outputs the sha256 went to the hashing thread (the rest
+    hashed inline: no core was spare, see ``htools.runtime.streams.spare_core``);
   * the fixed cost per shard on empty shards -- goal <= 50 ms;
   * with ``--tiny N``: htmapper (2 workers) over N tiny shards (one ~200-byte sample
     each) -- shards per second after the cluster is up (goal >= 250 at 16,384), and the
@@ -36,8 +37,10 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 
 from htools import storage, tar
+from htools.mapper import map_shards  # imported before any clock starts, as the loop's modules
 from htools.runtime.memory import rss as _rss
 
 
@@ -128,36 +131,53 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
     """Seconds of one htmapper job (identity) on a fresh cluster of ``workers``; ``cpu``
     (a dict) gets the job's CPU seconds: ``client`` (this process: the client and the
     embedded scheduler) and ``workers`` (their sum), the reliable figures when other
-    work shares the machine."""
-    from distributed import Client, LocalCluster
-
-    import htools
+    work shares the machine; where the sha256 went (see :func:`_hash_choices`); and
+    the seconds its task threads were busy (Dask's task stream) beside its wall time."""
+    from distributed import Client, LocalCluster, get_task_stream
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=40,  # as htools' embedded one:
                       preload=["htools.clusters.workerinit"]) as cluster, Client(cluster) as c:
         c.run(lambda: None)  # workers are up
         w0, c0 = c.run(_cpu_seconds), _cpu_seconds()
+        h0 = c.run(_hash_choices) if cpu is not None else {}
+        tasks = get_task_stream(client=c) if cpu is not None else nullcontext()
         t0 = time.perf_counter()
-        if watch is not None:
-            with watch:
-                summary = htools.map_shards(inputs, out_pattern, identity, client=c,
-                                            quiet=True, overwrite=True, index=index)
-        else:
-            summary = htools.map_shards(inputs, out_pattern, identity, client=c, quiet=True,
-                                        overwrite=True, index=index)
+        with watch if watch is not None else nullcontext(), tasks as stream:
+            summary = map_shards(inputs, out_pattern, identity, client=c, quiet=True,
+                                 overwrite=True, index=index)
         elapsed = time.perf_counter() - t0
         if cpu is not None:
             c1, w1 = _cpu_seconds(), c.run(_cpu_seconds)
-            cpu.update(client=c1 - c0, workers=sum(w1[w] - w0[w] for w in w0))
+            cpu.update(client=c1 - c0, workers=sum(w1[w] - w0[w] for w in w0),
+                       hashed=[{k: n - h0[w][k] for k, n in h.items()}
+                               for w, h in c.run(_hash_choices).items()],
+                       wall=elapsed, tasks=sum(s["stop"] - s["start"] for t in stream.data
+                                               for s in t["startstops"]
+                                               if s["action"] == "compute"))
     if not summary.ok:
         sys.exit(f"htmapper failed: {summary.failures[:1]}")
     return elapsed
 
 
+def _hash_choices() -> dict:
+    """Run on a worker: how many of its outputs' sha256 went to the hashing thread and
+    how many were hashed inline (:func:`htools.runtime.streams.spare_core`), and the
+    seconds its tasks waited for that thread (``ahead``: with its queue full; ``end``:
+    at each output's end), so far."""
+    from htools.runtime import streams
+
+    return {**streams.CHOSEN, **streams.WAITED}
+
+
 def _per_mb(cpu: dict, mb: float) -> str:
+    thread, inline, ahead, end = (sum(d.get(k, 0) for d in cpu.get("hashed", ()))
+                                  for k in ("thread", "inline", "ahead", "end"))
     return (f"ms of CPU a MB: workers {cpu['workers'] / mb * 1e3:.2f}, "
-            f"client+scheduler {cpu['client'] / mb * 1e3:.2f}")
+            f"client+scheduler {cpu['client'] / mb * 1e3:.2f}; sha256 on the hashing thread "
+            f"for {thread} of {thread + inline} outputs, the tasks waiting for it "
+            f"{ahead:.2f} s (queue full) + {end:.2f} s (outputs' ends); task threads busy "
+            f"{cpu.get('tasks', 0.0):.2f} s in the job's {cpu.get('wall', 0.0):.2f} s")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from htools.errors import HtoolsError, hide_credentials
@@ -32,11 +32,18 @@ class Sha256:
     The first :data:`SYNC` bytes are hashed inline (a tiny shard never waits for a
     thread); later ones are hashed, in order, by the process's one hashing thread, in
     batches of about :data:`BATCH` bytes, while the caller goes on (hashlib releases the
-    GIL while it hashes).  A ``bytes`` object of :data:`BY_REF` bytes or more (a large
-    field the tar writer hands on as it is) goes into the batch as it is; other pieces
-    are copied into recycled :data:`BATCH`-byte buffers (the caller may reuse what it
-    wrote; fresh memory costs page faults, more than the copy).  At most :data:`AHEAD`
-    bytes wait for that thread; :meth:`hexdigest` waits for the rest.
+    GIL while it hashes).  A piece of :data:`BY_REF` bytes or more goes into the batch as
+    it is when nothing can change it: a ``bytes`` object (a field of a MiB or more), or
+    one ``update(data, handed=True)`` hands over (the tar writer's own buffer, which it
+    drops once written); other pieces are copied into recycled :data:`BATCH`-byte
+    buffers (the caller may reuse what it wrote; fresh memory costs page faults, more
+    than the copy).  So a batch is one or a few calls of hashlib: after each the thread
+    must take the GIL back from the task thread, which gives it up only at its reads
+    and writes (or after 5 ms); 128 KiB fields hashed as they were made 14 calls a MB,
+    and the thread's waits inside its batches 1.17 ms a MB against 0.54 copied (one
+    worker's in-process task on a loaded machine), for 0.08 ms a MB of copying on the
+    task thread.  At most :data:`AHEAD` bytes wait for that thread; :meth:`hexdigest`
+    waits for the rest.
 
     The thread pays only with a core to spare: it costs about a third more CPU than
     hashing inline (the copies, the hand-overs, the bytes read on another core), so
@@ -49,7 +56,7 @@ class Sha256:
     SYNC = 1 << 20
     BATCH = 1 << 20
     AHEAD = 8 << 20
-    BY_REF = 64 << 10  # a ``bytes`` object this large is hashed as it is, not copied
+    BY_REF = 1 << 20  # a piece this large (that nothing can change) is hashed as it is
 
     def __init__(self, threaded: bool | None = None) -> None:
         self.hash = hashlib.sha256()
@@ -64,9 +71,12 @@ class Sha256:
         self._queued: deque[tuple[Future, int]] = deque()
         self._ahead = 0
 
-    def update(self, data) -> None:
+    def update(self, data, handed: bool = False) -> None:
+        """Hash ``data`` next; ``handed``: the caller never changes it again (so it
+        need not be copied to be hashed later)."""
         if self.threaded is None and self.size >= self.SYNC:
             self.threaded = spare_core()
+            CHOSEN["thread" if self.threaded else "inline"] += 1
         if self.size < self.SYNC or not self.threaded:
             self.hash.update(data)
             self.size += memoryview(data).nbytes
@@ -75,7 +85,7 @@ class Sha256:
         n = view.nbytes
         self.size += n
         batch = self.BATCH
-        if n >= self.BY_REF and type(data) is bytes:  # immutable: hashed as it is
+        if n >= self.BY_REF and (handed or type(data) is bytes):  # hashed as it is
             self._cut()
             self._parts.append(data)
             self._pending += n
@@ -121,19 +131,30 @@ class Sha256:
             self._ahead -= queued.popleft()[1]
         queued.append((_hasher().submit(_hash_parts, self.hash, parts, bufs), n))
         self._ahead += n
-        while self._ahead > self.AHEAD:
-            future, m = queued.popleft()
-            future.result()
-            self._ahead -= m
+        if self._ahead > self.AHEAD:
+            t0 = time.perf_counter()
+            while self._ahead > self.AHEAD:
+                future, m = queued.popleft()
+                future.result()
+                self._ahead -= m
+            WAITED["ahead"] += time.perf_counter() - t0
 
     def hexdigest(self) -> str:
         self._submit()
-        while self._queued:
-            self._queued.popleft()[0].result()
+        if self._queued:
+            t0 = time.perf_counter()
+            while self._queued:
+                self._queued.popleft()[0].result()
+            WAITED["end"] += time.perf_counter() - t0
         self._ahead = 0
         return self.hash.hexdigest()
 
 
+# This process's streams by where spare_core() had them hashed (one under SYNC never
+# asks), and the seconds their callers waited for the hashing thread: with AHEAD bytes
+# queued, and for the rest at hexdigest() (benchmarks/bench_mapper.py shows both).
+CHOSEN = {"thread": 0, "inline": 0}
+WAITED = {"ahead": 0.0, "end": 0.0}
 SPARE = 0.5  # of a core left by all other work (the caller's own thread too): the thread pays
 SPARE_EVERY = 0.25  # seconds between looks at the machine's load (shorter shards reuse one)
 _seen: list = []  # the last look: (time, machine's busy seconds, the thread's), decision
@@ -240,13 +261,17 @@ def _hasher() -> ThreadPoolExecutor:
 
 class Counting:
     """A pass-through stream that adds the bytes it moves to ``result.<attr>``, and
-    with ``digest=True`` keeps the sha256 of the bytes it moves (``hexdigest()``)."""
+    with ``digest=True`` keeps the sha256 of the bytes it moves (``hexdigest()``).
+
+    ``handed(data)``, when set, tells which written buffers their writer hands over (it
+    never changes them once written): those are hashed without a copy."""
 
     def __init__(self, raw, result: ShardResult, attr: str, digest: bool = False):
         self.raw = raw
         self.result = result
         self.attr = attr
         self.hash = Sha256() if digest else None
+        self.handed: Callable[[object], bool] | None = None
 
     def hexdigest(self) -> str:
         return self.hash.hexdigest() if self.hash is not None else ""
@@ -271,7 +296,7 @@ class Counting:
     def write(self, b) -> int:
         self.raw.write(b)
         if self.hash is not None:
-            self.hash.update(b)
+            self.hash.update(b, self.handed is not None and self.handed(b))
         n = len(b)
         self._add(n)
         return n

@@ -85,15 +85,135 @@ def test_either_way_every_kind_of_piece_hashes_as_hashlib(threaded):
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
-def test_large_bytes_go_as_they_are_other_pieces_are_copied():
+@pytest.fixture
+def batches(monkeypatch) -> list[list]:
+    """The parts of every batch the hashing thread gets, as it gets them."""
+    seen: list[list] = []
+    hash_parts = streams._hash_parts
+
+    def spy(hash, parts, bufs):
+        seen.append([p if type(p) is tuple else bytes(p) for p in parts])
+        hash_parts(hash, parts, bufs)
+
+    monkeypatch.setattr(streams, "_hash_parts", spy)
+    return seen
+
+
+def test_large_bytes_go_as_they_are_other_pieces_are_copied(batches):
     h = Sha256(threaded=True)
     h.update(bytes(Sha256.SYNC))  # past the inline part
     big = random.Random(3).randbytes(Sha256.BY_REF)
     header = bytearray(b"h" * 512)
     h.update(header)
     h.update(big)
-    assert any(part is big for part in h._parts)  # not copied
     header[:] = b"x" * 512  # the caller reuses its buffer: what was hashed stays
     h.update(header)
     expected = bytes(Sha256.SYNC) + b"h" * 512 + big + b"x" * 512
     assert h.hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert any(part == big for parts in batches for part in parts)  # as it was, not copied
+
+
+def test_fields_under_a_mib_reach_the_thread_as_one_part_a_batch(batches):
+    """128 KiB fields and their headers are copied into the batch's buffer: the thread
+    hashes each batch in one call (one GIL hand-back a MiB, not one a field)."""
+    rng = random.Random(17)
+    h = Sha256(threaded=True)
+    h.update(bytes(Sha256.SYNC))
+    data = [bytes(Sha256.SYNC)]
+    for _ in range(64):
+        for piece in (bytearray(rng.randbytes(512)), rng.randbytes(128 << 10)):
+            h.update(piece)
+            data.append(bytes(piece))
+    assert h.hexdigest() == hashlib.sha256(b"".join(data)).hexdigest()
+    assert len(batches) >= 8 and all(len(parts) == 1 for parts in batches)
+
+
+# ------------------------------------------- the tar writer's buffers, uncopied --
+
+class _Recording:
+    """A stream that keeps every object written to it and a copy of its bytes then."""
+
+    def __init__(self, handed=None):
+        self.handed = handed
+        self.writes: list[tuple[object, bytes, bool]] = []
+
+    def write(self, b) -> int:
+        self.writes.append((b, bytes(b), bool(self.handed and self.handed(b))))
+        return memoryview(b).nbytes
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_tar_writer_never_changes_a_buffer_it_handed_over():
+    """What :func:`handed_over` relies on: a buffer the writer wrote as its own is
+    left as it was (the hasher keeps it); a field's value is never taken for one."""
+    from htools import tar
+    from htools.runtime.shardio import handed_over
+
+    rng = random.Random(11)
+    stream = _Recording()
+    values = []
+    with tar.TarWriter(stream, url="x.tar") as writer:
+        stream.handed = handed_over(writer)
+        for i in range(400):
+            size = rng.choice([1, 1000, 16 << 10, 70_000, 200_000])
+            value = rng.choice([bytes, bytearray])(rng.randbytes(size))
+            values.append(value)
+            writer.write({"__key__": f"k{i:04d}", "bin": value, "cls": b"1"})
+    handed = [(b, before) for b, before, h in stream.writes if h]
+    assert len(handed) > 10
+    assert all(bytes(b) == before for b, before in handed)  # none changed since written
+    assert not any(h and any(b is v for v in values) for b, _before, h in stream.writes)
+
+
+def test_write_shard_hashes_handed_buffers_uncopied_and_user_values_as_they_were(
+        tmp_path, monkeypatch):
+    """A sample's large ``bytearray`` value that its script changes once written (a
+    reused buffer) is hashed as written; the writer's own buffers go uncopied."""
+    from htools.runtime.shardio import write_shard
+    from htools.summary import ShardResult
+
+    monkeypatch.setattr(streams, "spare_core", lambda: True)
+    kept: list = []
+    update = Sha256.update
+
+    def spy(self, data, handed=False):
+        if handed:
+            kept.append(data)
+        update(self, data, handed)
+
+    monkeypatch.setattr(Sha256, "update", spy)
+    rng = random.Random(13)
+    reused = bytearray(100_000)
+    result = ShardResult()
+    out = str(tmp_path / "o.tar")
+    with write_shard(out, {}, result) as writer:
+        for i in range(300):
+            reused[:] = rng.randbytes(len(reused))
+            writer.write({"__key__": f"k{i:04d}", "big": reused, "small": rng.randbytes(3000)})
+    assert kept and all(type(b) is bytearray and b is not reused for b in kept)
+    data = open(out, "rb").read()
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and result.bytes_out == len(data)
+
+
+def test_the_waits_for_a_slow_hashing_thread_are_counted(monkeypatch):
+    """streams.WAITED: the seconds callers waited with AHEAD bytes queued and at the end
+    (bench_mapper shows them); the digest is the same."""
+    import time
+
+    hash_parts = streams._hash_parts
+
+    def slow(hash, parts, bufs):
+        time.sleep(0.01)
+        hash_parts(hash, parts, bufs)
+
+    monkeypatch.setattr(streams, "_hash_parts", slow)
+    monkeypatch.setattr(streams, "WAITED", {"ahead": 0.0, "end": 0.0})
+    data = random.Random(19).randbytes(Sha256.SYNC + Sha256.AHEAD + (3 << 20))
+    h = Sha256(threaded=True)
+    for pos in range(0, len(data), 1 << 20):
+        h.update(data[pos:pos + (1 << 20)])
+    assert streams.WAITED["ahead"] > 0.0 and streams.WAITED["end"] == 0.0
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert streams.WAITED["end"] > 0.0
