@@ -182,3 +182,27 @@ def test_ctrl_c_ends_a_forked_upload_as_on_dask(tmp_path):
     names = os.listdir(out) if out.exists() else []
     assert not [f for f in names if f.startswith(".")]  # no partial output
     assert set(names) <= {"o-0.tar", "o.lineage.json"}, names
+
+
+def test_the_pool_hands_back_values_and_errors_in_the_environment_of_its_start(monkeypatch):
+    """A call's value, or the exception it raised, comes back as its Done; the workers see
+    the environment as it is when the pool starts, not when the fork server did."""
+    import json
+
+    from htools.runtime.executors import Call
+    from htools.runtime.forkpool import ForkPool
+
+    with ForkPool(1).start() as first:  # the fork server runs from here on
+        first.submit([Call("a", os.getenv, {"key": "HTOOLS_TEST_POOL"})])
+        assert [d.value for b in first.batches() for d in b] == [None]
+        first.close()
+    monkeypatch.setenv("HTOOLS_TEST_POOL", "set later")
+    pool = ForkPool(2).start()
+    try:
+        pool.submit([Call("b", os.getenv, {"key": "HTOOLS_TEST_POOL"}),
+                     Call("c", json.loads, {"s": "{not json"})])
+        done = {d.key: d for b in pool.batches() for d in b}
+    finally:
+        pool.close()
+    assert done["b"].value == "set later" and done["b"].error is None
+    assert isinstance(done["c"].error, json.JSONDecodeError), done["c"]
