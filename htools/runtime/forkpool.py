@@ -18,6 +18,9 @@ round trips); the pool costs a fork a worker.
 * A worker that dies (killed, out of memory) fails only the call it ran: that call runs
   again on a new worker, up to ``retries`` times (``--retries``, as Dask retries a task
   whose worker died), then ends with :class:`WorkerDied`.
+* A worker's memory is bounded as a Dask nanny bounds it: past :data:`TERMINATE` of its
+  share of the machine's memory (the memory over the workers, Dask's default limit) it is
+  ended, and its call goes as above (checked every :data:`MEMORY_CHECK` seconds).
 * Ctrl-C (:meth:`ForkPool.stop`): nothing new starts, the running calls end (a bounded
   wait; a second Ctrl-C does not wait), then the workers are ended.
 """
@@ -37,6 +40,8 @@ from htools.runtime.executors import STOP_WAIT, Call, Done, call
 
 # what a worker imports anyway, preloaded by the fork server when the pool starts it
 PRELOAD = ("htools.runtime.forkpool", "htools.upload_files")
+TERMINATE = 0.95  # of a worker's memory limit, as Dask's distributed.worker.memory.terminate
+MEMORY_CHECK = 0.1  # seconds between looks at the workers' memory (a nanny's monitor-interval)
 
 
 class WorkerDied(HtoolsError):
@@ -55,6 +60,7 @@ class _Worker:
         self.proc.start()
         child.close()
         self.running: Call | None = None
+        self.over = False  # ended for its memory
 
     def end(self) -> None:
         if self.proc.is_alive():
@@ -70,9 +76,13 @@ class ForkPool:
 
     client = None  # no Dask client (no dashboard to show)
 
-    def __init__(self, workers: int, retries: int = 0):
+    def __init__(self, workers: int, retries: int = 0, memory_limit: int | None = None):
         self.threads = max(1, workers)
         self.retries = retries
+        # bytes a worker may hold (default: the machine's memory over the workers)
+        self.memory_limit = memory_limit if memory_limit is not None \
+            else _machine_memory() // self.threads
+        self.checked = 0.0  # when the workers' memory was last looked at
         self.workers: list[_Worker] = []
         self.queue: deque[Call] = deque()
         self.deaths: dict[str, int] = {}  # a call's key -> how often its worker died
@@ -115,7 +125,11 @@ class ForkPool:
         way: its call queued again, or failed)."""
         while self.in_flight():
             busy = [w for w in self.workers if w.running is not None]
-            ready = set(wait([x for w in busy for x in (w.conn, w.proc.sentinel)]))
+            ready = set(wait([x for w in busy for x in (w.conn, w.proc.sentinel)],
+                             MEMORY_CHECK if self.memory_limit else None))
+            if self.memory_limit and time.monotonic() >= self.checked + MEMORY_CHECK:
+                self.checked = time.monotonic()
+                self._bound_memory(busy)
             done: list[Done] = []
             for w in busy:
                 if w.conn in ready:
@@ -145,14 +159,26 @@ class ForkPool:
             self.queue.appendleft(c)
             return None
         why = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        why = f"ended past {TERMINATE:.0%} of its memory limit, " \
+              f"{self.memory_limit / 2**20:.0f} MiB" if w.over else f"{why}: killed, or out of memory?"
         return Done(c.key, error=WorkerDied(
-            f"its worker process died ({why}: killed, or out of memory?) "
-            f"{n} time{'s' if n > 1 else ''}"))
+            f"its worker process died ({why}) {n} time{'s' if n > 1 else ''}"))
+
+    def _bound_memory(self, busy: list[_Worker]) -> None:
+        """End the workers holding more than :data:`TERMINATE` of the memory limit (their
+        death is seen on the next turn)."""
+        for w in busy:
+            if _rss(w.proc.pid) > TERMINATE * self.memory_limit and w.proc.is_alive():
+                w.over = True
+                w.proc.kill()
 
     def _dispatch(self) -> None:
-        for w in self.workers:
+        for i, w in enumerate(self.workers):
             if not self.queue:
                 return
+            if w.running is None and not w.proc.is_alive():  # died idle: no call lost
+                w.end()
+                w = self.workers[i] = _Worker(self.ctx, self.env)
             if w.running is None:
                 c = self.queue.popleft()
                 try:
@@ -174,6 +200,23 @@ class ForkPool:
             pass
         finally:
             self.close()
+
+
+def _machine_memory() -> int:
+    """The machine's memory in bytes (0 where the platform does not say: no limit)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of the process ``pid`` in bytes (0 where /proc cannot say)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _received(w: _Worker) -> Done:

@@ -206,3 +206,26 @@ def test_the_pool_hands_back_values_and_errors_in_the_environment_of_its_start(m
         pool.close()
     assert done["b"].value == "set later" and done["b"].error is None
     assert isinstance(done["c"].error, json.JSONDecodeError), done["c"]
+
+
+def hold(mb: int, seconds: float) -> int:
+    """A call that holds ``mb`` MiB (touched) for ``seconds``."""
+    data = b"x" * (mb << 20)
+    time.sleep(seconds)
+    return len(data)
+
+
+def test_a_worker_past_its_memory_limit_is_ended_as_a_nanny_would():
+    from htools.runtime.executors import Call
+    from htools.runtime.forkpool import ForkPool, WorkerDied
+
+    pool = ForkPool(1, retries=0, memory_limit=150 << 20).start()
+    try:
+        pool.submit([Call("big", hold, {"mb": 300, "seconds": 3}),
+                     Call("small", hold, {"mb": 1, "seconds": 0})])
+        done = {d.key: d for b in pool.batches() for d in b}
+    finally:
+        pool.close()
+    assert isinstance(done["big"].error, WorkerDied), done["big"]
+    assert "past 95% of its memory limit, 150 MiB" in str(done["big"].error)
+    assert done["small"].value == 1 << 20  # on the worker that replaced it
