@@ -56,13 +56,14 @@ def exit_at_once() -> Iterator[None]:
     clean-up: freeing the job's objects one by one (a folder's 100,000 samples: about 0.1
     s on 2 cores, a tenth of a small job).  The exit handlers run and the output is
     flushed as in a normal exit; only in the ``htupload`` command (not a Python caller of
-    :func:`main`), and when no thread that a normal exit would wait for still runs."""
+    :func:`main`, nor a profiler running the command: it writes its figures after the
+    command returns), and when no thread that a normal exit would wait for still runs."""
     try:
         yield
     except SystemExit as e:
         me = threading.current_thread()
         if not isinstance(e.code, (int, type(None))) or me is not threading.main_thread() \
-                or not os.path.basename(sys.argv[0]).startswith("htupload") \
+                or not _the_command() \
                 or any(t.is_alive() and not t.daemon and t is not me
                        for t in threading.enumerate()):
             raise
@@ -70,3 +71,9 @@ def exit_at_once() -> Iterator[None]:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(e.code or 0)
+
+
+def _the_command() -> bool:
+    """Whether this process is the ``htupload`` console script itself."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.basename(main).startswith("htupload")
