@@ -86,7 +86,7 @@ class ForkPool:
         self.workers: list[_Worker] = []
         self.queue: deque[Call] = deque()
         self.deaths: dict[str, int] = {}  # a call's key -> how often its worker died
-        self.env = dict(os.environ)
+        self.env: dict[str, str] = {}
         self.ctx: Any = None
 
     def start(self) -> ForkPool:
@@ -95,6 +95,9 @@ class ForkPool:
         from htools.clusters import forkserver
 
         forkserver.start(PRELOAD)
+        # as it is now: with what the fork server's start put there for the workers
+        # (Dask's pre-spawn variables: MALLOC_TRIM_THRESHOLD_, which tune_malloc reads)
+        self.env = dict(os.environ)
         self.ctx = multiprocessing.get_context(forkserver.method())
         while len(self.workers) < self.threads:
             self.workers.append(_Worker(self.ctx, self.env))

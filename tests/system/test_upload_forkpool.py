@@ -229,3 +229,18 @@ def test_a_worker_past_its_memory_limit_is_ended_as_a_nanny_would():
     assert isinstance(done["big"].error, WorkerDied), done["big"]
     assert "past 95% of its memory limit, 150 MiB" in str(done["big"].error)
     assert done["small"].value == 1 << 20  # on the worker that replaced it
+
+
+def test_a_worker_has_the_variables_the_fork_server_set_for_workers():
+    """Dask's pre-spawn variables (``MALLOC_TRIM_THRESHOLD_``, which the task frame's
+    tune_malloc reads) reach the pool's workers as they reach Dask's."""
+    from htools.runtime.executors import Call
+    from htools.runtime.forkpool import ForkPool
+
+    pool = ForkPool(1).start()
+    try:
+        pool.submit([Call("t", os.getenv, {"key": "MALLOC_TRIM_THRESHOLD_"})])
+        got = [d.value for b in pool.batches() for d in b]
+    finally:
+        pool.close()
+    assert got == [os.environ["MALLOC_TRIM_THRESHOLD_"]]
