@@ -71,8 +71,9 @@ class _Worker:
 
 class ForkPool:
     """``workers`` processes forked from the fork server, one call at a time each; calls
-    whose worker died run again up to ``retries`` times.  A context manager (leaving it
-    ends the workers); :meth:`start` forks them (the first time: the fork server's start)."""
+    whose worker died run again up to ``retries`` times.  :meth:`start` forks them (the
+    first time: the fork server's start), :meth:`close` ends them; a context manager for
+    the run loop (leaving it leaves them to their owner, as DaskExecutor leaves its client)."""
 
     client = None  # no Dask client (no dashboard to show)
 
