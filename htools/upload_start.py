@@ -48,7 +48,8 @@ def workers_meanwhile(opts: RunOptions, first_output: str
         with cluster_meanwhile(opts, first_output) as ready:
             yield lambda: (ready(), None)
         return
-    pool = ForkPool(opts.workers or os.cpu_count() or 1, retries=opts.retries)
+    pool = ForkPool(opts.workers or os.cpu_count() or 1, retries=opts.retries,
+                    quiet=opts.quiet)
     box: dict[str, BaseException] = {}
 
     def start() -> None:
@@ -64,8 +65,6 @@ def workers_meanwhile(opts: RunOptions, first_output: str
         thread.join()
         if "error" in box:
             raise box["error"]
-        if not opts.quiet:
-            print(f"htools: {pool.threads} worker processes", file=sys.stderr, flush=True)
         return opts, pool
 
     try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -77,8 +78,10 @@ class ForkPool:
 
     client = None  # no Dask client (no dashboard to show)
 
-    def __init__(self, workers: int, retries: int = 0, memory_limit: int | None = None):
+    def __init__(self, workers: int, retries: int = 0, memory_limit: int | None = None,
+                 quiet: bool = True):
         self.threads = max(1, workers)
+        self.quiet = quiet  # else the run loop's entry says how many workers run
         self.retries = retries
         # bytes a worker may hold (default: the machine's memory over the workers)
         self.memory_limit = memory_limit if memory_limit is not None \
@@ -105,6 +108,10 @@ class ForkPool:
         return self
 
     def __enter__(self) -> ForkPool:
+        """The run loop starts (not when every task was skipped): one line on stderr
+        unless ``quiet``, as the embedded cluster's."""
+        if not self.quiet:
+            print(f"htools: {self.threads} worker processes", file=sys.stderr, flush=True)
         return self
 
     def __exit__(self, *exc) -> None:
