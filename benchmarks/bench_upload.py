@@ -9,6 +9,12 @@ htupload's: higher is better, goal >= 0.4); asserts nothing about speed.
     python benchmarks/bench_upload.py              # 100,000 samples -> 64 shards
     python benchmarks/bench_upload.py --quick      # 5,000 samples -> 8 shards
     python benchmarks/bench_upload.py --parts      # and htupload's own CPU, part by part
+    python benchmarks/bench_upload.py --dask       # and htupload on Dask's embedded cluster
+
+htupload of a folder into a local folder runs on worker processes forked from the fork
+server, not on Dask (:mod:`htools.runtime.forkpool`); ``--dask`` also times it with
+``HTOOLS_UPLOAD_EXECUTOR=dask`` (Dask's embedded cluster, as before), alternated with the
+others, and prints ``RATIO htupload, Dask / forked``.
 
 ``--parts`` times, in this process (CPU seconds, best of ``--repeat``), what htupload does
 besides Dask: the client's scan (with and without a ``stat`` a file), its lineage and
@@ -116,30 +122,36 @@ def commits(shards: list[bytes], folder: str, repeat: int) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """Wall seconds of ``cmd``, and the CPU seconds of it and of the processes it started
     (the cluster's workers): a figure that other load on the machine changes less."""
     t, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   env=env)
     now = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.perf_counter() - t, (now.ru_utime + now.ru_stime
                                      - used.ru_utime - used.ru_stime)
 
 
-def compare(src: str, tmp: str, shards: int, repeat: int, workers: int | None = None
-            ) -> dict[str, list[tuple[float, float]]]:
-    """htupload of the tree ``src`` into ``shards`` shards and GNU ``tar -cf`` of it, each
-    ``repeat`` times, alternated (outputs in ``tmp``, removed): (wall, CPU) of every run."""
+def compare(src: str, tmp: str, shards: int, repeat: int, workers: int | None = None,
+            dask: bool = False) -> dict[str, list[tuple[float, float]]]:
+    """htupload of the tree ``src`` into ``shards`` shards and GNU ``tar -cf`` of it (and,
+    with ``dask``, htupload on Dask's embedded cluster), each ``repeat`` times, alternated
+    (outputs in ``tmp``, removed): (wall, CPU) of every run."""
     out, archive = os.path.join(tmp, "out"), os.path.join(tmp, "all.tar")
     htupload = os.path.join(os.path.dirname(sys.executable), "htupload")
     up = [htupload, src, os.path.join(out, f"s-@{shards}.tar"), "-q",
           *(["--workers", str(workers)] if workers else [])]
     gnu = ["tar", "-cf", archive, "-C", src, "."]
     runs: dict[str, list[tuple[float, float]]] = {"htupload": [], "GNU tar -cf": []}
+    on_dask = {**os.environ, "HTOOLS_UPLOAD_EXECUTOR": "dask"}
     for _ in range(repeat):
         shutil.rmtree(out, ignore_errors=True)
         runs["htupload"].append(timed(up))
         runs["GNU tar -cf"].append(timed(gnu))
+        if dask:
+            shutil.rmtree(out, ignore_errors=True)
+            runs.setdefault("htupload, Dask", []).append(timed(up, on_dask))
     shutil.rmtree(out, ignore_errors=True)
     os.remove(archive)
     return runs
@@ -155,6 +167,8 @@ def main() -> None:
     p.add_argument("--dir", default=None, help="where to make the tree (a temporary folder)")
     p.add_argument("--src", default=None, help="a tree make_tree() made before (kept)")
     p.add_argument("--parts", action="store_true", help="also htupload's own CPU by part")
+    p.add_argument("--dask", action="store_true",
+                   help="also htupload on Dask's embedded cluster (HTOOLS_UPLOAD_EXECUTOR=dask)")
     a = p.parse_args()
     if a.quick:
         a.samples, a.shards, a.repeat = 5000, 8, 1
@@ -162,7 +176,7 @@ def main() -> None:
         src = a.src or os.path.join(tmp, "src")
         if not a.src:
             make_tree(src, a.samples)
-        runs = compare(src, tmp, a.shards, a.repeat, a.workers)
+        runs = compare(src, tmp, a.shards, a.repeat, a.workers, a.dask)
         files = a.samples * len(FIELDS)
         if a.parts:
             parts(src, a.shards, files, a.repeat)
@@ -173,6 +187,10 @@ def main() -> None:
         best = {name: min(w for w, _c in got) for name, got in runs.items()}
         print(f"RATIO htupload / GNU tar -cf, {a.samples} samples ({files} files of 300 B) -> "
               f"{a.shards} shards: {best['GNU tar -cf'] / best['htupload']:.3f} (goal >= 0.4)")
+        if a.dask:
+            print(f"RATIO htupload, Dask / forked: {best['htupload, Dask'] / best['htupload']:.3f}"
+                  f" (GNU tar -cf / htupload on Dask: "
+                  f"{best['GNU tar -cf'] / best['htupload, Dask']:.3f})")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
 from htools.runtime.executors import LocalExecutor
+from htools.runtime.forkpool import ForkPool
 from htools.runtime.streams import Counting
 from htools.runtime.task import shard_task
 from htools.scratch import default_scratch
@@ -52,7 +53,7 @@ from htools.upload_files import (
     write_file_shard,
     write_samples_shard,
 )
-from htools.upload_start import cluster_meanwhile
+from htools.upload_start import workers_meanwhile
 
 CLIENT_WRITERS = 8  # shards the client writes at once when the workers cannot see the files
 
@@ -318,16 +319,17 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
         if sizes is not None:
             by_key.update(zip([s[0] for s in tasks[i].kwargs["samples"]], sizes))
 
-    with cluster_meanwhile(opts, outset.first()) as ready:
+    with workers_meanwhile(opts, outset.first()) as ready:
         scanned = scan(source, sized)
         unsized = not scanned[0].sizes  # a list's files are sized all the same
         made = None if unsized else _lineage(outputs, kw, samples=scanned)
         replacing = lineage_record.check_lineage(outset, made, opts)
         tasks = plan(source, outputs, opts, scanned=scanned, **kw)
         paths = _lineage_paths(scanned) if unsized and not opts.dry_run else None  # cluster starting
-        summary = _run_files(tasks, ready(), reported if unsized else None,
+        running, pool = ready()
+        summary = _run_files(tasks, running, reported if unsized else None,
                              lambda kept: lineage_record.start_record(outset, made, opts, replacing,
-                                                                 kept))
+                                                                 kept), pool)
     if paths is not None:
         sizes = _reported_sizes(scanned, by_key)
         made = _lineage(outputs, kw, paths, sizes=sizes) if sizes is not None else None
@@ -368,11 +370,12 @@ def _lineage(outputs: str, kw: dict, inputs: list[str] = (),
 
 def _run_files(tasks: list[Task], opts: RunOptions,
                on_result: Callable[[int, dict], None] | None = None,
-               on_start: Callable[[int], Callable[[], None] | None] | None = None
-               ) -> JobSummary:
-    """Write the shards of local files: by the workers, or by this process when the
-    workers of a cluster elsewhere cannot see the files (or a local output folder)."""
-    run = partial(engine.run, on_result=on_result, on_start=on_start)
+               on_start: Callable[[int], Callable[[], None] | None] | None = None,
+               pool: ForkPool | None = None) -> JobSummary:
+    """Write the shards of local files: by the workers (of ``pool``, when given), or by
+    this process when the workers of a cluster elsewhere cannot see the files (or a local
+    output folder)."""
+    run = partial(engine.run, on_result=on_result, on_start=on_start, executor=pool)
     if opts.dry_run or not tasks or not workers_elsewhere(opts):
         return run("htupload", tasks, opts)
     first = next((FileSample(*t.kwargs["samples"][0]).files[0][1] for t in tasks

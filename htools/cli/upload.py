@@ -1,8 +1,14 @@
-"""htupload: a local directory, a list of files, or tar shards -> sharded tars at a URL."""
+"""htupload: a local directory, a list file of paths, or tar shards -> sharded tars at a URL."""
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -39,5 +45,35 @@ def main(source, outputs, maxcount, maxsize, shuffle, seed, mtime, select, opts)
       htupload 'old-{000..099}.tgz' gs://b/new-@20.tar
       htupload 'old-{000..099}.tgz' gs://b/new-@20.tar --drop blocked-keys.txt
     """
-    finish(upload(source, outputs, maxcount=maxcount, maxsize=maxsize, shuffle=shuffle,
-                  seed=seed, mtime=mtime, **select, **opts.as_kwargs()), opts)
+    with exit_at_once():
+        finish(upload(source, outputs, maxcount=maxcount, maxsize=maxsize, shuffle=shuffle,
+                      seed=seed, mtime=mtime, **select, **opts.as_kwargs()), opts)
+
+
+@contextmanager
+def exit_at_once() -> Iterator[None]:
+    """The command's exit, once the job is over and reported, without the interpreter's
+    clean-up: freeing the job's objects one by one (a folder's 100,000 samples: about 0.1
+    s on 2 cores, a tenth of a small job).  The exit handlers run and the output is
+    flushed as in a normal exit; only in the ``htupload`` command (not a Python caller of
+    :func:`main`, nor a profiler running the command: it writes its figures after the
+    command returns), and when no thread that a normal exit would wait for still runs."""
+    try:
+        yield
+    except SystemExit as e:
+        me = threading.current_thread()
+        if not isinstance(e.code, (int, type(None))) or me is not threading.main_thread() \
+                or not _the_command() \
+                or any(t.is_alive() and not t.daemon and t is not me
+                       for t in threading.enumerate()):
+            raise
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(e.code or 0)
+
+
+def _the_command() -> bool:
+    """Whether this process is the ``htupload`` console script itself."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.basename(main).startswith("htupload")

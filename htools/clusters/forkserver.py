@@ -76,13 +76,14 @@ def for_command(module: str) -> None:
     _command[:] = [module]
 
 
-def start() -> None:
+def start(preload: tuple[str, ...] = PRELOAD) -> None:
     """Start the fork server now, if it is the start method and not already running; it
     imports :data:`PRELOAD` (and the command's module) in its own process while this one
     goes on (importing ``distributed``, starting the scheduler).  Once per process: later
     jobs fork from the same server.  Where the server cannot start (its socket lives in
     the temporary folder, and a ``$TMPDIR`` longer than about 90 bytes makes a Unix
-    socket path too long), the workers are spawned, Dask's way."""
+    socket path too long), the workers are spawned, Dask's way.  ``preload``: a job's own
+    list instead of :data:`PRELOAD`, when its workers are not Dask's."""
     global _started, _unusable
     if method() != "forkserver":
         return
@@ -93,7 +94,7 @@ def start() -> None:
         _set_spawn_environ()
         _environ.update(os.environ)
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([*PRELOAD, *_command])
+        ctx.set_forkserver_preload([*preload, *_command])
         from multiprocessing import forkserver
 
         try:

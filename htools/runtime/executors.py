@@ -1,6 +1,8 @@
 """Where the run loop's calls execute (:mod:`htools.runtime.runloop`): the workers of a
-Dask cluster (:class:`DaskExecutor`), or threads of this process (:class:`LocalExecutor`:
-htupload writing local files that the workers of a cluster elsewhere cannot see).
+Dask cluster (:class:`DaskExecutor`), threads of this process (:class:`LocalExecutor`:
+htupload writing local files that the workers of a cluster elsewhere cannot see), or
+processes forked from the fork server (:class:`htools.runtime.forkpool.ForkPool`: htupload
+of local files into a local folder, without Dask).
 
 Both take :class:`Call` s (a key, a top-level function, its arguments, a backoff delay)
 and hand back, a batch at a time, what finished as :class:`Done` (the value, or the
