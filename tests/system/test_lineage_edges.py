@@ -1,0 +1,95 @@
+"""The lineage record's edges, with the tools run as processes and stopped by Ctrl-C: an
+htupload of a folder that sizes its files only as its tasks read them, and an exchange
+with --maxcount whose --resume keeps outputs and is stopped in its write stage.  What
+either leaves must refuse another job's --resume (see also test_lineage.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import BIN, child_env, interrupt, make_shards, ok, read_wds, run
+
+W1 = ("--workers", "1")
+
+
+def _stopped(args: tuple, ready) -> None:
+    """Run ``args`` and Ctrl-C it once ``ready()``."""
+    p = interrupt([BIN / str(args[0]), *args[1:]], ready, child_env())
+    assert p.returncode == 130, p.stderr[-3000:]
+
+
+def _refused(p, *phrases: str) -> str:
+    assert p.returncode == 1, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--resume: " in lines[0], lines
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def test_an_unsized_folder_upload_stopped_part_way_leaves_its_lineage(tmp_path):
+    """No --maxsize: the files are sized by the tasks that read them, and the lineage
+    with their sizes is known only at the end; a job stopped before then still leaves
+    who made its outputs (the files by their paths), so a --resume by other options is
+    refused, and the same job's resumes and records the sizes in its index."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"k{i:05d}.txt").write_bytes(b"%d" % i)
+    args = ("htupload", src, out / "o-@1000.tar", *W1)
+    _stopped(args, lambda: any(out.glob("o-*.tar")))
+    record = json.loads((out / "o.lineage.json").read_text())
+    assert record["lineage"]["inputs"]["count"] == 3000
+    assert "names" in record["lineage"]["inputs"] and "digest" not in record["lineage"]["inputs"]
+    kept = len(list(out.glob("o-*.tar")))
+    assert 1 <= kept < 1000
+    _refused(run(*args, "--resume", "--mtime", "7"), "made by another job",
+             "--mtime changed: 0.0 -> 7.0")
+    assert len(list(out.glob("o-*.tar"))) == kept
+    ok(run(*args, "--resume"))
+    assert not (out / "o.lineage.json").exists()
+    inputs = json.loads((out / "o.index.json").read_text())["lineage"]["inputs"]
+    assert inputs["names"] == record["lineage"]["inputs"]["names"] and inputs["bytes"] > 0
+    assert len(read_wds(sorted(out.glob("o-*.tar")))) == 3000
+
+
+SLOW_REDUCE = ("import time\n"
+               "def sort_key(s):\n"
+               "    return s['cls'].decode()\n"
+               "def reduce_samples(key, samples):\n"
+               "    time.sleep(0.4)\n"
+               "    return {'__key__': key, 'v': b'%s'}\n")
+
+
+def _in_write_stage(out: Path, more_than: int):
+    """Ready once the job has written an output of its own (its write stage runs)."""
+    return lambda: len(list(out.glob("o-*.tar"))) > more_than
+
+
+def test_a_maxcount_resume_that_keeps_outputs_stopped_in_its_writes_still_refuses(tmp_path):
+    """Job A (an htsort --maxcount with a slow reduce) stopped in its write stage; job B
+    (another script) --resume-any keeps A's outputs and is stopped in its writes too: the
+    set holds both jobs' outputs, so neither B's --resume nor A's may keep them silently."""
+    make_shards(tmp_path / "in", shards=2, per_shard=10)
+    out, script = tmp_path / "out", tmp_path / "s.py"
+    args = ("htsort", "-p", script, tmp_path / "in" / "data-@2.tar", out / "o-%06d.tar",
+            "--maxcount", "1", *W1)
+    script.write_text(SLOW_REDUCE % "A")
+    _stopped(args, _in_write_stage(out, 0))
+    a_kept = len(list(out.glob("o-*.tar")))
+    assert 1 <= a_kept < 4, a_kept
+    script.write_text(SLOW_REDUCE % "B")
+    _stopped((*args, "--resume-any"), _in_write_stage(out, a_kept))
+    assert not (out / "o.index.json").exists()
+    values = {s["v"] for s in read_wds(sorted(out.glob("o-*.tar")))}
+    assert values == {b"A", b"B"}  # what a silent resume would call one job's
+    before = {x.name: x.read_bytes() for x in out.iterdir()}
+    _refused(run(*args, "--resume"), "more than one job", "kept by --resume-any: script "
+             "digest changed", "--resume-any to keep them")
+    script.write_text(SLOW_REDUCE % "A")
+    _refused(run(*args, "--resume"), "made by another job: script digest changed")
+    assert {x.name: x.read_bytes() for x in out.iterdir()} == before
+    ok(run(*args, "--overwrite"))
+    assert {s["v"] for s in read_wds(sorted(out.glob("o-*.tar")))} == {b"A"}
+    assert "mixed" not in json.loads((out / "o.index.json").read_text())["lineage"]
