@@ -8,7 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import BIN, child_env, interrupt, make_shards, ok, read_wds, run
+
+from htools import lineage, lineage_record, storage
+from htools.errors import HtoolsError
+from htools.options import RunOptions
+from htools.shards import OutputSet
 
 W1 = ("--workers", "1")
 
@@ -93,3 +99,26 @@ def test_a_maxcount_resume_that_keeps_outputs_stopped_in_its_writes_still_refuse
     ok(run(*args, "--overwrite"))
     assert {s["v"] for s in read_wds(sorted(out.glob("o-*.tar")))} == {b"A"}
     assert "mixed" not in json.loads((out / "o.index.json").read_text())["lineage"]
+
+
+def test_the_records_checks_on_every_protocol(storage_backend):
+    """A record beside no output is removed and one beside a shard of another count
+    refuses; an --overwrite of outputs without lineage is recorded as such; on local
+    files, nginx, S3 and GCS alike (one listing of the folder, missing or not)."""
+    base, options = storage_backend.base, storage_backend.options
+    opts = {"storage_options": options}
+    outset = OutputSet.parse(base + "o-@2.tar")
+    one, two = (lineage.make("htshuffle", inputs=["/d/a.tar"], outputs=outset.pattern,
+                             options={"seed": s}) for s in (1, 2))
+    overwrite = RunOptions(overwrite=True, **opts)
+    assert lineage_record.check_lineage(outset, one, overwrite) is None  # no folder yet
+    lineage_record.start_record(outset, one, RunOptions(**opts))
+    assert lineage_record.check_lineage(outset, two, RunOptions(resume=True, **opts)) is None
+    assert not storage.exists(lineage_record.lineage_url(outset), options)
+    lineage_record.start_record(outset, one, RunOptions(**opts))
+    with storage.open_write(base + "o-5.tar", options) as f:
+        f.write(b"x")
+    with pytest.raises(HtoolsError, match="made by another job: --seed changed: 1 -> 2"):
+        lineage_record.check_lineage(outset, two, RunOptions(resume=True, **opts))
+    storage.delete(lineage_record.lineage_url(outset), options)
+    assert lineage_record.check_lineage(outset, one, overwrite) == lineage_record.UNRECORDED
