@@ -261,4 +261,8 @@ def _resume_note(previous: dict | None, made: dict | None, kept: int
     if diffs:
         note = f"{kept} output(s) kept by --resume-any were made by another job: "
         return note + "; ".join(diffs), "; ".join(diffs)
+    if "digest" not in (old.get("inputs") or {}):  # lineage.sized_later's record
+        return (f"{kept} output(s) kept by --resume were checked by their files' paths, not "
+                "their sizes (the job that wrote them was stopped before it had sized them)"
+                ), old.get("mixed")
     return None, old.get("mixed")

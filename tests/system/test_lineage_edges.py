@@ -53,7 +53,9 @@ def test_an_unsized_folder_upload_stopped_part_way_leaves_its_lineage(tmp_path):
     _refused(run(*args, "--resume", "--mtime", "7"), "made by another job",
              "--mtime changed: 0.0 -> 7.0")
     assert len(list(out.glob("o-*.tar"))) == kept
-    ok(run(*args, "--resume"))
+    p = ok(run(*args, "--resume"))
+    assert f"{kept} output(s) kept by --resume were checked by their files' paths, not their " \
+        "sizes" in p.stderr
     assert not (out / "o.lineage.json").exists()
     inputs = json.loads((out / "o.index.json").read_text())["lineage"]["inputs"]
     assert inputs["names"] == record["lineage"]["inputs"]["names"] and inputs["bytes"] > 0
