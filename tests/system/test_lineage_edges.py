@@ -124,3 +124,32 @@ def test_the_records_checks_on_every_protocol(storage_backend):
         lineage_record.check_lineage(outset, two, RunOptions(resume=True, **opts))
     storage.delete(lineage_record.lineage_url(outset), options)
     assert lineage_record.check_lineage(outset, one, overwrite) == lineage_record.UNRECORDED
+
+
+SLOW_MAP = ("import time\n"
+            "def process_sample(s):\n"
+            "    time.sleep(0.1)\n"
+            "    s['v'] = b'B'\n"
+            "    return s\n")
+
+
+def test_an_overwrite_of_outputs_made_by_hand_stopped_part_way_is_not_one_jobs(tmp_path):
+    """Shards copied in by hand (no index, no lineage), then htmapper --overwrite stopped
+    after some outputs: the others are not its own, so its --resume is refused."""
+    make_shards(tmp_path / "in", shards=4, per_shard=10)
+    out, script = tmp_path / "out", tmp_path / "s.py"
+    out.mkdir()
+    for i in range(4):
+        (out / f"o-{i}.tar").write_bytes((tmp_path / "in" / f"data-{i}.tar").read_bytes())
+    script.write_text(SLOW_MAP)
+    args = ("htmapper", "-p", script, tmp_path / "in" / "data-@4.tar", out / "o-@4.tar", *W1)
+    before = {x.name: x.stat().st_mtime_ns for x in out.glob("o-*.tar")}
+    _stopped((*args, "--overwrite"), lambda: any(x.stat().st_mtime_ns != before[x.name]
+                                                 for x in out.glob("o-*.tar")))
+    record = json.loads((out / "o.lineage.json").read_text())
+    assert record["overwriting"] == lineage_record.UNRECORDED
+    assert {s.get("v") for s in read_wds(sorted(out.glob("o-*.tar")))} == {None, b"B"}
+    line = _refused(run(*args, "--resume"), "did not finish: some may still be another job's")
+    assert "outputs with no recorded lineage" in line
+    ok(run(*args, "--overwrite"))
+    assert {s.get("v") for s in read_wds(sorted(out.glob("o-*.tar")))} == {b"B"}
