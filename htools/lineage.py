@@ -8,7 +8,8 @@ A lineage is a small JSON object::
      "script": {"name": "s.py", "digest": "3f2a..."},      # or null
      "options": {"seed": 7, "mtime": 0, "compression": "gzip", ...},
      "inputs": {"count": 1000, "digest": "9c1e...", "first": URL, "last": URL,
-                "bytes": N, "names": "77b0..."}}           # with sizes: see inputs_of
+                "bytes": N, "names": "77b0..."},           # with sizes: see inputs_of
+     "outputs": {"count": 16}}                             # a fixed count: see counted
 
 ``script.digest`` covers the script's source and the modules shipped with it (or the
 shell command; a function's code).  ``options`` holds only the options that change the
@@ -51,6 +52,15 @@ def make(tool: str, *, inputs: list[str], outputs: str, script: Any = None,
     return {"tool": tool, "format": FORMAT, "script": script_of(script),
             "options": dict(sorted(opts.items())),
             "inputs": inputs_of(inputs, sizes)}
+
+
+def counted(made: dict | None, count: int | None) -> dict | None:
+    """``made`` with the count of outputs its job writes, when its pattern fixes it
+    (``x-@4.tar``; None: open-ended, whose ``--maxcount`` is an option): the same job
+    writing another count writes other outputs (a shuffle's buckets, an upload's split)."""
+    if made is None or count is None:
+        return made
+    return {**made, "outputs": {"count": count}}
 
 
 def sized_later(made: dict, inputs: list[str]) -> dict:
@@ -132,6 +142,9 @@ def differences(old: dict, new: dict) -> list[str]:
         elif oa.get(name) != ob.get(name):
             flag = name if name == "compression" else "--" + name.replace("_", "-")
             out.append(f"{flag} changed: {_value(oa.get(name))} -> {_value(ob.get(name))}")
+    ca, cb = (old.get("outputs") or {}).get("count"), (new.get("outputs") or {}).get("count")
+    if ca is not None and cb is not None and ca != cb:  # a lineage before counted(): unknown
+        out.append(f"output count changed: {ca} -> {cb}")
     ia, ib = old.get("inputs") or {}, new.get("inputs") or {}
     key = "digest" if "digest" in ia and "digest" in ib else "names"  # see inputs_of
     if ia.get(key) != ib.get(key):

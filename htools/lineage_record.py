@@ -60,6 +60,7 @@ def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions,
     without a recorded lineage are kept by ``--resume`` as before; :func:`finish` says so."""
     if made is None or not (opts.resume or opts.overwrite):
         return None
+    made = lineage.counted(made, outset.count)
     old, partial = recorded_lineage(outset, opts.storage_options)
     if old is None:
         return _unrecorded(outset, opts, outputs)
@@ -175,7 +176,7 @@ def start_record(outset: OutputSet, made: dict | None, opts: RunOptions,
         return None
     at = lineage_url(outset)
     flag = {("overwriting" if opts.overwrite else "mixed"): replacing} if replacing else {}
-    write(_record(made, **flag), at, opts.storage_options)
+    write(_record(lineage.counted(made, outset.count), **flag), at, opts.storage_options)
     if replacing:
         return None
 
@@ -198,7 +199,7 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     ``--resume-any``) get a note."""
     if opts.dry_run or any(storage.is_stream(u) for u in outputs):
         return engine.finish(summary, opts)
-    options = opts.storage_options
+    options, made = opts.storage_options, lineage.counted(made, outset.count)
     # a failed job's record beside the outputs: replaced by the index a success writes
     record = read_index(lineage_url(outset), options) if opts.resume or opts.overwrite \
         else None

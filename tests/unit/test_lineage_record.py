@@ -124,3 +124,18 @@ def test_a_resume_any_keeping_another_jobs_outputs_marks_its_record_mixed(tmp_pa
     assert lineage_record.check_lineage(outset, two, RESUME_ANY) == mixing
     lineage_record.start_record(outset, two, RESUME, None, kept=1)  # a plain resume keeps it
     assert _record(tmp_path)["mixed"] == mixing
+
+
+def test_a_resume_to_another_count_of_outputs_is_refused(tmp_path):
+    """x-@3 then x-@4 by the same shuffle: x-0..x-2 hold three buckets' samples, not four's
+    (kept, they would repeat samples); a lineage without the count is not held to one."""
+    three, four = (OutputSet.parse(str(tmp_path / f"o-@{n}.tar")) for n in (3, 4))
+    made = _job(three)
+    (tmp_path / "o-0.tar").write_bytes(b"x")
+    lineage_record.start_record(three, made, RunOptions())
+    assert _record(tmp_path)["lineage"]["outputs"] == {"count": 3}
+    assert lineage_record.check_lineage(three, made, RESUME) is None
+    with pytest.raises(HtoolsError, match="made by another job: output count changed: 3 -> 4"):
+        lineage_record.check_lineage(four, made, RESUME)
+    (tmp_path / "o.lineage.json").write_text(json.dumps({"complete": False, "lineage": made}))
+    assert lineage_record.check_lineage(four, made, RESUME) is None  # recorded before counts
