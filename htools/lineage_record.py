@@ -7,10 +7,12 @@ Ctrl-C or killed leaves it), and replaced by the shard index when the job succee
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from htools import lineage, storage
-from htools.errors import HtoolsError, StorageError, hide_credentials
+from htools.errors import HtoolsError, NotFound, StorageError, hide_credentials
+from htools.naming import TAR_SUFFIXES
 from htools.options import RunOptions
 from htools.runtime import engine
 from htools.shardindex import index_url, read_index, read_lineage, write, write_for_job
@@ -42,31 +44,36 @@ def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions,
     beside it (:func:`recorded_lineage`):
 
     * ``--resume`` when it is another job's than ``made`` (this job's), or when an
-      ``--overwrite`` of another job's set did not finish (some outputs may still be that
-      job's): refused in one line saying what differs (``--resume-any`` keeps them);
-    * ``--overwrite``: another job's index (or unfinished job's record) is deleted first,
-      so that a job that then stops part-way leaves no index vouching for a set it changed.
+      ``--overwrite`` of another job's set, or a ``--resume-any`` that kept another job's
+      outputs, did not finish (some outputs may be that job's): refused in one line
+      saying what differs (``--resume-any`` keeps them);
+    * ``--overwrite``: another job's index (or unfinished job's record), or an index
+      without lineage, is deleted first, so that a job that then stops part-way leaves no
+      index vouching for a set it changed.
 
-    An unfinished job's record beside none of ``outputs`` (this job's, when it knows
-    them: a job stopped before it wrote one) vouches for nothing: it is removed, not
-    refused by.  Returns what differs from the job whose outputs this one replaces (an
-    ``--overwrite`` of another job's set, or the unfinished one recorded), for
-    :func:`start_record`.  Outputs without a recorded lineage are kept as before;
-    :func:`finish` says so."""
+    An unfinished job's record beside none of the outputs it may describe
+    (:func:`_outputs_exist`: a job stopped before it wrote one) vouches for nothing: it
+    is removed, not refused by.  Returns, for :func:`start_record`, what makes the set
+    not this job's alone until it finishes: for ``--overwrite``, what differs from the
+    job whose outputs it replaces (another job's, the unfinished one recorded, or outputs
+    with no recorded lineage); for ``--resume-any``, why the set is mixed.  Outputs
+    without a recorded lineage are kept by ``--resume`` as before; :func:`finish` says so."""
     if made is None or not (opts.resume or opts.overwrite):
         return None
+    made = lineage.counted(made, outset.count)
     old, partial = recorded_lineage(outset, opts.storage_options)
-    diffs = lineage.differences(old, made) if old is not None else []
-    replacing = (partial or {}).get("overwriting")
-    if opts.resume and replacing and not diffs and not opts.resume_any:
-        raise HtoolsError(f"--resume: an --overwrite of the outputs beside "
-                          f"{hide_credentials(index_url(outset))} did not finish: some may "
-                          f"still be another job's ({replacing}); use --overwrite, or "
-                          "--resume-any to keep them")
-    if not diffs or opts.resume_any:
-        return replacing if opts.resume_any or opts.overwrite else None
-    if opts.resume and outputs and partial is not None and old is partial.get("lineage") \
-            and not engine.existing_outputs(outputs, opts.storage_options):
+    if old is None:
+        return _unrecorded(outset, opts, outputs)
+    diffs = lineage.differences(old, made)
+    if opts.resume and not diffs and not opts.resume_any:
+        _refuse_unfinished(outset, partial)
+    if opts.resume_any:  # what the record says while it runs: the set is mixed
+        kept = diffs and f"kept by --resume-any: {'; '.join(diffs)}"
+        return "; ".join(x for x in (_mixed(partial), kept) if x) or None
+    if not diffs:
+        return _replacing(partial) if opts.overwrite else None
+    if opts.resume and partial is not None and old is partial.get("lineage") \
+            and not _outputs_exist(outset, outputs, opts.storage_options):
         storage.delete(lineage_url(outset), opts.storage_options)
         return None
     if opts.resume:
@@ -80,6 +87,76 @@ def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions,
     return "; ".join(diffs)
 
 
+UNRECORDED = "outputs with no recorded lineage (an older htools', or made by hand)"
+
+
+def _unrecorded(outset: OutputSet, opts: RunOptions, outputs: list[str] | None
+                ) -> str | None:
+    """``--overwrite`` of a set whose outputs no lineage vouches for: an index without
+    one is deleted first, as another job's; :data:`UNRECORDED` when there is an index or
+    an output (:func:`_outputs_exist`) to replace, for the record to say so."""
+    options = opts.storage_options
+    if not opts.overwrite:
+        return None
+    index = storage.exists(index_url(outset), options)
+    if not index and not _outputs_exist(outset, outputs, options):
+        return None
+    if index and not opts.dry_run:
+        storage.delete(index_url(outset), options)
+    return UNRECORDED
+
+
+def _outputs_exist(outset: OutputSet, outputs: list[str] | None, options: dict | None
+                   ) -> bool:
+    """Whether an output that a record beside ``outset`` may describe exists: one of
+    ``outputs`` (this job's, when it knows them) or of the set's fixed names, or any
+    shard of the set's name in its folder (``o-7.tar`` for ``o-@4.tar``: a record lists
+    no outputs, and the job that left it may have named another count or numbering).
+    One listing of the folder; one that cannot be listed: the known outputs are asked
+    for, and with none known, the answer is yes (a record stays)."""
+    folder, known = outset.folder(), list(outputs or outset.fixed or [])
+    stem = index_url(outset).rsplit("/", 1)[-1].removesuffix(".index.json")
+    shard = re.compile(re.escape(stem) + r"[-_.]*\d+(" +
+                       "|".join(re.escape(s) for s in TAR_SUFFIXES) + ")?")
+    try:
+        names = {u.rsplit("/", 1)[-1] for u in storage.listdir(folder, options)}
+    except NotFound:
+        names = set()
+    except StorageError:  # no listing (an HTTP server without one)
+        return bool(engine.existing_outputs(known, options)) if known else True
+    beside = [u for u in known if u.startswith(folder) and "/" not in u[len(folder):]]
+    return any(u[len(folder):] in names for u in beside) \
+        or any(shard.fullmatch(name) for name in names) \
+        or bool(engine.existing_outputs([u for u in known if u not in beside], options))
+
+
+def _refuse_unfinished(outset: OutputSet, partial: dict | None) -> None:
+    """``--resume`` of this job's set, refused when its record says the set is not this
+    job's alone: an ``--overwrite`` or a ``--resume-any`` did not finish."""
+    where = hide_credentials(index_url(outset))
+    if (partial or {}).get("overwriting"):
+        raise HtoolsError(f"--resume: an --overwrite of the outputs beside {where} did not "
+                          f"finish: some may still be another job's "
+                          f"({partial['overwriting']}); use --overwrite, or --resume-any to "
+                          "keep them")
+    if (partial or {}).get("mixed"):
+        raise HtoolsError(f"--resume: the outputs beside {where} are of more than one job "
+                          f"({partial['mixed']}); use --overwrite, or --resume-any to keep "
+                          "them")
+
+
+def _mixed(partial: dict | None) -> str | None:
+    """Why an unfinished job's record says its set is not one job's (None: it does not)."""
+    if (partial or {}).get("overwriting"):
+        return f"an --overwrite did not finish: {partial['overwriting']}"
+    return (partial or {}).get("mixed") or None
+
+
+def _replacing(partial: dict | None) -> str | None:
+    """What an ``--overwrite`` of the set whose record is ``partial`` still replaces."""
+    return (partial or {}).get("overwriting") or (partial or {}).get("mixed") or None
+
+
 def start_record(outset: OutputSet, made: dict | None, opts: RunOptions,
                  replacing: str | None = None, kept: int = 0
                  ) -> Callable[[], None] | None:
@@ -87,17 +164,19 @@ def start_record(outset: OutputSet, made: dict | None, opts: RunOptions,
     :func:`lineage_url`, as a job that failed part-way leaves it, so that a client
     stopped by Ctrl-C or killed leaves who made the outputs it wrote; ``replacing``
     (from :func:`check_lineage`): the set held another job's outputs, which this one
-    overwrites -- until it finishes, a ``--resume`` is refused.  A ``--resume`` that
-    keeps ``kept`` > 0 outputs leaves the set's record as it was (the lineage it
-    checked them by).  The index written when the job succeeds replaces the record.
+    overwrites (``"overwriting"``) or keeps with ``--resume-any`` (``"mixed"``) -- until
+    it finishes, a ``--resume`` is refused.  Otherwise a ``--resume`` that keeps
+    ``kept`` > 0 outputs leaves the set's record as it was (the lineage it checked them
+    by).  The index written when the job succeeds replaces the record.
 
     Returns what removes the record again when every task of the job failed (nothing
     written), unless it replaces another job's outputs."""
     if made is None or opts.dry_run or not opts.index or storage.is_stream(outset.first()) \
-            or (opts.resume and kept):
+            or (opts.resume and kept and not replacing):
         return None
     at = lineage_url(outset)
-    write(_record(made, replacing), at, opts.storage_options)
+    flag = {("overwriting" if opts.overwrite else "mixed"): replacing} if replacing else {}
+    write(_record(lineage.counted(made, outset.count), **flag), at, opts.storage_options)
     if replacing:
         return None
 
@@ -120,7 +199,7 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     ``--resume-any``) get a note."""
     if opts.dry_run or any(storage.is_stream(u) for u in outputs):
         return engine.finish(summary, opts)
-    options = opts.storage_options
+    options, made = opts.storage_options, lineage.counted(made, outset.count)
     # a failed job's record beside the outputs: replaced by the index a success writes
     record = read_index(lineage_url(outset), options) if opts.resume or opts.overwrite \
         else None
@@ -133,8 +212,7 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
         note, mixed = _resume_note(previous, made, summary.shards_skipped)
         if note:
             summary.notes.append(note)
-        replaced = (record or {}).get("overwriting")  # kept by --resume-any
-        mixed = mixed or (replaced and f"an --overwrite did not finish: {replaced}")
+        mixed = mixed or _mixed(record)  # kept by --resume-any
         if mixed and made is not None:  # the record says the set is not one job's
             made = {**made, "mixed": mixed}
     if outputs and opts.index and summary.ok:
@@ -144,8 +222,8 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     elif outputs and opts.index and summary.shards_done and made is not None:
         at = lineage_url(outset)
         try:
-            write(_record(made, (record or {}).get("overwriting"),
-                          shards_done=summary.shards_done,
+            flags = {k: v for k, v in (record or {}).items() if k in ("overwriting", "mixed")}
+            write(_record(made, **flags, shards_done=summary.shards_done,
                           shards_total=summary.shards_total), at, options)
             summary.extra["lineage"] = hide_credentials(at)
         except StorageError as e:  # the job's own failure is what the user must see
@@ -154,14 +232,18 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     return engine.finish(summary, opts)
 
 
-def _record(made: dict, replacing: str | None, **counts: int) -> dict:
+def _record(made: dict, overwriting: str | None = None, mixed: str | None = None,
+            **counts: int) -> dict:
     """What a job that did not finish leaves beside its outputs (no shard list: it
-    vouches for nothing but who made them); ``counts``: its shards done and total, once
-    known (a failed job's)."""
+    vouches for nothing but who made them); ``overwriting``: what differs from the job
+    whose outputs an ``--overwrite`` replaces; ``mixed``: why a ``--resume-any`` keeps
+    another job's; ``counts``: its shards done and total, once known (a failed job's)."""
     doc = {"complete": False, "lineage": made, **counts,
            "note": "outputs of a job that did not finish; --resume checks this lineage"}
-    if replacing:
-        doc["overwriting"] = replacing
+    if overwriting:
+        doc["overwriting"] = overwriting
+    if mixed:
+        doc["mixed"] = mixed
     return doc
 
 
@@ -180,4 +262,8 @@ def _resume_note(previous: dict | None, made: dict | None, kept: int
     if diffs:
         note = f"{kept} output(s) kept by --resume-any were made by another job: "
         return note + "; ".join(diffs), "; ".join(diffs)
+    if "digest" not in (old.get("inputs") or {}):  # lineage.sized_later's record
+        return (f"{kept} output(s) kept by --resume were checked by their files' paths, not "
+                "their sizes (the job that wrote them was stopped before it had sized them)"
+                ), old.get("mixed")
     return None, old.get("mixed")

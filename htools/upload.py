@@ -326,9 +326,10 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
         replacing = lineage_record.check_lineage(outset, made, opts)
         tasks = plan(source, outputs, opts, scanned=scanned, **kw)
         paths = _lineage_paths(scanned) if unsized and not opts.dry_run else None  # cluster starting
+        start = lineage.sized_later(_lineage(outputs, kw), paths) if paths is not None else made
         running, pool = ready()
         summary = _run_files(tasks, running, reported if unsized else None,
-                             lambda kept: lineage_record.start_record(outset, made, opts, replacing,
+                             lambda kept: lineage_record.start_record(outset, start, opts, replacing,
                                                                  kept), pool)
     if paths is not None:
         sizes = _reported_sizes(scanned, by_key)

@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from htools import storage
-from htools.storage import registry
 from htools.errors import StorageError
+from htools.storage import registry
 
 BLOCK = 8 << 20  # htools.storage.objectstore.READ_BLOCK
 
