@@ -50,27 +50,10 @@ def workers_meanwhile(opts: RunOptions, first_output: str
         return
     pool = ForkPool(opts.workers or os.cpu_count() or 1, retries=opts.retries,
                     quiet=opts.quiet)
-    box: dict[str, BaseException] = {}
-
-    def start() -> None:
-        try:
-            pool.start()
-        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=start, name="htupload-pool-start", daemon=True)
-    thread.start()
-
-    def ready() -> tuple[RunOptions, ForkPool]:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return opts, pool
-
     try:
-        yield ready
+        with _started_meanwhile(pool.start, "htupload-pool-start") as ready:
+            yield lambda: (opts, ready())
     finally:
-        thread.join()
         pool.close()
 
 
@@ -87,30 +70,47 @@ def cluster_meanwhile(opts: RunOptions, first_output: str
             or (not opts.overwrite and storage.exists(first_output, opts.storage_options)):
         yield lambda: opts
         return
-    box: dict[str, Any] = {}
     # the Client marks itself current in a context: entered and left in this one
     context = contextvars.copy_context()
+    cm = engine.cluster(opts)
+    entered: list[bool] = []
 
-    def start() -> None:
+    def start() -> Any:
+        client = context.run(cm.__enter__)
+        entered.append(True)
+        return client
+
+    try:
+        with _started_meanwhile(start, "htupload-cluster-start") as ready:
+            yield lambda: opts.with_(client=ready())
+    finally:  # the start finishes (a second or two) before the cluster can be closed
+        if entered:
+            context.run(cm.__exit__, *sys.exc_info())
+
+
+@contextmanager
+def _started_meanwhile(start: Callable[[], Any], name: str) -> Iterator[Callable[[], Any]]:
+    """``start()`` run on a thread while the block runs; the block gets a function that
+    waits for it and returns what it returned (or raises what it raised).  Leaving the
+    block waits for the thread first."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
         try:
-            cm = engine.cluster(opts)
-            box["client"] = context.run(cm.__enter__)
-            box["cm"] = cm
+            box["value"] = start()
         except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
             box["error"] = e
 
-    thread = threading.Thread(target=start, name="htupload-cluster-start", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
 
-    def ready() -> RunOptions:
+    def ready() -> Any:
         thread.join()
         if "error" in box:
             raise box["error"]
-        return opts.with_(client=box["client"])
+        return box["value"]
 
     try:
         yield ready
-    finally:  # the start finishes (a second or two) before the cluster can be closed
+    finally:
         thread.join()
-        if "cm" in box:
-            context.run(box["cm"].__exit__, *sys.exc_info())

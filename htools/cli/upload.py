@@ -68,8 +68,11 @@ def exit_at_once() -> Iterator[None]:
                        for t in threading.enumerate()):
             raise
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # a reader gone (| head): Python's own exit says 120 then
+            os._exit(120)
         os._exit(e.code or 0)
 
 

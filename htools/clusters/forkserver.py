@@ -76,6 +76,11 @@ def for_command(module: str) -> None:
     _command[:] = [module]
 
 
+def is_command() -> bool:
+    """Whether this process is a command (:func:`for_command`): one job, then exit."""
+    return bool(_command)
+
+
 def start(preload: tuple[str, ...] = PRELOAD) -> None:
     """Start the fork server now, if it is the start method and not already running; it
     imports :data:`PRELOAD` (and the command's module) in its own process while this one

@@ -30,12 +30,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from htools.display import in_notebook
 from htools.errors import HtoolsError
 from htools.runtime.executors import STOP_WAIT, Call, Done, call
 
@@ -56,10 +58,12 @@ class _Worker:
         import multiprocessing
 
         self.conn, child = multiprocessing.Pipe()
-        self.proc = ctx.Process(target=serve, args=(child, env), daemon=True,
+        alive, self.alive = multiprocessing.Pipe(duplex=False)  # closes when this process ends
+        self.proc = ctx.Process(target=serve, args=(child, env, alive), daemon=True,
                                 name="htools-worker")
         self.proc.start()
         child.close()
+        alive.close()
         self.running: Call | None = None
         self.over = False  # ended for its memory
 
@@ -68,6 +72,7 @@ class _Worker:
             self.proc.kill()
         self.proc.join()
         self.conn.close()
+        self.alive.close()
 
 
 class ForkPool:
@@ -98,7 +103,9 @@ class ForkPool:
 
         from htools.clusters import forkserver
 
-        forkserver.start(PRELOAD)
+        # a command's one job preloads only what its workers import; in a notebook or
+        # another Python caller, later jobs' Dask workers fork from the same server
+        forkserver.start(PRELOAD if forkserver.is_command() else (*forkserver.PRELOAD, *PRELOAD))
         # as it is now: with what the fork server's start put there for the workers
         # (Dask's pre-spawn variables: MALLOC_TRIM_THRESHOLD_, which tune_malloc reads)
         self.env = dict(os.environ)
@@ -110,12 +117,15 @@ class ForkPool:
     def __enter__(self) -> ForkPool:
         """The run loop starts (not when every task was skipped): one line on stderr
         unless ``quiet``, as the embedded cluster's."""
-        if not self.quiet:
+        if not self.quiet and not in_notebook():
             print(f"htools: {self.threads} worker processes", file=sys.stderr, flush=True)
         return self
 
-    def __exit__(self, *exc) -> None:
-        pass  # the pool is its owner's (see close)
+    def __exit__(self, exc_type, *exc) -> None:
+        """The pool is its owner's (see close), unless the loop left by an exception:
+        the calls that run are then ended before the job removes their partial outputs."""
+        if exc_type is not None:
+            self.close()
 
     def close(self) -> None:
         """End every worker (a call that runs is cut short: its partial output stays for
@@ -213,12 +223,33 @@ class ForkPool:
             self.close()
 
 
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def _machine_memory() -> int:
-    """The machine's memory in bytes (0 where the platform does not say: no limit)."""
+    """The memory this process may use, in bytes, as Dask's ``memory_limit`` reckons it:
+    the machine's, or less where a cgroup (a container, a pod) or ``RLIMIT_RSS`` bounds it
+    (0 where nothing says: no limit)."""
+    limits = []
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
-        return 0
+        pass
+    for path in CGROUP_LIMITS:
+        try:
+            with open(path, encoding="ascii") as f:
+                limits.append(int(f.read().strip()))  # "max": no limit (ValueError)
+        except (OSError, ValueError):
+            pass
+    try:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_RSS)[1]
+        if hard != resource.RLIM_INFINITY:
+            limits.append(hard)
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass
+    return min((n for n in limits if n > 0), default=0)
 
 
 def _rss(pid: int) -> int:
@@ -231,16 +262,27 @@ def _rss(pid: int) -> int:
 
 
 def _received(w: _Worker) -> Done:
-    ok, value = w.conn.recv()
+    """``w``'s answer to its call (EOFError, OSError: it died answering)."""
+    try:
+        ok, value = w.conn.recv()
+    except (EOFError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - read whole, but it does not unpickle
+        ok, value = False, HtoolsError(f"the task's answer cannot be read back: "
+                                       f"{type(e).__name__}: {e}")
     c, w.running = w.running, None
     assert c is not None
     return Done(c.key, value) if ok else Done(c.key, error=value)
 
 
-def serve(conn: Connection, env: dict[str, str]) -> None:
+def serve(conn: Connection, env: dict[str, str], alive: Connection) -> None:
     """A worker: the calls sent down ``conn``, one at a time, each answered with (True,
-    its value) or (False, the exception it raised), until the pipe closes."""
+    its value) or (False, the exception it raised), until the pipe closes; it exits at
+    once when ``alive`` closes (the pool's process is gone: killed, say), as a Dask
+    worker whose nanny is gone does, rather than finish a shard for no one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(alive,), daemon=True,
+                     name="htools-worker-alive").start()
     for k in [k for k in os.environ if k not in env]:
         del os.environ[k]
     os.environ.update(env)
@@ -255,5 +297,16 @@ def serve(conn: Connection, env: dict[str, str]) -> None:
             answer = (False, e)
         try:
             conn.send(answer)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            return  # the pool is gone
         except Exception as e:  # noqa: BLE001 - an exception (or value) that won't pickle
             conn.send((False, HtoolsError(f"{type(answer[1]).__name__}: {answer[1]} ({e})")))
+
+
+def _exit_with(alive: Connection) -> None:
+    """Exit this worker as soon as ``alive`` reads its end (its other side closed)."""
+    try:
+        alive.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)

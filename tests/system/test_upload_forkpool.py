@@ -72,16 +72,24 @@ def open_writer(fifo: Path, proc: subprocess.Popen, timeout: float = 60) -> int:
 
 
 def has_open(pid: int, fifo: Path) -> bool:
+    """Whether a thread of ``pid`` has ``fifo`` open: each thread's view, since a killed
+    process's main thread exits (its ``/proc/PID/fd`` then empty) while another of its
+    threads still holds the files, which a writer would still see as a reader."""
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    for fd in fds:
+    for task in tasks:
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo):
-                return True
+            fds = os.listdir(f"/proc/{pid}/task/{task}/fd")
         except OSError:
-            pass
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/task/{task}/fd/{fd}") == str(fifo):
+                    return True
+            except OSError:
+                pass
     return False
 
 
@@ -104,6 +112,19 @@ def kill(pid: int, fifo: Path, timeout: float = 30) -> None:
     while has_open(pid, fifo):
         assert time.monotonic() < deadline, f"{pid} still has {fifo} open"
         time.sleep(0.01)
+
+
+def send_again(w: int, fifo: Path, proc: subprocess.Popen) -> None:
+    """``b"again"`` to the retried call's read of ``fifo``: on the writer ``w`` still open
+    when that call has opened it already (an idle worker takes the call at once; closing
+    ``w`` first would give it an empty read), else on a new writer once it does."""
+    try:
+        os.write(w, b"again")
+    except BrokenPipeError:  # no reader yet
+        os.close(w)
+        w = open_writer(fifo, proc)
+        os.write(w, b"again")
+    os.close(w)
 
 
 def running_in_group(pgid: int) -> list[int]:
@@ -137,10 +158,9 @@ def test_a_worker_killed_mid_shard_fails_only_that_call(tmp_path, retries):
     try:
         w = open_writer(fifo, proc)
         kill(reader_pid(fifo), fifo)
-        os.close(w)
-        if retries:  # the shard runs again on a new worker: this time it gets its bytes
-            w = open_writer(fifo, proc)
-            os.write(w, b"again")
+        if retries:  # the shard runs again on another worker: this time it gets its bytes
+            send_again(w, fifo, proc)
+        else:
             os.close(w)
         _out, err = proc.communicate(timeout=120)
     finally:
@@ -244,3 +264,106 @@ def test_a_worker_has_the_variables_the_fork_server_set_for_workers():
     finally:
         pool.close()
     assert got == [os.environ["MALLOC_TRIM_THRESHOLD_"]]
+
+
+POOL_THEN_KILLED = '''
+import sys, time
+from htools.runtime.executors import Call
+from htools.runtime.forkpool import ForkPool
+
+def late_write(path, seconds):
+    time.sleep(seconds)
+    open(path, "w").write("written after its job was gone")
+
+if __name__ == "__main__":
+    pool = ForkPool(1).start()
+    pool.submit([Call("w", late_write, {"path": sys.argv[1], "seconds": 3})])
+    print(pool.workers[0].proc.pid, flush=True)
+    time.sleep(60)
+'''
+
+
+def test_workers_exit_at_once_when_the_pools_process_is_killed(tmp_path):
+    """SIGKILL of the client (the pool's process): its workers exit at once, as a Dask
+    worker whose nanny is gone does, instead of finishing a shard for no one (before:
+    the worker wrote its output 2.5 s after the job was dead, then printed tracebacks)."""
+    import sys
+
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_THEN_KILLED)
+    late = tmp_path / "late.txt"
+    proc = subprocess.Popen([sys.executable, str(script), str(late)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        worker = int(proc.stdout.readline())
+        time.sleep(0.5)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(worker):
+            assert time.monotonic() < deadline, "the worker outlived its pool's process"
+            time.sleep(0.05)
+        time.sleep(3)
+        assert not late.exists()
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+class _TwoArgs(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a} {b}")
+
+
+def unpicklable_error() -> None:
+    raise _TwoArgs("one", "two")  # pickles, but its __init__ cannot be called back
+
+
+def test_an_answer_that_cannot_be_read_back_fails_its_call_only():
+    from htools.errors import HtoolsError
+    from htools.runtime.executors import Call
+    from htools.runtime.forkpool import ForkPool
+
+    pool = ForkPool(1).start()
+    try:
+        pool.submit([Call("bad", unpicklable_error, {}), Call("good", os.path.basename, {"p": "a/abc"})])
+        done = {d.key: d for b in pool.batches() for d in b}
+    finally:
+        pool.close()
+    assert isinstance(done["bad"].error, HtoolsError)
+    assert "cannot be read back" in str(done["bad"].error)
+    assert done["good"].value == "abc"
+
+
+def test_leaving_the_loop_by_an_error_ends_the_running_calls(tmp_path):
+    """The run loop left by an exception (not Ctrl-C): the pool's calls are ended as it
+    leaves, before the job removes partial outputs (a call left running would write on)."""
+    from htools.runtime.executors import Call
+    from htools.runtime.forkpool import ForkPool
+
+    pool = ForkPool(1).start()
+    worker = pool.workers[0].proc
+    with pytest.raises(RuntimeError), pool:
+        pool.submit([Call("slow", hold, {"mb": 1, "seconds": 30})])
+        raise RuntimeError("the loop failed")
+    worker.join(5)
+    assert not worker.is_alive() and pool.workers == []
+
+
+def test_the_memory_limit_counts_a_cgroups(monkeypatch, tmp_path):
+    from htools.runtime import forkpool
+
+    limit = tmp_path / "memory.max"
+    limit.write_text("268435456\n")
+    monkeypatch.setattr(forkpool, "CGROUP_LIMITS", (str(limit), str(tmp_path / "none")))
+    assert forkpool._machine_memory() == 256 << 20
+    limit.write_text("max\n")  # no cgroup limit: the machine's memory
+    assert forkpool._machine_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
