@@ -23,7 +23,7 @@ from htools.exchange.cursors import bucket_records, close_all, open_cursors
 from htools.exchange.groups import dedup
 from htools.exchange.keys import bucket_fn, second_pass_key
 from htools.exchange.partition import Spiller
-from htools.exchange.runfile import Run, pack_key, record
+from htools.exchange.runfile import Run, pack_key, rekeyed
 from htools.exchange.specs import StageOne, StageTwo
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.task import shard_task
@@ -61,7 +61,7 @@ def _partition(records_, one: StageOne, out: Spiller) -> None:
     reverse = one.key.reverse
     for k, skey, rec, start in records_:
         k2 = second_pass_key(k, reverse)
-        out.add(bucket_of(k2[0]), k2, record(pack_key(k2), skey, memoryview(rec)[start:]))
+        out.add(bucket_of(k2[0]), k2, rekeyed(pack_key(k2), skey, rec, start))
     out.close()
 
 

@@ -11,7 +11,7 @@ from operator import itemgetter
 
 from htools.errors import HtoolsError, ScriptError
 from htools.exchange.keys import field_digest
-from htools.exchange.runfile import SampleEncoder, decode
+from htools.exchange.runfile import SampleEncoder, decode, fields_of
 from htools.exchange.specs import StageTwo
 from htools.summary import ShardResult
 from htools.usercode.script import user_traceback
@@ -64,7 +64,7 @@ def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
         for _k, skey, rec, start in records_:
             result.samples_read += 1
             result.samples_mapped += 1
-            yield item(skey, memoryview(rec)[start:])
+            yield item(skey, memoryview(rec)[start:], fields_of(rec, start))
         return
     fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
     encoder = SampleEncoder(url, spec.mtime)
@@ -109,9 +109,10 @@ def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
             yield item(o["__key__"], encoder.encode(o))
 
 
-def item(skey: str, tar) -> dict:
-    """What the writer needs of a sample: its key (for distinct_keys) and its tar bytes."""
-    return {"__key__": skey, "__tar__": tar}
+def item(skey: str, tar, fields: tuple[str, ...] | None = None) -> dict:
+    """What the writer needs of a sample: its key (for distinct_keys), its tar bytes and
+    their fields, if known (else the writer reads them from the headers)."""
+    return {"__key__": skey, "__tar__": tar, "__fields__": fields}
 
 
 def merge_by_key(samples: list[dict]) -> list[dict]:

@@ -30,7 +30,7 @@ from htools.exchange.keys import (
     placed_key,
 )
 from htools.exchange.listjoin import Tags, drawing, joined_key, small_selected, tagged
-from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record_pieces
+from htools.exchange.runfile import Run, RunWriter, SampleEncoder, key_packer
 from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import InputSpan, StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
@@ -92,7 +92,7 @@ def heap_kept(budget: int) -> Iterator[None]:
 
 
 def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> None:
-    encoder = SampleEncoder(spec.scratch, spec.mtime)
+    encode, pack = SampleEncoder(spec.scratch, spec.mtime).record, key_packer()
     if spec.first_pass:
         bucket_of = content_bucket(spec.buckets)
     elif spec.dedup_buckets:  # keys [K, place]: the bucket of K
@@ -112,12 +112,13 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
             key_of = spec.key.key_fn(spec.script, index)
             if _draws_owed(spec):
                 key_of = drawing(key_of, tags)  # as the join path draws
-            key_of = _checked(key_of)
+            if spec.key.mode != "random":  # random keys: ints in [0, 2**63), valid
+                key_of = _checked(key_of)
         for sample in input_samples(url, spec, result, tags):
             sample.pop("__url__", None)
             try:
                 k = key_of(sample)
-                rec = record_pieces(pack_key(k), sample["__key__"], encoder.pieces(sample))
+                rec = encode(pack(k), sample)
                 bucket = bucket_of(k)
             except Exception as e:  # noqa: BLE001 -- the user's sort_key or the sample: a sample error
                 result.samples_mapped = max(0, result.samples_mapped - 1)  # failed instead
@@ -140,11 +141,12 @@ class Spiller:
         self.buffers: dict[int, list] = {}
         self.held = 0
 
-    def add(self, bucket: int, k, rec: bytes | list) -> None:
-        """Buffer one record: bytes, or a list of pieces (:func:`.runfile.record_pieces`)."""
+    def add(self, bucket: int, k, rec: bytes | bytearray | list) -> None:
+        """Buffer one record: bytes, or a list of pieces
+        (:meth:`.runfile.SampleEncoder.record`)."""
         self.buffers.setdefault(bucket, []).append((k, rec))
-        # pieces count as allocated: the tar writer's buffers keep their spare room
-        size = len(rec) if type(rec) is not list else sum(map(getsizeof, rec))
+        # counted as allocated: the tar writer's buffers keep their spare room
+        size = getsizeof(rec) if type(rec) is not list else sum(map(getsizeof, rec))
         self.held += size + RECORD_OVERHEAD
         if self.held >= self.spec.memory:
             self.close()

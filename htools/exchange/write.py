@@ -116,7 +116,7 @@ def _write_records(url: str, merged: Iterator[tuple], spec: StageTwo,
                                 "samples with equal keys")
         for item in samples:
             if item["__tar__"]:
-                writer.write_encoded(item["__tar__"])
+                writer.write_encoded(item["__tar__"], item["__fields__"])
                 result.samples_written += 1
 
 
