@@ -11,7 +11,7 @@ from operator import itemgetter
 
 from htools.errors import HtoolsError, ScriptError
 from htools.exchange.keys import field_digest
-from htools.exchange.runfile import SampleEncoder, decode, fields_of
+from htools.exchange.runfile import SampleEncoder, decode
 from htools.exchange.specs import StageTwo
 from htools.summary import ShardResult
 from htools.usercode.script import user_traceback
@@ -58,14 +58,9 @@ def dedup(records_: Iterator[tuple], spec: StageTwo, result: ShardResult, url: s
 
 def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
              url: str) -> Iterator[dict]:
-    """Records -> ``{"__key__", "__tar__"}`` items to write: as they come, or one group of
-    equal sort keys at a time through ``--merge`` / ``reduce_samples``."""
-    if spec.reduce is None and not spec.merge:
-        for _k, skey, rec, start in records_:
-            result.samples_read += 1
-            result.samples_mapped += 1
-            yield item(skey, memoryview(rec)[start:], fields_of(rec, start))
-        return
+    """Records -> ``{"__key__", "__tar__"}`` items to write, one group of equal sort keys
+    at a time through ``--merge`` / ``reduce_samples`` (records without either are
+    written as they come: :func:`.write._write_through`)."""
     fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
     encoder = SampleEncoder(url, spec.mtime)
     sort_key = (lambda r: r[0][0]) if spec.positions else itemgetter(0)
@@ -109,10 +104,9 @@ def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
             yield item(o["__key__"], encoder.encode(o))
 
 
-def item(skey: str, tar, fields: tuple[str, ...] | None = None) -> dict:
-    """What the writer needs of a sample: its key (for distinct_keys), its tar bytes and
-    their fields, if known (else the writer reads them from the headers)."""
-    return {"__key__": skey, "__tar__": tar, "__fields__": fields}
+def item(skey: str, tar) -> dict:
+    """What the writer needs of a sample: its key (for distinct_keys) and its tar bytes."""
+    return {"__key__": skey, "__tar__": tar}
 
 
 def merge_by_key(samples: list[dict]) -> list[dict]:

@@ -71,9 +71,9 @@ _C_INT_MAX = (1 << 31) - 1  # mallopt's value is a C int (a larger one would wra
 
 @contextmanager
 def heap_kept(budget: int) -> Iterator[None]:
-    """While a stage-1 task runs, the heap it frees (its records, at each spill and at
-    its end) stays in the process, up to ``budget`` bytes, instead of going back to the
-    system beyond :data:`~htools.runtime.task.TRIM_THRESHOLD`: its next spill and the
+    """While a stage-1 task (or a dedup task) runs, the heap it frees (its records, at
+    each spill and at its end) stays in the process, up to ``budget`` bytes, instead of
+    going back to the system beyond :data:`~htools.runtime.task.TRIM_THRESHOLD`: its next spill and the
     next stage-1 task of the worker reuse it rather than fault fresh pages in for every
     record (htshuffle of 1 GB of 16 KiB samples on 2 workers: stage 1's faults 148,000-
     160,000 -> 90,000 a GB, most of them now the first task's of each worker; its CPU
@@ -222,8 +222,8 @@ def input_samples(url: str, spec: StageOne, result: ShardResult,
     """The samples of one input shard, selected by --keep/--drop (not for the splitters'
     pre-pass: ``tags`` None), through the script's process_sample if it has one."""
     with read_shard(url, spec.options, result) as samples:
-        if tags is None:
-            pass  # the pre-pass samples keys of every sample: so do both of .listjoin's paths
+        if tags is None or spec.select is None:  # no list; or the pre-pass, which samples
+            pass  # keys of every sample (as both of .listjoin's paths do)
         elif spec.select_join:  # digest and place as the small path would look it up
             samples = tagged(samples, spec.select, result, url, tags)
         else:
