@@ -247,8 +247,12 @@ class RunWriter:
                 pieces += r
             else:
                 pieces.append(r)
-        if sum(map(len, pieces)) < SMALL_RECORDS * len(pieces):  # small: one join in C
-            self._put(b"".join(pieces))
+        total = sum(map(len, pieces))
+        if total < SMALL_RECORDS * len(pieces):  # small: joined in C, a buffer at a time
+            # (a bucket joined whole would be fresh memory: mapped and faulted in anew)
+            step = max(1, len(pieces) * BUFFER // max(total, 1))
+            for i in range(0, len(pieces), step):
+                self._put(b"".join(pieces[i:i + step]))
         else:
             put = self._put
             for piece in pieces:
@@ -352,6 +356,8 @@ class RecordReader:
     def __init__(self, f: BinaryIO, url: str, size: int = WINDOW):
         """``f`` fresh, ``size`` the bytes to be read of it, if known (a smaller window)."""
         self.f, self.url = f, url
+        self.done = 0  # bytes read (or skipped) of the slice
+        self.count = 0  # records read (or skipped)
         self._at = 0  # the window's next unread byte
         self._end = 0  # the end of what the window holds
         if type(f) is io.BytesIO:  # a small slice, fetched whole: its bytes are the window
@@ -398,6 +404,8 @@ class RecordReader:
             at, buf = self._at, self._buf
             self._at = at + n
             nbytes -= n
+            self.done += n
+            self.count += 1
             rec = buf[at:at + n]
             yield (unpack_key(rec[size:size + n_key]),
                    str(rec[size + n_key:size + n_key + n_skey], "utf-8", "surrogateescape"),
@@ -416,9 +424,11 @@ class RecordReader:
                 step = min(n, max(self._end - self._at, 1))
                 self._need(step)
                 self._at += step
+                self.done += step
                 n -= step
                 nbytes -= step
             count += 1
+            self.count += 1
         return count
 
     def chunks(self, nbytes: int) -> Iterator[memoryview]:
@@ -427,6 +437,8 @@ class RecordReader:
             if self._at == self._end:
                 self._need(min(nbytes, len(self._buf)))
             take = min(nbytes, self._end - self._at)
-            yield self._buf[self._at:self._at + take]
+            at = self._at
             self._at += take
+            self.done += take
             nbytes -= take
+            yield self._buf[at:at + take]

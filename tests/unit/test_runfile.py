@@ -174,3 +174,29 @@ def test_records_carry_their_fields_to_the_writer(tmp_path):
             b.write_encoded(rec[start:])
     assert a.fields == b.fields == {"": 2, "jpg": 2, "txt": 2, "é.json": 2, "x": 1}
     assert counted.getvalue() == parsed.getvalue()
+
+
+def test_a_bucket_of_small_records_larger_than_the_buffer(tmp_path):
+    """Small records are joined a buffer's worth at a time (a bucket of several buffers'
+    worth comes back whole and in order), and a cursor counts what it read and skipped."""
+    from htools.exchange.cursors import Cursor
+
+    recs = [runfile.record(runfile.pack_key(i), f"k{i}", b"%07d" % i * 100) for i in range(6000)]
+    assert sum(map(len, recs)) > 2 * runfile.BUFFER
+    url = str(tmp_path / "r.bin")
+    with RunWriter(url, 0, 2, {}) as w:
+        w.write_records(0, recs[:5000])
+        w.write_records(1, recs[5000:])
+        run = w.close()
+    with open(url, "rb") as f:
+        assert f.read(sum(map(len, recs))) == b"".join(recs)
+    c = Cursor(run, 0, 2, {})
+    got = [(k, bytes(rec)) for k, _s, rec, _st in c.records(0)]
+    assert got == [(i, r) for i, r in enumerate(recs[:5000])] and c.count == 5000
+    assert c.pos == c.start + sum(map(len, recs[:5000])) and c.length(1) == run.size - 24 \
+        - runfile.FOOTER.size - c.pos
+    c.close()
+    c = Cursor(run, 0, 2, {})
+    c.skip_to(1)
+    assert c.count == 5000 and [k for k, *_ in c.records(1)] == list(range(5000, 6000))
+    c.close()
