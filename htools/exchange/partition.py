@@ -136,6 +136,7 @@ class Spiller:
 
     def __init__(self, spec: StageOne, task: int, counts: np.ndarray | None):
         self.spec, self.task, self.counts = spec, task, counts
+        self.memory = spec.memory
         self.runs: list[Run] = []
         self.keys: list[Run] = []  # the runs' keys files (spec.group_by)
         self.buffers: dict[int, list] = {}
@@ -144,11 +145,14 @@ class Spiller:
     def add(self, bucket: int, k, rec: bytes | bytearray | list) -> None:
         """Buffer one record: bytes, or a list of pieces
         (:meth:`.runfile.SampleEncoder.record`)."""
-        self.buffers.setdefault(bucket, []).append((k, rec))
+        buf = self.buffers.get(bucket)
+        if buf is None:
+            buf = self.buffers[bucket] = []
+        buf.append((k, rec))
         # counted as allocated: the tar writer's buffers keep their spare room
-        size = getsizeof(rec) if type(rec) is not list else sum(map(getsizeof, rec))
-        self.held += size + RECORD_OVERHEAD
-        if self.held >= self.spec.memory:
+        self.held += RECORD_OVERHEAD + (getsizeof(rec) if type(rec) is not list
+                                        else sum(map(getsizeof, rec)))
+        if self.held >= self.memory:
             self.close()
 
     def close(self) -> None:

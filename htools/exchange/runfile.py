@@ -42,6 +42,7 @@ HEADER = struct.Struct("<QIIH")
 _FIELD_BYTES = struct.Struct("<H")  # the header's last number: the field set's bytes
 _FIELDS_AT = HEADER.size - _FIELD_BYTES.size
 MAX_FIELD_SET = (1 << 16) - 1  # a longer field set is not kept (the writer parses)
+_HEAD = bytes(HEADER.size)  # a record's head before its lengths are known
 SMALL_RANGE = 256 << 10  # ranges up to this size are fetched whole in one request
 # A run writer hands bytes to storage in whole buffers of this size: more than a local
 # file writer's own buffer (storage's CHUNK, 1 MiB), which copies a write that fits in
@@ -164,10 +165,7 @@ class SampleEncoder:
             return self._first(key_bytes, sample, names)
         skb = key.encode("utf-8", "surrogateescape")
         w = self._writer
-        out = w._out = bytearray(HEADER.size)
-        out += key_bytes
-        out += skb
-        out += fields
+        w._out = bytearray(b"".join((_HEAD, key_bytes, skb, fields)))  # the head: below
         try:
             n = w.write(sample)
         except BaseException:  # a bad value: nothing of this sample is kept
