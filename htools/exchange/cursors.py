@@ -23,38 +23,40 @@ class Cursor:
         self.run = run
         self.a = a
         self.offsets = bucket_offsets(run, a, b, options)
-        self.pos = int(self.offsets[0])
-        self.count = 0
+        self.start = int(self.offsets[0])
         end = int(self.offsets[-1])
-        self.f: BinaryIO | None = open_slice(run, self.pos, end, options) if end > self.pos \
-            else None
-        self._reader = RecordReader(self.f, run.url, end - self.pos) if self.f is not None \
-            else None
+        self.f: BinaryIO | None = open_slice(run, self.start, end, options) \
+            if end > self.start else None
+        self._reader = RecordReader(self.f, run.url, end - self.start) \
+            if self.f is not None else None
+
+    @property
+    def pos(self) -> int:
+        return self.start + self._reader.done if self._reader is not None else self.start
+
+    @property
+    def count(self) -> int:
+        return self._reader.count if self._reader is not None else 0
 
     def length(self, bucket: int) -> int:
         """Bytes of ``bucket`` left to read (all of it when the cursor is at its start)."""
         return int(self.offsets[bucket - self.a + 1]) - self.pos
 
     def records(self, bucket: int, view: bool = False) -> Iterator[tuple]:
-        """The records of ``bucket`` left to read; with ``view``, each is a view valid
-        until the next is asked for (for a caller that writes it at once)."""
-        for rec in self._reader.records(self.length(bucket), view):
-            self.pos += len(rec[2])
-            self.count += 1
-            yield rec
+        """The records of ``bucket`` left to read (the reader's own generator: the
+        reader counts them); with ``view``, each is a view valid until the next is asked
+        for (for a caller that writes it at once)."""
+        return self._reader.records(self.length(bucket), view)
 
     def skip_to(self, bucket: int) -> None:
         """Skip to the start of ``bucket``, counting the records passed over."""
         n = int(self.offsets[bucket - self.a]) - self.pos
         if n > 0:
-            self.count += self._reader.skip(n)
-            self.pos += n
+            self._reader.skip(n)
 
     def copy(self, bucket: int) -> Iterator[memoryview]:
         """The bytes of ``bucket`` left to read, as views (each valid until the next)."""
-        for chunk in self._reader.chunks(self.length(bucket)):
-            self.pos += len(chunk)
-            yield chunk
+        return self._reader.chunks(self.length(bucket))
 
     def close(self) -> None:
         if self.f is not None:

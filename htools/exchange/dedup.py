@@ -22,8 +22,8 @@ import numpy as np
 from htools.exchange.cursors import bucket_records, close_all, open_cursors
 from htools.exchange.groups import dedup
 from htools.exchange.keys import bucket_fn, second_pass_key
-from htools.exchange.partition import Spiller
-from htools.exchange.runfile import Run, pack_key, record
+from htools.exchange.partition import Spiller, heap_kept
+from htools.exchange.runfile import Run, pack_key, rekeyed
 from htools.exchange.specs import StageOne, StageTwo
 from htools.runtime.memory import peak_rss, rss
 from htools.runtime.task import shard_task
@@ -37,7 +37,7 @@ def dedup_and_partition(runs: list[Run], a: int, b: int, task: int, one: StageOn
     out = Spiller(one, task, np.zeros(one.buckets, dtype=np.int64))
     duplicates = [0]
     with shard_task(f"{len(runs)} runs, buckets {a}..{b - 1}", one.scratch,
-                    max_errors=one.max_errors) as result:
+                    max_errors=one.max_errors) as result, heap_kept(one.memory):
         cursors = open_cursors(runs, a, b, two.scratch_options)
         try:
             merged = itertools.chain.from_iterable(
@@ -61,7 +61,7 @@ def _partition(records_, one: StageOne, out: Spiller) -> None:
     reverse = one.key.reverse
     for k, skey, rec, start in records_:
         k2 = second_pass_key(k, reverse)
-        out.add(bucket_of(k2[0]), k2, record(pack_key(k2), skey, memoryview(rec)[start:]))
+        out.add(bucket_of(k2[0]), k2, rekeyed(pack_key(k2), skey, rec, start))
     out.close()
 
 

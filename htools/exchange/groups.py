@@ -58,14 +58,9 @@ def dedup(records_: Iterator[tuple], spec: StageTwo, result: ShardResult, url: s
 
 def to_write(records_: Iterator[tuple], spec: StageTwo, result: ShardResult,
              url: str) -> Iterator[dict]:
-    """Records -> ``{"__key__", "__tar__"}`` items to write: as they come, or one group of
-    equal sort keys at a time through ``--merge`` / ``reduce_samples``."""
-    if spec.reduce is None and not spec.merge:
-        for _k, skey, rec, start in records_:
-            result.samples_read += 1
-            result.samples_mapped += 1
-            yield item(skey, memoryview(rec)[start:])
-        return
+    """Records -> ``{"__key__", "__tar__"}`` items to write, one group of equal sort keys
+    at a time through ``--merge`` / ``reduce_samples`` (records without either are
+    written as they come: :func:`.write._write_through`)."""
     fn = spec.reduce.load().reduce_samples if spec.reduce is not None else None
     encoder = SampleEncoder(url, spec.mtime)
     sort_key = (lambda r: r[0][0]) if spec.positions else itemgetter(0)

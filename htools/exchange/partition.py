@@ -30,7 +30,7 @@ from htools.exchange.keys import (
     placed_key,
 )
 from htools.exchange.listjoin import Tags, drawing, joined_key, small_selected, tagged
-from htools.exchange.runfile import Run, RunWriter, SampleEncoder, pack_key, record_pieces
+from htools.exchange.runfile import Run, RunWriter, SampleEncoder, key_packer
 from htools.exchange.semijoin import DigestTee, digest_spec
 from htools.exchange.specs import InputSpan, StageOne, scratch_options
 from htools.runtime.memory import peak_rss, rss
@@ -71,9 +71,9 @@ _C_INT_MAX = (1 << 31) - 1  # mallopt's value is a C int (a larger one would wra
 
 @contextmanager
 def heap_kept(budget: int) -> Iterator[None]:
-    """While a stage-1 task runs, the heap it frees (its records, at each spill and at
-    its end) stays in the process, up to ``budget`` bytes, instead of going back to the
-    system beyond :data:`~htools.runtime.task.TRIM_THRESHOLD`: its next spill and the
+    """While a stage-1 task (or a dedup task) runs, the heap it frees (its records, at
+    each spill and at its end) stays in the process, up to ``budget`` bytes, instead of
+    going back to the system beyond :data:`~htools.runtime.task.TRIM_THRESHOLD`: its next spill and the
     next stage-1 task of the worker reuse it rather than fault fresh pages in for every
     record (htshuffle of 1 GB of 16 KiB samples on 2 workers: stage 1's faults 148,000-
     160,000 -> 90,000 a GB, most of them now the first task's of each worker; its CPU
@@ -92,7 +92,7 @@ def heap_kept(budget: int) -> Iterator[None]:
 
 
 def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> None:
-    encoder = SampleEncoder(spec.scratch, spec.mtime)
+    encode, pack = SampleEncoder(spec.scratch, spec.mtime).record, key_packer()
     if spec.first_pass:
         bucket_of = content_bucket(spec.buckets)
     elif spec.dedup_buckets:  # keys [K, place]: the bucket of K
@@ -112,12 +112,13 @@ def _partition(inputs, spec: StageOne, result: ShardResult, out: Spiller) -> Non
             key_of = spec.key.key_fn(spec.script, index)
             if _draws_owed(spec):
                 key_of = drawing(key_of, tags)  # as the join path draws
-            key_of = _checked(key_of)
+            if spec.key.mode != "random":  # random keys: ints in [0, 2**63), valid
+                key_of = _checked(key_of)
         for sample in input_samples(url, spec, result, tags):
             sample.pop("__url__", None)
             try:
                 k = key_of(sample)
-                rec = record_pieces(pack_key(k), sample["__key__"], encoder.pieces(sample))
+                rec = encode(pack(k), sample)
                 bucket = bucket_of(k)
             except Exception as e:  # noqa: BLE001 -- the user's sort_key or the sample: a sample error
                 result.samples_mapped = max(0, result.samples_mapped - 1)  # failed instead
@@ -135,18 +136,23 @@ class Spiller:
 
     def __init__(self, spec: StageOne, task: int, counts: np.ndarray | None):
         self.spec, self.task, self.counts = spec, task, counts
+        self.memory = spec.memory
         self.runs: list[Run] = []
         self.keys: list[Run] = []  # the runs' keys files (spec.group_by)
         self.buffers: dict[int, list] = {}
         self.held = 0
 
-    def add(self, bucket: int, k, rec: bytes | list) -> None:
-        """Buffer one record: bytes, or a list of pieces (:func:`.runfile.record_pieces`)."""
-        self.buffers.setdefault(bucket, []).append((k, rec))
-        # pieces count as allocated: the tar writer's buffers keep their spare room
-        size = len(rec) if type(rec) is not list else sum(map(getsizeof, rec))
-        self.held += size + RECORD_OVERHEAD
-        if self.held >= self.spec.memory:
+    def add(self, bucket: int, k, rec: bytes | bytearray | list) -> None:
+        """Buffer one record: bytes, or a list of pieces
+        (:meth:`.runfile.SampleEncoder.record`)."""
+        buf = self.buffers.get(bucket)
+        if buf is None:
+            buf = self.buffers[bucket] = []
+        buf.append((k, rec))
+        # counted as allocated: the tar writer's buffers keep their spare room
+        self.held += RECORD_OVERHEAD + (getsizeof(rec) if type(rec) is not list
+                                        else sum(map(getsizeof, rec)))
+        if self.held >= self.memory:
             self.close()
 
     def close(self) -> None:
@@ -220,8 +226,8 @@ def input_samples(url: str, spec: StageOne, result: ShardResult,
     """The samples of one input shard, selected by --keep/--drop (not for the splitters'
     pre-pass: ``tags`` None), through the script's process_sample if it has one."""
     with read_shard(url, spec.options, result) as samples:
-        if tags is None:
-            pass  # the pre-pass samples keys of every sample: so do both of .listjoin's paths
+        if tags is None or spec.select is None:  # no list; or the pre-pass, which samples
+            pass  # keys of every sample (as both of .listjoin's paths do)
         elif spec.select_join:  # digest and place as the small path would look it up
             samples = tagged(samples, spec.select, result, url, tags)
         else:

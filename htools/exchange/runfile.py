@@ -11,18 +11,21 @@ first record (the last one is where the records end), so the byte range of bucke
 table (one small range read) and then exactly its slice.  The client never holds
 offsets: it keeps each run's URL, size and bucket range.
 
-A record is ``<QII`` (tar bytes, sort-key bytes, sample-key bytes), the sort key
-(msgpack), the sample's ``__key__`` (UTF-8, surrogateescape) and the sample as the
-tar members it will be written as (headers already encoded with the job's mtime),
-so merge levels and output writers copy bytes; a sample is decoded back into a dict
-only where a reduce, ``--merge`` or a script needs it.
+A record is ``<QIIH`` (tar bytes, sort-key bytes, sample-key bytes, field-set bytes),
+the sort key (msgpack), the sample's ``__key__`` (UTF-8, surrogateescape), its field
+set (each written field's name and a ``/``, in the order written; none when not known)
+and the sample as the tar members it will be written as (headers already encoded with
+the job's mtime), so merge levels and output writers copy bytes, and the writers count
+the index's fields without parsing the headers again (:func:`fields_of`); a sample is
+decoded back into a dict only where a reduce, ``--merge`` or a script needs it.  Runs
+live as long as their job: nothing reads a run of another version.
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -31,10 +34,15 @@ import numpy as np
 
 from htools import storage, tar
 from htools.errors import HtoolsError, hide_credentials
+from htools.tar.header import remember
 
-MAGIC = b"HTRUN002"
+MAGIC = b"HTRUN003"
 FOOTER = struct.Struct("<QQ8s")
-HEADER = struct.Struct("<QII")
+HEADER = struct.Struct("<QIIH")
+_FIELD_BYTES = struct.Struct("<H")  # the header's last number: the field set's bytes
+_FIELDS_AT = HEADER.size - _FIELD_BYTES.size
+MAX_FIELD_SET = (1 << 16) - 1  # a longer field set is not kept (the writer parses)
+_HEAD = bytes(HEADER.size)  # a record's head before its lengths are known
 SMALL_RANGE = 256 << 10  # ranges up to this size are fetched whole in one request
 # A run writer hands bytes to storage in whole buffers of this size: more than a local
 # file writer's own buffer (storage's CHUNK, 1 MiB), which copies a write that fits in
@@ -60,34 +68,65 @@ def pack_key(k) -> bytes:
     return msgpack.packb(k, use_bin_type=True, unicode_errors="surrogateescape")
 
 
+def key_packer() -> Callable[[object], bytes]:
+    """:func:`pack_key` for one task's keys (one packer, not one a key; not shared
+    between threads)."""
+    return msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
+
+
 def unpack_key(b: bytes):
     return msgpack.unpackb(b, raw=False, unicode_errors="surrogateescape")
 
 
-def record(key_bytes: bytes, sample_key: str, members: bytes) -> bytes:
+def record(key_bytes: bytes, sample_key: str, members, fields=b"") -> bytes:
+    """One record; ``fields``: the sample's field set (:func:`field_set`), if known."""
     skb = sample_key.encode("utf-8", "surrogateescape")
-    return b"".join((HEADER.pack(len(members), len(key_bytes), len(skb)), key_bytes, skb,
-                     members))
+    if len(fields) > MAX_FIELD_SET:
+        fields = b""
+    return b"".join((HEADER.pack(len(members), len(key_bytes), len(skb), len(fields)),
+                     key_bytes, skb, fields, members))
 
 
-def record_pieces(key_bytes: bytes, sample_key: str, members: list) -> bytes | list:
-    """The record of :func:`record` from the pieces of a sample's tar bytes
-    (:meth:`SampleEncoder.pieces`): joined when small, else a list of pieces, none of
-    them copied (the run writer copies each once, into its buffer)."""
-    skb = sample_key.encode("utf-8", "surrogateescape")
-    size = sum(map(len, members))
-    head = HEADER.pack(size, len(key_bytes), len(skb))
-    if size < SMALL_RECORDS:
-        return b"".join((head, key_bytes, skb, *members))
-    return [head + key_bytes + skb, *members]
+def rekeyed(key_bytes: bytes, sample_key: str, rec, start: int) -> bytes:
+    """The record ``rec`` (its tar bytes from ``start``) under a new sort key, its field
+    set kept."""
+    mv = memoryview(rec)
+    n = _FIELD_BYTES.unpack_from(mv, _FIELDS_AT)[0]
+    return record(key_bytes, sample_key, mv[start:], mv[start - n:start])
+
+
+def field_set(names) -> bytes:
+    """The field set of a record: the written fields (sorted, none starting with ``_``),
+    each followed by ``/`` (a field name has none)."""
+    return b"".join(f.encode("utf-8", "surrogateescape") + b"/" for f in sorted(names)
+                    if f[:1] != "_")
+
+
+_FIELD_SETS: dict[bytes, tuple[str, ...]] = {}  # a record's field set -> its fields
+
+
+def fields_of(rec, start: int) -> tuple[str, ...] | None:
+    """The fields of record ``rec`` (its tar bytes from ``start``) as written, or None
+    when the record does not carry them."""
+    n = _FIELD_BYTES.unpack_from(rec, _FIELDS_AT)[0]
+    if not n:
+        return None
+    raw = bytes(rec[start - n:start])
+    names = _FIELD_SETS.get(raw)
+    if names is None:
+        names = remember(_FIELD_SETS, raw,
+                         tuple(raw.decode("utf-8", "surrogateescape").split("/")[:-1]))
+    return names
 
 
 class SampleEncoder:
-    """Samples -> the bytes of their tar members, as the output writer would write them."""
+    """Samples -> the bytes of their tar members, as the output writer would write them;
+    :meth:`record` makes a whole run record of a sample."""
 
     def __init__(self, url: str, mtime: float | None):
-        self._parts: list[bytes] = []
+        self._parts: list = []
         self._writer = tar.TarWriter(self, url=url, mtime=mtime, compress=None)
+        self._sets: dict[tuple, bytes] = {}  # a sample's names -> its field set
 
     def write(self, data) -> int:  # the TarWriter's stream
         # Kept as they are: bytes (a value), and the writer's own buffer, which it never
@@ -112,6 +151,53 @@ class SampleEncoder:
         self._writer.flush()
         parts, self._parts = self._parts, []
         return parts
+
+    def record(self, key_bytes: bytes, sample: dict) -> bytearray | bytes | list:
+        """The run record of ``sample`` under the sort key ``key_bytes``, with its field
+        set.  The writer encodes the members straight after the record's head, into its
+        own buffer, which becomes the record (no join, no copy); a value the writer
+        hands on as it is (a large one) makes the record a list of pieces, the first
+        one holding the head, none of them copied (the run writer copies each once)."""
+        names = tuple(sample)
+        fields = self._sets.get(names)
+        key = sample.get("__key__")
+        if fields is None or type(key) is not str:  # a new field set: checked first
+            return self._first(key_bytes, sample, names)
+        skb = key.encode("utf-8", "surrogateescape")
+        w = self._writer
+        w._out = bytearray(b"".join((_HEAD, key_bytes, skb, fields)))  # the head: below
+        try:
+            n = w.write(sample)
+        except BaseException:  # a bad value: nothing of this sample is kept
+            w._out, self._parts = bytearray(), []
+            raise
+        tail, w._out = w._out, bytearray()
+        parts = self._parts
+        if not parts:  # all in the writer's buffer: the record
+            HEADER.pack_into(tail, 0, n, len(key_bytes), len(skb), len(fields))
+            return tail
+        self._parts = []
+        if tail:
+            parts.append(tail)
+        HEADER.pack_into(parts[0], 0, n, len(key_bytes), len(skb), len(fields))
+        return parts
+
+    def _first(self, key_bytes: bytes, sample: dict, names: tuple) -> bytes | list:
+        """:meth:`record` of a sample whose names (or key) the writer checks first."""
+        members = self.pieces(sample)
+        fields = field_set(names)
+        if len(fields) <= MAX_FIELD_SET:
+            if len(self._sets) >= 256:
+                self._sets.clear()
+            self._sets[names] = fields
+        else:
+            fields = b""
+        skb = sample["__key__"].encode("utf-8", "surrogateescape")
+        size = sum(map(len, members))
+        head = HEADER.pack(size, len(key_bytes), len(skb), len(fields))
+        if size < SMALL_RECORDS:
+            return b"".join((head, key_bytes, skb, fields, *members))
+        return [head + key_bytes + skb + fields, *members]
 
 
 def decode(members: bytes, url: str) -> dict:
@@ -151,7 +237,7 @@ class RunWriter:
 
     def write_records(self, bucket: int, records: list) -> None:
         """Append records in key order, each bytes or a list of pieces
-        (:func:`record_pieces`)."""
+        (:meth:`SampleEncoder.record`)."""
         self._at(bucket)
         pieces: list = []
         for r in records:
@@ -159,8 +245,12 @@ class RunWriter:
                 pieces += r
             else:
                 pieces.append(r)
-        if sum(map(len, pieces)) < SMALL_RECORDS * len(pieces):  # small: one join in C
-            self._put(b"".join(pieces))
+        total = sum(map(len, pieces))
+        if total < SMALL_RECORDS * len(pieces):  # small: joined in C, a buffer at a time
+            # (a bucket joined whole would be fresh memory: mapped and faulted in anew)
+            step = max(1, len(pieces) * BUFFER // max(total, 1))
+            for i in range(0, len(pieces), step):
+                self._put(b"".join(pieces[i:i + step]))
         else:
             put = self._put
             for piece in pieces:
@@ -264,6 +354,8 @@ class RecordReader:
     def __init__(self, f: BinaryIO, url: str, size: int = WINDOW):
         """``f`` fresh, ``size`` the bytes to be read of it, if known (a smaller window)."""
         self.f, self.url = f, url
+        self.done = 0  # bytes read (or skipped) of the slice
+        self.count = 0  # records read (or skipped)
         self._at = 0  # the window's next unread byte
         self._end = 0  # the end of what the window holds
         if type(f) is io.BytesIO:  # a small slice, fetched whole: its bytes are the window
@@ -295,23 +387,26 @@ class RecordReader:
 
     def records(self, nbytes: int, view: bool = False) -> Iterator[tuple]:
         """``(sort key, sample key, record, start)`` of each record in the next
-        ``nbytes``; ``record[start:]`` is the sample's tar bytes."""
+        ``nbytes``; ``record[start:]`` is the sample's tar bytes (:func:`fields_of`
+        its fields)."""
         size, unpack = HEADER.size, HEADER.unpack_from
         while nbytes > 0:
             self._need(size)
             at = self._at
-            n_tar, n_key, n_skey = unpack(self._buf, at)
-            n = size + n_key + n_skey + n_tar
+            n_tar, n_key, n_skey, n_fields = unpack(self._buf, at)
+            start = size + n_key + n_skey + n_fields
+            n = start + n_tar
             if n > nbytes:  # a damaged length: fail before reading it
                 raise _crosses(self.url)
             self._need(n)
             at, buf = self._at, self._buf
             self._at = at + n
             nbytes -= n
-            start = size + n_key + n_skey
+            self.done += n
+            self.count += 1
             rec = buf[at:at + n]
             yield (unpack_key(rec[size:size + n_key]),
-                   str(rec[size + n_key:start], "utf-8", "surrogateescape"),
+                   str(rec[size + n_key:size + n_key + n_skey], "utf-8", "surrogateescape"),
                    rec if view else bytes(rec), start)
 
     def skip(self, nbytes: int) -> int:
@@ -327,9 +422,11 @@ class RecordReader:
                 step = min(n, max(self._end - self._at, 1))
                 self._need(step)
                 self._at += step
+                self.done += step
                 n -= step
                 nbytes -= step
             count += 1
+            self.count += 1
         return count
 
     def chunks(self, nbytes: int) -> Iterator[memoryview]:
@@ -338,6 +435,8 @@ class RecordReader:
             if self._at == self._end:
                 self._need(min(nbytes, len(self._buf)))
             take = min(nbytes, self._end - self._at)
-            yield self._buf[self._at:self._at + take]
+            at = self._at
             self._at += take
+            self.done += take
             nbytes -= take
+            yield self._buf[at:at + take]

@@ -14,7 +14,7 @@ from htools.errors import HtoolsError
 from htools.exchange.cursors import Cursor, bucket_records, close_all, open_cursors
 from htools.exchange.groupcount import digest, group_of
 from htools.exchange.groups import dedup, to_write
-from htools.exchange.runfile import Run
+from htools.exchange.runfile import Run, fields_of
 from htools.exchange.semijoin import DropFilter
 from htools.exchange.specs import StageTwo
 from htools.runtime.memory import peak_rss, rss
@@ -25,6 +25,7 @@ from htools.summary import ShardResult
 
 if TYPE_CHECKING:  # the engine runs on the client; write tasks only on workers
     from htools.runtime.engine import Task
+    from htools.tar import TarWriter
 
 
 def write_outputs(outputs: list[tuple], runs: list[Run], spec: StageTwo,
@@ -107,17 +108,37 @@ def _views(spec: StageTwo) -> bool:
     return spec.passes_through and not spec.by_groups
 
 
+_REMEDY = "use --merge or a reduce_samples() to combine samples with equal keys"
+
+
 def _write_records(url: str, merged: Iterator[tuple], spec: StageTwo,
                    result: ShardResult) -> None:
     """Merged records -> (reduce, --merge) -> one output shard, written atomically."""
     with write_shard(url, spec.options, result, mtime=spec.mtime, index=spec.index) as writer:
-        samples = distinct_keys(to_write(merged, spec, result, url), url,
-                                "use --merge or a reduce_samples() to combine "
-                                "samples with equal keys")
-        for item in samples:
+        if spec.reduce is None and not spec.merge:
+            _write_through(url, merged, writer, result)
+            return
+        for item in distinct_keys(to_write(merged, spec, result, url), url, _REMEDY):
             if item["__tar__"]:
                 writer.write_encoded(item["__tar__"])
                 result.samples_written += 1
+
+
+def _write_through(url: str, merged: Iterator[tuple], writer: TarWriter,
+                   result: ShardResult) -> None:
+    """Records written as they come, their tar bytes and fields as the records hold them
+    (:func:`~.groups.to_write` and :func:`~htools.runtime.streams.distinct_keys` in one
+    loop: no dict, no generator a record)."""
+    write, previous = writer.write_encoded, None
+    for _k, skey, rec, start in merged:
+        result.samples_read += 1
+        result.samples_mapped += 1
+        if skey == previous:  # distinct_keys' error
+            list(distinct_keys(iter(({"__key__": skey}, {"__key__": skey})), url, _REMEDY))
+        previous = skey
+        if len(rec) > start:
+            write(memoryview(rec)[start:], fields_of(rec, start))
+            result.samples_written += 1
 
 
 class _Slicer:

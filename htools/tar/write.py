@@ -329,14 +329,21 @@ class TarWriter:
             self.url, f"field {field!r} is a {type(value).__name__}; expected bytes or str",
             key=key)
 
-    def write_encoded(self, data: bytes | bytearray | memoryview) -> int:
+    def write_encoded(self, data: bytes | bytearray | memoryview,
+                      fields: tuple[str, ...] | None = None) -> int:
         """Write one sample already encoded as tar members (by a TarWriter with the same
-        settings: the exchange keeps samples this way); returns its byte count."""
+        settings: the exchange keeps samples this way); returns its byte count.
+        ``fields``: the members' fields in order, if the caller knows them (else, when
+        fields are counted, they are read from the headers)."""
         if self.closed:
             raise ValueError("write to a closed TarWriter")
         n = len(data)
-        if self._field_sets is not None:
-            self._encoded_fields.update(encoded_fields(data))
+        counts = self._field_sets
+        if counts is not None:
+            if fields is None:
+                self._encoded_fields.update(encoded_fields(data))
+            else:  # counted as write() counts a field-name set
+                counts[fields] = counts.get(fields, 0) + 1
         if n >= DIRECT:
             if self._out:
                 self.stream.write(self._out)

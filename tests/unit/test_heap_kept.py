@@ -74,3 +74,17 @@ def test_a_partition_task_runs_with_its_budget_kept(tmp_path, mallopt):
     assert result["status"] == "ok"
     assert mallopt == [(part.M_TRIM_THRESHOLD, 64 << 20),
                        (part.M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
+
+
+def test_a_dedup_task_runs_with_its_budget_kept(tmp_path, mallopt):
+    """htsort --dedup's dedup tasks spill through stage 1's Spiller: their heap is kept
+    as a stage-1 task's."""
+    from htools.exchange.dedup import dedup_and_partition
+    from htools.exchange.specs import StageTwo
+
+    one = StageOne(scratch=str(tmp_path / "scratch"), buckets=2, key=KeySpec(seed=1),
+                   memory=32 << 20)
+    result = dedup_and_partition([], 0, 1, 0, one, StageTwo(dedup="bin"))
+    assert result["status"] == "ok"
+    assert mallopt == [(part.M_TRIM_THRESHOLD, 32 << 20),
+                       (part.M_TRIM_THRESHOLD, TRIM_THRESHOLD)]

@@ -84,7 +84,7 @@ def test_a_damaged_record_length_is_named_not_allocated():
     """A record header whose lengths run past its bucket (a damaged run) fails with the
     run's name before any buffer of that size is allocated."""
     rec = runfile.record(runfile.pack_key(1), "k", b"x" * 100)
-    bad = runfile.HEADER.pack(1 << 40, 1, 1) + rec[runfile.HEADER.size:]
+    bad = runfile.HEADER.pack(1 << 40, 1, 1, 0) + rec[runfile.HEADER.size:]
     def records(f, nbytes, url):
         return runfile.RecordReader(f, url).records(nbytes)
 
@@ -104,11 +104,11 @@ def test_records_as_pieces_big_and_small_read_back_through_the_window(tmp_path):
     sizes = [10, 1000, 70_000, runfile.BUFFER + 3, runfile.WINDOW * 2 + 7, 1]
     samples = [{"__key__": f"s{i}", "bin": bytes([i]) * n, "cls": b"%d" % i}
                for i, n in enumerate(sizes)]
-    recs = [runfile.record_pieces(runfile.pack_key(i), s["__key__"], enc.pieces(s))
+    recs = [enc.record(runfile.pack_key(i), s) for i, s in enumerate(samples)]
+    flat = [runfile.record(runfile.pack_key(i), s["__key__"], enc.encode(s), b"bin/cls/")
             for i, s in enumerate(samples)]
-    flat = [runfile.record(runfile.pack_key(i), s["__key__"], enc.encode(s))
-            for i, s in enumerate(samples)]
-    assert [type(r) for r in recs[:2]] == [bytes, bytes] and type(recs[2]) is list
+    # a new field set's first sample is joined; then the writer's buffer is the record
+    assert [type(r) for r in recs[:3]] == [bytes, bytearray, list]
     url = str(tmp_path / "r.bin")
     with RunWriter(url, 0, 2, {}) as w:
         w.write_records(0, recs[:4])
@@ -143,3 +143,60 @@ def test_an_encoded_value_the_caller_may_change_is_copied():
     pieces = enc.pieces({"__key__": "k", "bin": value})
     value[:] = b"b" * 100_000
     assert runfile.decode(b"".join(pieces), "x.tar")["bin"] == b"a" * 100_000
+
+
+def test_records_carry_their_fields_to_the_writer(tmp_path):
+    """A record made by the encoder carries its written fields (sorted, none starting with
+    ``_``, the empty field too); the output writer counts them as it would have read them
+    from the headers; a record without them (``record``'s default) makes it read them."""
+    from htools import tar
+
+    enc = SampleEncoder("x.tar", mtime=0)
+    samples = [{"__key__": "a", "txt": b"t", "_skip": b"x", "": b"bare", "jpg": b"j"},
+               {"__key__": "b", "txt": b"t", "_skip": b"x", "": b"bare", "jpg": b"j" * 70_000},
+               {"__key__": "c", "é.json": b"{}"}, {"__key__": "d", "é.json": b"[]"}]
+    recs = [enc.record(runfile.pack_key(i), s) for i, s in enumerate(samples)]
+    recs.append(runfile.record(runfile.pack_key(9), "e", enc.encode({"__key__": "e", "x": b"1"})))
+    url = str(tmp_path / "r.bin")
+    with RunWriter(url, 0, 1, {}) as w:
+        w.write_records(0, recs)
+        run = w.close()
+    end = int(runfile.bucket_offsets(run, 0, 1, {})[-1])
+    with open(url, "rb") as f:
+        got = list(runfile.RecordReader(f, url).records(end))
+    fields = [runfile.fields_of(rec, start) for _k, _s, rec, start in got]
+    assert fields == [("", "jpg", "txt")] * 2 + [("é.json",)] * 2 + [None]
+    counted, parsed = io.BytesIO(), io.BytesIO()
+    with tar.TarWriter(counted, compress=None, count_fields=True) as a, \
+            tar.TarWriter(parsed, compress=None, count_fields=True) as b:
+        for (_k, _s, rec, start), names in zip(got, fields):
+            a.write_encoded(rec[start:], names)
+            b.write_encoded(rec[start:])
+    assert a.fields == b.fields == {"": 2, "jpg": 2, "txt": 2, "é.json": 2, "x": 1}
+    assert counted.getvalue() == parsed.getvalue()
+
+
+def test_a_bucket_of_small_records_larger_than_the_buffer(tmp_path):
+    """Small records are joined a buffer's worth at a time (a bucket of several buffers'
+    worth comes back whole and in order), and a cursor counts what it read and skipped."""
+    from htools.exchange.cursors import Cursor
+
+    recs = [runfile.record(runfile.pack_key(i), f"k{i}", b"%07d" % i * 100) for i in range(6000)]
+    assert sum(map(len, recs)) > 2 * runfile.BUFFER
+    url = str(tmp_path / "r.bin")
+    with RunWriter(url, 0, 2, {}) as w:
+        w.write_records(0, recs[:5000])
+        w.write_records(1, recs[5000:])
+        run = w.close()
+    with open(url, "rb") as f:
+        assert f.read(sum(map(len, recs))) == b"".join(recs)
+    c = Cursor(run, 0, 2, {})
+    got = [(k, bytes(rec)) for k, _s, rec, _st in c.records(0)]
+    assert got == [(i, r) for i, r in enumerate(recs[:5000])] and c.count == 5000
+    assert c.pos == c.start + sum(map(len, recs[:5000])) and c.length(1) == run.size - 24 \
+        - runfile.FOOTER.size - c.pos
+    c.close()
+    c = Cursor(run, 0, 2, {})
+    c.skip_to(1)
+    assert c.count == 5000 and [k for k, *_ in c.records(1)] == list(range(5000, 6000))
+    c.close()
