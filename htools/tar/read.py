@@ -217,7 +217,7 @@ class _Scanner(SpecialHeaders):
         buf, mv = self.buf, self.mv
         rem = end - pos
         if rem and pos:
-            buf[:rem] = mv[pos:end].tobytes()
+            mv[:rem] = mv[pos:end]  # one memmove (the ranges may overlap), no bytes made
         self.base += pos
         end = rem
         # how far to fill: DECODED, or for a plain stream up to a quarter of what was read
