@@ -152,3 +152,20 @@ def test_a_worker_imports_only_the_task_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == []
+
+
+def test_a_field_name_that_is_not_str_is_a_sample_error_as_before():
+    """The fast path (the output keeps the input's key) checks field names as the general
+    one does: a bytes name among them fails that sample, within --max-errors, rather than
+    reaching the writer."""
+    from htools.summary import ShardResult
+    from htools.usercode.apply import map_samples
+
+    def script(s):
+        return {"__key__": s["__key__"], b"raw": b"1", "cls": b"2"}
+
+    result = ShardResult(max_errors=5)
+    samples = [{"__key__": f"k{i}", "__url__": "u.tar", "cls": b"1"} for i in range(3)]
+    assert list(map_samples(iter(samples), script, result, "u.tar")) == []
+    assert result.samples_read == 3 and result.sample_errors == 3
+    assert "startswith" in result.errors[0]["error"]
