@@ -37,8 +37,10 @@ class Sha256:
     one ``update(data, handed=True)`` hands over (the tar writer's own buffer, which it
     drops once written); other pieces are copied into recycled :data:`BATCH`-byte
     buffers (the caller may reuse what it wrote; fresh memory costs page faults, more
-    than the copy).  So a batch is one or a few calls of hashlib: after each the thread
-    must take the GIL back from the task thread, which gives it up only at its reads
+    than the copy), unless the caller filled such a buffer itself and hands it over
+    (:meth:`take`: a local output's gathered pieces, see :class:`Counting`).  So a
+    batch is one or a few calls of hashlib: after each the thread must take the GIL
+    back from the task thread, which gives it up only at its reads
     and writes (or after 5 ms); 128 KiB fields hashed as they were made 14 calls a MB,
     and the thread's waits inside its batches 1.17 ms a MB against 0.54 copied (one
     worker's in-process task on a loaded machine), for 0.08 ms a MB of copying on the
