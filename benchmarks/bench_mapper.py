@@ -1,7 +1,7 @@
 """htmapper throughput against a single-process loop over the same shards.
 
     .venv/bin/python benchmarks/bench_mapper.py [--gb 1.0] [--kib 16] [--tiny N] [--quick]
-                                                [--dir DIR] [--no-two] [--index-off]
+                                                [--dir DIR] [--no-two] [--index-off] [--threads]
 
 Prints ratios measured in one run (absolute times only beside them):
   * htmapper (identity script, 1 worker) vs a single-process read-write loop with
@@ -18,6 +18,10 @@ Prints ratios measured in one run (absolute times only beside them):
     2 workers reach 2x on 2 cores only near 1.0 and with the 1-worker job using
     one core), and for how many outputs the sha256 went to the hashing thread (the rest
     hashed inline: no core was spare, see ``htools.runtime.streams.spare_core``);
+  * with ``--threads``: the task function in this process (no Dask), its sha256 on the
+    hashing thread, vs the loop -- the CPU a MB of the task thread over the loop's, and
+    the hashing thread's CPU a MB: the figures that hold while other work shares the
+    machine (the job's wall time waits for whichever of the two threads is slower);
   * the fixed cost per shard on empty shards -- goal <= 50 ms;
   * with ``--tiny N``: htmapper (2 workers) over N tiny shards (one ~200-byte sample
     each) -- shards per second after the cluster is up (goal >= 250 at 16,384), and the
@@ -160,6 +164,28 @@ def timed_mapper(inputs: list[str], out_pattern: str, workers: int,
     return elapsed
 
 
+def thread_costs(inputs: list[str], out_dir: str) -> tuple[float, float]:
+    """CPU seconds of :func:`htools.maptask.map_shard` (identity, index on) over
+    ``inputs`` in this process: its task thread's (this thread) and the hashing
+    thread's, the sha256 sent to that thread whatever the machine's load."""
+    from htools.maptask import map_shard
+    from htools.runtime import streams
+    from htools.usercode.script import load_script
+
+    os.makedirs(out_dir, exist_ok=True)
+    script = load_script(identity, one_of=("process_sample",))
+    spare, streams.spare_core = streams.spare_core, lambda: True
+    try:
+        task0, hashed0 = time.thread_time(), streams._hashed[0]
+        for i, url in enumerate(inputs):
+            r = map_shard(url, os.path.join(out_dir, f"o-{i:04d}.tar"), script, options={})
+            if r.get("error"):
+                sys.exit(f"map_shard failed: {r['error']}")
+        return time.thread_time() - task0, streams._hashed[0] - hashed0
+    finally:
+        streams.spare_core = spare
+
+
 def _hash_choices() -> dict:
     """Run on a worker: how many of its outputs' sha256 went to the hashing thread and
     how many were hashed inline (:func:`htools.runtime.streams.spare_core`), and the
@@ -189,6 +215,8 @@ def main() -> None:
     ap.add_argument("--no-two", action="store_true", help="skip the 2-worker runs")
     ap.add_argument("--index-off", action="store_true",
                     help="also run 1 worker without the shard index (no sha256)")
+    ap.add_argument("--threads", action="store_true",
+                    help="also the CPU a MB of the task and hashing threads, in this process")
     ap.add_argument("--quick", action="store_true", help="a tiny run to check the harness")
     ap.add_argument("--dir", default=None)
     a = ap.parse_args()
@@ -210,6 +238,15 @@ def main() -> None:
                          ">= 0.9", f"{mb / one:.0f} vs {mb / base:.0f} MB/s ({mb:.0f} MB)"))
             rows.append((f"htmapper {kib} KiB: CPU a MB, 1 worker / loop", cpu1["workers"]
                          / loop_cpu, "info", _per_mb(cpu1, mb) + f"; loop {loop_cpu / mb * 1e3:.2f}"))
+            if a.threads:
+                loop0 = time.thread_time()
+                baseline_loop(inputs, os.path.join(work, "loop"))
+                loop_t = time.thread_time() - loop0
+                task, hashing = thread_costs(inputs, os.path.join(work, "m1"))
+                rows.append((f"htmapper {kib} KiB: task thread CPU a MB / loop's", task / loop_t,
+                             "info", f"ms of CPU a MB: task thread {task / mb * 1e3:.2f}, "
+                             f"hashing thread {hashing / mb * 1e3:.2f}, loop "
+                             f"{loop_t / mb * 1e3:.2f}"))
             if a.index_off:
                 off = timed_mapper(inputs, os.path.join(work, "m1", f"out-@{n:04d}.tar"), 1,
                                    index=False)

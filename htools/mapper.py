@@ -4,87 +4,26 @@ every shard.
 One task per input shard writes one output shard, atomically: a shard whose
 task fails leaves no output, so a retried or resumed shard never duplicates.  A
 script with ``process_batch`` runs as a pipeline of threads inside the task
-(:mod:`htools.usercode.batches`).
+(:mod:`htools.usercode.batches`).  The task function, :func:`map_shard`, lives in
+:mod:`htools.maptask`, so that workers import only what it runs.
 """
 
 from __future__ import annotations
 
 from htools import lineage, lineage_record, shards, storage
 from htools.errors import HtoolsError, ScriptError, hide_credentials
+from htools.maptask import map_shard
 from htools.options import RunOptions
 from htools.runtime import engine, preflight
 from htools.runtime.engine import Task
-from htools.runtime.shardio import read_shard, write_shard
-from htools.runtime.streams import distinct_keys
-from htools.runtime.task import shard_task
 from htools.scratch import default_scratch
-from htools.selection import Selection, parse, run_selected, selected, selection_lineage
+from htools.selection import Selection, parse, run_selected, selection_lineage
 from htools.summary import JobSummary
-from htools.usercode.apply import map_samples
-from htools.usercode.batches import BatchSpec, run_batches
+from htools.usercode.batches import BatchSpec
 from htools.usercode.script import Script, load_script
 from htools.usercode.shipping import Shipment
 
-REMEDY = "give each output its own __key__"
-
-
-def map_shard(input: str, output: str, script: Script, *, options: dict | None = None,
-              max_errors: int = 0, mtime: float | None = 0, index: bool = True,
-              select: Selection | None = None, batch: BatchSpec | None = None) -> dict:
-    """Task: read ``input``, map every sample through the script, write ``output``
-    (hashing it for the shard index when ``index``); ``batch``: the script's
-    ``process_batch``, in batches."""
-    if batch is not None:
-        with shard_task(input, output, max_errors=max_errors) as result:
-            _map_batches(input, output, script, result, options, mtime, index, batch, select)
-        return result.as_dict()
-    with shard_task(input, output, max_errors=max_errors) as result:
-        fn = script.load().process_sample
-        with read_shard(input, options, result) as samples, \
-                write_shard(output, options, result, mtime=mtime, index=index) as writer:
-            samples = selected(samples, select, result, input, options)
-            write = writer.write
-            for s in distinct_keys(map_samples(samples, fn, result, input), input, REMEDY):
-                try:
-                    n = write(s)
-                except (TypeError, ValueError):
-                    n = _write(writer, s, output)  # raises, naming the sample
-                if n:
-                    result.samples_written += 1
-    return result.as_dict()
-
-
-def _map_batches(input: str, output: str, script: Script, result, options: dict | None,
-                 mtime: float | None, index: bool, batch: BatchSpec,
-                 select: Selection | None = None) -> None:
-    """:func:`map_shard` of a ``process_batch`` script (called inside its task frame)."""
-    ns = script.load()
-    previous: list[str] = []  # the key of the last output so far
-
-    def check(outs: list[dict]) -> list[dict]:  # distinct_keys, across batches too
-        head = [{"__key__": previous[-1]}] if previous else []
-        checked = list(distinct_keys(iter(head + outs), input, REMEDY))[len(head):]
-        if outs:
-            previous[:] = [outs[-1]["__key__"]]
-        return checked
-
-    with read_shard(input, options, result) as samples, \
-            write_shard(output, options, result, mtime=mtime, index=index) as writer:
-
-        def write(sample: dict) -> None:
-            if _write(writer, sample, output):
-                result.samples_written += 1
-
-        samples = selected(samples, select, result, input, options)
-        run_batches(samples, ns, result, input, write, batch, check)
-
-
-def _write(writer, sample: dict, url: str) -> int:
-    try:
-        return writer.write(sample)
-    except (TypeError, ValueError) as e:
-        raise ScriptError(f"{hide_credentials(url)}: cannot write output sample "
-                          f"{sample.get('__key__')!r}: {e}") from None
+__all__ = ["map_shard", "map_shards", "plan"]  # map_shard: the task, from htools.maptask
 
 
 def plan(inputs, outputs: str, script: Script, opts: RunOptions, *,

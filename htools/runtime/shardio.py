@@ -43,10 +43,12 @@ def write_shard(url: str, options: dict | None, result: ShardResult, *,
     ``result.bytes_out``; ``result.fields`` gets the fields written and, when ``index``,
     ``result.sha256`` the output's digest (hashed on a thread while the bytes go out)."""
     with storage.open_write(url, options) as out:
-        counted = Counting(out, result, "bytes_out", digest=index)
+        counted = Counting(out, result, "bytes_out", digest=index,
+                           gather=not getattr(out, "retains", True))
         with tar.TarWriter(counted, url=url, mtime=mtime, count_fields=True) as writer:
             counted.handed = handed_over(writer)
             yield writer
+        counted.flush()  # (the writer's close flushes it too)
         result.fields = dict(writer.fields)
     # after the commit: the hashing thread finishes while the commit (fsync) runs
     result.sha256 = counted.hexdigest()

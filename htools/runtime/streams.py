@@ -37,8 +37,10 @@ class Sha256:
     one ``update(data, handed=True)`` hands over (the tar writer's own buffer, which it
     drops once written); other pieces are copied into recycled :data:`BATCH`-byte
     buffers (the caller may reuse what it wrote; fresh memory costs page faults, more
-    than the copy).  So a batch is one or a few calls of hashlib: after each the thread
-    must take the GIL back from the task thread, which gives it up only at its reads
+    than the copy), unless the caller filled such a buffer itself and hands it over
+    (:meth:`take`: a local output's gathered pieces, see :class:`Counting`).  So a
+    batch is one or a few calls of hashlib: after each the thread must take the GIL
+    back from the task thread, which gives it up only at its reads
     and writes (or after 5 ms); 128 KiB fields hashed as they were made 14 calls a MB,
     and the thread's waits inside its batches 1.17 ms a MB against 0.54 copied (one
     worker's in-process task on a loaded machine), for 0.08 ms a MB of copying on the
@@ -71,13 +73,35 @@ class Sha256:
         self._queued: deque[tuple[Future, int]] = deque()
         self._ahead = 0
 
-    def update(self, data, handed: bool = False) -> None:
-        """Hash ``data`` next; ``handed``: the caller never changes it again (so it
-        need not be copied to be hashed later)."""
+    def _inline(self) -> bool:
+        """Whether the next bytes are hashed on the caller's thread (deciding, once
+        the stream is past SYNC, whether a core is spare for the hashing thread)."""
         if self.threaded is None and self.size >= self.SYNC:
             self.threaded = spare_core()
             CHOSEN["thread" if self.threaded else "inline"] += 1
-        if self.size < self.SYNC or not self.threaded:
+        return self.size < self.SYNC or not self.threaded
+
+    def take(self, buf: bytearray, n: int) -> None:
+        """Hash ``buf[:n]`` next, uncopied: a buffer of the process's pool
+        (:func:`lend`) the caller hands over; it goes back to the pool once hashed."""
+        if self._inline():
+            with memoryview(buf) as view, view[:n] as piece:
+                self.hash.update(piece)
+            self.size += n
+            _recycle(buf)
+            return
+        self.size += n
+        self._cut()
+        self._parts.append((buf, 0, n))
+        self._bufs.append(buf)
+        self._pending += n
+        if self._pending >= self.BATCH:
+            self._submit()
+
+    def update(self, data, handed: bool = False) -> None:
+        """Hash ``data`` next; ``handed``: the caller never changes it again (so it
+        need not be copied to be hashed later)."""
+        if self._inline():
             self.hash.update(data)
             self.size += memoryview(data).nbytes
             return
@@ -97,7 +121,7 @@ class Sha256:
         pos = 0
         while pos < n:
             if self._buf is None:
-                self._buf = _buffer(batch)
+                self._buf = lend(batch)
                 self._start = self._fill = 0
             fill = self._fill
             take = min(batch - fill, n - pos)
@@ -216,7 +240,8 @@ _free: list[bytearray] = []  # hashed buffers, for reuse
 _KEEP = 10  # AHEAD / BATCH, and two more
 
 
-def _buffer(size: int) -> bytearray:
+def lend(size: int) -> bytearray:
+    """A buffer of ``size`` bytes from the pool of hashed ones (else a new one)."""
     while True:
         try:  # another writer thread may take the last one between a test and a pop
             buf = _free.pop()
@@ -259,19 +284,34 @@ def _hasher() -> ThreadPoolExecutor:
     return _pool
 
 
+GATHER = 1 << 20  # bytes of one gathered piece: written whole and hashed as it is
+
+
 class Counting:
     """A pass-through stream that adds the bytes it moves to ``result.<attr>``, and
     with ``digest=True`` keeps the sha256 of the bytes it moves (``hexdigest()``).
 
     ``handed(data)``, when set, tells which written buffers their writer hands over (it
-    never changes them once written): those are hashed without a copy."""
+    never changes them once written): those are hashed without a copy.
 
-    def __init__(self, raw, result: ShardResult, attr: str, digest: bool = False):
+    ``gather=True`` (with ``digest``; for a ``raw`` that keeps no reference to what it
+    was given once ``write()`` returns, such as a local file) copies small writes into
+    one pooled :data:`GATHER`-byte buffer, written whole (the local writer passes it
+    straight to the file) and then hashed as it is: one copy of each byte where
+    otherwise the file's buffer and the hasher's batch took one each (128 KiB fields,
+    which the tar writer writes as they are).  Large immutable or handed pieces go
+    through uncopied; :meth:`flush` writes what is gathered."""
+
+    def __init__(self, raw, result: ShardResult, attr: str, digest: bool = False,
+                 gather: bool = False):
         self.raw = raw
         self.result = result
         self.attr = attr
         self.hash = Sha256() if digest else None
         self.handed: Callable[[object], bool] | None = None
+        self._gather = gather and digest
+        self._buf: bytearray | None = None  # the piece being gathered
+        self._fill = 0
 
     def hexdigest(self) -> str:
         return self.hash.hexdigest() if self.hash is not None else ""
@@ -294,12 +334,52 @@ class Counting:
         return n
 
     def write(self, b) -> int:
-        self.raw.write(b)
-        if self.hash is not None:
-            self.hash.update(b, self.handed is not None and self.handed(b))
-        n = len(b)
+        if self._gather:
+            n = self._gathered(b)
+        else:
+            self.raw.write(b)
+            if self.hash is not None:
+                self.hash.update(b, self.handed is not None and self.handed(b))
+            n = len(b)
         self._add(n)
         return n
+
+    def _gathered(self, b) -> int:
+        """:meth:`write` with ``gather``."""
+        view = memoryview(b)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        n = view.nbytes
+        if n >= GATHER and (type(b) is bytes or (self.handed is not None and self.handed(b))):
+            self._spill()  # (what was gathered goes first)
+            self.raw.write(b)
+            self.hash.update(b, True)  # type: ignore[union-attr]
+            return n
+        buf, fill, pos = self._buf, self._fill, 0
+        while pos < n:
+            if buf is None:
+                buf, fill = lend(GATHER), 0
+            take = min(GATHER - fill, n - pos)
+            buf[fill:fill + take] = view[pos:pos + take] if take < n else view
+            fill += take
+            pos += take
+            if fill == GATHER:
+                self.raw.write(buf)
+                self.hash.take(buf, fill)  # type: ignore[union-attr]
+                buf = None
+        self._buf, self._fill = buf, fill
+        return n
+
+    def _spill(self) -> None:
+        """Write and hash what is gathered (the buffer goes back to the pool once hashed)."""
+        buf, fill = self._buf, self._fill
+        if buf is None:
+            return
+        self._buf, self._fill = None, 0
+        if fill:
+            with memoryview(buf) as view, view[:fill] as piece:
+                self.raw.write(piece)
+        self.hash.take(buf, fill)  # type: ignore[union-attr]
 
     def readable(self) -> bool:
         return True
@@ -308,7 +388,8 @@ class Counting:
         return True
 
     def flush(self) -> None:
-        pass
+        if self._buf is not None:
+            self._spill()
 
     def close(self) -> None:
         pass

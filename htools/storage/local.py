@@ -150,15 +150,29 @@ class _LocalWriter(Writer):
                 raise _disk_full(self.name, folder, 0, 0) from None
             raise StorageError(self.name, f"cannot create: {exc.strerror or exc}") from None
 
+    retains = False  # the bytes are in the file (or its buffer) when write() returns
+
     def _write(self, data: memoryview) -> None:
         try:
-            self._f.write(data)
+            if data.nbytes >= CHUNK:
+                self._write_through(data)
+            else:
+                self._f.write(data)
         except OSError as exc:
             if exc.errno in _FULL:
                 self._full(data.nbytes)
             raise StorageError(self.name, f"write failed: {exc.strerror or exc}") from None
         if self._fsync and self._pos + data.nbytes >= self._next:
             self._start_writeback(self._pos + data.nbytes)
+
+    def _write_through(self, data: memoryview) -> None:
+        """A piece of a whole buffer or more goes to the file as it is, after what is
+        buffered (Python's buffered writer would copy one of exactly its size)."""
+        f = self._f
+        f.flush()
+        fd = f.fileno()
+        while data.nbytes:
+            data = data[os.write(fd, data):]
 
     def _start_writeback(self, written: int) -> None:
         """Start the disk writes of what the file holds so far (a hint: its errors are

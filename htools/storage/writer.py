@@ -82,6 +82,9 @@ class Writer:
 
     mode = "wb"
     replayable = False
+    #: whether ``write()`` may keep a reference to the bytes it was given after it
+    #: returns (to send them later): if not, the caller may reuse its buffer at once
+    retains = True
 
     def __init__(self, url: str, policy: RetryPolicy | None = None):
         self.url = url

@@ -77,13 +77,15 @@ def same_key_output(out, key: str, aliased: bool) -> dict | None:
             or (type(named) is str and named == key)) and (
             not aliased or (alias := out.get("key", key)) is key
             or (type(alias) is str and alias == key)):
-        item = dict(out)  # _with_key(out, key, aliased, None), for this case
+        item = out.copy()  # _with_key(out, key, aliased, None), for this case
         item["__key__"] = key
         if aliased:
             item.pop("key", None)
         item.pop("__url__", None)
         for f in item:
-            if not f.startswith("_"):
+            if type(f) is not str:  # outputs_of, which checks it as before
+                break
+            if f[:1] != "_":
                 return item
     return None  # several outputs, a new key, nothing to write, a bad type: outputs_of
 

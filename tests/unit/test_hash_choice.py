@@ -170,20 +170,26 @@ def test_the_tar_writer_never_changes_a_buffer_it_handed_over():
 def test_write_shard_hashes_handed_buffers_uncopied_and_user_values_as_they_were(
         tmp_path, monkeypatch):
     """A sample's large ``bytearray`` value that its script changes once written (a
-    reused buffer) is hashed as written; the writer's own buffers go uncopied."""
+    reused buffer) is hashed as written; the writer's own buffers (or, to a local file,
+    the gathered pieces written whole) go uncopied."""
     from htools.runtime.shardio import write_shard
     from htools.summary import ShardResult
 
     monkeypatch.setattr(streams, "spare_core", lambda: True)
     kept: list = []
-    update = Sha256.update
+    update, take = Sha256.update, Sha256.take
 
     def spy(self, data, handed=False):
         if handed:
             kept.append(data)
         update(self, data, handed)
 
+    def spy_take(self, buf, n):
+        kept.append(buf)
+        take(self, buf, n)
+
     monkeypatch.setattr(Sha256, "update", spy)
+    monkeypatch.setattr(Sha256, "take", spy_take)
     rng = random.Random(13)
     reused = bytearray(100_000)
     result = ShardResult()

@@ -54,3 +54,26 @@ def test_the_real_starter_is_found_and_accepted(tmp_path, monkeypatch):
         f.write(bytes(1 << 16))
         f.flush()
         assert start(f.fileno(), 0) == 0
+
+
+def test_pieces_of_a_buffer_or_more_go_to_the_file_as_they_are(tmp_path, monkeypatch):
+    """A piece of the writer's buffer size (1 MiB) or more is written to the file as it
+    is, after what is buffered (Python's buffered writer would copy one of exactly its
+    size): the gathered pieces of a hashed output reach the disk with no second copy."""
+    chunk = local.CHUNK
+    direct: list[int] = []
+    write = os.write
+
+    def spy(fd, data):
+        direct.append(memoryview(data).nbytes)
+        return write(fd, data)
+
+    monkeypatch.setattr(local.os, "write", spy)
+    sizes = [10, chunk, 3, chunk - 1, chunk + 1, 5 * chunk, 7, chunk]
+    pieces = [os.urandom(n) for n in sizes]
+    path = str(tmp_path / "out.bin")
+    with storage.open_write(path) as out:
+        for piece in pieces:
+            out.write(bytearray(piece))
+    assert open(path, "rb").read() == b"".join(pieces)
+    assert direct == [chunk, chunk + 1, 5 * chunk, chunk]  # the smaller ones: buffered

@@ -102,3 +102,51 @@ def test_counting_as_the_file_of_a_real_reader_and_writer():
     with gzip.GzipFile(fileobj=Counting(io.BytesIO(raw.getvalue()), back, "bytes_in")) as gz:
         assert gz.read() == text
     assert back.bytes_in == len(raw.getvalue())
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_gathered_writes_reach_the_stream_in_whole_pieces_hashed_as_written(
+        threaded, monkeypatch):
+    """``gather=True``: small writes are copied into one buffer, written whole (GATHER
+    bytes at a time) and hashed as written, even when the caller reuses its buffer; a
+    large ``bytes`` piece goes through as it is; ``flush()`` writes the rest."""
+    import hashlib
+    import random
+
+    from htools.runtime import streams
+
+    monkeypatch.setattr(streams, "spare_core", lambda: threaded)
+    rng = random.Random(5)
+    writes: list[tuple[object, bytes]] = []
+
+    class Raw:
+        def write(self, b) -> int:
+            writes.append((b, bytes(b)))
+            return memoryview(b).nbytes
+
+    result = ShardResult()
+    c = Counting(Raw(), result, "bytes_out", digest=True, gather=True)
+    reused = bytearray(100_000)
+    big = rng.randbytes(streams.GATHER + 5)
+    expected = []
+    for i in range(60):
+        reused[:] = rng.randbytes(len(reused))
+        piece = big if i == 30 else memoryview(reused) if i % 2 else reused
+        assert c.write(piece) == len(piece)
+        expected.append(bytes(piece))
+    c.write(b"tail")
+    c.flush()
+    data = b"".join(expected) + b"tail"
+    assert b"".join(after for _b, after in writes) == data and result.bytes_out == len(data)
+    assert any(b is big for b, _after in writes)  # as it was, not copied
+    at = next(i for i, (b, _after) in enumerate(writes) if b is big)
+    whole = writes[:at - 1] + writes[at + 1:-1]  # not what was gathered before it, or last
+    assert len(whole) >= 4 and all(len(after) == streams.GATHER for _b, after in whole)
+    assert c.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_without_gather_writes_pass_through_one_by_one():
+    raw = io.BytesIO()
+    c = Counting(raw, ShardResult(), "bytes_out", digest=True)
+    c.write(b"abc")
+    assert raw.getvalue() == b"abc"
