@@ -35,7 +35,8 @@ import threading
 
 METHOD_ENV = "HTOOLS_START_METHOD"
 # what every worker imports anyway, imported once by the server before it forks them
-PRELOAD = ("distributed", "htools", "htools.clusters.workerinit", "htools.runtime.task")
+PRELOAD = ("distributed", "htools", "htools.clusters.workerinit", "htools.runtime.task",
+           "htools.maptask")
 
 _lock = threading.Lock()
 _started = False
