@@ -40,8 +40,7 @@ from htools.runtime.forkpool import ForkPool
 from htools.runtime.streams import Counting
 from htools.runtime.task import shard_task
 from htools.scratch import default_scratch
-from htools.selection import Selection, parse, prepared, selected, selection_lineage
-from htools.selection.filter import select_items
+from htools.selection import Selection, parse, selection_lineage
 from htools.summary import JobSummary
 from htools.tar import compress
 from htools.upload_files import (
@@ -75,6 +74,8 @@ def count_shard(input: str, *, options: dict | None = None, select: Selection | 
     """Task (pre-pass): the tar size of every sample of one input shard (that ``select``
     keeps), and for an uncompressed tar the byte offset where each starts (so a copy
     task can range-read its samples instead of reading the shard from the beginning)."""
+    from htools.selection.filter import select_items  # numpy: not for an upload of files
+
     sizes: list[int] = []
     offsets: list[int] = []
     with shard_task(input, max_errors=max_errors) as result:
@@ -126,6 +127,8 @@ def write_tar_shard(output: str, segments: list[Segment], *, options: dict | Non
 
 def _segment_samples(segments: list[Segment], options, result,
                      select: Selection | None = None) -> Iterator[dict]:
+    from htools.selection import selected
+
     for seg in segments:
         skip = seg.start if seg.offset is None else 0
         with storage.open_range(seg.url, seg.offset or 0, None, options) as raw:
@@ -287,6 +290,8 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
         tasks = plan(source, outputs, opts, **kw)
         summary = engine.run("htupload", tasks, opts)
         return lineage_record.finish(summary, opts, outset, [t.output for t in tasks], made)
+    from htools.selection import prepared
+
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:
         copy = job.opts.with_(client=client)

@@ -18,8 +18,6 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO
 
-import numpy as np
-
 CHUNK = 1024  # rows a spooled chunk holds
 
 
@@ -149,6 +147,8 @@ class _Finder:
     found is checked against the URL itself."""
 
     def __init__(self, outputs: Sequence[str]) -> None:
+        import numpy as np  # here, not at import: 70 ms of every command's start
+
         self.outputs = outputs
         hashes = np.fromiter((hash(u) for u in outputs), dtype=np.int64, count=len(outputs))
         self.by = np.argsort(hashes, kind="stable")
@@ -156,6 +156,8 @@ class _Finder:
 
     def first(self, url: str) -> int:
         """The first j with ``outputs[j] == url``, or -1."""
+        import numpy as np
+
         h = hash(url)
         k = int(np.searchsorted(self.hashes, h))
         while k < len(self.hashes) and self.hashes[k] == h:
@@ -167,6 +169,8 @@ class _Finder:
 
     def first_of(self, urls: list[str]) -> list[int]:
         """:meth:`first` of each of ``urls`` (the first candidate is nearly always it)."""
+        import numpy as np
+
         if not urls or not len(self.hashes):
             return [-1] * len(urls)
         ks = np.searchsorted(self.hashes, np.fromiter(map(hash, urls), dtype=np.int64,
@@ -176,5 +180,7 @@ class _Finder:
 
     def repeated(self) -> list[int]:
         """Outputs whose hash an earlier one has (the same URL named again, mostly)."""
+        import numpy as np
+
         same = np.flatnonzero(self.hashes[1:] == self.hashes[:-1]) + 1
         return self.by[same].tolist()
