@@ -17,10 +17,11 @@ server, not on Dask (:mod:`htools.runtime.forkpool`); ``--dask`` also times it w
 others, and prints ``RATIO htupload, Dask / forked``.
 
 ``--parts`` times, in this process (CPU seconds, best of ``--repeat``), what htupload does
-besides Dask: the client's scan (with and without a ``stat`` a file), its lineage and
-plan, and the tasks' work (read the files, build the tar, sha256 for the index), each
-also in microseconds a file; then the wall time of a shard's write and commit with and
-without its fsyncs (the wait a worker's one thread spends on the disk).
+besides Dask: its imports (in a new Python), the client's scan (with and without a
+``stat`` a file), its lineage and plan, and the tasks' work (read the files, build the
+tar, sha256 for the index), each also in microseconds a file; then the wall time of a
+shard's write and commit with and without its fsyncs (the wait a worker's one thread
+spends on the disk).
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ def parts(src: str, shards: int, files: int, repeat: int) -> None:
     from htools.options import RunOptions
     from htools.summary import ShardResult
     from htools.upload import _lineage, _lineage_paths, plan, scan
-    from htools.upload_files import _file_samples
+    from htools.upload_files import _file_samples, collector_paused
 
-    best: dict[str, float] = {}
+    best: dict[str, float] = {"imports": min(import_cpu() for _ in range(repeat))}
     for _ in range(repeat):
         t = [cpu()]
-        sized = scan(src)
+        with collector_paused():  # as the command scans
+            sized = scan(src)
         t.append(cpu())
-        samples = scan(src, sized=False)
+        with collector_paused():
+            samples = scan(src, sized=False)
         t.append(cpu())
         kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0}
         _lineage("o-@1.tar", kw, _lineage_paths(samples), sizes=[s.size for s in sized])
@@ -94,9 +97,19 @@ def parts(src: str, shards: int, files: int, repeat: int) -> None:
                  "task: tar writer", "task: sha256"]
         for name, a, b in zip(names, t, t[1:]):
             best[name] = min(best.get(name, b - a), b - a)
+    print(f"PART import htools.cli.upload (a new Python): {best.pop('imports'):.3f} s CPU")
     for name, s in best.items():
         print(f"PART {name}: {s:.3f} s CPU, {s / files * 1e6:.2f} us a file")
     commits(out, os.path.join(os.path.dirname(src), "commits"), repeat)
+
+
+def import_cpu() -> float:
+    """CPU seconds of ``import htools.cli.upload`` in a new Python (the client's and the
+    fork server's start both pay it)."""
+    code = ("import time; t = time.process_time(); import htools.cli.upload; "
+            "print(time.process_time() - t)")
+    return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                text=True).stdout)
 
 
 def commits(shards: list[bytes], folder: str, repeat: int) -> None:

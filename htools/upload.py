@@ -40,14 +40,14 @@ from htools.runtime.forkpool import ForkPool
 from htools.runtime.streams import Counting
 from htools.runtime.task import shard_task
 from htools.scratch import default_scratch
-from htools.selection import Selection, parse, prepared, selected, selection_lineage
-from htools.selection.filter import select_items
+from htools.selection import Selection, parse, selection_lineage
 from htools.summary import JobSummary
 from htools.tar import compress
 from htools.upload_files import (
     FileSample,
     as_tuples,
-    sample_size,
+    collector_paused,
+    reported_sizes,
     scan_directory,
     scan_list,
     write_file_shard,
@@ -75,6 +75,8 @@ def count_shard(input: str, *, options: dict | None = None, select: Selection | 
     """Task (pre-pass): the tar size of every sample of one input shard (that ``select``
     keeps), and for an uncompressed tar the byte offset where each starts (so a copy
     task can range-read its samples instead of reading the shard from the beginning)."""
+    from htools.selection.filter import select_items  # numpy: not for an upload of files
+
     sizes: list[int] = []
     offsets: list[int] = []
     with shard_task(input, max_errors=max_errors) as result:
@@ -126,6 +128,8 @@ def write_tar_shard(output: str, segments: list[Segment], *, options: dict | Non
 
 def _segment_samples(segments: list[Segment], options, result,
                      select: Selection | None = None) -> Iterator[dict]:
+    from htools.selection import selected
+
     for seg in segments:
         skip = seg.start if seg.offset is None else 0
         with storage.open_range(seg.url, seg.offset or 0, None, options) as raw:
@@ -145,10 +149,10 @@ def split_counts(sizes: list[int], n: int | None, maxcount: int | None,
                  maxsize: int | None) -> list[tuple[int, int]]:
     """Split items (with tar sizes) into ``[start, stop)`` ranges, one per output."""
     total = len(sizes)
-    if n is not None:
-        from htools.exchange.plan import split  # the exchange package: 40 ms to import
-
-        return split(total, n, allow_empty=True)
+    if n is not None:  # htools.exchange.plan.split's ranges (its package: 0.1 s to import)
+        base, extra = divmod(total, max(n, 1))
+        return [(i * base + min(i, extra), (i + 1) * base + min(i + 1, extra))
+                for i in range(max(n, 1))]
     if not maxcount and not maxsize:
         raise HtoolsError("an open-ended output pattern needs --maxcount or --maxsize")
     if maxsize and maxsize < tar.archive_size(0):
@@ -282,11 +286,14 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
     replacing = lineage_record.check_lineage(outset, made, opts)  # tars: before counting
     if files:
-        return _upload_files(source, outputs, opts, outset, kw)
+        with collector_paused() as built:
+            return _upload_files(source, outputs, opts, outset, kw, built)
     if opts.dry_run:
         tasks = plan(source, outputs, opts, **kw)
         summary = engine.run("htupload", tasks, opts)
         return lineage_record.finish(summary, opts, outset, [t.output for t in tasks], made)
+    from htools.selection import prepared
+
     with prepared(select, opts, lambda o: default_scratch(o, outset)) as job, \
             engine.cluster(job.opts) as client:
         copy = job.opts.with_(client=client)
@@ -306,11 +313,12 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
 
 
 def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.OutputSet,
-                  kw: dict) -> JobSummary:
+                  kw: dict, built: Callable[[], None] = lambda: None) -> JobSummary:
     """htupload of a folder or a list, its embedded cluster started while the files are
     scanned.  A job that needs no sizes before its tasks run (no ``--maxsize`` split, no
     ``--resume``/``--overwrite`` lineage check) scans a folder without a ``stat`` a file:
-    its tasks report the sizes, and the lineage is made from them at the end."""
+    its tasks report the sizes, and the lineage is made from them at the end.  ``built``
+    is called once the scan's and the plan's objects are made (:func:`collector_paused`)."""
     sized = bool(kw["maxsize"] or opts.resume or opts.overwrite)
     by_key: dict[str, int] = {}  # the tar size of each sample, as its task reported it
 
@@ -327,27 +335,15 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
         tasks = plan(source, outputs, opts, scanned=scanned, **kw)
         paths = _lineage_paths(scanned) if unsized and not opts.dry_run else None  # cluster starting
         start = lineage.sized_later(_lineage(outputs, kw), paths) if paths is not None else made
+        built()
         running, pool = ready()
         summary = _run_files(tasks, running, reported if unsized else None,
                              lambda kept: lineage_record.start_record(outset, start, opts, replacing,
                                                                  kept), pool)
     if paths is not None:
-        sizes = _reported_sizes(scanned, by_key)
+        sizes = reported_sizes(scanned, by_key)
         made = _lineage(outputs, kw, paths, sizes=sizes) if sizes is not None else None
     return lineage_record.finish(summary, opts, outset, [t.output for t in tasks], made)
-
-
-def _reported_sizes(samples: list[FileSample], by_key: dict[str, int]) -> list[int] | None:
-    """The tar sizes of ``samples`` (scanned without them): as their tasks reported them
-    (``by_key``), else from the files as they are now (a task that failed); None when a
-    file is gone (that job's lineage is not recorded)."""
-    get = by_key.get
-    try:
-        return [n if (n := get(s.key)) is not None
-                else sample_size(s.key, [(f, os.path.getsize(p)) for f, p in s.files])
-                for s in samples]
-    except OSError:
-        return None
 
 
 def _lineage_paths(samples: list[FileSample]) -> list[str]:

@@ -18,9 +18,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO
 
-import numpy as np
-
 CHUNK = 1024  # rows a spooled chunk holds
+DICT_MAX = 4096  # outputs found through a dict (no numpy to import: 70 ms); more: _Finder
 
 
 class Written:
@@ -99,8 +98,20 @@ class Written:
     def order(self, outputs: Sequence[str]) -> array:
         """For each of ``outputs``, its entry number (the last, for an output appended
         twice), or -1 when it has none.  Outputs are found by their hash in a sorted
-        array (16 bytes an output, not a dict of a million URLs)."""
+        array (16 bytes an output, not a dict of a million URLs); up to :data:`DICT_MAX`
+        outputs, in a dict."""
         at = array("q", [-1]) * len(outputs)
+        if len(outputs) <= DICT_MAX:
+            first: dict[str, int] = {}
+            for j, url in enumerate(outputs):
+                first.setdefault(url, j)
+            for i, row in enumerate(self.rows()):
+                if (j := first.get(row[0], -1)) >= 0:
+                    at[j] = i
+            for j, url in enumerate(outputs):  # an output named twice: both take its entry
+                if at[j] < 0:
+                    at[j] = at[first[url]]
+            return at
         find = _Finder(outputs)
         for c, rows in enumerate(self._chunks()):
             for k, j in enumerate(find.first_of([row[0] for row in rows])):
@@ -149,6 +160,8 @@ class _Finder:
     found is checked against the URL itself."""
 
     def __init__(self, outputs: Sequence[str]) -> None:
+        import numpy as np  # here, not at import: 70 ms of every command's start
+
         self.outputs = outputs
         hashes = np.fromiter((hash(u) for u in outputs), dtype=np.int64, count=len(outputs))
         self.by = np.argsort(hashes, kind="stable")
@@ -156,6 +169,8 @@ class _Finder:
 
     def first(self, url: str) -> int:
         """The first j with ``outputs[j] == url``, or -1."""
+        import numpy as np
+
         h = hash(url)
         k = int(np.searchsorted(self.hashes, h))
         while k < len(self.hashes) and self.hashes[k] == h:
@@ -167,6 +182,8 @@ class _Finder:
 
     def first_of(self, urls: list[str]) -> list[int]:
         """:meth:`first` of each of ``urls`` (the first candidate is nearly always it)."""
+        import numpy as np
+
         if not urls or not len(self.hashes):
             return [-1] * len(urls)
         ks = np.searchsorted(self.hashes, np.fromiter(map(hash, urls), dtype=np.int64,
@@ -176,5 +193,7 @@ class _Finder:
 
     def repeated(self) -> list[int]:
         """Outputs whose hash an earlier one has (the same URL named again, mostly)."""
+        import numpy as np
+
         same = np.flatnonzero(self.hashes[1:] == self.hashes[:-1]) + 1
         return self.by[same].tolist()

@@ -156,10 +156,13 @@ def _set_spawn_environ() -> None:
 def _spawn_environ() -> dict:
     """``distributed.nanny.pre-spawn-environ``: the user's Dask config over distributed's
     defaults, read from its YAML file (importing ``distributed`` to load them would cost
-    half a second before the server could start)."""
+    half a second before the server could start).  The user's config is read through
+    ``dask.config`` (0.1 s of CPU to import) only when something could set the key:
+    ``dask.config`` already imported here, a ``DASK_*`` variable that names it (or a
+    part of it), or a YAML/JSON file on Dask's config paths that holds it
+    (:func:`_user_may_set`); else it is unset, as ``dask.config`` would find it."""
     import importlib.util
 
-    import dask.config
     import yaml
 
     key = "distributed.nanny.pre-spawn-environ"
@@ -173,4 +176,69 @@ def _spawn_environ() -> dict:
             defaults = dict(tree["distributed"]["nanny"]["pre-spawn-environ"] or {})
         except (OSError, KeyError, TypeError, yaml.YAMLError):
             defaults = {}
+    if not _user_may_set(key):
+        return defaults
+    import dask.config
+
     return {**defaults, **(dask.config.get(key, default=None) or {})}
+
+
+def _user_may_set(key: str) -> bool:
+    """Whether Dask's config could give ``key`` a value here (dask's own defaults do not
+    hold distributed's keys): see :func:`_spawn_environ`.  Names compare as Dask's do,
+    ``_`` and ``-`` alike; the paths are ``dask.config``'s (``$DASK_ROOT_CONFIG`` or
+    ``/etc/dask``, ``etc/dask`` under the Python prefixes, ``~/.config/dask``,
+    ``$DASK_CONFIG``)."""
+    import site
+    import sys
+
+    if "dask.config" in sys.modules:  # it may hold what the caller set (dask.config.set)
+        return True
+    parts = key.replace("_", "-").split(".")
+    for name in os.environ:
+        if name == "DASK_INTERNAL_INHERIT_CONFIG":
+            return True
+        if name.startswith("DASK_"):
+            var = name[5:].lower().replace("__", ".").replace("_", "-").split(".")
+            if var[:len(parts)] == parts[:len(var)]:
+                return True
+    paths = [os.getenv("DASK_ROOT_CONFIG", "/etc/dask"), os.path.join(sys.prefix, "etc", "dask"),
+             *[os.path.join(p, "etc", "dask") for p in getattr(site, "PREFIXES", [])],
+             os.path.join(os.path.expanduser("~"), ".config", "dask"),
+             *([os.environ["DASK_CONFIG"]] if "DASK_CONFIG" in os.environ else [])]
+    for path in dict.fromkeys(paths):
+        if os.path.isdir(path):
+            try:
+                files = [os.path.join(path, n) for n in os.listdir(path)
+                         if os.path.splitext(n)[1].lower() in (".json", ".yaml", ".yml")]
+            except OSError:
+                continue
+        else:
+            files = [path] if os.path.exists(path) else []
+        if any(_file_may_set(f, parts) for f in files):
+            return True
+    return False
+
+
+def _file_may_set(path: str, parts: list[str]) -> bool:
+    """Whether the Dask config file ``path`` holds the key ``parts`` (or is one that Dask
+    would refuse, which ``dask.config`` then says).  A file without the word ``spawn`` (and
+    without a ``\\``, whose escapes could spell it) is not parsed."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False  # dask.config skips it too
+    if "\\" not in text and "spawn" not in text:  # every spelling of the key has it
+        return False
+    try:
+        tree = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return True
+    level = [tree]
+    for part in parts:
+        level = [v for d in level if isinstance(d, dict) for k, v in d.items()
+                 if isinstance(k, str) and k.replace("_", "-") == part]
+    return bool(level)

@@ -11,8 +11,25 @@ partition, for a list larger than a worker's budget), ``filter.py``
 
 from __future__ import annotations
 
-from htools.selection.filter import selected
-from htools.selection.job import prepared, run_selected
+import importlib
+
 from htools.selection.spec import Selection, parse, selection_lineage
 
 __all__ = ["Selection", "parse", "prepared", "run_selected", "selected", "selection_lineage"]
+
+# numpy's modules, imported on first use: a job without --keep/--drop (an htupload of
+# a folder) need not import numpy (70 ms)
+_LAZY = {"selected": "htools.selection.filter", "prepared": "htools.selection.job",
+         "run_selected": "htools.selection.job"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -59,3 +59,26 @@ def test_the_package_keeps_its_functions():
             "assert htools.upload.__module__ == 'htools.upload'\n"
             "assert 'JobSummary' in dir(htools)")
     assert imported(code, []) == []
+
+
+@pytest.mark.parametrize("statement", [
+    "import htools.cli.upload",
+    "import htools.runtime.forkpool, htools.upload_files",  # the fork pool's preload
+    "import htools.summary, htools.written, htools.selection",
+    "from htools.written import Written\n"  # a job's index in output order, 64 shards
+    "w = Written({'output': f'/o/{j}.tar', 'nsamples': 1, 'filesize': 1, 'sha256': 'ab' * 32}"
+    "            for j in range(64))\n"
+    "assert list(w.order([f'/o/{j}.tar' for j in range(64)])) == list(range(64))",
+])
+def test_an_upload_of_files_imports_no_numpy(statement):
+    """numpy (70 ms) is imported where it is used: --keep/--drop, a job's index order."""
+    assert imported(statement, ["numpy"]) == []
+
+
+def test_the_selection_package_gives_its_functions():
+    code = ("from htools.selection import selected, prepared, run_selected\n"
+            "import htools.selection as s\n"
+            "assert s.selected is selected and callable(prepared) and callable(run_selected)\n"
+            "assert 'selected' in dir(s)\n"
+            "try:\n    s.nothing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)")
+    assert imported(code, []) == []

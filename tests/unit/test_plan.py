@@ -46,6 +46,15 @@ def test_split_into_exactly_n_outputs_balanced_by_count():
     assert split_counts([], 2, None, None) == [(0, 0), (0, 0)]
 
 
+def test_split_counts_cuts_as_the_exchange_does():
+    """htupload's own ranges (without importing the exchange package) are its split's."""
+    from htools.exchange.plan import split
+
+    for n in (0, 1, 2, 5, 63, 64, 65, 100_000):
+        for pieces in (1, 2, 3, 7, 64, 200):
+            assert split_counts([1] * n, pieces, None, None) == split(n, pieces, allow_empty=True)
+
+
 def test_maxcount():
     assert split_counts([1] * 7, None, 3, None) == [(0, 3), (3, 6), (6, 7)]
     assert split_counts([1] * 6, None, 3, None) == [(0, 3), (3, 6)]  # no empty last output

@@ -14,8 +14,8 @@ from htools import tar, upload_files
 from htools.errors import HtoolsError
 from htools.options import RunOptions
 from htools.summary import ShardResult
-from htools.upload import _lineage, _lineage_paths, _reported_sizes, plan, write_here
-from htools.upload_files import FileSample, as_tuples, scan_directory
+from htools.upload import _lineage, _lineage_paths, plan, write_here
+from htools.upload_files import FileSample, as_tuples, reported_sizes, scan_directory
 
 NAMES = [  # (path, size): names that sort around "/", ".", "-", nested, long, non-ASCII
     ("a.txt", 10), ("a.cls", 1), ("a-1.txt", 700), ("b.txt", 512), ("empty.txt", 0),
@@ -209,14 +209,14 @@ def test_a_scan_without_sizes_writes_the_same_shards_and_lineage(tmp_path, case)
         zip([s[0] for s in tasks[i].kwargs["samples"]], r["extra"]["sizes"]))).ok
     digests = [hashlib.sha256(open(t.output, "rb").read()).hexdigest()[:16] for t in tasks]
     assert digests == PINNED[case]
-    sizes = _reported_sizes(unsized, by_key)
+    sizes = reported_sizes(unsized, by_key)
     assert sizes == [s.size for s in sized]
     kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0, **kw}
     assert _lineage(pattern, kw, _lineage_paths(unsized), sizes=sizes) == _lineage(
         pattern, kw, samples=sized)
-    assert _reported_sizes(unsized, {}) == sizes  # no reports: sized by the client
+    assert reported_sizes(unsized, {}) == sizes  # no reports: sized by the client
     os.remove(tmp_path / "src" / "b.txt")
-    assert _reported_sizes(unsized, {}) is None  # a file gone: no lineage
+    assert reported_sizes(unsized, {}) is None  # a file gone: no lineage
 
 
 def test_a_scan_without_sizes_still_refuses_a_broken_link(tmp_path):
@@ -224,3 +224,27 @@ def test_a_scan_without_sizes_still_refuses_a_broken_link(tmp_path):
     os.symlink("gone.txt", tmp_path / "src" / "a" / "w.txt")
     with pytest.raises(HtoolsError, match=r"a/w\.txt: No such file or directory"):
         scan_directory(str(tmp_path / "src"), sized=False)
+
+
+def test_the_collector_pauses_for_the_scan_and_comes_back():
+    """collector_paused: no collection while the scan's objects are built, those objects
+    frozen (left out of later passes) while the job runs, everything as before after."""
+    import gc
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    with upload_files.collector_paused() as built:
+        assert not gc.isenabled()
+        built()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    with pytest.raises(ValueError), upload_files.collector_paused():
+        raise ValueError  # a failed scan
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        with upload_files.collector_paused() as built:
+            built()
+            assert not gc.isenabled()  # the caller's choice stays
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()

@@ -4,7 +4,17 @@ with no entry."""
 
 from __future__ import annotations
 
+import pytest
+
+from htools import written
 from htools.written import CHUNK, Written
+
+
+@pytest.fixture(autouse=True, params=["dict", "sorted hashes"])
+def way(request, monkeypatch):
+    """Each test both ways: up to DICT_MAX outputs in a dict, more by their hashes."""
+    monkeypatch.setattr(written, "DICT_MAX", 1 << 30 if request.param == "dict" else 0)
+    return request.param
 
 
 class Colliding(str):
@@ -38,4 +48,10 @@ def test_an_output_named_twice_takes_its_entry_at_both_places():
 
 def test_no_outputs_and_no_entries():
     assert list(Written().order(["/d/a.tar"])) == [-1]
+    assert list(Written([entry("/d/a.tar")]).order([])) == []
+
+
+def test_an_output_appended_twice_takes_its_last_entry():
+    w = Written([entry("/d/a.tar", 1), entry("/d/b.tar", 2), entry("/d/a.tar", 3)])
+    assert list(w.order(["/d/b.tar", "/d/a.tar", "/d/a.tar"])) == [1, 2, 2]
     assert list(Written([entry("/d/a.tar")]).order([])) == []
