@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -89,6 +91,7 @@ def connect(opts: RunOptions) -> Iterator[Any]:
         env = forkserver.worker_env()  # what forked workers would otherwise miss
         if env:
             kw["env"] = env
+        quiet_cancelled_closes()
         if gpus:
             cluster = _gpu_cluster(LocalCluster, n, gpus, kw)
         else:
@@ -98,6 +101,25 @@ def connect(opts: RunOptions) -> Iterator[Any]:
                 client.wait_for_workers(n, timeout=120)
             _announce(client, opts)
             yield client
+
+
+class _CancelledClose(logging.Filter):
+    """Drops a record whose exception is a cancelled close: a Ctrl-C as the job ends makes
+    a worker exit while the client closes the cluster, and its nanny (in this process)
+    logs the close the cluster's own close cancelled, with a traceback, at ERROR, though
+    nothing failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+def quiet_cancelled_closes() -> None:
+    """The embedded cluster's nannies log no cancelled close (:class:`_CancelledClose`);
+    once per process."""
+    logger = logging.getLogger("distributed.nanny")
+    if not any(isinstance(f, _CancelledClose) for f in logger.filters):
+        logger.addFilter(_CancelledClose())
 
 
 def count_gpus() -> int:

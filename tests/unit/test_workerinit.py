@@ -34,3 +34,25 @@ def test_ctrl_c_exits_a_running_worker_but_not_one_already_closing(monkeypatch, 
         assert e.value.code == 130
     else:
         assert workerinit._quit(2, None) is None
+
+
+def test_a_nannys_cancelled_close_is_not_logged_but_its_errors_are(caplog):
+    """A Ctrl-C as the job ends: a worker exits while the client closes the cluster, and
+    its nanny (in the client) logged the close that the cluster's close cancelled as an
+    ERROR with a traceback (the suite caught it under load)."""
+    import asyncio
+    import logging
+
+    from htools.clusters.connection import quiet_cancelled_closes
+
+    quiet_cancelled_closes()
+    quiet_cancelled_closes()  # once, however often a process starts clusters
+    nanny = logging.getLogger("distributed.nanny")
+    assert sum(type(f).__name__ == "_CancelledClose" for f in nanny.filters) == 1
+    with caplog.at_level(logging.ERROR, logger="distributed.nanny"):
+        for exc in (asyncio.CancelledError(), RuntimeError("a real failure")):
+            try:
+                raise exc
+            except BaseException:  # noqa: BLE001 - logged as Dask's log_errors does
+                nanny.exception("")
+    assert [r.exc_info[0] for r in caplog.records] == [RuntimeError]
