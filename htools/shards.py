@@ -276,3 +276,16 @@ def _range(lo: str, hi: str, pattern: str) -> list[str]:
 
 def _is_int(s: str) -> bool:
     return s.lstrip("-").isdigit()
+
+
+def split(n: int, pieces: int, *, allow_empty: bool = False) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``pieces`` contiguous, nearly equal ranges (none empty unless
+    ``allow_empty``: then exactly ``pieces`` ranges even when ``n`` is smaller)."""
+    pieces = max(1, pieces if allow_empty else min(pieces, n))
+    base, extra = divmod(n, pieces)
+    out, start = [], 0
+    for i in range(pieces):
+        stop = start + base + (i < extra)
+        out.append((start, stop))
+        start = stop
+    return out

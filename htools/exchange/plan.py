@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from htools.shards import split
+
 STREAM_COST = 2 << 20  # memory to budget per open run stream (reader buffer, records)
 MIN_FAN_IN, MAX_FAN_IN = 4, 256
 BUCKETS_PER_OUTPUT = 16
@@ -63,19 +65,6 @@ def inputs_per_task(n_inputs: int, shard_bytes: float | None, memory: int, worke
     by_memory = max(1, int(memory // max(shard_bytes, 1)))
     by_balance = max(1, n_inputs // max(1, TASKS_PER_WORKER * workers))
     return max(1, min(by_memory, by_balance))
-
-
-def split(n: int, pieces: int, *, allow_empty: bool = False) -> list[tuple[int, int]]:
-    """``[0, n)`` cut into ``pieces`` contiguous, nearly equal ranges (none empty unless
-    ``allow_empty``: then exactly ``pieces`` ranges even when ``n`` is smaller)."""
-    pieces = max(1, pieces if allow_empty else min(pieces, n))
-    base, extra = divmod(n, pieces)
-    out, start = [], 0
-    for i in range(pieces):
-        stop = start + base + (i < extra)
-        out.append((start, stop))
-        start = stop
-    return out
 
 
 def group_buckets(counts: np.ndarray, outputs: int | None, maxcount: int | None
