@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -310,9 +311,22 @@ class JobSummary:
         return "".join(f", {getattr(self, n):{sep}} {n[8:]}" for n in FOLDED if getattr(self, n))
 
     def write_json(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.as_dict(), f, indent=2)
-            f.write("\n")
+        """The summary as JSON in the file ``path``, whole or not at all: written beside it
+        and renamed over it (a reader never sees half of it; a pipe or a device such as
+        ``/dev/stdout`` is written in place)."""
+        text = json.dumps(self.as_dict(), indent=2) + "\n"
+        if os.path.exists(path) and not os.path.isfile(path):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
+        part = f"{path}.part-{os.getpid()}"
+        try:
+            with open(part, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(part, path)
+        finally:
+            if os.path.exists(part):
+                os.unlink(part)
 
     # ---- display (htools.summary_view): ``print(summary)``, a notebook's rich output ----
 

@@ -16,6 +16,7 @@ from htools import __version__
 from htools.clusters import forkserver
 from htools.errors import HtoolsError, hide_credentials
 from htools.options import RunOptions
+from htools.runtime import interrupts
 from htools.summary import JobSummary, failure_kind, sample_error_kind
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -218,7 +219,8 @@ def command(fn: Callable | None = None, *, without: tuple[str, ...] = ()) -> Cal
         try:
             opts = RunOptions(**{name: kw.pop(name) for name, _ in flags})
             forkserver.for_command(fn.__module__)  # what an embedded cluster's workers import
-            return fn(*args, opts=opts, **kw)
+            with interrupts.as_command():  # once the job is done, a Ctrl-C cannot undo it
+                return fn(*args, opts=opts, **kw)
         except HtoolsError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:  # Ctrl-C: the job stopped and cleaned up; say so

@@ -15,9 +15,7 @@ Nothing here prints a report or writes the shard index: library functions return
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -29,7 +27,7 @@ from htools.clusters.connection import check_resources, connect
 from htools.clusters.info import ClusterInfo
 from htools.errors import HtoolsError, hide_credentials
 from htools.options import RunOptions
-from htools.runtime import preflight
+from htools.runtime import interrupts, preflight
 from htools.runtime.executors import DaskExecutor, LocalExecutor
 from htools.runtime.runloop import RunLoop
 from htools.summary import JobSummary, ShardResult
@@ -192,34 +190,18 @@ def cluster(opts: RunOptions) -> Iterator[Any]:
     try:
         yield client
     except BaseException:
-        with interrupts_deferred():
+        with interrupts.deferred():
             if not cm.__exit__(*sys.exc_info()):
                 raise
     else:
-        with interrupts_deferred():
+        with interrupts.deferred():
             cm.__exit__(None, None, None)
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT) held back while the block runs, then raised as KeyboardInterrupt
-    (in the main thread; elsewhere no signal arrives and the block just runs)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and previous is not signal.SIG_IGN:
-        raise KeyboardInterrupt
 
 
 def finish(summary: JobSummary, opts: RunOptions) -> JobSummary:
     """The end of every library function: ``--summary`` JSON if asked; the summary
     returned.  (A writing tool writes its shard index first: :mod:`htools.shardindex`.)"""
-    if opts.summary:
-        summary.write_json(opts.summary)
+    with interrupts.finishing():  # the job is done: a Ctrl-C now does not undo it
+        if opts.summary:
+            summary.write_json(opts.summary)
     return summary
