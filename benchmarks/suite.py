@@ -307,8 +307,10 @@ lifetime peak RSS belongs to that job.
   list of all their `json:uid` (shuffled), by `--select-by json:uid`, vs the same job
   without a list (the same outputs: the ratio is the list's whole cost); the same with a
   list of 4 million keys on 160,000 samples (every sample's key padded with absent ones:
-  the list's fixed cost on a short job, information); each job in its own process, peak
-  RSS the largest VmHWM of the client and the workers (`bench_selection.py`); htshuffle
+  the list's fixed cost on a short job, information); each job in its own process, after
+  an `os.sync()` (the last job's outputs written back first), peak RSS the largest VmHWM
+  of the client and the workers, and the CPU seconds of all its processes
+  (`bench_selection.py`); htshuffle
   keeping 30% of the samples by a list vs htshuffle of shards that hold only those.
 * **upload** -- `htupload` of a tree of 100,000 samples (200,000 files of 300 B, 1,000 a
   folder) into 64 shards vs GNU `tar -cf` of the tree: wall time of each whole command
