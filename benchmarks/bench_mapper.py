@@ -9,7 +9,8 @@ Prints ratios measured in one run (absolute times only beside them):
     with their disk writes started as they are written), per sample size (``--kib
     1,16,128``) -- goal >= 0.9;
   * with ``--index-off``: the same without the shard index (``index=False``: no sha256
-    of the outputs, which the loop does not compute either) -- for information;
+    of the outputs, which the loop does not compute either), and 2 workers vs 1 without
+    it -- for information;
   * htmapper with 2 workers vs 1 worker -- goal >= 1.7x;
   * the CPU a MB of those jobs (information; the figure that holds while other work
     shares the machine): the workers' CPU seconds a MB, 1 worker over the loop, and the
@@ -252,6 +253,11 @@ def main() -> None:
                                    index=False)
                 rows.append((f"htmapper {kib} KiB, no index: 1 worker vs loop", base / off,
                              "info", f"{mb / off:.0f} vs {mb / base:.0f} MB/s"))
+                if not a.no_two:  # what the second worker gives when no sha256 shares the cores
+                    off2 = timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"),
+                                        2, index=False)
+                    rows.append((f"htmapper {kib} KiB, no index: 2 workers vs 1 worker",
+                                 off / off2, "info", f"{mb / off2:.0f} vs {mb / off:.0f} MB/s"))
             if not a.no_two:
                 cpu2: dict = {}
                 two = timed_mapper(inputs, os.path.join(work, "m2", f"out-@{n:04d}.tar"), 2,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from htools.errors import ScriptError, hide_credentials
 from htools.runtime.shardio import read_shard, write_shard
-from htools.runtime.streams import distinct_keys
+from htools.runtime.streams import distinct_keys, repeated_key
 from htools.runtime.task import shard_task
 from htools.usercode.apply import map_samples
 
@@ -43,14 +43,21 @@ def map_shard(input: str, output: str, script: Script, *, options: dict | None =
                 write_shard(output, options, result, mtime=mtime, index=index) as writer:
             if select is not None:
                 samples = _selected(samples, select, result, input, options)
-            write = writer.write
-            for s in distinct_keys(map_samples(samples, fn, result, input), input, REMEDY):
-                try:
-                    n = write(s)
-                except (TypeError, ValueError):
-                    n = _write(writer, s, output)  # raises, naming the sample
-                if n:
-                    result.samples_written += 1
+            write, previous, written = writer.write, None, 0
+            try:
+                for s in map_samples(samples, fn, result, input):
+                    key = s["__key__"]
+                    if key == previous:  # distinct_keys(), inlined (a generator less)
+                        raise repeated_key(input, key, REMEDY)
+                    previous = key
+                    try:
+                        n = write(s)
+                    except (TypeError, ValueError):
+                        n = _write(writer, s, output)  # raises, naming the sample
+                    if n:
+                        written += 1
+            finally:
+                result.samples_written += written
     return result.as_dict()
 
 

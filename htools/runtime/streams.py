@@ -20,10 +20,15 @@ def distinct_keys(samples: Iterator[dict], where: str, remedy: str) -> Iterator[
     previous = None
     for sample in samples:
         if sample["__key__"] == previous:
-            raise HtoolsError(f"{hide_credentials(where)}: two consecutive samples share the "
-                              f"key {previous!r}; a tar reader would join them: {remedy}")
+            raise repeated_key(where, previous, remedy)
         previous = sample["__key__"]
         yield sample
+
+
+def repeated_key(where: str, key: str, remedy: str) -> HtoolsError:
+    """The error of :func:`distinct_keys` (for a loop that checks keys itself)."""
+    return HtoolsError(f"{hide_credentials(where)}: two consecutive samples share the key "
+                       f"{key!r}; a tar reader would join them: {remedy}")
 
 
 class Sha256:
