@@ -153,6 +153,7 @@ def summary_growth(summary) -> int:
 def measured(dask, fn, /, *args, **kw):
     """Seconds, worker peak-memory growth and result of ``fn`` on a fresh cluster."""
     start = worker_start(dask)
+    os.sync()  # no writeback of an earlier run's outputs under way (bench_mapper.settled)
     t0 = time.perf_counter()
     result = fn(*args, **kw)
     elapsed = time.perf_counter() - t0
@@ -219,6 +220,7 @@ def copy_cpu(inputs: list[str], out: str, procs: int = 2, copy_one=_copy_one
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         pool.map(copy_one, jobs[:procs])  # warm the processes (imports) before the clock
+        os.sync()
         t0 = time.perf_counter()
         cpu = sum(pool.map(copy_one, jobs, chunksize=1))
         elapsed = time.perf_counter() - t0
@@ -317,6 +319,7 @@ def _wds_loop(inputs: list[str], out: str, buffer: int, outputs: int) -> tuple[f
     os.makedirs(out, exist_ok=True)
     n = sum(1 for _ in samples_of(inputs[0])) * len(inputs)
     rss0 = _rss_now()
+    os.sync()
     t0 = time.perf_counter()
     ds = wds.WebDataset(inputs, shardshuffle=False, empty_check=False).shuffle(buffer)
     with wds.ShardWriter(os.path.join(out, "out-%04d.tar"), maxcount=-(-n // outputs),

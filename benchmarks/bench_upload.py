@@ -138,6 +138,7 @@ def commits(shards: list[bytes], folder: str, repeat: int) -> None:
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """Wall seconds of ``cmd``, and the CPU seconds of it and of the processes it started
     (the cluster's workers): a figure that other load on the machine changes less."""
+    os.sync()  # no writeback of the last run's outputs under way (bench_mapper.settled)
     t, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                    env=env)

@@ -139,6 +139,7 @@ def whole_mapper(work: str, inputs: list[str], workers: int) -> float:
     cmd = [os.path.join(os.path.dirname(sys.executable), "htmapper"), "-p", script, src,
            os.path.join(work, "mc", f"out-@{n:04d}.tar"), "--workers", str(workers), "-q",
            "--overwrite"]
+    bm.settled(os.path.join(work, "mc"))
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
@@ -150,7 +151,7 @@ def upload_rows(work: str, quick: bool) -> list[dict]:
     samples, shards = (5000, 8) if quick else (100_000, 64)
     src = os.path.join(work, "up-src")
     bu.make_tree(src, samples)
-    runs = bu.compare(src, work, shards, 1 if quick else 2)
+    runs = bu.compare(src, work, shards, 1 if quick else 3)
     mb = sum(e.stat().st_size for d in os.scandir(src) for e in os.scandir(d)) / 1e6
     shutil.rmtree(src, ignore_errors=True)
     best = {name: min(wall for wall, _cpu in got) for name, got in runs.items()}
@@ -342,7 +343,8 @@ def write_readme(path: str, rows: list[dict], points: list[dict], info: dict,
         f"Machine: {info['machine']}.  {info['sizes']}",
         "",
         "Ratio = baseline seconds / htools seconds, both measured in this run "
-        "(above 1: htools is faster).",
+        "(above 1: htools is faster).  Every timed run starts after `os.sync()`, its "
+        "output folder fresh: no writeback of an earlier run's outputs under way.",
         "",
         *([f"Groups of rows re-measured since by `benchmarks/run --only`: "
            f"{'; '.join(info['reruns'])}.", ""] if info.get("reruns") else []),
