@@ -29,7 +29,7 @@ from htools.exchange.write import write_outputs
 from htools.runtime import hashing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_exchange import make_dataset  # noqa: E402
+from exchange_data import make_dataset  # noqa: E402
 
 NO_FSYNC = {"file": {"fsync": False}}
 
