@@ -53,7 +53,7 @@ def run_exchange(spec: ExchangeSpec, opts: RunOptions) -> JobSummary:
     """Run the exchange; the summary (written to ``opts.summary`` if set) is returned."""
     outset = shards.OutputSet.parse(spec.outputs)
     inputs = shards.expand_all(list(spec.inputs), opts.storage_options)
-    made = exchange_lineage(spec, inputs)
+    made = lineage.counted(exchange_lineage(spec, inputs), outset.count)
     inputs = compact(inputs, 0, len(inputs))  # a brace pattern's: five values, not N URLs
     summary, outputs = _exchange(spec, outset, inputs, opts, made)
     return lineage_record.finish(summary, opts, outset, outputs, made)
