@@ -251,6 +251,13 @@ class TarWriter:
         self.samples_written += 1
         return n
 
+    def hands_over(self, buf: object) -> bool:
+        """Whether ``buf``, just written to the stream, is this writer's own buffer, which
+        it hands over: it writes that buffer whole and starts a new one, never changing
+        one it wrote, so the stream may keep it rather than copy it.  A field's value
+        written as it is, or a compressor's output, is not it."""
+        return buf is self._out
+
     def flush(self) -> None:
         """Hand buffered bytes to the (compressing) stream."""
         if self._out:
