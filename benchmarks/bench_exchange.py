@@ -33,217 +33,21 @@ Every figure is a ratio ``baseline seconds / htools seconds`` measured in this r
 
 Peak worker memory is ``peak_rss - rss_start_min`` of the tasks (htools) or the
 growth of the workers' peak RSS over their RSS at start (baselines).
+
+The pieces: ``exchange_data.py`` (the datasets), ``exchange_jobs.py`` (an htools job on a
+fresh cluster, measured), ``exchange_baselines.py`` (the baselines); here the rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing
 import os
-import random
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 
-from htools import storage, tar
-from htools.runtime.memory import peak_rss
-
-SHARD_MB = 32  # input shard size: the shard count grows with the data
-
-
-# ------------------------------------------------------------------ data --
-
-def shard_count(gb: float) -> int:
-    return max(4, round(gb * 1024 / SHARD_MB))
-
-
-def make_dataset(folder: str, gb: float, sample_kib: int, seed: int = 0) -> list[str]:
-    """Shards of samples with a random hex ``__key__``, a ``bin`` payload and a ``cls``."""
-    os.makedirs(folder, exist_ok=True)
-    n = shard_count(gb)
-    size = sample_kib << 10
-    per_shard = max(1, int(gb * (1 << 30) / size / n))
-    rng = random.Random(seed)
-    blob = rng.randbytes(size + 4096)  # the same data on every run (digests compare)
-    urls = []
-    for s in range(n):
-        url = os.path.join(folder, f"in-{s:04d}.tar")
-        with open(url, "wb") as f, tar.TarWriter(f) as w:
-            for i in range(per_shard):
-                at = rng.randrange(4096)
-                w.write({"__key__": f"{rng.getrandbits(64):016x}", "bin": blob[at:at + size],
-                         "cls": str(i % 10).encode()})
-        urls.append(url)
-    return urls
-
-
-def total_bytes(urls: list[str]) -> int:
-    return sum(os.path.getsize(u) for u in urls)
-
-
-def samples_of(url: str):
-    with storage.open_read(url) as raw:
-        for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
-            s.pop("__url__", None)
-            yield s
-
-
-def to_parquet(urls: list[str], folder: str) -> str:
-    """The same samples as parquet, one uncompressed file per input shard (untimed)."""
-    import pandas as pd
-
-    os.makedirs(folder, exist_ok=True)
-    for i, url in enumerate(urls):
-        rows = list(samples_of(url))
-        df = pd.DataFrame({"key": [r["__key__"] for r in rows],
-                           "cls": [r["cls"] for r in rows], "bin": [r["bin"] for r in rows]})
-        df.to_parquet(os.path.join(folder, f"part-{i:04d}.parquet"), compression=None,
-                      index=False)
-    return folder
-
-
-def keys_tsv(urls: list[str], path: str) -> str:
-    with open(path, "w") as f:
-        for i, url in enumerate(urls):
-            for s in samples_of(url):
-                f.write(f"{s['__key__']}\t{i}\n")
-    return path
-
-
-# -------------------------------------------------------------- clusters --
-
-@contextlib.contextmanager
-def cluster(workers: int = 2):
-    """A fresh LocalCluster (so each worker's lifetime peak RSS is this job's)."""
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as c, Client(c) as client:
-        client.run(_warm)  # imports done before any clock starts, as copy_once's warm-up
-        yield client
-
-
-def _warm() -> None:
-    import htools.exchange  # noqa: F401
-    import htools.mapper  # noqa: F401
-
-
-def _rss_now() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def worker_start(client) -> int:
-    return min(client.run(_rss_now).values())
-
-
-def worker_growth(client, start: int) -> int:
-    return max(client.run(peak_rss).values()) - start
-
-
-def summary_growth(summary) -> int:
-    """The job summary's own figure (the tasks' :func:`htools.runtime.memory.peak_rss`)."""
-    return summary.extra.get("peak_rss", 0) - summary.extra.get("rss_start_min", 0)
-
-
-def measured(dask, fn, /, *args, **kw):
-    """Seconds, worker peak-memory growth and result of ``fn`` on a fresh cluster."""
-    start = worker_start(dask)
-    os.sync()  # no writeback of an earlier run's outputs under way (bench_mapper.settled)
-    t0 = time.perf_counter()
-    result = fn(*args, **kw)
-    elapsed = time.perf_counter() - t0
-    return elapsed, worker_growth(dask, start), result
-
-
-# -------------------------------------------------------------- htools side --
-
-def htools_job(kind: str, inputs: list[str], out: str, memory: int | None = None,
-               workers: int = 2) -> tuple[float, int]:
-    """Seconds and peak worker memory growth of one htshuffle / htsort on a fresh cluster."""
-    elapsed, growth, _cpu = htools_job_cpu(kind, inputs, out, memory, workers)
-    return elapsed, growth
-
-
-def htools_job_cpu(kind: str, inputs: list[str], out: str, memory: int | None = None,
-                   workers: int = 2) -> tuple[float, int, float]:
-    """:func:`htools_job`, and the CPU seconds its workers' processes spent on it."""
-    import htools
-
-    fn = htools.shuffle if kind == "shuffle" else htools.sort
-    pattern = os.path.join(out, f"out-@{len(inputs):04d}.tar")
-    with cluster(workers) as client:
-        cpu0 = sum(client.run(_cpu_now).values())
-        elapsed, growth, summary = measured(client, fn, inputs, pattern, client=client,
-                                            quiet=True, overwrite=True, memory=memory)
-        cpu = sum(client.run(_cpu_now).values()) - cpu0
-    if not summary.ok:
-        sys.exit(f"ht{kind} failed: {summary.failures[:1]}")
-    shutil.rmtree(out, ignore_errors=True)
-    return elapsed, growth, cpu
-
-
-def _cpu_now() -> float:
-    """This process's CPU seconds (all its threads, user and system)."""
-    return time.process_time()
-
-
-# ------------------------------------------------------------- baselines --
-
-def _copy_one(args: tuple[str, str]) -> float:
-    """Copy one shard with htools' codec; the CPU seconds it took."""
-    cpu0 = time.process_time()
-    url, out = args
-    with storage.open_read(url) as raw, storage.open_write(out) as dst, \
-            tar.TarWriter(dst) as w:
-        for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
-            s.pop("__url__", None)
-            w.write(s)
-    return time.process_time() - cpu0
-
-
-def copy_once(inputs: list[str], out: str, procs: int = 2, copy_one=_copy_one) -> float:
-    """Read + write every shard once with htools' codec (or ``copy_one``), ``procs``
-    processes."""
-    return copy_cpu(inputs, out, procs, copy_one)[0]
-
-
-def copy_cpu(inputs: list[str], out: str, procs: int = 2, copy_one=_copy_one
-             ) -> tuple[float, float]:
-    """:func:`copy_once`'s seconds, and the CPU seconds its processes spent copying."""
-    os.makedirs(out, exist_ok=True)
-    jobs = [(u, os.path.join(out, os.path.basename(u))) for u in inputs]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        pool.map(copy_one, jobs[:procs])  # warm the processes (imports) before the clock
-        os.sync()
-        t0 = time.perf_counter()
-        cpu = sum(pool.map(copy_one, jobs, chunksize=1))
-        elapsed = time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
-    return elapsed, cpu
-
-
-def _wds_copy_one(args: tuple[str, str]) -> float:
-    import webdataset as wds
-
-    cpu0 = time.process_time()
-    url, out = args
-    with wds.TarWriter(out) as w:
-        for s in wds.WebDataset(url, shardshuffle=False, empty_check=False):
-            w.write({k: v for k, v in s.items() if k == "__key__" or not k.startswith("_")})
-    return time.process_time() - cpu0
-
-
-def wds_copy(inputs: list[str], out: str, procs: int = 2) -> float:
-    """Read + write every shard once with webdataset's reader and TarWriter, ``procs``
-    processes, no flush to disk (issue 26's CPU-bound floor)."""
-    return copy_once(inputs, out, procs, _wds_copy_one)
-
+from exchange_baselines import copy_cpu, copy_once, dask_p2p, gnu_sort, wds_copy_shard, wds_loop
+from exchange_data import keys_tsv, make_dataset, to_parquet, total_bytes
+from exchange_jobs import htools_job, htools_job_cpu
 
 ISSUE_26 = {  # GB of data at 16 and 128 KiB: issue 26's (the README's 16 KiB rows: 2 GB)
     False: {16: 2.0, 128: 1.6}, True: {16: 0.02, 128: 0.02}}
@@ -267,7 +71,7 @@ def rows(work: str, quick: bool, row, sizes: dict[int, float] | None = None) -> 
                               shuf, copy, COPY_GOALS.get(kib, ">= 0.4"), mb, mem=mem),
                         "cpu": cpu, "base_cpu": copy_cpu_s})
             if kib == 128:
-                wcopy, wcpu = copy_cpu(inputs, os.path.join(work, "i26-w"), 2, _wds_copy_one)
+                wcopy, wcpu = copy_cpu(inputs, os.path.join(work, "i26-w"), 2, wds_copy_shard)
                 out.append({**row("htshuffle of 128 KiB samples vs webdataset copy "
                                   "(2 procs, no flush)", shuf, wcopy, ">= 0.45", mb, mem=mem),
                             "cpu": cpu, "base_cpu": wcpu})
@@ -281,67 +85,6 @@ def _suite_row(name: str, ours: float, base: float, goal: str, mb: float,
     return row(name, ours, base, goal, mem, base_mem, mb)
 
 
-def dask_p2p(kind: str, parquet_dir: str, out: str, partitions: int) -> tuple[float, int]:
-    """read_parquet -> P2P shuffle or sort_values -> to_parquet, on a fresh 2-worker cluster."""
-    import dask.dataframe as dd
-
-    def job() -> None:
-        df = dd.read_parquet(parquet_dir)
-        if kind == "shuffle":
-            df = df.shuffle(on="key", npartitions=partitions, shuffle_method="p2p")
-        else:
-            df = df.sort_values("key", npartitions=partitions, shuffle_method="p2p")
-        df.to_parquet(out, compression=None, write_index=False, schema=_schema())
-
-    with cluster(2) as client:
-        elapsed, growth, _ = measured(client, job)
-    shutil.rmtree(out, ignore_errors=True)
-    return elapsed, growth
-
-
-def _schema():
-    import pyarrow as pa
-
-    return pa.schema([("key", pa.string()), ("cls", pa.binary()), ("bin", pa.binary())])
-
-
-def wds_loop(inputs: list[str], out: str, buffer: int, outputs: int) -> tuple[float, int]:
-    """One fresh process: webdataset read -> shuffle buffer -> ShardWriter.
-    Seconds and that process's peak RSS growth."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_wds_loop, (inputs, out, buffer, outputs))
-
-
-def _wds_loop(inputs: list[str], out: str, buffer: int, outputs: int) -> tuple[float, int]:
-    import webdataset as wds
-
-    os.makedirs(out, exist_ok=True)
-    n = sum(1 for _ in samples_of(inputs[0])) * len(inputs)
-    rss0 = _rss_now()
-    os.sync()
-    t0 = time.perf_counter()
-    ds = wds.WebDataset(inputs, shardshuffle=False, empty_check=False).shuffle(buffer)
-    with wds.ShardWriter(os.path.join(out, "out-%04d.tar"), maxcount=-(-n // outputs),
-                         verbose=0, encoder=False) as sink:
-        for s in ds:
-            sink.write({k: v for k, v in s.items() if k == "__key__" or not k.startswith("_")})
-    elapsed = time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
-    return elapsed, max(0, peak_rss() - rss0)
-
-
-def gnu_sort(tsv: str, out: str) -> float:
-    env = {**os.environ, "LC_ALL": "C"}
-    t0 = time.perf_counter()
-    subprocess.run(["sort", "--parallel=2", "-S", "512M", "-t", "\t", "-k1,1", tsv, "-o", out],
-                   check=True, env=env)
-    elapsed = time.perf_counter() - t0
-    os.remove(out)
-    return elapsed
-
-
-# ------------------------------------------------------------------- main --
 
 def compare(work: str, inputs: list[str], buffer: int = 4096) -> list[dict]:
     """Rows of issue #4 on one dataset (the growth rows come from :func:`growth`)."""

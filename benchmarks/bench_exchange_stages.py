@@ -26,10 +26,10 @@ from htools.exchange.partition import partition
 from htools.exchange.runfile import Run
 from htools.exchange.specs import InputSpan, StageOne, StageTwo
 from htools.exchange.write import write_outputs
-from htools.runtime import streams
+from htools.runtime import hashing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_exchange import make_dataset  # noqa: E402
+from exchange_data import make_dataset  # noqa: E402
 
 NO_FSYNC = {"file": {"fsync": False}}
 
@@ -124,7 +124,7 @@ def main() -> None:
         inputs = make_dataset(os.path.join(work, "in"), a.gb, a.kib)
         best, digest = measure(inputs, work, a.repeat)
         print("\n".join(report(best)))
-        chosen = getattr(streams, "CHOSEN", None)  # the index's sha256: thread or inline
+        chosen = getattr(hashing, "CHOSEN", None)  # the index's sha256: thread or inline
         if chosen is not None:
             print(f"outputs hashed on the hashing thread {chosen['thread']}, "
                   f"inline {chosen['inline']} (a thread costs more CPU, less wall time)")

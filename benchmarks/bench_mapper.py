@@ -18,7 +18,7 @@ Prints ratios measured in one run (absolute times only beside them):
     job's, 2 workers over 1 (1.0: the second worker costs no CPU the first did not;
     2 workers reach 2x on 2 cores only near 1.0 and with the 1-worker job using
     one core), and for how many outputs the sha256 went to the hashing thread (the rest
-    hashed inline: no core was spare, see ``htools.runtime.streams.spare_core``);
+    hashed inline: no core was spare, see ``htools.runtime.hashing.spare_core``);
   * with ``--threads``: the task function in this process (no Dask), its sha256 on the
     hashing thread, vs the loop -- the CPU a MB of the task thread over the loop's, and
     the hashing thread's CPU a MB: the figures that hold while other work shares the
@@ -181,32 +181,32 @@ def thread_costs(inputs: list[str], out_dir: str) -> tuple[float, float]:
     ``inputs`` in this process: its task thread's (this thread) and the hashing
     thread's, the sha256 sent to that thread whatever the machine's load."""
     from htools.maptask import map_shard
-    from htools.runtime import streams
+    from htools.runtime import hashing
     from htools.usercode.script import load_script
 
     settled(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     script = load_script(identity, one_of=("process_sample",))
-    spare, streams.spare_core = streams.spare_core, lambda: True
+    spare, hashing.spare_core = hashing.spare_core, lambda: True
     try:
-        task0, hashed0 = time.thread_time(), streams._hashed[0]
+        task0, hashed0 = time.thread_time(), hashing._hashed[0]
         for i, url in enumerate(inputs):
             r = map_shard(url, os.path.join(out_dir, f"o-{i:04d}.tar"), script, options={})
             if r.get("error"):
                 sys.exit(f"map_shard failed: {r['error']}")
-        return time.thread_time() - task0, streams._hashed[0] - hashed0
+        return time.thread_time() - task0, hashing._hashed[0] - hashed0
     finally:
-        streams.spare_core = spare
+        hashing.spare_core = spare
 
 
 def _hash_choices() -> dict:
     """Run on a worker: how many of its outputs' sha256 went to the hashing thread and
-    how many were hashed inline (:func:`htools.runtime.streams.spare_core`), and the
+    how many were hashed inline (:func:`htools.runtime.hashing.spare_core`), and the
     seconds its tasks waited for that thread (``ahead``: with its queue full; ``end``:
     at each output's end), so far."""
-    from htools.runtime import streams
+    from htools.runtime import hashing
 
-    return {**streams.CHOSEN, **streams.WAITED}
+    return {**hashing.CHOSEN, **hashing.WAITED}
 
 
 def _per_mb(cpu: dict, mb: float) -> str:

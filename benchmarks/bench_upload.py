@@ -62,10 +62,12 @@ def parts(src: str, shards: int, files: int, repeat: int) -> None:
     """htupload's own CPU, part by part, without a cluster."""
     from htools import tar
     from htools.options import RunOptions
+    from htools.shards import OutputSet
     from htools.summary import ShardResult
     from htools.upload import _lineage, _lineage_paths, plan, scan
     from htools.upload_files import _file_samples, collector_paused
 
+    one = OutputSet.parse("o-@1.tar")
     best: dict[str, float] = {"imports": min(import_cpu() for _ in range(repeat))}
     for _ in range(repeat):
         t = [cpu()]
@@ -76,7 +78,7 @@ def parts(src: str, shards: int, files: int, repeat: int) -> None:
             samples = scan(src, sized=False)
         t.append(cpu())
         kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0}
-        _lineage("o-@1.tar", kw, _lineage_paths(samples), sizes=[s.size for s in sized])
+        _lineage(one, kw, _lineage_paths(samples), sizes=[s.size for s in sized])
         t.append(cpu())
         tasks = plan(src, f"o-@{shards}.tar", RunOptions.of({"quiet": True}), scanned=samples)
         t.append(cpu())

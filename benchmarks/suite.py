@@ -35,6 +35,8 @@ import bench_scale as bsc  # noqa: E402
 import bench_selection as bsel  # noqa: E402
 import bench_tario as bt  # noqa: E402
 import bench_upload as bu  # noqa: E402
+import exchange_data as xd  # noqa: E402
+import exchange_jobs as xj  # noqa: E402
 
 REPO = HERE.parent
 KIBS = (1, 16, 128)
@@ -102,7 +104,7 @@ def mapper_rows(work: str, inputs: list[str], kib: int, repeat: int = 1) -> list
     ``repeat`` > 1 the five runs are made that many times in turn, the fastest of each
     kept (single runs of these second-long jobs move 10-20% on 2 cores)."""
     n = len(inputs)
-    mb = bx.total_bytes(inputs) / 1e6
+    mb = xd.total_bytes(inputs) / 1e6
     fastest: dict[str, float] = {}
     for _ in range(repeat):
         times = {"loop": bm.baseline_loop(inputs, os.path.join(work, "loop"))}
@@ -191,10 +193,10 @@ def http_rows(work: str, inputs: list[str]) -> list[dict]:
         for u in inputs:
             shutil.copy(u, os.path.join(root, "in", os.path.basename(u)))
         remote = [f"{url}/in/{os.path.basename(u)}" for u in inputs]
-        n, mb = len(inputs), bx.total_bytes(inputs) / 1e6
+        n, mb = len(inputs), xd.total_bytes(inputs) / 1e6
         local_m = bm.timed_mapper(inputs, os.path.join(work, "hm", f"o-@{n:04d}.tar"), 2)
         http_m = bm.timed_mapper(remote, f"{url}/m/o-@{n:04d}.tar", 2)
-        local_s, mem_l = bx.htools_job("shuffle", inputs, os.path.join(work, "hs"))
+        local_s, mem_l = xj.htools_job("shuffle", inputs, os.path.join(work, "hs"))
         http_s, mem_h = _http_shuffle(htools, remote, f"{url}/s/o-@{n:04d}.tar")
         shutil.rmtree(os.path.join(work, "hm"), ignore_errors=True)
     finally:
@@ -207,8 +209,8 @@ def http_rows(work: str, inputs: list[str]) -> list[dict]:
 
 
 def _http_shuffle(htools, inputs: list[str], pattern: str) -> tuple[float, int]:
-    with bx.cluster(2) as client:
-        elapsed, growth, summary = bx.measured(client, htools.shuffle, inputs, pattern,
+    with xj.cluster(2) as client:
+        elapsed, growth, summary = xj.measured(client, htools.shuffle, inputs, pattern,
                                                client=client, quiet=True, overwrite=True)
     if not summary.ok:
         sys.exit(f"htshuffle over HTTP failed: {summary.failures[:1]}")
@@ -406,7 +408,7 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
     data = {}
     for kib in sorted({k for g in only for k in NEEDS.get(g, ())}):
         step(f"dataset of {kib} KiB samples, {cfg['gb'][kib]:.3g} GB")
-        data[kib] = bx.make_dataset(os.path.join(work, f"d{kib}"), cfg["gb"][kib], kib)
+        data[kib] = xd.make_dataset(os.path.join(work, f"d{kib}"), cfg["gb"][kib], kib)
     if "mapper" in only:
         for kib in KIBS:
             step(f"htmapper, {kib} KiB")
@@ -441,7 +443,7 @@ def run_all(work: str, a) -> tuple[list[dict], list[dict], dict]:
         add("scale", bsc.ratios(scale["scale"]))
     sizes = ("Data: " + ", ".join(f"{cfg['gb'][k] * 1024:.0f} MiB of {k} KiB samples"
                                   for k in KIBS)
-             + f" ({bx.SHARD_MB} MiB input shards); tar codec cases {cfg['tar_mb']} MB each.")
+             + f" ({xd.SHARD_MB} MiB input shards); tar codec cases {cfg['tar_mb']} MB each.")
     data = ", ".join(f"{cfg['gb'][k] * 1024:.0f} MiB of {k} KiB" for k in KIBS)
     return rows, points, {"sizes": sizes, "data": data, "budget": budget, **scale}
 

@@ -57,7 +57,8 @@ def make(tool: str, *, inputs: list[str], outputs: str, script: Any = None,
 def counted(made: dict | None, count: int | None) -> dict | None:
     """``made`` with the count of outputs its job writes, when its pattern fixes it
     (``x-@4.tar``; None: open-ended, whose ``--maxcount`` is an option): the same job
-    writing another count writes other outputs (a shuffle's buckets, an upload's split)."""
+    writing another count writes other outputs (a shuffle's buckets, an upload's split).
+    Each tool applies it once, where it makes its job's lineage."""
     if made is None or count is None:
         return made
     return {**made, "outputs": {"count": count}}

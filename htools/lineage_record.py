@@ -3,7 +3,10 @@ writes it is checked against the one recorded there before any task runs
 (:func:`check_lineage`: ``--resume``, ``--overwrite``), recorded in ``STEM.lineage.json``
 as its first output task starts (:func:`start_record`: a job that fails, is stopped by
 Ctrl-C or killed leaves it), and replaced by the shard index when the job succeeds
-(:func:`finish`, :func:`htools.shardindex.write_for_job`)."""
+(:func:`finish`, :func:`htools.shardindex.write_for_job`).
+
+``made``, a job's lineage, comes with the count of outputs its pattern fixes
+(:func:`htools.lineage.counted`, applied where each tool makes its lineage)."""
 
 from __future__ import annotations
 
@@ -60,7 +63,6 @@ def check_lineage(outset: OutputSet, made: dict | None, opts: RunOptions,
     without a recorded lineage are kept by ``--resume`` as before; :func:`finish` says so."""
     if made is None or not (opts.resume or opts.overwrite):
         return None
-    made = lineage.counted(made, outset.count)
     old, partial = recorded_lineage(outset, opts.storage_options)
     if old is None:
         return _unrecorded(outset, opts, outputs)
@@ -176,7 +178,7 @@ def start_record(outset: OutputSet, made: dict | None, opts: RunOptions,
         return None
     at = lineage_url(outset)
     flag = {("overwriting" if opts.overwrite else "mixed"): replacing} if replacing else {}
-    write(_record(lineage.counted(made, outset.count), **flag), at, opts.storage_options)
+    write(_record(made, **flag), at, opts.storage_options)
     if replacing:
         return None
 
@@ -199,7 +201,7 @@ def finish(summary: JobSummary, opts: RunOptions, outset: OutputSet,
     ``--resume-any``) get a note."""
     if opts.dry_run or any(storage.is_stream(u) for u in outputs):
         return engine.finish(summary, opts)
-    options, made = opts.storage_options, lineage.counted(made, outset.count)
+    options = opts.storage_options
     # a failed job's record beside the outputs: replaced by the index a success writes
     record = read_index(lineage_url(outset), options) if opts.resume or opts.overwrite \
         else None

@@ -79,10 +79,10 @@ def map_shards(inputs, outputs: str, script=None, *, shell: str | None = None,
     tasks = plan(inputs, outputs, shipment.script, opts, mtime=mtime, batch=batch)
     preflight.check([t.input for t in tasks], [t.output for t in tasks],
                     opts.storage_options, write=not opts.dry_run)
-    made = lineage.make("htmapper", inputs=[t.input for t in tasks], outputs=outputs,
-                        script=shipment.script,
-                        options={"mtime": mtime, **selection_lineage(select),
-                                 **({"batch_size": batch.batch_size} if batch else {})})
+    made = lineage.counted(lineage.make(
+        "htmapper", inputs=[t.input for t in tasks], outputs=outputs, script=shipment.script,
+        options={"mtime": mtime, **selection_lineage(select),
+                 **({"batch_size": batch.batch_size} if batch else {})}), outset.count)
     replacing = lineage_record.check_lineage(outset, made, opts, [t.output for t in tasks])
 
     def run(sel: Selection | None, run_opts: RunOptions) -> JobSummary:

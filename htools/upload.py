@@ -281,7 +281,7 @@ def upload(source: str, outputs: str, *, maxcount: int | None = None,
     select = parse(keep, drop, select_by, select_column, opts.storage_options)
     ins = [] if files else shards.expand_all(source, opts.storage_options)
     preflight.check(ins, [outset.first()], opts.storage_options, write=not opts.dry_run)
-    made = None if files else _lineage(outputs, {**kw, **selection_lineage(select)}, ins)
+    made = None if files else _lineage(outset, {**kw, **selection_lineage(select)}, ins)
     replacing = lineage_record.check_lineage(outset, made, opts)  # tars: before counting
     if files:
         with collector_paused() as built:
@@ -328,11 +328,11 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
     with workers_meanwhile(opts, outset.first()) as ready:
         scanned = scan(source, sized)
         unsized = not scanned[0].sizes  # a list's files are sized all the same
-        made = None if unsized else _lineage(outputs, kw, samples=scanned)
+        made = None if unsized else _lineage(outset, kw, samples=scanned)
         replacing = lineage_record.check_lineage(outset, made, opts)
         tasks = plan(source, outputs, opts, scanned=scanned, **kw)
         paths = _lineage_paths(scanned) if unsized and not opts.dry_run else None  # cluster starting
-        start = lineage.sized_later(_lineage(outputs, kw), paths) if paths is not None else made
+        start = lineage.sized_later(_lineage(outset, kw), paths) if paths is not None else made
         built()
         running, pool = ready()
         summary = _run_files(tasks, running, reported if unsized else None,
@@ -340,7 +340,7 @@ def _upload_files(source: str, outputs: str, opts: RunOptions, outset: shards.Ou
                                                                  kept), pool)
     if paths is not None:
         sizes = reported_sizes(scanned, by_key)
-        made = _lineage(outputs, kw, paths, sizes=sizes) if sizes is not None else None
+        made = _lineage(outset, kw, paths, sizes=sizes) if sizes is not None else None
     return lineage_record.finish(summary, opts, outset, [t.output for t in tasks], made)
 
 
@@ -349,16 +349,18 @@ def _lineage_paths(samples: list[FileSample]) -> list[str]:
     return ["\t".join([p for _f, p in s.files]) for s in samples]
 
 
-def _lineage(outputs: str, kw: dict, inputs: list[str] = (),
+def _lineage(outset: shards.OutputSet, kw: dict, inputs: list[str] = (),
              samples: list[FileSample] = (), sizes: list[int] | None = None) -> dict:
     """htupload's lineage (:mod:`htools.lineage`): tar inputs by URL; local files (a
     folder or a list) by their paths and sizes as scanned (in key order: --shuffle's
     order is the seed's, recorded), one entry per sample: given as ``samples``, or as
-    their :func:`_lineage_paths` and tar ``sizes``."""
+    their :func:`_lineage_paths` and tar ``sizes``; with the count of outputs ``outset``
+    fixes (:func:`htools.lineage.counted`)."""
     if samples:
         inputs, sizes = _lineage_paths(samples), [s.size for s in samples]
-    return lineage.make("htupload", inputs=list(inputs), outputs=outputs, sizes=sizes,
+    made = lineage.make("htupload", inputs=list(inputs), outputs=outset.pattern, sizes=sizes,
                         options={**kw, "seed": kw["seed"] if kw["shuffle"] else None})
+    return lineage.counted(made, outset.count)
 
 
 # ------------------------------------------------------ from the client --

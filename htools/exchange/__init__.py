@@ -20,7 +20,9 @@
   a reduce_samples() folds the sorted samples;
 * :mod:`.stages`    typed stage results, and the job's summary made from them;
 * :mod:`.dryrun`    the plan as ``--dry-run`` shows it;
-* :mod:`.job`       the driver: plan, stages in order, summary, scratch clean-up.
+* :mod:`.job`       the driver: checks, lineage, the cluster, then :mod:`.runner`;
+* :mod:`.runner`    one exchange on a connected client: plan, stages in order, summary,
+  scratch clean-up.
 """
 
 from __future__ import annotations

@@ -55,10 +55,10 @@ def write_shard(url: str, options: dict | None, result: ShardResult, *,
 
 
 def handed_over(writer: tar.TarWriter) -> Callable[[object], bool]:
-    """Whether bytes ``writer`` writes are its own buffer, which it hands over: it
-    writes that buffer whole and starts a new one, never changing one it wrote
-    (tests/unit/test_hash_choice.py holds it to that), so the output's hasher keeps
+    """Whether bytes ``writer`` writes are its own buffer, which it hands over
+    (:meth:`~htools.tar.TarWriter.hands_over`: it never changes one it wrote,
+    tests/unit/test_hash_choice.py holds it to that), so the output's hasher keeps
     it rather than copy it (a copy of every byte of fields under 64 KiB: ~0.1 ms of
     the task thread a MB at 1 and 16 KiB); a field's value written as it is, or the
-    compressor's output, is not it."""
-    return lambda b: b is writer._out
+    compressor's output, is not it.  Called once a written buffer, not a sample."""
+    return writer.hands_over

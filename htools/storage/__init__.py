@@ -29,9 +29,9 @@ without credentials.
 Layout: :mod:`.base` (the :class:`~.base.Backend` interface, the retry policy, the
 resuming reader), :mod:`.writer` (the atomic :class:`Writer` and the spool that makes an
 upload replayable), one module per backend (:mod:`.local`, :mod:`.http`,
-:mod:`.objectstore` for s3/gs, :mod:`.pipe`) and :mod:`.registry`, which maps
-protocols to backends.  Adding a protocol takes one module with a ``Backend`` subclass
-and one line in ``registry.REGISTRY``::
+:mod:`.objectstore` for s3/gs (with :mod:`.objectio` and :mod:`.objectfaults`),
+:mod:`.pipe`) and :mod:`.registry`, which maps protocols to backends.  Adding a
+protocol takes one module with a ``Backend`` subclass and one line in ``registry.REGISTRY``::
 
     "az": Entry("htools.storage.azure:AzureBackend", ("az", "abfs"), pip="adlfs"),
 """

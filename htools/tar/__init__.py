@@ -14,7 +14,7 @@ Reading (:mod:`htools.tar.read`)
     :func:`read_samples` groups consecutive members with one key into samples
     (``{"__key__": key, "__url__": url, field: bytes, ...}``).
 
-Writing (:mod:`htools.tar.write`)
+Writing (:mod:`htools.tar.write`, its header encoder in :mod:`htools.tar.members`)
     :class:`TarWriter` writes ustar headers with fixed mode/uid/gid/mtime, so
     the same samples give the same bytes (also gzip- or zstd-compressed).
     Names longer than 100 bytes use the ustar prefix split, else a pax ``path``
@@ -29,14 +29,9 @@ member name differently) and fields that contain ``/``.
 from __future__ import annotations
 
 from htools.tar.compress import open_stream_reader, open_stream_writer
+from htools.tar.members import SampleFormatError
 from htools.tar.read import iter_members, read_samples, split_key
-from htools.tar.write import (
-    SampleFormatError,
-    TarWriter,
-    archive_size,
-    member_size,
-    write_samples,
-)
+from htools.tar.write import TarWriter, archive_size, member_size, write_samples
 
 __all__ = [
     "SampleFormatError",

@@ -1,148 +1,41 @@
 """Streaming tar writer of WebDataset samples (see :mod:`htools.tar`).
 
-Every header comes from one encoder, :class:`_Header`: a template with fixed
+Every header comes from one encoder, :class:`HeaderEncoder`: a template with fixed
 mode/uid/gid/mtime/owner, so the same samples give the same bytes.  Names that
 do not fit the 100-byte name field use the ustar prefix split, else a pax
 ``path`` record (so do non-ASCII names); members of 8 GiB and more get a pax
-``size`` record.
+``size`` record.  The encoder, the sample checks and the header fields are
+:mod:`htools.tar.members`; the writer's loop (:meth:`TarWriter.write`) is here.
 """
 
 from __future__ import annotations
 
 import io
-import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any, BinaryIO
 from zlib import adler32
 
-from htools.errors import TarFormatError, hide_credentials
+from htools.errors import hide_credentials
 from htools.tar.compress import open_stream_writer
-from htools.tar.header import (
-    BLOCK,
-    MAX_OCTAL_SIZE,
-    RECORD,
-    USTAR_POSIX,
-    byte_sum,
-    encoded_fields,
-    pax_records,
+from htools.tar.header import BLOCK, MAX_OCTAL_SIZE, RECORD, byte_sum, encoded_fields, pax_records
+from htools.tar.members import (
+    MAX_CACHED,
+    PADS,
+    SHORT_HEADER,
+    ZEROS,
+    HeaderEncoder,
+    SampleFormatError,
+    check_field,
+    check_key,
+    checksum_field,
+    size_field_of,
+    ustar_split,
 )
 
 FLUSH = 1 << 20  # writer buffer size
 DIRECT = 64 << 10  # values this large are written to the stream directly
-
-_ZEROS = bytes(RECORD)
-_NUL = b"\0"
-_PADS = tuple(bytes(n) for n in range(BLOCK))  # _PADS[-size % BLOCK]: a member's padding
-# A header with a short name and no prefix, in one call: name (NUL-padded), mode to
-# size, size digits, mtime, checksum field, type flag to the end (prefix empty).
-_SHORT = struct.Struct("100s24s11s13s8s356s")
-_MAX_CACHED = 4096  # field-name sets whose write plan a writer keeps
-
-
-class SampleFormatError(TarFormatError, ValueError):
-    """A sample that cannot be written as tar members (bad key, field or value)."""
-
-
-# --------------------------------------------------------------------------- samples
-
-
-def _check_key(key: Any, url: str) -> str:
-    if isinstance(key, (bytes, bytearray)):
-        key = bytes(key).decode("utf-8", "surrogateescape")
-    if not isinstance(key, str) or not key:
-        raise SampleFormatError(url, "sample has no __key__ (a non-empty str)",
-                                key=key if isinstance(key, str) else None)
-    base = key[key.rfind("/") + 1:]
-    if not base:
-        raise SampleFormatError(url, "sample key ends with '/' (empty basename)", key=key)
-    if "." in base:
-        raise SampleFormatError(
-            url, "sample key has a '.' in its basename; readers (htools, webdataset) would "
-            "split its member names at that dot", key=key)
-    if "\0" in key or key.startswith(("/", "./")):
-        raise SampleFormatError(url, "sample key starts with '/' or './' or contains NUL",
-                                key=key)
-    return key
-
-
-def _check_field(field: Any, key: str, url: str) -> None:
-    """Field names are str without '/' or NUL.  The empty field is a member named
-    exactly the key (a dotless member on read), so such shards pass through."""
-    if not isinstance(field, str) or "/" in field or "\0" in field:
-        raise SampleFormatError(
-            url, f"bad field name {field!r}: must be a str without '/' or NUL", key=key)
-
-
-# --------------------------------------------------------------------------- headers
-
-
-class _Header:
-    """Encodes ustar headers of one type flag around a fixed template."""
-
-    def __init__(self, kind: bytes, mode: int, mtime: int, user: str, group: str):
-        h = bytearray(BLOCK)
-        h[100:108] = b"%07o\0" % (mode & 0o7777)
-        h[108:116] = b"%07o\0" % 0
-        h[116:124] = b"%07o\0" % 0
-        h[136:148] = b"%011o\0" % (mtime & MAX_OCTAL_SIZE)
-        h[148:156] = b"        "  # the checksum counts its own field as spaces
-        h[156:157] = kind
-        h[257:265] = USTAR_POSIX
-        h[265:297] = user.encode("utf-8")[:31].ljust(32, _NUL)
-        h[297:329] = group.encode("utf-8")[:31].ljust(32, _NUL)
-        h[329:337] = b"%07o\0" % 0
-        h[337:345] = b"%07o\0" % 0
-        # Name, size digits, checksum and prefix are filled in per member.
-        self.sum = sum(h)
-        self.mode_to_size = bytes(h[100:124])
-        self.size_end_to_chk = bytes(h[135:148])
-        self.type_to_prefix = bytes(h[156:345])
-        self.tail = bytes(h[500:])
-        self.type_to_end = bytes(h[156:])  # with an empty prefix
-
-    def encode(self, name: bytes, size: int, prefix: bytes = b"") -> bytes:
-        """A header block for ``name`` (at most 100 bytes) and ``prefix`` (at most 155
-        bytes); ``size`` is written as 0 beyond the octal field (a pax record holds it)."""
-        size_f = b"%011o" % (size if size <= MAX_OCTAL_SIZE else 0)
-        total = self.sum + byte_sum(name) + byte_sum(size_f)  # each field < 256 bytes
-        if prefix:
-            total += byte_sum(prefix)
-        return b"".join((name.ljust(100, _NUL), self.mode_to_size, size_f, self.size_end_to_chk,
-                         b"%06o\0 " % total, self.type_to_prefix, prefix.ljust(155, _NUL),
-                         self.tail))
-
-
-@lru_cache(maxsize=_MAX_CACHED)
-def _size_field(size: int) -> tuple[bytes, int]:
-    """A header's size field (11 octal digits) and its byte sum (files often share a size)."""
-    size_f = b"%011o" % size
-    return size_f, byte_sum(size_f)
-
-
-@lru_cache(maxsize=4 * _MAX_CACHED)
-def _checksum(total: int) -> bytes:
-    """A header's checksum field (kept: formatting it costs a fifth of a short header)."""
-    return b"%06o\0 " % total
-
-
-def _ustar_split(name: bytes) -> tuple[bytes, bytes] | None:
-    """(prefix, name) for the ustar prefix field, or None if the name does not fit."""
-    if len(name) > 256:
-        return None
-    i = name.find(b"/")
-    while i >= 0:
-        if i <= 155 and len(name) - i - 1 <= 100:
-            return (name[:i], name[i + 1:]) if i + 1 < len(name) else None
-        if i > 155:
-            return None
-        i = name.find(b"/", i + 1)
-    return None
-
-
-# --------------------------------------------------------------------------- writer
 
 
 class TarWriter:
@@ -179,8 +72,8 @@ class TarWriter:
         self._out = bytearray()
         self._suffixes: dict[str, bytes] = {}
         self._plans: dict[tuple, tuple[tuple[str, bytes, int, int], ...]] = {}
-        self._reg = _Header(b"0", mode, self.mtime, user, group)
-        self._pax = _Header(b"x", mode, self.mtime, user, group)
+        self._reg = HeaderEncoder(b"0", mode, self.mtime, user, group)
+        self._pax = HeaderEncoder(b"x", mode, self.mtime, user, group)
 
     def __enter__(self) -> TarWriter:
         return self
@@ -193,11 +86,11 @@ class TarWriter:
         if self.closed:
             raise ValueError("write to a closed TarWriter")
         key = sample.get("__key__")
-        # _check_key(key) unless the key is plainly good (a str, not starting with '/' or
+        # check_key(key) unless the key is plainly good (a str, not starting with '/' or
         # '.', no NUL, no dot in its basename, not ending with '/')
         if (type(key) is not str or not key or key[0] == "/" or key[0] == "."
                 or key[-1] == "/" or "\0" in key or key.find(".", key.rfind("/") + 1) >= 0):
-            key = _check_key(key, self.url)
+            key = check_key(key, self.url)
         kb = key.encode("utf-8", "surrogateescape")
         # The plan of a field-name set (its fields in order, each with its b".field", the
         # byte sum of that and the room left for the key in a ustar name), made once by
@@ -224,10 +117,10 @@ class TarWriter:
         start = len(out)
         flushed = 0
         reg = self._reg
-        pack, mode_to_size = _SHORT.pack, reg.mode_to_size
+        pack, mode_to_size = SHORT_HEADER.pack, reg.mode_to_size
         size_end_to_chk, type_to_end = reg.size_end_to_chk, reg.type_to_end
         head_sum = reg.sum + (adler32(kb) & 0xFFFF) - 1 if klen <= 100 else 0  # byte_sum
-        size_field, checksum, pads = _size_field, _checksum, _PADS
+        size_field, checksum, pads = size_field_of, checksum_field, PADS
         for value, (field, suffix, suffix_sum, room) in zip(values, plan):
             size = len(value)
             if klen <= room and size <= MAX_OCTAL_SIZE:  # what _long_header() would
@@ -282,7 +175,7 @@ class TarWriter:
             values.append(value if type(value) is bytes else self._as_bytes(value, field, key))
             plan.append((field, suffix, byte_sum(suffix),
                          100 - len(suffix) if suffix.isascii() else -1))
-        if len(self._plans) >= _MAX_CACHED:
+        if len(self._plans) >= MAX_CACHED:
             self._plans.clear()
         self._plans[names] = plan = tuple(plan)
         return plan, values
@@ -293,7 +186,7 @@ class TarWriter:
         prefix = b""
         short = nb
         if len(nb) > 100 or not nb.isascii():
-            split = _ustar_split(nb) if nb.isascii() else None
+            split = ustar_split(nb) if nb.isascii() else None
             if split is not None:
                 prefix, short = split
             else:
@@ -306,11 +199,11 @@ class TarWriter:
             return header
         payload = pax_records(records)
         return b"".join((self._pax.encode(b"././@PaxHeader", len(payload)), payload,
-                         _ZEROS[:-len(payload) % BLOCK], header))
+                         ZEROS[:-len(payload) % BLOCK], header))
 
     def _suffix(self, field: str, key: str) -> bytes:
         """Validate a field name; cache b".field" (b"" for the empty field)."""
-        _check_field(field, key, self.url)
+        check_field(field, key, self.url)
         fb = b"." + field.encode("utf-8", "surrogateescape") if field else b""
         if len(self._suffixes) > 4096:
             self._suffixes.clear()
@@ -358,6 +251,13 @@ class TarWriter:
         self.samples_written += 1
         return n
 
+    def hands_over(self, buf: object) -> bool:
+        """Whether ``buf``, just written to the stream, is this writer's own buffer, which
+        it hands over: it writes that buffer whole and starts a new one, never changing
+        one it wrote, so the stream may keep it rather than copy it.  A field's value
+        written as it is, or a compressor's output, is not it."""
+        return buf is self._out
+
     def flush(self) -> None:
         """Hand buffered bytes to the (compressing) stream."""
         if self._out:
@@ -372,7 +272,7 @@ class TarWriter:
         self.closed = True
         total = self.bytes_written + 2 * BLOCK
         tail = 2 * BLOCK + (-total % RECORD)
-        self._out += _ZEROS[:tail]
+        self._out += ZEROS[:tail]
         self.bytes_written += tail
         self.stream.write(self._out)
         self._out = bytearray()

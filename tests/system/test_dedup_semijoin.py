@@ -21,8 +21,8 @@ from helpers import firsts, read_wds, write_duplicates
 
 import htools
 from htools.exchange import dryrun as exchange_dryrun
-from htools.exchange import job as exchange_job
 from htools.exchange import plan
+from htools.exchange import runner as exchange_runner
 from htools.exchange.dedupjob import dedup_mode
 from htools.exchange.keys import KeySpec
 
@@ -63,7 +63,7 @@ def sort(src: str, out: Path, client, **kw):
 
 def force_the_dedup_pass(m: pytest.MonkeyPatch) -> None:
     """Run htsort --dedup by another key as before the semi-join (the client decides)."""
-    for module in (exchange_job, exchange_dryrun):
+    for module in (exchange_runner, exchange_dryrun):
         m.setattr(module, "dedup_mode", lambda *_a: "pass")
 
 

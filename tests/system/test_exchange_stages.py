@@ -12,7 +12,7 @@ from htools import storage, tar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_exchange_stages as stages  # noqa: E402
-from bench_exchange import make_dataset  # noqa: E402
+from exchange_data import make_dataset  # noqa: E402
 
 
 def _samples(paths: list[str]) -> collections.Counter:

@@ -16,7 +16,7 @@ from htools import storage
 from htools.errors import StorageError
 from htools.storage import registry
 
-BLOCK = 8 << 20  # htools.storage.objectstore.READ_BLOCK
+BLOCK = 8 << 20  # htools.storage.objectio.READ_BLOCK
 
 
 @pytest.fixture

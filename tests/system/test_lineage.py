@@ -146,8 +146,8 @@ def test_overwrite_by_another_job_first_deletes_the_index_that_vouched_for_the_s
     lineage a later --resume of the old job would accept."""
     outset = OutputSet.parse(str(tmp_path / "o-@2.tar"))
     index = tmp_path / "o.index.json"
-    old = lineage.make("htshuffle", inputs=["/d/a.tar"], outputs=outset.pattern,
-                       options={"seed": 1})
+    old = lineage.counted(lineage.make("htshuffle", inputs=["/d/a.tar"], outputs=outset.pattern,
+                                       options={"seed": 1}), outset.count)  # as a job's
     new = {**old, "options": {**old["options"], "seed": 2}}
     index.write_text(json.dumps({"shardlist": [], "lineage": old}))
     lineage_record.check_lineage(outset, old, RunOptions(overwrite=True))  # the same job

@@ -111,8 +111,9 @@ def test_the_records_checks_on_every_protocol(storage_backend):
     base, options = storage_backend.base, storage_backend.options
     opts = {"storage_options": options}
     outset = OutputSet.parse(base + "o-@2.tar")
-    one, two = (lineage.make("htshuffle", inputs=["/d/a.tar"], outputs=outset.pattern,
-                             options={"seed": s}) for s in (1, 2))
+    one, two = (lineage.counted(lineage.make("htshuffle", inputs=["/d/a.tar"],
+                                             outputs=outset.pattern, options={"seed": s}),
+                                outset.count) for s in (1, 2))  # as a job's
     overwrite = RunOptions(overwrite=True, **opts)
     assert lineage_record.check_lineage(outset, one, overwrite) is None  # no folder yet
     lineage_record.start_record(outset, one, RunOptions(**opts))

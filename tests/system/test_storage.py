@@ -21,7 +21,7 @@ import pytest
 
 from htools import storage
 from htools.errors import NotFound, PatternError, StorageError, hide_credentials
-from htools.storage import objectstore, registry
+from htools.storage import objectfaults, registry
 from htools.storage.base import Transient
 
 
@@ -588,7 +588,7 @@ def test_s3_read_resumes_at_the_offset_reached(faulty_s3, s3_server):
     (ValueError("bad"), None),
 ])
 def test_object_store_fault_classification(exc, expected):
-    got = objectstore.classify("s3://b/k", exc)
+    got = objectfaults.classify("s3://b/k", exc)
     if expected == "transient":
         assert isinstance(got, Transient)
     elif expected == "notfound":
@@ -620,11 +620,11 @@ def test_object_store_classifies_library_errors():
                  aiohttp.ServerDisconnectedError(),
                  EndpointConnectionError(endpoint_url="http://x")]
     for exc in transient:
-        got = objectstore.classify("gs://b/k", exc)
+        got = objectfaults.classify("gs://b/k", exc)
         assert isinstance(got, Transient), exc
     for exc, status in ((boto(403, "AccessDenied"), 403), (boto(400, "InvalidRequest"), 400),
                         (HttpError({"code": 403, "message": "Forbidden"}), 403)):
-        got = objectstore.classify("gs://b/k", exc)
+        got = objectfaults.classify("gs://b/k", exc)
         assert isinstance(got, StorageError) and got.status == status, exc
 
 

@@ -1,5 +1,5 @@
 """The output's sha256 (for the shard index) hashed on the hashing thread only when a core
-is free for it (:func:`htools.runtime.streams.spare_core`), inline otherwise: the same
+is free for it (:func:`htools.runtime.hashing.spare_core`), inline otherwise: the same
 digest either way, and the choice follows the machine's load."""
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ import random
 
 import pytest
 
-from htools.runtime import streams
-from htools.runtime.streams import Sha256, has_spare, spare_core
+from htools.runtime import hashing
+from htools.runtime.hashing import Sha256, has_spare, spare_core
 
 
 @pytest.fixture
 def machine(monkeypatch):
     """A machine of 2 cores whose clock and busy time the test sets."""
     state = {"now": 100.0, "busy": 1000.0}
-    monkeypatch.setattr(streams, "_seen", [])
-    monkeypatch.setattr(streams, "_hashed", [0.0])
-    monkeypatch.setattr(streams, "_cores", lambda: 2)
-    monkeypatch.setattr(streams, "machine_busy", lambda: state["busy"])
-    monkeypatch.setattr(streams.time, "monotonic", lambda: state["now"])
+    monkeypatch.setattr(hashing, "_seen", [])
+    monkeypatch.setattr(hashing, "_hashed", [0.0])
+    monkeypatch.setattr(hashing, "_cores", lambda: 2)
+    monkeypatch.setattr(hashing, "machine_busy", lambda: state["busy"])
+    monkeypatch.setattr(hashing.time, "monotonic", lambda: state["now"])
     return state
 
 
@@ -42,7 +42,7 @@ def test_the_choice_follows_the_load_since_the_last_look(machine):
     assert not spare_core()
     machine["now"] += 1.0
     machine["busy"] += 1.6  # of which the hashing thread's own 0.6: one task thread
-    streams._hashed[0] += 0.6
+    hashing._hashed[0] += 0.6
     assert spare_core()
 
 
@@ -51,7 +51,7 @@ def test_a_busy_machine_hashes_inline_with_the_same_digest(machine, monkeypatch)
     machine["now"] += 1.0
     machine["busy"] += 2.0
     submitted = []
-    monkeypatch.setattr(streams, "_hasher", lambda: submitted.append(1))
+    monkeypatch.setattr(hashing, "_hasher", lambda: submitted.append(1))
     rng = random.Random(5)
     data = rng.randbytes(5 << 20)
     h = Sha256()
@@ -65,7 +65,7 @@ def test_a_small_stream_never_looks_at_the_machine(monkeypatch):
     def looked() -> bool:
         raise AssertionError("spare_core called for a stream under SYNC")
 
-    monkeypatch.setattr(streams, "spare_core", looked)
+    monkeypatch.setattr(hashing, "spare_core", looked)
     h = Sha256()
     h.update(bytes(Sha256.SYNC - 1))
     assert h.threaded is None
@@ -89,13 +89,13 @@ def test_either_way_every_kind_of_piece_hashes_as_hashlib(threaded):
 def batches(monkeypatch) -> list[list]:
     """The parts of every batch the hashing thread gets, as it gets them."""
     seen: list[list] = []
-    hash_parts = streams._hash_parts
+    hash_parts = hashing._hash_parts
 
     def spy(hash, parts, bufs):
         seen.append([p if type(p) is tuple else bytes(p) for p in parts])
         hash_parts(hash, parts, bufs)
 
-    monkeypatch.setattr(streams, "_hash_parts", spy)
+    monkeypatch.setattr(hashing, "_hash_parts", spy)
     return seen
 
 
@@ -175,7 +175,7 @@ def test_write_shard_hashes_handed_buffers_uncopied_and_user_values_as_they_were
     from htools.runtime.shardio import write_shard
     from htools.summary import ShardResult
 
-    monkeypatch.setattr(streams, "spare_core", lambda: True)
+    monkeypatch.setattr(hashing, "spare_core", lambda: True)
     kept: list = []
     update, take = Sha256.update, Sha256.take
 
@@ -204,22 +204,22 @@ def test_write_shard_hashes_handed_buffers_uncopied_and_user_values_as_they_were
 
 
 def test_the_waits_for_a_slow_hashing_thread_are_counted(monkeypatch):
-    """streams.WAITED: the seconds callers waited with AHEAD bytes queued and at the end
+    """hashing.WAITED: the seconds callers waited with AHEAD bytes queued and at the end
     (bench_mapper shows them); the digest is the same."""
     import time
 
-    hash_parts = streams._hash_parts
+    hash_parts = hashing._hash_parts
 
     def slow(hash, parts, bufs):
         time.sleep(0.01)
         hash_parts(hash, parts, bufs)
 
-    monkeypatch.setattr(streams, "_hash_parts", slow)
-    monkeypatch.setattr(streams, "WAITED", {"ahead": 0.0, "end": 0.0})
+    monkeypatch.setattr(hashing, "_hash_parts", slow)
+    monkeypatch.setattr(hashing, "WAITED", {"ahead": 0.0, "end": 0.0})
     data = random.Random(19).randbytes(Sha256.SYNC + Sha256.AHEAD + (3 << 20))
     h = Sha256(threaded=True)
     for pos in range(0, len(data), 1 << 20):
         h.update(data[pos:pos + (1 << 20)])
-    assert streams.WAITED["ahead"] > 0.0 and streams.WAITED["end"] == 0.0
+    assert hashing.WAITED["ahead"] > 0.0 and hashing.WAITED["end"] == 0.0
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert streams.WAITED["end"] > 0.0
+    assert hashing.WAITED["end"] > 0.0

@@ -19,9 +19,14 @@ from htools.shards import OutputSet
 RESUME, RESUME_ANY = RunOptions(resume=True), RunOptions(resume_any=True)
 
 
-def _job(outset: OutputSet, seed: int = 1) -> dict:
+def _made(outset: OutputSet, seed: int = 1) -> dict:
     return lineage.make("htshuffle", inputs=["/d/a-0.tar", "/d/a-1.tar"],
                         outputs=outset.pattern, options={"seed": seed})
+
+
+def _job(outset: OutputSet, seed: int = 1) -> dict:
+    """The lineage a job writing ``outset`` hands the record functions: counted."""
+    return lineage.counted(_made(outset, seed), outset.count)
 
 
 def _record(folder: Path) -> dict:
@@ -136,6 +141,7 @@ def test_a_resume_to_another_count_of_outputs_is_refused(tmp_path):
     assert _record(tmp_path)["lineage"]["outputs"] == {"count": 3}
     assert lineage_record.check_lineage(three, made, RESUME) is None
     with pytest.raises(HtoolsError, match="made by another job: output count changed: 3 -> 4"):
-        lineage_record.check_lineage(four, made, RESUME)
-    (tmp_path / "o.lineage.json").write_text(json.dumps({"complete": False, "lineage": made}))
-    assert lineage_record.check_lineage(four, made, RESUME) is None  # recorded before counts
+        lineage_record.check_lineage(four, _job(four), RESUME)
+    (tmp_path / "o.lineage.json").write_text(json.dumps({"complete": False,
+                                                         "lineage": _made(three)}))
+    assert lineage_record.check_lineage(four, _job(four), RESUME) is None  # recorded before counts

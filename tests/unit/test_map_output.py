@@ -20,7 +20,7 @@ import random
 import pytest
 
 from htools import mapper, tar
-from htools.runtime.streams import Sha256
+from htools.runtime.hashing import Sha256
 from htools.usercode.script import Script
 
 SCRIPTS = {

@@ -10,8 +10,8 @@ import numpy as np
 
 from htools import shards
 from htools.exchange import plan
-from htools.exchange.job import stage_one_tasks
 from htools.exchange.keys import KeySpec
+from htools.exchange.runner import stage_one_tasks
 from htools.exchange.specs import InputSpan, Numbered, OutputSpan, StageOne, compact
 
 

@@ -113,9 +113,9 @@ def test_gathered_writes_reach_the_stream_in_whole_pieces_hashed_as_written(
     import hashlib
     import random
 
-    from htools.runtime import streams
+    from htools.runtime import hashing, streams
 
-    monkeypatch.setattr(streams, "spare_core", lambda: threaded)
+    monkeypatch.setattr(hashing, "spare_core", lambda: threaded)
     rng = random.Random(5)
     writes: list[tuple[object, bytes]] = []
 

@@ -13,6 +13,7 @@ import pytest
 from htools import tar, upload_files
 from htools.errors import HtoolsError
 from htools.options import RunOptions
+from htools.shards import OutputSet
 from htools.summary import ShardResult
 from htools.upload import _lineage, _lineage_paths, plan, write_here
 from htools.upload_files import FileSample, as_tuples, reported_sizes, scan_directory
@@ -212,8 +213,9 @@ def test_a_scan_without_sizes_writes_the_same_shards_and_lineage(tmp_path, case)
     sizes = reported_sizes(unsized, by_key)
     assert sizes == [s.size for s in sized]
     kw = {"maxcount": None, "maxsize": None, "shuffle": False, "seed": 0, "mtime": 0, **kw}
-    assert _lineage(pattern, kw, _lineage_paths(unsized), sizes=sizes) == _lineage(
-        pattern, kw, samples=sized)
+    outset = OutputSet.parse(pattern)
+    assert _lineage(outset, kw, _lineage_paths(unsized), sizes=sizes) == _lineage(
+        outset, kw, samples=sized)
     assert reported_sizes(unsized, {}) == sizes  # no reports: sized by the client
     os.remove(tmp_path / "src" / "b.txt")
     assert reported_sizes(unsized, {}) is None  # a file gone: no lineage
