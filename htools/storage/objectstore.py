@@ -11,7 +11,8 @@ ranged and resume at the offset reached after a transient fault, failing instead
 the object changed meanwhile (size or ETag).  There are no directories: ``listdir``
 lists a prefix and ``delete_prefix`` removes every object under it (never a bucket).
 
-Faults: s3fs/botocore and gcsfs retry some faults themselves first.  What still comes
+Faults: s3fs and gcsfs retry some faults themselves first (botocore only an upload's
+parts: :meth:`S3Backend._make`).  What still comes
 out carrying HTTP 408/425/429/5xx (botocore ``ClientError``, gcsfs ``HttpError``,
 aiohttp ``ClientResponseError``, or s3fs's translation of 500/503 to
 ``EREMOTEIO``/``EBUSY``) or is a connection error or timeout is :class:`Transient`
@@ -49,13 +50,14 @@ class ObjectStoreBackend(Backend):
         self._cache: dict[str, Any] = {}
         self._pid = os.getpid()
 
-    def _make(self, kwargs: dict[str, Any]) -> Any:
+    def _make(self, kwargs: dict[str, Any], uploads: bool) -> Any:
         raise NotImplementedError
 
-    def filesystem(self, opts: Mapping[str, Any]) -> Any:
-        """The cached filesystem for ``opts`` in this process."""
+    def filesystem(self, opts: Mapping[str, Any], uploads: bool = False) -> Any:
+        """The cached filesystem for ``opts`` in this process; ``uploads``: the one a
+        writer sends its parts through (see :meth:`S3Backend._make`)."""
         kwargs = {k: v for k, v in opts.items() if k not in RETRY_OPTIONS}
-        key = json.dumps(kwargs, sort_keys=True, default=str)
+        key = json.dumps([kwargs, uploads], sort_keys=True, default=str)
         with self._lock:
             if os.getpid() != self._pid:
                 self._cache.clear()
@@ -64,7 +66,7 @@ class ObjectStoreBackend(Backend):
             if fs is None:
                 kwargs.setdefault("skip_instance_cache", True)
                 kwargs.setdefault("use_listings_cache", False)  # other processes write too
-                fs = self._cache[key] = self._make(kwargs)
+                fs = self._cache[key] = self._make(kwargs, uploads)
             return fs
 
     def open_range(self, url: str, start: int, end: int | None,
@@ -72,7 +74,8 @@ class ObjectStoreBackend(Backend):
         return buffered(self.reader(url, self.filesystem(opts), start, end, opts))
 
     def open_write(self, url: str, opts: Mapping[str, Any]) -> Writer:
-        return ObjectWriter(url, self.filesystem(opts), bucket_path(url), retry_policy(opts))
+        return ObjectWriter(url, self.filesystem(opts, uploads=True), bucket_path(url),
+                            retry_policy(opts))
 
     def exists(self, url: str, opts: Mapping[str, Any]) -> bool:
         fs = self.filesystem(opts)
@@ -169,7 +172,19 @@ class S3Backend(ObjectStoreBackend):
         except Exception:  # noqa: BLE001 - clean-up is best effort; the job's result stands
             return aborted
 
-    def _make(self, kwargs: dict[str, Any]) -> Any:
+    def _make(self, kwargs: dict[str, Any], uploads: bool) -> Any:
+        """botocore retries every request itself (legacy mode: 5 attempts, ~5 s when the
+        endpoint is down), and htools' policy retries the same request again around it:
+        one ``exists`` against a stopped endpoint took 46-54 s to fail.  A read resumes at
+        its offset and a listing or a metadata call is one request, so htools' policy is
+        their request-level retry, and botocore makes one attempt for them.  A multipart
+        upload's part keeps botocore's retries: htools would replay the whole body
+        (:class:`~.objectio.ObjectWriter`).  A ``config_kwargs`` with ``retries`` of the
+        user's own wins for both."""
+        config = dict(kwargs.get("config_kwargs") or {})
+        if not uploads and "retries" not in config:
+            kwargs = {**kwargs, "config_kwargs": {**config,
+                                                  "retries": {"total_max_attempts": 1}}}
         return self._module.S3FileSystem(**kwargs)
 
 
@@ -183,5 +198,5 @@ class GCSBackend(ObjectStoreBackend):
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
         super().__init__()
 
-    def _make(self, kwargs: dict[str, Any]) -> Any:
+    def _make(self, kwargs: dict[str, Any], uploads: bool) -> Any:
         return self._module.GCSFileSystem(**kwargs)

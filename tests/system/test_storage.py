@@ -303,6 +303,33 @@ def test_unreachable_server_names_the_url():
         assert "gave up after 4 attempts" in text
 
 
+def test_s3_with_its_endpoint_down_fails_in_htools_retries_not_botocores_too():
+    """A stopped S3 endpoint: each of htools' attempts is one request (botocore's own 5
+    attempts, ~5 s of them each time, had stacked under htools' policy: one ``exists``
+    took 46-54 s to fail), and the error names the endpoint; an upload's parts keep
+    botocore's retries, and a user's own ``config_kwargs.retries`` wins."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s3 = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s",
+          "retries": 2, "backoff": 0.05}
+    t0 = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        storage.exists("s3://bkt/shard.tar", {"s3": s3})
+    took = time.monotonic() - t0
+    assert f"127.0.0.1:{port}" in str(info.value) and "gave up after 3 attempts" in str(info.value)
+    assert took < 5, took  # botocore's retries under each attempt: ~15 s
+    backend = registry.backend("s3")
+    plain = {k: v for k, v in s3.items() if k not in ("retries", "backoff")}
+    assert backend.filesystem(plain).config_kwargs["retries"]["total_max_attempts"] == 1
+    assert "retries" not in backend.filesystem(plain, uploads=True).config_kwargs
+    own = {**plain, "config_kwargs": {"retries": {"max_attempts": 3}}}
+    assert backend.filesystem(own).config_kwargs["retries"]["max_attempts"] == 3
+    assert "total_max_attempts" not in backend.filesystem(own).config_kwargs["retries"]
+
+
 def test_http_aborted_upload_leaves_no_temp_file(nginx_server):
     # What atomic HTTP writes rely on: nginx spools a PUT body under
     # client_body_temp_path and renames it into place only once complete; a dropped
