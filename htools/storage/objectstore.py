@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -188,6 +189,18 @@ class S3Backend(ObjectStoreBackend):
         return self._module.S3FileSystem(**kwargs)
 
 
+class _GivenUp(logging.Filter):
+    """Drops gcsfs's ERROR record, with its traceback, of a request it gave up on (out of
+    its retries, or not retriable): the error goes on to htools, which retries it or
+    reports it in one line.  Unfiltered, a stopped endpoint printed six tracebacks an
+    ``exists`` (one a gcsfs give-up), from the client and from every worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (" out of retries on exception: " in msg
+                    or " non-retriable exception: " in msg)
+
+
 class GCSBackend(ObjectStoreBackend):
     """``gs://`` (and ``gcs://``) through gcsfs."""
 
@@ -197,6 +210,9 @@ class GCSBackend(ObjectStoreBackend):
     def __init__(self) -> None:
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
         super().__init__()
+        logger = logging.getLogger("gcsfs")
+        if not any(isinstance(f, _GivenUp) for f in logger.filters):
+            logger.addFilter(_GivenUp())
 
     def _make(self, kwargs: dict[str, Any], uploads: bool) -> Any:
         return self._module.GCSFileSystem(**kwargs)
