@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 
-from htools import storage, tar
 from htools.exchange.keys import KeySpec
 from htools.exchange.partition import partition
 from htools.exchange.runfile import Run
@@ -29,7 +28,7 @@ from htools.exchange.write import write_outputs
 from htools.runtime import hashing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from exchange_data import make_dataset  # noqa: E402
+from exchange_data import copy_shard, make_dataset  # noqa: E402
 
 NO_FSYNC = {"file": {"fsync": False}}
 
@@ -37,12 +36,7 @@ NO_FSYNC = {"file": {"fsync": False}}
 def copy_once(inputs: list[str], out: str) -> None:
     """Every shard read and written once with htools' codec."""
     for url in inputs:
-        dst = os.path.join(out, os.path.basename(url))
-        with storage.open_read(url) as raw, storage.open_write(dst, NO_FSYNC) as w, \
-                tar.TarWriter(w) as writer:
-            for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
-                s.pop("__url__", None)
-                writer.write(s)
+        copy_shard(url, os.path.join(out, os.path.basename(url)), NO_FSYNC)
 
 
 def stage_one(inputs: list[str], scratch: str) -> list[Run]:

@@ -10,22 +10,16 @@ import shutil
 import subprocess
 import time
 
-from exchange_data import samples_of
+from exchange_data import copy_shard, samples_of
 from exchange_jobs import cluster, measured, rss_now
 
-from htools import storage, tar
 from htools.runtime.memory import peak_rss
 
 
 def _copy_one(args: tuple[str, str]) -> float:
     """Copy one shard with htools' codec; the CPU seconds it took."""
     cpu0 = time.process_time()
-    url, out = args
-    with storage.open_read(url) as raw, storage.open_write(out) as dst, \
-            tar.TarWriter(dst) as w:
-        for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
-            s.pop("__url__", None)
-            w.write(s)
+    copy_shard(*args)
     return time.process_time() - cpu0
 
 

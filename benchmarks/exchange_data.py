@@ -11,6 +11,16 @@ from htools import storage, tar
 SHARD_MB = 32  # input shard size: the shard count grows with the data
 
 
+def copy_shard(url: str, out: str, options: dict | None = None) -> None:
+    """One shard read and written once with htools' codec (``options``: the storage
+    options of the write): what every copy baseline does a shard."""
+    with storage.open_read(url) as raw, storage.open_write(out, options) as dst, \
+            tar.TarWriter(dst) as w:
+        for s in tar.read_samples(tar.open_stream_reader(raw, url), url):
+            s.pop("__url__", None)
+            w.write(s)
+
+
 def shard_count(gb: float) -> int:
     return max(4, round(gb * 1024 / SHARD_MB))
 
