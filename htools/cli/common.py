@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import sys
 from collections.abc import Callable
 
@@ -317,6 +316,6 @@ def finish(summary: JobSummary, opts: RunOptions) -> None:
     """Report the summary and exit: 0 only if every shard succeeded (or a dry run).
     The job is over: a Ctrl-C from here on changes nothing (without this, one just
     after the summary line printed ``ok`` and exited 130)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts.ignored()
     report(summary, opts)
     sys.exit(0 if summary.ok or opts.dry_run else 1)

@@ -57,5 +57,12 @@ def finishing() -> Iterator[None]:
         with deferred():
             yield
         return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignored()
     yield
+
+
+def ignored() -> None:
+    """Ctrl-C ignored from now until the process exits: a command whose job is done (its
+    summary written, or being reported)."""
+    if _main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
